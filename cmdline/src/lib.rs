@@ -1,0 +1,1 @@
+//! The buildos kernel command line schema.
