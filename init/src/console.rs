@@ -1,0 +1,76 @@
+//! Logging for PID 1: one line per write, to the console and to the kernel log.
+//!
+//! Lines go to the console (init's stdout, which the kernel points at /dev/console) so an
+//! operator watching a serial line sees them whatever the kernel's log level, and to
+//! /dev/kmsg at debug level so `dmesg` keeps them beside the kernel's own messages without the
+//! kernel echoing them to the console a second time.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::Mutex;
+
+/// Prefix of every line init prints; tests and operators grep for it.
+pub const PREFIX: &str = "buildos-init";
+
+static KMSG: Mutex<Option<File>> = Mutex::new(None);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Opens /dev/kmsg once /dev is mounted; before that, lines reach the console only.
+pub fn open_kmsg() {
+    // User-space writes to /dev/kmsg are rate limited to a burst of ten lines by default,
+    // which would silently drop most of a boot's log.
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
+    if let Ok(file) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        if let Ok(mut kmsg) = KMSG.lock() {
+            *kmsg = Some(file);
+        }
+    }
+}
+
+pub fn log(level: Level, message: &str) {
+    let tag = match level {
+        Level::Info => "",
+        Level::Warn => "warning: ",
+        Level::Error => "error: ",
+    };
+    for line in message.lines() {
+        let text = format!("{PREFIX}: {tag}{line}\n");
+        // One write per line, so concurrent writers never interleave inside a line.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        if let Ok(mut kmsg) = KMSG.lock() {
+            if let Some(file) = kmsg.as_mut() {
+                let _ = file.write_all(format!("<7>{text}").as_bytes());
+            }
+        }
+    }
+}
+
+pub fn info(message: &str) {
+    log(Level::Info, message)
+}
+
+pub fn warn(message: &str) {
+    log(Level::Warn, message)
+}
+
+pub fn error(message: &str) {
+    log(Level::Error, message)
+}
+
+/// Formats an error with its whole chain of causes, one per line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str("\n  caused by: ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

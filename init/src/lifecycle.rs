@@ -1,0 +1,210 @@
+//! After boot: reaping orphans, the emergency shell, and shutting down cleanly on request.
+//!
+//! Requests follow the signals busybox's `reboot`, `poweroff` and `halt` send to PID 1, so
+//! those commands work on the host: SIGTERM reboots, SIGUSR2 and SIGUSR1 power off, and
+//! SIGINT (Ctrl-Alt-Del on the console, which init asks the kernel to deliver) reboots.
+
+use std::fs::OpenOptions;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::reboot::{reboot, set_cad_enabled, RebootMode};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{sync, Pid};
+
+use crate::console;
+
+/// How long services get between SIGTERM and SIGKILL at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Reboot,
+    Poweroff,
+}
+
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks the signals init handles so that they queue for [`serve`], and asks the kernel to
+/// turn Ctrl-Alt-Del into SIGINT instead of an immediate reboot.
+pub fn block_signals() {
+    if let Err(errno) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None) {
+        console::error(&format!("cannot block signals: {}", errno.desc()));
+    }
+    if let Err(errno) = set_cad_enabled(false) {
+        console::warn(&format!(
+            "cannot route Ctrl-Alt-Del to init: {}",
+            errno.desc()
+        ));
+    }
+}
+
+/// What a signal asks of init.
+pub fn request(signal: Signal) -> Option<Shutdown> {
+    match signal {
+        Signal::SIGTERM | Signal::SIGINT => Some(Shutdown::Reboot),
+        Signal::SIGUSR1 | Signal::SIGUSR2 => Some(Shutdown::Poweroff),
+        _ => None,
+    }
+}
+
+/// Reaps every exited child; returns their pids.
+fn reap() -> Vec<Pid> {
+    let mut exited = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    exited.push(pid);
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return exited,
+        }
+    }
+}
+
+/// The main loop of a booted host: reaps children and waits for a shutdown request. With an
+/// emergency shell running, its end reboots the host.
+pub fn serve(shell: Option<Pid>) -> ! {
+    let set = handled();
+    loop {
+        let signal = match set.wait() {
+            Ok(signal) => signal,
+            Err(_) => continue,
+        };
+        if signal == Signal::SIGCHLD {
+            let exited = reap();
+            if let Some(shell) = shell {
+                if exited.contains(&shell) {
+                    shutdown(Shutdown::Reboot, "the emergency shell exited");
+                }
+            }
+            continue;
+        }
+        if let Some(kind) = request(signal) {
+            shutdown(kind, &format!("requested by {signal}"));
+        }
+    }
+}
+
+/// Starts busybox's shell on the console's terminal, as the session leader with the terminal
+/// as its controlling tty so that Ctrl-C and job control work.
+pub fn spawn_shell() -> std::io::Result<Pid> {
+    for dir in ["/bin", "/sbin", "/usr/bin", "/usr/sbin"] {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    // The applets as commands, so the operator can type `mkfs.ext4`'s neighbours, `ls`, `ip`.
+    let _ = Command::new("/bin/busybox")
+        .args(["--install", "-s"])
+        .status();
+    let tty = console_tty();
+    let terminal = OpenOptions::new().read(true).write(true).open(&tty)?;
+    let child = Command::new("/bin/busybox")
+        .args(["setsid", "-c", "/bin/busybox", "sh", "-l"])
+        .env_clear()
+        .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
+        .env("HOME", "/root")
+        .env("TERM", "linux")
+        .env("PS1", "buildos-emergency# ")
+        .stdin(terminal.try_clone()?)
+        .stdout(terminal.try_clone()?)
+        .stderr(terminal)
+        .spawn()?;
+    Ok(Pid::from_raw(child.id() as i32))
+}
+
+/// The device behind /dev/console: the last console the kernel lists as active.
+fn console_tty() -> String {
+    std::fs::read_to_string("/sys/class/tty/console/active")
+        .ok()
+        .and_then(|active| active.split_whitespace().last().map(str::to_owned))
+        .map(|name| format!("/dev/{name}"))
+        .unwrap_or_else(|| "/dev/console".to_owned())
+}
+
+/// Stops every process, syncs and reboots or powers off. Never returns.
+pub fn shutdown(kind: Shutdown, why: &str) -> ! {
+    let verb = match kind {
+        Shutdown::Reboot => "rebooting",
+        Shutdown::Poweroff => "powering off",
+    };
+    console::info(&format!("{verb}: {why}"));
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        reap();
+        if let Err(Errno::ECHILD) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    reap();
+    sync();
+    console::info(&format!("{verb} now"));
+    let mode = match kind {
+        Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
+        Shutdown::Poweroff => RebootMode::RB_POWER_OFF,
+    };
+    let Err(errno) = reboot(mode);
+    console::error(&format!("{verb} failed: {}; halting here", errno.desc()));
+    loop {
+        let _ = handled().wait();
+        reap();
+    }
+}
+
+/// `buildos-init reboot` or `buildos-init poweroff` run by a person or the monitor: asks PID 1.
+pub fn control(args: Vec<String>) -> ! {
+    let signal = match args.first().map(String::as_str) {
+        Some("reboot") => Signal::SIGTERM,
+        Some("poweroff") => Signal::SIGUSR2,
+        other => {
+            eprintln!(
+                "buildos-init: expected `reboot` or `poweroff`, got {}; \
+                 init itself only runs as PID 1",
+                other.map_or("nothing".to_owned(), |a| format!("`{a}`"))
+            );
+            std::process::exit(2)
+        }
+    };
+    match kill(Pid::from_raw(1), signal) {
+        Ok(()) => std::process::exit(0),
+        Err(errno) => {
+            eprintln!("buildos-init: cannot signal PID 1: {}", errno.desc());
+            std::process::exit(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busybox_signals_map_to_shutdown_requests() {
+        assert_eq!(request(Signal::SIGTERM), Some(Shutdown::Reboot));
+        assert_eq!(request(Signal::SIGINT), Some(Shutdown::Reboot));
+        assert_eq!(request(Signal::SIGUSR2), Some(Shutdown::Poweroff));
+        assert_eq!(request(Signal::SIGUSR1), Some(Shutdown::Poweroff));
+        assert_eq!(request(Signal::SIGCHLD), None);
+        assert_eq!(request(Signal::SIGHUP), None);
+    }
+}
