@@ -1,0 +1,634 @@
+//! Reproducible cpio newc archives (the initramfs format), and a reader for listing them.
+//!
+//! [`Archive`] collects entries in memory and writes them in one canonical form, so the same
+//! entries always give the same bytes, whatever order they were added in:
+//!
+//! - entries sorted by path (bytes), paths without a leading `/` or `./`; every parent directory
+//!   is written explicitly, before its children (a parent's path is a prefix of its child's, so
+//!   sorting puts it first); parents nobody added get mode `0755`;
+//! - uid and gid 0, every mtime the given `SOURCE_DATE_EPOCH`, device numbers 0;
+//! - inode numbers 1, 2, 3, ... in output order; nlink 2 for directories and 1 otherwise;
+//! - then the `TRAILER!!!` entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+
+/// What went wrong building, writing or reading a cpio archive.
+#[derive(Debug, thiserror::Error)]
+pub enum CpioError {
+    #[error("initrd path {path:?} is invalid: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("initrd path {path} is added twice with different contents ({first}, then {second})")]
+    Conflict {
+        path: String,
+        first: String,
+        second: String,
+    },
+    #[error("initrd path {path} needs {parent} to be a directory, but it is a {kind}")]
+    NotADirectory {
+        path: String,
+        parent: String,
+        kind: &'static str,
+    },
+    #[error("initrd file {path} is {size} bytes; a newc entry holds at most 4 GiB - 1")]
+    TooLarge { path: String, size: u64 },
+    #[error("SOURCE_DATE_EPOCH {mtime} does not fit newc's 32-bit mtime field")]
+    MtimeOutOfRange { mtime: u64 },
+    #[error("cannot write cpio archive")]
+    Write(#[source] io::Error),
+    #[error("not a cpio newc archive at byte {offset} (it starts with {magic:?}; expected 070701, 070702 or gzip)")]
+    NotCpio { offset: usize, magic: String },
+    #[error("corrupt or truncated cpio archive after {entries} entries")]
+    Corrupt {
+        entries: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot decompress gzip data at byte {offset}")]
+    Gzip {
+        offset: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir { mode: u32 },
+    File { mode: u32, data: Vec<u8> },
+    Symlink { target: String },
+}
+
+impl Node {
+    fn kind(&self) -> &'static str {
+        match self {
+            Node::Dir { .. } => "directory",
+            Node::File { .. } => "file",
+            Node::Symlink { .. } => "symlink",
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Node::Dir { mode } => format!("directory mode {mode:o}"),
+            Node::File { mode, data } => format!("file mode {mode:o}, {} bytes", data.len()),
+            Node::Symlink { target } => format!("symlink to {target}"),
+        }
+    }
+}
+
+/// Normalizes an archive path: strips leading `/` and `./`, collapses `//`; rejects empty paths
+/// and `.`/`..` components.
+fn normalize(path: &str) -> Result<String, CpioError> {
+    let bad = |reason| CpioError::BadPath {
+        path: path.to_string(),
+        reason,
+    };
+    let mut parts = Vec::new();
+    for (i, part) in path.split('/').enumerate() {
+        match part {
+            "" => {}
+            "." if i == 0 => {}
+            "." | ".." => return Err(bad("`.` and `..` components are not allowed")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("empty path"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Every proper parent of `path`, outermost first: `a/b/c` → `a`, `a/b`.
+fn parents(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
+}
+
+/// A cpio newc archive being assembled; see the module docs for the canonical form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Archive {
+    nodes: BTreeMap<String, Node>,
+}
+
+impl Archive {
+    pub fn new() -> Archive {
+        Archive::default()
+    }
+
+    /// Adds a directory with permission bits `mode`.
+    pub fn add_dir(&mut self, path: &str, mode: u32) -> Result<(), CpioError> {
+        self.insert(
+            path,
+            Node::Dir {
+                mode: mode & 0o7777,
+            },
+        )
+    }
+
+    /// Adds a regular file with permission bits `mode`.
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: impl Into<Vec<u8>>,
+    ) -> Result<(), CpioError> {
+        let data = data.into();
+        if u32::try_from(data.len()).is_err() {
+            return Err(CpioError::TooLarge {
+                path: path.to_string(),
+                size: data.len() as u64,
+            });
+        }
+        self.insert(
+            path,
+            Node::File {
+                mode: mode & 0o7777,
+                data,
+            },
+        )
+    }
+
+    /// Adds a symbolic link to `target` (stored as given, relative or absolute).
+    pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
+        if target.is_empty() {
+            return Err(CpioError::BadPath {
+                path: path.to_string(),
+                reason: "symlink with an empty target",
+            });
+        }
+        self.insert(
+            path,
+            Node::Symlink {
+                target: target.to_string(),
+            },
+        )
+    }
+
+    /// Whether `path` was added (implicit parents don't count).
+    pub fn contains(&self, path: &str) -> bool {
+        normalize(path).is_ok_and(|p| self.nodes.contains_key(&p))
+    }
+
+    /// Number of entries added (implicit parents don't count).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn insert(&mut self, path: &str, node: Node) -> Result<(), CpioError> {
+        let path = normalize(path)?;
+        for parent in parents(&path) {
+            if let Some(other) = self.nodes.get(parent) {
+                if !matches!(other, Node::Dir { .. }) {
+                    return Err(CpioError::NotADirectory {
+                        path: path.clone(),
+                        parent: parent.to_string(),
+                        kind: other.kind(),
+                    });
+                }
+            }
+        }
+        if !matches!(node, Node::Dir { .. }) {
+            let prefix = format!("{path}/");
+            if let Some((child, _)) = self.nodes.range(prefix.clone()..).next() {
+                if child.starts_with(&prefix) {
+                    return Err(CpioError::NotADirectory {
+                        path: child.clone(),
+                        parent: path,
+                        kind: node.kind(),
+                    });
+                }
+            }
+        }
+        match self.nodes.get(&path) {
+            Some(existing) if *existing == node => Ok(()),
+            Some(existing) => Err(CpioError::Conflict {
+                first: existing.describe(),
+                second: node.describe(),
+                path,
+            }),
+            None => {
+                self.nodes.insert(path, node);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the archive, trailer included, with every mtime `source_date_epoch`.
+    pub fn write_to<W: Write>(&self, mut w: W, source_date_epoch: u64) -> Result<W, CpioError> {
+        let mtime = u32::try_from(source_date_epoch).map_err(|_| CpioError::MtimeOutOfRange {
+            mtime: source_date_epoch,
+        })?;
+        const IMPLICIT_DIR: Node = Node::Dir { mode: 0o755 };
+        let mut all: BTreeMap<&str, &Node> = BTreeMap::new();
+        for (path, node) in &self.nodes {
+            for parent in parents(path) {
+                all.entry(parent).or_insert(&IMPLICIT_DIR);
+            }
+            all.insert(path, node);
+        }
+        for (ino, (path, node)) in (1u32..).zip(all) {
+            let (mode, nlink, data): (u32, u32, &[u8]) = match node {
+                Node::Dir { mode } => (0o040000 | mode, 2, &[]),
+                Node::File { mode, data } => (0o100000 | mode, 1, data),
+                Node::Symlink { target } => (0o120777, 1, target.as_bytes()),
+            };
+            let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge {
+                path: path.to_string(),
+                size: data.len() as u64,
+            })?;
+            let mut entry = cpio::newc::Builder::new(path)
+                .ino(ino)
+                .mode(mode)
+                .uid(0)
+                .gid(0)
+                .nlink(nlink)
+                .mtime(mtime)
+                .dev_major(0)
+                .dev_minor(0)
+                .rdev_major(0)
+                .rdev_minor(0)
+                .write(w, size);
+            entry.write_all(data).map_err(CpioError::Write)?;
+            w = entry.finish().map_err(CpioError::Write)?;
+        }
+        cpio::newc::trailer(w).map_err(CpioError::Write)
+    }
+
+    /// The archive's bytes; see [`Archive::write_to`].
+    pub fn to_bytes(&self, source_date_epoch: u64) -> Result<Vec<u8>, CpioError> {
+        self.write_to(Vec::new(), source_date_epoch)
+    }
+}
+
+/// The file type of a listed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    Unknown,
+}
+
+impl Kind {
+    fn from_mode(mode: u32) -> Kind {
+        match mode & 0o170000 {
+            0o100000 => Kind::File,
+            0o040000 => Kind::Dir,
+            0o120000 => Kind::Symlink,
+            0o020000 => Kind::CharDevice,
+            0o060000 => Kind::BlockDevice,
+            0o010000 => Kind::Fifo,
+            0o140000 => Kind::Socket,
+            _ => Kind::Unknown,
+        }
+    }
+
+    fn letter(self) -> char {
+        match self {
+            Kind::File => '-',
+            Kind::Dir => 'd',
+            Kind::Symlink => 'l',
+            Kind::CharDevice => 'c',
+            Kind::BlockDevice => 'b',
+            Kind::Fifo => 'p',
+            Kind::Socket => 's',
+            Kind::Unknown => '?',
+        }
+    }
+}
+
+/// One entry of an archive, as listed by [`list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    /// The full mode: file type and permission bits.
+    pub mode: u32,
+    pub size: u64,
+    pub kind: Kind,
+    /// A symlink's target.
+    pub link_target: Option<String>,
+    pub ino: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+}
+
+/// `ls -l`-like: `-rwxr-xr-x 0/0     123456 bin/busybox`, `lrwxrwxrwx ... bin/sh -> busybox`.
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut perms = String::with_capacity(10);
+        perms.push(self.kind.letter());
+        for (bit, c) in [
+            (0o400, 'r'),
+            (0o200, 'w'),
+            (0o100, 'x'),
+            (0o040, 'r'),
+            (0o020, 'w'),
+            (0o010, 'x'),
+            (0o004, 'r'),
+            (0o002, 'w'),
+            (0o001, 'x'),
+        ] {
+            perms.push(if self.mode & bit != 0 { c } else { '-' });
+        }
+        write!(
+            f,
+            "{perms} {}/{} {:>10} {}",
+            self.uid, self.gid, self.size, self.path
+        )?;
+        if let Some(target) = &self.link_target {
+            write!(f, " -> {target}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists an archive: plain newc or gzip-compressed (detected by magic), also several archives
+/// one after the other as the kernel accepts them (e.g. an uncompressed early-microcode archive
+/// followed by a compressed one). Trailers are not listed.
+pub fn list(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
+    Ok(read(bytes)?.into_iter().map(|(e, _)| e).collect())
+}
+
+/// Like [`list`], with each entry's data (a symlink's data is its target).
+pub fn read(bytes: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, CpioError> {
+    let mut out = Vec::new();
+    read_segments(bytes, 0, &mut out)?;
+    Ok(out)
+}
+
+const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
+
+fn read_segments(
+    bytes: &[u8],
+    depth: usize,
+    out: &mut Vec<(Entry, Vec<u8>)>,
+) -> Result<(), CpioError> {
+    let mut offset = 0;
+    loop {
+        // The kernel skips zero padding between archives.
+        while bytes.get(offset) == Some(&0) {
+            offset += 1;
+        }
+        let rest = &bytes[offset..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if rest.starts_with(GZIP_MAGIC) && depth < 4 {
+            let mut plain = Vec::new();
+            flate2::bufread::MultiGzDecoder::new(rest)
+                .read_to_end(&mut plain)
+                .map_err(|source| CpioError::Gzip { offset, source })?;
+            // Everything from here on was gzip members; their contents are archives again.
+            return read_segments(&plain, depth + 1, out);
+        }
+        if !(rest.starts_with(b"070701") || rest.starts_with(b"070702")) {
+            return Err(CpioError::NotCpio {
+                offset,
+                magic: String::from_utf8_lossy(&rest[..rest.len().min(6)]).into_owned(),
+            });
+        }
+        let remaining = read_one_archive(rest, out)?;
+        offset = bytes.len() - remaining.len();
+    }
+}
+
+/// Reads one archive up to and including its trailer; returns what follows it.
+fn read_one_archive<'a>(
+    mut input: &'a [u8],
+    out: &mut Vec<(Entry, Vec<u8>)>,
+) -> Result<&'a [u8], CpioError> {
+    let mut count = 0;
+    loop {
+        let corrupt = |source| CpioError::Corrupt {
+            entries: count,
+            source,
+        };
+        let mut reader = cpio::newc::Reader::new(input).map_err(corrupt)?;
+        let e = reader.entry();
+        if e.is_trailer() {
+            return reader.finish().map_err(corrupt);
+        }
+        let kind = Kind::from_mode(e.mode());
+        let mut entry = Entry {
+            path: e.name().to_string(),
+            mode: e.mode(),
+            size: u64::from(e.file_size()),
+            kind,
+            link_target: None,
+            ino: e.ino(),
+            nlink: e.nlink(),
+            uid: e.uid(),
+            gid: e.gid(),
+            mtime: e.mtime(),
+        };
+        let mut data = Vec::new();
+        reader.read_to_end(&mut data).map_err(corrupt)?;
+        if data.len() as u64 != entry.size {
+            return Err(corrupt(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} ends after {} of {} bytes",
+                    entry.path,
+                    data.len(),
+                    entry.size
+                ),
+            )));
+        }
+        if kind == Kind::Symlink {
+            entry.link_target = Some(String::from_utf8_lossy(&data).into_owned());
+        }
+        input = reader.finish().map_err(corrupt)?;
+        out.push((entry, data));
+        count += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Archive {
+        let mut a = Archive::new();
+        a.add_file("/lib/modules/6.1/kernel/fs/btrfs.ko", 0o644, b"ko".to_vec())
+            .unwrap();
+        a.add_file("init", 0o755, b"#!init".to_vec()).unwrap();
+        a.add_symlink("bin/sh", "busybox").unwrap();
+        a.add_file("bin/busybox", 0o755, b"bb".to_vec()).unwrap();
+        a.add_dir("etc", 0o700).unwrap();
+        a
+    }
+
+    #[test]
+    fn cpio_writes_parent_dirs_before_children() {
+        let entries = list(&sample().to_bytes(7).unwrap()).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "bin",
+                "bin/busybox",
+                "bin/sh",
+                "etc",
+                "init",
+                "lib",
+                "lib/modules",
+                "lib/modules/6.1",
+                "lib/modules/6.1/kernel",
+                "lib/modules/6.1/kernel/fs",
+                "lib/modules/6.1/kernel/fs/btrfs.ko",
+            ]
+        );
+        for (i, e) in entries.iter().enumerate() {
+            for p in parents(&e.path) {
+                assert!(paths[..i].contains(&p), "{p} not before {}", e.path);
+            }
+        }
+    }
+
+    #[test]
+    fn cpio_metadata_is_canonical() {
+        let entries = list(&sample().to_bytes(1_700_000_000).unwrap()).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.ino, i as u32 + 1, "{}", e.path);
+            assert_eq!((e.uid, e.gid, e.mtime), (0, 0, 1_700_000_000), "{}", e.path);
+            assert_eq!(
+                e.nlink,
+                if e.kind == Kind::Dir { 2 } else { 1 },
+                "{}",
+                e.path
+            );
+        }
+        let by_path = |p: &str| entries.iter().find(|e| e.path == p).unwrap().clone();
+        assert_eq!(by_path("etc").mode, 0o040700);
+        assert_eq!(by_path("lib").mode, 0o040755);
+        assert_eq!(by_path("bin/busybox").mode, 0o100755);
+        assert_eq!(by_path("bin/sh").link_target.as_deref(), Some("busybox"));
+        assert_eq!(by_path("bin/sh").mode, 0o120777);
+    }
+
+    #[test]
+    fn cpio_ends_with_trailer_and_raw_header_fields_are_zero() {
+        let bytes = sample().to_bytes(0).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("TRAILER!!!"));
+        assert_eq!(bytes.len() % 4, 0);
+        // First header: "070701", then ino, mode, uid, gid, nlink, mtime, filesize, devmajor,
+        // devminor, rdevmajor, rdevminor, namesize, check, each 8 hex digits.
+        let field = |n: usize| &text[6 + 8 * n..6 + 8 * (n + 1)];
+        assert_eq!(field(0), "00000001");
+        for n in [2, 3, 5, 7, 8, 9, 10, 12] {
+            assert_eq!(field(n), "00000000", "field {n}");
+        }
+    }
+
+    #[test]
+    fn cpio_bytes_do_not_depend_on_insertion_order() {
+        let mut b = Archive::new();
+        b.add_dir("etc", 0o700).unwrap();
+        b.add_file("bin/busybox", 0o755, b"bb".to_vec()).unwrap();
+        b.add_symlink("bin/sh", "busybox").unwrap();
+        b.add_file("init", 0o755, b"#!init".to_vec()).unwrap();
+        b.add_file("lib/modules/6.1/kernel/fs/btrfs.ko", 0o644, b"ko".to_vec())
+            .unwrap();
+        assert_eq!(sample().to_bytes(5).unwrap(), b.to_bytes(5).unwrap());
+    }
+
+    #[test]
+    fn cpio_duplicate_path_with_other_contents_names_the_path() {
+        let mut a = sample();
+        a.add_file("init", 0o755, b"#!init".to_vec()).unwrap();
+        let err = a.add_file("/init", 0o755, b"other".to_vec()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "initrd path init is added twice with different contents (file mode 755, 6 bytes, then file mode 755, 5 bytes)"
+        );
+    }
+
+    #[test]
+    fn cpio_file_under_a_file_is_rejected_either_way_round() {
+        let mut a = sample();
+        let err = a.add_file("init/x", 0o644, vec![]).unwrap_err().to_string();
+        assert!(err.contains("needs init to be a directory"), "{err}");
+        let err = a
+            .add_file("lib/modules", 0o644, vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs lib/modules to be a directory"), "{err}");
+    }
+
+    #[test]
+    fn cpio_rejects_dotdot_and_empty_paths() {
+        let mut a = Archive::new();
+        assert!(a.add_dir("a/../b", 0o755).is_err());
+        assert!(a.add_dir("/", 0o755).is_err());
+        assert_eq!(a.add_dir("./a//b/", 0o755).ok(), Some(()));
+        assert!(a.contains("a/b"));
+    }
+
+    #[test]
+    fn cpio_mtime_beyond_32_bits_is_an_error() {
+        let err = sample().to_bytes(1 << 33).unwrap_err().to_string();
+        assert!(err.contains("8589934592"), "{err}");
+    }
+
+    #[test]
+    fn list_reads_gzip_and_concatenated_archives() {
+        use std::io::Write;
+        let plain = sample().to_bytes(0).unwrap();
+        let mut second = Archive::new();
+        second
+            .add_file(
+                "kernel/x86/microcode/GenuineIntel.bin",
+                0o644,
+                b"uc".to_vec(),
+            )
+            .unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let mut combined = second.to_bytes(0).unwrap();
+        combined.extend_from_slice(&[0; 12]);
+        combined.extend_from_slice(&gz.finish().unwrap());
+        let entries = list(&combined).unwrap();
+        assert_eq!(entries[3].path, "kernel/x86/microcode/GenuineIntel.bin");
+        assert_eq!(entries.len(), 4 + list(&plain).unwrap().len());
+        let data = read(&combined).unwrap();
+        assert_eq!(data.last().unwrap().1, b"ko");
+    }
+
+    #[test]
+    fn list_of_garbage_or_truncated_input_is_an_error() {
+        assert!(matches!(
+            list(b"hello world"),
+            Err(CpioError::NotCpio { offset: 0, .. })
+        ));
+        let bytes = sample().to_bytes(0).unwrap();
+        for cut in [7, 110, 200, bytes.len() - 20] {
+            assert!(list(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(list(b"\x1f\x8bnot really gzip").is_err());
+        assert_eq!(list(b"").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn entry_display_is_ls_like() {
+        let entries = list(&sample().to_bytes(0).unwrap()).unwrap();
+        let sh = entries.iter().find(|e| e.path == "bin/sh").unwrap();
+        assert_eq!(
+            sh.to_string(),
+            "lrwxrwxrwx 0/0          7 bin/sh -> busybox"
+        );
+        let etc = entries.iter().find(|e| e.path == "etc").unwrap();
+        assert_eq!(etc.to_string(), "drwx------ 0/0          0 etc");
+    }
+}

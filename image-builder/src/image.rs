@@ -1,0 +1,646 @@
+//! Assembling the image: kernel, initrd and buildid, written atomically to an output directory.
+//!
+//! The initrd holds, besides what the spec adds:
+//!
+//! - `lib/modules/<version>/<path as in the package>` for every module of the closure;
+//! - beside them the generated `modules.dep`, `modules.alias` and `modules.softdep`, the
+//!   package's `modules.builtin` as shipped and its `modules.order` filtered to the closure
+//!   (see [`crate::kmod`] for their order);
+//! - [`MODULES_LIST`]: the closure's module names in load order, one per line, for init.
+//!
+//! Everything is derived from the spec's inputs only: the same inputs give byte-identical
+//! outputs, and the buildid is a hash of the kernel and initrd bytes.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::cpio::{Archive, CpioError};
+use crate::deb::{Deb, DebError, EntryKind};
+use crate::kmod::{KernelPackage, KmodError};
+
+/// The kernel's file name in the output directory.
+pub const IMAGE_FILE: &str = "buildos-image";
+/// The initrd's file name in the output directory.
+pub const INITRD_FILE: &str = "buildos-initrd";
+/// The buildid's file name in the output directory.
+pub const BUILDID_FILE: &str = "buildos-buildid";
+/// Where the initrd lists the modules init loads, in load order, one name per line.
+pub const MODULES_LIST: &str = "etc/buildos/modules";
+/// The default gzip level. For Debian bookworm's kernel with the standard module set (13.7 MB
+/// of cpio) level 6 gives 4.93 MB in 1.0 s, level 9 4.91 MB in 2.5 s and level 1 5.68 MB in
+/// 0.13 s (release build, one core of the build machine): 6 is within 0.4% of 9 at 40% of its
+/// time.
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+/// Separates the buildid hash from any other use of SHA-256 over the same bytes.
+const BUILDID_DOMAIN: &[u8] = b"buildos-buildid-v1\n";
+
+/// A file to take from an extra package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakeFile {
+    /// Path in the package, e.g. `bin/busybox`.
+    pub from: String,
+    /// Path in the initrd, e.g. `/bin/busybox`.
+    pub to: String,
+    /// Permission bits; `None` keeps the package's.
+    pub mode: Option<u32>,
+}
+
+/// Files to take from one extra package (e.g. `busybox-static`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebFiles {
+    pub deb: PathBuf,
+    pub files: Vec<TakeFile>,
+}
+
+/// An entry the spec puts into the initrd directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitrdEntry {
+    File {
+        path: String,
+        mode: u32,
+        contents: Vec<u8>,
+    },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+}
+
+/// Everything an image is made of. Nothing else is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The Debian kernel package (`linux-image-<version>_*.deb`).
+    pub kernel_deb: PathBuf,
+    /// Packages to take single files from.
+    pub extra_debs: Vec<DebFiles>,
+    /// Modules to include, with everything they depend on. Built-in ones are accepted.
+    pub modules: Vec<String>,
+    /// Entries added as given (e.g. `/init`).
+    pub entries: Vec<InitrdEntry>,
+    /// Every mtime in the initrd.
+    pub source_date_epoch: u64,
+    /// gzip level, 0 to 9.
+    pub gzip_level: u32,
+    /// Where the three outputs go; created if missing.
+    pub out_dir: PathBuf,
+}
+
+impl ImageSpec {
+    /// A spec with no modules, extra packages or entries and the default gzip level.
+    pub fn new(
+        kernel_deb: impl Into<PathBuf>,
+        out_dir: impl Into<PathBuf>,
+        source_date_epoch: u64,
+    ) -> ImageSpec {
+        ImageSpec {
+            kernel_deb: kernel_deb.into(),
+            extra_debs: Vec::new(),
+            modules: Vec::new(),
+            entries: Vec::new(),
+            source_date_epoch,
+            gzip_level: DEFAULT_GZIP_LEVEL,
+            out_dir: out_dir.into(),
+        }
+    }
+}
+
+/// What [`build`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageOutput {
+    pub kernel_path: PathBuf,
+    pub initrd_path: PathBuf,
+    pub buildid_path: PathBuf,
+    pub kernel_version: String,
+    pub kernel_size: u64,
+    pub initrd_size: u64,
+    /// Size of the cpio archive before gzip.
+    pub initrd_uncompressed_size: u64,
+    /// Module names in load order (what [`MODULES_LIST`] holds).
+    pub modules: Vec<String>,
+    /// Bytes of module files in the initrd.
+    pub module_bytes: u64,
+    /// Lower-case hex SHA-256, as in the buildid file without its newline.
+    pub buildid: String,
+}
+
+/// The image's bytes before they are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembled {
+    pub kernel: Vec<u8>,
+    pub initrd: Vec<u8>,
+    pub initrd_uncompressed_size: u64,
+    pub kernel_version: String,
+    pub modules: Vec<String>,
+    pub module_bytes: u64,
+    pub buildid: String,
+}
+
+/// What went wrong building an image; one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read kernel package {deb}")]
+    KernelPackage {
+        deb: PathBuf,
+        #[source]
+        source: Box<KmodError>,
+    },
+    #[error("cannot resolve the image's modules ({}) for kernel {version}", .modules.join(", "))]
+    Modules {
+        modules: Vec<String>,
+        version: String,
+        #[source]
+        source: Box<KmodError>,
+    },
+    #[error("kernel package {deb} lists module {module} but its file was not kept")]
+    ModuleFile { deb: PathBuf, module: String },
+    #[error("cannot take {files} from package {deb}")]
+    ExtraDeb {
+        deb: PathBuf,
+        files: String,
+        #[source]
+        source: Box<DebError>,
+    },
+    #[error("package {deb}: {from} is a {kind}, not a file or symlink")]
+    NotAFile {
+        deb: PathBuf,
+        from: String,
+        kind: String,
+    },
+    #[error("cannot add {what} to the initrd")]
+    Initrd {
+        what: String,
+        #[source]
+        source: Box<CpioError>,
+    },
+    #[error("gzip level {level} is out of range 0 to 9")]
+    GzipLevel { level: u32 },
+    #[error("cannot gzip the initrd")]
+    Compress(#[source] io::Error),
+    #[error("cannot create output directory {dir}")]
+    OutputDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {file} in output directory {dir}")]
+    Write {
+        dir: PathBuf,
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The buildid of an image: lower-case hex SHA-256 over a domain tag and the length-prefixed
+/// kernel and initrd bytes.
+pub fn buildid(kernel: &[u8], initrd: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(BUILDID_DOMAIN);
+    for part in [kernel, initrd] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// gzip with a fixed header: no file name, mtime 0, OS byte 3 (Unix).
+pub fn gzip(bytes: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    let mut e = flate2::GzBuilder::new().mtime(0).operating_system(3).write(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::new(level),
+    );
+    e.write_all(bytes)?;
+    e.finish()
+}
+
+/// Builds the image in memory: reads the packages, resolves modules, makes the initrd.
+pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
+    if spec.gzip_level > 9 {
+        return Err(ImageError::GzipLevel {
+            level: spec.gzip_level,
+        });
+    }
+    let package =
+        KernelPackage::read(&spec.kernel_deb).map_err(|source| ImageError::KernelPackage {
+            deb: spec.kernel_deb.clone(),
+            source: Box::new(source),
+        })?;
+    let version = package.version().to_string();
+    let db = &package.db;
+    let closure = db
+        .closure(&spec.modules)
+        .map_err(|source| ImageError::Modules {
+            modules: spec.modules.clone(),
+            version: version.clone(),
+            source: Box::new(source),
+        })?;
+
+    let mut archive = Archive::new();
+    let add = |what: &str, r: Result<(), CpioError>| {
+        r.map_err(|source| ImageError::Initrd {
+            what: what.to_string(),
+            source: Box::new(source),
+        })
+    };
+    let base = format!("lib/modules/{version}");
+    let mut module_bytes = 0u64;
+    for m in &closure {
+        let bytes = package
+            .module_bytes(m)
+            .ok_or_else(|| ImageError::ModuleFile {
+                deb: spec.kernel_deb.clone(),
+                module: m.path.clone(),
+            })?;
+        module_bytes += bytes.len() as u64;
+        let path = format!("{base}/{}", m.path);
+        add(&path, archive.add_file(&path, 0o644, bytes))?;
+    }
+    let generated = [
+        ("modules.dep", db.render_modules_dep(&closure)),
+        ("modules.alias", db.render_modules_alias(&closure)),
+        ("modules.softdep", db.render_modules_softdep(&closure)),
+        ("modules.builtin", db.modules_builtin().to_string()),
+        ("modules.order", db.render_modules_order(&closure)),
+    ];
+    for (name, text) in generated {
+        let path = format!("{base}/{name}");
+        add(&path, archive.add_file(&path, 0o644, text))?;
+    }
+    let names: Vec<String> = closure.iter().map(|m| m.name.clone()).collect();
+    let list: String = names.iter().map(|n| format!("{n}\n")).collect();
+    add(MODULES_LIST, archive.add_file(MODULES_LIST, 0o644, list))?;
+
+    for extra in &spec.extra_debs {
+        add_from_deb(&mut archive, extra)?;
+    }
+    for entry in &spec.entries {
+        let (path, result) = match entry {
+            InitrdEntry::File {
+                path,
+                mode,
+                contents,
+            } => (path, archive.add_file(path, *mode, contents.clone())),
+            InitrdEntry::Dir { path, mode } => (path, archive.add_dir(path, *mode)),
+            InitrdEntry::Symlink { path, target } => (path, archive.add_symlink(path, target)),
+        };
+        add(path, result)?;
+    }
+
+    let cpio = archive
+        .to_bytes(spec.source_date_epoch)
+        .map_err(|source| ImageError::Initrd {
+            what: "the archive".to_string(),
+            source: Box::new(source),
+        })?;
+    let initrd = gzip(&cpio, spec.gzip_level).map_err(ImageError::Compress)?;
+    let kernel = package.vmlinuz;
+    let id = buildid(&kernel, &initrd);
+    Ok(Assembled {
+        kernel,
+        initrd,
+        initrd_uncompressed_size: cpio.len() as u64,
+        kernel_version: version,
+        modules: names,
+        module_bytes,
+        buildid: id,
+    })
+}
+
+fn add_from_deb(archive: &mut Archive, extra: &DebFiles) -> Result<(), ImageError> {
+    let from: Vec<&str> = extra.files.iter().map(|f| f.from.as_str()).collect();
+    let deb_err = |source| ImageError::ExtraDeb {
+        deb: extra.deb.clone(),
+        files: from.join(", "),
+        source: Box::new(source),
+    };
+    let files = Deb::open(&extra.deb)
+        .and_then(|d| d.read_files(&from))
+        .map_err(deb_err)?;
+    for take in &extra.files {
+        let key = crate::deb::normalize_path(&take.from);
+        let Some(entry) = files.get(&key) else {
+            // read_files reports every missing name; this is unreachable in practice.
+            continue;
+        };
+        let result = match entry.kind {
+            EntryKind::File => archive.add_file(
+                &take.to,
+                take.mode.unwrap_or(entry.mode),
+                entry.contents.clone(),
+            ),
+            EntryKind::Symlink => {
+                archive.add_symlink(&take.to, entry.link_target.as_deref().unwrap_or_default())
+            }
+            EntryKind::Dir | EntryKind::Hardlink => {
+                return Err(ImageError::NotAFile {
+                    deb: extra.deb.clone(),
+                    from: take.from.clone(),
+                    kind: format!("{:?}", entry.kind).to_lowercase(),
+                })
+            }
+        };
+        result.map_err(|source| ImageError::Initrd {
+            what: format!("{} from {}", take.to, extra.deb.display()),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/name` atomically: a temporary file in `dir`, synced, then renamed.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, ImageError> {
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, &target)
+    })();
+    if let Err(source) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(ImageError::Write {
+            dir: dir.to_path_buf(),
+            file: name.to_string(),
+            source,
+        });
+    }
+    Ok(target)
+}
+
+/// Builds the image and writes `buildos-image`, `buildos-initrd` and `buildos-buildid` into
+/// `spec.out_dir`, each atomically; the buildid goes last, so a reader that sees a new buildid
+/// also sees the kernel and initrd it names.
+pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
+    let image = assemble(spec)?;
+    let dir = &spec.out_dir;
+    fs::create_dir_all(dir).map_err(|source| ImageError::OutputDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    let kernel_path = write_atomically(dir, IMAGE_FILE, &image.kernel)?;
+    let initrd_path = write_atomically(dir, INITRD_FILE, &image.initrd)?;
+    let buildid_path =
+        write_atomically(dir, BUILDID_FILE, format!("{}\n", image.buildid).as_bytes())?;
+    // Make the renames durable; a directory that can't be opened for this is no reason to fail.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(ImageOutput {
+        kernel_path,
+        initrd_path,
+        buildid_path,
+        kernel_version: image.kernel_version,
+        kernel_size: image.kernel.len() as u64,
+        initrd_size: image.initrd.len() as u64,
+        initrd_uncompressed_size: image.initrd_uncompressed_size,
+        modules: image.modules,
+        module_bytes: image.module_bytes,
+        buildid: image.buildid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpio;
+    use crate::deb::testdeb::{self, Item};
+    use crate::kmod::testkernel::{self, VERSION};
+
+    struct Inputs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Inputs {
+        fn new(vmlinuz: &[u8]) -> Inputs {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("linux-image.deb"), testkernel::deb(vmlinuz)).unwrap();
+            let busybox = testdeb::build(
+                "Package: busybox-static\nVersion: 1:1.35.0-4\n",
+                &[
+                    Item::Dir("bin"),
+                    Item::File("bin/busybox", 0o755, b"\x7fELF static busybox"),
+                ],
+                ".xz",
+            );
+            std::fs::write(dir.path().join("busybox-static.deb"), busybox).unwrap();
+            Inputs { dir }
+        }
+
+        fn spec(&self, out: &str) -> ImageSpec {
+            let mut spec = ImageSpec::new(
+                self.dir.path().join("linux-image.deb"),
+                self.dir.path().join(out),
+                1_700_000_000,
+            );
+            spec.modules = vec!["btrfs".into(), "bridge".into(), "sd_mod".into()];
+            spec.extra_debs = vec![DebFiles {
+                deb: self.dir.path().join("busybox-static.deb"),
+                files: vec![TakeFile {
+                    from: "bin/busybox".into(),
+                    to: "/bin/busybox".into(),
+                    mode: None,
+                }],
+            }];
+            spec.entries = vec![
+                InitrdEntry::File {
+                    path: "/init".into(),
+                    mode: 0o755,
+                    contents: b"\x7fELF init".to_vec(),
+                },
+                InitrdEntry::Symlink {
+                    path: "/bin/sh".into(),
+                    target: "busybox".into(),
+                },
+                InitrdEntry::Dir {
+                    path: "/proc".into(),
+                    mode: 0o555,
+                },
+            ];
+            spec
+        }
+    }
+
+    fn read_initrd(path: &Path) -> Vec<(cpio::Entry, Vec<u8>)> {
+        cpio::read(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn file<'a>(entries: &'a [(cpio::Entry, Vec<u8>)], path: &str) -> &'a [u8] {
+        &entries
+            .iter()
+            .find(|(e, _)| e.path == path)
+            .unwrap_or_else(|| panic!("{path} not in initrd"))
+            .1
+    }
+
+    #[test]
+    fn build_writes_kernel_initrd_and_buildid() {
+        let inputs = Inputs::new(b"the kernel");
+        let out = build(&inputs.spec("out")).unwrap();
+        assert_eq!(out.kernel_version, VERSION);
+        assert_eq!(std::fs::read(&out.kernel_path).unwrap(), b"the kernel");
+        assert_eq!(
+            std::fs::read_to_string(&out.buildid_path).unwrap(),
+            format!("{}\n", out.buildid)
+        );
+        assert_eq!(out.buildid.len(), 64);
+        assert!(out
+            .buildid
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(
+            out.modules,
+            vec![
+                "crc32c_generic",
+                "raid6_pq",
+                "xor",
+                "libcrc32c",
+                "btrfs",
+                "llc",
+                "stp",
+                "bridge"
+            ]
+        );
+
+        let entries = read_initrd(&out.initrd_path);
+        let base = format!("lib/modules/{VERSION}");
+        assert_eq!(
+            file(&entries, "etc/buildos/modules"),
+            b"crc32c_generic\nraid6_pq\nxor\nlibcrc32c\nbtrfs\nllc\nstp\nbridge\n"
+        );
+        assert_eq!(file(&entries, "bin/busybox"), b"\x7fELF static busybox");
+        assert_eq!(file(&entries, "init"), b"\x7fELF init");
+        let dep =
+            String::from_utf8(file(&entries, &format!("{base}/modules.dep")).to_vec()).unwrap();
+        assert!(dep.contains("kernel/fs/btrfs/btrfs.ko: kernel/lib/libcrc32c.ko kernel/crypto/xor.ko kernel/lib/raid6/raid6_pq.ko\n"), "{dep}");
+        assert_eq!(
+            file(&entries, &format!("{base}/modules.builtin")),
+            testkernel::BUILTIN.as_bytes()
+        );
+        let kos = entries
+            .iter()
+            .filter(|(e, _)| e.path.ends_with(".ko"))
+            .count();
+        assert_eq!(kos, out.modules.len());
+        assert!(entries.iter().all(|(e, _)| !e.path.contains("nvme")));
+        let on_disk: Vec<String> = std::fs::read_dir(inputs.dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(on_disk.len(), 3, "no temporary files are left: {on_disk:?}");
+    }
+
+    #[test]
+    fn initrd_gzip_header_has_no_name_and_no_time() {
+        let inputs = Inputs::new(b"k");
+        let out = build(&inputs.spec("out")).unwrap();
+        let initrd = std::fs::read(&out.initrd_path).unwrap();
+        // magic, CM=8, FLG=0 (no name, no comment, no extra), MTIME=0, XFL, OS=3.
+        assert_eq!(&initrd[..8], b"\x1f\x8b\x08\x00\x00\x00\x00\x00");
+        assert_eq!(initrd[9], 3);
+    }
+
+    #[test]
+    fn same_inputs_give_identical_initrd() {
+        let inputs = Inputs::new(b"the kernel");
+        let a = build(&inputs.spec("a")).unwrap();
+        let mut spec = inputs.spec("b");
+        // The same entries in another order are the same image.
+        spec.entries.reverse();
+        let b = build(&spec).unwrap();
+        assert_eq!(
+            std::fs::read(&a.initrd_path).unwrap(),
+            std::fs::read(&b.initrd_path).unwrap()
+        );
+        assert_eq!(a.buildid, b.buildid);
+    }
+
+    #[test]
+    fn one_changed_input_byte_changes_the_buildid() {
+        let a = build(&Inputs::new(b"the kernel").spec("out")).unwrap();
+        let b = build(&Inputs::new(b"the kernal").spec("out")).unwrap();
+        assert_ne!(a.buildid, b.buildid);
+        let inputs = Inputs::new(b"the kernel");
+        let mut spec = inputs.spec("out");
+        if let Some(InitrdEntry::File { contents, .. }) = spec.entries.first_mut() {
+            contents[0] ^= 1;
+        }
+        let c = build(&spec).unwrap();
+        assert_ne!(a.buildid, c.buildid);
+        let mut spec = inputs.spec("out2");
+        spec.source_date_epoch += 1;
+        assert_ne!(a.buildid, build(&spec).unwrap().buildid);
+    }
+
+    #[test]
+    fn buildid_separates_kernel_from_initrd() {
+        assert_ne!(buildid(b"ab", b"c"), buildid(b"a", b"bc"));
+    }
+
+    #[test]
+    fn unknown_module_error_names_module_and_kernel() {
+        let inputs = Inputs::new(b"k");
+        let mut spec = inputs.spec("out");
+        spec.modules.push("e1000e".into());
+        let err = build(&spec).unwrap_err();
+        assert!(err.to_string().contains(VERSION), "{err}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("module e1000e is neither"), "{cause}");
+    }
+
+    #[test]
+    fn extra_entry_clashing_with_a_module_list_is_an_error_naming_the_path() {
+        let inputs = Inputs::new(b"k");
+        let mut spec = inputs.spec("out");
+        spec.entries.push(InitrdEntry::File {
+            path: "/etc/buildos/modules".into(),
+            mode: 0o644,
+            contents: b"tun\n".to_vec(),
+        });
+        let err = build(&spec).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("etc/buildos/modules"), "{chain}");
+    }
+
+    #[test]
+    fn missing_file_in_extra_deb_names_package_and_file() {
+        let inputs = Inputs::new(b"k");
+        let mut spec = inputs.spec("out");
+        spec.extra_debs[0].files[0].from = "bin/toybox".into();
+        let err = build(&spec).unwrap_err();
+        assert!(err.to_string().contains("busybox-static.deb"), "{err}");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("bin/toybox"), "{cause}");
+    }
+
+    #[test]
+    fn unwritable_output_dir_is_reported_by_name() {
+        let inputs = Inputs::new(b"k");
+        let blocker = inputs.dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let mut spec = inputs.spec("unused");
+        spec.out_dir = blocker.join("out");
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("cannot create output directory") && err.contains("file/out"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_kernel_package_is_reported_by_name() {
+        let inputs = Inputs::new(b"k");
+        let mut spec = inputs.spec("out");
+        spec.kernel_deb = inputs.dir.path().join("linux-image-absent.deb");
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(err.contains("linux-image-absent.deb"), "{err}");
+    }
+}
