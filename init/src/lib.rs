@@ -181,16 +181,28 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
         .map(|name| format!("module {name} is not in {}", dep_path.display()))
         .collect();
     let mut loaded = 0;
+    let mut absent = Vec::new();
     for path in &order {
         match kmod::load(&dir.join(path)) {
             Ok(()) => loaded += 1,
+            // A driver for hardware or CPU features this machine does not have, such as an
+            // accelerated checksum that a soft dependency names.
+            Err(kmod::LoadError::Init {
+                errno: nix::errno::Errno::ENODEV,
+                ..
+            }) => absent.push(kmod::module_name(path)),
             Err(error) => problems.push(error.to_string()),
         }
     }
     console::info(&format!(
-        "loaded {loaded} of {} modules for {} requested",
+        "loaded {loaded} of {} modules, {} without their hardware{}",
         order.len(),
-        wanted.len()
+        absent.len(),
+        if absent.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", absent.join(", "))
+        }
     ));
     Ok(if problems.is_empty() {
         Outcome::Ok

@@ -74,7 +74,10 @@ impl fmt::Display for ProfileError {
                 names().join(", ")
             ),
             ProfileError::Invalid { name, message } => {
-                write!(f, "profile {name} (rootfs/profiles/{name}.toml) is invalid: {message}")
+                write!(
+                    f,
+                    "profile {name} (rootfs/profiles/{name}.toml) is invalid: {message}"
+                )
             }
         }
     }
@@ -91,12 +94,13 @@ pub fn names() -> Vec<&'static str> {
 
 /// The profile with this name.
 pub fn load(name: &str) -> Result<Profile, ProfileError> {
-    let (_, text) = PROFILES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .ok_or_else(|| ProfileError::Unknown {
-            name: name.to_owned(),
-        })?;
+    let (_, text) =
+        PROFILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ProfileError::Unknown {
+                name: name.to_owned(),
+            })?;
     parse(name, text)
 }
 
@@ -152,8 +156,20 @@ mod tests {
     fn default_profile_carries_the_modules_a_build_host_needs() {
         let profile = load(DEFAULT_PROFILE).unwrap();
         for module in [
-            "btrfs", "bridge", "tun", "e1000", "e1000e", "virtio_net", "virtio_blk", "virtio_pci",
-            "ahci", "ata_piix", "sd_mod", "nvme", "nft_chain_nat", "nft_masq",
+            "btrfs",
+            "bridge",
+            "tun",
+            "e1000",
+            "e1000e",
+            "virtio_net",
+            "virtio_blk",
+            "virtio_pci",
+            "ahci",
+            "ata_piix",
+            "sd_mod",
+            "nvme",
+            "nft_chain_nat",
+            "nft_masq",
         ] {
             assert!(
                 profile.modules.boot.iter().any(|m| m == module),
@@ -165,7 +181,10 @@ mod tests {
     #[test]
     fn unknown_profile_lists_the_known_ones() {
         let error = load("fancy").unwrap_err().to_string();
-        assert_eq!(error, "no profile named \"fancy\"; expected one of: minimal");
+        assert_eq!(
+            error,
+            "no profile named \"fancy\"; expected one of: minimal"
+        );
     }
 
     #[test]
@@ -180,7 +199,10 @@ mod tests {
             boot = ["btrfs"]
         "#;
         let error = parse("x", text).unwrap_err().to_string();
-        assert!(error.contains("\"bin/busybox\" must be an absolute path"), "{error}");
+        assert!(
+            error.contains("\"bin/busybox\" must be an absolute path"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! Debian packages fetched with apt's own tools into a cache, never taken from the build
+//! machine's installed files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::system;
+
+pub struct Apt {
+    cache: PathBuf,
+}
+
+/// One package's fields as `apt-cache show` prints them.
+fn field<'a>(control: &'a str, name: &str) -> Option<&'a str> {
+    control.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+impl Apt {
+    pub fn new(cache: &Path) -> Apt {
+        Apt {
+            cache: cache.to_owned(),
+        }
+    }
+
+    /// `apt-cache show` of the candidate version; updates the lists once when apt does not know
+    /// the package and this runs as root.
+    fn show(&self, package: &str) -> Result<String> {
+        for attempt in 0..2 {
+            let output = Command::new("apt-cache")
+                .args(["show", "--no-all-versions", package])
+                .output()
+                .context("cannot run apt-cache; is this a Debian system with apt?")?;
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && field(&text, "Version").is_some() {
+                return Ok(text);
+            }
+            if attempt == 0 && system::can_update_apt() {
+                eprintln!("xtask: apt does not know {package}; updating the package lists");
+                system::run_apt(&["update", "-q"])?;
+                continue;
+            }
+            bail!(
+                "apt knows no package {package:?}: {}; run `apt-get update` as root, \
+                 or check the profile's package name",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        unreachable!("the loop returns or bails")
+    }
+
+    /// The real kernel package behind a meta package such as `linux-image-amd64`; a real
+    /// kernel package resolves to itself.
+    pub fn resolve_kernel(&self, package: &str) -> Result<String> {
+        let control = self.show(package)?;
+        let depends = field(&control, "Depends").unwrap_or("");
+        let kernel = depends
+            .split(',')
+            .map(|d| d.trim().split([' ', '(']).next().unwrap_or(""))
+            .find(|name| name.starts_with("linux-image-") && name != &package);
+        Ok(kernel.unwrap_or(package).to_owned())
+    }
+
+    /// The candidate version's .deb in the cache, downloaded with `apt-get download` unless it
+    /// is already there.
+    pub fn fetch(&self, package: &str) -> Result<PathBuf> {
+        let control = self.show(package)?;
+        let version = field(&control, "Version").unwrap_or_default();
+        let arch = field(&control, "Architecture").unwrap_or("amd64");
+        let file = format!("{package}_{}_{arch}.deb", version.replace(':', "%3a"));
+        let path = self.cache.join(&file);
+        if path.is_file() {
+            return Ok(path);
+        }
+        std::fs::create_dir_all(&self.cache)
+            .with_context(|| format!("cannot create the package cache {}", self.cache.display()))?;
+        eprintln!("xtask: downloading {package} {version}");
+        let output = Command::new("apt-get")
+            .args(["download", "-q", &format!("{package}={version}")])
+            .current_dir(&self.cache)
+            .output()
+            .context("cannot run apt-get")?;
+        if !output.status.success() || !path.is_file() {
+            bail!(
+                "`apt-get download {package}={version}` failed{}: {}",
+                if output.status.success() {
+                    format!(" to write {file}")
+                } else {
+                    String::new()
+                },
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_reads_the_value_after_the_colon() {
+        let control = "Package: linux-image-amd64\nVersion: 6.1.192-2\nDepends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)\n";
+        assert_eq!(field(control, "Version"), Some("6.1.192-2"));
+        assert_eq!(
+            field(control, "Depends"),
+            Some("linux-image-6.1.0-56-amd64 (= 6.1.192-2)")
+        );
+        assert_eq!(field(control, "Pre-Depends"), None);
+    }
+}

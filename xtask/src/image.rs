@@ -1,0 +1,158 @@
+//! `cargo xtask image`: compile the static init, fetch the profile's Debian packages, and let
+//! the image builder assemble kernel, initrd and buildid.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use buildos_image_builder as builder;
+use buildos_rootfs::Profile;
+
+use crate::apt::Apt;
+
+/// The target init is built for: static glibc binaries boot as PID 1 with no loader.
+pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Everything assembly reads, gathered first so that assembly alone can be timed and repeated.
+pub struct Inputs {
+    pub profile: Profile,
+    pub init: PathBuf,
+    pub kernel_deb: PathBuf,
+    pub package_debs: Vec<PathBuf>,
+    pub source_date_epoch: u64,
+}
+
+pub struct Built {
+    pub output: builder::ImageOutput,
+    pub assembly: Duration,
+}
+
+/// Compiles init as a static release binary and returns its path.
+pub fn build_init() -> Result<PathBuf> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "--package", "buildos-init"])
+        .args(["--target", INIT_TARGET])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
+        .current_dir(crate::root())
+        .status()
+        .context("cannot run cargo to build init")?;
+    if !status.success() {
+        bail!("building buildos-init failed; see cargo's output above");
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target"));
+    Ok(target_dir
+        .join(INIT_TARGET)
+        .join("release")
+        .join("buildos-init"))
+}
+
+/// SOURCE_DATE_EPOCH when set, else 0: file times then carry no information, and an image
+/// whose content did not change keeps its bytes and its buildid.
+pub fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={value:?} is not a number of seconds since 1970")
+        }),
+        Err(_) => Ok(0),
+    }
+}
+
+pub fn prepare(profile_name: &str) -> Result<Inputs> {
+    let profile = buildos_rootfs::load(profile_name)?;
+    crate::system::ensure(&[crate::system::APT])?;
+    let init = build_init()?;
+    let apt = Apt::new(&crate::work_dir().join("debs"));
+    let kernel_package = apt.resolve_kernel(&profile.kernel)?;
+    let kernel_deb = apt.fetch(&kernel_package)?;
+    let package_debs = profile
+        .packages
+        .iter()
+        .map(|p| apt.fetch(&p.name))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Inputs {
+        profile,
+        init,
+        kernel_deb,
+        package_debs,
+        source_date_epoch: source_date_epoch()?,
+    })
+}
+
+pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
+    let init = std::fs::read(&inputs.init)
+        .with_context(|| format!("cannot read the init binary {}", inputs.init.display()))?;
+    let mut spec = builder::ImageSpec::new(&inputs.kernel_deb, out, inputs.source_date_epoch);
+    spec.modules = inputs.profile.modules.boot.clone();
+    spec.entries.push(builder::image::InitrdEntry::File {
+        path: "/init".into(),
+        mode: 0o755,
+        contents: init,
+    });
+    spec.entries.push(builder::image::InitrdEntry::File {
+        path: "/etc/buildos/profile".into(),
+        mode: 0o644,
+        contents: format!("{}\n", inputs.profile.name).into_bytes(),
+    });
+    for link in &inputs.profile.symlinks {
+        spec.entries.push(builder::image::InitrdEntry::Symlink {
+            path: link.path.clone(),
+            target: link.target.clone(),
+        });
+    }
+    for (package, deb) in inputs.profile.packages.iter().zip(&inputs.package_debs) {
+        spec.extra_debs.push(builder::image::DebFiles {
+            deb: deb.clone(),
+            files: package
+                .files
+                .iter()
+                .map(|f| builder::image::TakeFile {
+                    from: f.from.clone(),
+                    to: f.to.clone(),
+                    mode: Some(f.mode),
+                })
+                .collect(),
+        });
+    }
+    let started = Instant::now();
+    let output = builder::build(&spec)?;
+    Ok(Built {
+        output,
+        assembly: started.elapsed(),
+    })
+}
+
+/// `cargo xtask image`.
+pub fn run(profile: &str, out: &Path) -> Result<Built> {
+    let inputs = prepare(profile)?;
+    let built = assemble(&inputs, out)?;
+    let o = &built.output;
+    eprintln!(
+        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB with {} modules, \
+         buildid {}, assembled in {:.2} s",
+        out.display(),
+        o.kernel_version,
+        o.initrd_size as f64 / 1e6,
+        o.modules.len(),
+        o.buildid,
+        built.assembly.as_secs_f64()
+    );
+    Ok(built)
+}
+
+/// `cargo xtask ls`.
+pub fn list(initrd: &Path) -> Result<()> {
+    let bytes =
+        std::fs::read(initrd).with_context(|| format!("cannot read {}", initrd.display()))?;
+    let entries = builder::cpio::list(&bytes)
+        .with_context(|| format!("{} is not a cpio newc archive", initrd.display()))?;
+    for entry in entries {
+        println!("{}", entry);
+    }
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! Booting an image in QEMU: the interactive `cargo xtask qemu` and the harness the VM tests
+//! share (boot, wait for a console line, assert, always kill QEMU, dump the console on failure).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// How a guest is started.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Kernel parameters after `console=ttyS0`.
+    pub append: Vec<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// More QEMU arguments: disks, network devices.
+    pub extra: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn new(image_dir: &Path) -> VmConfig {
+        VmConfig {
+            kernel: image_dir.join("buildos-image"),
+            initrd: image_dir.join("buildos-initrd"),
+            append: Vec::new(),
+            memory_mib: 1024,
+            cpus: 1,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn append(mut self, params: &[&str]) -> VmConfig {
+        self.append.extend(params.iter().map(|p| p.to_string()));
+        self
+    }
+
+    fn kernel_cmdline(&self) -> String {
+        let mut cmdline = "console=ttyS0 panic=-1".to_owned();
+        for param in &self.append {
+            cmdline.push(' ');
+            cmdline.push_str(param);
+        }
+        cmdline
+    }
+
+    fn command(&self) -> Command {
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(accelerator_args(&self.kernel))
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-display", "none", "-vga", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .args(["-append", &self.kernel_cmdline()])
+            .args(&self.extra);
+        qemu
+    }
+}
+
+/// `-accel kvm` only where KVM really runs a guest here, else software emulation. The probe
+/// boots the kernel without an initrd, once per process, until its first console line.
+fn accelerator_args(kernel: &Path) -> Vec<String> {
+    static ACCEL: OnceLock<Vec<String>> = OnceLock::new();
+    ACCEL
+        .get_or_init(|| {
+            let tcg = vec!["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()];
+            match std::env::var("BUILDOS_QEMU_ACCEL").as_deref() {
+                Ok("tcg") => return tcg,
+                Ok("kvm") => {
+                    return vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]
+                }
+                _ => {}
+            }
+            if kvm_works(kernel) {
+                vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]
+            } else {
+                tcg
+            }
+        })
+        .clone()
+}
+
+/// Whether a KVM guest gets as far as the kernel printing on its serial port within a bound:
+/// on some machines /dev/kvm opens but guests never run.
+fn kvm_works(kernel: &Path) -> bool {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return false;
+    }
+    let Ok(mut child) = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel", "kvm", "-cpu", "host", "-m", "64", "-display", "none",
+        ])
+        .args([
+            "-vga",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    // Under working KVM the kernel's first line comes within a second or two.
+    let (tx, rx) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(!line.is_empty());
+        });
+    }
+    let works = rx.recv_timeout(Duration::from_secs(10)).unwrap_or(false);
+    let _ = child.kill();
+    let _ = child.wait();
+    if !works {
+        eprintln!("xtask: KVM does not run guests here; using software emulation");
+    }
+    works
+}
+
+/// Runs QEMU attached to this terminal: the serial console on stdin and stdout, Ctrl-A X quits.
+pub fn interactive(config: &VmConfig) -> Result<ExitStatus> {
+    let mut qemu = config.command();
+    qemu.args(["-serial", "mon:stdio"]);
+    eprintln!(
+        "xtask: booting {} with `{}`; Ctrl-A X quits QEMU",
+        config.kernel.display(),
+        config.kernel_cmdline()
+    );
+    qemu.status()
+        .context("cannot run qemu-system-x86_64; `cargo xtask test` installs it")
+}
+
+/// A guest booted for a test. Dropping it kills QEMU.
+pub struct Vm {
+    child: Child,
+    lines: Receiver<String>,
+    console: Arc<Mutex<String>>,
+    monitor: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Vm {
+    pub fn boot(config: &VmConfig) -> Result<Vm> {
+        for file in [&config.kernel, &config.initrd] {
+            if !file.is_file() {
+                bail!(
+                    "no image at {}; build one with `cargo xtask image`",
+                    file.display()
+                );
+            }
+        }
+        let dir = TempDir::new("buildos-vm")?;
+        let monitor = dir.0.join("monitor.sock");
+        let mut qemu = config.command();
+        qemu.args(["-serial", "stdio"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = qemu.spawn().context("cannot run qemu-system-x86_64")?;
+        let (tx, lines) = mpsc::channel();
+        let console = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            let console = console.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream);
+                let mut raw = Vec::new();
+                while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+                    let line = String::from_utf8_lossy(&raw)
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned();
+                    raw.clear();
+                    if let Ok(mut console) = console.lock() {
+                        console.push_str(&line);
+                        console.push('\n');
+                    }
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Vm {
+            child,
+            lines,
+            console,
+            monitor,
+            _dir: dir,
+        })
+    }
+
+    /// Everything the guest printed so far.
+    pub fn console(&self) -> String {
+        self.console.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Waits for a console line containing `needle`; the bound is a failure, not a delay.
+    pub fn wait_for(&mut self, needle: &str, bound: Duration) -> Result<String> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "no console line with {needle:?} within {bound:?}; console:\n{}",
+                    self.console()
+                ),
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "QEMU exited before printing {needle:?}; console:\n{}",
+                    self.console()
+                ),
+            }
+        }
+    }
+
+    /// Sends one command to the QEMU monitor, e.g. `sendkey ctrl-alt-delete`.
+    pub fn monitor(&self, command: &str) -> Result<()> {
+        let mut socket = UnixStream::connect(&self.monitor).with_context(|| {
+            format!(
+                "cannot connect to the QEMU monitor {}",
+                self.monitor.display()
+            )
+        })?;
+        socket.write_all(format!("{command}\n").as_bytes())?;
+        // The monitor prints a prompt before and after each command: once the second one is
+        // there, the command has run. The read bound only guards against a wedged QEMU.
+        socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while String::from_utf8_lossy(&seen).matches("(qemu)").count() < 2 {
+            match std::io::Read::read(&mut socket, &mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for QEMU to exit by itself (the guest rebooted or powered off under -no-reboot).
+    pub fn wait_exit(&mut self, bound: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        // Draining the console until both pipes close is the exit signal.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "QEMU still running after {bound:?}; console:\n{}",
+                    self.console()
+                ),
+            }
+        }
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cargo xtask qemu`: build the profile's image and boot it on this terminal.
+pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Result<()> {
+    crate::system::ensure(&[crate::system::APT, crate::system::QEMU])?;
+    let out = crate::root().join("out");
+    crate::image::run(profile, &out)?;
+    let mut config = VmConfig::new(&out);
+    config.memory_mib = memory_mib;
+    config.cpus = cpus;
+    config.append = params.to_vec();
+    let status = interactive(&config)?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The programs the workflow needs from the system, installed with apt when they are missing.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// A program and the Debian package that provides it.
+#[derive(Clone, Copy, Debug)]
+pub struct Need {
+    pub command: &'static str,
+    pub package: &'static str,
+    pub why: &'static str,
+}
+
+pub const APT: Need = Need {
+    command: "apt-get",
+    package: "apt",
+    why: "fetches the Debian kernel and busybox packages",
+};
+pub const QEMU: Need = Need {
+    command: "qemu-system-x86_64",
+    package: "qemu-system-x86",
+    why: "boots the image for `cargo xtask qemu` and the VM tests",
+};
+pub const MKINITRAMFS: Need = Need {
+    command: "mkinitramfs",
+    package: "initramfs-tools",
+    why: "builds Debian's own initrd, the anchor of `cargo xtask bench`",
+};
+
+/// Finds a command on PATH and in the sbin directories root would search.
+pub fn find(command: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|dir| Path::new(dir).join(command))
+        .find(|candidate| candidate.is_file());
+    found
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Makes sure every needed command is there, installing the missing packages when this runs
+/// as root on a system with apt; otherwise says exactly what to install.
+pub fn ensure(needs: &[Need]) -> Result<()> {
+    let missing: Vec<&Need> = needs.iter().filter(|n| find(n.command).is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    let reasons: Vec<String> = missing
+        .iter()
+        .map(|n| format!("  {} (package {}): {}", n.command, n.package, n.why))
+        .collect();
+    let install = format!(
+        "apt-get install --no-install-recommends {}",
+        packages.join(" ")
+    );
+    if find("apt-get").is_none() {
+        bail!(
+            "missing programs:\n{}\nthis system has no apt-get; install the equivalent packages by hand",
+            reasons.join("\n")
+        );
+    }
+    if !is_root() {
+        bail!(
+            "missing programs:\n{}\ninstall them as root with:\n  {install}",
+            reasons.join("\n")
+        );
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    if !apt_install(&packages)? {
+        // The package lists of a fresh system may be empty or stale.
+        run_apt(&["update"])?;
+        if !apt_install(&packages)? {
+            bail!("`{install}` failed; see apt's output above");
+        }
+    }
+    let still: Vec<&str> = missing
+        .iter()
+        .filter(|n| find(n.command).is_none())
+        .map(|n| n.command)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "installed {} but {} is still not on PATH",
+            packages.join(" "),
+            still.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<bool> {
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    Ok(status.success())
+}
+
+pub fn run_apt(args: &[&str]) -> Result<()> {
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("`apt-get {}` failed; see its output above", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether apt can update its lists here: root with apt-get.
+pub fn can_update_apt() -> bool {
+    is_root() && find("apt-get").is_some()
+}
