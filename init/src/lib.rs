@@ -152,7 +152,7 @@ fn step_cmdline(boot: &mut Boot) -> StepResult {
     })
 }
 
-fn step_modules(_boot: &mut Boot) -> StepResult {
+fn step_modules(boot: &mut Boot) -> StepResult {
     let release = nix::sys::utsname::uname()
         .map_err(|errno| format!("uname failed: {}", errno.desc()))?
         .release()
@@ -182,8 +182,15 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
         .collect();
     let mut loaded = 0;
     let mut absent = Vec::new();
+    let mut slowest: Vec<(std::time::Duration, String)> = Vec::new();
     for path in &order {
-        match kmod::load(&dir.join(path)) {
+        let began = boot.clock.now();
+        let result = kmod::load(&dir.join(path));
+        slowest.push((
+            boot.clock.now().saturating_sub(began),
+            kmod::module_name(path),
+        ));
+        match result {
             Ok(()) => loaded += 1,
             // A driver for hardware or CPU features this machine does not have, such as an
             // accelerated checksum that a soft dependency names.
@@ -194,6 +201,13 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
             Err(error) => problems.push(error.to_string()),
         }
     }
+    slowest.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let slowest: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
+        .collect();
+    console::info(&format!("slowest modules: {}", slowest.join(", ")));
     console::info(&format!(
         "loaded {loaded} of {} modules, {} without their hardware{}",
         order.len(),

@@ -62,10 +62,7 @@ pub fn run() -> Result<()> {
         init.as_secs_f64() / kernel.as_secs_f64(),
         verdict(init < Duration::from_secs(1))
     );
-    println!(
-        "  (anchor: kernel start to init start in the same QEMU boot, {})",
-        "software emulation unless KVM works"
-    );
+    println!("  (anchor: kernel start to init start in the same QEMU boot)");
     println!(
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
