@@ -269,6 +269,60 @@ impl Deb {
         })
     }
 
+    /// Writes a copy of the package whose data member is an uncompressed `data.tar`, so that
+    /// later reads skip decompression (most of the time an image build spends on the kernel
+    /// package). The copy is written to a temporary file beside `dst` and renamed into place.
+    pub fn write_uncompressed(&self, dst: &Path) -> Result<(), DebError> {
+        let path = &self.path;
+        let io_err = |member: &str| {
+            let member = member.to_string();
+            move |source: io::Error| DebError::Member {
+                path: path.clone(),
+                member,
+                source,
+            }
+        };
+        let write_err = |source: io::Error| DebError::Open {
+            path: dst.to_path_buf(),
+            source,
+        };
+        let tmp = dst.with_extension("deb.tmp");
+        let mut builder = ar::Builder::new(File::create(&tmp).map_err(write_err)?);
+        let mut archive = ar_archive(path)?;
+        while let Some(entry) = archive.next_entry() {
+            let mut entry = entry.map_err(|source| DebError::NotAr {
+                path: path.clone(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(entry.header().identifier())
+                .trim_end_matches('/')
+                .to_string();
+            let (name, bytes) = if name == self.data_member {
+                let compression =
+                    compression_of(&name).ok_or_else(|| DebError::UnsupportedCompression {
+                        path: path.clone(),
+                        member: name.clone(),
+                    })?;
+                let mut reader =
+                    decompressor(BufReader::with_capacity(1 << 20, &mut entry), compression)
+                        .map_err(io_err(&name))?;
+                let mut bytes = Vec::new();
+                reader.read_to_end(&mut bytes).map_err(io_err(&name))?;
+                ("data.tar".to_string(), bytes)
+            } else {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).map_err(io_err(&name))?;
+                (name, bytes)
+            };
+            let header = ar::Header::new(name.into_bytes(), bytes.len() as u64);
+            builder
+                .append(&header, bytes.as_slice())
+                .map_err(write_err)?;
+        }
+        drop(builder);
+        std::fs::rename(&tmp, dst).map_err(write_err)
+    }
+
     /// The package file this was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -722,6 +776,28 @@ mod tests {
                 "suffix {suffix:?}"
             );
         }
+    }
+
+    #[test]
+    fn uncompressed_copy_holds_the_same_control_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.deb", &build(CONTROL, &items(), ".xz"));
+        let copy = dir.path().join("a.plain.deb");
+        Deb::open(&p).unwrap().write_uncompressed(&copy).unwrap();
+        let (original, plain) = (Deb::open(&p).unwrap(), Deb::open(&copy).unwrap());
+        assert_eq!(plain.data_member(), "data.tar");
+        assert_eq!(original.control().unwrap(), plain.control().unwrap());
+        let entries = |deb: &Deb| {
+            let mut seen = Vec::new();
+            deb.for_each_data_entry(|e| {
+                seen.push((e.path, e.kind, e.mode, e.contents, e.link_target));
+                Ok::<(), DebError>(())
+            })
+            .unwrap();
+            seen
+        };
+        assert_eq!(entries(&original), entries(&plain));
+        assert!(!dir.path().join("a.plain.deb.tmp").exists());
     }
 
     #[test]

@@ -79,7 +79,8 @@ fn verdict(met: bool) -> &'static str {
 }
 
 /// Runs Debian's mkinitramfs for the kernel in `deb`, in a private mount namespace where that
-/// kernel's modules are at /lib/modules, so the build machine's own files are untouched.
+/// kernel's modules are at /lib/modules, so the build machine's own files are untouched (an
+/// empty /lib/modules is made for the mount when there is none, and removed after).
 /// Returns its time (depmod, which Debian runs at package install, not counted) and size.
 fn mkinitramfs(deb: &Path, version: &str) -> Result<(Duration, u64)> {
     let dir = TempDir::new("buildos-bench")?;
@@ -97,6 +98,9 @@ fn mkinitramfs(deb: &Path, version: &str) -> Result<(Duration, u64)> {
     let output = dir.0.join("debian-initrd");
     let script = format!(
         "set -e\n\
+         created=\n\
+         if [ ! -d /lib/modules ]; then mkdir /lib/modules; created=1; fi\n\
+         trap 'umount /lib/modules 2>/dev/null; [ -z \"$created\" ] || rmdir /lib/modules' EXIT\n\
          mount --bind {root}/lib/modules /lib/modules\n\
          mount --bind {root}/boot /boot\n\
          depmod {version}\n\
