@@ -221,9 +221,7 @@ impl Deb {
                 path: path.clone(),
                 source,
             })?;
-            let name = String::from_utf8_lossy(entry.header().identifier())
-                .trim_end_matches('/')
-                .to_string();
+            let name = member_name(entry.header());
             if name == "debian-binary" {
                 let mut text = String::new();
                 entry
@@ -294,9 +292,7 @@ impl Deb {
                 path: path.clone(),
                 source,
             })?;
-            let name = String::from_utf8_lossy(entry.header().identifier())
-                .trim_end_matches('/')
-                .to_string();
+            let name = member_name(entry.header());
             let (name, bytes) = if name == self.data_member {
                 let compression =
                     compression_of(&name).ok_or_else(|| DebError::UnsupportedCompression {
@@ -458,13 +454,7 @@ impl Deb {
                     }
                     .into())
                 }
-                Some(Ok(e)) if e.header().identifier() == member.as_bytes() => break e,
-                Some(Ok(e))
-                    if String::from_utf8_lossy(e.header().identifier()).trim_end_matches('/')
-                        == member =>
-                {
-                    break e
-                }
+                Some(Ok(e)) if member_name(e.header()) == member => break e,
                 Some(Ok(_)) => {}
             }
         };
@@ -538,6 +528,13 @@ impl Deb {
         }
         Ok(())
     }
+}
+
+/// An ar member's name, without the `/` that GNU ar appends.
+fn member_name(header: &ar::Header) -> String {
+    String::from_utf8_lossy(header.identifier())
+        .trim_end_matches('/')
+        .to_string()
 }
 
 fn ar_archive(path: &Path) -> Result<ar::Archive<BufReader<File>>, DebError> {
