@@ -43,6 +43,8 @@ pub struct Config {
     pub on_failure: FailureAction,
     /// `buildos.storage_wait`, seconds, default 10.
     pub storage_wait: u32,
+    /// `buildos.dhcp_wait`, seconds, default 15.
+    pub dhcp_wait: u32,
     /// `buildos.poll_interval`, seconds, default 300.
     pub poll_interval: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
@@ -69,6 +71,7 @@ impl Default for Config {
             hostname: None,
             on_failure: FailureAction::Shell,
             storage_wait: 10,
+            dhcp_wait: 15,
             poll_interval: 300,
             br1_address: DEFAULT_BR1,
         }
@@ -167,6 +170,7 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::Hostname => or(&config.hostname, "from DHCP, else from the MAC address"),
             ParamId::Br1Address => config.br1_address.to_string(),
             ParamId::StorageWait => format!("{} s", config.storage_wait),
+            ParamId::DhcpWait => format!("{} s", config.dhcp_wait),
             ParamId::PollInterval => format!("{} s", config.poll_interval),
             ParamId::OnFailure => config.on_failure.to_string(),
             ParamId::ToolchainUrl
@@ -280,6 +284,7 @@ mod tests {
             "hostname: from DHCP, else from the MAC address",
             "br1_address: 172.30.0.1/24",
             "storage_wait: 10 s",
+            "dhcp_wait: 15 s",
             "poll_interval: 300 s",
             "on_failure: shell",
         ];

@@ -256,6 +256,7 @@ impl Parser {
             }
             ParamId::Br1Address => config.br1_address = Ipv4Net::parse(value)?,
             ParamId::StorageWait => config.storage_wait = seconds(value, 0, 3600)?,
+            ParamId::DhcpWait => config.dhcp_wait = seconds(value, 1, 600)?,
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
             ParamId::ToolchainUrl
@@ -676,6 +677,7 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
             ("buildos.br1_address=172.30.0.1", "expected a private IPv4 host address with a prefix length from 8 to 30, like 172.30.0.1/24, inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
             ("buildos.br1_address=8.8.8.1/24", "expected a private IPv4 host address with a prefix length from 8 to 30, like 172.30.0.1/24, inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"),
             ("buildos.storage_wait=3601", "expected a whole number of seconds from 0 to 3600"),
+            ("buildos.dhcp_wait=0", "expected a whole number of seconds from 1 to 600"),
             ("buildos.poll_interval=9", "expected a whole number of seconds from 10 to 86400"),
             ("buildos.on_failure=halt", "expected shell, reboot or poweroff"),
             ("buildos.admin_email=", "expected an email address like admin@example.org"),

@@ -87,6 +87,10 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.storage_wait != defaults.storage_wait,
             config.storage_wait.to_string(),
         ),
+        ParamId::DhcpWait => changed(
+            config.dhcp_wait != defaults.dhcp_wait,
+            config.dhcp_wait.to_string(),
+        ),
         ParamId::PollInterval => changed(
             config.poll_interval != defaults.poll_interval,
             config.poll_interval.to_string(),

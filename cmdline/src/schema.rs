@@ -39,6 +39,7 @@ pub enum ParamId {
     Hostname,
     Br1Address,
     StorageWait,
+    DhcpWait,
     PollInterval,
     OnFailure,
 }
@@ -377,6 +378,21 @@ missing ones.",
         origin: Origin::Buildos,
     },
     Param {
+        id: ParamId::DhcpWait,
+        name: "buildos.dhcp_wait",
+        value: "<seconds>",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "a whole number of seconds from 1 to 600",
+        default: Some("15"),
+        example: "60",
+        doc: "How long, in seconds, init tries DHCP on the Ethernet interfaces with carrier \
+before it gives up and boots without a public network. A host that gets no lease still \
+reaches ready, sets up br1 for the build machines, says so on the console and keeps trying in \
+the background.",
+        origin: Origin::Buildos,
+    },
+    Param {
         id: ParamId::PollInterval,
         name: "buildos.poll_interval",
         value: "<seconds>",
@@ -463,7 +479,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 22);
+        assert_eq!(PARAMS.len(), 23);
     }
 
     #[test]
