@@ -12,6 +12,7 @@ pub mod console;
 pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
+pub mod net;
 pub mod phases;
 pub mod sys;
 

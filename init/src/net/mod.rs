@@ -1,0 +1,785 @@
+//! The host's network (manual 4.3): Ethernet interfaces up, DHCP on every one with carrier in
+//! parallel and bounded by `buildos.dhcp_wait`, the first lease winning; br0, the public
+//! bridge, holding the winner with its MAC address and carrying its lease; br1, the private
+//! bridge at `buildos.br1_address`, NATed out through br0; the host name; and the files that
+//! describe it all.
+//!
+//! Nothing here fails the boot: [`setup`] reports what it got and what it did not, and the
+//! [`Keeper`] it hands back keeps the lease (or keeps looking for one) for as long as the
+//! host runs.
+
+pub mod dhcp;
+pub mod netlink;
+pub mod render;
+
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use buildos_cmdline::{Config, Ipv4Net};
+
+use crate::console;
+use dhcp::{Client, DhcpError, Lease};
+use netlink::{Link, Netlink, NetlinkError};
+pub use render::Public;
+
+/// The public bridge.
+pub const BR0: &str = "br0";
+/// The private bridge.
+pub const BR1: &str = "br1";
+/// Where dnsmasq serves TFTP from on br1.
+pub const TFTP_ROOT: &str = "/build/tftp";
+
+/// How long after the winner a losing interface may take to stop.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often carrier is looked at while waiting for it.
+const CARRIER_POLL: Duration = Duration::from_millis(100);
+
+/// Where the files go: `/etc` and `/run/buildos` on a host; a test's own directory otherwise.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub etc: PathBuf,
+    pub run: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            etc: PathBuf::from("/etc"),
+            run: PathBuf::from("/run/buildos"),
+        }
+    }
+}
+
+impl Paths {
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.etc.join("resolv.conf")
+    }
+    pub fn interfaces(&self) -> PathBuf {
+        self.etc.join("network/interfaces")
+    }
+    pub fn network(&self) -> PathBuf {
+        self.run.join("network")
+    }
+    pub fn dnsmasq_conf(&self) -> PathBuf {
+        self.run.join("dnsmasq-br1.conf")
+    }
+    pub fn dnsmasq_leases(&self) -> PathBuf {
+        self.run.join("dnsmasq-br1.leases")
+    }
+}
+
+/// What happened on one Ethernet interface at boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    NoCarrier,
+    Lease(Ipv4Addr, u8),
+    /// No lease: the reason, as a console line.
+    Failed(String),
+    /// Another interface won first.
+    Stopped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub interface: String,
+    pub outcome: Outcome,
+}
+
+impl Attempt {
+    pub fn line(&self) -> String {
+        match &self.outcome {
+            Outcome::NoCarrier => format!("{}: no carrier", self.interface),
+            Outcome::Lease(address, prefix) => {
+                format!("{}: lease {address}/{prefix}", self.interface)
+            }
+            Outcome::Failed(why) => why.clone(),
+            Outcome::Stopped => format!("{}: stopped, another interface won", self.interface),
+        }
+    }
+}
+
+/// What [`setup`] got and what it did not.
+pub struct NetReport {
+    /// The Ethernet interfaces found, in index order.
+    pub interfaces: Vec<String>,
+    /// One per interface tried.
+    pub attempts: Vec<Attempt>,
+    /// br0's port and lease, when some interface got one.
+    pub public: Option<Public>,
+    pub hostname: String,
+    /// Whether br1 has its address and NAT.
+    pub private_ready: bool,
+    /// What went wrong, one line each, for the console and /run/buildos/problems.
+    pub problems: Vec<String>,
+    /// Keeps the lease, or keeps looking for one; run it with [`Keeper::spawn`].
+    pub keeper: Keeper,
+}
+
+/// The Ethernet interfaces DHCP is tried on: Ethernet links that are not loopback, not
+/// bridges, not a bridge's port, and either hardware (no link kind) or a veth (the wire of a
+/// container or a network namespace); taps, VLANs, bonds and the like are left alone.
+pub fn is_ethernet(link: &Link) -> bool {
+    link.ether
+        && !link.loopback
+        && link.master.is_none()
+        && link.mac.is_some()
+        && link.name != BR0
+        && link.name != BR1
+        && matches!(link.kind.as_deref(), None | Some("veth"))
+}
+
+/// Brings up networking at boot. Never fails hard and never waits longer than
+/// `config.dhcp_wait` for DHCP.
+pub fn setup(config: &Config, paths: &Paths) -> NetReport {
+    let mut problems = Vec::new();
+    let bound = Duration::from_secs(u64::from(config.dhcp_wait));
+    let mut netlink = Netlink::open();
+    let links = match netlink.as_mut().map(|n| n.links()) {
+        Ok(Ok(links)) => links,
+        Ok(Err(error)) => {
+            problems.push(error.to_string());
+            Vec::new()
+        }
+        Err(error) => {
+            problems.push(error.to_string());
+            Vec::new()
+        }
+    };
+    if let Ok(netlink) = netlink.as_mut() {
+        if let Some(lo) = links.iter().find(|l| l.loopback) {
+            if let Err(error) = netlink.set_up(lo) {
+                problems.push(error.to_string());
+            }
+        }
+    }
+    let ethernet: Vec<Link> = links.into_iter().filter(is_ethernet).collect();
+    let names: Vec<String> = ethernet.iter().map(|l| l.name.clone()).collect();
+    if ethernet.is_empty() {
+        problems.push("network: no Ethernet interface found; no DHCP, no br0".into());
+    } else {
+        console::info(&format!(
+            "network: Ethernet interfaces {}; DHCP on those with carrier, for up to {} s",
+            names.join(", "),
+            bound.as_secs()
+        ));
+    }
+
+    let (won, attempts) = acquire_any(&ethernet, Instant::now() + bound);
+    for attempt in &attempts {
+        console::info(&format!("network: {}", attempt.line()));
+    }
+    let mut public = None;
+    if let Some((port, lease)) = won {
+        match netlink.as_mut().map_err(|e| e.to_string()).and_then(|n| {
+            make_public(n, &port, &lease).map_err(|e| e.to_string())
+        }) {
+            Ok(()) => {
+                console::info(&format!(
+                    "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
+                    port.name,
+                    netlink::mac_text(port.mac.unwrap_or_default()),
+                    lease.address,
+                    lease.prefix,
+                    lease.server
+                ));
+                public = Some(Public {
+                    port: port.name.clone(),
+                    mac: port.mac.unwrap_or_default(),
+                    lease,
+                });
+            }
+            Err(error) => problems.push(format!("network: br0: {error}")),
+        }
+    } else if !ethernet.is_empty() {
+        let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
+        problems.push(format!(
+            "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
+             keeps trying in the background",
+            bound.as_secs(),
+            tried.join("; ")
+        ));
+    }
+
+    let mac_source = public
+        .as_ref()
+        .map(|p| p.mac)
+        .or_else(|| ethernet.first().and_then(|l| l.mac));
+    let hostname = choose_hostname(
+        config.hostname.as_deref(),
+        public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
+        mac_source,
+    );
+    if let Err(error) = apply_hostname(&hostname, public.as_ref(), paths) {
+        problems.push(format!("hostname: {error}"));
+    }
+
+    let private_ready = match netlink
+        .as_mut()
+        .map_err(|e| e.to_string())
+        .and_then(|n| make_private(n, config.br1_address).map_err(|e| e.to_string()))
+    {
+        Ok(()) => {
+            console::info(&format!(
+                "network: br1 at {}, NATed through br0",
+                config.br1_address
+            ));
+            true
+        }
+        Err(error) => {
+            problems.push(format!("network: br1: {error}"));
+            false
+        }
+    };
+
+    if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
+        problems.push(format!("network: {error}"));
+    }
+    for problem in &problems {
+        console::warn(problem);
+    }
+    let keeper = Keeper {
+        paths: paths.clone(),
+        br1: config.br1_address,
+        hostname: hostname.clone(),
+        public: public.clone(),
+    };
+    NetReport {
+        interfaces: names,
+        attempts,
+        public,
+        hostname,
+        private_ready,
+        problems,
+        keeper,
+    }
+}
+
+/// DHCP on every interface at once, each first waiting for carrier, all until `deadline`;
+/// the first lease wins and the others are stopped.
+pub fn acquire_any(interfaces: &[Link], deadline: Instant) -> (Option<(Link, Lease)>, Vec<Attempt>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sender, receiver) = mpsc::channel();
+    let mut running = 0;
+    let mut attempts = Vec::new();
+    for link in interfaces {
+        let name = link.name.clone();
+        let link = link.clone();
+        let stop = Arc::clone(&stop);
+        let sender = sender.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dhcp-{}", link.name))
+            .spawn(move || {
+                let result = panic::catch_unwind(AssertUnwindSafe(|| try_link(&link, deadline, &stop)))
+                    .unwrap_or_else(|_| Err(Outcome::Failed(format!("{}: DHCP client panicked", link.name))));
+                let _ = sender.send((link, result));
+            });
+        match spawned {
+            Ok(_) => running += 1,
+            Err(error) => attempts.push(Attempt {
+                outcome: Outcome::Failed(format!("{name}: cannot start a thread: {error}")),
+                interface: name,
+            }),
+        }
+    }
+    drop(sender);
+    let mut won = None;
+    while running > 0 {
+        let until = if won.is_some() {
+            deadline.max(Instant::now()) + STOP_GRACE
+        } else {
+            deadline + STOP_GRACE
+        };
+        let Ok((link, result)) = receiver.recv_timeout(until.saturating_duration_since(Instant::now())) else {
+            break;
+        };
+        running -= 1;
+        let outcome = match result {
+            Ok(lease) if won.is_none() => {
+                stop.store(true, Ordering::Relaxed);
+                let outcome = Outcome::Lease(lease.address, lease.prefix);
+                won = Some((link.clone(), lease));
+                outcome
+            }
+            Ok(_) => Outcome::Stopped,
+            Err(outcome) => outcome,
+        };
+        attempts.push(Attempt {
+            interface: link.name,
+            outcome,
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    // Interfaces whose threads did not report in time, in the order they were given.
+    for link in interfaces {
+        if !attempts.iter().any(|a| a.interface == link.name) {
+            attempts.push(Attempt {
+                interface: link.name.clone(),
+                outcome: Outcome::Failed(format!("{}: no result within the bound", link.name)),
+            });
+        }
+    }
+    attempts.sort_by_key(|a| interfaces.iter().position(|l| l.name == a.interface));
+    (won, attempts)
+}
+
+fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, Outcome> {
+    let failed = |error: &dyn std::fmt::Display| Outcome::Failed(format!("{}: {error}", link.name));
+    let mut netlink = Netlink::open().map_err(|e| failed(&e))?;
+    netlink.set_up(link).map_err(|e| failed(&e))?;
+    // Carrier: a bounded wait on the link's state.
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Outcome::Stopped);
+        }
+        match netlink.link(&link.name) {
+            Ok(Some(now)) if now.carrier => break,
+            Ok(_) => {}
+            Err(error) => return Err(failed(&error)),
+        }
+        if Instant::now() >= deadline {
+            return Err(Outcome::NoCarrier);
+        }
+        std::thread::sleep(CARRIER_POLL);
+    }
+    let mac = link.mac.unwrap_or_default();
+    let client = Client::new(&link.name, mac).map_err(|e| Outcome::Failed(e.to_string()))?;
+    client.acquire(deadline, stop).map_err(|error| match error {
+        DhcpError::Stopped => Outcome::Stopped,
+        other => Outcome::Failed(other.to_string()),
+    })
+}
+
+/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route.
+fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), NetlinkError> {
+    let bridge = netlink.bridge(BR0)?;
+    if let Some(mac) = port.mac {
+        netlink.set_mac(&bridge, mac)?;
+    }
+    netlink.set_master(port, &bridge)?;
+    netlink.set_up(&bridge)?;
+    apply_lease(netlink, &bridge, None, lease)
+}
+
+/// Puts a lease's address and default route on `link`, replacing the previous lease's.
+fn apply_lease(
+    netlink: &mut Netlink,
+    link: &Link,
+    previous: Option<&Lease>,
+    lease: &Lease,
+) -> Result<(), NetlinkError> {
+    if let Some(previous) = previous {
+        if (previous.address, previous.prefix) != (lease.address, lease.prefix) {
+            remove_lease(netlink, link, previous)?;
+        }
+    }
+    netlink.add_address(link, lease.address, lease.prefix)?;
+    if let Some(router) = lease.router {
+        netlink.replace_default_route(link, router)?;
+    }
+    Ok(())
+}
+
+fn remove_lease(netlink: &mut Netlink, link: &Link, lease: &Lease) -> Result<(), NetlinkError> {
+    if let Some(router) = lease.router {
+        // Gone with the address already when the kernel dropped it; that is fine.
+        let _ = netlink.delete_default_route(link, router);
+    }
+    netlink.delete_address(link, lease.address, lease.prefix)
+}
+
+/// br1 with its address, IP forwarding on, and the NAT ruleset loaded.
+fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<(), String> {
+    let bridge = netlink.bridge(BR1).map_err(|e| e.to_string())?;
+    netlink.set_up(&bridge).map_err(|e| e.to_string())?;
+    netlink
+        .add_address(&bridge, br1.addr(), br1.prefix())
+        .map_err(|e| e.to_string())?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
+        .map_err(|e| format!("cannot turn IP forwarding on: {e}"))?;
+    load_nft(&render::nft_ruleset(br1))
+}
+
+/// Loads a ruleset with `nft -f -`.
+pub fn load_nft(ruleset: &str) -> Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(ruleset.as_bytes())
+            .map_err(|e| format!("cannot give nft the NAT ruleset: {e}"))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot wait for nft: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "nft refused the NAT ruleset ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// `buildos.hostname`, else a valid host name from DHCP, else `build-` and the MAC's digits.
+pub fn choose_hostname(configured: Option<&str>, from_dhcp: Option<&str>, mac: Option<[u8; 6]>) -> String {
+    if let Some(name) = configured {
+        return name.to_owned();
+    }
+    if let Some(name) = from_dhcp.filter(|n| render::hostname_ok(n)) {
+        return name.to_owned();
+    }
+    match mac {
+        Some(mac) => render::hostname_from_mac(mac),
+        None => "build".to_owned(),
+    }
+}
+
+fn apply_hostname(hostname: &str, public: Option<&Public>, paths: &Paths) -> Result<(), String> {
+    nix::unistd::sethostname(hostname)
+        .map_err(|e| format!("cannot set the host name to {hostname}: {}", e.desc()))?;
+    write_atomic(&paths.etc.join("hostname"), &format!("{hostname}\n"))?;
+    let hosts = paths.etc.join("hosts");
+    let existing = std::fs::read_to_string(&hosts).unwrap_or_default();
+    let lease = public.map(|p| &p.lease);
+    write_atomic(
+        &hosts,
+        &render::hosts(
+            &existing,
+            hostname,
+            lease.map(|l| l.address),
+            lease.and_then(|l| l.domain.as_deref()),
+        ),
+    )?;
+    console::info(&format!("hostname: {hostname}"));
+    Ok(())
+}
+
+fn write_files(paths: &Paths, public: Option<&Public>, hostname: &str, br1: Ipv4Net) -> Result<(), String> {
+    if let Some(public) = public {
+        write_atomic(&paths.resolv_conf(), &render::resolv_conf(&public.lease))?;
+    }
+    write_atomic(&paths.interfaces(), &render::interfaces(public, br1))?;
+    write_atomic(&paths.network(), &render::network_file(public, hostname))
+}
+
+/// Writes through a temporary file and a rename, so readers never see half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let temporary = path.with_extension("buildos-new");
+    std::fs::write(&temporary, text).map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)
+}
+
+/// Writes dnsmasq's configuration for br1 and returns the command that runs it in the
+/// foreground; init's supervision starts it, and restarts it when it dies.
+pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String> {
+    let passwd = std::fs::read_to_string(paths.etc.join("passwd")).unwrap_or_default();
+    let user = ["dnsmasq", "nobody"]
+        .into_iter()
+        .find(|user| passwd.lines().any(|l| l.starts_with(&format!("{user}:"))))
+        .unwrap_or("root");
+    let conf = paths.dnsmasq_conf();
+    write_atomic(
+        &conf,
+        &render::dnsmasq_conf(
+            config.br1_address,
+            TFTP_ROOT,
+            &paths.dnsmasq_leases().display().to_string(),
+            user,
+        ),
+    )?;
+    let mut command = Command::new("dnsmasq");
+    command
+        .arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()));
+    Ok(command)
+}
+
+/// Keeps the public lease for as long as the host runs: renews at T1 with the server that
+/// granted it, rebinds at T2 with any server, and when it expires (or a server refuses it)
+/// removes the address and goes back to discovery. Without a lease at all, it keeps trying
+/// every Ethernet interface and makes br0 when one gets a lease.
+pub struct Keeper {
+    paths: Paths,
+    br1: Ipv4Net,
+    hostname: String,
+    public: Option<Public>,
+}
+
+/// How long one round of discovery in the background lasts before the next one starts.
+const BACKGROUND_ROUND: Duration = Duration::from_secs(60);
+/// The pause between background rounds that found nothing, so a host without a network
+/// does not flood it.
+const BACKGROUND_PAUSE: Duration = Duration::from_secs(10);
+
+impl Keeper {
+    /// Runs [`Keeper::run`] on its own thread.
+    pub fn spawn(self) -> io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("dhcp-keeper".into())
+            .spawn(move || self.run(&AtomicBool::new(false)))
+    }
+
+    /// The loop; returns only when `stop` is set. A panic inside one step is caught, said on
+    /// the console, and the loop goes on from discovery.
+    pub fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let step = panic::catch_unwind(AssertUnwindSafe(|| self.step(stop)));
+            if step.is_err() {
+                console::error("network: the DHCP keeper panicked; starting over from discovery");
+                self.public = None;
+                pause(BACKGROUND_PAUSE, stop);
+            }
+        }
+    }
+
+    /// One stage: keep the lease until it is renewed, rebound or lost; or one round of
+    /// discovery when there is none.
+    fn step(&mut self, stop: &AtomicBool) {
+        match self.public.take() {
+            Some(public) => self.public = self.keep(public, stop),
+            None => self.discover(stop),
+        }
+    }
+
+    fn keep(&mut self, public: Public, stop: &AtomicBool) -> Option<Public> {
+        let lease = public.lease.clone();
+        pause(lease.renew_at().saturating_duration_since(Instant::now()), stop);
+        if stop.load(Ordering::Relaxed) {
+            return Some(public);
+        }
+        let client = match Client::new(BR0, public.mac) {
+            Ok(client) => client,
+            Err(error) => {
+                console::warn(&format!("network: {error}; trying again in {} s", BACKGROUND_PAUSE.as_secs()));
+                pause(BACKGROUND_PAUSE, stop);
+                return Some(public);
+            }
+        };
+        let stages = [
+            (false, lease.rebind_at(), "renewing with"),
+            (true, lease.expires_at(), "rebinding after no answer from"),
+        ];
+        for (rebinding, until, doing) in stages {
+            if Instant::now() >= until {
+                continue;
+            }
+            console::info(&format!(
+                "network: {doing} DHCP server {} for {}",
+                lease.server, lease.address
+            ));
+            match client.extend(&lease, rebinding, until, stop) {
+                Ok(Some(renewed)) => {
+                    let mut public = public.clone();
+                    match self.apply(Some(&lease), &renewed) {
+                        Ok(()) => console::info(&format!(
+                            "network: lease of {}/{} renewed for {} s by {}",
+                            renewed.address,
+                            renewed.prefix,
+                            renewed.times.expire.as_secs(),
+                            renewed.server
+                        )),
+                        Err(error) => console::warn(&format!("network: {error}")),
+                    }
+                    public.lease = renewed;
+                    return Some(public);
+                }
+                Ok(None) => continue,
+                Err(DhcpError::Stopped) => return Some(public),
+                Err(error) => {
+                    console::warn(&format!("network: {error}"));
+                    break;
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Some(public);
+        }
+        console::warn(&format!(
+            "network: lost the DHCP lease of {}/{} on br0; removing it and going back to discovery",
+            lease.address, lease.prefix
+        ));
+        if let Err(error) = Netlink::open().and_then(|mut n| match n.link(BR0)? {
+            Some(br0) => remove_lease(&mut n, &br0, &lease),
+            None => Ok(()),
+        }) {
+            console::warn(&format!("network: {error}"));
+        }
+        let _ = write_atomic(&self.paths.network(), &render::network_file(None, &self.hostname));
+        None
+    }
+
+    /// Puts a new or renewed lease on br0 and rewrites the files that show it.
+    fn apply(&self, previous: Option<&Lease>, lease: &Lease) -> Result<(), String> {
+        let mut netlink = Netlink::open().map_err(|e| e.to_string())?;
+        let br0 = netlink
+            .link(BR0)
+            .map_err(|e| e.to_string())?
+            .ok_or("br0 is gone")?;
+        apply_lease(&mut netlink, &br0, previous, lease).map_err(|e| e.to_string())
+    }
+
+    fn write_public(&self, public: &Public) {
+        for result in [
+            write_atomic(&self.paths.resolv_conf(), &render::resolv_conf(&public.lease)),
+            write_atomic(&self.paths.interfaces(), &render::interfaces(Some(public), self.br1)),
+            write_atomic(&self.paths.network(), &render::network_file(Some(public), &self.hostname)),
+        ] {
+            if let Err(error) = result {
+                console::warn(&format!("network: {error}"));
+            }
+        }
+    }
+
+    /// One bounded round of discovery: on br0 when it exists (its port keeps carrying it),
+    /// else on every Ethernet interface, making br0 for the winner.
+    fn discover(&mut self, stop: &AtomicBool) {
+        let deadline = Instant::now() + BACKGROUND_ROUND;
+        let mut netlink = match Netlink::open() {
+            Ok(netlink) => netlink,
+            Err(error) => {
+                console::warn(&format!("network: {error}"));
+                pause(BACKGROUND_PAUSE, stop);
+                return;
+            }
+        };
+        let links = netlink.links().unwrap_or_default();
+        if let Some(br0) = links.iter().find(|l| l.name == BR0) {
+            let Some(mac) = br0.mac else {
+                pause(BACKGROUND_PAUSE, stop);
+                return;
+            };
+            let port = links
+                .iter()
+                .find(|l| l.master == Some(br0.index))
+                .map(|l| l.name.clone())
+                .unwrap_or_default();
+            let result = Client::new(BR0, mac).and_then(|client| client.acquire(deadline, stop));
+            match result {
+                Ok(lease) => match self.apply(None, &lease) {
+                    Ok(()) => {
+                        console::info(&format!(
+                            "network: br0 has a new DHCP lease: {}/{} from {}",
+                            lease.address, lease.prefix, lease.server
+                        ));
+                        let public = Public { port, mac, lease };
+                        self.write_public(&public);
+                        self.public = Some(public);
+                    }
+                    Err(error) => console::warn(&format!("network: {error}")),
+                },
+                Err(DhcpError::Stopped) => {}
+                Err(error) => {
+                    console::warn(&format!("network: still no DHCP lease: {error}"));
+                    pause(BACKGROUND_PAUSE, stop);
+                }
+            }
+            return;
+        }
+        let ethernet: Vec<Link> = links.into_iter().filter(is_ethernet).collect();
+        let (won, attempts) = acquire_any(&ethernet, deadline);
+        match won {
+            Some((port, lease)) => match make_public(&mut netlink, &port, &lease) {
+                Ok(()) => {
+                    console::info(&format!(
+                        "network: br0 holds {} with {}/{} from DHCP server {}",
+                        port.name, lease.address, lease.prefix, lease.server
+                    ));
+                    let public = Public {
+                        port: port.name.clone(),
+                        mac: port.mac.unwrap_or_default(),
+                        lease,
+                    };
+                    self.write_public(&public);
+                    self.public = Some(public);
+                }
+                Err(error) => console::warn(&format!("network: br0: {error}")),
+            },
+            None => {
+                let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
+                console::warn(&format!(
+                    "network: still no DHCP lease ({}); trying again in {} s",
+                    if tried.is_empty() {
+                        "no Ethernet interface".to_owned()
+                    } else {
+                        tried.join("; ")
+                    },
+                    BACKGROUND_PAUSE.as_secs()
+                ));
+                pause(BACKGROUND_PAUSE, stop);
+            }
+        }
+    }
+}
+
+/// Waits `length`, waking every quarter second to look at `stop`. This is the keeper's
+/// timer between lease stages, not a synchronisation.
+fn pause(length: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + length;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(250)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, kind: Option<&str>) -> Link {
+        Link {
+            index: 2,
+            name: name.into(),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            kind: kind.map(str::to_owned),
+            master: None,
+            up: false,
+            carrier: false,
+            ether: true,
+            loopback: false,
+        }
+    }
+
+    #[test]
+    fn ethernet_is_hardware_or_veth_but_not_bridges_taps_or_ports() {
+        assert!(is_ethernet(&link("eth0", None)));
+        assert!(is_ethernet(&link("veth0", Some("veth"))));
+        assert!(!is_ethernet(&link("br0", Some("bridge"))));
+        assert!(!is_ethernet(&link("tap0", Some("tun"))));
+        assert!(!is_ethernet(&link("br0", None)));
+        let mut port = link("eth1", None);
+        port.master = Some(5);
+        assert!(!is_ethernet(&port));
+        let mut lo = link("lo", None);
+        lo.loopback = true;
+        assert!(!is_ethernet(&lo));
+    }
+
+    #[test]
+    fn hostname_is_configured_else_from_dhcp_else_from_the_mac() {
+        let mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        assert_eq!(choose_hostname(Some("h.example.org"), Some("d"), mac), "h.example.org");
+        assert_eq!(choose_hostname(None, Some("from-dhcp"), mac), "from-dhcp");
+        assert_eq!(choose_hostname(None, Some("bad_name"), mac), "build-525400123456");
+        assert_eq!(choose_hostname(None, None, mac), "build-525400123456");
+        assert_eq!(choose_hostname(None, None, None), "build");
+    }
+}
