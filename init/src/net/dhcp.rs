@@ -121,7 +121,11 @@ pub enum DhcpError {
     Nak { interface: String, server: Ipv4Addr },
     /// Stopped because another interface won.
     Stopped,
-    Io { interface: String, what: String, error: io::Error },
+    Io {
+        interface: String,
+        what: String,
+        error: io::Error,
+    },
 }
 
 impl fmt::Display for DhcpError {
@@ -137,7 +141,10 @@ impl fmt::Display for DhcpError {
                 waited.as_secs_f64()
             ),
             DhcpError::Nak { interface, server } => {
-                write!(f, "{interface}: DHCP server {server} refused the request (DHCPNAK)")
+                write!(
+                    f,
+                    "{interface}: DHCP server {server} refused the request (DHCPNAK)"
+                )
             }
             DhcpError::Stopped => write!(f, "stopped: another interface got a lease first"),
             DhcpError::Io {
@@ -156,6 +163,8 @@ pub struct Client {
     interface: String,
     mac: [u8; 6],
     socket: UdpSocket,
+    /// Messages sent so far, for the report when no server answers.
+    sent: std::cell::Cell<u32>,
 }
 
 fn io_error(interface: &str, what: &str, error: impl Into<io::Error>) -> DhcpError {
@@ -168,6 +177,14 @@ fn io_error(interface: &str, what: &str, error: impl Into<io::Error>) -> DhcpErr
 
 fn nix_io(errno: nix::errno::Errno) -> io::Error {
     io::Error::from_raw_os_error(errno as i32)
+}
+
+/// How long to wait before sending again.
+enum Retry {
+    /// [`backoff`], for discovery.
+    Backoff,
+    /// [`retry_interval`] with a 10 s floor, for renewing and rebinding.
+    HalfLeft,
 }
 
 enum Wanted {
@@ -211,6 +228,7 @@ impl Client {
             interface: interface.to_owned(),
             mac,
             socket,
+            sent: std::cell::Cell::new(0),
         })
     }
 
@@ -250,9 +268,13 @@ impl Client {
     }
 
     fn send(&self, message: &Message, to: SocketAddrV4) -> Result<(), DhcpError> {
-        let bytes = message
-            .to_vec()
-            .map_err(|e| io_error(&self.interface, "encode a DHCP message", io::Error::other(e)))?;
+        let bytes = message.to_vec().map_err(|e| {
+            io_error(
+                &self.interface,
+                "encode a DHCP message",
+                io::Error::other(e),
+            )
+        })?;
         self.socket
             .send_to(&bytes, to)
             .map_err(|e| io_error(&self.interface, &format!("send a DHCP message to {to}"), e))?;
@@ -277,7 +299,9 @@ impl Client {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -294,7 +318,9 @@ impl Client {
                 continue;
             }
             match (message.opts().msg_type(), wanted) {
-                (Some(MessageType::Offer), Wanted::Offer) => return Ok(Some(Answer::Offer(message))),
+                (Some(MessageType::Offer), Wanted::Offer) => {
+                    return Ok(Some(Answer::Offer(message)))
+                }
                 (Some(MessageType::Ack), Wanted::Ack) => return Ok(Some(Answer::Ack(message))),
                 (Some(MessageType::Nak), _) => return Ok(Some(Answer::Nak(message))),
                 _ => continue,
@@ -303,22 +329,28 @@ impl Client {
         Ok(None)
     }
 
-    /// Sends `message` and retransmits it on `intervals` until an answer or `until`.
+    /// Sends `message` and retransmits it as `retry` says until an answer or `until`.
     fn exchange(
         &self,
         message: &Message,
         to: SocketAddrV4,
         wanted: Wanted,
         until: Instant,
-        intervals: &dyn Fn(u32, Instant) -> Duration,
+        retry: Retry,
         stop: &AtomicBool,
-        sent: &mut u32,
     ) -> Result<Option<Answer>, DhcpError> {
         let mut attempt = 0;
         while Instant::now() < until {
             self.send(message, to)?;
-            *sent += 1;
-            let next = later(Instant::now(), intervals(attempt, until)).min(until);
+            self.sent.set(self.sent.get() + 1);
+            let wait = match retry {
+                Retry::Backoff => backoff(attempt),
+                Retry::HalfLeft => retry_interval(
+                    until.saturating_duration_since(Instant::now()),
+                    Duration::from_secs(10),
+                ),
+            };
+            let next = later(Instant::now(), wait).min(until);
             if let Some(answer) = self.receive(message.xid(), &wanted, next, stop)? {
                 return Ok(Some(answer));
             }
@@ -331,10 +363,9 @@ impl Client {
     pub fn acquire(&self, until: Instant, stop: &AtomicBool) -> Result<Lease, DhcpError> {
         let began = Instant::now();
         let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT);
-        let mut sent = 0;
-        let no_answer = |sent| DhcpError::NoAnswer {
+        let no_answer = || DhcpError::NoAnswer {
             interface: self.interface.clone(),
-            sent,
+            sent: self.sent.get(),
             waited: began.elapsed(),
         };
         while Instant::now() < until {
@@ -345,13 +376,12 @@ impl Client {
                 broadcast,
                 Wanted::Offer,
                 until,
-                &|attempt, _| backoff(attempt),
+                Retry::Backoff,
                 stop,
-                &mut sent,
             )? {
                 Some(Answer::Offer(offer)) => offer,
                 Some(_) => continue,
-                None => return Err(no_answer(sent)),
+                None => return Err(no_answer()),
             };
             let Some(server) = server_id(&offer) else {
                 continue;
@@ -373,9 +403,8 @@ impl Client {
                 broadcast,
                 Wanted::Ack,
                 request_until,
-                &|attempt, _| backoff(attempt),
+                Retry::Backoff,
                 stop,
-                &mut sent,
             )? {
                 Some(Answer::Ack(ack)) => {
                     return Ok(lease_of(&ack, Some(&offer), server, Instant::now()))
@@ -383,7 +412,7 @@ impl Client {
                 Some(Answer::Nak(_)) | Some(Answer::Offer(_)) | None => continue,
             }
         }
-        Err(no_answer(sent))
+        Err(no_answer())
     }
 
     /// Renews (unicast to the lease's server) or rebinds (broadcast) the lease until `until`.
@@ -403,17 +432,7 @@ impl Client {
         } else {
             SocketAddrV4::new(lease.server, SERVER_PORT)
         };
-        let mut sent = 0;
-        let floor = Duration::from_secs(10);
-        match self.exchange(
-            &request,
-            to,
-            Wanted::Ack,
-            until,
-            &|_, until| retry_interval(until.saturating_duration_since(Instant::now()), floor),
-            stop,
-            &mut sent,
-        )? {
+        match self.exchange(&request, to, Wanted::Ack, until, Retry::HalfLeft, stop)? {
             Some(Answer::Ack(ack)) => {
                 let server = server_id(&ack).unwrap_or(lease.server);
                 let mut renewed = lease_of(&ack, None, server, Instant::now());
@@ -575,7 +594,9 @@ mod tests {
         options.insert(DhcpOption::MessageType(MessageType::Ack));
         options.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 240, 0)));
         options.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 0, 1)]));
-        options.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 2)]));
+        options.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+            10, 0, 0, 2,
+        )]));
         options.insert(DhcpOption::Hostname("build-07".into()));
         options.insert(DhcpOption::AddressLeaseTime(600));
         let now = Instant::now();

@@ -32,19 +32,20 @@ pub use render::Public;
 pub const BR0: &str = "br0";
 /// The private bridge.
 pub const BR1: &str = "br1";
-/// Where dnsmasq serves TFTP from on br1.
-pub const TFTP_ROOT: &str = "/build/tftp";
 
 /// How long after the winner a losing interface may take to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often carrier is looked at while waiting for it.
 const CARRIER_POLL: Duration = Duration::from_millis(100);
 
-/// Where the files go: `/etc` and `/run/buildos` on a host; a test's own directory otherwise.
+/// Where the files go: `/etc`, `/run/buildos` and `/build/tftp` on a host; a test's own
+/// directory otherwise.
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub etc: PathBuf,
     pub run: PathBuf,
+    /// What dnsmasq serves over TFTP on br1.
+    pub tftp: PathBuf,
 }
 
 impl Default for Paths {
@@ -52,6 +53,7 @@ impl Default for Paths {
         Paths {
             etc: PathBuf::from("/etc"),
             run: PathBuf::from("/run/buildos"),
+            tftp: PathBuf::from("/build/tftp"),
         }
     }
 }
@@ -176,9 +178,11 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
     }
     let mut public = None;
     if let Some((port, lease)) = won {
-        match netlink.as_mut().map_err(|e| e.to_string()).and_then(|n| {
-            make_public(n, &port, &lease).map_err(|e| e.to_string())
-        }) {
+        match netlink
+            .as_mut()
+            .map_err(|e| e.to_string())
+            .and_then(|n| make_public(n, &port, &lease).map_err(|e| e.to_string()))
+        {
             Ok(()) => {
                 console::info(&format!(
                     "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
@@ -262,7 +266,10 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
 
 /// DHCP on every interface at once, each first waiting for carrier, all until `deadline`;
 /// the first lease wins and the others are stopped.
-pub fn acquire_any(interfaces: &[Link], deadline: Instant) -> (Option<(Link, Lease)>, Vec<Attempt>) {
+pub fn acquire_any(
+    interfaces: &[Link],
+    deadline: Instant,
+) -> (Option<(Link, Lease)>, Vec<Attempt>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = mpsc::channel();
     let mut running = 0;
@@ -275,8 +282,14 @@ pub fn acquire_any(interfaces: &[Link], deadline: Instant) -> (Option<(Link, Lea
         let spawned = std::thread::Builder::new()
             .name(format!("dhcp-{}", link.name))
             .spawn(move || {
-                let result = panic::catch_unwind(AssertUnwindSafe(|| try_link(&link, deadline, &stop)))
-                    .unwrap_or_else(|_| Err(Outcome::Failed(format!("{}: DHCP client panicked", link.name))));
+                let result =
+                    panic::catch_unwind(AssertUnwindSafe(|| try_link(&link, deadline, &stop)))
+                        .unwrap_or_else(|_| {
+                            Err(Outcome::Failed(format!(
+                                "{}: DHCP client panicked",
+                                link.name
+                            )))
+                        });
                 let _ = sender.send((link, result));
             });
         match spawned {
@@ -295,7 +308,9 @@ pub fn acquire_any(interfaces: &[Link], deadline: Instant) -> (Option<(Link, Lea
         } else {
             deadline + STOP_GRACE
         };
-        let Ok((link, result)) = receiver.recv_timeout(until.saturating_duration_since(Instant::now())) else {
+        let Ok((link, result)) =
+            receiver.recv_timeout(until.saturating_duration_since(Instant::now()))
+        else {
             break;
         };
         running -= 1;
@@ -335,7 +350,8 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     // Carrier: a bounded wait on the link's state.
     loop {
         if stop.load(Ordering::Relaxed) {
-            return Err(Outcome::Stopped);
+            // Still without carrier when another interface won.
+            return Err(Outcome::NoCarrier);
         }
         match netlink.link(&link.name) {
             Ok(Some(now)) if now.carrier => break,
@@ -433,7 +449,11 @@ pub fn load_nft(ruleset: &str) -> Result<(), String> {
 }
 
 /// `buildos.hostname`, else a valid host name from DHCP, else `build-` and the MAC's digits.
-pub fn choose_hostname(configured: Option<&str>, from_dhcp: Option<&str>, mac: Option<[u8; 6]>) -> String {
+pub fn choose_hostname(
+    configured: Option<&str>,
+    from_dhcp: Option<&str>,
+    mac: Option<[u8; 6]>,
+) -> String {
     if let Some(name) = configured {
         return name.to_owned();
     }
@@ -466,7 +486,12 @@ fn apply_hostname(hostname: &str, public: Option<&Public>, paths: &Paths) -> Res
     Ok(())
 }
 
-fn write_files(paths: &Paths, public: Option<&Public>, hostname: &str, br1: Ipv4Net) -> Result<(), String> {
+fn write_files(
+    paths: &Paths,
+    public: Option<&Public>,
+    hostname: &str,
+    br1: Ipv4Net,
+) -> Result<(), String> {
     if let Some(public) = public {
         write_atomic(&paths.resolv_conf(), &render::resolv_conf(&public.lease))?;
     }
@@ -498,7 +523,7 @@ pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String
         &conf,
         &render::dnsmasq_conf(
             config.br1_address,
-            TFTP_ROOT,
+            &paths.tftp.display().to_string(),
             &paths.dnsmasq_leases().display().to_string(),
             user,
         ),
@@ -559,14 +584,20 @@ impl Keeper {
 
     fn keep(&mut self, public: Public, stop: &AtomicBool) -> Option<Public> {
         let lease = public.lease.clone();
-        pause(lease.renew_at().saturating_duration_since(Instant::now()), stop);
+        pause(
+            lease.renew_at().saturating_duration_since(Instant::now()),
+            stop,
+        );
         if stop.load(Ordering::Relaxed) {
             return Some(public);
         }
         let client = match Client::new(BR0, public.mac) {
             Ok(client) => client,
             Err(error) => {
-                console::warn(&format!("network: {error}; trying again in {} s", BACKGROUND_PAUSE.as_secs()));
+                console::warn(&format!(
+                    "network: {error}; trying again in {} s",
+                    BACKGROUND_PAUSE.as_secs()
+                ));
                 pause(BACKGROUND_PAUSE, stop);
                 return Some(public);
             }
@@ -620,7 +651,10 @@ impl Keeper {
         }) {
             console::warn(&format!("network: {error}"));
         }
-        let _ = write_atomic(&self.paths.network(), &render::network_file(None, &self.hostname));
+        let _ = write_atomic(
+            &self.paths.network(),
+            &render::network_file(None, &self.hostname),
+        );
         None
     }
 
@@ -636,9 +670,18 @@ impl Keeper {
 
     fn write_public(&self, public: &Public) {
         for result in [
-            write_atomic(&self.paths.resolv_conf(), &render::resolv_conf(&public.lease)),
-            write_atomic(&self.paths.interfaces(), &render::interfaces(Some(public), self.br1)),
-            write_atomic(&self.paths.network(), &render::network_file(Some(public), &self.hostname)),
+            write_atomic(
+                &self.paths.resolv_conf(),
+                &render::resolv_conf(&public.lease),
+            ),
+            write_atomic(
+                &self.paths.interfaces(),
+                &render::interfaces(Some(public), self.br1),
+            ),
+            write_atomic(
+                &self.paths.network(),
+                &render::network_file(Some(public), &self.hostname),
+            ),
         ] {
             if let Err(error) = result {
                 console::warn(&format!("network: {error}"));
@@ -776,9 +819,15 @@ mod tests {
     #[test]
     fn hostname_is_configured_else_from_dhcp_else_from_the_mac() {
         let mac = Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        assert_eq!(choose_hostname(Some("h.example.org"), Some("d"), mac), "h.example.org");
+        assert_eq!(
+            choose_hostname(Some("h.example.org"), Some("d"), mac),
+            "h.example.org"
+        );
         assert_eq!(choose_hostname(None, Some("from-dhcp"), mac), "from-dhcp");
-        assert_eq!(choose_hostname(None, Some("bad_name"), mac), "build-525400123456");
+        assert_eq!(
+            choose_hostname(None, Some("bad_name"), mac),
+            "build-525400123456"
+        );
         assert_eq!(choose_hostname(None, None, mac), "build-525400123456");
         assert_eq!(choose_hostname(None, None, None), "build");
     }

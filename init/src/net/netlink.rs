@@ -8,8 +8,8 @@ use std::io;
 use std::net::Ipv4Addr;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -147,7 +147,12 @@ impl Netlink {
         Ok(self.links()?.into_iter().find(|link| link.name == name))
     }
 
-    fn set_link(&mut self, what: &str, index: u32, change: impl FnOnce(&mut LinkMessage)) -> Result<()> {
+    fn set_link(
+        &mut self,
+        what: &str,
+        index: u32,
+        change: impl FnOnce(&mut LinkMessage),
+    ) -> Result<()> {
         let mut message = LinkMessage::default();
         message.header.index = index;
         change(&mut message);
@@ -166,7 +171,11 @@ impl Netlink {
         self.set_link(
             &format!("set the MAC address of {} to {}", link.name, mac_text(mac)),
             link.index,
-            |message| message.attributes.push(LinkAttribute::Address(mac.to_vec())),
+            |message| {
+                message
+                    .attributes
+                    .push(LinkAttribute::Address(mac.to_vec()))
+            },
         )
     }
 
@@ -174,7 +183,11 @@ impl Netlink {
         self.set_link(
             &format!("add {} to bridge {}", port.name, bridge.name),
             port.index,
-            |message| message.attributes.push(LinkAttribute::Controller(bridge.index)),
+            |message| {
+                message
+                    .attributes
+                    .push(LinkAttribute::Controller(bridge.index))
+            },
         )
     }
 
@@ -184,10 +197,14 @@ impl Netlink {
             return Ok(link);
         }
         let mut message = LinkMessage::default();
-        message.attributes.push(LinkAttribute::IfName(name.to_owned()));
         message
             .attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+            .push(LinkAttribute::IfName(name.to_owned()));
+        message
+            .attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
         let what = format!("create bridge {name}");
         self.request(
             &what,

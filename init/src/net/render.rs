@@ -26,7 +26,9 @@ pub fn hostname_ok(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -36,12 +38,18 @@ pub fn hostname_ok(name: &str) -> bool {
 pub fn dhcp_range(net: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
     let network = u32::from(net.network());
     let broadcast = u32::from(net.broadcast());
-    let half = (broadcast - network + 1) / 2;
+    let half = (broadcast - network).div_ceil(2);
     let own = u32::from(net.addr());
     if own >= network + half {
-        (Ipv4Addr::from(network + 1), Ipv4Addr::from(network + half - 1))
+        (
+            Ipv4Addr::from(network + 1),
+            Ipv4Addr::from(network + half - 1),
+        )
     } else {
-        (Ipv4Addr::from(network + half), Ipv4Addr::from(broadcast - 1))
+        (
+            Ipv4Addr::from(network + half),
+            Ipv4Addr::from(broadcast - 1),
+        )
     }
 }
 
@@ -159,10 +167,7 @@ pub fn interfaces(public: Option<&Public>, br1: Ipv4Net) -> String {
                 let dns: Vec<String> = lease.dns.iter().map(Ipv4Addr::to_string).collect();
                 text.push_str(&format!(", dns {}", dns.join(" ")));
             }
-            text.push_str(&format!(
-                ", lease {} s\n\n",
-                lease.times.expire.as_secs()
-            ));
+            text.push_str(&format!(", lease {} s\n\n", lease.times.expire.as_secs()));
         }
         None => text.push_str(
             "# The public bridge br0: not configured, no Ethernet interface got a DHCP lease\n\
@@ -196,7 +201,12 @@ pub fn network_file(public: Option<&Public>, hostname: &str) -> String {
 
 /// /etc/hosts: the existing lines, without a previous buildos line, then this host's line
 /// (its leased address, or 127.0.1.1 as Debian does without one).
-pub fn hosts(existing: &str, hostname: &str, address: Option<Ipv4Addr>, domain: Option<&str>) -> String {
+pub fn hosts(
+    existing: &str,
+    hostname: &str,
+    address: Option<Ipv4Addr>,
+    domain: Option<&str>,
+) -> String {
     const MARK: &str = "# buildos";
     let mut text = String::new();
     let mut localhost = false;
@@ -204,7 +214,10 @@ pub fn hosts(existing: &str, hostname: &str, address: Option<Ipv4Addr>, domain: 
         if line.ends_with(MARK) {
             continue;
         }
-        localhost |= line.split_whitespace().skip(1).any(|name| name == "localhost");
+        localhost |= line
+            .split_whitespace()
+            .skip(1)
+            .any(|name| name == "localhost");
         text.push_str(line);
         text.push('\n');
     }
@@ -285,7 +298,10 @@ mod tests {
             text.contains("ip saddr 172.30.0.0/24 oifname \"br0\" masquerade"),
             "{text}"
         );
-        assert!(text.contains("type nat hook postrouting priority srcnat"), "{text}");
+        assert!(
+            text.contains("type nat hook postrouting priority srcnat"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -308,7 +324,10 @@ mod tests {
             "enable-tftp",
             "tftp-root=/build/tftp",
         ] {
-            assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
         }
     }
 
@@ -364,7 +383,12 @@ mod tests {
     fn hosts_replaces_its_own_line_and_keeps_the_rest() {
         let first = hosts("127.0.0.1\tlocalhost\n", "h1", None, None);
         assert_eq!(first, "127.0.0.1\tlocalhost\n127.0.1.1\th1 # buildos\n");
-        let second = hosts(&first, "h2", Some(Ipv4Addr::new(10, 0, 2, 15)), Some("example.org"));
+        let second = hosts(
+            &first,
+            "h2",
+            Some(Ipv4Addr::new(10, 0, 2, 15)),
+            Some("example.org"),
+        );
         assert_eq!(
             second,
             "127.0.0.1\tlocalhost\n10.0.2.15\th2.example.org h2 # buildos\n"

@@ -1,0 +1,561 @@
+//! Host-level tests of init's network set-up, as root, in network namespaces each test makes
+//! and removes: veth pairs for wires, a real dnsmasq as the DHCP server, nft and ping.
+//!
+//! The library runs on a thread that has entered the client's namespace (and a UTS namespace
+//! of its own, so setting the host name touches nothing outside); threads it starts inherit
+//! both, and so do the programs it runs.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use buildos_cmdline::{Config, Ipv4Net};
+use buildos_init::net::dhcp::Client;
+use buildos_init::net::netlink::Netlink;
+use buildos_init::net::{self, Outcome, Paths};
+use nix::sched::{setns, unshare, CloneFlags};
+
+fn need_root() {
+    let uid = nix::unistd::geteuid();
+    assert!(
+        uid.is_root(),
+        "this test needs root (network namespaces, veth pairs, dnsmasq); run it as root, \
+         as CI does (uid is {uid})"
+    );
+    for program in ["ip", "dnsmasq", "nft", "ping"] {
+        assert!(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(program).exists()),
+            "this test needs {program}; `cargo xtask test` installs it"
+        );
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A network namespace, removed (with its links) on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        run(&["ip", "netns", "add", &name]);
+        run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    fn ip(&self, args: &str) -> String {
+        let mut all = vec!["ip", "-n", &self.name];
+        all.extend(args.split_whitespace());
+        run(&all)
+    }
+
+    fn exec(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(args);
+        command
+    }
+
+    /// Runs `work` on a thread inside this namespace and a UTS namespace of its own.
+    fn enter<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            unshare(CloneFlags::CLONE_NEWUTS).expect("unshare the UTS namespace");
+            work()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the thread in the namespace panicked"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair made directly across the two namespaces.
+fn veth(a: &Netns, a_name: &str, mac: &str, b: &Netns, b_name: &str) {
+    a.ip(&format!(
+        "link add {a_name} address {mac} type veth peer name {b_name} netns {}",
+        b.name
+    ));
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(unique("buildos-net-test-"));
+        std::fs::create_dir_all(&dir).expect("make a temporary directory");
+        TempDir(dir)
+    }
+
+    fn paths(&self) -> Paths {
+        let paths = Paths {
+            etc: self.0.join("etc"),
+            run: self.0.join("run"),
+            tftp: self.0.join("tftp"),
+        };
+        std::fs::create_dir_all(&paths.tftp).expect("make the TFTP root");
+        paths
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// dnsmasq as the DHCP server of a namespace, killed on drop; its log goes to a file.
+struct Dnsmasq {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(ns: &Netns, interface: &str, dir: &TempDir, extra: &[&str]) -> Dnsmasq {
+        let log = dir.0.join(format!("dnsmasq-{}.log", unique("")));
+        let leases = dir.0.join(format!("dnsmasq-{}.leases", unique("")));
+        let mut args = vec![
+            "dnsmasq".to_owned(),
+            "--keep-in-foreground".into(),
+            "--conf-file=/dev/null".into(),
+            "--port=0".into(),
+            "--no-ping".into(),
+            "--log-dhcp".into(),
+            "--log-facility=-".into(),
+            "--pid-file=".into(),
+            "--user=root".into(),
+            format!("--interface={interface}"),
+            "--bind-interfaces".into(),
+            "--except-interface=lo".into(),
+            "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,2m".into(),
+            "--dhcp-option=option:router,10.77.0.1".into(),
+            "--dhcp-option=option:dns-server,10.77.0.1".into(),
+            format!("--dhcp-leasefile={}", leases.display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = ns
+            .exec(&refs)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("make the dnsmasq log"))
+            .spawn()
+            .expect("start dnsmasq");
+        Dnsmasq { child, log }
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `condition` until `bound`, looking every 100 ms; says what it waited for.
+fn wait_for(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + bound;
+    while !condition() {
+        assert!(
+            Instant::now() < until,
+            "gave up after {bound:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server namespace with `s0` at 10.77.0.1/24 and a client namespace with `c0`, wired.
+fn client_and_server(mac: &str) -> (Netns, Netns) {
+    let server = Netns::new("bnts");
+    let client = Netns::new("bntc");
+    veth(&client, "c0", mac, &server, "s0");
+    server.ip("addr add 10.77.0.1/24 dev s0");
+    server.ip("link set s0 up");
+    (client, server)
+}
+
+fn config(dhcp_wait: u32) -> Config {
+    Config {
+        dhcp_wait,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn dhcp_client_gets_address_router_and_dns_from_dnsmasq() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:01");
+    let _dnsmasq = Dnsmasq::start(&server, "s0", &dir, &[]);
+    let lease = client.enter(|| {
+        let mut netlink = Netlink::open().expect("netlink");
+        let c0 = netlink.link("c0").expect("links").expect("c0 is there");
+        netlink.set_up(&c0).expect("c0 up");
+        let dhcp = Client::new("c0", [2, 0, 0, 0x77, 0, 1]).expect("DHCP socket");
+        dhcp.acquire(
+            Instant::now() + Duration::from_secs(20),
+            &AtomicBool::new(false),
+        )
+    });
+    let lease = lease.unwrap_or_else(|e| panic!("no lease: {e}"));
+    let address = u32::from(lease.address);
+    assert!(
+        (u32::from(Ipv4Addr::new(10, 77, 0, 50))..=u32::from(Ipv4Addr::new(10, 77, 0, 99)))
+            .contains(&address),
+        "{lease:?}"
+    );
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(lease.server, Ipv4Addr::new(10, 77, 0, 1));
+    assert_eq!(lease.router, Some(Ipv4Addr::new(10, 77, 0, 1)));
+    assert_eq!(lease.dns, [Ipv4Addr::new(10, 77, 0, 1)]);
+    assert_eq!(lease.times.expire, Duration::from_secs(120));
+}
+
+#[test]
+fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carrier() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:02");
+    // c1's far end stays down: no carrier on c1.
+    let nowhere = Netns::new("bntn");
+    veth(&client, "c1", "02:00:00:77:00:03", &nowhere, "n0");
+    let _dnsmasq = Dnsmasq::start(
+        &server,
+        "s0",
+        &dir,
+        &[
+            "--dhcp-host=02:00:00:77:00:02,buildhost-a",
+            "--domain=farm.test",
+        ],
+    );
+    let paths = dir.paths();
+    let report = {
+        let paths = paths.clone();
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            let hostname = nix::unistd::gethostname().expect("gethostname");
+            (
+                report.attempts,
+                report.public,
+                report.hostname,
+                report.private_ready,
+                report.problems,
+                hostname,
+            )
+        })
+    };
+    let (attempts, public, hostname, private_ready, problems, kernel_hostname) = report;
+    let public =
+        public.unwrap_or_else(|| panic!("no lease; attempts {attempts:?}, problems {problems:?}"));
+    assert_eq!(public.port, "c0");
+    assert!(
+        attempts
+            .iter()
+            .any(|a| a.interface == "c1" && a.outcome == Outcome::NoCarrier),
+        "{attempts:?}"
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(private_ready);
+    assert_eq!(hostname, "buildhost-a");
+    assert_eq!(kernel_hostname.to_string_lossy(), "buildhost-a");
+
+    let address = format!("{}/24", public.lease.address);
+    let br0 = client.ip("-o addr show dev br0");
+    assert!(br0.contains(&address), "br0 lacks {address}: {br0}");
+    let br0_link = client.ip("link show dev br0");
+    assert!(
+        br0_link.contains("02:00:00:77:00:02"),
+        "br0's MAC is not c0's: {br0_link}"
+    );
+    let c0 = client.ip("link show dev c0");
+    assert!(c0.contains("master br0"), "c0 is not in br0: {c0}");
+    let route = client.ip("route show default");
+    assert!(
+        route.contains("via 10.77.0.1 dev br0"),
+        "default route: {route}"
+    );
+    let br1 = client.ip("-o addr show dev br1");
+    assert!(br1.contains("172.30.0.1/24"), "br1: {br1}");
+
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let resolv = read(paths.resolv_conf());
+    assert!(resolv.contains("nameserver 10.77.0.1\n"), "{resolv}");
+    assert!(resolv.contains("search farm.test\n"), "{resolv}");
+    assert_eq!(
+        read(paths.network()),
+        format!("interface=br0\naddress={address}\nhostname=buildhost-a\n")
+    );
+    let interfaces = read(paths.interfaces());
+    assert!(
+        interfaces.contains("iface br0 inet dhcp\n\tbridge_ports c0\n"),
+        "{interfaces}"
+    );
+    assert!(
+        interfaces.contains(&format!("address {address}")),
+        "{interfaces}"
+    );
+    assert!(interfaces.contains("iface br1 inet static"), "{interfaces}");
+    assert_eq!(read(paths.etc.join("hostname")), "buildhost-a\n");
+    let hosts = read(paths.etc.join("hosts"));
+    assert!(
+        hosts.contains(&format!(
+            "{}\tbuildhost-a.farm.test buildhost-a",
+            public.lease.address
+        )),
+        "{hosts}"
+    );
+}
+
+#[test]
+fn setup_without_an_answering_server_gives_up_within_its_bound_and_still_makes_br1() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, _server) = client_and_server("02:00:00:77:00:04");
+    let paths = dir.paths();
+    let began = Instant::now();
+    let (attempts, public, problems, private_ready, hostname) = {
+        let paths = paths.clone();
+        client.enter(move || {
+            let r = net::setup(&config(3), &paths);
+            (
+                r.attempts,
+                r.public,
+                r.problems,
+                r.private_ready,
+                r.hostname,
+            )
+        })
+    };
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(3 + 4),
+        "setup took {took:?} with a 3 s bound"
+    );
+    assert!(public.is_none());
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    match &attempts[0].outcome {
+        Outcome::Failed(why) => assert!(
+            why.starts_with("c0: no answer from a DHCP server to "),
+            "{why}"
+        ),
+        other => panic!("expected no answer on c0, got {other:?}"),
+    }
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("network: no DHCP lease within 3 s (c0: no answer")),
+        "{problems:?}"
+    );
+    assert!(private_ready, "{problems:?}");
+    assert_eq!(hostname, "build-020000770004");
+    let br1 = client.ip("-o addr show dev br1");
+    assert!(br1.contains("172.30.0.1/24"), "br1: {br1}");
+    assert_eq!(
+        std::fs::read_to_string(paths.network()).expect("network file"),
+        "interface=\naddress=\nhostname=build-020000770004\n"
+    );
+}
+
+#[test]
+fn keeper_renews_a_short_lease_with_the_server() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:05");
+    let dnsmasq = Dnsmasq::start(
+        &server,
+        "s0",
+        &dir,
+        &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"],
+    );
+    let dnsmasq = Arc::new(dnsmasq);
+    let paths = dir.paths();
+    let log = {
+        let dnsmasq = Arc::clone(&dnsmasq);
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            let lease = report.public.clone().expect("a lease at boot").lease;
+            // dnsmasq's minimum lease is two minutes; its T1 and T2 options make the renewal due
+            // within seconds.
+            assert!(lease.times.renew <= Duration::from_secs(4), "{lease:?}");
+            let stop = Arc::new(AtomicBool::new(false));
+            let keeper = {
+                let stop = Arc::clone(&stop);
+                let keeper = report.keeper;
+                std::thread::spawn(move || keeper.run(&stop))
+            };
+            let acks = || dnsmasq.log().matches("DHCPACK(s0)").count();
+            wait_for(
+                "a second DHCPACK (the renewal)",
+                Duration::from_secs(20),
+                || acks() >= 2,
+            );
+            stop.store(true, Ordering::Relaxed);
+            keeper.join().expect("keeper thread");
+            dnsmasq.log()
+        })
+    };
+    let renewal = log
+        .lines()
+        .filter(|l| l.contains("DHCPREQUEST(s0)"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no second DHCPREQUEST in\n{log}"));
+    assert!(renewal.contains("10.77.0."), "{renewal}");
+}
+
+#[test]
+fn private_bridge_nats_a_machine_on_br1_out_through_br0() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:06");
+    let _dnsmasq = Dnsmasq::start(&server, "s0", &dir, &[]);
+    let paths = dir.paths();
+    let public = {
+        let paths = paths.clone();
+        client.enter(move || net::setup(&config(10), &paths).public)
+    };
+    assert!(public.is_some(), "no lease for br0");
+
+    let ruleset = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &client.name,
+        "nft",
+        "list",
+        "ruleset",
+    ]);
+    assert!(ruleset.contains("table ip buildos"), "{ruleset}");
+    assert!(
+        ruleset.contains("ip saddr 172.30.0.0/24 oifname \"br0\" masquerade"),
+        "{ruleset}"
+    );
+    let forwarding = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &client.name,
+        "cat",
+        "/proc/sys/net/ipv4/ip_forward",
+    ]);
+    assert_eq!(forwarding.trim(), "1");
+
+    // A build machine on br1, configured by the br1 dnsmasq through our own DHCP client.
+    let machine = Netns::new("bntm");
+    veth(&machine, "m0", "02:00:00:77:00:07", &client, "tap1");
+    client.ip("link set tap1 master br1");
+    client.ip("link set tap1 up");
+    let command = {
+        let paths = paths.clone();
+        client.enter(move || net::dnsmasq_command(&Config::default(), &paths))
+    }
+    .expect("dnsmasq command");
+    let conf = std::fs::read_to_string(paths.dnsmasq_conf()).expect("dnsmasq conf");
+    assert!(conf.contains("interface=br1\n"), "{conf}");
+    let args: Vec<String> = command
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        args.contains(&"--keep-in-foreground".to_owned()),
+        "{args:?}"
+    );
+    let mut exec = client.exec(&["dnsmasq"]);
+    exec.args(command.get_args());
+    let br1_log = dir.0.join("br1-dnsmasq.log");
+    let br1_dnsmasq = Dnsmasq {
+        child: exec
+            .stdout(Stdio::null())
+            .stderr(File::create(&br1_log).expect("log"))
+            .spawn()
+            .expect("start br1's dnsmasq"),
+        log: br1_log,
+    };
+    let lease = machine.enter(|| {
+        let mut netlink = Netlink::open().expect("netlink");
+        let m0 = netlink.link("m0").expect("links").expect("m0");
+        netlink.set_up(&m0).expect("m0 up");
+        let dhcp = Client::new("m0", [2, 0, 0, 0x77, 0, 7]).expect("socket");
+        let lease = dhcp.acquire(
+            Instant::now() + Duration::from_secs(20),
+            &AtomicBool::new(false),
+        );
+        if let Ok(lease) = &lease {
+            netlink
+                .add_address(&m0, lease.address, lease.prefix)
+                .expect("address");
+            netlink
+                .replace_default_route(&m0, lease.router.expect("a router"))
+                .expect("route");
+        }
+        lease
+    });
+    let lease =
+        lease.unwrap_or_else(|e| panic!("no lease from br1's dnsmasq: {e}\n{}", br1_dnsmasq.log()));
+    let net = Ipv4Net::parse("172.30.0.1/24").expect("net");
+    let (first, last) = net::render::dhcp_range(net);
+    assert!(
+        (u32::from(first)..=u32::from(last)).contains(&u32::from(lease.address)),
+        "{lease:?}"
+    );
+    assert_eq!(lease.router, Some(Ipv4Addr::new(172, 30, 0, 1)));
+
+    // The server namespace has no route to 172.30.0.0/24: only NAT brings the answer back.
+    let ping = machine
+        .exec(&["ping", "-c", "1", "-W", "5", "10.77.0.1"])
+        .output()
+        .expect("run ping");
+    assert!(
+        ping.status.success(),
+        "ping from br1 to beyond br0 failed: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
+    );
+}
