@@ -65,6 +65,11 @@ const STEPS: &[Step] = &[
         required: false,
         run: step_modules,
     },
+    Step {
+        name: "network",
+        required: false,
+        run: step_network,
+    },
 ];
 
 /// Entry point of the `buildos-init` binary.
@@ -223,6 +228,19 @@ fn step_modules(boot: &mut Boot) -> StepResult {
         Outcome::Ok
     } else {
         Outcome::Warnings(problems)
+    })
+}
+
+/// Ethernet, DHCP, br0, br1 with NAT, the host name; then a thread keeps the lease.
+fn step_network(boot: &mut Boot) -> StepResult {
+    let report = net::setup(&boot.config, &net::Paths::default());
+    if let Err(error) = report.keeper.spawn() {
+        return Err(format!("cannot start the DHCP keeper thread: {error}").into());
+    }
+    Ok(if report.problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(report.problems)
     })
 }
 

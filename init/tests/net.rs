@@ -150,7 +150,9 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    fn start(ns: &Netns, interface: &str, dir: &TempDir, extra: &[&str]) -> Dnsmasq {
+    /// Serves `<net>.50` to `<net>.99` of the /24 `net` (like `10.77.0`), itself the router
+    /// and DNS server at `<net>.1`.
+    fn start(ns: &Netns, interface: &str, net: &str, dir: &TempDir, extra: &[&str]) -> Dnsmasq {
         let log = dir.0.join(format!("dnsmasq-{}.log", unique("")));
         let leases = dir.0.join(format!("dnsmasq-{}.leases", unique("")));
         let mut args = vec![
@@ -166,9 +168,9 @@ impl Dnsmasq {
             format!("--interface={interface}"),
             "--bind-interfaces".into(),
             "--except-interface=lo".into(),
-            "--dhcp-range=10.77.0.50,10.77.0.99,255.255.255.0,2m".into(),
-            "--dhcp-option=option:router,10.77.0.1".into(),
-            "--dhcp-option=option:dns-server,10.77.0.1".into(),
+            format!("--dhcp-range={net}.50,{net}.99,255.255.255.0,2m"),
+            format!("--dhcp-option=option:router,{net}.1"),
+            format!("--dhcp-option=option:dns-server,{net}.1"),
             format!("--dhcp-leasefile={}", leases.display()),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -232,7 +234,7 @@ fn dhcp_client_gets_address_router_and_dns_from_dnsmasq() {
     need_root();
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:01");
-    let _dnsmasq = Dnsmasq::start(&server, "s0", &dir, &[]);
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
     let lease = client.enter(|| {
         let mut netlink = Netlink::open().expect("netlink");
         let c0 = netlink.link("c0").expect("links").expect("c0 is there");
@@ -268,6 +270,7 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
     let _dnsmasq = Dnsmasq::start(
         &server,
         "s0",
+        "10.77.0",
         &dir,
         &[
             "--dhcp-host=02:00:00:77:00:02,buildhost-a",
@@ -412,6 +415,7 @@ fn keeper_renews_a_short_lease_with_the_server() {
     let dnsmasq = Dnsmasq::start(
         &server,
         "s0",
+        "10.77.0",
         &dir,
         &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"],
     );
@@ -455,7 +459,7 @@ fn private_bridge_nats_a_machine_on_br1_out_through_br0() {
     need_root();
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:06");
-    let _dnsmasq = Dnsmasq::start(&server, "s0", &dir, &[]);
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
     let paths = dir.paths();
     let public = {
         let paths = paths.clone();
@@ -557,5 +561,75 @@ fn private_bridge_nats_a_machine_on_br1_out_through_br0() {
         "ping from br1 to beyond br0 failed: {}{}",
         String::from_utf8_lossy(&ping.stdout),
         String::from_utf8_lossy(&ping.stderr)
+    );
+}
+
+#[test]
+fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:08");
+    let first = Dnsmasq::start(
+        &server,
+        "s0",
+        "10.77.0",
+        &dir,
+        &["--dhcp-option=option:T1,2", "--dhcp-option=option:T2,4"],
+    );
+    let paths = dir.paths();
+    let (report, old) = {
+        let paths = paths.clone();
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            let old = report
+                .public
+                .clone()
+                .expect("a lease at boot")
+                .lease
+                .address;
+            (report, old)
+        })
+    };
+    assert_eq!(old.octets()[..3], [10, 77, 0], "{old}");
+    // The network moves: the old server goes, a new one on another subnet refuses the old
+    // address when the host rebinds.
+    drop(first);
+    server.ip("addr del 10.77.0.1/24 dev s0");
+    server.ip("addr add 10.78.0.1/24 dev s0");
+    let _second = Dnsmasq::start(&server, "s0", "10.78.0", &dir, &["--dhcp-authoritative"]);
+    let address = client.enter(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let stop = Arc::clone(&stop);
+            let keeper = report.keeper;
+            std::thread::spawn(move || keeper.run(&stop))
+        };
+        let br0_address = || {
+            let mut netlink = Netlink::open().expect("netlink");
+            let br0 = netlink.link("br0").expect("links").expect("br0");
+            netlink.addresses(&br0).expect("addresses")
+        };
+        wait_for(
+            "br0 to get an address on the new subnet",
+            Duration::from_secs(30),
+            || {
+                br0_address()
+                    .iter()
+                    .any(|(a, _)| a.octets()[..3] == [10, 78, 0])
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        keeper.join().expect("keeper thread");
+        br0_address()
+    });
+    assert_eq!(
+        address.len(),
+        1,
+        "the old address is still there: {address:?}"
+    );
+    let (new, prefix) = address[0];
+    assert_eq!(
+        std::fs::read_to_string(paths.network()).expect("network file"),
+        format!("interface=br0\naddress={new}/{prefix}\nhostname=build-020000770008\n")
     );
 }

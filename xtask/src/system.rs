@@ -28,6 +28,26 @@ pub const MKINITRAMFS: Need = Need {
     package: "initramfs-tools",
     why: "builds Debian's own initrd, the anchor of `cargo xtask bench`",
 };
+pub const DNSMASQ: Need = Need {
+    command: "dnsmasq",
+    package: "dnsmasq",
+    why: "the DHCP server of init's network tests (and br1's DHCP and TFTP on a host)",
+};
+pub const NFT: Need = Need {
+    command: "nft",
+    package: "nftables",
+    why: "loads br1's NAT ruleset in init's network tests",
+};
+pub const IP: Need = Need {
+    command: "ip",
+    package: "iproute2",
+    why: "makes the network namespaces and veth pairs of init's network tests",
+};
+pub const PING: Need = Need {
+    command: "ping",
+    package: "iputils-ping",
+    why: "shows that NAT forwards from br1 out through br0 in init's network tests",
+};
 
 /// Finds a command on PATH and in the sbin directories root would search.
 pub fn find(command: &str) -> Option<std::path::PathBuf> {

@@ -137,7 +137,8 @@ pub fn is_ethernet(link: &Link) -> bool {
 }
 
 /// Brings up networking at boot. Never fails hard and never waits longer than
-/// `config.dhcp_wait` for DHCP.
+/// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
+/// back in the report for the caller to print and keep.
 pub fn setup(config: &Config, paths: &Paths) -> NetReport {
     let mut problems = Vec::new();
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
@@ -243,9 +244,6 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
 
     if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
         problems.push(format!("network: {error}"));
-    }
-    for problem in &problems {
-        console::warn(problem);
     }
     let keeper = Keeper {
         paths: paths.clone(),
