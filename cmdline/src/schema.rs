@@ -344,8 +344,10 @@ long and not starting or ending with -, at most 64 in all",
         default: None,
         example: "build-01",
         doc: "The host name, used instead of the one from DHCP. Unset, the name comes from DHCP \
-or, failing that, is made from the MAC address, like `build-xxxxxxxxxx`. The manual leaves this \
-open (\"maybe also kernel cmdline?\").",
+or, failing that, is `build-` followed by all twelve hex digits of the MAC address of the \
+interface that got the lease (of the first Ethernet interface without one), like \
+`build-525400123456`; the manual shows ten (`build-xxxxxxxxxx`), twelve keep two hosts from \
+ever sharing a name. The manual leaves this open (\"maybe also kernel cmdline?\").",
         origin: Origin::Buildos,
     },
     Param {

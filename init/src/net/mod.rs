@@ -625,7 +625,14 @@ impl Keeper {
                         )),
                         Err(error) => console::warn(&format!("network: {error}")),
                     }
+                    let changed = public.lease.address != renewed.address
+                        || public.lease.prefix != renewed.prefix
+                        || public.lease.dns != renewed.dns
+                        || public.lease.domain != renewed.domain;
                     public.lease = renewed;
+                    if changed {
+                        self.write_public(&public);
+                    }
                     return Some(public);
                 }
                 Ok(None) => continue,
