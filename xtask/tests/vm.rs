@@ -127,3 +127,26 @@ fn ctrl_alt_del_reboots_cleanly() {
     vm.wait_exit(BOOT).unwrap();
     assert!(!vm.console().contains("Kernel panic"), "{}", vm.console());
 }
+
+#[test]
+fn br0_holds_the_dhcp_address_of_qemus_user_network_and_names_the_host() {
+    // QEMU's default network: an e1000 with MAC 52:54:00:12:34:56 on its user-mode network,
+    // whose DHCP server at 10.0.2.2 hands out 10.0.2.15.
+    let mut vm = boot(&[]);
+    vm.wait_for("network: eth0: lease 10.0.2.15/24", BOOT)
+        .unwrap();
+    vm.wait_for(
+        "network: br0 holds eth0 (52:54:00:12:34:56) with 10.0.2.15/24 from DHCP server 10.0.2.2",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("hostname: build-525400123456", BOOT).unwrap();
+    let phase = vm.wait_for("phase network ", BOOT).unwrap();
+    vm.wait_for("buildos-init: ready at", BOOT).unwrap();
+    // The minimal image has no nft, so br1 has no NAT and says so; with it, the step is ok.
+    let console = vm.console();
+    assert!(
+        phase.contains("phase network ok") || console.contains("no NAT: nft is not in this image"),
+        "{console}"
+    );
+}

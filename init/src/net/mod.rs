@@ -427,7 +427,13 @@ pub fn load_nft(ruleset: &str) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "no NAT: nft is not in this image (Debian package \
+                                        nftables); br1 has its address but its machines \
+                                        cannot reach beyond the host"
+                .to_owned(),
+            _ => format!("cannot run nft: {e}"),
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(ruleset.as_bytes())
