@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
@@ -152,65 +153,48 @@ fn step_cmdline(boot: &mut Boot) -> StepResult {
     })
 }
 
-fn step_modules(boot: &mut Boot) -> StepResult {
+fn step_modules(_boot: &mut Boot) -> StepResult {
     let release = nix::sys::utsname::uname()
         .map_err(|errno| format!("uname failed: {}", errno.desc()))?
         .release()
         .to_string_lossy()
         .into_owned();
     let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
-    let dep_path = dir.join("modules.dep");
-    let dep = std::fs::read_to_string(&dep_path).map_err(|error| {
-        format!(
-            "cannot read {}: {error}; the image has no modules for kernel {release}",
-            dep_path.display()
-        )
-    })?;
-    let wanted = std::fs::read_to_string(kmod::BOOT_MODULES)
-        .map_err(|error| format!("cannot read {}: {error}", kmod::BOOT_MODULES))?;
-    let wanted: Vec<String> = wanted
+    if !dir.is_dir() {
+        return Err(format!("the image has no modules for kernel {release}").into());
+    }
+    let fixed = std::fs::read_to_string(hardware::FIXED_MODULES)
+        .map_err(|error| format!("cannot read {}: {error}", hardware::FIXED_MODULES))?;
+    let fixed: Vec<String> = fixed
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let dep = kmod::ModulesDep::parse(&dep);
-    let (order, unknown) = dep.load_order(&wanted);
-    let mut problems: Vec<String> = unknown
-        .iter()
-        .map(|name| format!("module {name} is not in {}", dep_path.display()))
-        .collect();
-    let mut loaded = 0;
-    let mut absent = Vec::new();
-    let mut slowest: Vec<(std::time::Duration, String)> = Vec::new();
-    for path in &order {
-        let began = boot.clock.now();
-        let result = kmod::load(&dir.join(path));
-        slowest.push((
-            boot.clock.now().saturating_sub(began),
-            kmod::module_name(path),
-        ));
-        match result {
-            Ok(()) => loaded += 1,
-            // A driver for hardware or CPU features this machine does not have, such as an
-            // accelerated checksum that a soft dependency names.
-            Err(kmod::LoadError::Init {
-                errno: nix::errno::Errno::ENODEV,
-                ..
-            }) => absent.push(kmod::module_name(path)),
-            Err(error) => problems.push(error.to_string()),
+    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys/devices"))?;
+    let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
+    console::info(&format!(
+        "{} devices asked for {} drivers{}",
+        report.devices,
+        drivers.len(),
+        if drivers.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", drivers.join(", "))
         }
-    }
-    slowest.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let slowest: Vec<String> = slowest
+    ));
+    let slowest: Vec<String> = report
+        .timings
         .iter()
         .take(5)
         .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
         .collect();
     console::info(&format!("slowest modules: {}", slowest.join(", ")));
+    let absent = report.without_hardware();
     console::info(&format!(
-        "loaded {loaded} of {} modules, {} without their hardware{}",
-        order.len(),
+        "loaded {} of {} modules, {} without their hardware{}",
+        report.loaded(),
+        report.modules.len(),
         absent.len(),
         if absent.is_empty() {
             String::new()
@@ -218,6 +202,7 @@ fn step_modules(boot: &mut Boot) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
+    let problems = report.problems();
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
