@@ -14,6 +14,8 @@ pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
 pub mod phases;
+pub mod services;
+pub mod state;
 pub mod sys;
 
 use std::error::Error;
@@ -23,6 +25,7 @@ use buildos_cmdline::{Config, FailureAction};
 
 use crate::lifecycle::Shutdown;
 use crate::phases::Clock;
+use crate::services::{Service, Supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -32,6 +35,8 @@ pub struct Boot {
     pub config: Config,
     /// Problems found so far that the operator should hear about.
     pub problems: Vec<String>,
+    /// The services to start once boot is done.
+    pub services: Supervisor,
 }
 
 type StepResult = Result<Outcome, Box<dyn Error>>;
@@ -65,7 +70,25 @@ const STEPS: &[Step] = &[
         required: false,
         run: step_modules,
     },
+    Step {
+        name: "state",
+        required: false,
+        run: step_state,
+    },
+    Step {
+        name: "users",
+        required: false,
+        run: step_users,
+    },
+    Step {
+        name: "services",
+        required: false,
+        run: step_services,
+    },
 ];
+
+/// What init leaves for the monitor and for people in /run/buildos.
+pub const RUN_DIR: &str = "/run/buildos";
 
 /// Entry point of the `buildos-init` binary.
 pub fn run() -> ! {
@@ -88,13 +111,15 @@ pub fn run() -> ! {
         clock,
         config: Config::default(),
         problems: Vec::new(),
+        services: Supervisor::new(),
     };
     let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(&mut boot)));
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
             console::info(&boot.clock.ready_line(boot.problems.len()));
-            lifecycle::serve(None)
+            write_report(&boot.problems);
+            lifecycle::serve(None, boot.services)
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
         Err(_) => fallback(on_failure, "init panicked during boot"),
@@ -210,6 +235,94 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
     })
 }
 
+/// /run/buildos/problems (one per line) and /run/buildos/boot.log (init's lines so far).
+fn write_report(problems: &[String]) {
+    let dir = std::path::Path::new(RUN_DIR);
+    let problems: String = problems.iter().map(|p| format!("{p}\n")).collect();
+    let log: String = console::take_boot_log()
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join("problems"), problems))
+        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+    if let Err(error) = written {
+        console::warn(&format!(
+            "cannot write the boot report in {RUN_DIR}: {error}"
+        ));
+    }
+}
+
+fn step_state(_boot: &mut Boot) -> StepResult {
+    let state = std::path::Path::new(state::STATE);
+    if !mounts::is_mount_point(state) {
+        return Err(format!(
+            "{} is not mounted; nothing survives a reboot",
+            state.display()
+        )
+        .into());
+    }
+    let mut warnings = Vec::new();
+    match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
+        Ok(line) => console::info(&line),
+        Err(error) => warnings.push(format!("random seed: {error}")),
+    }
+    let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
+    if keygen.is_file() {
+        match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
+            Ok(lines) => lines.iter().for_each(|line| console::info(line)),
+            Err(error) => warnings.push(format!("ssh host keys: {error}")),
+        }
+    } else {
+        console::info("no ssh-keygen in this image: no SSH host keys");
+    }
+    Ok(if warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(warnings)
+    })
+}
+
+fn step_users(boot: &mut Boot) -> StepResult {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some(user) = state::find_user(&passwd, "build") else {
+        console::info("no user build in this image: no SSH logins");
+        return Ok(Outcome::Ok);
+    };
+    for dir in [user.home.clone(), user.home.join("tftp")] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .map_err(|e| format!("cannot give {} to build: {}", dir.display(), e.desc()))?;
+    }
+    let file = state::authorize(&user, &boot.config.ssh_keys)?;
+    console::info(&format!(
+        "{} SSH key(s) for user build in {}",
+        boot.config.ssh_keys.len(),
+        file.display()
+    ));
+    Ok(Outcome::Ok)
+}
+
+fn step_services(boot: &mut Boot) -> StepResult {
+    let now = std::time::Instant::now();
+    // sshd's privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    boot.services
+        .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
+    boot.services.add(
+        Service::new("monitor", "/usr/sbin/buildos-monitor", &[]),
+        now,
+    );
+    let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    console::info(&format!("services to start: {}", names.join(", ")));
+    Ok(Outcome::Ok)
+}
+
 /// What init does when boot cannot go on: the emergency shell on the console (leaving it
 /// reboots), a reboot, or a power-off. Never returns.
 fn fallback(action: FailureAction, why: &str) -> ! {
@@ -219,14 +332,20 @@ fn fallback(action: FailureAction, why: &str) -> ! {
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
             match lifecycle::spawn_shell() {
-                Ok(pid) => lifecycle::serve(Some(pid)),
+                Ok(pid) => lifecycle::serve(Some(pid), Supervisor::new()),
                 Err(error) => {
                     console::error(&format!("cannot start the emergency shell: {error}"));
-                    lifecycle::shutdown(Shutdown::Reboot, "the emergency shell could not start")
+                    lifecycle::shutdown(
+                        Shutdown::Reboot,
+                        "the emergency shell could not start",
+                        &mut Supervisor::new(),
+                    )
                 }
             }
         }
-        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why),
-        FailureAction::Poweroff => lifecycle::shutdown(Shutdown::Poweroff, why),
+        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why, &mut Supervisor::new()),
+        FailureAction::Poweroff => {
+            lifecycle::shutdown(Shutdown::Poweroff, why, &mut Supervisor::new())
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod apt;
 pub mod bench;
+pub mod disks;
 pub mod docs;
 pub mod image;
 pub mod qemu;

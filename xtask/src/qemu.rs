@@ -332,6 +332,20 @@ pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Resu
     config.memory_mib = memory_mib;
     config.cpus = cpus;
     config.append = params.to_vec();
+    // The host's disks live beside the image cache and are reused, so its state (SSH host
+    // keys, random seed) survives from one run to the next as on real hardware.
+    let disks = crate::disks::standard(&crate::work_dir().join("qemu-disks"))?;
+    config.extra.extend(crate::disks::qemu_args(&disks));
+    // User-mode networking, with the host's SSH reachable on loopback port 2222.
+    config.extra.extend(
+        [
+            "-netdev",
+            "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
+            "-device",
+            "e1000,netdev=n0",
+        ]
+        .map(str::to_owned),
+    );
     let status = interactive(&config)?;
     if !status.success() {
         bail!("QEMU exited with {status}");
