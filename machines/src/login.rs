@@ -161,17 +161,19 @@ impl Monitor {
                 self.write(command)?;
                 self.write("\n")?;
                 let text = self.read_until(|b| b.ends_with(PROMPT.as_bytes()))?;
-                Ok(clean_human_output(&text, command))
+                Ok(clean_human_output(&text))
             }
         }
     }
 }
 
-/// The human monitor echoes the command with terminal escapes and ends with the prompt;
-/// keeps only what the command printed.
-fn clean_human_output(text: &str, command: &str) -> String {
+/// The human monitor echoes the command as it is typed (redrawing the line with terminal
+/// escapes), then prints the output and the prompt: keeps only the output.
+fn clean_human_output(text: &str) -> String {
+    let output = text.split_once('\n').map(|(_, rest)| rest).unwrap_or("");
+    let output = output.strip_suffix(PROMPT).unwrap_or(output);
     let mut plain = String::new();
-    let mut chars = text.chars().peekable();
+    let mut chars = output.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\u{1b}' {
             if chars.peek() == Some(&'[') {
@@ -184,14 +186,11 @@ fn clean_human_output(text: &str, command: &str) -> String {
             }
             continue;
         }
-        plain.push(c);
+        if c != '\r' {
+            plain.push(c);
+        }
     }
-    let plain = plain.trim_end_matches(PROMPT);
-    plain
-        .split(['\r', '\n'])
-        .filter(|line| !line.is_empty() && line.trim() != command)
-        .collect::<Vec<_>>()
-        .join("\n")
+    plain.trim().to_string()
 }
 
 /// Resumes a suspended machine (`cont`) and returns its status afterwards.
@@ -210,11 +209,9 @@ mod tests {
 
     #[test]
     fn human_monitor_output_loses_its_echo_escapes_and_prompt() {
-        let text = "info status\r\n\u{1b}[K\u{1b}[DVM status: running\r\n(qemu) ";
-        assert_eq!(
-            clean_human_output(text, "info status"),
-            "VM status: running"
-        );
+        let text =
+            "i\u{1b}[K\u{1b}[Din\u{1b}[K\u{1b}[Dinfo status\r\nVM status: running\r\n(qemu) ";
+        assert_eq!(clean_human_output(text), "VM status: running");
     }
 
     #[test]
