@@ -21,7 +21,8 @@ pub fn btrfs() -> Command {
     Command::new("btrfs")
 }
 
-fn describe(command: &Command) -> String {
+/// A command line as a person would type it, for error messages.
+pub fn describe(command: &Command) -> String {
     let mut words = vec![command.get_program().to_string_lossy().into_owned()];
     words.extend(command.get_args().map(|a| a.to_string_lossy().into_owned()));
     words.join(" ")

@@ -59,6 +59,9 @@ pub enum Error {
     )]
     Staging { path: PathBuf },
 
+    #[error("another buildos-machine is working on {path}; try again when it is done; nothing was changed")]
+    Busy { path: PathBuf },
+
     #[error("`{command}` failed ({status}){}", stderr_lines(.stderr))]
     Command {
         command: String,

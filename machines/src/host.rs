@@ -97,6 +97,24 @@ fn entries(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(names)
 }
 
+/// Holds an exclusive lock on a machine directory (flock on the directory itself) while an
+/// upgrade, a removal or the clean-up works on it; a second one is refused, not queued.
+pub fn lock_machine(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::File::open(dir).map_err(io("open", dir))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| match errno {
+            nix::errno::Errno::EWOULDBLOCK => Error::Busy {
+                path: dir.to_path_buf(),
+            },
+            errno => Error::Io {
+                what: "lock",
+                path: dir.to_path_buf(),
+                source: errno.into(),
+            },
+        },
+    )
+}
+
 /// Deletes whatever `path` is: a subvolume with btrfs-progs, a directory tree, a file or
 /// a symlink.
 pub fn delete_entry(path: &Path) -> Result<()> {
@@ -168,6 +186,8 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
         return Err(Error::NoMachine { path: machine_dir });
     }
 
+    // Adding is made exclusive by creating the staging directory, upgrading by this lock.
+    let mut lock = None;
     let into = if request.new_machine {
         let stage = volume.join(format!(".incoming-{}", revision.machine));
         if std::fs::symlink_metadata(&stage).is_ok() {
@@ -176,6 +196,7 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
         std::fs::create_dir(&stage).map_err(io("create", &stage))?;
         stage
     } else {
+        lock = Some(lock_machine(&machine_dir)?);
         let target = machine_dir.join(&name);
         if std::fs::symlink_metadata(&target).is_ok() {
             return Err(Error::RevisionExists { path: target });
@@ -258,6 +279,7 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
             removed_old = true;
         }
     }
+    drop(lock);
     Ok(ReceiveReport {
         machine_dir,
         link,
@@ -314,6 +336,7 @@ pub fn remove(request: &Remove, progress: &mut dyn FnMut(&str)) -> Result<Remove
     if !dir.is_dir() {
         return Err(Error::NoMachine { path: dir });
     }
+    let _lock = lock_machine(&dir)?;
     let mut report = RemoveReport::default();
     let info = volume::machine(&dir, &request.machine)?;
     for current in &info.current {
@@ -430,6 +453,13 @@ pub fn cleanup_stale(volume_root: &Path) -> Result<CleanupReport> {
 
     for name in volume::machine_names(volume_root)? {
         let dir = volume_root.join(&name);
+        let _lock = match lock_machine(&dir) {
+            Ok(lock) => lock,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                continue;
+            }
+        };
         let info = match volume::machine(&dir, &name) {
             Ok(info) => info,
             Err(e) => {

@@ -115,7 +115,7 @@ pub fn remote_list(remote: &Remote, root: &Path) -> Result<Vec<VolumeInfo>> {
         root.display().to_string(),
     ];
     let command = remote.command(&args);
-    let line = format!("{command:?}");
+    let line = btrfs::describe(&command);
     let text = output_of(command)?;
     serde_json::from_str(&text).map_err(|e| Error::RemoteList {
         command: line,
@@ -205,7 +205,7 @@ pub fn upload(request: &Upload) -> Result<UploadReport> {
         .stdin(stream)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let receive_line = format!("{receive:?}");
+    let receive_line = btrfs::describe(&receive);
     let child = receive.spawn();
     // The command holds the read end of the stream's pipe: drop it, so that `btrfs send`
     // sees a broken pipe rather than blocking when the host side stops reading.

@@ -41,9 +41,10 @@ pub struct MachineInfo {
 pub struct CurrentInfo {
     pub link: String,
     pub protocol: u32,
+    /// The symlink's target as written.
     pub target: String,
-    /// Whether the target is a revision of this machine that exists.
-    pub valid: bool,
+    /// The revision of this machine and protocol it resolves to, if it does.
+    pub revision: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,8 +64,7 @@ impl MachineInfo {
     pub fn current_targets(&self) -> Vec<&str> {
         self.current
             .iter()
-            .filter(|c| c.valid)
-            .map(|c| c.target.as_str())
+            .filter_map(|c| c.revision.as_deref())
             .collect()
     }
 }
@@ -127,15 +127,16 @@ pub fn machine(dir: &Path, name: &str) -> Result<MachineInfo> {
     info.revisions
         .sort_by_key(|r| (r.protocol, r.revision, r.name.clone()));
     for (link, protocol, target) in links {
-        let valid = info
-            .revisions
-            .iter()
-            .any(|r| r.name == target && r.protocol == protocol);
+        let revision = resolve(dir, &target).filter(|name| {
+            info.revisions
+                .iter()
+                .any(|r| &r.name == name && r.protocol == protocol)
+        });
         info.current.push(CurrentInfo {
             link,
             protocol,
             target,
-            valid,
+            revision,
         });
     }
     info.current.sort_by_key(|c| c.protocol);
@@ -143,6 +144,21 @@ pub fn machine(dir: &Path, name: &str) -> Result<MachineInfo> {
     info.snapshots.sort();
     info.other.sort();
     Ok(info)
+}
+
+/// The entry of `dir` a symlink in `dir` points to: `name`, or any path to `dir/name`.
+fn resolve(dir: &Path, target: &str) -> Option<String> {
+    let target = Path::new(target);
+    let name = target.file_name()?.to_string_lossy().into_owned();
+    let in_dir = match target.parent() {
+        None => true,
+        Some(parent) if parent.as_os_str().is_empty() => true,
+        Some(parent) => match (dir.join(parent).canonicalize(), dir.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        },
+    };
+    in_dir.then_some(name)
 }
 
 /// Reads one volume, `root/name`.
@@ -218,7 +234,11 @@ pub fn render(volumes: &[VolumeInfo]) -> String {
                 .current
                 .iter()
                 .map(|c| {
-                    let bad = if c.valid { "" } else { " (missing)" };
+                    let bad = if c.revision.is_some() {
+                        ""
+                    } else {
+                        " (missing)"
+                    };
                     format!("{} -> {}{bad}", c.link, c.target)
                 })
                 .collect();
