@@ -292,3 +292,40 @@ fn choose_parent(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(command: &Command) -> Vec<String> {
+        std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn ssh_runs_the_host_side_as_one_quoted_remote_command() {
+        let args: Vec<String> = ["receive", "--root", "/build/machines", "it's a-1.0"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            argv(&Remote::ssh("build@build").command(&args)),
+            [
+                "ssh",
+                "build@build",
+                "--",
+                r"sudo buildos-machine receive --root /build/machines 'it'\''s a-1.0'",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_command_prefix_runs_the_host_side_here() {
+        let remote = Remote::Command(vec!["env".into(), "buildos-machine".into()]);
+        assert_eq!(
+            argv(&remote.command(&["list".to_string()])),
+            ["env", "buildos-machine", "list"]
+        );
+    }
+}
