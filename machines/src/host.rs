@@ -205,10 +205,18 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
     };
 
     let before = entries(&into)?;
+    // Deletes what this call added. Agents keep working in a machine directory during an
+    // upgrade: their bootstrapped machines and build snapshots are not ours to undo.
     let undo = |into: &Path| {
         if let Ok(after) = entries(into) {
             for new in after.difference(&before) {
-                let _ = delete_entry(&into.join(new));
+                let agents = matches!(
+                    classify(&revision.machine, new, false),
+                    Entry::Bootstrapped { .. } | Entry::Snapshot { .. }
+                );
+                if request.new_machine || !agents {
+                    let _ = delete_entry(&into.join(new));
+                }
             }
         }
         if request.new_machine {
