@@ -40,6 +40,9 @@ struct HostArgs {
     /// With --host: what runs `buildos-machine` there.
     #[arg(long, default_value = send::DEFAULT_REMOTE_PROGRAM)]
     remote_program: String,
+    /// With --host: an ssh option (`-o`), e.g. Port=2222; repeatable.
+    #[arg(long = "ssh-option")]
+    ssh_options: Vec<String>,
 }
 
 impl HostArgs {
@@ -51,6 +54,7 @@ impl HostArgs {
             (None, host) => Remote::Ssh {
                 host: host.clone().unwrap_or_default(),
                 program: self.remote_program.clone(),
+                options: self.ssh_options.clone(),
             },
         }
     }
@@ -122,6 +126,8 @@ enum Command {
         remote_command: Option<String>,
         #[arg(long, default_value = send::DEFAULT_REMOTE_PROGRAM)]
         remote_program: String,
+        #[arg(long = "ssh-option")]
+        ssh_options: Vec<String>,
         /// The local and remote VNC port (default 5900 + instance).
         #[arg(long)]
         port: Option<u32>,
@@ -259,6 +265,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             host,
             remote_command,
             remote_program,
+            ssh_options,
             port,
             run,
             resume,
@@ -271,6 +278,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 (None, Some(host)) => Some(Remote::Ssh {
                     host,
                     program: remote_program,
+                    options: ssh_options,
                 }),
                 (None, None) => None,
             };
@@ -298,7 +306,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             let host = host.unwrap_or_else(|| "build@<host>".to_string());
             let port = port.unwrap_or_else(|| login::vnc_port(instance));
-            let tunnel = login::tunnel_command(&host, port, 10);
+            let mut tunnel = login::tunnel_command(&host, port, 10);
+            if let Some(Remote::Ssh { options, .. }) = &remote {
+                for option in options.iter().rev() {
+                    tunnel.splice(1..1, ["-o".to_string(), option.clone()]);
+                }
+            }
             if run {
                 let mut command = std::process::Command::new(&tunnel[0]);
                 command.args(&tunnel[1..]);

@@ -16,8 +16,13 @@ use crate::volume::{MachineInfo, VolumeInfo};
 /// tests (e.g. the binary itself, run locally through a pipe).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Remote {
-    /// `ssh <host> -- <program> <quoted args>`.
-    Ssh { host: String, program: String },
+    /// `ssh [-o <option>]... <host> -- <program> <quoted args>`.
+    Ssh {
+        host: String,
+        program: String,
+        /// ssh's `-o` options (`Port=2222`, `IdentityFile=...`).
+        options: Vec<String>,
+    },
     /// `<argv...> <args>` run here.
     Command(Vec<String>),
 }
@@ -43,19 +48,27 @@ impl Remote {
         Remote::Ssh {
             host: host.to_string(),
             program: DEFAULT_REMOTE_PROGRAM.to_string(),
+            options: Vec::new(),
         }
     }
 
     /// The command that runs `buildos-machine <args>` on the host.
     pub fn command(&self, args: &[String]) -> Command {
         match self {
-            Remote::Ssh { host, program } => {
+            Remote::Ssh {
+                host,
+                program,
+                options,
+            } => {
                 let mut line = program.clone();
                 for arg in args {
                     line.push(' ');
                     line.push_str(&shell_quote(arg));
                 }
                 let mut command = Command::new("ssh");
+                for option in options {
+                    command.arg("-o").arg(option);
+                }
                 command.arg(host).arg("--").arg(line);
                 command
             }
