@@ -28,6 +28,11 @@ pub const BTRFS: Need = Need {
     package: "btrfs-progs",
     why: "makes and drives the loop-device btrfs machine volumes of the buildos-machines tests",
 };
+pub const SSHD: Need = Need {
+    command: "sshd",
+    package: "openssh-server",
+    why: "the SSH peer the buildos-machines tests send machines through",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
