@@ -23,6 +23,16 @@ pub const QEMU: Need = Need {
     package: "qemu-system-x86",
     why: "boots the image for `cargo xtask qemu` and the VM tests",
 };
+pub const BTRFS: Need = Need {
+    command: "mkfs.btrfs",
+    package: "btrfs-progs",
+    why: "makes and drives the loop-device btrfs machine volumes of the buildos-machines tests",
+};
+pub const SSHD: Need = Need {
+    command: "sshd",
+    package: "openssh-server",
+    why: "the SSH peer the buildos-machines tests send machines through",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
