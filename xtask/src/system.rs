@@ -23,6 +23,11 @@ pub const QEMU: Need = Need {
     package: "qemu-system-x86",
     why: "boots the image for `cargo xtask qemu` and the VM tests",
 };
+pub const PYTHON3: Need = Need {
+    command: "python3",
+    package: "python3",
+    why: "serves a PXE tree over HTTP (`python3 -m http.server`) for the iPXE VM test and bench",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
