@@ -395,8 +395,12 @@ impl<'a> Reader<'a> {
             };
             let one = matches!(buildos_cmdline::split(arg).as_deref(), Ok([_]));
             let key = arg.split('=').next().unwrap_or_default();
-            let expected = if !one || arg.contains('"') || arg.chars().any(char::is_control) {
-                Some("one kernel argument without spaces, quotes or control characters")
+            let expected = if !one
+                || arg.contains('"')
+                || arg.contains("${")
+                || arg.chars().any(char::is_control)
+            {
+                Some("one kernel argument without spaces, quotes, ${ or control characters")
             } else if key.starts_with(PREFIX) {
                 Some("a kernel argument that is not buildos.* (give those as parameters of the table, where they are checked)")
             } else if key == "initrd" || key == "BOOT_IMAGE" {
@@ -581,6 +585,23 @@ fn resolve(
         .chain((!rendered.is_empty()).then_some(rendered.as_str()))
         .collect::<Vec<_>>()
         .join(" ");
+    // What is written is what init reads: the rendered line parses to the same configuration.
+    let again = buildos_cmdline::parse(&cmdline);
+    let clean = again
+        .diagnostics
+        .iter()
+        .all(|d| d.problem == Problem::TooLong);
+    if !clean || again.config != parsed.config {
+        errors.push(Error {
+            subject: subject.clone(),
+            param: "command line".into(),
+            value: cmdline,
+            expected: "a rendered command line that parses back to the same configuration \
+                       (a bug in buildos: please report it)"
+                .into(),
+        });
+        return None;
+    }
     if let Err(error) = check_length(&subject, &cmdline) {
         errors.push(error);
         return None;

@@ -312,7 +312,7 @@ cpu_reserved = 2
               boot: color=blue: expected one of kernel_args, prompt, timeout and http_url
               boot: kernel_args=buildos.nice=3: expected a kernel argument that is not buildos.* (give those as parameters of the table, where they are checked)
               boot: kernel_args=initrd=/x: expected a kernel argument the boot loader does not set itself (initrd= and BOOT_IMAGE= come from the tree)
-              boot: kernel_args="a b": expected one kernel argument without spaces, quotes or control characters
+              boot: kernel_args="a b": expected one kernel argument without spaces, quotes, ${ or control characters
               defaults: buildos.nice="[1, 2]": expected a single value (only ssh_key, controller_url and controller_trust repeat)
               defaults: buildos.cpu_reserved.gcc=2: expected a per-toolchain parameter in a toolchain table (buildos.cpu_reserved is for the whole host)"#]],
     );
@@ -333,5 +333,20 @@ toolchain = { default = { instances = 3 }, gcc = { nice = 5 } }
               host de:ad:be:ef:b8:da: buildos.instances=3: expected buildos.instances once; it was also given as 2, and the last valid value is used
               host de:ad:be:ef:b8:da: buildos.toolchain_url: expected a tftp://, http:// or https:// URL with a host, since buildos.instances names the toolchain default
               host de:ad:be:ef:b8:da: buildos.toolchain_url.gcc: expected a tftp://, http:// or https:// URL with a host, since buildos.nice.gcc names the toolchain gcc"#]],
+    );
+}
+
+#[test]
+fn values_ipxe_cannot_carry_are_errors() {
+    check(
+        &errors(
+            "[hosts.\"de:ad:be:ef:b8:da\"]\nadmin_email = \"a${b}@example.org\"\n\
+             hostname = \"two  spaces\"\nsmtp_relay = \"tab\\there\"\n",
+        ),
+        expect![[r#"
+            the farm inventory has 3 error(s):
+              host de:ad:be:ef:b8:da: buildos.admin_email=a${b}@example.org: expected a value without ${ (iPXE would expand it as a setting)
+              host de:ad:be:ef:b8:da: buildos.hostname="two  spaces": expected a value without runs of spaces (iPXE joins arguments with one space)
+              host de:ad:be:ef:b8:da: buildos.smtp_relay=tab\there: expected a value without control characters such as tabs or newlines"#]],
     );
 }
