@@ -163,3 +163,24 @@ fn ipxe_over_http_boots_the_host_script() {
     assert!(!kernel.contains("BOOT_IMAGE="), "{kernel}");
     drop(server);
 }
+
+#[test]
+fn ipxe_over_tftp_falls_back_to_the_default_script() {
+    // No http_url: the scripts name the image relative to themselves, here over TFTP, and the
+    // dispatcher finds no script for this MAC address.
+    let dir = TempDir::new("buildos-pxe-ipxe-tftp").unwrap();
+    let (tree, farm) = tree(&dir.0, None);
+    let vm = boot_and_check(
+        &farm,
+        NetBoot {
+            tftp: tree,
+            bootfile: "ipxe/boot.ipxe".into(),
+            mac: OTHER.into(),
+        },
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("config: hostname: from DHCP, else from the MAC address"),
+        "{console}"
+    );
+}
