@@ -4,7 +4,10 @@
 //! - initrd size and assembly time against Debian's own `mkinitramfs` for the same kernel
 //!   (targets: under 12 MB, at least 10 times faster);
 //! - the QEMU boot: init's own work from its first line to ready (target: under 1 s) beside
-//!   the kernel's time until it started init.
+//!   the kernel's time until it started init;
+//! - the network boot, power-on to init's ready marker: iPXE fetching kernel and initrd over
+//!   HTTP against pxelinux fetching them over TFTP (target: HTTP faster), both from the tree
+//!   `cargo xtask pxe` writes for the same image, in QEMU's user-mode network.
 
 use std::path::Path;
 use std::process::Command;
@@ -12,11 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::qemu::{TempDir, Vm, VmConfig};
+use crate::qemu::{NetBoot, TempDir, Vm, VmConfig};
 use crate::{image, system};
 
 pub fn run() -> Result<()> {
-    system::ensure(&[system::APT, system::QEMU, system::MKINITRAMFS])?;
+    system::ensure(&[
+        system::APT,
+        system::QEMU,
+        system::MKINITRAMFS,
+        system::PYTHON3,
+    ])?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
     // The best of three: the first run also warms the page cache the others read from.
@@ -67,7 +75,50 @@ pub fn run() -> Result<()> {
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
     );
+
+    let (http, tftp) = pxe_boot_times(&out)?;
+    println!(
+        "PXE power-on to ready, HTTP     {:>8.2} s   {:>8.2} s   {:>6.2}   faster than TFTP ({})",
+        http.as_secs_f64(),
+        tftp.as_secs_f64(),
+        http.as_secs_f64() / tftp.as_secs_f64(),
+        verdict(http < tftp)
+    );
+    println!("  (iPXE over HTTP; anchor: pxelinux over TFTP, same tree, prompt 0)");
     Ok(())
+}
+
+/// The inventory of the network boots: no wait at pxelinux's prompt, init on the serial port.
+const PXE_INVENTORY: &str = "[boot]\nkernel_args = [\"console=ttyS0\"]\nprompt = 0\ntimeout = 0\n";
+
+/// Network-boots the image twice from one tree, from QEMU's start to init's ready marker:
+/// iPXE over HTTP from a loopback server, and pxelinux over QEMU's TFTP server.
+fn pxe_boot_times(image: &Path) -> Result<(Duration, Duration)> {
+    let dir = TempDir::new("buildos-bench-pxe")?;
+    let inventory = dir.0.join("farm.toml");
+    std::fs::write(&inventory, PXE_INVENTORY)?;
+    let tree = dir.0.join("tree");
+    std::fs::create_dir_all(&tree)?;
+    let server = crate::pxe::HttpServer::start(&tree)?;
+    let base = format!("http://10.0.2.2:{}/", server.port);
+    crate::pxe::build_tree(&inventory, image, &tree, Some(&base))?;
+    let mut times = Vec::new();
+    for bootfile in [format!("{base}ipxe/boot.ipxe"), "pxelinux.0".to_string()] {
+        let config = VmConfig::netboot(
+            image,
+            NetBoot {
+                tftp: tree.clone(),
+                bootfile,
+                mac: "de:ad:be:ef:b8:da".into(),
+            },
+        );
+        let started = Instant::now();
+        let mut vm = Vm::boot(&config)?;
+        vm.wait_for("buildos-init: ready at ", Duration::from_secs(300))?;
+        times.push(started.elapsed());
+    }
+    drop(server);
+    Ok((times[0], times[1]))
 }
 
 fn verdict(met: bool) -> &'static str {

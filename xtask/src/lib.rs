@@ -6,6 +6,7 @@ pub mod bench;
 pub mod disks;
 pub mod docs;
 pub mod image;
+pub mod pxe;
 pub mod qemu;
 pub mod system;
 pub mod test;

@@ -22,6 +22,22 @@ pub struct VmConfig {
     pub cpus: u32,
     /// More QEMU arguments: disks, network devices.
     pub extra: Vec<String>,
+    /// Boot through the network card's PXE ROM instead of `-kernel`/`-initrd`/`-append`
+    /// (`kernel` then only serves the KVM probe, and `append` is unused).
+    pub netboot: Option<NetBoot>,
+}
+
+/// A network boot: an e1000 with QEMU's user-mode network, whose DHCP offers `bootfile` and
+/// whose built-in TFTP server serves `tftp`. The guest reaches the host's loopback at 10.0.2.2.
+#[derive(Clone, Debug)]
+pub struct NetBoot {
+    /// The TFTP root.
+    pub tftp: PathBuf,
+    /// The DHCP boot file: a path in the TFTP root, or a URL such as
+    /// `http://10.0.2.2:8080/ipxe/boot.ipxe` for the ROM's iPXE.
+    pub bootfile: String,
+    /// The card's MAC address, like `de:ad:be:ef:b8:da`.
+    pub mac: String,
 }
 
 impl VmConfig {
@@ -33,6 +49,15 @@ impl VmConfig {
             memory_mib: 1024,
             cpus: 1,
             extra: Vec::new(),
+            netboot: None,
+        }
+    }
+
+    /// Boots over the network as `netboot` says; `image_dir` holds the kernel for the KVM probe.
+    pub fn netboot(image_dir: &Path, netboot: NetBoot) -> VmConfig {
+        VmConfig {
+            netboot: Some(netboot),
+            ..VmConfig::new(image_dir)
         }
     }
 
@@ -55,13 +80,27 @@ impl VmConfig {
         qemu.args(accelerator_args(&self.kernel))
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
-            .args(["-display", "none", "-vga", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .args(["-append", &self.kernel_cmdline()])
-            .args(&self.extra);
+            .args(["-display", "none", "-vga", "none", "-no-reboot"]);
+        match &self.netboot {
+            Some(net) => {
+                qemu.arg("-netdev")
+                    .arg(format!(
+                        "user,id=pxe0,tftp={},bootfile={}",
+                        net.tftp.display(),
+                        net.bootfile
+                    ))
+                    .args(["-device", &format!("e1000,netdev=pxe0,mac={}", net.mac)])
+                    .args(["-boot", "n"]);
+            }
+            None => {
+                qemu.arg("-kernel")
+                    .arg(&self.kernel)
+                    .arg("-initrd")
+                    .arg(&self.initrd)
+                    .args(["-append", &self.kernel_cmdline()]);
+            }
+        }
+        qemu.args(&self.extra);
         qemu
     }
 }
@@ -187,6 +226,11 @@ impl Drop for TempDir {
 
 impl Vm {
     pub fn boot(config: &VmConfig) -> Result<Vm> {
+        if let Some(net) = &config.netboot {
+            if !net.tftp.is_dir() {
+                bail!("no TFTP root at {}", net.tftp.display());
+            }
+        }
         for file in [&config.kernel, &config.initrd] {
             if !file.is_file() {
                 bail!(

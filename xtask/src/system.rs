@@ -33,6 +33,11 @@ pub const SSHD: Need = Need {
     package: "openssh-server",
     why: "the SSH peer the buildos-machines tests send machines through",
 };
+pub const PYTHON3: Need = Need {
+    command: "python3",
+    package: "python3",
+    why: "serves a PXE tree over HTTP (`python3 -m http.server`) for the iPXE VM test and bench",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",

@@ -25,7 +25,7 @@ fn cargo(args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    system::ensure(&[system::APT, system::QEMU, system::BTRFS, system::SSHD])?;
+    system::ensure(&[system::APT, system::QEMU, system::BTRFS, system::SSHD, system::PYTHON3])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
     let out = crate::work_dir().join("test-image");
