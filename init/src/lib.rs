@@ -13,6 +13,7 @@ pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
 pub mod phases;
+pub mod storage;
 pub mod sys;
 
 use std::error::Error;

@@ -29,6 +29,32 @@ pub const MKINITRAMFS: Need = Need {
     why: "builds Debian's own initrd, the anchor of `cargo xtask bench`",
 };
 
+pub const MKFS_EXT4: Need = Need {
+    command: "mkfs.ext4",
+    package: "e2fsprogs",
+    why: "makes the ext4 state disks of the storage tests",
+};
+pub const MKFS_BTRFS: Need = Need {
+    command: "mkfs.btrfs",
+    package: "btrfs-progs",
+    why: "makes the btrfs machine disks of the storage tests",
+};
+pub const MKFS_XFS: Need = Need {
+    command: "mkfs.xfs",
+    package: "xfsprogs",
+    why: "makes the xfs disk the storage tests expect to be seen and left alone",
+};
+pub const LOSETUP: Need = Need {
+    command: "losetup",
+    package: "mount",
+    why: "makes the loop devices the storage tests put filesystems on",
+};
+pub const BLKID: Need = Need {
+    command: "blkid",
+    package: "util-linux",
+    why: "reads the uuid the storage tests compare init's messages with",
+};
+
 /// Finds a command on PATH and in the sbin directories root would search.
 pub fn find(command: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
