@@ -494,6 +494,10 @@ pub fn scan(env: &Environment) -> Vec<Device> {
             // A device that cannot be opened (no medium, gone already) holds nothing to mount.
             let (bytes, size) = read_start(&path).ok()?;
             let size = size.or_else(|| sysfs_size(&env.sys_block.join(&name)));
+            // Unbacked loop devices, card readers without a card: nothing to see.
+            if size == Some(0) {
+                return None;
+            }
             Some(Device {
                 name,
                 path,
