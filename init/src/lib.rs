@@ -65,6 +65,11 @@ const STEPS: &[Step] = &[
         required: false,
         run: step_modules,
     },
+    Step {
+        name: "storage",
+        required: true,
+        run: step_storage,
+    },
 ];
 
 /// Entry point of the `buildos-init` binary.
@@ -223,6 +228,19 @@ fn step_modules(boot: &mut Boot) -> StepResult {
         Outcome::Ok
     } else {
         Outcome::Warnings(problems)
+    })
+}
+
+fn step_storage(boot: &mut Boot) -> StepResult {
+    let log = |line: &str| console::info(line);
+    let report = storage::setup(&boot.config, &storage::Environment::host(&log))?;
+    for line in report.lines() {
+        console::info(&line);
+    }
+    Ok(if report.warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(report.warnings)
     })
 }
 

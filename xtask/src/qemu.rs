@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -38,6 +38,14 @@ impl VmConfig {
 
     pub fn append(mut self, params: &[&str]) -> VmConfig {
         self.append.extend(params.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// Attaches a raw disk image as a virtio disk (`/dev/vda`, `/dev/vdb`, ... in order).
+    pub fn disk(mut self, image: &Path) -> VmConfig {
+        self.extra.push("-drive".into());
+        self.extra
+            .push(format!("file={},format=raw,if=virtio", image.display()));
         self
     }
 
@@ -158,6 +166,8 @@ pub fn interactive(config: &VmConfig) -> Result<ExitStatus> {
 /// A guest booted for a test. Dropping it kills QEMU.
 pub struct Vm {
     child: Child,
+    /// The serial console's input.
+    input: Option<ChildStdin>,
     lines: Receiver<String>,
     console: Arc<Mutex<String>>,
     monitor: PathBuf,
@@ -201,10 +211,11 @@ impl Vm {
         qemu.args(["-serial", "stdio"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = qemu.spawn().context("cannot run qemu-system-x86_64")?;
+        let input = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         let console = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -242,6 +253,7 @@ impl Vm {
         }
         Ok(Vm {
             child,
+            input,
             lines,
             console,
             monitor,
@@ -272,6 +284,17 @@ impl Vm {
                 ),
             }
         }
+    }
+
+    /// Types text on the serial console, e.g. a command for the emergency shell.
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let input = self
+            .input
+            .as_mut()
+            .context("the console's input is closed")?;
+        input.write_all(text.as_bytes())?;
+        input.flush()?;
+        Ok(())
     }
 
     /// Sends one command to the QEMU monitor, e.g. `sendkey ctrl-alt-delete`.
