@@ -466,3 +466,38 @@ fn non_btrfs_machine_disk_is_an_error_naming_device_and_type() {
     assert_eq!(error.problems.len(), 1, "{text}");
     assert_eq!(s.mounts(), []);
 }
+
+#[test]
+fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
+    let mut s = Scratch::new();
+    s.ext4("buildos.state");
+    let good = s.btrfs("buildos.machines.a", 1)[0];
+    s.expose(good);
+    let bad = s.btrfs("buildos.machines.b", 1)[0];
+    // Break the checksum of the superblock: the label and magic still read, the kernel
+    // refuses to mount it.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut device = std::fs::OpenOptions::new()
+            .write(true)
+            .open(s.device(bad))
+            .unwrap();
+        device.seek(SeekFrom::Start(0x1_0000)).unwrap();
+        device.write_all(&[0xff; 32]).unwrap();
+        device.sync_all().unwrap();
+    }
+    s.expose(bad);
+
+    let error = s.setup(10, &quiet).unwrap_err().to_string();
+    let want = format!(
+        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime: ",
+        s.path(bad),
+        s.root().display()
+    );
+    assert!(error.contains(&want), "missing {want:?} in:\n{error}");
+    assert_eq!(
+        s.mounts(),
+        [],
+        "state and volume a were unmounted again:\n{error}"
+    );
+}

@@ -459,6 +459,11 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         }
     }
     if !problems.is_empty() {
+        // All or nothing, like the checks: the shell starts with no half-made storage.
+        for m in mounted.iter().rev() {
+            let target = env.root.join(m.mount_point.trim_start_matches('/'));
+            let _ = nix::mount::umount(&target);
+        }
         return Err(StorageError {
             problems,
             devices_seen: found.devices.iter().map(Device::describe).collect(),
