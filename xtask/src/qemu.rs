@@ -74,6 +74,79 @@ impl VmConfig {
     }
 }
 
+/// Makes a sparse raw disk image of `mib` MiB at `path` and formats it with `mkfs` (the
+/// program and its options; the image path is appended). No root needed.
+pub fn disk_image(path: &Path, mib: u64, mkfs: &[&str]) -> Result<PathBuf> {
+    let Some((program, options)) = mkfs.split_first() else {
+        bail!("no mkfs command for {}", path.display());
+    };
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(mib << 20)
+        .with_context(|| format!("cannot size {} to {mib} MiB", path.display()))?;
+    drop(file);
+    let output = Command::new(program)
+        .args(options)
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot run {program}; `cargo xtask test` installs it"))?;
+    if !output.status.success() {
+        bail!(
+            "`{} {}` failed: {}",
+            mkfs.join(" "),
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(path.to_owned())
+}
+
+/// The disks a host needs, made in `dir` unless they are there already: an ext4 state disk
+/// (`state.img`, 32 MiB, the guest's /dev/vda when attached first) and a btrfs machines disk
+/// (`machines.img`, 256 MiB, /dev/vdb).
+pub fn host_disks(dir: &Path) -> Result<Vec<PathBuf>> {
+    let disks: [(&str, u64, &[&str]); 2] = [
+        (
+            "state.img",
+            32,
+            &[
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "buildos.state",
+                "-O",
+                "^has_journal",
+            ],
+        ),
+        (
+            "machines.img",
+            256,
+            &[
+                "mkfs.btrfs",
+                "-q",
+                "-f",
+                "-L",
+                "buildos.machines",
+                "-m",
+                "single",
+            ],
+        ),
+    ];
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    disks
+        .iter()
+        .map(|(name, mib, mkfs)| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                disk_image(&path, *mib, mkfs)
+            }
+        })
+        .collect()
+}
+
 /// `-accel kvm` only where KVM really runs a guest here, else software emulation. The probe
 /// boots the kernel without an initrd, once per process, until its first console line.
 fn accelerator_args(kernel: &Path) -> Vec<String> {
@@ -348,10 +421,20 @@ impl Drop for Vm {
 
 /// `cargo xtask qemu`: build the profile's image and boot it on this terminal.
 pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Result<()> {
-    crate::system::ensure(&[crate::system::APT, crate::system::QEMU])?;
+    crate::system::ensure(&[
+        crate::system::APT,
+        crate::system::QEMU,
+        crate::system::MKFS_EXT4,
+        crate::system::MKFS_BTRFS,
+    ])?;
     let out = crate::root().join("out");
     crate::image::run(profile, &out)?;
+    // Kept between runs, like a real host's disks: what init stores on /state survives.
+    let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out);
+    for disk in host_disks(&disks)? {
+        config = config.disk(&disk);
+    }
     config.memory_mib = memory_mib;
     config.cpus = cpus;
     config.append = params.to_vec();

@@ -3,7 +3,6 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use xtask::qemu::{TempDir, Vm, VmConfig};
@@ -41,47 +40,9 @@ impl DerefMut for Booted {
     }
 }
 
-/// A sparse disk image of `mib` MiB with a filesystem the real mkfs made (no root needed).
-fn disk(dir: &Path, name: &str, mib: u64, mkfs: &[&str]) -> PathBuf {
-    let image = dir.join(name);
-    std::fs::File::create(&image)
-        .and_then(|f| f.set_len(mib << 20))
-        .unwrap_or_else(|e| panic!("cannot make {}: {e}", image.display()));
-    let output = Command::new(mkfs[0])
-        .args(&mkfs[1..])
-        .arg(&image)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (cargo xtask test installs it)", mkfs[0]));
-    assert!(
-        output.status.success(),
-        "{} failed: {}",
-        mkfs.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    image
-}
-
-fn state_disk(dir: &Path) -> PathBuf {
-    disk(
-        dir,
-        "state.img",
-        32,
-        &[
-            "mkfs.ext4",
-            "-q",
-            "-F",
-            "-L",
-            "buildos.state",
-            "-O",
-            "^has_journal",
-        ],
-    )
-}
-
 fn machines_disk(dir: &Path) -> PathBuf {
-    disk(
-        dir,
-        "machines.img",
+    xtask::qemu::disk_image(
+        &dir.join("machines.img"),
         256,
         &[
             "mkfs.btrfs",
@@ -93,12 +54,13 @@ fn machines_disk(dir: &Path) -> PathBuf {
             "single",
         ],
     )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Boots with the disks a host needs: state on /dev/vda, machines on /dev/vdb.
 fn boot(params: &[&str]) -> Booted {
     let dir = TempDir::new("buildos-vm-disks").unwrap_or_else(|e| panic!("{e:#}"));
-    let disks = [state_disk(&dir.0), machines_disk(&dir.0)];
+    let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
     boot_with_disks(params, dir, &disks)
 }
 
