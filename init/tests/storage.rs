@@ -5,6 +5,7 @@
 // Test helpers outside `#[test]` functions: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -170,6 +171,7 @@ impl Scratch {
             dev: self.dir.path().join("dev"),
             root: self.root(),
             poll: Duration::from_millis(20),
+            read_bound: Duration::from_secs(2),
             log,
         };
         storage::setup(&config, &env)
@@ -499,5 +501,40 @@ fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
         s.mounts(),
         [],
         "state and volume a were unmounted again:\n{error}"
+    );
+}
+
+#[test]
+fn a_device_whose_read_hangs_is_skipped_after_its_bound_and_named() {
+    let mut s = Scratch::new();
+    s.ext4("buildos.state");
+    let machines = s.btrfs("buildos.machines", 1)[0];
+    s.expose(machines);
+    // A device node nobody writes to: opening it for reading blocks, like a wedged disk.
+    // Named to sort first, so the devices after it are read only if the scan goes on.
+    let hung = s.dir.path().join("dev/aaa-hung");
+    nix::unistd::mkfifo(&hung, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::create_dir(s.dir.path().join("sys/aaa-hung")).unwrap();
+
+    let started = Instant::now();
+    let result = s.setup(10, &quiet);
+    let took = started.elapsed();
+    // Let the scan thread that is still waiting on the node go.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&hung);
+    let report = result.unwrap();
+    assert_eq!(
+        report.warnings,
+        [format!(
+            "reading {} took longer than 2 s; it is skipped (a failing disk or a hung controller?)",
+            hung.display()
+        )]
+    );
+    assert_eq!(report.mounted.len(), 2);
+    assert!(
+        took < Duration::from_secs(10),
+        "one hung device cost {took:?}, more than its 2 s bound and the scan"
     );
 }

@@ -48,6 +48,8 @@ pub struct Environment<'a> {
     pub root: PathBuf,
     /// How long to sleep between two looks at the devices while waiting.
     pub poll: Duration,
+    /// How long reading one device may take before it is taken for hung and skipped.
+    pub read_bound: Duration,
     /// Where progress lines go (the console on a host).
     pub log: &'a (dyn Fn(&str) + Sync),
 }
@@ -60,6 +62,7 @@ impl<'a> Environment<'a> {
             dev: "/dev".into(),
             root: "/".into(),
             poll: Duration::from_millis(100),
+            read_bound: Duration::from_secs(5),
             log,
         }
     }
@@ -412,10 +415,18 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
     let started = Instant::now();
     let bound = Duration::from_secs(u64::from(config.storage_wait));
     let mut kernel = Kernel::new();
+    let mut scanner = Scanner {
+        hung: Vec::new(),
+        warnings: Vec::new(),
+    };
     let mut last_waiting = String::new();
     let found = loop {
-        let devices = scan(env);
+        let (devices, complete) = scanner.pass(env);
         let found = Found::new(devices, &mut kernel);
+        if !complete {
+            // Look again at once, without the device that hung.
+            continue;
+        }
         let missing = found.missing();
         if missing.is_empty() {
             break found;
@@ -444,7 +455,7 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
     if !problems.is_empty() {
         return Err(StorageError {
             problems,
-            devices_seen: found.devices.iter().map(Device::describe).collect(),
+            devices_seen: seen(&found, &scanner, env),
         });
     }
     let mut mounted = Vec::new();
@@ -466,10 +477,11 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         }
         return Err(StorageError {
             problems,
-            devices_seen: found.devices.iter().map(Device::describe).collect(),
+            devices_seen: seen(&found, &scanner, env),
         });
     }
-    let mut warnings = kernel.warnings;
+    let mut warnings = scanner.warnings;
+    warnings.extend(kernel.warnings);
     let fstab_path = env.root.join("etc/fstab");
     if let Err(error) = write_fstab(&fstab_path, &mounted) {
         warnings.push(format!("cannot write {}: {error}", fstab_path.display()));
@@ -481,9 +493,29 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
     })
 }
 
-/// Reads every block device named in `env.sys_block`.
+/// One line per block device seen, and one per device skipped because reading it hung.
+fn seen(found: &Found, scanner: &Scanner, env: &Environment) -> Vec<String> {
+    let mut lines: Vec<String> = found.devices.iter().map(Device::describe).collect();
+    lines.extend(scanner.hung.iter().map(|name| {
+        format!(
+            "{} (reading it hung; skipped)",
+            env.dev.join(name).display()
+        )
+    }));
+    lines
+}
+
+/// Reads every block device named in `env.sys_block`, in this thread. [`setup`] reads them
+/// through [`Scanner`], which bounds the time a hung device can take.
 pub fn scan(env: &Environment) -> Vec<Device> {
-    let Ok(entries) = std::fs::read_dir(&env.sys_block) else {
+    device_names(&env.sys_block)
+        .into_iter()
+        .filter_map(|name| read_device(&env.sys_block, &env.dev, name))
+        .collect()
+}
+
+fn device_names(sys_block: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_block) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
@@ -492,25 +524,90 @@ pub fn scan(env: &Environment) -> Vec<Device> {
         .collect();
     names.sort();
     names
-        .into_iter()
-        .filter_map(|name| {
-            let node = env.dev.join(&name);
-            let path = std::fs::canonicalize(&node).unwrap_or(node);
-            // A device that cannot be opened (no medium, gone already) holds nothing to mount.
-            let (bytes, size) = read_start(&path).ok()?;
-            let size = size.or_else(|| sysfs_size(&env.sys_block.join(&name)));
-            // Unbacked loop devices, card readers without a card: nothing to see.
-            if size == Some(0) {
-                return None;
+}
+
+fn read_device(sys_block: &Path, dev: &Path, name: String) -> Option<Device> {
+    let node = dev.join(&name);
+    let path = std::fs::canonicalize(&node).unwrap_or(node);
+    // A device that cannot be opened (no medium, gone already) holds nothing to mount.
+    let (bytes, size) = read_start(&path).ok()?;
+    let size = size.or_else(|| sysfs_size(&sys_block.join(&name)));
+    // Unbacked loop devices, card readers without a card: nothing to see.
+    if size == Some(0) {
+        return None;
+    }
+    Some(Device {
+        name,
+        path,
+        size,
+        superblock: superblock::probe(&bytes),
+    })
+}
+
+enum ScanEvent {
+    Reading(String),
+    Read(Option<Device>),
+}
+
+/// Looks at the devices from a helper thread, so that a device whose read hangs (a failing
+/// disk, a wedged controller) costs at most `read_bound` and is skipped from then on. The
+/// thread stuck on it is left behind: a read in the kernel cannot be interrupted.
+struct Scanner {
+    hung: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Scanner {
+    /// One look at every device not known to hang; false when a device hung during it (the
+    /// devices after it were not read).
+    fn pass(&mut self, env: &Environment) -> (Vec<Device>, bool) {
+        let names: Vec<String> = device_names(&env.sys_block)
+            .into_iter()
+            .filter(|n| !self.hung.contains(n))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sys_block, dev) = (env.sys_block.clone(), env.dev.clone());
+        let spawned = std::thread::Builder::new()
+            .name("storage-scan".into())
+            .spawn(move || {
+                for name in names {
+                    if tx.send(ScanEvent::Reading(name.clone())).is_err() {
+                        return;
+                    }
+                    let device = read_device(&sys_block, &dev, name);
+                    if tx.send(ScanEvent::Read(device)).is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            return (scan(env), true);
+        }
+        let mut devices = Vec::new();
+        let mut current = None;
+        loop {
+            match rx.recv_timeout(env.read_bound) {
+                Ok(ScanEvent::Reading(name)) => current = Some(name),
+                Ok(ScanEvent::Read(device)) => {
+                    current = None;
+                    devices.extend(device);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return (devices, true),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(name) = current {
+                        self.warnings.push(format!(
+                            "reading {} took longer than {} s; it is skipped (a failing disk \
+                             or a hung controller?)",
+                            env.dev.join(&name).display(),
+                            env.read_bound.as_secs_f64()
+                        ));
+                        self.hung.push(name);
+                    }
+                    return (devices, false);
+                }
             }
-            Some(Device {
-                name,
-                path,
-                size,
-                superblock: superblock::probe(&bytes),
-            })
-        })
-        .collect()
+        }
+    }
 }
 
 fn read_start(path: &Path) -> io::Result<(Vec<u8>, Option<u64>)> {
