@@ -114,6 +114,14 @@ impl Filesystem {
         join_paths(self.devices.iter().map(|d| d.path.as_path()))
     }
 
+    /// The device to mount or to ask the kernel about: the first one seen (a filesystem is
+    /// only ever made from a device, so there always is one).
+    fn device(&self) -> &Path {
+        self.devices
+            .first()
+            .map_or(Path::new(""), |d| d.path.as_path())
+    }
+
     /// Distinct btrfs device ids seen (a device seen under two names counts once).
     fn devices_seen(&self) -> usize {
         let mut ids: Vec<u64> = self
@@ -745,7 +753,7 @@ impl Found {
                     if fs.fs_type == FsType::Btrfs && fs.total_devices > 1 {
                         // Complete once this scan has seen every device and the kernel,
                         // which mounts through its own registry, agrees.
-                        let first = fs.devices[0].path.clone();
+                        let first = fs.device().to_owned();
                         let all_seen = fs.devices_seen() as u64 >= fs.total_devices;
                         match kernel.ready(&first) {
                             Ok(true) if all_seen => {}
@@ -859,16 +867,16 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         error,
     })?;
     // Any device of a btrfs filesystem mounts all of it once the kernel knows them all.
-    let device = &fs.devices[0].path;
+    let device = fs.device();
     nix::mount::mount(
-        Some(device.as_path()),
+        Some(device),
         &target,
         Some(fs.fs_type.driver()),
         MOUNT_FLAGS,
         None::<&str>,
     )
     .map_err(|errno| Problem::Mount {
-        device: device.clone(),
+        device: device.to_owned(),
         label: fs.label.clone(),
         target: target.clone(),
         fs_type: fs.fs_type,
