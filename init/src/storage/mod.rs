@@ -6,7 +6,11 @@
 //! Everything is checked before anything is mounted: a duplicate label, a machine disk that is
 //! not btrfs, a btrfs filesystem missing a device or a missing required disk stops the boot
 //! with one [`Problem`] per fault, each naming the devices, labels and types involved and what
-//! to do about it.
+//! to do about it; a mount the kernel refuses undoes the mounts made before it.
+//!
+//! Nothing here waits unboundedly: the wait for devices ends at `buildos.storage_wait`, and each
+//! device is read from a helper thread, so a read that hangs in the kernel is given up after
+//! [`Environment::read_bound`] and that device is skipped.
 
 pub mod superblock;
 
