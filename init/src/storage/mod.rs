@@ -1,7 +1,7 @@
 //! Disks by label (manual 4.2): find the filesystems labeled `buildos.state`,
 //! `buildos.machines` and `buildos.machines.<volume>` by reading the superblocks of every block
 //! device, wait a bounded time for slow controllers and for every device of a multi-device
-//! btrfs, mount them on /state and /build/machines/<volume>, and write /etc/fstab.
+//! btrfs, mount them on /state and `/build/machines/<volume>`, and write /etc/fstab.
 //!
 //! Everything is checked before anything is mounted: a duplicate label, a machine disk that is
 //! not btrfs, a btrfs filesystem missing a device or a missing required disk stops the boot
@@ -518,7 +518,7 @@ fn seen(found: &Found, scanner: &Scanner, env: &Environment) -> Vec<String> {
 }
 
 /// Reads every block device named in `env.sys_block`, in this thread. [`setup`] reads them
-/// through [`Scanner`], which bounds the time a hung device can take.
+/// through a helper thread that bounds the time a hung device can take.
 pub fn scan(env: &Environment) -> Vec<Device> {
     device_names(&env.sys_block)
         .into_iter()
