@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod phases;
 pub mod services;
 pub mod state;
+pub mod storage;
 pub mod sys;
 
 use std::error::Error;
@@ -69,6 +70,11 @@ const STEPS: &[Step] = &[
         name: "modules",
         required: false,
         run: step_modules,
+    },
+    Step {
+        name: "storage",
+        required: true,
+        run: step_storage,
     },
     Step {
         name: "state",
@@ -321,6 +327,19 @@ fn step_services(boot: &mut Boot) -> StepResult {
     let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
     console::info(&format!("services to start: {}", names.join(", ")));
     Ok(Outcome::Ok)
+}
+
+fn step_storage(boot: &mut Boot) -> StepResult {
+    let log = |line: &str| console::info(line);
+    let report = storage::setup(&boot.config, &storage::Environment::host(&log))?;
+    for line in report.lines() {
+        console::info(&line);
+    }
+    Ok(if report.warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(report.warnings)
+    })
 }
 
 /// What init does when boot cannot go on: the emergency shell on the console (leaving it

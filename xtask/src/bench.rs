@@ -24,6 +24,8 @@ pub fn run() -> Result<()> {
         system::QEMU,
         system::MKINITRAMFS,
         system::PYTHON3,
+        system::MKFS_EXT4,
+        system::MKFS_BTRFS,
     ])?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
@@ -62,7 +64,7 @@ pub fn run() -> Result<()> {
         built.output.kernel_version
     );
 
-    let (kernel, init) = boot_times(&out)?;
+    let (kernel, init, storage) = boot_times(&out)?;
     println!(
         "init work, first line to ready  {:>8.3} s   {:>8.3} s   {:>6.2}   < 1 s ({})",
         init.as_secs_f64(),
@@ -85,6 +87,15 @@ pub fn run() -> Result<()> {
         verdict(http < tftp)
     );
     println!("  (iPXE over HTTP; anchor: pxelinux over TFTP, same tree, prompt 0)");
+    let bound = Duration::from_secs(10);
+    println!(
+        "storage step, 2 disks present   {:>8.3} s   {:>8.3} s   {:>6.3}   well within its bound ({})",
+        storage.as_secs_f64(),
+        bound.as_secs_f64(),
+        storage.as_secs_f64() / bound.as_secs_f64(),
+        verdict(storage < bound / 10)
+    );
+    println!("  (anchor: buildos.storage_wait, the default bound on waiting for disks)");
     Ok(())
 }
 
@@ -185,11 +196,22 @@ fn mkinitramfs(deb: &Path, version: &str) -> Result<(Duration, u64)> {
 }
 
 /// Boots the image once and reads init's own lines: the monotonic time it started at (the
-/// kernel's share) and how long its work took until ready.
-fn boot_times(image: &Path) -> Result<(Duration, Duration)> {
+/// kernel's share), how long its storage step took and how long its work took until ready.
+fn boot_times(image: &Path) -> Result<(Duration, Duration, Duration)> {
     let started = Instant::now();
-    let mut vm = Vm::boot(&VmConfig::new(image))?;
+    // The disks a host needs, or init stops at the emergency shell.
+    let disks = TempDir::new("buildos-bench-disks")?;
+    let mut config = VmConfig::new(image);
+    for disk in crate::qemu::host_disks(&disks.0)? {
+        config = config.disk(&disk);
+    }
+    let mut vm = Vm::boot(&config)?;
     let first = vm.wait_for("buildos-init: ", Duration::from_secs(120))?;
+    let storage = vm.wait_for("buildos-init: phase storage ", Duration::from_secs(120))?;
+    if !storage.contains("phase storage ok") {
+        bail!("the storage step did not succeed: {storage}");
+    }
+    let storage = seconds_after(&storage, "took ")? / 1000;
     let ready = vm.wait_for("buildos-init: ready at ", Duration::from_secs(120))?;
     let kernel = seconds_after(&first, "starting at ")?;
     let init = seconds_after(&ready, "init took ")?;
@@ -197,7 +219,7 @@ fn boot_times(image: &Path) -> Result<(Duration, Duration)> {
         "xtask: boot to ready took {:.1} s of wall time",
         started.elapsed().as_secs_f64()
     );
-    Ok((kernel, init))
+    Ok((kernel, init, storage))
 }
 
 fn seconds_after(line: &str, label: &str) -> Result<Duration> {

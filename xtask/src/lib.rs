@@ -3,7 +3,6 @@
 
 pub mod apt;
 pub mod bench;
-pub mod disks;
 pub mod docs;
 pub mod image;
 pub mod pxe;

@@ -25,7 +25,17 @@ fn cargo(args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    system::ensure(&[system::APT, system::QEMU, system::BTRFS, system::SSHD, system::PYTHON3])?;
+    system::ensure(&[
+        system::APT,
+        system::QEMU,
+        system::MKFS_EXT4,
+        system::MKFS_BTRFS,
+        system::MKFS_XFS,
+        system::LOSETUP,
+        system::BLKID,
+        system::SSHD,
+        system::PYTHON3,
+    ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
     let out = crate::work_dir().join("test-image");

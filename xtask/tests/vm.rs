@@ -1,10 +1,11 @@
 //! VM tests: QEMU boots the image `cargo xtask test` built and the assertions read what the
 //! guest prints on its serial console. QEMU is always killed when a test ends.
 
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xtask::qemu::{Vm, VmConfig};
+use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::IMAGE_DIR_VAR;
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
@@ -20,8 +21,56 @@ fn image() -> PathBuf {
     }
 }
 
-fn boot(params: &[&str]) -> Vm {
-    Vm::boot(&VmConfig::new(&image()).append(params)).unwrap_or_else(|e| panic!("{e:#}"))
+/// A booted guest and the disk images it was given, removed when it is dropped.
+struct Booted {
+    vm: Vm,
+    _disks: TempDir,
+}
+
+impl Deref for Booted {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+impl DerefMut for Booted {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+}
+
+fn machines_disk(dir: &Path) -> PathBuf {
+    xtask::qemu::disk_image(
+        &dir.join("machines.img"),
+        256,
+        &[
+            "mkfs.btrfs",
+            "-q",
+            "-f",
+            "-L",
+            "buildos.machines",
+            "-m",
+            "single",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Boots with the disks a host needs: state on /dev/vda, machines on /dev/vdb.
+fn boot(params: &[&str]) -> Booted {
+    let dir = TempDir::new("buildos-vm-disks").unwrap_or_else(|e| panic!("{e:#}"));
+    let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
+    boot_with_disks(params, dir, &disks)
+}
+
+fn boot_with_disks(params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
+    let mut config = VmConfig::new(&image()).append(params);
+    for disk in disks {
+        config = config.disk(disk);
+    }
+    let vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
+    Booted { vm, _disks: dir }
 }
 
 #[test]
@@ -143,4 +192,62 @@ fn ctrl_alt_del_reboots_cleanly() {
     // QEMU runs with -no-reboot, so the guest's reboot ends it.
     vm.wait_exit(BOOT).unwrap();
     assert!(!vm.console().contains("Kernel panic"), "{}", vm.console());
+}
+
+#[test]
+fn disks_are_mounted_by_label() {
+    let mut vm = boot(&[]);
+    let state = vm.wait_for("on /state", BOOT).unwrap();
+    assert!(
+        state.ends_with("mounted /dev/vda (ext4, label buildos.state, 32 MiB) on /state"),
+        "{state}"
+    );
+    let machines = vm.wait_for("on /build/machines/default", BOOT).unwrap();
+    assert!(
+        machines.ends_with(
+            "mounted /dev/vdb (btrfs, label buildos.machines, 256 MiB) on /build/machines/default"
+        ),
+        "{machines}"
+    );
+    vm.wait_for("phase storage ok", BOOT).unwrap();
+    let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
+    assert!(ready.ends_with(", 0 problem(s)"), "{ready}");
+}
+
+#[test]
+fn missing_state_disk_stops_at_a_shell_that_says_how_to_make_it_and_leaving_reboots() {
+    let dir = TempDir::new("buildos-vm-disks").unwrap();
+    let machines = machines_disk(&dir.0);
+    let mut vm = boot_with_disks(&["buildos.storage_wait=2"], dir, &[machines]);
+    vm.wait_for(
+        "waiting up to 2 s for storage: no disk labeled buildos.state yet",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "error: no disk labeled buildos.state appeared within 2 s",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "error:   mkfs.ext4 -L buildos.state -O ^has_journal /dev/sdX",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "block devices seen: /dev/vda (btrfs, label buildos.machines)",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("phase storage failed", BOOT).unwrap();
+    vm.wait_for("starting an emergency shell on the console", BOOT)
+        .unwrap();
+    // The shell reads what is typed on the serial console: shell arithmetic proves it ran.
+    vm.type_text("echo shell-$((6*7))\n").unwrap();
+    vm.wait_for("shell-42", BOOT).unwrap();
+    vm.type_text("exit\n").unwrap();
+    vm.wait_for("rebooting: the emergency shell exited", BOOT)
+        .unwrap();
+    vm.wait_exit(BOOT).unwrap();
+    assert!(!vm.console().contains("ready at"), "{}", vm.console());
 }
