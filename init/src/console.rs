@@ -14,6 +14,18 @@ pub const PREFIX: &str = "buildos-init";
 
 static KMSG: Mutex<Option<File>> = Mutex::new(None);
 
+/// The lines of this boot until [`take_boot_log`], for /run/buildos/boot.log.
+static BOOT_LOG: Mutex<Option<Vec<String>>> = Mutex::new(Some(Vec::new()));
+
+/// Every line logged since init started, once; later lines are no longer kept.
+pub fn take_boot_log() -> Vec<String> {
+    BOOT_LOG
+        .lock()
+        .ok()
+        .and_then(|mut log| log.take())
+        .unwrap_or_default()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Level {
     Info,
@@ -46,6 +58,11 @@ pub fn log(level: Level, message: &str) {
         if let Ok(mut kmsg) = KMSG.lock() {
             if let Some(file) = kmsg.as_mut() {
                 let _ = file.write_all(format!("<7>{text}").as_bytes());
+            }
+        }
+        if let Ok(mut log) = BOOT_LOG.lock() {
+            if let Some(lines) = log.as_mut() {
+                lines.push(text.trim_end().to_owned());
             }
         }
     }

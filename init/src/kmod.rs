@@ -9,9 +9,6 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::kmod::{finit_module, ModuleInitFlags};
 
-/// The list of modules the image's profile asks init to load, one name per line.
-pub const BOOT_MODULES: &str = "/etc/buildos/modules";
-
 /// A module's name as the kernel knows it: the file stem with `-` folded to `_`.
 pub fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
@@ -43,6 +40,18 @@ impl ModulesDep {
             modules.insert(module_name(path), (path.to_owned(), deps));
         }
         ModulesDep { modules }
+    }
+
+    /// Whether the image has a module of this name (`-` and `_` alike).
+    pub fn contains(&self, name: &str) -> bool {
+        self.modules.contains_key(&name.replace('-', "_"))
+    }
+
+    /// A module's file and its dependencies' files, deepest last, as modules.dep lists them.
+    pub fn get(&self, name: &str) -> Option<(&str, &[String])> {
+        self.modules
+            .get(&name.replace('-', "_"))
+            .map(|(path, deps)| (path.as_str(), deps.as_slice()))
     }
 
     /// The files to load, dependencies first, each once, for the wanted modules in order.

@@ -9,11 +9,15 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
 pub mod net;
 pub mod phases;
+pub mod services;
+pub mod state;
+pub mod storage;
 pub mod sys;
 
 use std::error::Error;
@@ -23,6 +27,7 @@ use buildos_cmdline::{Config, FailureAction};
 
 use crate::lifecycle::Shutdown;
 use crate::phases::Clock;
+use crate::services::{Service, Supervisor};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -32,6 +37,8 @@ pub struct Boot {
     pub config: Config,
     /// Problems found so far that the operator should hear about.
     pub problems: Vec<String>,
+    /// The services to start once boot is done.
+    pub services: Supervisor,
 }
 
 type StepResult = Result<Outcome, Box<dyn Error>>;
@@ -66,11 +73,34 @@ const STEPS: &[Step] = &[
         run: step_modules,
     },
     Step {
+        name: "storage",
+        required: true,
+        run: step_storage,
+    },
+    Step {
+        name: "state",
+        required: false,
+        run: step_state,
+    },
+    Step {
+        name: "users",
+        required: false,
+        run: step_users,
+    },
+    Step {
         name: "network",
         required: false,
         run: step_network,
     },
+    Step {
+        name: "services",
+        required: false,
+        run: step_services,
+    },
 ];
+
+/// What init leaves for the monitor and for people in /run/buildos.
+pub const RUN_DIR: &str = "/run/buildos";
 
 /// Entry point of the `buildos-init` binary.
 pub fn run() -> ! {
@@ -93,13 +123,15 @@ pub fn run() -> ! {
         clock,
         config: Config::default(),
         problems: Vec::new(),
+        services: Supervisor::new(),
     };
     let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(&mut boot)));
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
             console::info(&boot.clock.ready_line(boot.problems.len()));
-            lifecycle::serve(None)
+            write_report(&boot.problems);
+            lifecycle::serve(None, boot.services)
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
         Err(_) => fallback(on_failure, "init panicked during boot"),
@@ -158,65 +190,48 @@ fn step_cmdline(boot: &mut Boot) -> StepResult {
     })
 }
 
-fn step_modules(boot: &mut Boot) -> StepResult {
+fn step_modules(_boot: &mut Boot) -> StepResult {
     let release = nix::sys::utsname::uname()
         .map_err(|errno| format!("uname failed: {}", errno.desc()))?
         .release()
         .to_string_lossy()
         .into_owned();
     let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
-    let dep_path = dir.join("modules.dep");
-    let dep = std::fs::read_to_string(&dep_path).map_err(|error| {
-        format!(
-            "cannot read {}: {error}; the image has no modules for kernel {release}",
-            dep_path.display()
-        )
-    })?;
-    let wanted = std::fs::read_to_string(kmod::BOOT_MODULES)
-        .map_err(|error| format!("cannot read {}: {error}", kmod::BOOT_MODULES))?;
-    let wanted: Vec<String> = wanted
+    if !dir.is_dir() {
+        return Err(format!("the image has no modules for kernel {release}").into());
+    }
+    let fixed = std::fs::read_to_string(hardware::FIXED_MODULES)
+        .map_err(|error| format!("cannot read {}: {error}", hardware::FIXED_MODULES))?;
+    let fixed: Vec<String> = fixed
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let dep = kmod::ModulesDep::parse(&dep);
-    let (order, unknown) = dep.load_order(&wanted);
-    let mut problems: Vec<String> = unknown
-        .iter()
-        .map(|name| format!("module {name} is not in {}", dep_path.display()))
-        .collect();
-    let mut loaded = 0;
-    let mut absent = Vec::new();
-    let mut slowest: Vec<(std::time::Duration, String)> = Vec::new();
-    for path in &order {
-        let began = boot.clock.now();
-        let result = kmod::load(&dir.join(path));
-        slowest.push((
-            boot.clock.now().saturating_sub(began),
-            kmod::module_name(path),
-        ));
-        match result {
-            Ok(()) => loaded += 1,
-            // A driver for hardware or CPU features this machine does not have, such as an
-            // accelerated checksum that a soft dependency names.
-            Err(kmod::LoadError::Init {
-                errno: nix::errno::Errno::ENODEV,
-                ..
-            }) => absent.push(kmod::module_name(path)),
-            Err(error) => problems.push(error.to_string()),
+    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys/devices"))?;
+    let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
+    console::info(&format!(
+        "{} devices asked for {} drivers{}",
+        report.devices,
+        drivers.len(),
+        if drivers.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", drivers.join(", "))
         }
-    }
-    slowest.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let slowest: Vec<String> = slowest
+    ));
+    let slowest: Vec<String> = report
+        .timings
         .iter()
         .take(5)
         .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
         .collect();
     console::info(&format!("slowest modules: {}", slowest.join(", ")));
+    let absent = report.without_hardware();
     console::info(&format!(
-        "loaded {loaded} of {} modules, {} without their hardware{}",
-        order.len(),
+        "loaded {} of {} modules, {} without their hardware{}",
+        report.loaded(),
+        report.modules.len(),
         absent.len(),
         if absent.is_empty() {
             String::new()
@@ -224,6 +239,7 @@ fn step_modules(boot: &mut Boot) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
+    let problems = report.problems();
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
@@ -232,15 +248,136 @@ fn step_modules(boot: &mut Boot) -> StepResult {
 }
 
 /// Ethernet, DHCP, br0, br1 with NAT, the host name; then a thread keeps the lease.
+/// br1's dnsmasq goes to the supervisor when br1 is up and the image has dnsmasq.
 fn step_network(boot: &mut Boot) -> StepResult {
-    let report = net::setup(&boot.config, &net::Paths::default());
+    let paths = net::Paths::default();
+    let report = net::setup(&boot.config, &paths);
+    let mut problems = report.problems;
     if let Err(error) = report.keeper.spawn() {
-        return Err(format!("cannot start the DHCP keeper thread: {error}").into());
+        problems.push(format!("cannot start the DHCP keeper thread: {error}"));
     }
-    Ok(if report.problems.is_empty() {
+    if !std::path::Path::new(net::DNSMASQ).is_file() {
+        console::info("no dnsmasq in this image: no DHCP or TFTP for build machines on br1");
+    } else if report.private_ready {
+        match net::dnsmasq_command(&boot.config, &paths) {
+            Ok(command) => {
+                let args: Vec<String> = command
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let service = Service::new("dnsmasq", net::DNSMASQ, &args);
+                boot.services.add(service, std::time::Instant::now());
+                console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
+            }
+            Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
+        }
+    }
+    Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
-        Outcome::Warnings(report.problems)
+        Outcome::Warnings(problems)
+    })
+}
+
+/// /run/buildos/problems (one per line) and /run/buildos/boot.log (init's lines so far).
+fn write_report(problems: &[String]) {
+    let dir = std::path::Path::new(RUN_DIR);
+    let problems: String = problems.iter().map(|p| format!("{p}\n")).collect();
+    let log: String = console::take_boot_log()
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join("problems"), problems))
+        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+    if let Err(error) = written {
+        console::warn(&format!(
+            "cannot write the boot report in {RUN_DIR}: {error}"
+        ));
+    }
+}
+
+fn step_state(_boot: &mut Boot) -> StepResult {
+    let state = std::path::Path::new(state::STATE);
+    if !mounts::is_mount_point(state) {
+        return Err(format!(
+            "{} is not mounted; nothing survives a reboot",
+            state.display()
+        )
+        .into());
+    }
+    let mut warnings = Vec::new();
+    match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
+        Ok(line) => console::info(&line),
+        Err(error) => warnings.push(format!("random seed: {error}")),
+    }
+    let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
+    if keygen.is_file() {
+        match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
+            Ok(lines) => lines.iter().for_each(|line| console::info(line)),
+            Err(error) => warnings.push(format!("ssh host keys: {error}")),
+        }
+    } else {
+        console::info("no ssh-keygen in this image: no SSH host keys");
+    }
+    Ok(if warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(warnings)
+    })
+}
+
+fn step_users(boot: &mut Boot) -> StepResult {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let Some(user) = state::find_user(&passwd, "build") else {
+        console::info("no user build in this image: no SSH logins");
+        return Ok(Outcome::Ok);
+    };
+    for dir in [user.home.clone(), user.home.join("tftp")] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .map_err(|e| format!("cannot give {} to build: {}", dir.display(), e.desc()))?;
+    }
+    let file = state::authorize(&user, &boot.config.ssh_keys)?;
+    console::info(&format!(
+        "{} SSH key(s) for user build in {}",
+        boot.config.ssh_keys.len(),
+        file.display()
+    ));
+    Ok(Outcome::Ok)
+}
+
+fn step_services(boot: &mut Boot) -> StepResult {
+    let now = std::time::Instant::now();
+    // sshd's privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    boot.services
+        .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
+    boot.services.add(
+        Service::new("monitor", "/usr/sbin/buildos-monitor", &[]),
+        now,
+    );
+    let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    console::info(&format!("services to start: {}", names.join(", ")));
+    Ok(Outcome::Ok)
+}
+
+fn step_storage(boot: &mut Boot) -> StepResult {
+    let log = |line: &str| console::info(line);
+    let report = storage::setup(&boot.config, &storage::Environment::host(&log))?;
+    for line in report.lines() {
+        console::info(&line);
+    }
+    Ok(if report.warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(report.warnings)
     })
 }
 
@@ -253,14 +390,20 @@ fn fallback(action: FailureAction, why: &str) -> ! {
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
             match lifecycle::spawn_shell() {
-                Ok(pid) => lifecycle::serve(Some(pid)),
+                Ok(pid) => lifecycle::serve(Some(pid), Supervisor::new()),
                 Err(error) => {
                     console::error(&format!("cannot start the emergency shell: {error}"));
-                    lifecycle::shutdown(Shutdown::Reboot, "the emergency shell could not start")
+                    lifecycle::shutdown(
+                        Shutdown::Reboot,
+                        "the emergency shell could not start",
+                        &mut Supervisor::new(),
+                    )
                 }
             }
         }
-        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why),
-        FailureAction::Poweroff => lifecycle::shutdown(Shutdown::Poweroff, why),
+        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why, &mut Supervisor::new()),
+        FailureAction::Poweroff => {
+            lifecycle::shutdown(Shutdown::Poweroff, why, &mut Supervisor::new())
+        }
     }
 }

@@ -14,7 +14,13 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{sync, Pid};
 
-use crate::console;
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::services::{describe, Supervisor};
+use crate::{console, mounts, state};
 
 /// How long services get between SIGTERM and SIGKILL at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -80,26 +86,85 @@ fn reap() -> Vec<Pid> {
     }
 }
 
-/// The main loop of a booted host: reaps children and waits for a shutdown request. With an
-/// emergency shell running, its end reboots the host.
-pub fn serve(shell: Option<Pid>) -> ! {
+/// The main loop of a booted host: reaps children, restarts services when their back-off
+/// ends, and waits for a shutdown request. With an emergency shell running, its end reboots
+/// the host.
+pub fn serve(shell: Option<Pid>, mut services: Supervisor) -> ! {
     let set = handled();
+    // A signalfd lets the loop wait for a signal or the next restart, whichever comes first.
+    let signals = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => Some(fd),
+        Err(errno) => {
+            console::error(&format!(
+                "cannot open a signalfd ({}); services will not be restarted",
+                errno.desc()
+            ));
+            None
+        }
+    };
     loop {
-        let signal = match set.wait() {
-            Ok(signal) => signal,
-            Err(_) => continue,
-        };
-        if signal == Signal::SIGCHLD {
-            let exited = reap();
-            if let Some(shell) = shell {
-                if exited.contains(&shell) {
-                    shutdown(Shutdown::Reboot, "the emergency shell exited");
+        for line in services.start_due(Instant::now()) {
+            console::info(&line);
+        }
+        let mut received = Vec::new();
+        match &signals {
+            Some(fd) => {
+                let timeout = services.next_due().map_or(PollTimeout::NONE, |due| {
+                    let left = due.saturating_duration_since(Instant::now());
+                    // Round up so the loop does not wake just before the restart is due.
+                    PollTimeout::try_from(left + Duration::from_millis(1))
+                        .unwrap_or(PollTimeout::MAX)
+                });
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, timeout);
+                while let Ok(Some(info)) = fd.read_signal() {
+                    if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                        received.push(signal);
+                    }
                 }
             }
-            continue;
+            None => {
+                if let Ok(signal) = set.wait() {
+                    received.push(signal);
+                }
+            }
         }
-        if let Some(kind) = request(signal) {
-            shutdown(kind, &format!("requested by {signal}"));
+        for signal in received {
+            if signal == Signal::SIGCHLD {
+                for (pid, status) in reap_with_status() {
+                    if Some(pid) == shell {
+                        shutdown(
+                            Shutdown::Reboot,
+                            "the emergency shell exited",
+                            &mut services,
+                        );
+                    }
+                    if let Some(line) = services.exited(pid, &describe(&status), Instant::now()) {
+                        console::warn(&line);
+                    }
+                }
+                continue;
+            }
+            if let Some(kind) = request(signal) {
+                shutdown(kind, &format!("requested by {signal}"), &mut services);
+            }
+        }
+    }
+}
+
+/// Reaps every exited child with how it ended.
+fn reap_with_status() -> Vec<(Pid, WaitStatus)> {
+    let mut exited = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    exited.push((pid, status));
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            Err(_) => return exited,
         }
     }
 }
@@ -139,13 +204,17 @@ fn console_tty() -> String {
         .unwrap_or_else(|| "/dev/console".to_owned())
 }
 
-/// Stops every process, syncs and reboots or powers off. Never returns.
-pub fn shutdown(kind: Shutdown, why: &str) -> ! {
+/// Stops the services, then every other process, saves the random seed, unmounts the disks,
+/// syncs and reboots or powers off. Never returns.
+pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
     let verb = match kind {
         Shutdown::Reboot => "rebooting",
         Shutdown::Poweroff => "powering off",
     };
     console::info(&format!("{verb}: {why}"));
+    for line in services.stop(STOP_GRACE) {
+        console::info(&line);
+    }
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
     let deadline = Instant::now() + STOP_GRACE;
     while Instant::now() < deadline {
@@ -157,6 +226,15 @@ pub fn shutdown(kind: Shutdown, why: &str) -> ! {
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     reap();
+    if mounts::is_mount_point(std::path::Path::new(state::STATE)) {
+        if let Err(error) = state::save_seed(std::path::Path::new(state::STATE)) {
+            console::warn(&format!("random seed not saved: {error}"));
+        }
+    }
+    sync();
+    for line in mounts::unmount_disks() {
+        console::info(&line);
+    }
     sync();
     console::info(&format!("{verb} now"));
     let mode = match kind {

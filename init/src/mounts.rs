@@ -122,6 +122,87 @@ pub fn mount_all(sys: &dyn Sys, table: &[Mount]) -> Result<(), MountError> {
     Ok(())
 }
 
+/// The mount points in a /proc/mounts text, in mount order, with `\040`-style escapes undone.
+pub fn mount_points(proc_mounts: &str) -> Vec<String> {
+    proc_mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .map(unescape)
+        .collect()
+}
+
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).ok();
+            if let Some(value) = octal.and_then(|o| u8::from_str_radix(o, 8).ok()) {
+                out.push(value);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether something is mounted exactly at `path`.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/mounts") else {
+        return false;
+    };
+    mount_points(&text).iter().any(|m| Path::new(m) == path)
+}
+
+/// The disk mounts to undo at shutdown, innermost first: /state and everything under /build.
+pub fn disks_to_unmount(proc_mounts: &str) -> Vec<String> {
+    let mut points: Vec<String> = mount_points(proc_mounts)
+        .into_iter()
+        .filter(|m| m == "/state" || m.starts_with("/state/") || m.starts_with("/build/"))
+        .collect();
+    points.reverse();
+    points
+}
+
+/// Unmounts the disks; one that is still busy is remounted read-only so that nothing is lost.
+/// Returns a line per disk.
+pub fn unmount_disks() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    disks_to_unmount(&text)
+        .into_iter()
+        .map(|point| match nix::mount::umount(point.as_str()) {
+            Ok(()) => format!("unmounted {point}"),
+            Err(errno) => {
+                let remount = nix::mount::mount(
+                    None::<&str>,
+                    point.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+                match remount {
+                    Ok(()) => format!(
+                        "cannot unmount {point} ({}); remounted it read-only",
+                        errno.desc()
+                    ),
+                    Err(again) => format!(
+                        "cannot unmount {point} ({}) nor remount it read-only ({})",
+                        errno.desc(),
+                        again.desc()
+                    ),
+                }
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +231,24 @@ mod tests {
                 _ => Ok(()),
             }
         }
+    }
+
+    #[test]
+    fn disks_unmount_innermost_first_and_kernel_mounts_stay() {
+        let text = "proc /proc proc rw 0 0\n\
+                    /dev/vda /state ext4 rw 0 0\n\
+                    /dev/vdb /build/machines/default btrfs rw 0 0\n\
+                    /dev/vdc /build/machines/fast\\040disk btrfs rw 0 0\n\
+                    tmpfs /run tmpfs rw 0 0\n\
+                    /dev/vdd /stately ext4 rw 0 0\n";
+        assert_eq!(
+            disks_to_unmount(text),
+            [
+                "/build/machines/fast disk",
+                "/build/machines/default",
+                "/state"
+            ]
+        );
     }
 
     #[test]

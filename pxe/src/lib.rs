@@ -1,3 +1,32 @@
 //! Farm inventory to a PXE tree: pxelinux.cfg and iPXE files with checked command lines.
 //!
-//! Not built yet: the foundation only reserves its place in the workspace.
+//! - [`load`] reads a farm inventory (TOML: `[boot]`, `[defaults]`, `[hosts."<mac>"]`), merges
+//!   each host's parameters over the defaults, and checks and renders each command line with
+//!   the schema init parses with ([`buildos_cmdline::parse`] strictly, then
+//!   [`buildos_cmdline::render`]), counting what the boot loader adds against the kernel's
+//!   limit. Every error names the host, the parameter and the value; all are reported.
+//! - [`pxelinux_config`], [`ipxe_script`] and [`ipxe_dispatcher`] write the files that name a
+//!   command line, in the layout of the Build OS manual (section 3.2).
+//! - [`write_tree`] writes the whole tree atomically: a host booting meanwhile gets the old
+//!   image or the new one, and `buildos/buildos-buildid` changes last.
+//!
+//! The format is documented in `docs/pxe.md`.
+//!
+//! # Architecture invariants
+//!
+//! Runs on the operator's machine, never on a build host. Only [`write_tree`] does I/O, and
+//! only inside the tree it is given.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly on purpose.
+
+mod inventory;
+mod mac;
+mod paths;
+mod render;
+mod tree;
+
+pub use inventory::{load, Boot, BootSettings, Error, Errors, Farm, DEFAULT_TIMEOUT};
+pub use mac::{Mac, MAC_EXPECTED};
+pub use paths::{initrd_path, kernel_path, loader_overhead, BUILDID_LEN};
+pub use render::{ipxe_dispatcher, ipxe_script, pxelinux_config};
+pub use tree::{read_buildid, write_tree, Loaders, TreeError, Written};

@@ -55,8 +55,18 @@ pub struct Symlink {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Modules {
-    /// Loaded by init at boot, in this order, each after its dependencies.
+    /// Loaded by init on every host, each after its dependencies.
     pub boot: Vec<String>,
+    /// Drivers carried in the image and loaded only when a device's modalias asks for them.
+    #[serde(default)]
+    pub hardware: Vec<String>,
+}
+
+impl Modules {
+    /// Every module the image carries (before the dependency closure).
+    pub fn carried(&self) -> Vec<String> {
+        self.boot.iter().chain(&self.hardware).cloned().collect()
+    }
 }
 
 #[derive(Debug)]
@@ -172,8 +182,29 @@ mod tests {
             "nft_masq",
         ] {
             assert!(
-                profile.modules.boot.iter().any(|m| m == module),
+                profile.modules.carried().iter().any(|m| m == module),
                 "{module} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn filesystems_and_bridges_load_everywhere_drivers_by_hardware() {
+        let profile = load(DEFAULT_PROFILE).unwrap();
+        for module in ["btrfs", "ext4", "bridge", "tun", "nft_masq", "sd_mod"] {
+            assert!(profile.modules.boot.iter().any(|m| m == module), "{module}");
+        }
+        for module in [
+            "e1000",
+            "virtio_net",
+            "ahci",
+            "nvme",
+            "kvm_intel",
+            "usb_storage",
+        ] {
+            assert!(
+                profile.modules.hardware.iter().any(|m| m == module),
+                "{module}"
             );
         }
     }

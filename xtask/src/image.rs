@@ -105,7 +105,19 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     let init = std::fs::read(&inputs.init)
         .with_context(|| format!("cannot read the init binary {}", inputs.init.display()))?;
     let mut spec = builder::ImageSpec::new(&inputs.kernel_deb, out, inputs.source_date_epoch);
-    spec.modules = inputs.profile.modules.boot.clone();
+    spec.modules = inputs.profile.modules.carried();
+    spec.entries.push(builder::image::InitrdEntry::File {
+        path: "/etc/buildos/modules.boot".into(),
+        mode: 0o644,
+        contents: inputs
+            .profile
+            .modules
+            .boot
+            .iter()
+            .map(|name| format!("{name}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    });
     spec.entries.push(builder::image::InitrdEntry::File {
         path: "/init".into(),
         mode: 0o755,

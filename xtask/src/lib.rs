@@ -5,6 +5,7 @@ pub mod apt;
 pub mod bench;
 pub mod docs;
 pub mod image;
+pub mod pxe;
 pub mod qemu;
 pub mod system;
 pub mod test;

@@ -34,6 +34,25 @@ enum Task {
         /// Kernel parameters to append, e.g. buildos.instances=2
         params: Vec<String>,
     },
+    /// Write a PXE tree (pxelinux over TFTP, iPXE over HTTP) for a farm inventory and an image,
+    /// or print the command line one host gets (see docs/pxe.md)
+    Pxe {
+        /// The farm inventory (TOML)
+        #[arg(long)]
+        inventory: PathBuf,
+        /// The directory holding buildos-image, buildos-initrd and buildos-buildid
+        #[arg(long, default_value = "out")]
+        image: PathBuf,
+        /// Where to write the tree (the TFTP root, or the directory served over HTTP)
+        #[arg(long, required_unless_present = "show")]
+        out: Option<PathBuf>,
+        /// Print the command line the host with this MAC address gets, instead of writing
+        #[arg(long, value_name = "MAC")]
+        show: Option<String>,
+        /// The URL the tree is served at, for the iPXE scripts (overrides [boot] http_url)
+        #[arg(long)]
+        http_url: Option<String>,
+    },
     /// Install what the tests need, build the image, and run every test
     Test,
     /// Measure image size, assembly and boot time against their anchors
@@ -54,6 +73,19 @@ fn main() -> ExitCode {
             cpus,
             params,
         } => xtask::qemu::run(&profile, memory, cpus, &params),
+        Task::Pxe {
+            inventory,
+            image,
+            out,
+            show,
+            http_url,
+        } => xtask::pxe::run(
+            &inventory,
+            &image,
+            out.as_ref(),
+            show.as_deref(),
+            http_url.as_deref(),
+        ),
         Task::Test => xtask::test::run(),
         Task::Bench => xtask::bench::run(),
         Task::Ls { initrd } => xtask::image::list(&initrd),

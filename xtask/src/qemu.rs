@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +22,22 @@ pub struct VmConfig {
     pub cpus: u32,
     /// More QEMU arguments: disks, network devices.
     pub extra: Vec<String>,
+    /// Boot through the network card's PXE ROM instead of `-kernel`/`-initrd`/`-append`
+    /// (`kernel` then only serves the KVM probe, and `append` is unused).
+    pub netboot: Option<NetBoot>,
+}
+
+/// A network boot: an e1000 with QEMU's user-mode network, whose DHCP offers `bootfile` and
+/// whose built-in TFTP server serves `tftp`. The guest reaches the host's loopback at 10.0.2.2.
+#[derive(Clone, Debug)]
+pub struct NetBoot {
+    /// The TFTP root.
+    pub tftp: PathBuf,
+    /// The DHCP boot file: a path in the TFTP root, or a URL such as
+    /// `http://10.0.2.2:8080/ipxe/boot.ipxe` for the ROM's iPXE.
+    pub bootfile: String,
+    /// The card's MAC address, like `de:ad:be:ef:b8:da`.
+    pub mac: String,
 }
 
 impl VmConfig {
@@ -33,11 +49,28 @@ impl VmConfig {
             memory_mib: 1024,
             cpus: 1,
             extra: Vec::new(),
+            netboot: None,
+        }
+    }
+
+    /// Boots over the network as `netboot` says; `image_dir` holds the kernel for the KVM probe.
+    pub fn netboot(image_dir: &Path, netboot: NetBoot) -> VmConfig {
+        VmConfig {
+            netboot: Some(netboot),
+            ..VmConfig::new(image_dir)
         }
     }
 
     pub fn append(mut self, params: &[&str]) -> VmConfig {
         self.append.extend(params.iter().map(|p| p.to_string()));
+        self
+    }
+
+    /// Attaches a raw disk image as a virtio disk (`/dev/vda`, `/dev/vdb`, ... in order).
+    pub fn disk(mut self, image: &Path) -> VmConfig {
+        self.extra.push("-drive".into());
+        self.extra
+            .push(format!("file={},format=raw,if=virtio", image.display()));
         self
     }
 
@@ -55,15 +88,102 @@ impl VmConfig {
         qemu.args(accelerator_args(&self.kernel))
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
-            .args(["-display", "none", "-vga", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .args(["-append", &self.kernel_cmdline()])
-            .args(&self.extra);
+            .args(["-display", "none", "-vga", "none", "-no-reboot"]);
+        match &self.netboot {
+            Some(net) => {
+                qemu.arg("-netdev")
+                    .arg(format!(
+                        "user,id=pxe0,tftp={},bootfile={}",
+                        net.tftp.display(),
+                        net.bootfile
+                    ))
+                    .args(["-device", &format!("e1000,netdev=pxe0,mac={}", net.mac)])
+                    .args(["-boot", "n"]);
+            }
+            None => {
+                qemu.arg("-kernel")
+                    .arg(&self.kernel)
+                    .arg("-initrd")
+                    .arg(&self.initrd)
+                    .args(["-append", &self.kernel_cmdline()]);
+            }
+        }
+        qemu.args(&self.extra);
         qemu
     }
+}
+
+/// Makes a sparse raw disk image of `mib` MiB at `path` and formats it with `mkfs` (the
+/// program and its options; the image path is appended). No root needed.
+pub fn disk_image(path: &Path, mib: u64, mkfs: &[&str]) -> Result<PathBuf> {
+    let Some((program, options)) = mkfs.split_first() else {
+        bail!("no mkfs command for {}", path.display());
+    };
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_len(mib << 20)
+        .with_context(|| format!("cannot size {} to {mib} MiB", path.display()))?;
+    drop(file);
+    let output = Command::new(program)
+        .args(options)
+        .arg(path)
+        .output()
+        .with_context(|| format!("cannot run {program}; `cargo xtask test` installs it"))?;
+    if !output.status.success() {
+        bail!(
+            "`{} {}` failed: {}",
+            mkfs.join(" "),
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(path.to_owned())
+}
+
+/// The disks a host needs, made in `dir` unless they are there already: an ext4 state disk
+/// (`state.img`, 32 MiB, the guest's /dev/vda when attached first) and a btrfs machines disk
+/// (`machines.img`, 256 MiB, /dev/vdb).
+pub fn host_disks(dir: &Path) -> Result<Vec<PathBuf>> {
+    let disks: [(&str, u64, &[&str]); 2] = [
+        (
+            "state.img",
+            32,
+            &[
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "buildos.state",
+                "-O",
+                "^has_journal",
+            ],
+        ),
+        (
+            "machines.img",
+            256,
+            &[
+                "mkfs.btrfs",
+                "-q",
+                "-f",
+                "-L",
+                "buildos.machines",
+                "-m",
+                "single",
+            ],
+        ),
+    ];
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    disks
+        .iter()
+        .map(|(name, mib, mkfs)| {
+            let path = dir.join(name);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                disk_image(&path, *mib, mkfs)
+            }
+        })
+        .collect()
 }
 
 /// `-accel kvm` only where KVM really runs a guest here, else software emulation. The probe
@@ -158,6 +278,8 @@ pub fn interactive(config: &VmConfig) -> Result<ExitStatus> {
 /// A guest booted for a test. Dropping it kills QEMU.
 pub struct Vm {
     child: Child,
+    /// The serial console's input.
+    input: Option<ChildStdin>,
     lines: Receiver<String>,
     console: Arc<Mutex<String>>,
     monitor: PathBuf,
@@ -187,6 +309,11 @@ impl Drop for TempDir {
 
 impl Vm {
     pub fn boot(config: &VmConfig) -> Result<Vm> {
+        if let Some(net) = &config.netboot {
+            if !net.tftp.is_dir() {
+                bail!("no TFTP root at {}", net.tftp.display());
+            }
+        }
         for file in [&config.kernel, &config.initrd] {
             if !file.is_file() {
                 bail!(
@@ -201,10 +328,11 @@ impl Vm {
         qemu.args(["-serial", "stdio"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = qemu.spawn().context("cannot run qemu-system-x86_64")?;
+        let input = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         let console = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -242,6 +370,7 @@ impl Vm {
         }
         Ok(Vm {
             child,
+            input,
             lines,
             console,
             monitor,
@@ -272,6 +401,17 @@ impl Vm {
                 ),
             }
         }
+    }
+
+    /// Types text on the serial console, e.g. a command for the emergency shell.
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let input = self
+            .input
+            .as_mut()
+            .context("the console's input is closed")?;
+        input.write_all(text.as_bytes())?;
+        input.flush()?;
+        Ok(())
     }
 
     /// Sends one command to the QEMU monitor, e.g. `sendkey ctrl-alt-delete`.
@@ -325,13 +465,33 @@ impl Drop for Vm {
 
 /// `cargo xtask qemu`: build the profile's image and boot it on this terminal.
 pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Result<()> {
-    crate::system::ensure(&[crate::system::APT, crate::system::QEMU])?;
+    crate::system::ensure(&[
+        crate::system::APT,
+        crate::system::QEMU,
+        crate::system::MKFS_EXT4,
+        crate::system::MKFS_BTRFS,
+    ])?;
     let out = crate::root().join("out");
     crate::image::run(profile, &out)?;
+    // Kept between runs, like a real host's disks: what init stores on /state survives.
+    let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out);
+    for disk in host_disks(&disks)? {
+        config = config.disk(&disk);
+    }
     config.memory_mib = memory_mib;
     config.cpus = cpus;
     config.append = params.to_vec();
+    // User-mode networking, with the host's SSH reachable on loopback port 2222.
+    config.extra.extend(
+        [
+            "-netdev",
+            "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
+            "-device",
+            "e1000,netdev=n0",
+        ]
+        .map(str::to_owned),
+    );
     let status = interactive(&config)?;
     if !status.success() {
         bail!("QEMU exited with {status}");

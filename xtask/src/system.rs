@@ -23,6 +23,16 @@ pub const QEMU: Need = Need {
     package: "qemu-system-x86",
     why: "boots the image for `cargo xtask qemu` and the VM tests",
 };
+pub const SSHD: Need = Need {
+    command: "sshd",
+    package: "openssh-server",
+    why: "the SSH peer the buildos-machines tests send machines through",
+};
+pub const PYTHON3: Need = Need {
+    command: "python3",
+    package: "python3",
+    why: "serves a PXE tree over HTTP (`python3 -m http.server`) for the iPXE VM test and bench",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
@@ -47,6 +57,32 @@ pub const PING: Need = Need {
     command: "ping",
     package: "iputils-ping",
     why: "shows that NAT forwards from br1 out through br0 in init's network tests",
+};
+
+pub const MKFS_EXT4: Need = Need {
+    command: "mkfs.ext4",
+    package: "e2fsprogs",
+    why: "makes the ext4 state disks of the storage tests",
+};
+pub const MKFS_BTRFS: Need = Need {
+    command: "mkfs.btrfs",
+    package: "btrfs-progs",
+    why: "makes the btrfs machine disks of the storage tests",
+};
+pub const MKFS_XFS: Need = Need {
+    command: "mkfs.xfs",
+    package: "xfsprogs",
+    why: "makes the xfs disk the storage tests expect to be seen and left alone",
+};
+pub const LOSETUP: Need = Need {
+    command: "losetup",
+    package: "mount",
+    why: "makes the loop devices the storage tests put filesystems on",
+};
+pub const BLKID: Need = Need {
+    command: "blkid",
+    package: "util-linux",
+    why: "reads the uuid the storage tests compare init's messages with",
 };
 
 /// Finds a command on PATH and in the sbin directories root would search.

@@ -28,6 +28,13 @@ pub fn run() -> Result<()> {
     system::ensure(&[
         system::APT,
         system::QEMU,
+        system::MKFS_EXT4,
+        system::MKFS_BTRFS,
+        system::MKFS_XFS,
+        system::LOSETUP,
+        system::BLKID,
+        system::SSHD,
+        system::PYTHON3,
         system::DNSMASQ,
         system::NFT,
         system::IP,

@@ -1,10 +1,11 @@
 //! VM tests: QEMU boots the image `cargo xtask test` built and the assertions read what the
 //! guest prints on its serial console. QEMU is always killed when a test ends.
 
-use std::path::PathBuf;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use xtask::qemu::{Vm, VmConfig};
+use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::IMAGE_DIR_VAR;
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
@@ -20,8 +21,68 @@ fn image() -> PathBuf {
     }
 }
 
-fn boot(params: &[&str]) -> Vm {
-    Vm::boot(&VmConfig::new(&image()).append(params)).unwrap_or_else(|e| panic!("{e:#}"))
+/// A booted guest and the disk images it was given, removed when it is dropped.
+struct Booted {
+    vm: Vm,
+    _disks: TempDir,
+}
+
+impl Deref for Booted {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        &self.vm
+    }
+}
+
+impl DerefMut for Booted {
+    fn deref_mut(&mut self) -> &mut Vm {
+        &mut self.vm
+    }
+}
+
+/// The minimal image has no nft: br1 without NAT is a problem init reports until the image
+/// carries nftables.
+const NO_NFT: &str = "no NAT: nft is not in this image";
+
+/// `, N problem(s)`: `others`, plus the missing nft when the console shows it.
+fn problems(console: &str, others: usize) -> String {
+    format!(
+        ", {} problem(s)",
+        others + usize::from(console.contains(NO_NFT))
+    )
+}
+
+fn machines_disk(dir: &Path) -> PathBuf {
+    xtask::qemu::disk_image(
+        &dir.join("machines.img"),
+        256,
+        &[
+            "mkfs.btrfs",
+            "-q",
+            "-f",
+            "-L",
+            "buildos.machines",
+            "-m",
+            "single",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Boots with the disks a host needs: state on /dev/vda, machines on /dev/vdb.
+fn boot(params: &[&str]) -> Booted {
+    let dir = TempDir::new("buildos-vm-disks").unwrap_or_else(|e| panic!("{e:#}"));
+    let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
+    boot_with_disks(params, dir, &disks)
+}
+
+fn boot_with_disks(params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
+    let mut config = VmConfig::new(&image()).append(params);
+    for disk in disks {
+        config = config.disk(disk);
+    }
+    let vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
+    Booted { vm, _disks: dir }
 }
 
 #[test]
@@ -46,14 +107,7 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     vm.wait_for("phase cmdline ok", BOOT).unwrap();
     let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
-    // The minimal image has no nft: br1 without NAT is its one expected problem until the
-    // image carries nftables.
-    let no_nft = "no NAT: nft is not in this image";
-    let expected = usize::from(console.contains(no_nft));
-    assert!(
-        ready.ends_with(&format!(", {expected} problem(s)")),
-        "{ready}"
-    );
+    assert!(ready.ends_with(&problems(&console, 0)), "{ready}");
     for expected in [
         "config: smtp_relay: example.org",
         "config: admin_email: admin@example.org",
@@ -73,7 +127,7 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     assert!(
         !console
             .lines()
-            .any(|line| line.contains("warning:") && !line.contains(no_nft)),
+            .any(|line| line.contains("warning:") && !line.contains(NO_NFT)),
         "unexpected warning:\n{console}"
     );
 }
@@ -96,12 +150,7 @@ fn bad_values_are_reported_and_boot_goes_on() {
     );
     let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
-    // Plus br1 without NAT while the minimal image has no nft.
-    let expected = 3 + usize::from(console.contains("no NAT: nft is not in this image"));
-    assert!(
-        ready.ends_with(&format!(", {expected} problem(s)")),
-        "{ready}"
-    );
+    assert!(ready.ends_with(&problems(&console, 3)), "{ready}");
     for bad in ["buildos.bridge.gcc-12=br0", "buildos.cpu_overcommit=lots"] {
         assert!(
             console.contains(&format!("warning: invalid parameter {bad}")),
@@ -113,20 +162,37 @@ fn bad_values_are_reported_and_boot_goes_on() {
 }
 
 #[test]
-fn profile_modules_load_with_their_dependencies() {
+fn drivers_load_for_the_devices_present_with_their_dependencies() {
     let mut vm = boot(&[]);
+    // QEMU's default machine has an e1000 NIC and a PIIX IDE controller, and no NVMe or virtio
+    // devices: their drivers load from the devices' modaliases, the others stay out.
+    let drivers = vm.wait_for("devices asked for", BOOT).unwrap();
+    let named = drivers.split(": ").nth(2).unwrap_or_default();
+    for driver in ["e1000", "ata_piix"] {
+        assert!(named.contains(driver), "{driver} not chosen: {drivers}");
+    }
+    for driver in ["nvme", "virtio_net", "e1000e", "ahci"] {
+        assert!(
+            !named.contains(driver),
+            "{driver} chosen without its device: {drivers}"
+        );
+    }
     let loaded = vm.wait_for("without their hardware", BOOT).unwrap();
     // "loaded N of T modules, A without their hardware": every file loaded or absent for
-    // want of hardware, and more files than the profile's 17 names: dependencies came along.
+    // want of hardware, and more files than the profile's fixed names and the drivers:
+    // dependencies came along.
     let numbers: Vec<usize> = loaded
         .split([' ', ','])
         .filter_map(|w| w.parse().ok())
         .collect();
     assert_eq!(numbers.len(), 3, "{loaded}");
     assert_eq!(numbers[0] + numbers[2], numbers[1], "{}", vm.console());
-    assert!(numbers[0] > 17, "dependencies were not loaded: {loaded}");
+    assert!(numbers[0] > 20, "dependencies were not loaded: {loaded}");
     vm.wait_for("phase modules ok", BOOT).unwrap();
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();
+    let console = vm.console();
+    assert!(console.contains(&problems(&console, 0)), "{console}");
+    assert!(!console.contains("kernel refused"), "{console}");
 }
 
 #[test]
@@ -140,6 +206,64 @@ fn ctrl_alt_del_reboots_cleanly() {
     // QEMU runs with -no-reboot, so the guest's reboot ends it.
     vm.wait_exit(BOOT).unwrap();
     assert!(!vm.console().contains("Kernel panic"), "{}", vm.console());
+}
+
+#[test]
+fn disks_are_mounted_by_label() {
+    let mut vm = boot(&[]);
+    let state = vm.wait_for("on /state", BOOT).unwrap();
+    assert!(
+        state.ends_with("mounted /dev/vda (ext4, label buildos.state, 32 MiB) on /state"),
+        "{state}"
+    );
+    let machines = vm.wait_for("on /build/machines/default", BOOT).unwrap();
+    assert!(
+        machines.ends_with(
+            "mounted /dev/vdb (btrfs, label buildos.machines, 256 MiB) on /build/machines/default"
+        ),
+        "{machines}"
+    );
+    vm.wait_for("phase storage ok", BOOT).unwrap();
+    let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
+    assert!(ready.ends_with(&problems(&vm.console(), 0)), "{ready}");
+}
+
+#[test]
+fn missing_state_disk_stops_at_a_shell_that_says_how_to_make_it_and_leaving_reboots() {
+    let dir = TempDir::new("buildos-vm-disks").unwrap();
+    let machines = machines_disk(&dir.0);
+    let mut vm = boot_with_disks(&["buildos.storage_wait=2"], dir, &[machines]);
+    vm.wait_for(
+        "waiting up to 2 s for storage: no disk labeled buildos.state yet",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "error: no disk labeled buildos.state appeared within 2 s",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "error:   mkfs.ext4 -L buildos.state -O ^has_journal /dev/sdX",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for(
+        "block devices seen: /dev/vda (btrfs, label buildos.machines)",
+        BOOT,
+    )
+    .unwrap();
+    vm.wait_for("phase storage failed", BOOT).unwrap();
+    vm.wait_for("starting an emergency shell on the console", BOOT)
+        .unwrap();
+    // The shell reads what is typed on the serial console: shell arithmetic proves it ran.
+    vm.type_text("echo shell-$((6*7))\n").unwrap();
+    vm.wait_for("shell-42", BOOT).unwrap();
+    vm.type_text("exit\n").unwrap();
+    vm.wait_for("rebooting: the emergency shell exited", BOOT)
+        .unwrap();
+    vm.wait_exit(BOOT).unwrap();
+    assert!(!vm.console().contains("ready at"), "{}", vm.console());
 }
 
 #[test]
@@ -160,7 +284,7 @@ fn br0_holds_the_dhcp_address_of_qemus_user_network_and_names_the_host() {
     // The minimal image has no nft, so br1 has no NAT and says so; with it, the step is ok.
     let console = vm.console();
     assert!(
-        phase.contains("phase network ok") || console.contains("no NAT: nft is not in this image"),
+        phase.contains("phase network ok") || console.contains(NO_NFT),
         "{console}"
     );
 }

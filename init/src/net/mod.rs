@@ -28,6 +28,9 @@ use dhcp::{Client, DhcpError, Lease};
 use netlink::{Link, Netlink, NetlinkError};
 pub use render::Public;
 
+/// dnsmasq, from Debian's package, for br1's DHCP and TFTP.
+pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
 /// The public bridge.
 pub const BR0: &str = "br0";
 /// The private bridge.
@@ -532,7 +535,7 @@ pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String
             user,
         ),
     )?;
-    let mut command = Command::new("dnsmasq");
+    let mut command = Command::new(DNSMASQ);
     command
         .arg("--keep-in-foreground")
         .arg(format!("--conf-file={}", conf.display()));

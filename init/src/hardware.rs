@@ -1,0 +1,664 @@
+//! Which kernel modules to load: the profile's fixed set, and the drivers for the devices this
+//! machine has, found by matching each device's `modalias` against the image's modules.alias,
+//! as udev and modprobe would.
+//!
+//! Drivers create devices of their own (a PCI virtio controller brings virtio devices, a SATA
+//! controller brings SCSI disks), so matching runs in passes until a pass finds nothing new.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The profile's modules that are loaded on every host, one name per line.
+pub const FIXED_MODULES: &str = "/etc/buildos/modules.boot";
+
+/// `*`, `?` and `[...]` (with ranges and `!` or `^` negation) as fnmatch(3) without flags,
+/// the patterns modules.alias uses.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes())
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative with one backtrack point for the last `*`, linear for alias patterns.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    star = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(&pattern[p..], text[t]) {
+                        if matched {
+                            p += next;
+                            t += 1;
+                            continue;
+                        }
+                    } else if text[t] == b'[' {
+                        // An unclosed `[` is a literal.
+                        p += 1;
+                        t += 1;
+                        continue;
+                    }
+                }
+                c if c == text[t] => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                p = sp + 1;
+                t = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches `c` against the class at the start of `pattern` (which begins with `[`). Returns
+/// whether it matched and the class's length, or None if the class is not closed.
+fn class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(pattern.get(i), Some(b'!') | Some(b'^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let &lo = pattern.get(i)?;
+        if lo == b']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&b| b != b']') {
+            let hi = pattern[i + 2];
+            matched |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            matched |= lo == c;
+            i += 1;
+        }
+    }
+}
+
+/// `-` and `_` are the same in module names and aliases, as kmod treats them: `-` becomes `_`
+/// except inside a `[...]` class, where it makes a range.
+pub fn normalize(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut in_class = false;
+    for c in name.chars() {
+        match c {
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '-' if !in_class => {
+                out.push('_');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// modules.alias: `alias <pattern> <module>` lines.
+#[derive(Debug, Default)]
+pub struct Aliases {
+    entries: Vec<(String, String)>,
+}
+
+impl Aliases {
+    pub fn parse(text: &str) -> Aliases {
+        let entries = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                match (words.next(), words.next(), words.next()) {
+                    (Some("alias"), Some(pattern), Some(module)) => {
+                        Some((normalize(pattern), normalize(module)))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        Aliases { entries }
+    }
+
+    /// The modules whose aliases match a device's modalias, in modules.alias order.
+    pub fn modules_for(&self, modalias: &str) -> Vec<&str> {
+        let modalias = normalize(modalias);
+        let mut found: Vec<&str> = Vec::new();
+        for (pattern, module) in &self.entries {
+            if !found.contains(&module.as_str()) && glob_match(pattern, &modalias) {
+                found.push(module);
+            }
+        }
+        found
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// modules.softdep: modules to load before (`pre:`) and after (`post:`) a module.
+#[derive(Debug, Default)]
+pub struct Softdeps {
+    deps: BTreeMap<String, (Vec<String>, Vec<String>)>,
+}
+
+impl Softdeps {
+    pub fn parse(text: &str) -> Softdeps {
+        let mut deps: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(module) = words.next() else { continue };
+            let entry = deps.entry(normalize(module)).or_default();
+            let mut post = false;
+            for word in words {
+                match word {
+                    "pre:" => post = false,
+                    "post:" => post = true,
+                    name if post => entry.1.push(normalize(name)),
+                    name => entry.0.push(normalize(name)),
+                }
+            }
+        }
+        Softdeps { deps }
+    }
+
+    /// The modules to load before and after `module`.
+    pub fn get(&self, module: &str) -> (&[String], &[String]) {
+        match self.deps.get(module) {
+            Some((pre, post)) => (pre, post),
+            None => (&[], &[]),
+        }
+    }
+}
+
+/// Every `modalias` under `root` (normally /sys/devices), deduplicated and sorted. Symlinks
+/// are not followed, so each device is read once.
+pub fn modaliases(root: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() && entry.file_name() == "modalias" {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    let text = text.trim();
+                    if !text.is_empty() {
+                        found.insert(text.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The modules that match any of `modaliases` and are not yet in `known`, with one device
+/// that wants each (for the console).
+pub fn matching<'a>(
+    aliases: &'a Aliases,
+    modaliases: &'a BTreeSet<String>,
+    known: &BTreeSet<String>,
+) -> BTreeMap<&'a str, &'a str> {
+    let mut wanted = BTreeMap::new();
+    for modalias in modaliases {
+        for module in aliases.modules_for(modalias) {
+            if !known.contains(module) {
+                wanted.entry(module).or_insert(modalias.as_str());
+            }
+        }
+    }
+    wanted
+}
+
+/// How loading one module went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loaded {
+    Yes,
+    /// The kernel refused it with ENODEV: no such hardware or CPU feature on this machine.
+    NoHardware,
+    Failed(String),
+}
+
+/// What loading modules did, for the console and the boot report.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every module file attempted, by name.
+    pub modules: BTreeMap<String, Loaded>,
+    /// Drivers chosen by modalias, with one device that asked for each.
+    pub drivers: Vec<(String, String)>,
+    /// How many distinct modaliases the last pass saw.
+    pub devices: usize,
+    /// Problems that are not one module's: names the image does not have, a thread that
+    /// could not run.
+    pub other_problems: Vec<String>,
+    /// How long each module took, slowest first.
+    pub timings: Vec<(std::time::Duration, String)>,
+}
+
+impl Report {
+    pub fn loaded(&self) -> usize {
+        self.modules.values().filter(|l| **l == Loaded::Yes).count()
+    }
+
+    pub fn without_hardware(&self) -> Vec<&str> {
+        self.names(|l| *l == Loaded::NoHardware)
+    }
+
+    fn names(&self, keep: impl Fn(&Loaded) -> bool) -> Vec<&str> {
+        self.modules
+            .iter()
+            .filter(|(_, l)| keep(l))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// Each failure, one line: what the operator should hear about.
+    pub fn problems(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .modules
+            .values()
+            .filter_map(|l| match l {
+                Loaded::Failed(why) => Some(why.clone()),
+                _ => None,
+            })
+            .collect();
+        lines.extend(self.other_problems.iter().cloned());
+        lines
+    }
+
+    fn merge(&mut self, other: Report) {
+        for (name, outcome) in other.modules {
+            let entry = self.modules.entry(name).or_insert(outcome.clone());
+            if outcome == Loaded::Yes {
+                *entry = Loaded::Yes;
+            }
+        }
+        self.drivers.extend(other.drivers);
+        self.other_problems.extend(other.other_problems);
+        self.timings.extend(other.timings);
+    }
+}
+
+/// At most this many passes of matching devices to drivers; drivers that create devices
+/// needing more drivers are two or three deep in practice.
+const PASSES: usize = 6;
+
+/// The image's module tables, and how to order a load from them.
+pub struct Tables {
+    dir: std::path::PathBuf,
+    dep: crate::kmod::ModulesDep,
+    softdeps: Softdeps,
+    aliases: Aliases,
+    builtin: BTreeSet<String>,
+}
+
+impl Tables {
+    pub fn parse(dir: &Path, dep: &str, softdep: &str, alias: &str, builtin: &str) -> Tables {
+        Tables {
+            dir: dir.to_path_buf(),
+            dep: crate::kmod::ModulesDep::parse(dep),
+            softdeps: Softdeps::parse(softdep),
+            aliases: Aliases::parse(alias),
+            builtin: builtin
+                .lines()
+                .map(|line| crate::kmod::module_name(line.trim()))
+                .filter(|name| !name.is_empty())
+                .collect(),
+        }
+    }
+
+    /// The modules a name means: itself, or the modules an alias names (soft dependencies
+    /// often name an alias, like `crc32c` for `crc32c_generic` and `crc32c_intel`).
+    fn resolve(&self, name: &str) -> Vec<String> {
+        if self.dep.contains(name) {
+            return vec![name.replace('-', "_")];
+        }
+        self.aliases
+            .modules_for(name)
+            .into_iter()
+            .filter(|module| self.dep.contains(module))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The order to load `names` in, as modprobe would: for each module its soft `pre:`
+    /// dependencies, its hard dependencies (each with their own soft ones), the module, then its
+    /// `post:` dependencies; each once, skipping those in `done`. Returns the (name, file)
+    /// pairs and the names asked for that the image does not have and the kernel does not have
+    /// built in. A soft dependency the image lacks is optional and not reported.
+    pub fn plan(
+        &self,
+        names: &[String],
+        done: &BTreeSet<String>,
+    ) -> (Vec<(String, String)>, Vec<String>) {
+        let mut order = Vec::new();
+        let mut seen = done.clone();
+        let mut unknown = Vec::new();
+        for name in names {
+            let modules = self.resolve(name);
+            let normal = name.replace('-', "_");
+            if modules.is_empty() && !self.builtin.contains(&normal) {
+                unknown.push(normal);
+            }
+            for module in modules {
+                self.visit(&module, &mut seen, &mut order);
+            }
+        }
+        (order, unknown)
+    }
+
+    fn visit(&self, module: &str, seen: &mut BTreeSet<String>, order: &mut Vec<(String, String)>) {
+        let Some((path, deps)) = self.dep.get(module) else {
+            return;
+        };
+        if !seen.insert(module.to_owned()) {
+            return;
+        }
+        let (pre, post) = self.softdeps.get(module);
+        for soft in pre {
+            for m in self.resolve(soft) {
+                self.visit(&m, seen, order);
+            }
+        }
+        // modules.dep lists the deepest dependency last: load from the end.
+        for dep in deps.iter().rev() {
+            self.visit(&crate::kmod::module_name(dep), seen, order);
+        }
+        order.push((module.to_owned(), path.to_owned()));
+        for soft in post {
+            for m in self.resolve(soft) {
+                self.visit(&m, seen, order);
+            }
+        }
+    }
+
+    /// Loads `names` and what they need, skipping modules this report already has. Returns
+    /// the names the image does not have.
+    fn load(&self, names: &[String], report: &mut Report) -> Vec<String> {
+        let done: BTreeSet<String> = report.modules.keys().cloned().collect();
+        let (order, unknown) = self.plan(names, &done);
+        for (name, path) in order {
+            let began = std::time::Instant::now();
+            let outcome = match crate::kmod::load(&self.dir.join(&path)) {
+                Ok(()) => Loaded::Yes,
+                Err(crate::kmod::LoadError::Init {
+                    errno: nix::errno::Errno::ENODEV,
+                    ..
+                }) => Loaded::NoHardware,
+                Err(error) => Loaded::Failed(error.to_string()),
+            };
+            report.timings.push((began.elapsed(), name.clone()));
+            report.modules.insert(name, outcome);
+        }
+        unknown
+    }
+}
+
+fn read_table(dir: &Path, name: &str) -> Result<String, String> {
+    let path = dir.join(name);
+    std::fs::read_to_string(&path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+}
+
+/// Loads the fixed set on one thread while matching devices to drivers on this one, so that
+/// slow module initialisation (btrfs's RAID checksum benchmarks) overlaps with device probes
+/// that wait for hardware. `devices` is normally /sys/devices.
+pub fn load_modules(dir: &Path, fixed: Vec<String>, devices: &Path) -> Result<Report, String> {
+    let tables = std::sync::Arc::new(Tables::parse(
+        dir,
+        &read_table(dir, "modules.dep")?,
+        &read_table(dir, "modules.softdep").unwrap_or_default(),
+        &read_table(dir, "modules.alias").unwrap_or_default(),
+        &read_table(dir, "modules.builtin").unwrap_or_default(),
+    ));
+
+    let fixed_tables = std::sync::Arc::clone(&tables);
+    let fixed_thread = std::thread::Builder::new()
+        .name("modules".to_owned())
+        .spawn(move || {
+            let mut report = Report::default();
+            let unknown = fixed_tables.load(&fixed, &mut report);
+            report.other_problems = unknown
+                .into_iter()
+                .map(|name| format!("module {name} is not in this image"))
+                .collect();
+            report
+        });
+
+    let mut report = Report::default();
+    let mut matched = BTreeSet::new();
+    for _ in 0..PASSES {
+        let found = modaliases(devices);
+        report.devices = found.len();
+        let wanted: Vec<(String, String)> = matching(&tables.aliases, &found, &matched)
+            .into_iter()
+            .map(|(module, modalias)| (module.to_owned(), modalias.to_owned()))
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        let names: Vec<String> = wanted.iter().map(|(module, _)| module.clone()).collect();
+        tables.load(&names, &mut report);
+        matched.extend(names);
+        report.drivers.extend(wanted);
+    }
+
+    match fixed_thread {
+        Ok(handle) => match handle.join() {
+            Ok(fixed) => report.merge(fixed),
+            Err(_) => report
+                .other_problems
+                .push("the thread loading the fixed modules panicked".to_owned()),
+        },
+        Err(error) => report
+            .other_problems
+            .push(format!("cannot start a thread to load modules: {error}")),
+    }
+    report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_as_fnmatch_does() {
+        let yes = [
+            (
+                "pci:v00008086d0000100Esv*sd*bc*sc*i*",
+                "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
+            ),
+            ("virtio:d00000001v*", "virtio:d00000001v00001AF4"),
+            ("a?c", "abc"),
+            ("*", ""),
+            ("[a-c]x", "bx"),
+            ("[!a-c]x", "dx"),
+            ("[^a]x", "bx"),
+            ("[]]x", "]x"),
+            ("x[", "x["),
+            ("*ab*ab*", "xxabyyabzz"),
+            (
+                "cpu:type:x86,ven*fam*mod*:feature:*0085*",
+                "cpu:type:x86,ven0000fam0006mod003A:feature:,0000,0001,0085,0089",
+            ),
+        ];
+        for (pattern, text) in yes {
+            assert!(glob_match(pattern, text), "{pattern} should match {text}");
+        }
+        let no = [
+            ("pci:v00008086d0000100Esv*", "pci:v00008086d0000100Fsv0"),
+            ("a?c", "ac"),
+            ("[a-c]x", "dx"),
+            ("[!a-c]x", "ax"),
+            ("*ab", "abx"),
+            ("virtio:d00000001v*", "virtio:d00000002v00001AF4"),
+        ];
+        for (pattern, text) in no {
+            assert!(
+                !glob_match(pattern, text),
+                "{pattern} should not match {text}"
+            );
+        }
+    }
+
+    const ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias virtio:d00000001v* virtio_net
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias fs-btrfs btrfs
+alias scsi:t-0x00* sd_mod
+alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
+alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
+";
+
+    #[test]
+    fn devices_pick_their_drivers() {
+        let aliases = Aliases::parse(ALIAS);
+        assert_eq!(aliases.len(), 8);
+        assert_eq!(
+            aliases.modules_for("pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"),
+            ["e1000"]
+        );
+        assert_eq!(
+            aliases.modules_for("pci:v00008086d00007010sv00001AF4sd00001100bc01sc01i80"),
+            ["ata_piix"]
+        );
+        assert!(aliases
+            .modules_for("pci:v000010ECd00008139sv00001AF4sd00001100bc02sc00i00")
+            .is_empty());
+    }
+
+    #[test]
+    fn only_new_modules_are_wanted() {
+        let aliases = Aliases::parse(ALIAS);
+        let devices: BTreeSet<String> = [
+            "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+            "virtio:d00000001v00001AF4",
+            "scsi:t-0x05",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let known: BTreeSet<String> = ["virtio_pci".to_owned()].into();
+        let wanted = matching(&aliases, &devices, &known);
+        assert_eq!(
+            wanted.keys().copied().collect::<Vec<_>>(),
+            ["e1000", "virtio_net"]
+        );
+        assert_eq!(wanted["virtio_net"], "virtio:d00000001v00001AF4");
+    }
+
+    #[test]
+    fn soft_dependencies_of_hard_dependencies_come_first() {
+        // btrfs needs libcrc32c, whose soft dependency `crc32c` is an alias of two modules.
+        let tables = Tables::parse(
+            Path::new("/lib/modules/x"),
+            "kernel/fs/btrfs/btrfs.ko: kernel/lib/libcrc32c.ko kernel/crypto/xor.ko\n\
+             kernel/lib/libcrc32c.ko:\n\
+             kernel/crypto/xor.ko:\n\
+             kernel/crypto/crc32c_generic.ko:\n\
+             kernel/arch/x86/crypto/crc32c-intel.ko:\n\
+             kernel/lib/zstd.ko:\n\
+             kernel/drivers/net/e1000.ko:\n",
+            "softdep btrfs pre: crypto-crc32c post: zstd\n\
+             softdep libcrc32c pre: crc32c\n",
+            "alias crc32c crc32c_intel\n\
+             alias crypto-crc32c crc32c_intel\n\
+             alias crc32c crc32c_generic\n\
+             alias crypto-crc32c crc32c_generic\n",
+            "kernel/lib/crc32.ko\n",
+        );
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (order, unknown) = tables.plan(
+            &names(&["btrfs", "e1000", "crc32", "nosuch"]),
+            &BTreeSet::new(),
+        );
+        let order: Vec<&str> = order.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "crc32c_intel",
+                "crc32c_generic",
+                "xor",
+                "libcrc32c",
+                "btrfs",
+                "zstd",
+                "e1000"
+            ]
+        );
+        assert_eq!(unknown, ["nosuch"]);
+        let done: BTreeSet<String> = ["xor".to_owned(), "crc32c_intel".to_owned()].into();
+        let (order, _) = tables.plan(&names(&["btrfs"]), &done);
+        assert_eq!(
+            order[0],
+            (
+                "crc32c_generic".to_owned(),
+                "kernel/crypto/crc32c_generic.ko".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn modaliases_are_read_from_a_device_tree() {
+        let root = std::env::temp_dir().join(format!("buildos-modalias-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("pci0000:00/0000:00:03.0/virtio0")).unwrap();
+        std::fs::write(
+            root.join("pci0000:00/0000:00:03.0/modalias"),
+            "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("pci0000:00/0000:00:03.0/virtio0/modalias"),
+            "virtio:d00000001v00001AF4\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("pci0000:00/0000:00:03.0/vendor"), "0x1af4\n").unwrap();
+        let found = modaliases(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            found.into_iter().collect::<Vec<_>>(),
+            [
+                "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
+                "virtio:d00000001v00001AF4"
+            ]
+        );
+    }
+}

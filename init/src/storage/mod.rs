@@ -1,0 +1,1036 @@
+//! Disks by label (manual 4.2): find the filesystems labeled `buildos.state`,
+//! `buildos.machines` and `buildos.machines.<volume>` by reading the superblocks of every block
+//! device, wait a bounded time for slow controllers and for every device of a multi-device
+//! btrfs, mount them on /state and `/build/machines/<volume>`, and write /etc/fstab.
+//!
+//! Everything is checked before anything is mounted: a duplicate label, a machine disk that is
+//! not btrfs, a btrfs filesystem missing a device or a missing required disk stops the boot
+//! with one [`Problem`] per fault, each naming the devices, labels and types involved and what
+//! to do about it; a mount the kernel refuses undoes the mounts made before it.
+//!
+//! Nothing here waits unboundedly: the wait for devices ends at `buildos.storage_wait`, and each
+//! device is read from a helper thread, so a read that hangs in the kernel is given up after
+//! [`Environment::read_bound`] and that device is skipped.
+
+pub mod superblock;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use buildos_cmdline::Config;
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+
+use self::superblock::{FsType, Superblock};
+
+/// The label of the state disk.
+pub const STATE_LABEL: &str = "buildos.state";
+/// The label of the single machines disk (volume `default`), and the prefix of
+/// `buildos.machines.<volume>`.
+pub const MACHINES_LABEL: &str = "buildos.machines";
+/// The volume a disk labeled just `buildos.machines` provides.
+pub const DEFAULT_VOLUME: &str = "default";
+
+/// The options every mount gets, as written in /etc/fstab: no access-time writes, which would
+/// turn every read of a build into a metadata write on flash and SSDs.
+pub const MOUNT_OPTIONS: &str = "noatime";
+const MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME;
+
+/// Where setup looks and writes. [`Environment::host`] is the running system; tests point it at
+/// a directory holding only their own devices and a scratch root.
+pub struct Environment<'a> {
+    /// A directory with one entry per block device, named as in /sys/class/block; an entry's
+    /// `size` file, when there, gives the device size in 512-byte sectors.
+    pub sys_block: PathBuf,
+    /// The directory holding the device nodes named like the entries of `sys_block`.
+    pub dev: PathBuf,
+    /// The root the mount points and etc/fstab are made under.
+    pub root: PathBuf,
+    /// How long to sleep between two looks at the devices while waiting.
+    pub poll: Duration,
+    /// How long reading one device may take before it is taken for hung and skipped.
+    pub read_bound: Duration,
+    /// Where progress lines go (the console on a host).
+    pub log: &'a (dyn Fn(&str) + Sync),
+}
+
+impl<'a> Environment<'a> {
+    /// The running host: /sys/class/block, /dev, mounts under /.
+    pub fn host(log: &'a (dyn Fn(&str) + Sync)) -> Self {
+        Environment {
+            sys_block: "/sys/class/block".into(),
+            dev: "/dev".into(),
+            root: "/".into(),
+            poll: Duration::from_millis(100),
+            read_bound: Duration::from_secs(5),
+            log,
+        }
+    }
+}
+
+/// One block device and what its superblock says.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// The name in /sys/class/block (`sda1`).
+    pub name: String,
+    /// The device node, with symbolic links resolved (`/dev/sda1`).
+    pub path: PathBuf,
+    /// Size in bytes, when the device could say.
+    pub size: Option<u64>,
+    pub superblock: Option<Superblock>,
+}
+
+impl Device {
+    fn describe(&self) -> String {
+        match &self.superblock {
+            None => format!("{} (no filesystem buildos knows)", self.path.display()),
+            Some(sb) if sb.label.is_empty() => {
+                format!("{} ({}, no label)", self.path.display(), sb.fs_type)
+            }
+            Some(sb) => format!(
+                "{} ({}, label {})",
+                self.path.display(),
+                sb.fs_type,
+                sb.label
+            ),
+        }
+    }
+}
+
+/// One filesystem: a single device, or every device seen of a btrfs filesystem.
+#[derive(Clone, Debug)]
+pub struct Filesystem {
+    pub label: String,
+    pub uuid: String,
+    pub fs_type: FsType,
+    /// The devices seen, sorted by path; more than one only for btrfs.
+    pub devices: Vec<Device>,
+    /// How many devices the filesystem spans (1 unless btrfs says otherwise).
+    pub total_devices: u64,
+}
+
+impl Filesystem {
+    fn device_list(&self) -> String {
+        join_paths(self.devices.iter().map(|d| d.path.as_path()))
+    }
+
+    /// The device to mount or to ask the kernel about: the first one seen (a filesystem is
+    /// only ever made from a device, so there always is one).
+    fn device(&self) -> &Path {
+        self.devices
+            .first()
+            .map_or(Path::new(""), |d| d.path.as_path())
+    }
+
+    /// Distinct btrfs device ids seen (a device seen under two names counts once).
+    fn devices_seen(&self) -> usize {
+        let mut ids: Vec<u64> = self
+            .devices
+            .iter()
+            .map(|d| {
+                d.superblock
+                    .as_ref()
+                    .and_then(|sb| sb.btrfs.as_ref())
+                    .map_or(0, |b| b.devid)
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ({}, uuid {})",
+            self.device_list(),
+            self.fs_type,
+            self.uuid
+        )
+    }
+}
+
+/// What a label asks for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    State,
+    Machines(String),
+}
+
+impl Role {
+    /// The role a label gives its filesystem: `None` for labels buildos does not use, an error
+    /// for a `buildos.machines.<volume>` whose volume cannot be a directory name.
+    pub fn of_label(label: &str) -> Option<Result<Role, ()>> {
+        if label == STATE_LABEL {
+            return Some(Ok(Role::State));
+        }
+        if label == MACHINES_LABEL {
+            return Some(Ok(Role::Machines(DEFAULT_VOLUME.into())));
+        }
+        let volume = label.strip_prefix(MACHINES_LABEL)?.strip_prefix('.')?;
+        let valid = !volume.is_empty()
+            && volume != "."
+            && volume != ".."
+            && volume
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        Some(if valid {
+            Ok(Role::Machines(volume.into()))
+        } else {
+            Err(())
+        })
+    }
+
+    /// The mount point as the host sees it.
+    pub fn mount_point(&self) -> String {
+        match self {
+            Role::State => "/state".into(),
+            Role::Machines(volume) => format!("/build/machines/{volume}"),
+        }
+    }
+}
+
+/// One filesystem setup mounted.
+#[derive(Clone, Debug)]
+pub struct Mounted {
+    pub mount_point: String,
+    pub label: String,
+    pub uuid: String,
+    pub fs_type: FsType,
+    pub devices: Vec<PathBuf>,
+    /// Total size of its devices in bytes, when known.
+    pub size: Option<u64>,
+}
+
+/// What setup did, for the boot log and report.
+#[derive(Clone, Debug)]
+pub struct StorageReport {
+    /// The mounts, state first, then machine volumes by name.
+    pub mounted: Vec<Mounted>,
+    /// How long setup waited for devices.
+    pub waited: Duration,
+    /// Things that went wrong without stopping the boot.
+    pub warnings: Vec<String>,
+}
+
+impl StorageReport {
+    /// One console line per mount.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .mounted
+            .iter()
+            .map(|m| {
+                let size = m
+                    .size
+                    .map(|s| format!(", {}", human_size(s)))
+                    .unwrap_or_default();
+                format!(
+                    "mounted {} ({}, label {}{size}) on {}",
+                    join_paths(m.devices.iter().map(PathBuf::as_path)),
+                    m.fs_type,
+                    m.label,
+                    m.mount_point
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "storage ready after waiting {} ms for devices; /etc/fstab lists the mounts",
+            self.waited.as_millis()
+        ));
+        lines
+    }
+}
+
+/// One reason storage cannot be set up. Each names every device, label and type involved.
+#[derive(Debug)]
+pub enum Problem {
+    /// Several filesystems claim one mount point: the same label twice, or both
+    /// `buildos.machines` and `buildos.machines.default`.
+    Duplicate {
+        mount_point: String,
+        labels: Vec<String>,
+        filesystems: Vec<Filesystem>,
+    },
+    /// A machines label on a filesystem that is not btrfs.
+    NotBtrfs {
+        label: String,
+        device: PathBuf,
+        fs_type: FsType,
+    },
+    /// A `buildos.machines.<volume>` label whose volume cannot be a directory name.
+    BadVolume {
+        label: String,
+        devices: Vec<PathBuf>,
+    },
+    /// A btrfs filesystem some of whose devices never appeared.
+    IncompleteBtrfs {
+        label: String,
+        uuid: String,
+        seen: usize,
+        total: u64,
+        devices: Vec<PathBuf>,
+        /// Why the kernel could not be asked, when it could not.
+        kernel: Option<String>,
+    },
+    MissingState {
+        waited: u32,
+    },
+    MissingMachines {
+        waited: u32,
+    },
+    CreateMountPoint {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Mount {
+        device: PathBuf,
+        label: String,
+        target: PathBuf,
+        fs_type: FsType,
+        errno: Errno,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Duplicate {
+                mount_point,
+                labels,
+                filesystems,
+            } => {
+                let which: Vec<String> = filesystems.iter().map(Filesystem::summary).collect();
+                let labels = labels.join(" and ");
+                write!(
+                    f,
+                    "{} filesystems labeled {labels} would all be mounted on {mount_point}: {}; \
+                     relabel or wipe all but one (e2label DEVICE NEWLABEL, \
+                     btrfs filesystem label DEVICE NEWLABEL, wipefs -a DEVICE)",
+                    filesystems.len(),
+                    which.join(" and ")
+                )
+            }
+            Problem::NotBtrfs {
+                label,
+                device,
+                fs_type,
+            } => write!(
+                f,
+                "{} is labeled {label} but holds {fs_type}; machine disks must be btrfs: \
+                 mkfs.btrfs -f -L {label} -m single {}",
+                device.display(),
+                device.display()
+            ),
+            Problem::BadVolume { label, devices } => write!(
+                f,
+                "{} labeled {label}: the volume after {MACHINES_LABEL}. must be letters, digits, \
+                 '.', '_' or '-' (it names the directory /build/machines/<volume>)",
+                join_paths(devices.iter().map(PathBuf::as_path))
+            ),
+            Problem::IncompleteBtrfs {
+                label,
+                uuid,
+                seen,
+                total,
+                devices,
+                kernel,
+            } => {
+                let devices = join_paths(devices.iter().map(PathBuf::as_path));
+                if *seen as u64 >= *total {
+                    write!(
+                        f,
+                        "btrfs filesystem labeled {label} (uuid {uuid}): all {total} devices \
+                         were seen ({devices}) but the kernel has not registered them all"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "btrfs filesystem labeled {label} (uuid {uuid}) has {seen} of its \
+                         {total} devices ({devices}); attach the missing disks, or mount it \
+                         degraded by hand from this shell"
+                    )?;
+                }
+                if let Some(kernel) = kernel {
+                    write!(f, "; {kernel}")?;
+                }
+                Ok(())
+            }
+            Problem::MissingState { waited } => write!(
+                f,
+                "no disk labeled {STATE_LABEL} appeared within {waited} s; make one (any \
+                 filesystem; ext4 without a journal suits a USB flash drive), for example:\n  \
+                 mkfs.ext4 -L {STATE_LABEL} -O ^has_journal /dev/sdX"
+            ),
+            Problem::MissingMachines { waited } => write!(
+                f,
+                "no disk labeled {MACHINES_LABEL} or {MACHINES_LABEL}.<volume> appeared within \
+                 {waited} s; make one (btrfs), for example:\n  \
+                 mkfs.btrfs -L {MACHINES_LABEL} -m single /dev/sdX\n\
+                 or one filesystem across several disks:\n  \
+                 mkfs.btrfs -L {MACHINES_LABEL} -d single -m single /dev/sdX /dev/sdY\n\
+                 or one volume per disk, mounted on /build/machines/<volume>:\n  \
+                 mkfs.btrfs -L {MACHINES_LABEL}.<volume> -m single /dev/sdX"
+            ),
+            Problem::CreateMountPoint { path, error } => {
+                write!(f, "cannot create mount point {}: {error}", path.display())
+            }
+            Problem::Mount {
+                device,
+                label,
+                target,
+                fs_type,
+                errno,
+            } => write!(
+                f,
+                "cannot mount {} ({fs_type}, label {label}) on {} with {MOUNT_OPTIONS}: {}",
+                device.display(),
+                target.display(),
+                errno.desc()
+            ),
+        }
+    }
+}
+
+/// Why storage could not be set up: every problem found, and the block devices that were seen.
+#[derive(Debug)]
+pub struct StorageError {
+    pub problems: Vec<Problem>,
+    /// One line per block device seen, with its filesystem and label.
+    pub devices_seen: Vec<String>,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "storage cannot be set up:")?;
+        for problem in &self.problems {
+            writeln!(f, "{problem}")?;
+        }
+        if self.devices_seen.is_empty() {
+            writeln!(f, "no block devices were seen")?;
+        } else {
+            writeln!(f, "block devices seen: {}", self.devices_seen.join(", "))?;
+        }
+        write!(
+            f,
+            "fix this from the emergency shell, then leave it (exit or Ctrl-D) to reboot"
+        )
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// Finds, checks and mounts the host's disks; see the module documentation.
+pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, StorageError> {
+    let started = Instant::now();
+    let bound = Duration::from_secs(u64::from(config.storage_wait));
+    let mut kernel = Kernel::new();
+    let mut scanner = Scanner {
+        hung: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut last_waiting = String::new();
+    let found = loop {
+        let (devices, complete) = scanner.pass(env);
+        let found = Found::new(devices, &mut kernel);
+        if !complete {
+            // Look again at once, without the device that hung.
+            continue;
+        }
+        let missing = found.missing();
+        if missing.is_empty() {
+            break found;
+        }
+        let elapsed = started.elapsed();
+        if elapsed >= bound {
+            (env.log)(&format!(
+                "gave up waiting for storage after {} ms: {}",
+                elapsed.as_millis(),
+                missing.join("; ")
+            ));
+            break found;
+        }
+        let waiting = missing.join("; ");
+        if waiting != last_waiting {
+            (env.log)(&format!(
+                "waiting up to {} s for storage: {waiting}",
+                config.storage_wait
+            ));
+            last_waiting = waiting;
+        }
+        std::thread::sleep(env.poll.min(bound - elapsed));
+    };
+    let waited = started.elapsed();
+    let problems = found.problems(config.storage_wait);
+    if !problems.is_empty() {
+        return Err(StorageError {
+            problems,
+            devices_seen: seen(&found, &scanner, env),
+        });
+    }
+    let mut mounted = Vec::new();
+    let mut problems = Vec::new();
+    for (role, filesystems) in &found.by_role {
+        let Some(fs) = filesystems.first() else {
+            continue;
+        };
+        match mount(env, role, fs) {
+            Ok(m) => mounted.push(m),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !problems.is_empty() {
+        // All or nothing, like the checks: the shell starts with no half-made storage.
+        for m in mounted.iter().rev() {
+            let target = env.root.join(m.mount_point.trim_start_matches('/'));
+            let _ = nix::mount::umount(&target);
+        }
+        return Err(StorageError {
+            problems,
+            devices_seen: seen(&found, &scanner, env),
+        });
+    }
+    let mut warnings = scanner.warnings;
+    warnings.extend(kernel.warnings);
+    let fstab_path = env.root.join("etc/fstab");
+    if let Err(error) = write_fstab(&fstab_path, &mounted) {
+        warnings.push(format!("cannot write {}: {error}", fstab_path.display()));
+    }
+    Ok(StorageReport {
+        mounted,
+        waited,
+        warnings,
+    })
+}
+
+/// One line per block device seen, and one per device skipped because reading it hung.
+fn seen(found: &Found, scanner: &Scanner, env: &Environment) -> Vec<String> {
+    let mut lines: Vec<String> = found.devices.iter().map(Device::describe).collect();
+    lines.extend(scanner.hung.iter().map(|name| {
+        format!(
+            "{} (reading it hung; skipped)",
+            env.dev.join(name).display()
+        )
+    }));
+    lines
+}
+
+/// Reads every block device named in `env.sys_block`, in this thread. [`setup`] reads them
+/// through a helper thread that bounds the time a hung device can take.
+pub fn scan(env: &Environment) -> Vec<Device> {
+    device_names(&env.sys_block)
+        .into_iter()
+        .filter_map(|name| read_device(&env.sys_block, &env.dev, name))
+        .collect()
+}
+
+fn device_names(sys_block: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_block) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+fn read_device(sys_block: &Path, dev: &Path, name: String) -> Option<Device> {
+    let node = dev.join(&name);
+    let path = std::fs::canonicalize(&node).unwrap_or(node);
+    // A device that cannot be opened (no medium, gone already) holds nothing to mount.
+    let (bytes, size) = read_start(&path).ok()?;
+    let size = size.or_else(|| sysfs_size(&sys_block.join(&name)));
+    // Unbacked loop devices, card readers without a card: nothing to see.
+    if size == Some(0) {
+        return None;
+    }
+    Some(Device {
+        name,
+        path,
+        size,
+        superblock: superblock::probe(&bytes),
+    })
+}
+
+enum ScanEvent {
+    Reading(String),
+    Read(Option<Device>),
+}
+
+/// Looks at the devices from a helper thread, so that a device whose read hangs (a failing
+/// disk, a wedged controller) costs at most `read_bound` and is skipped from then on. The
+/// thread stuck on it is left behind: a read in the kernel cannot be interrupted.
+struct Scanner {
+    hung: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Scanner {
+    /// One look at every device not known to hang; false when a device hung during it (the
+    /// devices after it were not read).
+    fn pass(&mut self, env: &Environment) -> (Vec<Device>, bool) {
+        let names: Vec<String> = device_names(&env.sys_block)
+            .into_iter()
+            .filter(|n| !self.hung.contains(n))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sys_block, dev) = (env.sys_block.clone(), env.dev.clone());
+        let spawned = std::thread::Builder::new()
+            .name("storage-scan".into())
+            .spawn(move || {
+                for name in names {
+                    if tx.send(ScanEvent::Reading(name.clone())).is_err() {
+                        return;
+                    }
+                    let device = read_device(&sys_block, &dev, name);
+                    if tx.send(ScanEvent::Read(device)).is_err() {
+                        return;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            return (scan(env), true);
+        }
+        let mut devices = Vec::new();
+        let mut current = None;
+        loop {
+            match rx.recv_timeout(env.read_bound) {
+                Ok(ScanEvent::Reading(name)) => current = Some(name),
+                Ok(ScanEvent::Read(device)) => {
+                    current = None;
+                    devices.extend(device);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return (devices, true),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(name) = current {
+                        self.warnings.push(format!(
+                            "reading {} took longer than {} s; it is skipped (a failing disk \
+                             or a hung controller?)",
+                            env.dev.join(&name).display(),
+                            env.read_bound.as_secs_f64()
+                        ));
+                        self.hung.push(name);
+                    }
+                    return (devices, false);
+                }
+            }
+        }
+    }
+}
+
+fn read_start(path: &Path) -> io::Result<(Vec<u8>, Option<u64>)> {
+    let mut file = File::open(path)?;
+    let size = file.seek(SeekFrom::End(0)).ok();
+    file.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::with_capacity(superblock::PROBE_LEN);
+    file.take(superblock::PROBE_LEN as u64)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes, size))
+}
+
+fn sysfs_size(entry: &Path) -> Option<u64> {
+    let sectors: u64 = std::fs::read_to_string(entry.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(sectors * 512)
+}
+
+/// The kernel's btrfs device registry, reached through /dev/btrfs-control.
+struct Kernel {
+    control: Result<File, String>,
+    registered: Vec<PathBuf>,
+    warnings: Vec<String>,
+}
+
+impl Kernel {
+    fn new() -> Self {
+        Kernel {
+            control: Err(String::new()),
+            registered: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn control(&mut self) -> Result<&File, String> {
+        if self.control.is_err() {
+            self.control = buildos_ioctl::open_btrfs_control().map_err(|error| {
+                format!(
+                    "cannot open {}: {error} (is the btrfs module loaded?)",
+                    buildos_ioctl::BTRFS_CONTROL
+                )
+            });
+        }
+        self.control.as_ref().map_err(String::clone)
+    }
+
+    /// Registers a btrfs device once.
+    fn register(&mut self, device: &Path) {
+        if self.registered.iter().any(|d| d == device) {
+            return;
+        }
+        let result = self
+            .control()
+            .and_then(|c| buildos_ioctl::btrfs_scan_dev(c, device).map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => self.registered.push(device.to_owned()),
+            Err(error) => {
+                let line = format!("cannot register btrfs device {}: {error}", device.display());
+                if !self.warnings.contains(&line) {
+                    self.warnings.push(line);
+                }
+            }
+        }
+    }
+
+    /// The registration failures of a filesystem's devices, if any.
+    fn failures_for(&self, fs: &Filesystem) -> Option<String> {
+        let lines: Vec<&str> = self
+            .warnings
+            .iter()
+            .filter(|w| {
+                fs.devices
+                    .iter()
+                    .any(|d| w.contains(&format!("device {}:", d.path.display())))
+            })
+            .map(String::as_str)
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
+    }
+
+    /// Whether the kernel knows every device of the filesystem `device` belongs to.
+    fn ready(&mut self, device: &Path) -> Result<bool, String> {
+        let control = self.control()?;
+        buildos_ioctl::btrfs_devices_ready(control, device)
+            .map_err(|error| format!("the kernel cannot tell ({error})"))
+    }
+}
+
+/// The devices of one look, grouped into filesystems and by what their labels ask for.
+struct Found {
+    devices: Vec<Device>,
+    /// Filesystems with a buildos label, by role (state first, then volumes by name).
+    by_role: BTreeMap<Role, Vec<Filesystem>>,
+    bad_volumes: Vec<Filesystem>,
+    /// btrfs filesystems with a role whose devices are not all there, with why the kernel
+    /// could not be asked when it could not.
+    incomplete: Vec<(Filesystem, Option<String>)>,
+}
+
+impl Found {
+    fn new(devices: Vec<Device>, kernel: &mut Kernel) -> Self {
+        let mut filesystems: BTreeMap<(String, String), Filesystem> = BTreeMap::new();
+        for device in &devices {
+            let Some(sb) = &device.superblock else {
+                continue;
+            };
+            if sb.fs_type == FsType::Btrfs {
+                kernel.register(&device.path);
+            }
+            // The devices of one btrfs share its uuid; any other filesystem is its device.
+            let key = match sb.fs_type {
+                FsType::Btrfs => ("btrfs".to_owned(), sb.uuid.clone()),
+                _ => ("device".to_owned(), device.path.display().to_string()),
+            };
+            let fs = filesystems.entry(key).or_insert_with(|| Filesystem {
+                label: sb.label.clone(),
+                uuid: sb.uuid.clone(),
+                fs_type: sb.fs_type,
+                devices: Vec::new(),
+                total_devices: sb.btrfs.as_ref().map_or(1, |b| b.num_devices),
+            });
+            fs.devices.push(device.clone());
+        }
+        let mut by_role: BTreeMap<Role, Vec<Filesystem>> = BTreeMap::new();
+        let mut bad_volumes = Vec::new();
+        let mut incomplete = Vec::new();
+        for fs in filesystems.into_values() {
+            match Role::of_label(&fs.label) {
+                None => {}
+                Some(Err(())) => bad_volumes.push(fs),
+                Some(Ok(role)) => {
+                    if fs.fs_type == FsType::Btrfs && fs.total_devices > 1 {
+                        // Complete once this scan has seen every device and the kernel,
+                        // which mounts through its own registry, agrees.
+                        let first = fs.device().to_owned();
+                        let all_seen = fs.devices_seen() as u64 >= fs.total_devices;
+                        match kernel.ready(&first) {
+                            Ok(true) if all_seen => {}
+                            Ok(_) => {
+                                let why = kernel.failures_for(&fs);
+                                incomplete.push((fs.clone(), why));
+                            }
+                            Err(why) => incomplete.push((fs.clone(), Some(why))),
+                        }
+                    }
+                    by_role.entry(role).or_default().push(fs);
+                }
+            }
+        }
+        Found {
+            devices,
+            by_role,
+            bad_volumes,
+            incomplete,
+        }
+    }
+
+    /// What is still worth waiting for, one phrase each; empty when everything required is
+    /// there.
+    fn missing(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        if !self.by_role.contains_key(&Role::State) {
+            missing.push(format!("no disk labeled {STATE_LABEL} yet"));
+        }
+        if !self.by_role.keys().any(|r| matches!(r, Role::Machines(_))) {
+            missing.push(format!("no disk labeled {MACHINES_LABEL}[.<volume>] yet"));
+        }
+        for (fs, _) in &self.incomplete {
+            missing.push(format!(
+                "btrfs {} (uuid {}) has {} of {} devices",
+                fs.label,
+                fs.uuid,
+                fs.devices_seen(),
+                fs.total_devices
+            ));
+        }
+        missing
+    }
+
+    fn problems(&self, waited: u32) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut by_mount_point: BTreeMap<String, Vec<&Filesystem>> = BTreeMap::new();
+        for (role, filesystems) in &self.by_role {
+            by_mount_point
+                .entry(role.mount_point())
+                .or_default()
+                .extend(filesystems);
+        }
+        for (mount_point, filesystems) in by_mount_point {
+            if filesystems.len() > 1 {
+                let mut labels: Vec<String> = filesystems.iter().map(|f| f.label.clone()).collect();
+                labels.dedup();
+                problems.push(Problem::Duplicate {
+                    mount_point,
+                    labels,
+                    filesystems: filesystems.into_iter().cloned().collect(),
+                });
+            }
+        }
+        for (role, filesystems) in &self.by_role {
+            if matches!(role, Role::Machines(_)) {
+                for fs in filesystems.iter().filter(|f| f.fs_type != FsType::Btrfs) {
+                    for device in &fs.devices {
+                        problems.push(Problem::NotBtrfs {
+                            label: fs.label.clone(),
+                            device: device.path.clone(),
+                            fs_type: fs.fs_type,
+                        });
+                    }
+                }
+            }
+        }
+        for fs in &self.bad_volumes {
+            problems.push(Problem::BadVolume {
+                label: fs.label.clone(),
+                devices: fs.devices.iter().map(|d| d.path.clone()).collect(),
+            });
+        }
+        for (fs, kernel) in &self.incomplete {
+            problems.push(Problem::IncompleteBtrfs {
+                label: fs.label.clone(),
+                uuid: fs.uuid.clone(),
+                seen: fs.devices_seen(),
+                total: fs.total_devices,
+                devices: fs.devices.iter().map(|d| d.path.clone()).collect(),
+                kernel: kernel.clone(),
+            });
+        }
+        if !self.by_role.contains_key(&Role::State) {
+            problems.push(Problem::MissingState { waited });
+        }
+        let machines_labeled = self.by_role.keys().any(|r| matches!(r, Role::Machines(_)))
+            || !self.bad_volumes.is_empty();
+        if !machines_labeled {
+            problems.push(Problem::MissingMachines { waited });
+        }
+        problems
+    }
+}
+
+fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Problem> {
+    let mount_point = role.mount_point();
+    let target = env.root.join(mount_point.trim_start_matches('/'));
+    std::fs::create_dir_all(&target).map_err(|error| Problem::CreateMountPoint {
+        path: target.clone(),
+        error,
+    })?;
+    // Any device of a btrfs filesystem mounts all of it once the kernel knows them all.
+    let device = fs.device();
+    nix::mount::mount(
+        Some(device),
+        &target,
+        Some(fs.fs_type.driver()),
+        MOUNT_FLAGS,
+        None::<&str>,
+    )
+    .map_err(|errno| Problem::Mount {
+        device: device.to_owned(),
+        label: fs.label.clone(),
+        target: target.clone(),
+        fs_type: fs.fs_type,
+        errno,
+    })?;
+    let sizes: Option<Vec<u64>> = fs.devices.iter().map(|d| d.size).collect();
+    Ok(Mounted {
+        mount_point,
+        label: fs.label.clone(),
+        uuid: fs.uuid.clone(),
+        fs_type: fs.fs_type,
+        devices: fs.devices.iter().map(|d| d.path.clone()).collect(),
+        size: sizes.map(|s| s.iter().sum()),
+    })
+}
+
+/// The /etc/fstab text for the mounts: one line each, by label, with a comment naming the
+/// devices it was on at boot.
+pub fn fstab(mounted: &[Mounted]) -> String {
+    let mut text = String::from(
+        "# Written by buildos-init at boot from the disks' labels; changes are lost at reboot.\n\
+         # <file system>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>\n",
+    );
+    for m in mounted {
+        text.push_str(&format!(
+            "# {} uuid {}\n",
+            join_paths(m.devices.iter().map(PathBuf::as_path)),
+            m.uuid
+        ));
+        text.push_str(&format!(
+            "LABEL={}\t{}\t{}\t{MOUNT_OPTIONS}\t0\t0\n",
+            m.label,
+            m.mount_point,
+            m.fs_type.driver()
+        ));
+    }
+    text
+}
+
+fn write_fstab(path: &Path, mounted: &[Mounted]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, fstab(mounted))
+}
+
+fn join_paths<'p>(paths: impl Iterator<Item = &'p Path>) -> String {
+    paths
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn human_size(bytes: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.1} GiB", b / GIB)
+    } else {
+        format!("{:.0} MiB", b / MIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_give_roles_and_mount_points() {
+        let cases = [
+            ("buildos.state", Some(Ok("/state"))),
+            ("buildos.machines", Some(Ok("/build/machines/default"))),
+            ("buildos.machines.fast", Some(Ok("/build/machines/fast"))),
+            (
+                "buildos.machines.ssd-2_a.b",
+                Some(Ok("/build/machines/ssd-2_a.b")),
+            ),
+            ("buildos.machines.", Some(Err(()))),
+            ("buildos.machines...", Some(Err(()))),
+            ("buildos.machines.a/b", Some(Err(()))),
+            ("buildos.machines.a b", Some(Err(()))),
+            ("buildos.machinesx", None),
+            ("buildos.stateful", None),
+            ("data", None),
+            ("", None),
+        ];
+        for (label, want) in cases {
+            let got = Role::of_label(label).map(|r| r.map(|r| r.mount_point()));
+            assert_eq!(got, want.map(|w| w.map(str::to_owned)), "label {label:?}");
+        }
+    }
+
+    #[test]
+    fn fstab_lists_each_mount_by_label_with_its_devices() {
+        let mounted = [
+            Mounted {
+                mount_point: "/state".into(),
+                label: "buildos.state".into(),
+                uuid: "u1".into(),
+                fs_type: FsType::Ext2,
+                devices: vec!["/dev/sdc".into()],
+                size: None,
+            },
+            Mounted {
+                mount_point: "/build/machines/default".into(),
+                label: "buildos.machines".into(),
+                uuid: "u2".into(),
+                fs_type: FsType::Btrfs,
+                devices: vec!["/dev/sda".into(), "/dev/sdb".into()],
+                size: Some(1 << 40),
+            },
+        ];
+        let text = fstab(&mounted);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime\t0\t0",
+            ]
+        );
+        assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
+    }
+
+    #[test]
+    fn missing_disks_say_how_to_make_them_and_that_leaving_the_shell_reboots() {
+        let error = StorageError {
+            problems: vec![
+                Problem::MissingState { waited: 10 },
+                Problem::MissingMachines { waited: 10 },
+            ],
+            devices_seen: vec!["/dev/vda (no filesystem buildos knows)".into()],
+        };
+        let text = error.to_string();
+        for want in [
+            "no disk labeled buildos.state appeared within 10 s",
+            "mkfs.ext4 -L buildos.state -O ^has_journal /dev/sdX",
+            "mkfs.btrfs -L buildos.machines -m single /dev/sdX",
+            "mkfs.btrfs -L buildos.machines -d single -m single /dev/sdX /dev/sdY",
+            "block devices seen: /dev/vda (no filesystem buildos knows)",
+            "leave it (exit or Ctrl-D) to reboot",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_like_df() {
+        assert_eq!(human_size(512 << 20), "512 MiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+}
