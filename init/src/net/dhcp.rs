@@ -92,7 +92,8 @@ impl Lease {
 
 fn later(from: Instant, by: Duration) -> Instant {
     from.checked_add(by)
-        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+        .or_else(|| from.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(from)
 }
 
 /// The interval before the n-th retransmission (n from 0) during discovery: 1, 2, 4, 8, 16,

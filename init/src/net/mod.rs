@@ -303,12 +303,10 @@ pub fn acquire_any(
     }
     drop(sender);
     let mut won = None;
+    let mut won_at: Option<Instant> = None;
     while running > 0 {
-        let until = if won.is_some() {
-            deadline.max(Instant::now()) + STOP_GRACE
-        } else {
-            deadline + STOP_GRACE
-        };
+        // Until the bound (and a little for the threads to report), or shortly after a win.
+        let until = won_at.unwrap_or(deadline) + STOP_GRACE;
         let Ok((link, result)) =
             receiver.recv_timeout(until.saturating_duration_since(Instant::now()))
         else {
@@ -318,6 +316,7 @@ pub fn acquire_any(
         let outcome = match result {
             Ok(lease) if won.is_none() => {
                 stop.store(true, Ordering::Relaxed);
+                won_at = Some(Instant::now());
                 let outcome = Outcome::Lease(lease.address, lease.prefix);
                 won = Some((link.clone(), lease));
                 outcome
