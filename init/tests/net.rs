@@ -27,7 +27,7 @@ fn need_root() {
         "this test needs root (network namespaces, veth pairs, dnsmasq); run it as root, \
          as CI does (uid is {uid})"
     );
-    for program in ["ip", "dnsmasq", "nft", "ping"] {
+    for program in ["ip", "dnsmasq", "nft", "ping", "curl"] {
         assert!(
             ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
                 .iter()
@@ -455,7 +455,7 @@ fn keeper_renews_a_short_lease_with_the_server() {
 }
 
 #[test]
-fn private_bridge_nats_a_machine_on_br1_out_through_br0() {
+fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
     need_root();
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:06");
@@ -550,6 +550,27 @@ fn private_bridge_nats_a_machine_on_br1_out_through_br0() {
         "{lease:?}"
     );
     assert_eq!(lease.router, Some(Ipv4Addr::new(172, 30, 0, 1)));
+
+    // TFTP from the TFTP root, as a build machine fetches its toolchain.
+    std::fs::write(paths.tftp.join("hello.txt"), "toolchain bytes\n").expect("TFTP file");
+    let fetched = machine
+        .exec(&[
+            "curl",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "tftp://172.30.0.1/hello.txt",
+        ])
+        .output()
+        .expect("run curl");
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout),
+        "toolchain bytes\n",
+        "TFTP from br1's dnsmasq failed: {}\n{}",
+        String::from_utf8_lossy(&fetched.stderr),
+        br1_dnsmasq.log()
+    );
 
     // The server namespace has no route to 172.30.0.0/24: only NAT brings the answer back.
     let ping = machine

@@ -53,6 +53,11 @@ pub const IP: Need = Need {
     package: "iproute2",
     why: "makes the network namespaces and veth pairs of init's network tests",
 };
+pub const CURL: Need = Need {
+    command: "curl",
+    package: "curl",
+    why: "fetches a file over TFTP from br1's dnsmasq in init's network tests",
+};
 pub const PING: Need = Need {
     command: "ping",
     package: "iputils-ping",

@@ -39,6 +39,7 @@ pub fn run() -> Result<()> {
         system::NFT,
         system::IP,
         system::PING,
+        system::CURL,
     ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
