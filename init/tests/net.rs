@@ -654,3 +654,50 @@ fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
         format!("interface=br0\naddress={new}/{prefix}\nhostname=build-020000770008\n")
     );
 }
+
+#[test]
+fn keeper_makes_br0_when_a_server_answers_after_boot_gave_up() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:09");
+    let paths = dir.paths();
+    let report = {
+        let paths = paths.clone();
+        client.enter(move || net::setup(&config(2), &paths))
+    };
+    assert!(report.public.is_none(), "a lease without a server?");
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
+    let keeper = report.keeper;
+    let address = client.enter(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || keeper.run(&stop))
+        };
+        let br0_address = || {
+            let mut netlink = Netlink::open().expect("netlink");
+            match netlink.link("br0").expect("links") {
+                Some(br0) => netlink.addresses(&br0).expect("addresses"),
+                None => Vec::new(),
+            }
+        };
+        wait_for(
+            "the keeper to make br0 with a lease",
+            Duration::from_secs(40),
+            || !br0_address().is_empty(),
+        );
+        stop.store(true, Ordering::Relaxed);
+        running.join().expect("keeper thread");
+        br0_address()
+    });
+    let (address, prefix) = address[0];
+    assert_eq!(address.octets()[..3], [10, 77, 0], "{address}");
+    let c0 = client.ip("link show dev c0");
+    assert!(c0.contains("master br0"), "c0 is not in br0: {c0}");
+    assert_eq!(
+        std::fs::read_to_string(paths.network()).expect("network file"),
+        format!("interface=br0\naddress={address}/{prefix}\nhostname=build-020000770009\n")
+    );
+    let resolv = std::fs::read_to_string(paths.resolv_conf()).expect("resolv.conf");
+    assert!(resolv.contains("nameserver 10.77.0.1\n"), "{resolv}");
+}
