@@ -442,7 +442,10 @@ fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(
     io::copy(&mut reader, partial).map_err(|e| {
         transfer(
             url,
-            format!("transfer broke off after {} bytes: {e}", partial.written),
+            format!(
+                "truncated: transfer broke off after {} bytes: {e}",
+                partial.written
+            ),
         )
     })?;
     let got = partial.written - start;

@@ -10,9 +10,17 @@
 //! - A queued mail is removed only after the relay accepted it.
 //! - A failed or malformed fetch never reboots the host.
 
+pub mod agents;
 pub mod checksums;
+pub mod cli;
+pub mod daemon;
 pub mod fetch;
 pub mod mail;
+pub mod paths;
+pub mod poll;
+pub mod report;
+pub mod sendmail;
 pub mod slices;
+pub mod status;
 pub mod tftp;
 pub mod toolchain;

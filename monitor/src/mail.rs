@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 /// The queue directory.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -123,6 +126,33 @@ impl Queue {
     /// Sends every queued message through the relay, removing each once the relay accepted
     /// it. Stops at the first failure (the relay is likely down); returns how many were sent.
     pub fn flush(&self, relay: &Relay) -> Result<usize, SendError> {
+        self.flush_locked(relay, FlockArg::LockExclusive)
+            .map(|sent| sent.unwrap_or(0))
+    }
+
+    /// Like [`Queue::flush`], but returns `None` at once when another process is flushing.
+    pub fn try_flush(&self, relay: &Relay) -> Result<Option<usize>, SendError> {
+        self.flush_locked(relay, FlockArg::LockExclusiveNonblock)
+    }
+
+    /// One flusher at a time (the monitor, `sendmail`), so no message is sent twice.
+    fn flush_locked(&self, relay: &Relay, how: FlockArg) -> Result<Option<usize>, SendError> {
+        let lock_path = self.dir.join(".lock");
+        let failed = |reason: String| SendError {
+            file: lock_path.clone(),
+            reason,
+        };
+        fs::create_dir_all(&self.dir).map_err(|e| failed(e.to_string()))?;
+        let file = fs::File::create(&lock_path).map_err(|e| failed(e.to_string()))?;
+        let _lock = match Flock::lock(file, how) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, e)) => return Err(failed(e.to_string())),
+        };
+        self.flush_unlocked(relay).map(Some)
+    }
+
+    fn flush_unlocked(&self, relay: &Relay) -> Result<usize, SendError> {
         let mut sent = 0;
         for file in self.list() {
             let failed = |reason: String| SendError {

@@ -1,0 +1,124 @@
+//! The command line: the daemon, `status`, `sendmail` (also when invoked as `sendmail`) and
+//! the agent launcher `run-agent`.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::paths::Paths;
+use crate::status::Status;
+use crate::{agents, daemon, sendmail};
+
+const USAGE: &str = "usage:
+  buildos-monitor [run]        run the monitor (init starts it at boot)
+  buildos-monitor status [--json]
+                               what the monitor is doing, from /run/buildos/monitor.json
+  buildos-monitor sendmail [-t] [-i] [-f from] [recipient...]
+                               queue the mail on standard input for the admin
+                               (also when invoked as `sendmail`)
+environment: BUILDOS_CMDLINE, BUILDOS_BUILDID, BUILDOS_TFTP_ROOT, BUILDOS_AGENTS,
+  BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB move the files it uses";
+
+/// Runs the command line `args` (with the program name first); returns the exit code.
+pub fn main(args: &[String]) -> u8 {
+    let program = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program == "sendmail" {
+        return exit(sendmail::main(
+            &args[1..],
+            &mut std::io::stdin(),
+            &Paths::from_env(),
+        ));
+    }
+    let rest = if args.len() > 2 { &args[2..] } else { &[] };
+    match args.get(1).map(String::as_str) {
+        None | Some("run") => {
+            Logger::install();
+            log::info!("buildos-monitor {}", env!("CARGO_PKG_VERSION"));
+            let reason = daemon::run(daemon::Options::host());
+            log::info!("waiting for init to reboot the host ({reason})");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        Some("sendmail") => exit(sendmail::main(
+            rest,
+            &mut std::io::stdin(),
+            &Paths::from_env(),
+        )),
+        Some("run-agent") => {
+            let error = agents::run_agent(rest);
+            eprintln!("buildos-monitor run-agent: {error}");
+            126
+        }
+        Some("status") => status(rest.iter().any(|a| a == "--json")),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            0
+        }
+        Some(other) => {
+            eprintln!("buildos-monitor: unknown command {other:?}\n{USAGE}");
+            64
+        }
+    }
+}
+
+fn exit(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn status(json: bool) -> u8 {
+    let path = Paths::from_env().status();
+    match Status::read(&path) {
+        Ok(status) if json => match serde_json::to_string_pretty(&status) {
+            Ok(text) => {
+                println!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("buildos-monitor status: {e}");
+                1
+            }
+        },
+        Ok(status) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            print!("{}", status.render(now));
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "buildos-monitor status: cannot read {}: {e}; is the monitor running?",
+                path.display()
+            );
+            1
+        }
+    }
+}
+
+/// Log lines on standard error, which init keeps with the service's output.
+struct Logger;
+
+impl Logger {
+    fn install() {
+        if log::set_logger(&Logger).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let level = record.level().as_str().to_ascii_lowercase();
+            eprintln!("buildos-monitor: {level}: {}", record.args());
+        }
+    }
+    fn flush(&self) {}
+}
