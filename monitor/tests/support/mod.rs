@@ -1,7 +1,8 @@
 //! Real peers for the host-level tests: an HTTP server on loopback (with ranges, ETags and
 //! injected faults), dnsmasq as a TFTP server, and an aiosmtpd SMTP server.
 
-#![allow(dead_code)] // Each test file uses part of the support.
+#![allow(dead_code)]
+// Each test file uses part of the support.
 // Test support: a failed set-up should stop the test right there, with the error.
 #![allow(clippy::unwrap_used)]
 
