@@ -6,17 +6,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::paths::Paths;
 use crate::status::Status;
-use crate::{agents, daemon, sendmail};
+use crate::{agents, checksums, daemon, fetch, sendmail};
 
 const USAGE: &str = "usage:
   buildos-monitor [run]        run the monitor (init starts it at boot)
   buildos-monitor status [--json]
                                what the monitor is doing, from /run/buildos/monitor.json
+  buildos-monitor fetch <url> <sha256 or sha512 hash> <file>
+                               download and verify one file as toolchains are
   buildos-monitor sendmail [-t] [-i] [-f from] [recipient...]
                                queue the mail on standard input for the admin
                                (also when invoked as `sendmail`)
 environment: BUILDOS_CMDLINE, BUILDOS_BUILDID, BUILDOS_TFTP_ROOT, BUILDOS_AGENTS,
-  BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB move the files it uses";
+  BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB move the files it uses;
+  BUILDOS_NO_REBOOT=1 makes a change stop the agents and mail, but not reboot";
 
 /// Runs the command line `args` (with the program name first); returns the exit code.
 pub fn main(args: &[String]) -> u8 {
@@ -37,7 +40,13 @@ pub fn main(args: &[String]) -> u8 {
         None | Some("run") => {
             Logger::install();
             log::info!("buildos-monitor {}", env!("CARGO_PKG_VERSION"));
-            let reason = daemon::run(daemon::Options::host());
+            let mut options = daemon::Options::host();
+            if std::env::var_os("BUILDOS_NO_REBOOT").is_some_and(|v| v == "1") {
+                options.reboot = Box::new(|reason| {
+                    log::warn!("BUILDOS_NO_REBOOT=1: not rebooting for: {reason}");
+                });
+            }
+            let reason = daemon::run(options);
             log::info!("waiting for init to reboot the host ({reason})");
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -53,6 +62,7 @@ pub fn main(args: &[String]) -> u8 {
             eprintln!("buildos-monitor run-agent: {error}");
             126
         }
+        Some("fetch") => fetch(rest),
         Some("status") => status(rest.iter().any(|a| a == "--json")),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -61,6 +71,40 @@ pub fn main(args: &[String]) -> u8 {
         Some(other) => {
             eprintln!("buildos-monitor: unknown command {other:?}\n{USAGE}");
             64
+        }
+    }
+}
+
+fn fetch(args: &[String]) -> u8 {
+    let [url, hash, file] = args else {
+        eprintln!("buildos-monitor fetch: expected <url> <hash> <file>\n{USAGE}");
+        return 64;
+    };
+    let algorithm = match hash.len() {
+        64 => checksums::Algorithm::Sha256,
+        128 => checksums::Algorithm::Sha512,
+        n => {
+            eprintln!(
+                "buildos-monitor fetch: {hash}: expected a sha256 (64 hex digits) or sha512 (128) hash, not {n} characters"
+            );
+            return 64;
+        }
+    };
+    match fetch::download(
+        url,
+        Path::new(file),
+        algorithm,
+        hash,
+        &fetch::Retry::default(),
+    ) {
+        Ok(bytes) => {
+            println!("{file}: {bytes} bytes, {} verified", algorithm.name());
+            0
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(file);
+            eprintln!("buildos-monitor fetch: {e}");
+            1
         }
     }
 }

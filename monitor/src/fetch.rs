@@ -403,6 +403,22 @@ pub fn download(
     Ok(written)
 }
 
+/// Copies with a large buffer: fewer, larger writes and hash updates than `io::copy`'s 8 KiB.
+fn copy(reader: &mut dyn Read, writer: &mut Partial) -> io::Result<u64> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buffer[..n])?;
+        total += n as u64;
+    }
+}
+
 /// One HTTP attempt: a range request when part of the file is there already.
 fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(), FetchError> {
     let mut request = agent(timeout).get(url);
@@ -439,7 +455,7 @@ fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(
         .and_then(|v| v.parse::<u64>().ok());
     let start = partial.written;
     let mut reader = response.into_reader();
-    io::copy(&mut reader, partial).map_err(|e| {
+    copy(&mut reader, partial).map_err(|e| {
         transfer(
             url,
             format!(

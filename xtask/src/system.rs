@@ -28,6 +28,21 @@ pub const MKINITRAMFS: Need = Need {
     package: "initramfs-tools",
     why: "builds Debian's own initrd, the anchor of `cargo xtask bench`",
 };
+pub const DNSMASQ: Need = Need {
+    command: "dnsmasq",
+    package: "dnsmasq-base",
+    why: "serves TFTP to the monitor's host tests",
+};
+pub const AIOSMTPD: Need = Need {
+    command: "aiosmtpd",
+    package: "python3-aiosmtpd",
+    why: "the SMTP server the monitor's host tests mail to (run with /usr/bin/python3)",
+};
+pub const CURL: Need = Need {
+    command: "curl",
+    package: "curl",
+    why: "with sha256sum, the anchor of the monitor's fetch-and-verify bench",
+};
 
 /// Finds a command on PATH and in the sbin directories root would search.
 pub fn find(command: &str) -> Option<std::path::PathBuf> {

@@ -25,7 +25,7 @@ fn cargo(args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
 }
 
 pub fn run() -> Result<()> {
-    system::ensure(&[system::APT, system::QEMU])?;
+    system::ensure(&[system::APT, system::QEMU, system::DNSMASQ, system::AIOSMTPD])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
     let out = crate::work_dir().join("test-image");
