@@ -120,3 +120,52 @@ fn sendmail_command_queues_mail_to_root_for_the_admin() {
     );
     assert_eq!(Queue::new(&queue_dir).len(), 0);
 }
+
+#[test]
+fn invoked_as_sendmail_it_queues_until_the_relay_is_there() {
+    let state = tempfile::tempdir().unwrap();
+    let queue_dir = state.path().join("mail");
+    let cmdline = state.path().join("cmdline");
+    let port = free_port();
+    std::fs::write(
+        &cmdline,
+        format!("buildos.smtp_relay=127.0.0.1:{port} buildos.admin_email=admin@example.org\n"),
+    )
+    .unwrap();
+    let sendmail = state.path().join("sendmail");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_buildos-monitor"), &sendmail).unwrap();
+    let mut child = std::process::Command::new(&sendmail)
+        .arg("root")
+        .env("BUILDOS_MAIL_QUEUE", &queue_dir)
+        .env("BUILDOS_CMDLINE", &cmdline)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    // Without -i a lone dot ends the message.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: disk warning\n\nsmartd says hello\n.\nnot part of it\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    // The relay is down: the message waits in the queue, and sendmail says so.
+    assert!(String::from_utf8_lossy(&output.stderr).contains("queued"));
+    let queue = Queue::new(&queue_dir);
+    assert_eq!(queue.len(), 1);
+
+    let received = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(received.path(), port);
+    assert_eq!(queue.flush(&relay(port)).unwrap(), 1);
+    let mails = smtp.received();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, ["admin@example.org"]);
+    assert!(
+        mails[0].message.ends_with("\n\nsmartd says hello\n"),
+        "{:?}",
+        mails[0].message
+    );
+}
