@@ -164,6 +164,27 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     assert_eq!(status.buildid, "aaaa1111");
     assert_eq!(status.toolchains[0].version.as_deref(), Some("1.0"));
     let pids: Vec<u32> = status.instances.iter().map(|i| i.pid.unwrap()).collect();
+    // And `buildos-monitor status` prints it for a person.
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
+        .arg("status")
+        .env("BUILDOS_RUN", &paths.run)
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    for want in [
+        "build id: aaaa1111\n".to_string(),
+        format!(
+            "  default: installed 1.0 ({})\n",
+            server.url("agent/toolchain.sha256")
+        ),
+        format!(
+            "  default/1: pid {}, running; {cpus_each} CPUs on {online}, 4096 MiB build RAM",
+            pids[0]
+        ),
+    ] {
+        assert!(printed.contains(&want), "status lacks {want:?}:\n{printed}");
+    }
 
     // The admin has the install and host-up mails.
     let subject = |m: &support::Received| {

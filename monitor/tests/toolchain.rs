@@ -292,3 +292,70 @@ fn toolchain_installs_over_tftp_from_dnsmasq() {
         big
     );
 }
+
+const HTTPS_SERVER: &str = r#"
+import functools, http.server, ssl, sys
+directory, cert, key, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=directory)
+httpd = http.server.HTTPServer(("127.0.0.1", port), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+print("ready", flush=True)
+httpd.serve_forever()
+"#;
+
+#[test]
+fn https_with_an_untrusted_certificate_is_refused_and_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("served");
+    let writer = HttpServer::start(&served);
+    let list = publish(&writer, "0.4.0");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl req failed");
+    let port = support::free_port();
+    let mut server = support::Process(
+        std::process::Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(HTTPS_SERVER)
+            .arg(&served)
+            .arg(&cert)
+            .arg(&key)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let host = dir.path().join("host");
+    let url = format!("https://127.0.0.1:{port}/{list}");
+    let error = install(&host, &url, "no").unwrap_err();
+    drop(server);
+    let text = error.to_string();
+    assert!(text.contains("certificate"), "{text}");
+    assert!(!host.join("toolchains/default").exists());
+}

@@ -38,6 +38,11 @@ pub const AIOSMTPD: Need = Need {
     package: "python3-aiosmtpd",
     why: "the SMTP server the monitor's host tests mail to (run with /usr/bin/python3)",
 };
+pub const OPENSSL: Need = Need {
+    command: "openssl",
+    package: "openssl",
+    why: "makes the self-signed certificate the monitor's https test must refuse",
+};
 pub const CURL: Need = Need {
     command: "curl",
     package: "curl",

@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+/// A child process killed when the test ends, however it ends.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Fails the test with a clear message when it does not run as root.
 pub fn require_root(what: &str) {
     let uid = nix::unistd::Uid::effective();
