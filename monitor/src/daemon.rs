@@ -27,8 +27,8 @@ pub struct Options {
     pub retry: Retry,
     /// `None` is `buildos.poll_interval`.
     pub poll_interval: Option<Duration>,
-    /// How long agents get between SIGTERM and SIGKILL.
-    pub grace: Duration,
+    /// How long agents get between SIGTERM and SIGKILL; `None` is `buildos.agent_grace`.
+    pub grace: Option<Duration>,
     pub policy: Policy,
     /// The user agents run as (`build` when the monitor runs as root).
     pub agent_user: Option<(u32, u32)>,
@@ -54,7 +54,7 @@ impl Options {
             paths: Paths::from_env(),
             retry: Retry::default(),
             poll_interval: None,
-            grace: Duration::from_secs(30),
+            grace: None,
             policy: Policy {
                 quick: Duration::from_secs(60),
                 max_quick_deaths: 5,
@@ -411,7 +411,10 @@ pub fn run(options: Options) -> String {
                     log::warn!("{reason}: rebooting");
                     mailer.send(&report::reboot(&reason));
                     mailer.flush_now();
-                    supervisor.stop(options.grace);
+                    let grace = options
+                        .grace
+                        .unwrap_or_else(|| Duration::from_secs(u64::from(config.agent_grace)));
+                    supervisor.stop(grace);
                     write_status(&watches);
                     (options.reboot)(&reason);
                     return reason;

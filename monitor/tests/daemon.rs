@@ -114,7 +114,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             timeout: Duration::from_secs(5),
         },
         poll_interval: Some(Duration::from_millis(300)),
-        grace: Duration::from_secs(5),
+        grace: Some(Duration::from_secs(5)),
         policy: Policy {
             quick: Duration::from_secs(1),
             max_quick_deaths: 3,
