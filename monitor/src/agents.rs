@@ -431,15 +431,44 @@ pub fn run_agent(args: &[String]) -> AgentError {
     command.args(rest);
     if let (Some(uid), Some(gid)) = (uid, gid) {
         command.uid(uid).gid(gid);
-        if let Ok(Some(user)) = nix::unistd::User::from_uid(uid.into()) {
+        if let Some(user) = passwd_entry("/etc/passwd", |_, entry_uid| entry_uid == uid) {
             command
-                .env("HOME", &user.dir)
+                .env("HOME", &user.home)
                 .env("USER", &user.name)
                 .env("LOGNAME", &user.name);
         }
     }
     use std::os::unix::process::CommandExt;
     error(format!("exec {program}"), command.exec())
+}
+
+/// A user from `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// The first entry of the passwd file at `path` that `matches` (name, uid). Read directly: the
+/// monitor is a static binary, where glibc's getpwnam would need NSS modules the image lacks.
+pub fn passwd_entry(path: &str, matches: impl Fn(&str, u32) -> bool) -> Option<User> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, gid, _, home, ..] = fields.as_slice() else {
+            return None;
+        };
+        let uid = uid.parse().ok()?;
+        let gid = gid.parse().ok()?;
+        matches(name, uid).then(|| User {
+            name: name.to_string(),
+            uid,
+            gid,
+            home: home.to_string(),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -487,6 +516,30 @@ mod tests {
         let err = command("agent {{ nope }}", &variables(), Path::new("/a")).unwrap_err();
         assert!(err.to_string().contains("agent {{ nope }}"), "{err}");
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn passwd_entries_are_found_by_name_or_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(
+            &path,
+            "root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000::/build:/bin/sh\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let build = User {
+            name: "build".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/build".into(),
+        };
+        assert_eq!(
+            passwd_entry(path, |name, _| name == "build"),
+            Some(build.clone())
+        );
+        assert_eq!(passwd_entry(path, |_, uid| uid == 1000), Some(build));
+        assert_eq!(passwd_entry(path, |name, _| name == "nobody"), None);
     }
 
     #[test]

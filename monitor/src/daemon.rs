@@ -42,14 +42,11 @@ pub struct Options {
 impl Options {
     /// The options of the monitor on a host.
     pub fn host() -> Options {
-        let agent_user = if nix::unistd::Uid::effective().is_root() {
-            nix::unistd::User::from_name("build")
-                .ok()
-                .flatten()
-                .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
-        } else {
-            None
-        };
+        // The image's contract: user and group `build` are 1000:1000.
+        let agent_user = nix::unistd::Uid::effective().is_root().then(|| {
+            agents::passwd_entry("/etc/passwd", |name, _| name == "build")
+                .map_or((1000, 1000), |user| (user.uid, user.gid))
+        });
         Options {
             paths: Paths::from_env(),
             retry: Retry::default(),
