@@ -165,6 +165,7 @@ fn agent(timeout: Duration) -> ureq::Agent {
         .timeout_connect(timeout)
         .timeout_read(timeout)
         .user_agent(concat!("buildos-monitor/", env!("CARGO_PKG_VERSION")))
+        .resolver(|target: &str| crate::resolve::resolve_host_port(target))
         .build()
 }
 

@@ -19,6 +19,7 @@ pub mod mail;
 pub mod paths;
 pub mod poll;
 pub mod report;
+pub mod resolve;
 pub mod sendmail;
 pub mod slices;
 pub mod status;

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -232,9 +232,9 @@ fn smtp_send(relay: &Relay, from: &str, to: &[String], message: &[u8]) -> Result
         )
     })?;
     let port = port.unwrap_or(25);
-    let address = (host, port)
-        .to_socket_addrs()
+    let address = crate::resolve::resolve(host, port)
         .map_err(|e| format!("relay {host}:{port}: {e}"))?
+        .into_iter()
         .next()
         .ok_or_else(|| format!("relay {host}:{port}: no address"))?;
     let stream = TcpStream::connect_timeout(&address, relay.timeout)

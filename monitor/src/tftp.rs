@@ -2,7 +2,7 @@
 //! enough to read a build id or a toolchain from the TFTP server PXE booted from.
 
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 const RRQ: u16 = 1;
@@ -25,9 +25,9 @@ pub fn get(
     sink: &mut dyn Write,
     timeout: Duration,
 ) -> Result<u64, String> {
-    let server = (host, port)
-        .to_socket_addrs()
+    let server = crate::resolve::resolve(host, port)
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .into_iter()
         .next()
         .ok_or_else(|| format!("cannot resolve {host}"))?;
     let bind: SocketAddr = if server.is_ipv4() {
