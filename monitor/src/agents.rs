@@ -263,7 +263,8 @@ impl Supervisor {
             .collect()
     }
 
-    /// SIGTERM to every agent, then SIGKILL to those still running after `grace`.
+    /// SIGTERM to every agent's process group, then SIGKILL to those still running after
+    /// `grace`.
     pub fn stop(&self, grace: Duration) {
         *lock(&self.stopping) = true;
         let pids = || -> Vec<u32> {
@@ -272,8 +273,9 @@ impl Supervisor {
                 .filter_map(|(_, state)| lock(state).pid)
                 .collect()
         };
+        // Each agent leads its own process group: the signal reaches what it started too.
         for pid in pids() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
         while !pids().is_empty() && Instant::now() < deadline {
@@ -281,7 +283,7 @@ impl Supervisor {
         }
         for pid in pids() {
             log::warn!("agent {pid} still running after {grace:?}: SIGKILL");
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pids().is_empty() && Instant::now() < deadline {
@@ -318,9 +320,11 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
             .arg("--gid")
             .arg(gid.to_string());
     }
+    use std::os::unix::process::CommandExt;
     command
         .arg("--")
         .args(&spec.argv)
+        .process_group(0)
         .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

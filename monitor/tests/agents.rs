@@ -61,9 +61,12 @@ fn agent_runs_pinned_reniced_as_the_build_user() {
     )
     .unwrap();
     let record = record_dir.join("record");
+    let helper = record_dir.join("helper");
+    // The agent starts a helper of its own, which must stop with it.
     let script = format!(
-        "echo \"uid=$(id -u) gid=$(id -g) cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status) nice=$(cut -d' ' -f19 /proc/self/stat)\" > {r}.tmp && mv {r}.tmp {r}; exec sleep 600",
-        r = record.display()
+        "sleep 600 & echo $! > {h}; echo \"uid=$(id -u) gid=$(id -g) cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status) nice=$(cut -d' ' -f19 /proc/self/stat)\" > {r}.tmp && mv {r}.tmp {r}; exec sleep 600",
+        r = record.display(),
+        h = helper.display()
     );
     let supervisor = Supervisor::start(
         vec![spec(
@@ -83,7 +86,16 @@ fn agent_runs_pinned_reniced_as_the_build_user() {
         "uid=65534 gid=65534 cpus=0 nice=7"
     );
     let pid = supervisor.states()[0].1.pid.unwrap();
+    let helper: u32 = fs::read_to_string(&helper).unwrap().trim().parse().unwrap();
     supervisor.stop(Duration::from_secs(5));
+    let gone = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    wait_for(
+        "the agent's helper to stop",
+        Duration::from_secs(10),
+        || gone(helper),
+    );
     assert!(
         supervisor.states()[0].1.pid.is_none(),
         "agent {pid} not stopped"
