@@ -47,6 +47,8 @@ pub struct Config {
     pub dhcp_wait: u32,
     /// `buildos.poll_interval`, seconds, default 300.
     pub poll_interval: u32,
+    /// `buildos.agent_grace`, seconds, default 30.
+    pub agent_grace: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
     pub br1_address: Ipv4Net,
 }
@@ -73,6 +75,7 @@ impl Default for Config {
             storage_wait: 10,
             dhcp_wait: 15,
             poll_interval: 300,
+            agent_grace: 30,
             br1_address: DEFAULT_BR1,
         }
     }
@@ -172,6 +175,7 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::StorageWait => format!("{} s", config.storage_wait),
             ParamId::DhcpWait => format!("{} s", config.dhcp_wait),
             ParamId::PollInterval => format!("{} s", config.poll_interval),
+            ParamId::AgentGrace => format!("{} s", config.agent_grace),
             ParamId::OnFailure => config.on_failure.to_string(),
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
@@ -286,6 +290,7 @@ mod tests {
             "storage_wait: 10 s",
             "dhcp_wait: 15 s",
             "poll_interval: 300 s",
+            "agent_grace: 30 s",
             "on_failure: shell",
         ];
         assert_eq!(describe(&Config::default()), expect);

@@ -258,6 +258,7 @@ impl Parser {
             ParamId::StorageWait => config.storage_wait = seconds(value, 0, 3600)?,
             ParamId::DhcpWait => config.dhcp_wait = seconds(value, 1, 600)?,
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
+            ParamId::AgentGrace => config.agent_grace = seconds(value, 1, 3600)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
@@ -679,6 +680,7 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
             ("buildos.storage_wait=3601", "expected a whole number of seconds from 0 to 3600"),
             ("buildos.dhcp_wait=0", "expected a whole number of seconds from 1 to 600"),
             ("buildos.poll_interval=9", "expected a whole number of seconds from 10 to 86400"),
+            ("buildos.agent_grace=0", "expected a whole number of seconds from 1 to 3600"),
             ("buildos.on_failure=halt", "expected shell, reboot or poweroff"),
             ("buildos.admin_email=", "expected an email address like admin@example.org"),
         ];

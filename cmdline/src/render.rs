@@ -95,6 +95,10 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.poll_interval != defaults.poll_interval,
             config.poll_interval.to_string(),
         ),
+        ParamId::AgentGrace => changed(
+            config.agent_grace != defaults.agent_grace,
+            config.agent_grace.to_string(),
+        ),
         ParamId::OnFailure => changed(
             config.on_failure != defaults.on_failure,
             config.on_failure.to_string(),

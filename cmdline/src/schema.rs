@@ -41,6 +41,7 @@ pub enum ParamId {
     StorageWait,
     DhcpWait,
     PollInterval,
+    AgentGrace,
     OnFailure,
 }
 
@@ -408,6 +409,19 @@ the background.",
         origin: Origin::Buildos,
     },
     Param {
+        id: ParamId::AgentGrace,
+        name: "buildos.agent_grace",
+        value: "<seconds>",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "a whole number of seconds from 1 to 3600",
+        default: Some("30"),
+        example: "120",
+        doc: "How long, in seconds, the monitor gives the agents to stop after SIGTERM before it \
+sends SIGKILL, when a new OS build or toolchain makes it reboot the host.",
+        origin: Origin::Buildos,
+    },
+    Param {
         id: ParamId::OnFailure,
         name: "buildos.on_failure",
         value: "shell|reboot|poweroff",
@@ -481,7 +495,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 23);
+        assert_eq!(PARAMS.len(), 24);
     }
 
     #[test]

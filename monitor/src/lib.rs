@@ -1,4 +1,27 @@
 //! The build host's monitor: toolchains, agent instances on CPU/RAM slices, change polling,
-//! mail to the admin and machine-volume upkeep.
+//! mail to the admin and, through the `machines` crate, machine-volume upkeep.
 //!
-//! Not built yet: the foundation only reserves its place in the workspace.
+//! # Architecture invariants
+//!
+//! - Knows nothing of PXE or image building.
+//! - Every path and URL it touches comes from [`paths::Paths`] or the configuration, so tests
+//!   run it against temporary directories and servers on loopback.
+//! - A toolchain is reachable under `toolchains/<name>` only once every file is verified.
+//! - A queued mail is removed only after the relay accepted it.
+//! - A failed or malformed fetch never reboots the host.
+
+pub mod agents;
+pub mod checksums;
+pub mod cli;
+pub mod daemon;
+pub mod fetch;
+pub mod mail;
+pub mod paths;
+pub mod poll;
+pub mod report;
+pub mod resolve;
+pub mod sendmail;
+pub mod slices;
+pub mod status;
+pub mod tftp;
+pub mod toolchain;

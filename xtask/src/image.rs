@@ -1,4 +1,4 @@
-//! `cargo xtask image`: compile the static init, fetch the profile's Debian packages, and let
+//! `cargo xtask image`: compile the static init and monitor, fetch the profile's Debian packages, and let
 //! the image builder assemble kernel, initrd and buildid.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub struct Inputs {
     pub profile: Profile,
     pub init: PathBuf,
+    pub monitor: PathBuf,
     pub kernel_deb: PathBuf,
     pub package_debs: Vec<PathBuf>,
     pub source_date_epoch: u64,
@@ -30,8 +31,18 @@ pub struct Built {
 
 /// Compiles init as a static release binary and returns its path.
 pub fn build_init() -> Result<PathBuf> {
+    build_static("buildos-init")
+}
+
+/// Compiles the monitor as a static release binary (like init) and returns its path.
+pub fn build_monitor() -> Result<PathBuf> {
+    build_static("buildos-monitor")
+}
+
+/// Compiles `package`'s binary of the same name statically for [`INIT_TARGET`].
+fn build_static(package: &str) -> Result<PathBuf> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "--package", "buildos-init"])
+        .args(["build", "--release", "--quiet", "--package", package])
         .args(["--target", INIT_TARGET])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -39,17 +50,14 @@ pub fn build_init() -> Result<PathBuf> {
         )
         .current_dir(crate::root())
         .status()
-        .context("cannot run cargo to build init")?;
+        .with_context(|| format!("cannot run cargo to build {package}"))?;
     if !status.success() {
-        bail!("building buildos-init failed; see cargo's output above");
+        bail!("building {package} failed; see cargo's output above");
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"));
-    Ok(target_dir
-        .join(INIT_TARGET)
-        .join("release")
-        .join("buildos-init"))
+    Ok(target_dir.join(INIT_TARGET).join("release").join(package))
 }
 
 /// SOURCE_DATE_EPOCH when set, else 0: file times then carry no information, and an image
@@ -67,6 +75,7 @@ pub fn prepare(profile_name: &str) -> Result<Inputs> {
     let profile = buildos_rootfs::load(profile_name)?;
     crate::system::ensure(&[crate::system::APT])?;
     let init = build_init()?;
+    let monitor = build_monitor()?;
     let apt = Apt::new(&crate::work_dir().join("debs"));
     let kernel_package = apt.resolve_kernel(&profile.kernel)?;
     let kernel_deb = uncompressed(&apt.fetch(&kernel_package)?)?;
@@ -78,6 +87,7 @@ pub fn prepare(profile_name: &str) -> Result<Inputs> {
     Ok(Inputs {
         profile,
         init,
+        monitor,
         kernel_deb,
         package_debs,
         source_date_epoch: source_date_epoch()?,
@@ -122,6 +132,22 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
         path: "/init".into(),
         mode: 0o755,
         contents: init,
+    });
+    let monitor = std::fs::read(&inputs.monitor).with_context(|| {
+        format!(
+            "cannot read the monitor binary {}",
+            inputs.monitor.display()
+        )
+    })?;
+    spec.entries.push(builder::image::InitrdEntry::File {
+        path: "/usr/sbin/buildos-monitor".into(),
+        mode: 0o755,
+        contents: monitor,
+    });
+    // Mail from other programs (to root) reaches the admin through the monitor's queue.
+    spec.entries.push(builder::image::InitrdEntry::Symlink {
+        path: "/usr/sbin/sendmail".into(),
+        target: "buildos-monitor".into(),
     });
     spec.entries.push(builder::image::InitrdEntry::File {
         path: "/etc/buildos/profile".into(),

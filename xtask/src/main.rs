@@ -55,8 +55,12 @@ enum Task {
     },
     /// Install what the tests need, build the image, and run every test
     Test,
-    /// Measure image size, assembly and boot time against their anchors
-    Bench,
+    /// Measure image size, assembly and boot time, and the monitor, against their anchors
+    Bench {
+        /// Measure only the monitor's figures (no image, no QEMU)
+        #[arg(long)]
+        monitor_only: bool,
+    },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
     /// Regenerate docs/parameters.md from the command line schema
@@ -87,7 +91,11 @@ fn main() -> ExitCode {
             http_url.as_deref(),
         ),
         Task::Test => xtask::test::run(),
-        Task::Bench => xtask::bench::run(),
+        Task::Bench { monitor_only } => xtask::bench::run(if monitor_only {
+            xtask::bench::Only::Monitor
+        } else {
+            xtask::bench::Only::All
+        }),
         Task::Ls { initrd } => xtask::image::list(&initrd),
         Task::Docs => xtask::docs::run(),
     };

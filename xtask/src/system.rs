@@ -40,8 +40,8 @@ pub const MKINITRAMFS: Need = Need {
 };
 pub const DNSMASQ: Need = Need {
     command: "dnsmasq",
-    package: "dnsmasq",
-    why: "the DHCP server of init's network tests (and br1's DHCP and TFTP on a host)",
+    package: "dnsmasq-base",
+    why: "the DHCP and TFTP server of init's network tests and the monitor's TFTP tests (and br1's DHCP and TFTP on a host)",
 };
 pub const NFT: Need = Need {
     command: "nft",
@@ -53,10 +53,20 @@ pub const IP: Need = Need {
     package: "iproute2",
     why: "makes the network namespaces and veth pairs of init's network tests",
 };
+pub const AIOSMTPD: Need = Need {
+    command: "aiosmtpd",
+    package: "python3-aiosmtpd",
+    why: "the SMTP server the monitor's host tests mail to (run with /usr/bin/python3)",
+};
+pub const OPENSSL: Need = Need {
+    command: "openssl",
+    package: "openssl",
+    why: "makes the self-signed certificate the monitor's https test must refuse",
+};
 pub const CURL: Need = Need {
     command: "curl",
     package: "curl",
-    why: "fetches a file over TFTP from br1's dnsmasq in init's network tests",
+    why: "fetches a file over TFTP from br1's dnsmasq in init's network tests, and with sha256sum is the anchor of the monitor's fetch-and-verify bench",
 };
 pub const PING: Need = Need {
     command: "ping",

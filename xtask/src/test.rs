@@ -40,6 +40,8 @@ pub fn run() -> Result<()> {
         system::IP,
         system::PING,
         system::CURL,
+        system::AIOSMTPD,
+        system::OPENSSL,
     ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 

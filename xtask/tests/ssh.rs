@@ -51,9 +51,19 @@ fn boot(disks: &[PathBuf], port: u16, key: &str) -> Vm {
 /// `ssh` to the guest as `user` with `options`, running `command`.
 fn ssh(dir: &Path, port: u16, user: &str, options: &[&str], command: &str) -> Output {
     Command::new("ssh")
-        .args(["-p", &port.to_string(), "-o", "BatchMode=yes", "-o", "ConnectTimeout=20"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+        ])
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", dir.join("known_hosts").display()))
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            dir.join("known_hosts").display()
+        ))
         .args(options)
         .arg(format!("{user}@127.0.0.1"))
         .arg(command)
@@ -90,7 +100,12 @@ fn login(vm: &Vm, dir: &Path, port: u16, options: &[&str], command: &str) -> Out
             || stderr.contains("closed by remote host")
             || stderr.contains("Connection closed")
             || stderr.contains("timed out");
-        assert!(not_yet, "ssh as build failed: {}\n{}", text(&output), vm.console());
+        assert!(
+            not_yet,
+            "ssh as build failed: {}\n{}",
+            text(&output),
+            vm.console()
+        );
         assert!(
             Instant::now() < deadline,
             "sshd did not answer within {LOGIN:?}: {}\n{}",
@@ -114,7 +129,16 @@ fn host_key(vm: &mut Vm, how: &str) -> String {
 fn build_logs_in_with_its_key_passwords_and_root_are_refused_and_host_keys_survive_reboot() {
     let dir = TempDir::new("buildos-ssh-test").unwrap();
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-N", "", "-t", "ed25519", "-C", "tester@example.org", "-f"])
+        .args([
+            "-q",
+            "-N",
+            "",
+            "-t",
+            "ed25519",
+            "-C",
+            "tester@example.org",
+            "-f",
+        ])
         .arg(dir.0.join("id_ed25519"))
         .status()
         .unwrap();
@@ -194,6 +218,12 @@ fn build_logs_in_with_its_key_passwords_and_root_are_refused_and_host_keys_survi
     vm.wait_for("sshd started, pid", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     // The client that knows the first boot's key accepts the second boot without a prompt.
-    let output = login(&vm, &dir.0, port, &["-o", "StrictHostKeyChecking=yes"], "id -un");
+    let output = login(
+        &vm,
+        &dir.0,
+        port,
+        &["-o", "StrictHostKeyChecking=yes"],
+        "id -un",
+    );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "build");
 }

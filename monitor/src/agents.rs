@@ -1,0 +1,556 @@
+//! Agents: unpacking the toolchain's archive, its agent declaration, and running the instances
+//! on their slices as the build user, restarted with backoff.
+//!
+//! The archive (the first file of the checksums list; `.tar.xz`, `.txz`, `.tar.gz`, `.tgz` or
+//! `.tar`) may hold a `buildos-agent.toml` at its top or in its one top directory:
+//!
+//! ```toml
+//! # A Tera template; the rendered text is split at whitespace into the program and its
+//! # arguments. A relative program is relative to the directory holding this file.
+//! command = "bin/agent --cpus {{ cpus }} --ram {{ ram_kib }} {% for url in controller_urls %} {{ url }}{% endfor %}"
+//! ```
+//!
+//! Without one the agent is bbot's: [`DEFAULT_COMMAND`].
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::slices::Slice;
+
+/// The declaration's file name.
+pub const DECLARATION: &str = "buildos-agent.toml";
+
+/// The command without a declaration: bbot-agent's options (see its manual), with the
+/// controller URLs as its arguments.
+pub const DEFAULT_COMMAND: &str = "bin/bbot-agent --systemd-daemon \
+--toolchain-name {{ toolchain_name }} --toolchain-num {{ toolchain_num }} \
+--toolchain-ver {{ toolchain_version }} --toolchain-id {{ toolchain_id }} \
+--instance {{ instance }} --instance-max {{ instances }} \
+--cpu {{ cpus }} --build-ram {{ ram_kib }} --auxiliary-ram {{ auxiliary_ram_kib }} \
+--bridge {{ bridge }} --tftp-host {{ tftp_host }} \
+{% for fp in trust %} --trust {{ fp }}{% endfor %}\
+{% for url in controller_urls %} {{ url }}{% endfor %}";
+
+/// `buildos-agent.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declaration {
+    pub command: String,
+}
+
+/// What a command template may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct Variables {
+    pub toolchain_name: String,
+    /// The toolchain's position among the configured ones, from 1 (`default` first).
+    pub toolchain_num: u32,
+    pub toolchain_version: String,
+    /// The toolchain archive's hash.
+    pub toolchain_id: String,
+    /// Where the toolchain's files are served: `<tftp root>/toolchains/<name>`.
+    pub toolchain_dir: String,
+    /// Where the archive is unpacked (and the declaration was found).
+    pub agent_dir: String,
+    pub instance: u32,
+    pub instances: u32,
+    pub cpus: u32,
+    /// The CPU list the instance is pinned to, like `2-9`.
+    pub affinity: String,
+    pub ram_mib: u64,
+    pub ram_kib: u64,
+    pub auxiliary_ram_mib: u64,
+    pub auxiliary_ram_kib: u64,
+    pub bridge: String,
+    /// br1's address: the TFTP server machines on br1 use.
+    pub tftp_host: String,
+    /// `buildos.toolchain_trust` (`no` when unset).
+    pub toolchain_trust: String,
+    /// Every `buildos.controller_trust`.
+    pub trust: Vec<String>,
+    /// Every `buildos.controller_url`.
+    pub controller_urls: Vec<String>,
+}
+
+/// An agent step that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentError {
+    pub what: String,
+    pub reason: String,
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.reason)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+fn error(what: impl fmt::Display, reason: impl fmt::Display) -> AgentError {
+    AgentError {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Unpacks `archive` into `dest` (replaced whole) and returns the directory agents run in:
+/// the one holding the declaration, else the archive's one top directory, else `dest`.
+pub fn unpack(archive: &Path, dest: &Path) -> Result<PathBuf, AgentError> {
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = fs::File::open(archive).map_err(|e| error(archive.display(), e))?;
+    let reader: Box<dyn io::Read> = if name.ends_with(".tar.xz") || name.ends_with(".txz") {
+        Box::new(liblzma::read::XzDecoder::new(io::BufReader::new(file)))
+    } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(file)))
+    } else if name.ends_with(".tar") {
+        Box::new(io::BufReader::new(file))
+    } else {
+        return Err(error(
+            archive.display(),
+            "expected a .tar.xz, .txz, .tar.gz, .tgz or .tar toolchain archive",
+        ));
+    };
+    let staging = dest.with_extension("unpacking");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(|e| error(staging.display(), e))?;
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.unpack(&staging)
+        .map_err(|e| error(format!("unpacking {}", archive.display()), e))?;
+    let _ = fs::remove_dir_all(dest);
+    fs::rename(&staging, dest).map_err(|e| error(dest.display(), e))?;
+    if dest.join(DECLARATION).is_file() {
+        return Ok(dest.to_path_buf());
+    }
+    let entries: Vec<PathBuf> = fs::read_dir(dest)
+        .map_err(|e| error(dest.display(), e))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    match entries.as_slice() {
+        [only] if only.is_dir() => Ok(only.clone()),
+        _ => Ok(dest.to_path_buf()),
+    }
+}
+
+/// The agent's declaration in `dir`, or `None` (the default command applies).
+pub fn declaration(dir: &Path) -> Result<Option<Declaration>, AgentError> {
+    let path = dir.join(DECLARATION);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(path.display(), e)),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| error(path.display(), e))
+}
+
+/// The program and arguments of one instance: the template rendered and split at whitespace;
+/// a relative program is taken relative to `dir`.
+pub fn command(
+    template: &str,
+    variables: &Variables,
+    dir: &Path,
+) -> Result<Vec<String>, AgentError> {
+    let context = tera::Context::from_serialize(variables)
+        .map_err(|e| error("agent command variables", e))?;
+    let rendered = tera::Tera::one_off(template, &context, false).map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        error(format!("agent command template {template:?}"), reason)
+    })?;
+    let mut argv: Vec<String> = rendered.split_whitespace().map(str::to_string).collect();
+    let Some(program) = argv.first_mut() else {
+        return Err(error("agent command", "the template renders to nothing"));
+    };
+    if !program.starts_with('/') {
+        *program = dir.join(&*program).display().to_string();
+    }
+    Ok(argv)
+}
+
+/// One instance to run.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub slice: Slice,
+    pub argv: Vec<String>,
+    pub dir: PathBuf,
+    pub nice: i32,
+    /// `(uid, gid)` to run as; `None` keeps the monitor's.
+    pub user: Option<(u32, u32)>,
+    /// The agent's stdout and stderr.
+    pub log: PathBuf,
+}
+
+/// How restarts go.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// A run shorter than this is a quick death.
+    pub quick: Duration,
+    /// After this many quick deaths in a row the instance is left stopped.
+    pub max_quick_deaths: u32,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// The program whose `run-agent` subcommand pins, renices and drops privileges.
+    pub launcher: PathBuf,
+}
+
+/// An instance's state, for the status and for stopping.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceState {
+    pub pid: Option<u32>,
+    pub starts: u32,
+    /// `running`, `restarting`, `stopped: ...`, `given up: ...`.
+    pub state: String,
+    pub last_exit: Option<String>,
+}
+
+/// Runs instances, each in a thread that restarts it.
+pub struct Supervisor {
+    instances: Vec<(Spec, Arc<Mutex<InstanceState>>)>,
+    stopping: Arc<Mutex<bool>>,
+}
+
+/// Called with (spec, deaths, last exit) when an instance keeps dying.
+pub type OnGiveUp = Arc<dyn Fn(&Spec, u32, &str) + Send + Sync>;
+
+impl Supervisor {
+    pub fn start(specs: Vec<Spec>, policy: Policy, on_give_up: OnGiveUp) -> Supervisor {
+        let stopping = Arc::new(Mutex::new(false));
+        let mut instances = Vec::new();
+        for spec in specs {
+            let state = Arc::new(Mutex::new(InstanceState::default()));
+            let (spec2, state2, stopping2, on_give_up, policy) = (
+                spec.clone(),
+                state.clone(),
+                stopping.clone(),
+                on_give_up.clone(),
+                policy.clone(),
+            );
+            std::thread::spawn(move || {
+                supervise(&spec2, &policy, &state2, &stopping2, &on_give_up)
+            });
+            instances.push((spec, state));
+        }
+        Supervisor {
+            instances,
+            stopping,
+        }
+    }
+
+    /// Each instance's slice and state.
+    pub fn states(&self) -> Vec<(Slice, InstanceState)> {
+        self.instances
+            .iter()
+            .map(|(spec, state)| (spec.slice.clone(), lock(state).clone()))
+            .collect()
+    }
+
+    /// SIGTERM to every agent's process group, then SIGKILL to those still running after
+    /// `grace`.
+    pub fn stop(&self, grace: Duration) {
+        *lock(&self.stopping) = true;
+        let pids = || -> Vec<u32> {
+            self.instances
+                .iter()
+                .filter_map(|(_, state)| lock(state).pid)
+                .collect()
+        };
+        // Each agent leads its own process group: the signal reaches what it started too.
+        for pid in pids() {
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while !pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for pid in pids() {
+            log::warn!("agent {pid} still running after {grace:?}: SIGKILL");
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
+    if let Some(parent) = spec.log.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)?;
+    let mut command = Command::new(&policy.launcher);
+    command
+        .arg("run-agent")
+        .arg("--nice")
+        .arg(spec.nice.to_string())
+        .arg("--cpus")
+        .arg(spec.slice.affinity_list());
+    if let Some((uid, gid)) = spec.user {
+        command
+            .arg("--uid")
+            .arg(uid.to_string())
+            .arg("--gid")
+            .arg(gid.to_string());
+    }
+    use std::os::unix::process::CommandExt;
+    command
+        .arg("--")
+        .args(&spec.argv)
+        .process_group(0)
+        .current_dir(&spec.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+fn supervise(
+    spec: &Spec,
+    policy: &Policy,
+    state: &Mutex<InstanceState>,
+    stopping: &Mutex<bool>,
+    on_give_up: &OnGiveUp,
+) {
+    let name = format!("{}/{}", spec.slice.toolchain, spec.slice.instance);
+    let mut quick_deaths = 0;
+    let mut delay = policy.first_delay;
+    loop {
+        if *lock(stopping) {
+            lock(state).state = "stopped".to_string();
+            return;
+        }
+        let started = Instant::now();
+        let exit = match spawn(spec, policy) {
+            Ok(mut child) => {
+                {
+                    let mut s = lock(state);
+                    s.pid = Some(child.id());
+                    s.starts += 1;
+                    s.state = "running".to_string();
+                }
+                log::info!("agent {name} started, pid {}", child.id());
+                let status = child.wait();
+                lock(state).pid = None;
+                match status {
+                    Ok(status) => status.to_string(),
+                    Err(e) => format!("wait failed: {e}"),
+                }
+            }
+            Err(e) => format!("cannot start {}: {e}", policy.launcher.display()),
+        };
+        log::warn!("agent {name}: {exit}");
+        lock(state).last_exit = Some(exit.clone());
+        if *lock(stopping) {
+            lock(state).state = "stopped".to_string();
+            return;
+        }
+        if started.elapsed() < policy.quick {
+            quick_deaths += 1;
+        } else {
+            quick_deaths = 1;
+            delay = policy.first_delay;
+        }
+        if quick_deaths >= policy.max_quick_deaths {
+            lock(state).state = format!("given up after {quick_deaths} quick deaths: {exit}");
+            on_give_up(spec, quick_deaths, &exit);
+            return;
+        }
+        lock(state).state = format!("restarting in {delay:?}");
+        let until = Instant::now() + delay;
+        while Instant::now() < until && !*lock(stopping) {
+            std::thread::sleep(Duration::from_millis(50).min(delay));
+        }
+        delay = (delay * 2).min(policy.max_delay);
+    }
+}
+
+/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G] -- program args…`:
+/// pins itself to the CPUs, sets its nice value, drops to the user and becomes the agent.
+/// Returns only on failure.
+pub fn run_agent(args: &[String]) -> AgentError {
+    let mut nice = 0;
+    let mut cpus = None;
+    let mut uid = None;
+    let mut gid = None;
+    let mut iter = args.iter();
+    let mut argv = Vec::new();
+    while let Some(arg) = iter.next() {
+        let mut value = || iter.next().cloned().unwrap_or_default();
+        match arg.as_str() {
+            "--nice" => nice = value().parse().unwrap_or(0),
+            "--cpus" => cpus = crate::slices::parse_cpu_list(&value()),
+            "--uid" => uid = value().parse::<u32>().ok(),
+            "--gid" => gid = value().parse::<u32>().ok(),
+            "--" => {
+                argv = iter.cloned().collect();
+                break;
+            }
+            other => return error("run-agent", format!("unknown option {other}")),
+        }
+    }
+    if let Some(cpus) = cpus {
+        let mut set = rustix::thread::CpuSet::new();
+        for cpu in cpus {
+            set.set(cpu as usize);
+        }
+        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+            return error("sched_setaffinity", e);
+        }
+    }
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        return error(format!("setpriority {nice}"), e);
+    }
+    let Some((program, rest)) = argv.split_first() else {
+        return error("run-agent", "no program after --");
+    };
+    let mut command = Command::new(program);
+    command.args(rest);
+    if let (Some(uid), Some(gid)) = (uid, gid) {
+        command.uid(uid).gid(gid);
+        if let Some(user) = passwd_entry("/etc/passwd", |_, entry_uid| entry_uid == uid) {
+            command
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
+    }
+    use std::os::unix::process::CommandExt;
+    error(format!("exec {program}"), command.exec())
+}
+
+/// A user from `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+}
+
+/// The first entry of the passwd file at `path` that `matches` (name, uid). Read directly: the
+/// monitor is a static binary, where glibc's getpwnam would need NSS modules the image lacks.
+pub fn passwd_entry(path: &str, matches: impl Fn(&str, u32) -> bool) -> Option<User> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, uid, gid, _, home, ..] = fields.as_slice() else {
+            return None;
+        };
+        let uid = uid.parse().ok()?;
+        let gid = gid.parse().ok()?;
+        matches(name, uid).then(|| User {
+            name: name.to_string(),
+            uid,
+            gid,
+            home: home.to_string(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variables() -> Variables {
+        Variables {
+            toolchain_name: "default".into(),
+            toolchain_num: 1,
+            toolchain_version: "0.4.0".into(),
+            toolchain_id: "ae89".into(),
+            toolchain_dir: "/build/tftp/toolchains/default".into(),
+            agent_dir: "/build/agents/default".into(),
+            instance: 2,
+            instances: 3,
+            cpus: 4,
+            affinity: "2-9".into(),
+            ram_mib: 16384,
+            ram_kib: 16384 * 1024,
+            auxiliary_ram_mib: 4096,
+            auxiliary_ram_kib: 4096 * 1024,
+            bridge: "br1".into(),
+            tftp_host: "172.30.0.1".into(),
+            toolchain_trust: "no".into(),
+            trust: vec!["AA:BB".into(), "CC:DD".into()],
+            controller_urls: vec!["https://ci.example.org/".into(), "https://c2/".into()],
+        }
+    }
+
+    #[test]
+    fn default_command_follows_bbot_agent_options() {
+        let argv = command(DEFAULT_COMMAND, &variables(), Path::new("/a")).unwrap();
+        assert_eq!(
+            argv.join(" "),
+            "/a/bin/bbot-agent --systemd-daemon --toolchain-name default --toolchain-num 1 \
+--toolchain-ver 0.4.0 --toolchain-id ae89 --instance 2 --instance-max 3 --cpu 4 \
+--build-ram 16777216 --auxiliary-ram 4194304 --bridge br1 --tftp-host 172.30.0.1 \
+--trust AA:BB --trust CC:DD https://ci.example.org/ https://c2/"
+        );
+    }
+
+    #[test]
+    fn bad_template_names_the_template_and_the_cause() {
+        let err = command("agent {{ nope }}", &variables(), Path::new("/a")).unwrap_err();
+        assert!(err.to_string().contains("agent {{ nope }}"), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn passwd_entries_are_found_by_name_or_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(
+            &path,
+            "root:x:0:0:root:/root:/bin/sh\nbuild:x:1000:1000::/build:/bin/sh\n",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let build = User {
+            name: "build".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/build".into(),
+        };
+        assert_eq!(
+            passwd_entry(path, |name, _| name == "build"),
+            Some(build.clone())
+        );
+        assert_eq!(passwd_entry(path, |_, uid| uid == 1000), Some(build));
+        assert_eq!(passwd_entry(path, |name, _| name == "nobody"), None);
+    }
+
+    #[test]
+    fn declarations_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(DECLARATION), "command = \"x\"\nargs = []\n").unwrap();
+        let err = declaration(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,580 @@
+//! The monitor's run: clean up, install toolchains, start agents, mail the admin, then poll for
+//! changes until one calls for a reboot.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
+
+use crate::agents::{self, Policy, Spec, Supervisor, Variables};
+use crate::fetch::Retry;
+use crate::mail::{self, Queue, Relay};
+use crate::paths::{self, Paths};
+use crate::poll::{self, Action, Subject, Watch};
+use crate::report::{self, HostUp, Report, ToolchainState};
+use crate::slices::{self, Host};
+use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
+use crate::toolchain::{self, Installed, Outcome};
+
+/// What to do to reboot the host; given the reason.
+pub type RebootAction = Box<dyn Fn(&str) + Send>;
+
+/// How the monitor runs; [`Options::host`] is the real host's, tests change the rest.
+pub struct Options {
+    pub paths: Paths,
+    pub retry: Retry,
+    /// `None` is `buildos.poll_interval`.
+    pub poll_interval: Option<Duration>,
+    /// How long agents get between SIGTERM and SIGKILL; `None` is `buildos.agent_grace`.
+    pub grace: Option<Duration>,
+    pub policy: Policy,
+    /// The user agents run as (`build` when the monitor runs as root).
+    pub agent_user: Option<(u32, u32)>,
+    /// The host's CPUs and RAM; `None` detects them.
+    pub host: Option<Host>,
+    /// The first and the longest wait between tries of the mail relay.
+    pub mail_delay: (Duration, Duration),
+    pub reboot: RebootAction,
+}
+
+impl Options {
+    /// The options of the monitor on a host.
+    pub fn host() -> Options {
+        // The image's contract: user and group `build` are 1000:1000.
+        let agent_user = nix::unistd::Uid::effective().is_root().then(|| {
+            agents::passwd_entry("/etc/passwd", |name, _| name == "build")
+                .map_or((1000, 1000), |user| (user.uid, user.gid))
+        });
+        Options {
+            paths: Paths::from_env(),
+            retry: Retry::default(),
+            poll_interval: None,
+            grace: None,
+            policy: Policy {
+                quick: Duration::from_secs(60),
+                max_quick_deaths: 5,
+                first_delay: Duration::from_secs(5),
+                max_delay: Duration::from_secs(300),
+                launcher: std::env::current_exe()
+                    .unwrap_or_else(|_| PathBuf::from("/usr/sbin/buildos-monitor")),
+            },
+            agent_user,
+            host: None,
+            mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
+            reboot: Box::new(|reason| {
+                log::warn!("rebooting: {reason}");
+                // init's convention (busybox's): SIGTERM to PID 1 reboots.
+                if let Err(e) = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(1),
+                    nix::sys::signal::Signal::SIGTERM,
+                ) {
+                    log::error!("cannot ask init to reboot: {e}");
+                }
+            }),
+        }
+    }
+}
+
+/// Sends the admin mail: queues it and wakes the queue runner.
+#[derive(Clone)]
+pub struct Mailer {
+    queue: Queue,
+    relay: Option<Relay>,
+    wake: Sender<()>,
+    hostname: String,
+    admin: String,
+}
+
+impl Mailer {
+    /// Starts the queue runner, which sends what is queued (from earlier boots too) now and
+    /// retries with backoff while the relay is down.
+    pub fn start(
+        config: &Config,
+        paths: &Paths,
+        hostname: &str,
+        delay: (Duration, Duration),
+    ) -> Mailer {
+        let queue = Queue::new(&paths.mail_queue);
+        let relay = match (&config.smtp_relay, &config.admin_email) {
+            (Some(relay), Some(admin)) => Some(Relay {
+                relay: relay.clone(),
+                admin: admin.clone(),
+                hostname: hostname.to_string(),
+                timeout: Duration::from_secs(30),
+            }),
+            _ => {
+                log::warn!(
+                    "no buildos.smtp_relay or buildos.admin_email: mail stays queued in {}",
+                    paths.mail_queue.display()
+                );
+                None
+            }
+        };
+        let (wake, woken) = mpsc::channel();
+        if let Some(relay) = relay.clone() {
+            let queue = queue.clone();
+            std::thread::spawn(move || run_queue(&queue, &relay, &woken, delay));
+        }
+        Mailer {
+            queue,
+            relay,
+            wake,
+            hostname: hostname.to_string(),
+            admin: config
+                .admin_email
+                .clone()
+                .unwrap_or_else(|| "root".to_string()),
+        }
+    }
+
+    pub fn send(&self, report: &Report) {
+        let message = mail::compose(&self.hostname, &self.admin, &report.subject, &report.body);
+        match self.queue.enqueue("", &["root".to_string()], &message) {
+            Ok(_) => {
+                let _ = self.wake.send(());
+            }
+            Err(e) => log::error!(
+                "cannot queue mail {:?} in {}: {e}",
+                report.subject,
+                self.queue.dir().display()
+            ),
+        }
+    }
+
+    /// One attempt to send everything now (before a reboot).
+    pub fn flush_now(&self) {
+        if let Some(relay) = &self.relay {
+            if let Err(e) = self.queue.flush(relay) {
+                log::warn!("mail stays queued for after the reboot: {e}");
+            }
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
+    let mut wait = delay.0;
+    loop {
+        let pending = !queue.is_empty();
+        if pending {
+            match queue.flush(relay) {
+                Ok(sent) => {
+                    if sent > 0 {
+                        log::info!("mail: {sent} message(s) sent");
+                    }
+                    wait = delay.0;
+                }
+                Err(e) => {
+                    log::warn!("mail: {e}; next try in {wait:?}");
+                    match woken.recv_timeout(wait) {
+                        Err(RecvTimeoutError::Disconnected) => return,
+                        _ => {
+                            wait = (wait * 2).min(delay.1);
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        // Wait for new mail; look again now and then for mail `sendmail` queued.
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.1) {
+            return;
+        }
+    }
+}
+
+/// Removes stray per-build snapshots and bootstrapped machines an earlier run left in
+/// `/build/machines/*/` (manual 5.3), never the current machine revisions or their symlinks.
+///
+/// The `machines` crate implements this; the lead connects it here.
+pub fn cleanup_machine_volumes(_paths: &Paths) {
+    log::info!("machine volumes: clean-up step not connected yet (machines crate)");
+}
+
+/// A toolchain as the monitor knows it.
+struct Toolchain {
+    name: String,
+    url: String,
+    state: ToolchainState,
+    installed: Option<Installed>,
+}
+
+/// Runs the monitor until a change calls for a reboot; returns the reason after asking for it.
+pub fn run(options: Options) -> String {
+    let paths = &options.paths;
+    let parsed = paths::read_config(paths);
+    for diagnostic in &parsed.diagnostics {
+        log::warn!("{diagnostic}");
+    }
+    let config = parsed.config;
+    let hostname = paths::hostname(paths);
+    let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
+
+    cleanup_machine_volumes(paths);
+
+    let buildid = std::fs::read_to_string(&paths.buildid)
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty());
+
+    // Toolchains, `default` first.
+    let mut toolchains = Vec::new();
+    let mut watches = Vec::new();
+    if let Some(url) = &config.buildid_url {
+        watches.push(Watch::new(
+            url,
+            Subject::BuildId {
+                running: buildid.clone(),
+            },
+        ));
+    }
+    let mut names: Vec<&String> = config.toolchains.keys().collect();
+    names.sort_by_key(|n| (n.as_str() != DEFAULT_TOOLCHAIN, n.as_str()));
+    for name in names {
+        let tc = &config.toolchains[name];
+        let Some(url) = tc.url.clone() else {
+            toolchains.push(Toolchain {
+                name: name.clone(),
+                url: String::new(),
+                state: ToolchainState::NoUrl,
+                installed: None,
+            });
+            continue;
+        };
+        let (state, installed, running) = match toolchain::fetch_checksums(&url, &options.retry) {
+            Err(e) => {
+                mailer.send(&report::toolchain_failed(name, &url, &e));
+                (
+                    ToolchainState::Failed {
+                        reason: e.to_string(),
+                    },
+                    None,
+                    None,
+                )
+            }
+            Ok(text) => {
+                let result = toolchain::install_from(
+                    &paths.tftp_root,
+                    name,
+                    &url,
+                    &text,
+                    tc.trust_file(),
+                    &options.retry,
+                );
+                match result {
+                    Ok(Outcome::Disabled) => (ToolchainState::Disabled, None, Some(text)),
+                    Ok(Outcome::Installed(installed)) => {
+                        mailer.send(&report::toolchain_installed(&installed, &url));
+                        (
+                            ToolchainState::Installed {
+                                version: installed.version.clone(),
+                            },
+                            Some(installed),
+                            Some(text),
+                        )
+                    }
+                    Err(e) => {
+                        mailer.send(&report::toolchain_failed(name, &url, &e));
+                        (
+                            ToolchainState::Failed {
+                                reason: e.to_string(),
+                            },
+                            None,
+                            Some(text),
+                        )
+                    }
+                }
+            }
+        };
+        watches.push(Watch::new(
+            &url,
+            Subject::Toolchain {
+                name: name.clone(),
+                running,
+            },
+        ));
+        toolchains.push(Toolchain {
+            name: name.clone(),
+            url,
+            state,
+            installed,
+        });
+    }
+
+    // Slices and agents.
+    let host = options.host.clone().unwrap_or_else(slices::detect_host);
+    let active: Vec<(String, u32)> = toolchains
+        .iter()
+        .filter(|t| t.installed.is_some())
+        .map(|t| (t.name.clone(), config.toolchains[&t.name].instances))
+        .collect();
+    let (slices, slice_error) = match slices::compute(&config, &host, &active) {
+        Ok(slices) => (slices, None),
+        Err(e) => {
+            log::error!("no agents: {e}");
+            (Vec::new(), Some(e.to_string()))
+        }
+    };
+    let mut specs = Vec::new();
+    for (num, t) in toolchains.iter_mut().enumerate() {
+        let Some(installed) = &t.installed else {
+            continue;
+        };
+        let mine: Vec<&slices::Slice> = slices.iter().filter(|s| s.toolchain == t.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        match agent_specs(&config, paths, &options, num as u32 + 1, installed, &mine) {
+            Ok(mut more) => specs.append(&mut more),
+            Err(e) => {
+                log::error!("toolchain {}: {e}", t.name);
+                mailer.send(&Report {
+                    subject: format!("toolchain {} agents not started", t.name),
+                    body: format!("The agents of toolchain {} cannot start:\n  {e}\n", t.name),
+                });
+                t.state = ToolchainState::Failed {
+                    reason: format!("agents: {e}"),
+                };
+            }
+        }
+    }
+    let give_up_mailer = Arc::new(Mutex::new(mailer.clone()));
+    let supervisor = Supervisor::start(
+        specs,
+        options.policy.clone(),
+        Arc::new(move |spec: &Spec, deaths, last: &str| {
+            let report =
+                report::agent_dying(&spec.slice.toolchain, spec.slice.instance, deaths, last);
+            give_up_mailer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(&report);
+        }),
+    );
+
+    mailer.send(&report::host_up(&HostUp {
+        buildid: buildid.clone().unwrap_or_else(|| "unknown".to_string()),
+        toolchains: toolchains
+            .iter()
+            .map(|t| (t.name.clone(), t.state.clone()))
+            .collect(),
+        slices: slices.clone(),
+        slice_error,
+        disks: disks(paths),
+        problems: std::fs::read_to_string(paths.problems())
+            .map(|text| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }));
+
+    let interval = options
+        .poll_interval
+        .unwrap_or_else(|| Duration::from_secs(u64::from(config.poll_interval.max(1))));
+    let write_status = |watches: &[Watch]| {
+        let status = snapshot(
+            buildid.as_deref(),
+            &toolchains,
+            &supervisor,
+            watches,
+            &mailer,
+        );
+        if let Err(e) = status.write(&paths.status()) {
+            log::warn!("status {}: {e}", paths.status().display());
+        }
+    };
+    write_status(&watches);
+    loop {
+        let next = Instant::now() + interval;
+        while Instant::now() < next {
+            std::thread::sleep((next - Instant::now()).min(Duration::from_secs(1)));
+            write_status(&watches);
+        }
+        for watch in watches.iter_mut() {
+            match watch.poll(options.retry.timeout) {
+                Action::None => {}
+                Action::MailFailing { failures, error } => {
+                    mailer.send(&report::fetch_failing(&watch.url, failures, &error));
+                }
+                Action::Reboot(reason) => {
+                    log::warn!("{reason}: rebooting");
+                    mailer.send(&report::reboot(&reason));
+                    mailer.flush_now();
+                    let grace = options
+                        .grace
+                        .unwrap_or_else(|| Duration::from_secs(u64::from(config.agent_grace)));
+                    supervisor.stop(grace);
+                    write_status(&watches);
+                    (options.reboot)(&reason);
+                    return reason;
+                }
+            }
+        }
+        write_status(&watches);
+    }
+}
+
+/// The specs of one toolchain's instances: its archive unpacked and its command rendered.
+fn agent_specs(
+    config: &Config,
+    paths: &Paths,
+    options: &Options,
+    num: u32,
+    installed: &Installed,
+    slices: &[&slices::Slice],
+) -> Result<Vec<Spec>, agents::AgentError> {
+    let tc = &config.toolchains[&installed.name];
+    let dir = agents::unpack(&installed.archive(), &paths.agents.join(&installed.name))?;
+    let template = match agents::declaration(&dir)? {
+        Some(declaration) => declaration.command,
+        None => agents::DEFAULT_COMMAND.to_string(),
+    };
+    let mut specs = Vec::new();
+    for slice in slices {
+        let variables = Variables {
+            toolchain_name: installed.name.clone(),
+            toolchain_num: num,
+            toolchain_version: installed.version.clone(),
+            toolchain_id: installed.id.clone(),
+            toolchain_dir: installed.dir.display().to_string(),
+            agent_dir: dir.display().to_string(),
+            instance: slice.instance,
+            instances: slice.instances,
+            cpus: slice.cpus,
+            affinity: slice.affinity_list(),
+            ram_mib: slice.ram_mib,
+            ram_kib: slice.ram_mib * 1024,
+            auxiliary_ram_mib: slice.ram_auxiliary_mib,
+            auxiliary_ram_kib: slice.ram_auxiliary_mib * 1024,
+            bridge: tc.bridge.as_str().to_string(),
+            tftp_host: config.br1_address.addr().to_string(),
+            toolchain_trust: tc.trust_file().to_string(),
+            trust: tc.controller_trusts.clone(),
+            controller_urls: tc.controller_urls.clone(),
+        };
+        specs.push(Spec {
+            slice: (*slice).clone(),
+            argv: agents::command(&template, &variables, &dir)?,
+            dir: dir.clone(),
+            nice: tc.nice,
+            user: options.agent_user,
+            log: paths
+                .run
+                .join("agents")
+                .join(format!("{}-{}.log", installed.name, slice.instance)),
+        });
+    }
+    Ok(specs)
+}
+
+/// The disks init mounted: `/state` and `/build/machines/*` from `/proc/mounts`, else the
+/// same from `/etc/fstab`.
+fn disks(paths: &Paths) -> Vec<String> {
+    let wanted =
+        |mountpoint: &str| mountpoint == "/state" || mountpoint.starts_with("/build/machines/");
+    for source in [&paths.mounts, &paths.fstab] {
+        let Ok(text) = std::fs::read_to_string(source) else {
+            continue;
+        };
+        let found: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                match fields.as_slice() {
+                    [device, mountpoint, fstype, ..] if wanted(mountpoint) => {
+                        Some(format!("{mountpoint}: {device} ({fstype})"))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    Vec::new()
+}
+
+fn snapshot(
+    buildid: Option<&str>,
+    toolchains: &[Toolchain],
+    supervisor: &Supervisor,
+    watches: &[Watch],
+    mailer: &Mailer,
+) -> Status {
+    Status {
+        updated: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        buildid: buildid.unwrap_or("unknown").to_string(),
+        toolchains: toolchains
+            .iter()
+            .map(|t| {
+                let (state, version, detail) = match &t.state {
+                    ToolchainState::Installed { version } => {
+                        ("installed", Some(version.clone()), None)
+                    }
+                    ToolchainState::Disabled => ("disabled", None, None),
+                    ToolchainState::Failed { reason } => ("failed", None, Some(reason.clone())),
+                    ToolchainState::NoUrl => ("no url", None, None),
+                };
+                ToolchainStatus {
+                    name: t.name.clone(),
+                    url: t.url.clone(),
+                    state: state.to_string(),
+                    version,
+                    detail,
+                }
+            })
+            .collect(),
+        instances: supervisor
+            .states()
+            .into_iter()
+            .map(|(slice, state)| InstanceStatus {
+                affinity: slice.affinity_list(),
+                toolchain: slice.toolchain,
+                instance: slice.instance,
+                cpus: slice.cpus,
+                ram_mib: slice.ram_mib,
+                ram_auxiliary_mib: slice.ram_auxiliary_mib,
+                pid: state.pid,
+                state: state.state,
+                starts: state.starts,
+                last_exit: state.last_exit,
+            })
+            .collect(),
+        polls: watches
+            .iter()
+            .map(|w| {
+                let (at, result, detail) = match &w.last {
+                    None => (None, None, None),
+                    Some((at, outcome)) => {
+                        let (result, detail) = match outcome {
+                            poll::Outcome::Unchanged => ("unchanged", None),
+                            poll::Outcome::Changed(why) => ("changed", Some(why.clone())),
+                            poll::Outcome::Failed(why) => ("failed", Some(why.clone())),
+                        };
+                        (Some(*at), Some(result.to_string()), detail)
+                    }
+                };
+                PollStatus {
+                    url: w.url.clone(),
+                    at,
+                    result,
+                    detail,
+                    failures: w.failures,
+                }
+            })
+            .collect(),
+        mail_queue: mailer.queued(),
+    }
+}

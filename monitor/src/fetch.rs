@@ -1,0 +1,523 @@
+//! Fetching over http, https and tftp: small files (checksums, build ids) with conditional
+//! requests, and toolchain files streamed to disk with their hash computed on the way, with
+//! retries, backoff and HTTP range resumption.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::checksums::Algorithm;
+use crate::tftp;
+
+/// The largest small file (checksums file, build id) accepted.
+const SMALL_MAX: u64 = 1 << 20;
+
+/// How often and how patiently a download is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts in all, at least 1.
+    pub attempts: u32,
+    /// The wait after the first failure; it doubles up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// The bound on connecting and on each read.
+    pub timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            attempts: 5,
+            first_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Retry {
+    /// The wait before attempt `attempt + 1` (attempt counts from 1).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// The validators of an HTTP response, for a conditional request next time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// What a conditional fetch found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// 304: the server says it has not changed.
+    NotModified,
+    /// The content, and its validators when the server sent any.
+    Body {
+        bytes: Vec<u8>,
+        validators: Validators,
+    },
+}
+
+/// A fetch or download that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// The URL's scheme or form is not one we fetch.
+    BadUrl { url: String, expected: String },
+    /// The transfer failed (connection, HTTP status, TFTP error, short body).
+    Transfer { url: String, reason: String },
+    /// The file arrived whole but its hash is not the listed one.
+    Mismatch {
+        file: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// Writing the file failed.
+    Io { path: String, reason: String },
+}
+
+impl FetchError {
+    fn retryable(&self) -> bool {
+        matches!(self, FetchError::Transfer { .. })
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::BadUrl { url, expected } => write!(f, "{url}: expected {expected}"),
+            FetchError::Transfer { url, reason } => write!(f, "{url}: {reason}"),
+            FetchError::Mismatch {
+                file,
+                algorithm,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{file}: {algorithm} mismatch: expected {expected}, actual {actual}"
+            ),
+            FetchError::Io { path, reason } => write!(f, "{path}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// A URL we can fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Http(String),
+    Tftp {
+        host: String,
+        port: u16,
+        path: String,
+    },
+}
+
+fn source(url: &str) -> Result<Source, FetchError> {
+    let bad = || FetchError::BadUrl {
+        url: url.to_string(),
+        expected: "an http://, https:// or tftp://host[:port]/path URL".to_string(),
+    };
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Source::Http(url.to_string()));
+    }
+    let rest = url.strip_prefix("tftp://").ok_or_else(bad)?;
+    let (authority, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            (host, port.parse::<u16>().map_err(|_| bad())?)
+        }
+        _ => (authority, 69),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || path.is_empty() {
+        return Err(bad());
+    }
+    Ok(Source::Tftp {
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    })
+}
+
+/// The URL of `relative` beside `base` (the last path component of `base` replaced).
+pub fn join(base: &str, relative: &str) -> String {
+    let base = base.split(['?', '#']).next().unwrap_or(base);
+    match base.rfind('/') {
+        Some(at) if at > base.find("://").map_or(0, |s| s + 2) => {
+            format!("{}/{}", &base[..at], relative)
+        }
+        _ => format!("{base}/{relative}"),
+    }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout_read(timeout)
+        .user_agent(concat!("buildos-monitor/", env!("CARGO_PKG_VERSION")))
+        .resolver(|target: &str| crate::resolve::resolve_host_port(target))
+        .build()
+}
+
+fn transfer(url: &str, reason: impl fmt::Display) -> FetchError {
+    FetchError::Transfer {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Fetches a small file, conditionally when `validators` are given (HTTP only: TFTP has no
+/// conditional requests and always returns the body).
+pub fn fetch(
+    url: &str,
+    validators: Option<&Validators>,
+    timeout: Duration,
+) -> Result<Fetched, FetchError> {
+    match source(url)? {
+        Source::Http(url) => {
+            let mut request = agent(timeout).get(&url);
+            if let Some(v) = validators {
+                if let Some(etag) = &v.etag {
+                    request = request.set("If-None-Match", etag);
+                }
+                if let Some(date) = &v.last_modified {
+                    request = request.set("If-Modified-Since", date);
+                }
+            }
+            let response = match request.call() {
+                Ok(response) => response,
+                Err(ureq::Error::Status(304, _)) => return Ok(Fetched::NotModified),
+                Err(ureq::Error::Status(code, response)) => {
+                    return Err(transfer(
+                        &url,
+                        format!("HTTP {code} {}", response.status_text()),
+                    ))
+                }
+                Err(e) => return Err(transfer(&url, e)),
+            };
+            if response.status() == 304 {
+                return Ok(Fetched::NotModified);
+            }
+            let validators = Validators {
+                etag: response.header("ETag").map(str::to_string),
+                last_modified: response.header("Last-Modified").map(str::to_string),
+            };
+            let expected = response
+                .header("Content-Length")
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut bytes = Vec::new();
+            response
+                .into_reader()
+                .take(SMALL_MAX + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| transfer(&url, e))?;
+            check_small(&url, &bytes, expected)?;
+            Ok(Fetched::Body { bytes, validators })
+        }
+        Source::Tftp { host, port, path } => {
+            let mut bytes = Vec::new();
+            let mut sink = Limit {
+                inner: &mut bytes,
+                left: SMALL_MAX + 1,
+            };
+            tftp::get(&host, port, &path, &mut sink, timeout).map_err(|e| transfer(url, e))?;
+            check_small(url, &bytes, None)?;
+            Ok(Fetched::Body {
+                bytes,
+                validators: Validators::default(),
+            })
+        }
+    }
+}
+
+fn check_small(url: &str, bytes: &[u8], expected: Option<u64>) -> Result<(), FetchError> {
+    if bytes.len() as u64 > SMALL_MAX {
+        return Err(transfer(url, format!("larger than {SMALL_MAX} bytes")));
+    }
+    if let Some(expected) = expected {
+        if bytes.len() as u64 != expected {
+            return Err(transfer(
+                url,
+                format!(
+                    "truncated: {} of {expected} bytes (Content-Length)",
+                    bytes.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A writer that fails past a byte limit.
+struct Limit<'a> {
+    inner: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl Write for Limit<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other("file too large"));
+        }
+        self.left -= buf.len() as u64;
+        self.inner.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Hasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn new(algorithm: Algorithm) -> Hasher {
+        match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::new()),
+        }
+    }
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+    fn hex(self) -> String {
+        let digest: Vec<u8> = match self {
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        };
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The file being written and the hash of what it holds so far.
+struct Partial {
+    file: File,
+    hasher: Hasher,
+    written: u64,
+    algorithm: Algorithm,
+}
+
+impl Partial {
+    fn reset(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.hasher = Hasher::new(self.algorithm);
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl Write for Partial {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Downloads `url` into `dest` (created or truncated), hashing while it streams, and checks the
+/// hash. Transfer failures are retried with backoff; an HTTP download resumes where it broke
+/// off when the server honours ranges. Returns the bytes written.
+pub fn download(
+    url: &str,
+    dest: &Path,
+    algorithm: Algorithm,
+    expected: &str,
+    retry: &Retry,
+) -> Result<u64, FetchError> {
+    let io_error = |e: io::Error| FetchError::Io {
+        path: dest.display().to_string(),
+        reason: e.to_string(),
+    };
+    let source = source(url)?;
+    let file = File::create(dest).map_err(io_error)?;
+    let mut partial = Partial {
+        file,
+        hasher: Hasher::new(algorithm),
+        written: 0,
+        algorithm,
+    };
+    let attempts = retry.attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        let result = match &source {
+            Source::Http(url) => http_attempt(url, &mut partial, retry.timeout),
+            Source::Tftp { host, port, path } => partial
+                .reset()
+                .map_err(io_error)
+                .and_then(|()| {
+                    tftp::get(host, *port, path, &mut partial, retry.timeout)
+                        .map_err(|e| transfer(url, e))
+                })
+                .map(|_| ()),
+        };
+        match result {
+            Ok(()) => break,
+            Err(e) if e.retryable() && attempt < attempts => {
+                log::warn!("{e}; attempt {attempt} of {attempts}, retrying");
+                std::thread::sleep(retry.delay(attempt));
+                attempt += 1;
+            }
+            Err(FetchError::Transfer { url, reason }) if attempts > 1 => {
+                return Err(FetchError::Transfer {
+                    url,
+                    reason: format!("{reason} (after {attempts} attempts)"),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    partial.file.sync_all().map_err(io_error)?;
+    let written = partial.written;
+    let actual = partial.hasher.hex();
+    if actual != expected.to_ascii_lowercase() {
+        let file = dest
+            .file_name()
+            .map_or_else(|| url.to_string(), |n| n.to_string_lossy().into_owned());
+        return Err(FetchError::Mismatch {
+            file,
+            algorithm: algorithm.name(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(written)
+}
+
+/// Copies with a large buffer: fewer, larger writes and hash updates than `io::copy`'s 8 KiB.
+fn copy(reader: &mut dyn Read, writer: &mut Partial) -> io::Result<u64> {
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        writer.write_all(&buffer[..n])?;
+        total += n as u64;
+    }
+}
+
+/// One HTTP attempt: a range request when part of the file is there already.
+fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(), FetchError> {
+    let mut request = agent(timeout).get(url);
+    let resume_at = partial.written;
+    if resume_at > 0 {
+        request = request.set("Range", &format!("bytes={resume_at}-"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(416, _)) if resume_at > 0 => {
+            partial.reset().map_err(|e| transfer(url, e))?;
+            return Err(transfer(url, "range not satisfiable; starting over"));
+        }
+        Err(ureq::Error::Status(code, response)) => {
+            return Err(transfer(
+                url,
+                format!("HTTP {code} {}", response.status_text()),
+            ))
+        }
+        Err(e) => return Err(transfer(url, e)),
+    };
+    let resumed = response.status() == 206
+        && response
+            .header("Content-Range")
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|start| start.parse::<u64>().ok())
+            == Some(resume_at);
+    if resume_at > 0 && !resumed {
+        partial.reset().map_err(|e| transfer(url, e))?;
+    }
+    let length = response
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
+    let start = partial.written;
+    let mut reader = response.into_reader();
+    copy(&mut reader, partial).map_err(|e| {
+        transfer(
+            url,
+            format!(
+                "truncated: transfer broke off after {} bytes: {e}",
+                partial.written
+            ),
+        )
+    })?;
+    let got = partial.written - start;
+    match length {
+        Some(length) if got < length => Err(transfer(
+            url,
+            format!("truncated: {got} of {length} bytes (Content-Length)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_join_beside_the_checksums_file() {
+        assert_eq!(
+            join("https://h/a/toolchain.sha256", "0.4.0/x.tar.xz"),
+            "https://h/a/0.4.0/x.tar.xz"
+        );
+        assert_eq!(
+            join("tftp://10.0.0.1/t.sha256?x=1", "x.tar.xz"),
+            "tftp://10.0.0.1/x.tar.xz"
+        );
+    }
+
+    #[test]
+    fn tftp_urls_name_host_port_and_path() {
+        assert_eq!(
+            source("tftp://127.0.0.1:6969/buildos/buildos-buildid"),
+            Ok(Source::Tftp {
+                host: "127.0.0.1".into(),
+                port: 6969,
+                path: "buildos/buildos-buildid".into()
+            })
+        );
+        assert!(matches!(
+            source("tftp://h/p"),
+            Ok(Source::Tftp { port: 69, .. })
+        ));
+        assert!(source("ftp://h/p").is_err());
+        assert!(source("tftp://h").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_bound() {
+        let retry = Retry {
+            attempts: 9,
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (1..=5).map(|a| retry.delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+}

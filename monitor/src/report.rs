@@ -1,0 +1,142 @@
+//! The texts of the mails the monitor sends: a subject and a plain text body each.
+
+use crate::slices::Slice;
+use crate::toolchain::{InstallError, Installed};
+
+/// A mail to the admin before it is composed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub subject: String,
+    pub body: String,
+}
+
+/// How one toolchain stands, for the host-up mail and the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolchainState {
+    Installed { version: String },
+    Disabled,
+    Failed { reason: String },
+    NoUrl,
+}
+
+impl std::fmt::Display for ToolchainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolchainState::Installed { version } => write!(f, "{version}"),
+            ToolchainState::Disabled => write!(f, "disabled"),
+            ToolchainState::Failed { reason } => write!(f, "failed: {reason}"),
+            ToolchainState::NoUrl => write!(f, "no buildos.toolchain_url"),
+        }
+    }
+}
+
+/// Everything the host-up mail says.
+#[derive(Debug, Clone, Default)]
+pub struct HostUp {
+    pub buildid: String,
+    pub toolchains: Vec<(String, ToolchainState)>,
+    pub slices: Vec<Slice>,
+    /// Why there are no slices, when slices could not be made.
+    pub slice_error: Option<String>,
+    /// Mount lines of the disks: `device mountpoint fstype`.
+    pub disks: Vec<String>,
+    /// Problems init found at boot.
+    pub problems: Vec<String>,
+}
+
+pub fn host_up(up: &HostUp) -> Report {
+    let mut body = format!("build id: {}\n\ntoolchains:\n", up.buildid);
+    if up.toolchains.is_empty() {
+        body.push_str("  none configured (buildos.toolchain_url)\n");
+    }
+    for (name, state) in &up.toolchains {
+        body.push_str(&format!("  {name}: {state}\n"));
+    }
+    body.push_str("\ninstances:\n");
+    if let Some(error) = &up.slice_error {
+        body.push_str(&format!("  none: {error}\n"));
+    } else if up.slices.is_empty() {
+        body.push_str("  none\n");
+    }
+    for slice in &up.slices {
+        body.push_str(&format!("  {slice}\n"));
+    }
+    body.push_str("\ndisks:\n");
+    if up.disks.is_empty() {
+        body.push_str("  none\n");
+    }
+    for disk in &up.disks {
+        body.push_str(&format!("  {disk}\n"));
+    }
+    body.push_str("\nproblems at boot:\n");
+    if up.problems.is_empty() {
+        body.push_str("  none\n");
+    }
+    for problem in &up.problems {
+        body.push_str(&format!("  {problem}\n"));
+    }
+    let subject = if up.problems.is_empty() && up.slice_error.is_none() {
+        "host up".to_string()
+    } else {
+        "host up with problems".to_string()
+    };
+    Report { subject, body }
+}
+
+pub fn toolchain_installed(installed: &Installed, url: &str) -> Report {
+    let mut body = format!(
+        "toolchain {} version {} installed from {url} into {}:\n",
+        installed.name,
+        installed.version,
+        installed.dir.display()
+    );
+    for entry in &installed.files {
+        body.push_str(&format!(
+            "  {} {} {}\n",
+            entry.file_name,
+            entry.algorithm.name(),
+            entry.hash
+        ));
+    }
+    Report {
+        subject: format!(
+            "toolchain {} {} installed",
+            installed.name, installed.version
+        ),
+        body,
+    }
+}
+
+pub fn toolchain_failed(name: &str, url: &str, error: &InstallError) -> Report {
+    Report {
+        subject: format!("toolchain {name} failed"),
+        body: format!(
+            "toolchain {name} from {url} was not installed:\n  {error}\n\nThe previous install, if any, is unchanged; no agents of this toolchain run until it installs.\n"
+        ),
+    }
+}
+
+pub fn reboot(reason: &str) -> Report {
+    Report {
+        subject: "rebooting".to_string(),
+        body: format!("The host reboots now: {reason}\nAgents were asked to stop first.\n"),
+    }
+}
+
+pub fn agent_dying(toolchain: &str, instance: u32, deaths: u32, last: &str) -> Report {
+    Report {
+        subject: format!("agent {toolchain}/{instance} keeps dying"),
+        body: format!(
+            "agent instance {instance} of toolchain {toolchain} died {deaths} times in a row shortly after starting; it is left stopped until the next reboot.\nlast exit: {last}\n"
+        ),
+    }
+}
+
+pub fn fetch_failing(url: &str, failures: u32, error: &str) -> Report {
+    Report {
+        subject: format!("cannot poll {url}"),
+        body: format!(
+            "{failures} polls of {url} in a row failed; the host keeps running what it has and keeps polling. This mail is sent once until a poll succeeds again.\nlast error: {error}\n"
+        ),
+    }
+}

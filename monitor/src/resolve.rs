@@ -1,0 +1,234 @@
+//! Host names to addresses without glibc's NSS: the monitor is a static binary in an image
+//! with no NSS modules, where `getaddrinfo` cannot use DNS. Literal addresses are used as they
+//! are; names are looked up in `/etc/hosts`, then asked of the nameservers in
+//! `/etc/resolv.conf` (A records, over UDP).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+const HOSTS: &str = "/etc/hosts";
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Resolves `host:port` (the form ureq hands its resolver).
+pub fn resolve_host_port(target: &str) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let (host, port) = target.rsplit_once(':').ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{target}: expected host:port"),
+        )
+    })?;
+    let port: u16 = port.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{target}: bad port {port}"),
+        )
+    })?;
+    resolve(host, port)
+}
+
+/// Resolves `host` with the system's `/etc/hosts` and `/etc/resolv.conf`.
+pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let hosts = std::fs::read_to_string(HOSTS).unwrap_or_default();
+    if let Some(ip) = from_hosts(&hosts, host) {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+    let servers: Vec<SocketAddr> = nameservers(&conf)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect();
+    if servers.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("cannot resolve {host}: no nameserver in {RESOLV_CONF} and not in {HOSTS}"),
+        ));
+    }
+    lookup(host, &servers, Duration::from_secs(5)).map(|ips| {
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip.into(), port))
+            .collect()
+    })
+}
+
+/// The address of `name` in a hosts file.
+fn from_hosts(text: &str, name: &str) -> Option<IpAddr> {
+    text.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        let ip = fields.next()?.parse::<IpAddr>().ok()?;
+        fields
+            .any(|alias| alias.eq_ignore_ascii_case(name))
+            .then_some(ip)
+    })
+}
+
+/// The `nameserver` addresses of a resolv.conf.
+fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse().ok())
+        .collect()
+}
+
+/// Asks each server in turn for the A records of `name`.
+pub fn lookup(name: &str, servers: &[SocketAddr], timeout: Duration) -> io::Result<Vec<Ipv4Addr>> {
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let query = build_query(id, name)?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve {name}"));
+    for server in servers {
+        let bind: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let result = (|| {
+            let socket = UdpSocket::bind(bind)?;
+            socket.set_read_timeout(Some(timeout))?;
+            socket.connect(server)?;
+            let mut buf = [0u8; 1500];
+            for _ in 0..2 {
+                socket.send(&query)?;
+                match socket.recv(&mut buf) {
+                    Ok(n) => return parse_answer(id, &buf[..n], name),
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.kind() == io::ErrorKind::TimedOut =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from nameserver {server} for {name}"),
+            ))
+        })();
+        match result {
+            Ok(ips) => return Ok(ips),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn build_query(id: u16, name: &str) -> io::Result<Vec<u8>> {
+    let mut q = Vec::with_capacity(32 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: not a host name"),
+            ));
+        }
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&[0, 1, 0, 1]); // A, IN
+    Ok(q)
+}
+
+/// Skips a possibly compressed name at `at`; returns the offset after it.
+fn skip_name(msg: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *msg.get(at)? as usize;
+        if len == 0 {
+            return Some(at + 1);
+        }
+        if len & 0xc0 == 0xc0 {
+            return Some(at + 2);
+        }
+        at += 1 + len;
+    }
+}
+
+fn parse_answer(id: u16, msg: &[u8], name: &str) -> io::Result<Vec<Ipv4Addr>> {
+    let bad = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("DNS answer for {name}: {what}"),
+        )
+    };
+    if msg.len() < 12 || u16::from_be_bytes([msg[0], msg[1]]) != id {
+        return Err(bad("malformed or not ours"));
+    }
+    let rcode = msg[3] & 0x0f;
+    if rcode == 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{name}: no such host"),
+        ));
+    }
+    if rcode != 0 {
+        return Err(bad(&format!("server error {rcode}")));
+    }
+    let questions = u16::from_be_bytes([msg[4], msg[5]]);
+    let answers = u16::from_be_bytes([msg[6], msg[7]]);
+    let mut at = 12;
+    for _ in 0..questions {
+        at = skip_name(msg, at).ok_or_else(|| bad("truncated question"))? + 4;
+    }
+    let mut ips = Vec::new();
+    for _ in 0..answers {
+        at = skip_name(msg, at).ok_or_else(|| bad("truncated answer"))?;
+        let head = msg
+            .get(at..at + 10)
+            .ok_or_else(|| bad("truncated answer"))?;
+        let kind = u16::from_be_bytes([head[0], head[1]]);
+        let len = u16::from_be_bytes([head[8], head[9]]) as usize;
+        let data = msg
+            .get(at + 10..at + 10 + len)
+            .ok_or_else(|| bad("truncated record"))?;
+        if kind == 1 && len == 4 {
+            ips.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += 10 + len;
+    }
+    if ips.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{name}: no IPv4 address"),
+        ));
+    }
+    Ok(ips)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_resolv_conf_are_read() {
+        let hosts = "127.0.0.1 localhost\n# x\n10.0.0.5 relay relay.example.org # mail\n";
+        assert_eq!(
+            from_hosts(hosts, "relay.example.org"),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        assert_eq!(from_hosts(hosts, "other"), None);
+        let conf = "search example.org\nnameserver 10.0.2.3\nnameserver fe80::1\n";
+        assert_eq!(nameservers(conf).len(), 2);
+    }
+
+    #[test]
+    fn literal_addresses_need_no_lookup() {
+        assert_eq!(
+            resolve_host_port("127.0.0.1:8080").unwrap(),
+            vec!["127.0.0.1:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            resolve("::1", 25).unwrap(),
+            vec!["[::1]:25".parse().unwrap()]
+        );
+    }
+}

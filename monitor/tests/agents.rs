@@ -1,0 +1,139 @@
+//! Agent instances through the real launcher: pinned, reniced, unprivileged, restarted, and
+//! given up on when they keep dying.
+
+// Helpers of the tests below: a failed step should stop the test there, with its error.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::fs;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use buildos_monitor::agents::{Policy, Spec, Supervisor};
+use buildos_monitor::slices::Slice;
+use support::{require_root, wait_for};
+
+fn policy() -> Policy {
+    Policy {
+        quick: Duration::from_secs(5),
+        max_quick_deaths: 3,
+        first_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
+    }
+}
+
+fn spec(
+    dir: &std::path::Path,
+    argv: &[&str],
+    affinity: Vec<u32>,
+    user: Option<(u32, u32)>,
+) -> Spec {
+    Spec {
+        slice: Slice {
+            toolchain: "default".into(),
+            instance: 1,
+            instances: 1,
+            cpus: affinity.len() as u32,
+            affinity,
+            ram_mib: 1024,
+            ram_auxiliary_mib: 0,
+        },
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        dir: dir.to_path_buf(),
+        nice: 7,
+        user,
+        log: dir.join("agent.log"),
+    }
+}
+
+#[test]
+fn agent_runs_pinned_reniced_as_the_build_user() {
+    require_root("dropping an agent to another user");
+    let dir = tempfile::tempdir().unwrap();
+    // World-writable so the unprivileged agent can write its record.
+    let record_dir = dir.path().join("records");
+    fs::create_dir(&record_dir).unwrap();
+    fs::set_permissions(
+        &record_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let record = record_dir.join("record");
+    let helper = record_dir.join("helper");
+    // The agent starts a helper of its own, which must stop with it.
+    let script = format!(
+        "sleep 600 & echo $! > {h}; echo \"uid=$(id -u) gid=$(id -g) cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status) nice=$(cut -d' ' -f19 /proc/self/stat)\" > {r}.tmp && mv {r}.tmp {r}; exec sleep 600",
+        r = record.display(),
+        h = helper.display()
+    );
+    let supervisor = Supervisor::start(
+        vec![spec(
+            dir.path(),
+            &["/bin/sh", "-c", &script],
+            vec![0],
+            Some((65534, 65534)),
+        )],
+        policy(),
+        Arc::new(|_: &Spec, _, _: &str| {}),
+    );
+    wait_for("the agent's record", Duration::from_secs(30), || {
+        record.exists()
+    });
+    assert_eq!(
+        fs::read_to_string(&record).unwrap().trim(),
+        "uid=65534 gid=65534 cpus=0 nice=7"
+    );
+    let pid = supervisor.states()[0].1.pid.unwrap();
+    let helper: u32 = fs::read_to_string(&helper).unwrap().trim().parse().unwrap();
+    supervisor.stop(Duration::from_secs(5));
+    let gone = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    wait_for(
+        "the agent's helper to stop",
+        Duration::from_secs(10),
+        || gone(helper),
+    );
+    assert!(
+        supervisor.states()[0].1.pid.is_none(),
+        "agent {pid} not stopped"
+    );
+    assert_eq!(supervisor.states()[0].1.state, "stopped");
+}
+
+#[test]
+fn agent_that_keeps_dying_is_reported_once_and_left_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (told, reports) = mpsc::channel();
+    let told = Mutex::new(told);
+    let supervisor = Supervisor::start(
+        vec![spec(
+            dir.path(),
+            &["/bin/sh", "-c", "exit 3"],
+            vec![0],
+            None,
+        )],
+        policy(),
+        Arc::new(move |spec: &Spec, deaths, last: &str| {
+            let _ = told
+                .lock()
+                .unwrap()
+                .send((spec.slice.instance, deaths, last.to_string()));
+        }),
+    );
+    let (instance, deaths, last) = reports.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!((instance, deaths), (1, 3));
+    assert_eq!(last, "exit status: 3");
+    let (_, state) = supervisor.states().remove(0);
+    assert_eq!(state.starts, 3);
+    assert!(
+        state.state.starts_with("given up after 3 quick deaths"),
+        "{}",
+        state.state
+    );
+    // Left stopped: no further start and no second report.
+    assert!(reports.recv_timeout(Duration::from_millis(500)).is_err());
+    assert_eq!(supervisor.states()[0].1.starts, 3);
+}
