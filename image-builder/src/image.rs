@@ -693,7 +693,7 @@ mod tests {
         let entries = read_initrd(&out.initrd_path);
         assert_eq!(file(&entries, "usr/sbin/init"), b"init");
         assert_eq!(file(&entries, "usr/bin/sshd"), b"sshd");
-        assert!(file(&entries, &format!("usr/lib/modules/{VERSION}/modules.dep")).len() > 0);
+        assert!(!file(&entries, &format!("usr/lib/modules/{VERSION}/modules.dep")).is_empty());
         // Later segments never name a path through a symlink, nor the symlinks themselves.
         let later: Vec<&str> = entries
             .iter()
