@@ -49,6 +49,8 @@ pub struct Config {
     pub poll_interval: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
     pub br1_address: Ipv4Net,
+    /// `buildos.debug_shell`, default off: a console shell after ready, for tests.
+    pub debug_shell: bool,
 }
 
 /// The default address of br1 (a test checks that [`Ipv4Net::new`] accepts it).
@@ -74,6 +76,7 @@ impl Default for Config {
             dhcp_wait: 15,
             poll_interval: 300,
             br1_address: DEFAULT_BR1,
+            debug_shell: false,
         }
     }
 }
@@ -173,6 +176,7 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::DhcpWait => format!("{} s", config.dhcp_wait),
             ParamId::PollInterval => format!("{} s", config.poll_interval),
             ParamId::OnFailure => config.on_failure.to_string(),
+            ParamId::DebugShell => u8::from(config.debug_shell).to_string(),
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
             | ParamId::Instances
@@ -287,6 +291,7 @@ mod tests {
             "dhcp_wait: 15 s",
             "poll_interval: 300 s",
             "on_failure: shell",
+            "debug_shell: 0",
         ];
         assert_eq!(describe(&Config::default()), expect);
         assert_eq!(Config::default().to_string(), expect.join("\n") + "\n");

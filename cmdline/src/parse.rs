@@ -259,6 +259,13 @@ impl Parser {
             ParamId::DhcpWait => config.dhcp_wait = seconds(value, 1, 600)?,
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
+            ParamId::DebugShell => {
+                config.debug_shell = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return None,
+                }
+            }
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
             | ParamId::Instances
@@ -680,6 +687,7 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
             ("buildos.dhcp_wait=0", "expected a whole number of seconds from 1 to 600"),
             ("buildos.poll_interval=9", "expected a whole number of seconds from 10 to 86400"),
             ("buildos.on_failure=halt", "expected shell, reboot or poweroff"),
+            ("buildos.debug_shell=yes", "expected 0 or 1"),
             ("buildos.admin_email=", "expected an email address like admin@example.org"),
         ];
         for (input, expected) in cases {

@@ -42,6 +42,7 @@ pub enum ParamId {
     DhcpWait,
     PollInterval,
     OnFailure,
+    DebugShell,
 }
 
 /// One kernel command line parameter.
@@ -419,6 +420,21 @@ shell on the console (leaving it reboots), `reboot` reboots the host, `poweroff`
 `reboot` suits hosts nobody watches; `shell` lets someone at the console repair the host.",
         origin: Origin::Buildos,
     },
+    Param {
+        id: ParamId::DebugShell,
+        name: "buildos.debug_shell",
+        value: "0|1",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "0 or 1",
+        default: Some("0"),
+        example: "1",
+        doc: "For tests and debugging: `1` starts a root shell (busybox, prompt \
+`buildos-emergency#`) on the console once init is ready, so a test harness can run the \
+guest's own programs over the serial console; leaving the shell reboots the host. Never set \
+it on a host others can reach the console of.",
+        origin: Origin::Buildos,
+    },
 ];
 
 /// The documented parameter closest to an unknown one, if it is a near miss: `rest` is the name
@@ -479,7 +495,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 23);
+        assert_eq!(PARAMS.len(), 24);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn run() -> ! {
     match booted {
         Ok(Ok(())) => {
             console::info(&boot.clock.ready_line(boot.problems.len()));
-            lifecycle::serve(None)
+            lifecycle::serve(debug_shell(&boot.config))
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
         Err(_) => fallback(on_failure, "init panicked during boot"),
@@ -223,6 +223,22 @@ fn step_modules(boot: &mut Boot) -> StepResult {
     } else {
         Outcome::Warnings(problems)
     })
+}
+
+/// `buildos.debug_shell=1`: a shell on the console after ready, for tests that run the guest's
+/// programs over the serial console. Leaving it reboots, as with the emergency shell.
+fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
+    if !config.debug_shell {
+        return None;
+    }
+    console::info("debug shell on the console (buildos.debug_shell=1); leave it to reboot");
+    match lifecycle::spawn_shell() {
+        Ok(pid) => Some(pid),
+        Err(error) => {
+            console::error(&format!("cannot start the debug shell: {error}"));
+            None
+        }
+    }
 }
 
 /// What init does when boot cannot go on: the emergency shell on the console (leaving it
