@@ -23,6 +23,11 @@ pub const QEMU: Need = Need {
     package: "qemu-system-x86",
     why: "boots the image for `cargo xtask qemu` and the VM tests",
 };
+pub const MMDEBSTRAP: Need = Need {
+    command: "mmdebstrap",
+    package: "mmdebstrap",
+    why: "makes the Debian root filesystem of the debian profile",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
@@ -40,7 +45,7 @@ pub fn find(command: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
