@@ -6,7 +6,8 @@
 //! - entries sorted by path (bytes), paths without a leading `/` or `./`; every parent directory
 //!   is written explicitly, before its children (a parent's path is a prefix of its child's, so
 //!   sorting puts it first); parents nobody added get mode `0755`;
-//! - uid and gid 0 unless [`Archive::set_owner`] gave others, every mtime the given `SOURCE_DATE_EPOCH`, device numbers 0;
+//! - uid and gid 0 unless [`Archive::set_owner`] gave others, every mtime the given
+//!   `SOURCE_DATE_EPOCH`, device numbers 0;
 //! - inode numbers 1, 2, 3, ... in output order; nlink 2 for directories and 1 otherwise;
 //! - then the `TRAILER!!!` entry.
 

@@ -91,6 +91,10 @@ fn check_debian(out: &Path) -> Result<()> {
     if made.build_time.is_zero() {
         bail!("the second debian build reused a root filesystem instead of making one");
     }
+    eprintln!(
+        "xtask: second debian root filesystem made afresh in {:.0} s",
+        made.build_time.as_secs_f64()
+    );
     check_reproducible(
         &again,
         out,
@@ -118,6 +122,10 @@ fn check_debian(out: &Path) -> Result<()> {
         first.output.buildid, other.output.buildid
     );
     let _ = std::fs::remove_dir_all(&fresh);
+    eprintln!(
+        "xtask: the debian checks took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

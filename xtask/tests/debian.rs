@@ -54,6 +54,7 @@ fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
         ("cat /etc/buildos/profile", "debian"),
     ] {
         let output = run(&mut vm, command);
+        eprintln!("guest: `{command}`: {output}");
         assert!(
             output.contains(expected),
             "`{command}` printed {output:?}, expected {expected:?}"
