@@ -385,6 +385,17 @@ impl fmt::Display for Entry {
         ] {
             perms.push(if self.mode & bit != 0 { c } else { '-' });
         }
+        // setuid, setgid and sticky show in the execute columns, as `ls -l` shows them.
+        for (special, exec, at, set, unset) in [
+            (0o4000, 0o100, 3, 's', 'S'),
+            (0o2000, 0o010, 6, 's', 'S'),
+            (0o1000, 0o001, 9, 't', 'T'),
+        ] {
+            if self.mode & special != 0 {
+                let c = if self.mode & exec != 0 { set } else { unset };
+                perms.replace_range(at..=at, &c.to_string());
+            }
+        }
         write!(
             f,
             "{perms} {}/{} {:>10} {}",
@@ -674,5 +685,31 @@ mod tests {
         );
         let etc = entries.iter().find(|e| e.path == "etc").unwrap();
         assert_eq!(etc.to_string(), "drwx------ 0/0          0 etc");
+        let mut archive = Archive::new();
+        archive
+            .add_file("usr/bin/sudo", 0o4755, b"x".to_vec())
+            .unwrap();
+        archive
+            .add_file("usr/bin/odd", 0o2644, b"x".to_vec())
+            .unwrap();
+        archive.add_dir("tmp", 0o1777).unwrap();
+        archive.set_owner("usr/bin/odd", 0, 42).unwrap();
+        let shown: Vec<String> = list(&archive.to_bytes(0).unwrap())
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            shown.contains(&"drwxrwxrwt 0/0          0 tmp".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"-rwsr-xr-x 0/0          1 usr/bin/sudo".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"-rw-r-Sr-- 0/42          1 usr/bin/odd".to_string()),
+            "{shown:?}"
+        );
     }
 }
