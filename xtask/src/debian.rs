@@ -15,8 +15,9 @@
 //! - `kernel/linux-image-*.deb`: the kernel package, fetched with mmdebstrap's own apt
 //!   configuration (same mirror, same resolution as the packages).
 //!
-//! Downloads are kept in one apt archive directory shared by every build, so a second cold
-//! build of the same packages does not download them again.
+//! Only the newest root filesystem of a profile is kept. Downloads are kept in one apt archive
+//! directory shared by every build, so a second cold build of the same packages does not
+//! download them again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -280,7 +281,28 @@ pub fn rootfs(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+    prune(cache, &profile.name, &dir);
     load(&dir, key, started.elapsed())
+}
+
+/// Removes the profile's older root filesystems from the cache (about 160 MB each), keeping
+/// `keep`: only the newest of a profile is ever reused.
+fn prune(cache: &Path, profile: &str, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    let prefix = format!("{profile}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path != keep && name.starts_with(&prefix) && path.join(SEGMENT).is_file() {
+            eprintln!(
+                "xtask: removing the outdated root filesystem {}",
+                path.display()
+            );
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 fn load(dir: &Path, key: String, build_time: Duration) -> Result<Rootfs> {
