@@ -51,6 +51,8 @@ pub struct Config {
     pub agent_grace: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
     pub br1_address: Ipv4Net,
+    /// `buildos.debug_shell`, default off: a console shell after ready, for tests.
+    pub debug_shell: bool,
 }
 
 /// The default address of br1 (a test checks that [`Ipv4Net::new`] accepts it).
@@ -77,6 +79,7 @@ impl Default for Config {
             poll_interval: 300,
             agent_grace: 30,
             br1_address: DEFAULT_BR1,
+            debug_shell: false,
         }
     }
 }
@@ -177,6 +180,7 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::PollInterval => format!("{} s", config.poll_interval),
             ParamId::AgentGrace => format!("{} s", config.agent_grace),
             ParamId::OnFailure => config.on_failure.to_string(),
+            ParamId::DebugShell => u8::from(config.debug_shell).to_string(),
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
             | ParamId::Instances
@@ -292,6 +296,7 @@ mod tests {
             "poll_interval: 300 s",
             "agent_grace: 30 s",
             "on_failure: shell",
+            "debug_shell: 0",
         ];
         assert_eq!(describe(&Config::default()), expect);
         assert_eq!(Config::default().to_string(), expect.join("\n") + "\n");

@@ -260,6 +260,13 @@ impl Parser {
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
             ParamId::AgentGrace => config.agent_grace = seconds(value, 1, 3600)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
+            ParamId::DebugShell => {
+                config.debug_shell = match value {
+                    "0" => false,
+                    "1" => true,
+                    _ => return None,
+                }
+            }
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
             | ParamId::Instances
@@ -682,6 +689,7 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
             ("buildos.poll_interval=9", "expected a whole number of seconds from 10 to 86400"),
             ("buildos.agent_grace=0", "expected a whole number of seconds from 1 to 3600"),
             ("buildos.on_failure=halt", "expected shell, reboot or poweroff"),
+            ("buildos.debug_shell=yes", "expected 0 or 1"),
             ("buildos.admin_email=", "expected an email address like admin@example.org"),
         ];
         for (input, expected) in cases {

@@ -103,6 +103,10 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.on_failure != defaults.on_failure,
             config.on_failure.to_string(),
         ),
+        ParamId::DebugShell => changed(
+            config.debug_shell != defaults.debug_shell,
+            u8::from(config.debug_shell).to_string(),
+        ),
         ParamId::ToolchainUrl
         | ParamId::ToolchainTrust
         | ParamId::Instances

@@ -43,6 +43,7 @@ pub enum ParamId {
     PollInterval,
     AgentGrace,
     OnFailure,
+    DebugShell,
 }
 
 /// One kernel command line parameter.
@@ -433,6 +434,21 @@ sends SIGKILL, when a new OS build or toolchain makes it reboot the host.",
         doc: "What init does when a required boot step fails or it panics: `shell` starts a \
 shell on the console (leaving it reboots), `reboot` reboots the host, `poweroff` powers it off. \
 `reboot` suits hosts nobody watches; `shell` lets someone at the console repair the host.",
+        origin: Origin::Buildos,
+    },
+    Param {
+        id: ParamId::DebugShell,
+        name: "buildos.debug_shell",
+        value: "0|1",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "0 or 1",
+        default: Some("0"),
+        example: "1",
+        doc: "For tests and debugging: `1` starts a root shell (busybox, prompt \
+`buildos-emergency#`) on the console once init is ready, so a test harness can run the \
+guest's own programs over the serial console; leaving the shell reboots the host. Never set \
+it on a host others can reach the console of.",
         origin: Origin::Buildos,
     },
 ];

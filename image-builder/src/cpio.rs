@@ -6,7 +6,8 @@
 //! - entries sorted by path (bytes), paths without a leading `/` or `./`; every parent directory
 //!   is written explicitly, before its children (a parent's path is a prefix of its child's, so
 //!   sorting puts it first); parents nobody added get mode `0755`;
-//! - uid and gid 0, every mtime the given `SOURCE_DATE_EPOCH`, device numbers 0;
+//! - uid and gid 0 unless [`Archive::set_owner`] gave others, every mtime the given
+//!   `SOURCE_DATE_EPOCH`, device numbers 0;
 //! - inode numbers 1, 2, 3, ... in output order; nlink 2 for directories and 1 otherwise;
 //! - then the `TRAILER!!!` entry.
 
@@ -109,6 +110,8 @@ fn parents(path: &str) -> impl Iterator<Item = &str> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Archive {
     nodes: BTreeMap<String, Node>,
+    /// Owners other than root, by normalized path.
+    owners: BTreeMap<String, (u32, u32)>,
 }
 
 impl Archive {
@@ -163,6 +166,46 @@ impl Archive {
                 target: target.to_string(),
             },
         )
+    }
+
+    /// Gives an added entry an owner other than root (a root filesystem's `/etc/shadow` belongs
+    /// to group `shadow`). Owner 0/0 is the default and is not stored.
+    pub fn set_owner(&mut self, path: &str, uid: u32, gid: u32) -> Result<(), CpioError> {
+        let path = normalize(path)?;
+        if !self.nodes.contains_key(&path) {
+            return Err(CpioError::BadPath {
+                path,
+                reason: "an owner can only be set on an added entry",
+            });
+        }
+        if (uid, gid) == (0, 0) {
+            self.owners.remove(&path);
+        } else {
+            self.owners.insert(path, (uid, gid));
+        }
+        Ok(())
+    }
+
+    /// Every symlink added: path and target.
+    pub fn symlinks(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.nodes.iter().filter_map(|(path, node)| match node {
+            Node::Symlink { target } => Some((path.as_str(), target.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The same entries and owners under the paths `f` gives; used to put an overlay's entries
+    /// where a base archive's directory symlinks lead (`sbin/init` → `usr/sbin/init`).
+    pub fn relocate(&self, f: impl Fn(&str) -> String) -> Result<Archive, CpioError> {
+        let mut out = Archive::new();
+        for (path, node) in &self.nodes {
+            let to = f(path);
+            out.insert(&to, node.clone())?;
+            if let Some((uid, gid)) = self.owners.get(path) {
+                out.set_owner(&to, *uid, *gid)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `path` was added (implicit parents don't count).
@@ -241,11 +284,12 @@ impl Archive {
                 path: path.to_string(),
                 size: data.len() as u64,
             })?;
+            let (uid, gid) = self.owners.get(path).copied().unwrap_or((0, 0));
             let mut entry = cpio::newc::Builder::new(path)
                 .ino(ino)
                 .mode(mode)
-                .uid(0)
-                .gid(0)
+                .uid(uid)
+                .gid(gid)
                 .nlink(nlink)
                 .mtime(mtime)
                 .dev_major(0)
@@ -340,6 +384,17 @@ impl fmt::Display for Entry {
             (0o001, 'x'),
         ] {
             perms.push(if self.mode & bit != 0 { c } else { '-' });
+        }
+        // setuid, setgid and sticky show in the execute columns, as `ls -l` shows them.
+        for (special, exec, at, set, unset) in [
+            (0o4000, 0o100, 3, 's', 'S'),
+            (0o2000, 0o010, 6, 's', 'S'),
+            (0o1000, 0o001, 9, 't', 'T'),
+        ] {
+            if self.mode & special != 0 {
+                let c = if self.mode & exec != 0 { set } else { unset };
+                perms.replace_range(at..=at, &c.to_string());
+            }
         }
         write!(
             f,
@@ -630,5 +685,31 @@ mod tests {
         );
         let etc = entries.iter().find(|e| e.path == "etc").unwrap();
         assert_eq!(etc.to_string(), "drwx------ 0/0          0 etc");
+        let mut archive = Archive::new();
+        archive
+            .add_file("usr/bin/sudo", 0o4755, b"x".to_vec())
+            .unwrap();
+        archive
+            .add_file("usr/bin/odd", 0o2644, b"x".to_vec())
+            .unwrap();
+        archive.add_dir("tmp", 0o1777).unwrap();
+        archive.set_owner("usr/bin/odd", 0, 42).unwrap();
+        let shown: Vec<String> = list(&archive.to_bytes(0).unwrap())
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            shown.contains(&"drwxrwxrwt 0/0          0 tmp".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"-rwsr-xr-x 0/0          1 usr/bin/sudo".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"-rw-r-Sr-- 0/42          1 usr/bin/odd".to_string()),
+            "{shown:?}"
+        );
     }
 }

@@ -8,9 +8,20 @@
 //!   (see [`crate::kmod`] for their order);
 //! - [`MODULES_LIST`]: the closure's module names in load order, one per line, for init.
 //!
+//! The initrd is up to three gzip'd cpio segments, one after the other (the kernel unpacks
+//! each over the previous ones):
+//!
+//! 1. the base, when the spec has one: a whole root filesystem made once and cached by the
+//!    caller (see [`crate::rootfs`]); its directory symlinks (`sbin` → `usr/sbin`) are followed
+//!    for every path of the next segments, so unpacking never replaces them with directories;
+//! 2. the image's own entries: modules, init, the spec's entries and files;
+//! 3. [`BUILDID_PATH`], one line: the buildid, a hash over the kernel and segments 1 and 2. It
+//!    cannot hash itself, so it comes last and is small; a running host reads its own id there.
+//!
 //! Everything is derived from the spec's inputs only: the same inputs give byte-identical
-//! outputs, and the buildid is a hash of the kernel and initrd bytes.
+//! outputs.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +40,8 @@ pub const INITRD_FILE: &str = "buildos-initrd";
 pub const BUILDID_FILE: &str = "buildos-buildid";
 /// Where the initrd lists the modules init loads, in load order, one name per line.
 pub const MODULES_LIST: &str = "etc/buildos/modules";
+/// Where the initrd's last segment holds the buildid, one line of lower-case hex.
+pub const BUILDID_PATH: &str = "etc/buildos/buildid";
 /// The default gzip level. For Debian bookworm's kernel with the standard module set (13.7 MB
 /// of cpio) level 6 gives 4.93 MB in 1.0 s, level 9 4.91 MB in 2.5 s and level 1 5.68 MB in
 /// 0.13 s (release build, one core of the build machine): 6 is within 0.4% of 9 at 40% of its
@@ -73,6 +86,15 @@ pub enum InitrdEntry {
     },
 }
 
+/// A root filesystem segment that goes first in the initrd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// A gzip'd cpio newc archive, copied into the initrd as it is.
+    pub segment: PathBuf,
+    /// The root filesystem's symlinks, path → target, paths without a leading `/`.
+    pub symlinks: BTreeMap<String, String>,
+}
+
 /// Everything an image is made of. Nothing else is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -90,6 +112,8 @@ pub struct ImageSpec {
     pub gzip_level: u32,
     /// Where the three outputs go; created if missing.
     pub out_dir: PathBuf,
+    /// A root filesystem to put first; `None` makes an initrd of the image's entries only.
+    pub base: Option<Base>,
 }
 
 impl ImageSpec {
@@ -107,6 +131,7 @@ impl ImageSpec {
             source_date_epoch,
             gzip_level: DEFAULT_GZIP_LEVEL,
             out_dir: out_dir.into(),
+            base: None,
         }
     }
 }
@@ -120,8 +145,10 @@ pub struct ImageOutput {
     pub kernel_version: String,
     pub kernel_size: u64,
     pub initrd_size: u64,
-    /// Size of the cpio archive before gzip.
+    /// Size of the image's own cpio segment before gzip (the base not counted).
     pub initrd_uncompressed_size: u64,
+    /// Size of the base segment in the initrd (0 without a base).
+    pub base_size: u64,
     /// Module names in load order (what [`MODULES_LIST`] holds).
     pub modules: Vec<String>,
     /// Bytes of module files in the initrd.
@@ -136,6 +163,7 @@ pub struct Assembled {
     pub kernel: Vec<u8>,
     pub initrd: Vec<u8>,
     pub initrd_uncompressed_size: u64,
+    pub base_size: u64,
     pub kernel_version: String,
     pub modules: Vec<String>,
     pub module_bytes: u64,
@@ -179,6 +207,12 @@ pub enum ImageError {
         #[source]
         source: Box<CpioError>,
     },
+    #[error("cannot read the root filesystem segment {path}")]
+    Base {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("gzip level {level} is out of range 0 to 9")]
     GzipLevel { level: u32 },
     #[error("cannot gzip the initrd")]
@@ -199,7 +233,7 @@ pub enum ImageError {
 }
 
 /// The buildid of an image: lower-case hex SHA-256 over a domain tag and the length-prefixed
-/// kernel and initrd bytes.
+/// kernel and initrd bytes (the initrd without its last, buildid segment).
 pub fn buildid(kernel: &[u8], initrd: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(BUILDID_DOMAIN);
@@ -293,18 +327,50 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         add(path, result)?;
     }
 
+    let no_links = BTreeMap::new();
+    let symlinks = spec.base.as_ref().map_or(&no_links, |b| &b.symlinks);
+    let place = |path: &str| crate::rootfs::resolve(symlinks, path);
+    if spec.base.is_some() {
+        archive = archive
+            .relocate(place)
+            .map_err(|source| ImageError::Initrd {
+                what: "the image's entries over the root filesystem".to_string(),
+                source: Box::new(source),
+            })?;
+    }
     let cpio = archive
         .to_bytes(spec.source_date_epoch)
         .map_err(|source| ImageError::Initrd {
             what: "the archive".to_string(),
             source: Box::new(source),
         })?;
-    let initrd = gzip(&cpio, spec.gzip_level).map_err(ImageError::Compress)?;
+    let mut initrd = match &spec.base {
+        Some(base) => fs::read(&base.segment).map_err(|source| ImageError::Base {
+            path: base.segment.clone(),
+            source,
+        })?,
+        None => Vec::new(),
+    };
+    let base_size = initrd.len() as u64;
+    initrd.extend(gzip(&cpio, spec.gzip_level).map_err(ImageError::Compress)?);
     let kernel = package.vmlinuz;
     let id = buildid(&kernel, &initrd);
+    let mut last = Archive::new();
+    add(
+        BUILDID_PATH,
+        last.add_file(&place(BUILDID_PATH), 0o644, format!("{id}\n")),
+    )?;
+    let last = last
+        .to_bytes(spec.source_date_epoch)
+        .map_err(|source| ImageError::Initrd {
+            what: "the buildid segment".to_string(),
+            source: Box::new(source),
+        })?;
+    initrd.extend(gzip(&last, spec.gzip_level).map_err(ImageError::Compress)?);
     Ok(Assembled {
         kernel,
         initrd,
+        base_size,
         initrd_uncompressed_size: cpio.len() as u64,
         kernel_version: version,
         modules: names,
@@ -402,6 +468,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         kernel_size: image.kernel.len() as u64,
         initrd_size: image.initrd.len() as u64,
         initrd_uncompressed_size: image.initrd_uncompressed_size,
+        base_size: image.base_size,
         modules: image.modules,
         module_bytes: image.module_bytes,
         buildid: image.buildid,
@@ -578,6 +645,68 @@ mod tests {
         let mut spec = inputs.spec("out2");
         spec.source_date_epoch += 1;
         assert_ne!(a.buildid, build(&spec).unwrap().buildid);
+    }
+
+    #[test]
+    fn last_segment_holds_the_buildid_of_everything_before_it() {
+        let inputs = Inputs::new(b"the kernel");
+        let out = build(&inputs.spec("out")).unwrap();
+        let initrd = std::fs::read(&out.initrd_path).unwrap();
+        let entries = read_initrd(&out.initrd_path);
+        assert_eq!(
+            file(&entries, BUILDID_PATH),
+            format!("{}\n", out.buildid).as_bytes()
+        );
+        // The last gzip member is the buildid segment: the id covers the bytes before it.
+        let start = (1..initrd.len())
+            .rev()
+            .find(|&i| initrd[i..].starts_with(b"\x1f\x8b\x08\x00\x00\x00\x00\x00"))
+            .unwrap();
+        assert_eq!(buildid(b"the kernel", &initrd[..start]), out.buildid);
+    }
+
+    #[test]
+    fn base_segment_goes_first_and_entries_follow_its_directory_symlinks() {
+        let inputs = Inputs::new(b"k");
+        let mut base = Archive::new();
+        base.add_symlink("sbin", "usr/sbin").unwrap();
+        base.add_symlink("lib", "usr/lib").unwrap();
+        base.add_file("usr/bin/sshd", 0o755, b"sshd".to_vec())
+            .unwrap();
+        let base_gz = gzip(&base.to_bytes(0).unwrap(), 6).unwrap();
+        let segment = inputs.dir.path().join("rootfs.cpio.gz");
+        std::fs::write(&segment, &base_gz).unwrap();
+        let mut spec = inputs.spec("out");
+        spec.entries.push(InitrdEntry::File {
+            path: "/sbin/init".into(),
+            mode: 0o755,
+            contents: b"init".to_vec(),
+        });
+        spec.base = Some(Base {
+            segment,
+            symlinks: base.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
+        });
+        let out = build(&spec).unwrap();
+        assert_eq!(out.base_size, base_gz.len() as u64);
+        let initrd = std::fs::read(&out.initrd_path).unwrap();
+        assert!(initrd.starts_with(&base_gz));
+        let entries = read_initrd(&out.initrd_path);
+        assert_eq!(file(&entries, "usr/sbin/init"), b"init");
+        assert_eq!(file(&entries, "usr/bin/sshd"), b"sshd");
+        assert!(!file(&entries, &format!("usr/lib/modules/{VERSION}/modules.dep")).is_empty());
+        // Later segments never name a path through a symlink, nor the symlinks themselves.
+        let later: Vec<&str> = entries
+            .iter()
+            .map(|(e, _)| e.path.as_str())
+            .skip_while(|p| *p != "usr/bin/sshd")
+            .skip(1)
+            .collect();
+        assert!(
+            later
+                .iter()
+                .all(|p| !p.starts_with("lib") && !p.starts_with("sbin")),
+            "{later:?}"
+        );
     }
 
     #[test]

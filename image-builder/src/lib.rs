@@ -9,7 +9,10 @@
 //! - [`kmod`]: the module database (names, dependencies, aliases from each module's
 //!   `.modinfo`), closure in load order, and the `modules.*` files for the initrd.
 //! - [`cpio`]: reproducible newc writer and a reader that lists initrds.
-//! - [`image`]: assembles and writes `buildos-image`, `buildos-initrd`, `buildos-buildid`.
+//! - [`rootfs`]: a root filesystem tar archive as a cpio segment, and path resolution through
+//!   its directory symlinks.
+//! - [`image`]: assembles and writes `buildos-image`, `buildos-initrd` (segments: the root
+//!   filesystem if any, the image's own entries, the buildid) and `buildos-buildid`.
 //!
 //! Architecture invariants: nothing here reads the running host's files beyond the paths the
 //! spec names (no `/lib/modules`, no depmod, no clock: mtimes come from `SOURCE_DATE_EPOCH`),
@@ -29,5 +32,6 @@ mod elf;
 mod fnmatch;
 pub mod image;
 pub mod kmod;
+pub mod rootfs;
 
-pub use image::{build, ImageError, ImageOutput, ImageSpec};
+pub use image::{build, Base, ImageError, ImageOutput, ImageSpec};

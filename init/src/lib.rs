@@ -131,7 +131,7 @@ pub fn run() -> ! {
         Ok(Ok(())) => {
             console::info(&boot.clock.ready_line(boot.problems.len()));
             write_report(&boot.problems);
-            lifecycle::serve(None, boot.services)
+            lifecycle::serve(debug_shell(&boot.config), boot.services)
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
         Err(_) => fallback(on_failure, "init panicked during boot"),
@@ -379,6 +379,22 @@ fn step_storage(boot: &mut Boot) -> StepResult {
     } else {
         Outcome::Warnings(report.warnings)
     })
+}
+
+/// `buildos.debug_shell=1`: a shell on the console after ready, for tests that run the guest's
+/// programs over the serial console. Leaving it reboots, as with the emergency shell.
+fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
+    if !config.debug_shell {
+        return None;
+    }
+    console::info("debug shell on the console (buildos.debug_shell=1); leave it to reboot");
+    match lifecycle::spawn_shell() {
+        Ok(pid) => Some(pid),
+        Err(error) => {
+            console::error(&format!("cannot start the debug shell: {error}"));
+            None
+        }
+    }
 }
 
 /// What init does when boot cannot go on: the emergency shell on the console (leaving it

@@ -1,17 +1,32 @@
-//! The image's content: a profile names the kernel package, the files taken from other Debian
-//! packages, extra symlinks, and the kernel modules to load at boot.
+//! The image's content: a profile names the kernel package, the Debian root filesystem (release,
+//! mirror, packages, what dpkg leaves out, what is removed after), the users, the files taken
+//! from single Debian packages, templates rendered into files, extra symlinks, and the kernel
+//! modules to load at boot.
 //!
-//! Profiles are TOML files in `rootfs/profiles/`, compiled into this crate so that a profile's
-//! content is part of the source that builds the image. This crate does no I/O.
+//! Profiles are TOML files in `rootfs/profiles/` and templates (tera) in `rootfs/templates/`,
+//! compiled into this crate so that a profile's content is part of the source that builds the
+//! image. This crate does no I/O.
 
 use std::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The profile `cargo xtask image` and `cargo xtask qemu` use when none is named.
-pub const DEFAULT_PROFILE: &str = "minimal";
+pub const DEFAULT_PROFILE: &str = "debian";
 
-const PROFILES: &[(&str, &str)] = &[("minimal", include_str!("../profiles/minimal.toml"))];
+const PROFILES: &[(&str, &str)] = &[
+    ("debian", include_str!("../profiles/debian.toml")),
+    ("minimal", include_str!("../profiles/minimal.toml")),
+];
+
+/// The templates a profile's `[[template]]` entries may name.
+const TEMPLATES: &[(&str, &str)] = &[
+    ("os-release", include_str!("../templates/os-release")),
+    (
+        "sshd_config.conf",
+        include_str!("../templates/sshd_config.conf"),
+    ),
+];
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -21,11 +36,70 @@ pub struct Profile {
     pub description: String,
     /// Debian package whose dependency names the kernel image package, or that package itself.
     pub kernel: String,
+    /// A Debian root filesystem made with mmdebstrap; without it the image holds only what the
+    /// other entries name.
+    pub debian: Option<Debian>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<User>,
+    #[serde(default, rename = "template")]
+    pub templates: Vec<Template>,
     #[serde(default, rename = "package")]
     pub packages: Vec<Package>,
     #[serde(default, rename = "symlink")]
     pub symlinks: Vec<Symlink>,
     pub modules: Modules,
+}
+
+/// The Debian root filesystem: what mmdebstrap installs and what the image leaves out.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    /// The release (suite), e.g. `bookworm`.
+    pub release: String,
+    /// The mirror packages and the kernel come from; a snapshot.debian.org URL pins every
+    /// version.
+    pub mirror: String,
+    /// mmdebstrap's `--variant`, e.g. `apt` (Essential packages and apt).
+    pub variant: String,
+    /// Installed with their dependencies and without recommends; `name=version` pins one.
+    pub packages: Vec<String>,
+    /// dpkg `path-exclude` patterns: files dpkg never writes (documentation, locales).
+    #[serde(default)]
+    pub path_exclude: Vec<String>,
+    /// Removed after installation (shell patterns on paths without the leading `/`, `*`
+    /// matching across `/`): files made at boot or different on every build.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A user and its group of the same name, made in the root filesystem.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// A file rendered from one of `rootfs/templates/` with tera.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// Absolute path in the image.
+    pub path: String,
+    /// File name in `rootfs/templates/`.
+    pub template: String,
+    pub mode: u32,
+}
+
+/// A rendered template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -71,8 +145,18 @@ impl Modules {
 
 #[derive(Debug)]
 pub enum ProfileError {
-    Unknown { name: String },
-    Invalid { name: String, message: String },
+    Unknown {
+        name: String,
+    },
+    Invalid {
+        name: String,
+        message: String,
+    },
+    Template {
+        profile: String,
+        template: String,
+        message: String,
+    },
 }
 
 impl fmt::Display for ProfileError {
@@ -89,6 +173,14 @@ impl fmt::Display for ProfileError {
                     "profile {name} (rootfs/profiles/{name}.toml) is invalid: {message}"
                 )
             }
+            ProfileError::Template {
+                profile,
+                template,
+                message,
+            } => write!(
+                f,
+                "profile {profile}: cannot render template rootfs/templates/{template}: {message}"
+            ),
         }
     }
 }
@@ -144,10 +236,133 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
             )));
         }
     }
+    for template in &profile.templates {
+        if !template.path.starts_with('/') {
+            return Err(invalid(format!(
+                "template path {:?} must be an absolute path",
+                template.path
+            )));
+        }
+        if !TEMPLATES.iter().any(|(n, _)| *n == template.template) {
+            let known: Vec<&str> = TEMPLATES.iter().map(|(n, _)| *n).collect();
+            return Err(invalid(format!(
+                "template {:?} is not in rootfs/templates/; expected one of: {}",
+                template.template,
+                known.join(", ")
+            )));
+        }
+    }
+    if let Some(debian) = &profile.debian {
+        if debian.packages.is_empty() {
+            return Err(invalid("debian.packages names no package".to_owned()));
+        }
+        for package in &debian.packages {
+            let name = package.split('=').next().unwrap_or_default();
+            let valid = name.len() >= 2
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if !valid || package.ends_with('=') {
+                return Err(invalid(format!(
+                    "debian.packages entry {package:?} is not a Debian package name, optionally \
+                     with =version, like \"openssh-server\" or \"socat=1.7.4.4-2\""
+                )));
+            }
+        }
+        if !debian.mirror.starts_with("http://") && !debian.mirror.starts_with("https://") {
+            return Err(invalid(format!(
+                "debian.mirror {:?} must be an http:// or https:// URL",
+                debian.mirror
+            )));
+        }
+    }
+    for user in &profile.users {
+        if profile.debian.is_none() {
+            return Err(invalid(format!(
+                "user {} needs a [debian] root filesystem to be made in",
+                user.name
+            )));
+        }
+        if !user.home.starts_with('/') {
+            return Err(invalid(format!(
+                "user {}: home {:?} must be an absolute path",
+                user.name, user.home
+            )));
+        }
+    }
     if profile.modules.boot.is_empty() {
         return Err(invalid("modules.boot names no module".to_owned()));
     }
     Ok(profile)
+}
+
+impl Profile {
+    /// What the root filesystem is made from, as canonical text: the `[debian]` table and the
+    /// users. Part of the root filesystem's cache key (with the mirror's release file and
+    /// `SOURCE_DATE_EPOCH`); the rest of the profile (modules, templates, files) goes into the
+    /// image's own segment and changes it without rebuilding the root filesystem.
+    pub fn rootfs_recipe(&self) -> Option<String> {
+        #[derive(Serialize)]
+        struct Recipe<'a> {
+            debian: &'a Debian,
+            user: &'a [User],
+        }
+        let debian = self.debian.as_ref()?;
+        toml::to_string(&Recipe {
+            debian,
+            user: &self.users,
+        })
+        .ok()
+    }
+
+    /// Renders the profile's templates with tera. The context: `profile` (name),
+    /// `description`, `version` (the buildos version the caller gives), `release` and
+    /// `mirror` (empty without a Debian root filesystem) and `users` (each with `name`, `uid`,
+    /// `gid`, `home`, `shell`).
+    pub fn render_templates(&self, version: &str) -> Result<Vec<RenderedFile>, ProfileError> {
+        let mut context = tera::Context::new();
+        context.insert("profile", &self.name);
+        context.insert("description", &self.description);
+        context.insert("version", version);
+        context.insert(
+            "release",
+            self.debian.as_ref().map_or("", |d| d.release.as_str()),
+        );
+        context.insert(
+            "mirror",
+            self.debian.as_ref().map_or("", |d| d.mirror.as_str()),
+        );
+        context.insert("users", &self.users);
+        let mut files = Vec::new();
+        for template in &self.templates {
+            let error = |message: String| ProfileError::Template {
+                profile: self.name.clone(),
+                template: template.template.clone(),
+                message,
+            };
+            let text = TEMPLATES
+                .iter()
+                .find(|(n, _)| *n == template.template)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| error("no such template".to_owned()))?;
+            let contents = tera::Tera::one_off(text, &context, false).map_err(|e| {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                error(message)
+            })?;
+            files.push(RenderedFile {
+                path: template.path.clone(),
+                mode: template.mode,
+                contents,
+            });
+        }
+        Ok(files)
+    }
 }
 
 #[cfg(test)]
@@ -214,7 +429,7 @@ mod tests {
         let error = load("fancy").unwrap_err().to_string();
         assert_eq!(
             error,
-            "no profile named \"fancy\"; expected one of: minimal"
+            "no profile named \"fancy\"; expected one of: debian, minimal"
         );
     }
 
@@ -232,6 +447,87 @@ mod tests {
         let error = parse("x", text).unwrap_err().to_string();
         assert!(
             error.contains("\"bin/busybox\" must be an absolute path"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn debian_profile_installs_what_a_build_host_runs_and_makes_the_build_user() {
+        let profile = load("debian").unwrap();
+        let debian = profile.debian.as_ref().unwrap();
+        for package in [
+            "openssh-server",
+            "dnsmasq",
+            "nftables",
+            "qemu-system-x86",
+            "qemu-utils",
+            "btrfs-progs",
+            "socat",
+            "sudo",
+            "ca-certificates",
+            "busybox",
+            "iproute2",
+        ] {
+            assert!(debian.packages.iter().any(|p| p == package), "{package}");
+        }
+        assert!(debian.remove.iter().any(|p| p == "etc/ssh/ssh_host_*"));
+        assert_eq!(
+            profile.users,
+            vec![User {
+                name: "build".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/build".into(),
+                shell: "/bin/bash".into()
+            }]
+        );
+        assert!(load("minimal").unwrap().debian.is_none());
+    }
+
+    #[test]
+    fn sshd_template_forbids_passwords_and_root_logins() {
+        let files = load("debian").unwrap().render_templates("1.2.3").unwrap();
+        let sshd = files
+            .iter()
+            .find(|f| f.path == "/etc/ssh/sshd_config.d/buildos.conf")
+            .unwrap();
+        assert!(sshd.contents.contains("\nPasswordAuthentication no\n"));
+        assert!(sshd.contents.contains("\nPermitRootLogin no\n"));
+        let release = files
+            .iter()
+            .find(|f| f.path == "/etc/buildos/os-release")
+            .unwrap();
+        assert!(release.contents.contains("VERSION_ID=\"1.2.3\"\n"));
+        assert!(release
+            .contents
+            .contains("BUILDOS_DEBIAN_RELEASE=\"bookworm\"\n"));
+    }
+
+    #[test]
+    fn rootfs_recipe_changes_with_packages_but_not_with_modules() {
+        let base = load("debian").unwrap();
+        let mut more = base.clone();
+        more.debian.as_mut().unwrap().packages.push("git".into());
+        assert_ne!(base.rootfs_recipe(), more.rootfs_recipe());
+        let mut module = base.clone();
+        module.modules.boot.push("loop".into());
+        assert_eq!(base.rootfs_recipe(), module.rootfs_recipe());
+        assert_eq!(load("minimal").unwrap().rootfs_recipe(), None);
+    }
+
+    #[test]
+    fn bad_package_name_and_unknown_template_are_rejected_with_the_value() {
+        let text = include_str!("../profiles/debian.toml");
+        let bad = text.replace("\"socat\"", "\"Socat tools\"");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("\"Socat tools\" is not a Debian package name"),
+            "{error}"
+        );
+        let bad = text.replace("template = \"os-release\"", "template = \"os-relase\"");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("\"os-relase\" is not in rootfs/templates/"),
             "{error}"
         );
     }

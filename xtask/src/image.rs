@@ -10,6 +10,7 @@ use buildos_image_builder as builder;
 use buildos_rootfs::Profile;
 
 use crate::apt::Apt;
+use crate::debian;
 
 /// The target init is built for: static glibc binaries boot as PID 1 with no loader.
 pub const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -22,6 +23,11 @@ pub struct Inputs {
     pub kernel_deb: PathBuf,
     pub package_debs: Vec<PathBuf>,
     pub source_date_epoch: u64,
+    /// The profile's Debian root filesystem, when it has one.
+    pub rootfs: Option<debian::Rootfs>,
+    /// What the image holds, `package<TAB>version` lines: written to `/etc/buildos/packages`
+    /// and beside the image as `buildos-packages`.
+    pub manifest: String,
 }
 
 pub struct Built {
@@ -29,20 +35,16 @@ pub struct Built {
     pub assembly: Duration,
 }
 
-/// Compiles init as a static release binary and returns its path.
-pub fn build_init() -> Result<PathBuf> {
-    build_static("buildos-init")
-}
+/// The manifest's file name in the output directory.
+pub const MANIFEST_FILE: &str = "buildos-packages";
+/// Where the image holds its manifest.
+pub const MANIFEST_PATH: &str = "/etc/buildos/packages";
 
-/// Compiles the monitor as a static release binary (like init) and returns its path.
-pub fn build_monitor() -> Result<PathBuf> {
-    build_static("buildos-monitor")
-}
-
-/// Compiles `package`'s binary of the same name statically for [`INIT_TARGET`].
-fn build_static(package: &str) -> Result<PathBuf> {
+/// Compiles init and the monitor as static release binaries and returns their paths.
+pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "--package", package])
+        .args(["build", "--release", "--quiet"])
+        .args(["--package", "buildos-init", "--package", "buildos-monitor"])
         .args(["--target", INIT_TARGET])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -50,14 +52,18 @@ fn build_static(package: &str) -> Result<PathBuf> {
         )
         .current_dir(crate::root())
         .status()
-        .with_context(|| format!("cannot run cargo to build {package}"))?;
+        .context("cannot run cargo to build init and the monitor")?;
     if !status.success() {
-        bail!("building {package} failed; see cargo's output above");
+        bail!("building buildos-init and buildos-monitor failed; see cargo's output above");
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"));
-    Ok(target_dir.join(INIT_TARGET).join("release").join(package))
+    let release = target_dir.join(INIT_TARGET).join("release");
+    Ok((
+        release.join("buildos-init"),
+        release.join("buildos-monitor"),
+    ))
 }
 
 /// SOURCE_DATE_EPOCH when set, else 0: file times then carry no information, and an image
@@ -71,26 +77,60 @@ pub fn source_date_epoch() -> Result<u64> {
     }
 }
 
+/// Where root filesystems are cached unless a caller names another directory.
+pub fn rootfs_cache() -> PathBuf {
+    crate::work_dir().join("rootfs")
+}
+
+/// The apt download cache every mmdebstrap run shares.
+pub fn apt_archives() -> PathBuf {
+    crate::work_dir().join("apt-archives")
+}
+
 pub fn prepare(profile_name: &str) -> Result<Inputs> {
-    let profile = buildos_rootfs::load(profile_name)?;
+    prepare_profile(buildos_rootfs::load(profile_name)?, &rootfs_cache())
+}
+
+/// Gathers a profile's inputs, its root filesystem from (or made into) `rootfs_cache`.
+pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> {
     crate::system::ensure(&[crate::system::APT])?;
-    let init = build_init()?;
-    let monitor = build_monitor()?;
+    let (init, monitor) = build_binaries()?;
+    let source_date_epoch = source_date_epoch()?;
     let apt = Apt::new(&crate::work_dir().join("debs"));
-    let kernel_package = apt.resolve_kernel(&profile.kernel)?;
-    let kernel_deb = uncompressed(&apt.fetch(&kernel_package)?)?;
     let package_debs = profile
         .packages
         .iter()
-        .map(|p| uncompressed(&apt.fetch(&p.name)?))
+        .map(|p| apt.fetch(&p.name))
         .collect::<Result<Vec<_>>>()?;
+    let (kernel, rootfs) = if profile.debian.is_some() {
+        let rootfs = debian::rootfs(&profile, source_date_epoch, rootfs_cache, &apt_archives())?;
+        (rootfs.kernel_deb.clone(), Some(rootfs))
+    } else {
+        let kernel_package = apt.resolve_kernel(&profile.kernel)?;
+        (apt.fetch(&kernel_package)?, None)
+    };
+    let mut manifest: Vec<String> = match &rootfs {
+        Some(rootfs) => rootfs.manifest.lines().map(str::to_owned).collect(),
+        None => Vec::new(),
+    };
+    for deb in std::iter::once(&kernel).chain(&package_debs) {
+        let control = builder::deb::Deb::open(deb)?.control()?;
+        manifest.push(format!("{}\t{}", control.package, control.version));
+    }
+    manifest.sort();
+    manifest.dedup();
     Ok(Inputs {
+        kernel_deb: uncompressed(&kernel)?,
+        package_debs: package_debs
+            .iter()
+            .map(|d| uncompressed(d))
+            .collect::<Result<Vec<_>>>()?,
         profile,
         init,
         monitor,
-        kernel_deb,
-        package_debs,
-        source_date_epoch: source_date_epoch()?,
+        source_date_epoch,
+        rootfs,
+        manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
     })
 }
 
@@ -112,50 +152,64 @@ fn uncompressed(deb: &Path) -> Result<PathBuf> {
 }
 
 pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
-    let init = std::fs::read(&inputs.init)
-        .with_context(|| format!("cannot read the init binary {}", inputs.init.display()))?;
+    use builder::image::InitrdEntry;
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
     let mut spec = builder::ImageSpec::new(&inputs.kernel_deb, out, inputs.source_date_epoch);
     spec.modules = inputs.profile.modules.carried();
-    spec.entries.push(builder::image::InitrdEntry::File {
-        path: "/etc/buildos/modules.boot".into(),
-        mode: 0o644,
-        contents: inputs
-            .profile
-            .modules
-            .boot
-            .iter()
-            .map(|name| format!("{name}\n"))
-            .collect::<String>()
-            .into_bytes(),
-    });
-    spec.entries.push(builder::image::InitrdEntry::File {
-        path: "/init".into(),
-        mode: 0o755,
-        contents: init,
-    });
-    let monitor = std::fs::read(&inputs.monitor).with_context(|| {
-        format!(
-            "cannot read the monitor binary {}",
-            inputs.monitor.display()
-        )
-    })?;
-    spec.entries.push(builder::image::InitrdEntry::File {
-        path: "/usr/sbin/buildos-monitor".into(),
-        mode: 0o755,
-        contents: monitor,
-    });
-    // Mail from other programs (to root) reaches the admin through the monitor's queue.
-    spec.entries.push(builder::image::InitrdEntry::Symlink {
-        path: "/usr/sbin/sendmail".into(),
-        target: "buildos-monitor".into(),
-    });
-    spec.entries.push(builder::image::InitrdEntry::File {
-        path: "/etc/buildos/profile".into(),
-        mode: 0o644,
-        contents: format!("{}\n", inputs.profile.name).into_bytes(),
-    });
+    spec.entries = vec![
+        InitrdEntry::File {
+            path: "/init".into(),
+            mode: 0o755,
+            contents: read(&inputs.init)?,
+        },
+        InitrdEntry::Symlink {
+            path: "/sbin/init".into(),
+            target: "/init".into(),
+        },
+        InitrdEntry::File {
+            path: "/usr/sbin/buildos-monitor".into(),
+            mode: 0o755,
+            contents: read(&inputs.monitor)?,
+        },
+        InitrdEntry::Symlink {
+            path: "/usr/sbin/sendmail".into(),
+            target: "buildos-monitor".into(),
+        },
+        // The modules init loads on every host; drivers come by the devices' modaliases.
+        InitrdEntry::File {
+            path: "/etc/buildos/modules.boot".into(),
+            mode: 0o644,
+            contents: inputs
+                .profile
+                .modules
+                .boot
+                .iter()
+                .map(|name| format!("{name}\n"))
+                .collect::<String>()
+                .into_bytes(),
+        },
+        InitrdEntry::File {
+            path: "/etc/buildos/profile".into(),
+            mode: 0o644,
+            contents: format!("{}\n", inputs.profile.name).into_bytes(),
+        },
+        InitrdEntry::File {
+            path: MANIFEST_PATH.into(),
+            mode: 0o644,
+            contents: inputs.manifest.clone().into_bytes(),
+        },
+    ];
+    for file in inputs.profile.render_templates(env!("CARGO_PKG_VERSION"))? {
+        spec.entries.push(InitrdEntry::File {
+            path: file.path,
+            mode: file.mode,
+            contents: file.contents.into_bytes(),
+        });
+    }
     for link in &inputs.profile.symlinks {
-        spec.entries.push(builder::image::InitrdEntry::Symlink {
+        spec.entries.push(InitrdEntry::Symlink {
             path: link.path.clone(),
             target: link.target.clone(),
         });
@@ -174,8 +228,15 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
                 .collect(),
         });
     }
+    spec.base = inputs.rootfs.as_ref().map(|r| builder::Base {
+        segment: r.segment.clone(),
+        symlinks: r.symlinks.clone(),
+    });
     let started = Instant::now();
     let output = builder::build(&spec)?;
+    let manifest = out.join(MANIFEST_FILE);
+    std::fs::write(&manifest, &inputs.manifest)
+        .with_context(|| format!("cannot write {}", manifest.display()))?;
     Ok(Built {
         output,
         assembly: started.elapsed(),
@@ -187,8 +248,21 @@ pub fn run(profile: &str, out: &Path) -> Result<Built> {
     let inputs = prepare(profile)?;
     let built = assemble(&inputs, out)?;
     let o = &built.output;
+    let rootfs = match &inputs.rootfs {
+        Some(r) if r.build_time.is_zero() => format!(
+            ", root filesystem {:.1} MB reused from {}",
+            o.base_size as f64 / 1e6,
+            r.dir.display()
+        ),
+        Some(r) => format!(
+            ", root filesystem {:.1} MB made in {:.0} s",
+            o.base_size as f64 / 1e6,
+            r.build_time.as_secs_f64()
+        ),
+        None => String::new(),
+    };
     eprintln!(
-        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB with {} modules, \
+        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB with {} modules{rootfs}, \
          buildid {}, assembled in {:.2} s",
         out.display(),
         o.kernel_version,

@@ -3,6 +3,7 @@
 
 pub mod apt;
 pub mod bench;
+pub mod debian;
 pub mod docs;
 pub mod image;
 pub mod pxe;

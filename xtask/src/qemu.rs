@@ -403,15 +403,48 @@ impl Vm {
         }
     }
 
-    /// Types text on the serial console, e.g. a command for the emergency shell.
+    /// Types `text` on the guest's serial console (a shell there reads it as typed input).
     pub fn type_text(&mut self, text: &str) -> Result<()> {
-        let input = self
-            .input
-            .as_mut()
-            .context("the console's input is closed")?;
-        input.write_all(text.as_bytes())?;
-        input.flush()?;
-        Ok(())
+        let Some(input) = self.input.as_mut() else {
+            bail!("the serial console's input is closed");
+        };
+        input
+            .write_all(text.as_bytes())
+            .and_then(|()| input.flush())
+            .context("cannot write to the guest's serial console")
+    }
+
+    /// Runs `command` in the shell on the serial console (`buildos.debug_shell=1`) and returns
+    /// its output lines: the command's output is framed by two marker lines the shell prints,
+    /// which the echo of the typed line cannot match.
+    pub fn shell(&mut self, command: &str, bound: Duration) -> Result<Vec<String>> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // `printf` joins the halves, so the typed line (echoed by the terminal) never holds the
+        // whole marker.
+        let begin = format!("@@begin-{n}@@");
+        let end = format!("@@end-{n}@@");
+        self.type_text(&format!(
+            "printf '%s%s\\n' '@@begin-{n}' '@@'; {command} 2>&1; printf '%s%s\\n' '@@end-{n}' '@@'\n"
+        ))?;
+        self.wait_for(&begin, bound)?;
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + bound;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(&end) => return Ok(lines),
+                Ok(line) => lines.push(line),
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "`{command}` did not finish within {bound:?}; console:\n{}",
+                    self.console()
+                ),
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "QEMU exited while `{command}` ran; console:\n{}",
+                    self.console()
+                ),
+            }
+        }
     }
 
     /// Sends one command to the QEMU monitor, e.g. `sendkey ctrl-alt-delete`.

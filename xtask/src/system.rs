@@ -33,6 +33,11 @@ pub const PYTHON3: Need = Need {
     package: "python3",
     why: "serves a PXE tree over HTTP (`python3 -m http.server`) for the iPXE VM test and bench",
 };
+pub const MMDEBSTRAP: Need = Need {
+    command: "mmdebstrap",
+    package: "mmdebstrap",
+    why: "makes the Debian root filesystem of the debian profile",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
@@ -111,7 +116,7 @@ pub fn find(command: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -42,32 +42,120 @@ pub fn run() -> Result<()> {
         system::CURL,
         system::AIOSMTPD,
         system::OPENSSL,
+        system::MMDEBSTRAP,
     ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
     let out = crate::work_dir().join("test-image");
-    let inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
+    let inputs = image::prepare("minimal")?;
     let first = image::assemble(&inputs, &out)?;
     eprintln!(
-        "xtask: test image: initrd {:.1} MB, {} modules, buildid {}",
+        "xtask: test image (minimal): initrd {:.1} MB, {} modules, buildid {}",
         first.output.initrd_size as f64 / 1e6,
         first.output.modules.len(),
         first.output.buildid
     );
-    check_reproducible(&inputs, &out)?;
+    check_reproducible(&inputs, &out, &crate::work_dir().join("test-image-again"))?;
+
+    let debian_out = crate::work_dir().join("test-image-debian");
+    check_debian(&debian_out)?;
 
     cargo(
         &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
         &[],
     )?;
-    cargo(&["test", "--workspace"], &[(IMAGE_DIR_VAR, &out)])
+    cargo(
+        &["test", "--workspace"],
+        &[(IMAGE_DIR_VAR, &out), (DEBIAN_IMAGE_DIR_VAR, &debian_out)],
+    )
 }
 
-/// Assembles the same inputs a second time and compares the bytes of every output.
-fn check_reproducible(inputs: &image::Inputs, first: &Path) -> Result<()> {
-    let second = crate::work_dir().join("test-image-again");
-    image::assemble(inputs, &second)?;
-    for name in ["buildos-image", "buildos-initrd", "buildos-buildid"] {
+/// The variable the VM tests read to find the debian profile's image this command built.
+pub const DEBIAN_IMAGE_DIR_VAR: &str = "BUILDOS_DEBIAN_IMAGE_DIR";
+
+/// The debian profile: built (its root filesystem from the cache when current), then built
+/// again with a root filesystem made afresh in an empty cache, byte for byte the same; then a
+/// profile change (one more module) gives another buildid while reusing the root filesystem.
+fn check_debian(out: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let inputs = image::prepare("debian")?;
+    let first = image::assemble(&inputs, out)?;
+    let rootfs = inputs
+        .rootfs
+        .as_ref()
+        .context("the debian profile has no root filesystem")?;
+    eprintln!(
+        "xtask: test image (debian): initrd {:.1} MB ({:.1} MB root filesystem, {}), buildid {}, \
+         {:.0} s",
+        first.output.initrd_size as f64 / 1e6,
+        first.output.base_size as f64 / 1e6,
+        if rootfs.build_time.is_zero() {
+            "cached".to_owned()
+        } else {
+            format!("made in {:.0} s", rootfs.build_time.as_secs_f64())
+        },
+        first.output.buildid,
+        started.elapsed().as_secs_f64()
+    );
+
+    // A fresh cache: the second root filesystem is really made again by mmdebstrap.
+    let fresh = crate::work_dir().join("rootfs-again");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let again = image::prepare_profile(buildos_rootfs::load("debian")?, &fresh)?;
+    let made = again
+        .rootfs
+        .as_ref()
+        .context("the debian profile has no root filesystem")?;
+    if made.build_time.is_zero() {
+        bail!("the second debian build reused a root filesystem instead of making one");
+    }
+    eprintln!(
+        "xtask: second debian root filesystem made afresh in {:.0} s",
+        made.build_time.as_secs_f64()
+    );
+    check_reproducible(
+        &again,
+        out,
+        &crate::work_dir().join("test-image-debian-again"),
+    )?;
+
+    let mut changed = buildos_rootfs::load("debian")?;
+    changed.modules.boot.push("dummy".to_owned());
+    let changed = image::Inputs {
+        profile: changed,
+        ..again
+    };
+    let other = image::assemble(
+        &changed,
+        &crate::work_dir().join("test-image-debian-changed"),
+    )?;
+    if other.output.buildid == first.output.buildid {
+        bail!(
+            "adding a module to the debian profile left the buildid {} unchanged",
+            first.output.buildid
+        );
+    }
+    eprintln!(
+        "xtask: a profile change (one more module) changes the buildid: {} -> {}",
+        first.output.buildid, other.output.buildid
+    );
+    let _ = std::fs::remove_dir_all(&fresh);
+    eprintln!(
+        "xtask: the debian checks took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Assembles `inputs` into `second` and compares the bytes of every output with `first`'s.
+fn check_reproducible(inputs: &image::Inputs, first: &Path, second: &Path) -> Result<()> {
+    image::assemble(inputs, second)?;
+    for name in [
+        "buildos-image",
+        "buildos-initrd",
+        "buildos-buildid",
+        image::MANIFEST_FILE,
+    ] {
         let a = std::fs::read(first.join(name))?;
         let b = std::fs::read(second.join(name))?;
         if a != b {
@@ -79,6 +167,10 @@ fn check_reproducible(inputs: &image::Inputs, first: &Path) -> Result<()> {
             );
         }
     }
-    eprintln!("xtask: reproducible: two builds from the same inputs are byte-identical");
+    eprintln!(
+        "xtask: reproducible: {} and {} are byte-identical",
+        first.display(),
+        second.display()
+    );
     Ok(())
 }

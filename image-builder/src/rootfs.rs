@@ -1,0 +1,252 @@
+//! A whole root filesystem as the first initrd segment: a tar archive (what `mmdebstrap
+//! --format=tar` writes) turned into the canonical cpio form, and the path resolution that
+//! puts later segments' entries where the root filesystem's directory symlinks lead.
+//!
+//! The conversion keeps what a running system needs and drops what would make two builds
+//! differ or is made at boot: device nodes (init mounts devtmpfs), FIFOs and sockets, and the
+//! paths the caller names (log files, caches, SSH host keys). Owners are kept, modes are kept
+//! (setuid `sudo` stays setuid), every mtime becomes `SOURCE_DATE_EPOCH` when written. A hard
+//! link becomes a copy of the file it names.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read};
+
+use crate::cpio::{Archive, CpioError};
+use crate::fnmatch::fnmatch;
+
+/// What went wrong reading a root filesystem tar archive.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("cannot read the root filesystem tar archive")]
+    Read(#[source] io::Error),
+    #[error("root filesystem entry {path}: hard link to {target}, which the archive does not hold before it")]
+    DanglingHardlink { path: String, target: String },
+    #[error("cannot add root filesystem entry {path}")]
+    Add {
+        path: String,
+        #[source]
+        source: CpioError,
+    },
+}
+
+/// What [`from_tar`] made.
+pub struct Rootfs {
+    pub archive: Archive,
+    /// Paths left out because they matched a removal pattern.
+    pub removed: Vec<String>,
+}
+
+/// `path` with no leading `./` or `/` and no trailing `/`.
+fn clean(path: &str) -> String {
+    let p = path.trim_start_matches("./").trim_start_matches('/');
+    p.trim_end_matches('/').to_string()
+}
+
+/// Reads a root filesystem tar archive into a cpio [`Archive`], leaving out every path that
+/// matches one of `remove` (shell patterns on the path without its leading `/`, `*` matching
+/// across `/`, e.g. `var/log/*`, `etc/ssh/ssh_host_*`).
+pub fn from_tar(reader: impl Read, remove: &[String]) -> Result<Rootfs, RootfsError> {
+    let mut tar = tar::Archive::new(reader);
+    let mut archive = Archive::new();
+    let mut removed = Vec::new();
+    // Regular files' contents by path, for hard links that name them later.
+    let mut files: BTreeMap<String, (u32, Vec<u8>)> = BTreeMap::new();
+    let entries = tar.entries().map_err(RootfsError::Read)?;
+    for entry in entries {
+        let mut entry = entry.map_err(RootfsError::Read)?;
+        let header = entry.header();
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = clean(&raw);
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        if remove.iter().any(|pattern| fnmatch(pattern, &path)) {
+            removed.push(path);
+            continue;
+        }
+        let mode = header.mode().map_err(RootfsError::Read)?;
+        let uid = header.uid().map_err(RootfsError::Read)? as u32;
+        let gid = header.gid().map_err(RootfsError::Read)? as u32;
+        let kind = header.entry_type();
+        let add = |r: Result<(), CpioError>, path: &str| {
+            r.map_err(|source| RootfsError::Add {
+                path: path.to_string(),
+                source,
+            })
+        };
+        match kind {
+            tar::EntryType::Directory => add(archive.add_dir(&path, mode), &path)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut data = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut data).map_err(RootfsError::Read)?;
+                add(archive.add_file(&path, mode, data.clone()), &path)?;
+                files.insert(path.clone(), (mode, data));
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .unwrap_or_default();
+                add(archive.add_symlink(&path, &target), &path)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| clean(&String::from_utf8_lossy(&t)))
+                    .unwrap_or_default();
+                let Some((mode, data)) = files.get(&target).cloned() else {
+                    return Err(RootfsError::DanglingHardlink { path, target });
+                };
+                add(archive.add_file(&path, mode, data), &path)?;
+            }
+            // Device nodes come from devtmpfs at boot; FIFOs and sockets are made by whoever
+            // uses them. Other entry kinds (GNU long names, PAX headers) are handled by the tar
+            // reader itself.
+            _ => continue,
+        }
+        add(archive.set_owner(&path, uid, gid), &path)?;
+    }
+    Ok(Rootfs { archive, removed })
+}
+
+/// Where `path` really lands when unpacked over a root filesystem with these symlinks (path →
+/// target, paths without a leading `/`): every parent that is a symlink is followed, so
+/// `sbin/init` becomes `usr/sbin/init` when `sbin` → `usr/sbin`. The last component is not
+/// followed (a symlink there is replaced). Gives up after 40 links, as the kernel does.
+pub fn resolve(symlinks: &BTreeMap<String, String>, path: &str) -> String {
+    let mut current = clean(path);
+    'outer: for _ in 0..40 {
+        let parts: Vec<&str> = current.split('/').collect();
+        for i in 1..parts.len() {
+            let prefix = parts[..i].join("/");
+            if let Some(target) = symlinks.get(&prefix) {
+                let base = if target.starts_with('/') {
+                    Vec::new()
+                } else {
+                    parts[..i - 1].to_vec()
+                };
+                let mut joined: Vec<&str> = base;
+                for part in target.split('/') {
+                    match part {
+                        "" | "." => {}
+                        ".." => {
+                            joined.pop();
+                        }
+                        p => joined.push(p),
+                    }
+                }
+                joined.extend(&parts[i..]);
+                current = joined.join("/");
+                continue 'outer;
+            }
+        }
+        return current;
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpio;
+
+    fn tar_with(items: &[(&str, tar::EntryType, &[u8], &str, u64)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, kind, data, link, gid) in items {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(if *kind == tar::EntryType::Directory {
+                0o755
+            } else {
+                0o4755
+            });
+            header.set_uid(0);
+            header.set_gid(*gid);
+            header.set_size(data.len() as u64);
+            header.set_mtime(123_456);
+            if !link.is_empty() {
+                header.set_link_name(link).unwrap();
+            }
+            builder.append_data(&mut header, path, *data).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn tar_becomes_canonical_cpio_with_owners_and_without_devices_or_removed_paths() {
+        use tar::EntryType as T;
+        let tar = tar_with(&[
+            ("./", T::Directory, b"", "", 0),
+            ("./usr/", T::Directory, b"", "", 0),
+            ("./usr/bin/", T::Directory, b"", "", 0),
+            ("./usr/bin/sudo", T::Regular, b"sudo", "", 0),
+            ("./usr/bin/perl", T::Regular, b"perl", "", 0),
+            ("./usr/bin/perl5", T::Link, b"", "./usr/bin/perl", 0),
+            ("./bin", T::Symlink, b"", "usr/bin", 0),
+            ("./etc/", T::Directory, b"", "", 0),
+            ("./etc/shadow", T::Regular, b"root:*:", "", 42),
+            ("./dev/", T::Directory, b"", "", 0),
+            ("./dev/null", T::Char, b"", "", 0),
+            ("./var/log/", T::Directory, b"", "", 0),
+            ("./var/log/dpkg.log", T::Regular, b"today", "", 0),
+        ]);
+        let rootfs = from_tar(&tar[..], &["var/log/*".to_string()]).unwrap();
+        assert_eq!(rootfs.removed, vec!["var/log/dpkg.log"]);
+        let bytes = rootfs.archive.to_bytes(7).unwrap();
+        let entries = cpio::read(&bytes).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|(e, _)| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "bin",
+                "dev",
+                "etc",
+                "etc/shadow",
+                "usr",
+                "usr/bin",
+                "usr/bin/perl",
+                "usr/bin/perl5",
+                "usr/bin/sudo",
+                "var",
+                "var/log"
+            ]
+        );
+        let get = |p: &str| entries.iter().find(|(e, _)| e.path == p).unwrap();
+        assert_eq!(get("usr/bin/perl5").1, b"perl");
+        assert_eq!(get("usr/bin/sudo").0.mode, 0o104755);
+        assert_eq!((get("etc/shadow").0.uid, get("etc/shadow").0.gid), (0, 42));
+        assert!(entries.iter().all(|(e, _)| e.mtime == 7));
+        assert_eq!(get("bin").0.link_target.as_deref(), Some("usr/bin"));
+    }
+
+    #[test]
+    fn hard_link_to_a_missing_file_is_an_error_naming_both() {
+        let tar = tar_with(&[("./a", tar::EntryType::Link, b"", "./b", 0)]);
+        let error = from_tar(&tar[..], &[]).err().unwrap().to_string();
+        assert!(error.contains("a: hard link to b"), "{error}");
+    }
+
+    #[test]
+    fn resolve_follows_parent_symlinks_but_not_the_last_component() {
+        let links: BTreeMap<String, String> = [
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("usr/lib/alt", "../share"),
+            ("etc/abs", "/opt/x"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(resolve(&links, "/sbin/init"), "usr/sbin/init");
+        assert_eq!(
+            resolve(&links, "lib/modules/6.1/x.ko"),
+            "usr/lib/modules/6.1/x.ko"
+        );
+        assert_eq!(resolve(&links, "lib/alt/f"), "usr/share/f");
+        assert_eq!(resolve(&links, "etc/abs/f"), "opt/x/f");
+        assert_eq!(resolve(&links, "sbin"), "sbin");
+        assert_eq!(resolve(&links, "/init"), "init");
+        let lo: BTreeMap<String, String> = [("a".to_string(), "a".to_string())].into();
+        assert_eq!(resolve(&lo, "a/b"), "a/b");
+    }
+}

@@ -1,0 +1,358 @@
+//! The Debian root filesystem of a profile with a `[debian]` table: made with mmdebstrap, turned
+//! into the initrd's first cpio segment once, and cached.
+//!
+//! The cache key is a SHA-256 over the profile's root filesystem recipe (release, mirror,
+//! variant, packages, excluded and removed paths, users), the kernel package name,
+//! `SOURCE_DATE_EPOCH` and the mirror's signed release file (`dists/<release>/InRelease`),
+//! which fixes every package version apt resolves from that mirror. An unchanged profile on an
+//! unchanged mirror reuses the segment; a new point release, a changed package list or another
+//! epoch makes a new one. A cache directory holds:
+//!
+//! - `rootfs.cpio.gz`: the segment;
+//! - `symlinks`: the root filesystem's symlinks (`path<TAB>target` lines), which the image's own
+//!   entries are placed through;
+//! - `packages`: the manifest, `package<TAB>version` lines, the kernel package included;
+//! - `kernel/linux-image-*.deb`: the kernel package, fetched with mmdebstrap's own apt
+//!   configuration (same mirror, same resolution as the packages).
+//!
+//! Only the newest root filesystem of a profile is kept. Downloads are kept in one apt archive
+//! directory shared by every build, so a second cold build of the same packages does not
+//! download them again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use buildos_image_builder as builder;
+use buildos_rootfs::{Debian, Profile};
+use sha2::{Digest, Sha256};
+
+use crate::system;
+
+/// A root filesystem ready to be the initrd's first segment.
+pub struct Rootfs {
+    pub dir: PathBuf,
+    pub segment: PathBuf,
+    pub symlinks: BTreeMap<String, String>,
+    pub kernel_deb: PathBuf,
+    /// `package<TAB>version` lines, sorted.
+    pub manifest: String,
+    /// How long making it took; zero when the cache had it.
+    pub build_time: Duration,
+    pub key: String,
+}
+
+const SEGMENT: &str = "rootfs.cpio.gz";
+const SYMLINKS: &str = "symlinks";
+const MANIFEST: &str = "packages";
+const KERNEL_DIR: &str = "kernel";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The mirror's signed release file, fetched with apt's own helper (proxies and apt's
+/// configuration apply).
+fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
+    let url = format!(
+        "{}/dists/{}/InRelease",
+        debian.mirror.trim_end_matches('/'),
+        debian.release
+    );
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let file = scratch.join(format!("InRelease-{}", std::process::id()));
+    let output = Command::new("/usr/lib/apt/apt-helper")
+        .arg("download-file")
+        .arg(&url)
+        .arg(&file)
+        .output()
+        .context("cannot run /usr/lib/apt/apt-helper; is this a Debian system with apt?")?;
+    let bytes = std::fs::read(&file);
+    let _ = std::fs::remove_file(&file);
+    match bytes {
+        Ok(bytes) if output.status.success() => Ok(bytes),
+        _ => bail!(
+            "cannot fetch {url} (the mirror's release file, which says whether the cached root \
+             filesystem is current): {}; check the profile's debian.mirror and debian.release \
+             and the network",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    }
+}
+
+/// The cache key; see the module docs.
+pub fn cache_key(profile: &Profile, source_date_epoch: u64, release: &[u8]) -> Result<String> {
+    let Some(recipe) = profile.rootfs_recipe() else {
+        bail!("profile {} has no [debian] root filesystem", profile.name);
+    };
+    let mut h = Sha256::new();
+    h.update(b"buildos-rootfs-v1\n");
+    for part in [
+        recipe.as_bytes(),
+        profile.kernel.as_bytes(),
+        source_date_epoch.to_string().as_bytes(),
+        release,
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// How mmdebstrap may run here: `root` as root, `unshare` for a normal user where user
+/// namespaces work, else an error saying what to do.
+fn mode() -> Result<&'static str> {
+    if system::is_root() {
+        return Ok("root");
+    }
+    let works = Command::new("unshare")
+        .args(["--user", "--map-root-user", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let user = std::env::var("USER").unwrap_or_default();
+    let subuid = std::fs::read_to_string("/etc/subuid").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split(':').next() == Some(user.as_str()))
+    });
+    if works && subuid {
+        return Ok("unshare");
+    }
+    bail!(
+        "the debian profile's root filesystem is made with mmdebstrap, which needs root or user \
+         namespaces: {}; run as root, or enable unprivileged user namespaces \
+         (sysctl kernel.unprivileged_userns_clone=1) and give {user:?} a range in /etc/subuid \
+         and /etc/subgid, or build the minimal profile (--profile minimal)",
+        if works {
+            format!("/etc/subuid has no range for user {user:?}")
+        } else {
+            "`unshare --user --map-root-user` fails here".to_owned()
+        }
+    )
+}
+
+/// Single-quotes `s` for sh.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The root filesystem of `profile`, from `cache` when it holds one with the same key, else
+/// made with mmdebstrap into it. `archives` is the apt download cache shared by every build.
+pub fn rootfs(
+    profile: &Profile,
+    source_date_epoch: u64,
+    cache: &Path,
+    archives: &Path,
+) -> Result<Rootfs> {
+    let Some(debian) = &profile.debian else {
+        bail!("profile {} has no [debian] root filesystem", profile.name);
+    };
+    let release = release_file(debian, cache)?;
+    let key = cache_key(profile, source_date_epoch, &release)?;
+    let dir = cache.join(format!("{}-{}", profile.name, &key[..16]));
+    if dir.join(SEGMENT).is_file() {
+        return load(&dir, key, Duration::ZERO);
+    }
+    system::ensure(&[system::MMDEBSTRAP])?;
+    let mode = mode()?;
+    let started = Instant::now();
+    let tmp = cache.join(format!(".{}-{}.tmp", profile.name, &key[..16]));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let kernel_dir = tmp.join(KERNEL_DIR);
+    for d in [&kernel_dir, &archives.to_path_buf()] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let tar = tmp.join("rootfs.tar");
+    let dpkg_list = tmp.join("dpkg-list");
+    eprintln!(
+        "xtask: making the {} root filesystem with mmdebstrap ({} {}, {} packages, mode {mode})",
+        profile.name,
+        debian.release,
+        debian.mirror,
+        debian.packages.len()
+    );
+    let apt = "APT_CONFIG=\"$MMDEBSTRAP_APT_CONFIG\"";
+    let kernel_hook = format!(
+        "set -e; cd {dir}; k=$({apt} apt-cache depends {kernel} | sed -n 's/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p' | head -n 1); \
+         {apt} apt-get download -q -o APT::Sandbox::User=root \"${{k:-{kernel}}}\"",
+        dir = quote(&kernel_dir.to_string_lossy()),
+        kernel = quote(&profile.kernel),
+    );
+    let mut users_hook = String::from("set -e");
+    for user in &profile.users {
+        users_hook.push_str(&format!(
+            "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
+             --gid {gid} --home-dir {home} --no-create-home --shell {shell} {name}",
+            gid = user.gid,
+            uid = user.uid,
+            name = quote(&user.name),
+            home = quote(&user.home),
+            shell = quote(&user.shell),
+        ));
+    }
+    let mut command = Command::new("mmdebstrap");
+    command
+        .arg(format!("--mode={mode}"))
+        .arg(format!("--variant={}", debian.variant))
+        .arg("--format=tar")
+        .arg(format!("--include={}", debian.packages.join(",")))
+        .args(
+            debian
+                .path_exclude
+                .iter()
+                .map(|p| format!("--dpkgopt=path-exclude={p}")),
+        )
+        // Keep what apt downloaded, to hand it to the shared cache below.
+        .args(["--skip=download/empty", "--skip=essential/unlink"])
+        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/")
+        .arg(format!(
+            "--setup-hook=sync-in {} /var/cache/apt/archives/",
+            archives.display()
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
+            archives.display()
+        ))
+        .arg("--customize-hook=rm -f \"$1\"/var/cache/apt/archives/*.deb")
+        .arg(format!("--customize-hook={kernel_hook}"))
+        .arg(format!("--customize-hook={users_hook}"))
+        .arg(format!(
+            "--customize-hook=chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\n' > {}",
+            quote(&dpkg_list.to_string_lossy())
+        ))
+        .arg(&debian.release)
+        .arg(&tar)
+        .arg(&debian.mirror)
+        .env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
+        .env("LC_ALL", "C.UTF-8")
+        // mmdebstrap and its helpers (mmtarfilter is Python) are the system's: a Python or
+        // tools earlier on PATH must not stand in for them.
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let status = command.status().context("cannot run mmdebstrap")?;
+    if !status.success() {
+        bail!(
+            "mmdebstrap failed ({status}) making the {} root filesystem; its output above says \
+             why (a package name the mirror does not know, the network, or permissions)",
+            profile.name
+        );
+    }
+
+    let mut kernels = std::fs::read_dir(&kernel_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"));
+    let Some(kernel_deb) = kernels.next() else {
+        bail!(
+            "mmdebstrap's apt downloaded no kernel package for {} from {}",
+            profile.kernel,
+            debian.mirror
+        );
+    };
+    let control = builder::deb::Deb::open(&kernel_deb)?.control()?;
+    let mut manifest: Vec<String> = std::fs::read_to_string(&dpkg_list)
+        .with_context(|| format!("cannot read {}", dpkg_list.display()))?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    manifest.push(format!("{}\t{}", control.package, control.version));
+    manifest.sort();
+    manifest.dedup();
+    let manifest: String = manifest.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(tmp.join(MANIFEST), &manifest)?;
+
+    let file =
+        std::fs::File::open(&tar).with_context(|| format!("cannot open {}", tar.display()))?;
+    let tree = builder::rootfs::from_tar(std::io::BufReader::new(file), &debian.remove)
+        .with_context(|| format!("cannot read {}", tar.display()))?;
+    let symlinks: String = tree
+        .archive
+        .symlinks()
+        .map(|(p, t)| format!("{p}\t{t}\n"))
+        .collect();
+    std::fs::write(tmp.join(SYMLINKS), symlinks)?;
+    let cpio = tree.archive.to_bytes(source_date_epoch)?;
+    drop(tree);
+    let gz = builder::image::gzip(&cpio, builder::image::DEFAULT_GZIP_LEVEL)?;
+    drop(cpio);
+    std::fs::write(tmp.join(SEGMENT), gz)?;
+    std::fs::remove_file(&tar)?;
+    std::fs::remove_file(&dpkg_list)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
+    prune(cache, &profile.name, &dir);
+    load(&dir, key, started.elapsed())
+}
+
+/// Removes the profile's older root filesystems from the cache (about 160 MB each), keeping
+/// `keep`: only the newest of a profile is ever reused.
+fn prune(cache: &Path, profile: &str, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    let prefix = format!("{profile}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path != keep && name.starts_with(&prefix) && path.join(SEGMENT).is_file() {
+            eprintln!(
+                "xtask: removing the outdated root filesystem {}",
+                path.display()
+            );
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+fn load(dir: &Path, key: String, build_time: Duration) -> Result<Rootfs> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .with_context(|| format!("cannot read {}", dir.join(name).display()))
+    };
+    let symlinks = read(SYMLINKS)?
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, t)| (p.to_owned(), t.to_owned()))
+        .collect();
+    let kernel_deb = std::fs::read_dir(dir.join(KERNEL_DIR))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("no kernel package in {}", dir.join(KERNEL_DIR).display()))?;
+    Ok(Rootfs {
+        dir: dir.to_owned(),
+        segment: dir.join(SEGMENT),
+        symlinks,
+        kernel_deb,
+        manifest: read(MANIFEST)?,
+        build_time,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_follows_recipe_epoch_and_mirror_state_but_not_modules() {
+        let profile = buildos_rootfs::load("debian").unwrap();
+        let key = cache_key(&profile, 0, b"Release A").unwrap();
+        assert_eq!(key, cache_key(&profile, 0, b"Release A").unwrap());
+        assert_ne!(key, cache_key(&profile, 1, b"Release A").unwrap());
+        assert_ne!(key, cache_key(&profile, 0, b"Release B").unwrap());
+        let mut more = profile.clone();
+        more.debian.as_mut().unwrap().packages.push("git".into());
+        assert_ne!(key, cache_key(&more, 0, b"Release A").unwrap());
+        let mut module = profile.clone();
+        module.modules.boot.push("loop".into());
+        assert_eq!(key, cache_key(&module, 0, b"Release A").unwrap());
+        let minimal = buildos_rootfs::load("minimal").unwrap();
+        assert!(cache_key(&minimal, 0, b"x").is_err());
+    }
+
+    #[test]
+    fn quote_survives_single_quotes() {
+        assert_eq!(quote("a'b"), "'a'\\''b'");
+    }
+}

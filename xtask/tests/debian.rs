@@ -1,0 +1,84 @@
+//! VM test of the debian profile: QEMU boots the image `cargo xtask test` built in a 1 GiB
+//! guest with `buildos.debug_shell=1`, and the test runs the guest's own programs in the
+//! shell on the serial console.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use xtask::qemu::{TempDir, Vm, VmConfig};
+use xtask::test::DEBIAN_IMAGE_DIR_VAR;
+
+/// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
+const BOOT: Duration = Duration::from_secs(300);
+const COMMAND: Duration = Duration::from_secs(120);
+
+fn image() -> PathBuf {
+    match std::env::var_os(DEBIAN_IMAGE_DIR_VAR) {
+        Some(dir) => PathBuf::from(dir),
+        None => panic!(
+            "this VM test boots the debian image `cargo xtask test` builds; run it through \
+             that, or set {DEBIAN_IMAGE_DIR_VAR} to a directory holding buildos-image and \
+             buildos-initrd of the debian profile"
+        ),
+    }
+}
+
+/// The output of `command` in the guest, failing the test with the console when it does not
+/// finish.
+fn run(vm: &mut Vm, command: &str) -> String {
+    vm.shell(command, COMMAND)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .join("\n")
+}
+
+#[test]
+fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
+    let dir = image();
+    let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
+    config.memory_mib = 1024;
+    // The disks a host needs, or init stops at the emergency shell.
+    let disks = TempDir::new("buildos-debian-disks").unwrap();
+    for disk in xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}")) {
+        config = config.disk(&disk);
+    }
+    let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
+    let ready = vm
+        .wait_for("buildos-init: ready at", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(ready.ends_with(", 0 problem(s)"), "{}", vm.console());
+    vm.wait_for("debug shell on the console", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    for (command, expected) in [
+        ("/usr/sbin/sshd -V", "OpenSSH_"),
+        ("dnsmasq --version", "Dnsmasq version "),
+        ("nft --version", "nftables v"),
+        ("qemu-system-x86_64 --version", "QEMU emulator version "),
+        ("id build", "uid=1000(build) gid=1000(build)"),
+        ("readlink /usr/sbin/sendmail", "buildos-monitor"),
+        ("cat /etc/buildos/profile", "debian"),
+    ] {
+        let output = run(&mut vm, command);
+        eprintln!("guest: `{command}`: {output}");
+        assert!(
+            output.contains(expected),
+            "`{command}` printed {output:?}, expected {expected:?}"
+        );
+    }
+
+    // The running host knows its build id: the one written beside the image.
+    let buildid = std::fs::read_to_string(dir.join("buildos-buildid")).unwrap();
+    assert_eq!(
+        run(&mut vm, "cat /etc/buildos/buildid").trim(),
+        buildid.trim()
+    );
+    // No SSH host keys in the image: init makes them on /state.
+    let keys = run(&mut vm, "ls /etc/ssh/ | grep -c ssh_host_ || true");
+    assert_eq!(keys.trim(), "0", "{keys}");
+    let sshd = run(&mut vm, "cat /etc/ssh/sshd_config.d/buildos.conf");
+    assert!(sshd.contains("PasswordAuthentication no"), "{sshd}");
+    // The manifest inside is the one beside the image.
+    let manifest = std::fs::read_to_string(dir.join("buildos-packages")).unwrap();
+    let inside = run(&mut vm, "grep -c . /etc/buildos/packages");
+    assert_eq!(inside.trim(), manifest.lines().count().to_string());
+}
