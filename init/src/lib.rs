@@ -359,10 +359,11 @@ fn step_services(boot: &mut Boot) -> StepResult {
     let _ = std::fs::create_dir_all("/run/sshd");
     boot.services
         .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
-    boot.services.add(
-        Service::new("monitor", "/usr/sbin/buildos-monitor", &[]),
-        now,
-    );
+    // The monitor stops its agents within buildos.agent_grace when asked to; it gets that
+    // long and a little more before init kills it.
+    let mut monitor = Service::new("monitor", "/usr/sbin/buildos-monitor", &[]);
+    monitor.grace = std::time::Duration::from_secs(u64::from(boot.config.agent_grace) + 5);
+    boot.services.add(monitor, now);
     let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
     console::info(&format!("services to start: {}", names.join(", ")));
     Ok(Outcome::Ok)

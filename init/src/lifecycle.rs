@@ -212,7 +212,7 @@ pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
         Shutdown::Poweroff => "powering off",
     };
     console::info(&format!("{verb}: {why}"));
-    for line in services.stop(STOP_GRACE) {
+    for line in services.stop() {
         console::info(&line);
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);

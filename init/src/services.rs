@@ -32,6 +32,8 @@ pub struct Service {
     pub args: Vec<String>,
     /// File for stdout and stderr; None inherits init's console.
     pub log: Option<PathBuf>,
+    /// How long it gets between SIGTERM and SIGKILL at shutdown.
+    pub grace: Duration,
 }
 
 impl Service {
@@ -42,9 +44,13 @@ impl Service {
             program: PathBuf::from(program),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: Some(PathBuf::from(LOG_DIR).join(format!("{name}.log"))),
+            grace: DEFAULT_GRACE,
         }
     }
 }
+
+/// What a service gets between SIGTERM and SIGKILL unless it says otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// How long to wait before the `deaths`-th quick restart in a row: 1 s, 2 s, 4 s, ... up to
 /// [`MAX_BACKOFF`].
@@ -178,23 +184,43 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops every service: SIGTERM, up to `grace` for them to exit (reaping every child
-    /// meanwhile), then SIGKILL. Returns what to print. No service starts after this.
-    pub fn stop(&mut self, grace: Duration) -> Vec<String> {
+    /// Stops every service: SIGTERM, then each service's own grace period to exit, then
+    /// SIGKILL. Returns what to print. No service starts after this.
+    pub fn stop(&mut self) -> Vec<String> {
         self.stopping = true;
         let mut lines = Vec::new();
-        for (name, pid) in self.running() {
-            lines.push(format!("stopping {name} (pid {pid})"));
-            let _ = kill(pid, Signal::SIGTERM);
+        let now = Instant::now();
+        let mut deadlines: Vec<(Pid, Instant)> = Vec::new();
+        for entry in &self.entries {
+            if let Some(pid) = entry.pid {
+                lines.push(format!("stopping {} (pid {pid})", entry.service.name));
+                let _ = kill(pid, Signal::SIGTERM);
+                deadlines.push((pid, now + entry.service.grace));
+            }
         }
-        let deadline = Instant::now() + grace;
         // Each service's own pid: other children are the caller's to reap.
-        while !self.running().is_empty() && Instant::now() < deadline {
+        while !deadlines.is_empty() {
             let mut any = false;
-            let pids: Vec<Pid> = self.running().into_iter().map(|(_, pid)| pid).collect();
-            for pid in pids {
+            let mut left = Vec::new();
+            for (pid, deadline) in deadlines {
                 match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
+                    Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {
+                        if Instant::now() < deadline {
+                            left.push((pid, deadline));
+                        } else {
+                            any = true;
+                            if let Some(entry) = self.entries.iter().find(|e| e.pid == Some(pid)) {
+                                lines.push(format!(
+                                    "{} (pid {pid}) did not stop within {:.1} s; killing it",
+                                    entry.service.name,
+                                    entry.service.grace.as_secs_f64()
+                                ));
+                            }
+                            let _ = kill(pid, Signal::SIGKILL);
+                            let _ = waitpid(pid, None);
+                            self.exited(pid, "was killed", Instant::now());
+                        }
+                    }
                     Ok(status) => {
                         any = true;
                         let words = describe(&status);
@@ -208,17 +234,10 @@ impl Supervisor {
                     }
                 }
             }
-            if !any {
+            deadlines = left;
+            if !any && !deadlines.is_empty() {
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
-        for (name, pid) in self.running() {
-            lines.push(format!(
-                "{name} (pid {pid}) did not stop within {:.1} s; killing it",
-                grace.as_secs_f64()
-            ));
-            let _ = kill(pid, Signal::SIGKILL);
-            let _ = waitpid(pid, None);
         }
         for entry in &mut self.entries {
             entry.pid = None;
@@ -357,6 +376,7 @@ mod tests {
         );
         let mut stubborn = Service::new("stubborn", "/bin/sh", &["-c", &script]);
         stubborn.log = None;
+        stubborn.grace = Duration::from_millis(500);
         supervisor.add(polite, now);
         supervisor.add(stubborn, now);
         supervisor.start_due(now);
@@ -368,7 +388,7 @@ mod tests {
             );
             std::thread::yield_now();
         }
-        let lines = supervisor.stop(Duration::from_millis(500));
+        let lines = supervisor.stop();
         std::fs::remove_dir_all(&dir).unwrap();
         let text = lines.join("\n");
         assert!(text.contains("polite (pid"), "{text}");

@@ -192,8 +192,35 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
 /// `/build/machines/*/` (manual 5.3), never the current machine revisions or their symlinks.
 ///
 /// The `machines` crate implements this; the lead connects it here.
-pub fn cleanup_machine_volumes(_paths: &Paths) {
-    log::info!("machine volumes: clean-up step not connected yet (machines crate)");
+pub fn cleanup_machine_volumes(paths: &Paths) {
+    let Ok(entries) = std::fs::read_dir(&paths.machines) else {
+        log::info!("machine volumes: none under {}", paths.machines.display());
+        return;
+    };
+    let mut volumes: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    volumes.sort();
+    for volume in volumes {
+        match buildos_machines::cleanup_stale(&volume) {
+            Ok(report) => {
+                for removed in &report.removed {
+                    log::info!("machine volumes: removed stray {}", removed.display());
+                }
+                for problem in &report.problems {
+                    log::warn!("machine volumes: {problem}");
+                }
+                log::info!(
+                    "machine volumes: {} clean ({} stray entries removed)",
+                    volume.display(),
+                    report.removed.len()
+                );
+            }
+            Err(error) => log::warn!("machine volumes: {}: {error}", volume.display()),
+        }
+    }
 }
 
 /// A toolchain as the monitor knows it.

@@ -25,6 +25,9 @@ pub struct Paths {
     pub mounts: PathBuf,
     /// The disks init configured (`/etc/fstab`; `BUILDOS_FSTAB`).
     pub fstab: PathBuf,
+    /// Where the machine volumes are mounted, one directory each (`/build/machines`;
+    /// `BUILDOS_MACHINES`).
+    pub machines: PathBuf,
 }
 
 impl Default for Paths {
@@ -38,6 +41,7 @@ impl Default for Paths {
             run: "/run/buildos".into(),
             mounts: "/proc/mounts".into(),
             fstab: "/etc/fstab".into(),
+            machines: "/build/machines".into(),
         }
     }
 }
@@ -55,6 +59,7 @@ impl Paths {
             ("BUILDOS_RUN", &mut paths.run),
             ("BUILDOS_MOUNTS", &mut paths.mounts),
             ("BUILDOS_FSTAB", &mut paths.fstab),
+            ("BUILDOS_MACHINES", &mut paths.machines),
         ] {
             if let Some(value) = std::env::var_os(var) {
                 *field = value.into();

@@ -79,6 +79,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         run: root.path().join("run"),
         mounts: root.path().join("mounts"),
         fstab: root.path().join("fstab"),
+        machines: root.path().join("machines"),
     };
     fs::write(
         &paths.cmdline,

@@ -20,6 +20,7 @@ pub struct Inputs {
     pub profile: Profile,
     pub init: PathBuf,
     pub monitor: PathBuf,
+    pub machine: PathBuf,
     pub kernel_deb: PathBuf,
     pub package_debs: Vec<PathBuf>,
     pub source_date_epoch: u64,
@@ -40,11 +41,22 @@ pub const MANIFEST_FILE: &str = "buildos-packages";
 /// Where the image holds its manifest.
 pub const MANIFEST_PATH: &str = "/etc/buildos/packages";
 
-/// Compiles init and the monitor as static release binaries and returns their paths.
-pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
+/// The static binaries an image carries.
+pub struct Binaries {
+    pub init: PathBuf,
+    pub monitor: PathBuf,
+    /// `buildos-machine`, the build-host side of adding, upgrading and removing machines.
+    pub machine: PathBuf,
+}
+
+/// Compiles init, the monitor and the machine helper as static release binaries and returns
+/// their paths.
+pub fn build_binaries() -> Result<Binaries> {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet"])
         .args(["--package", "buildos-init", "--package", "buildos-monitor"])
+        .args(["--package", "buildos-machines", "--bin", "buildos-init"])
+        .args(["--bin", "buildos-monitor", "--bin", "buildos-machine"])
         .args(["--target", INIT_TARGET])
         .env(
             "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -52,18 +64,19 @@ pub fn build_binaries() -> Result<(PathBuf, PathBuf)> {
         )
         .current_dir(crate::root())
         .status()
-        .context("cannot run cargo to build init and the monitor")?;
+        .context("cannot run cargo to build init, the monitor and the machine helper")?;
     if !status.success() {
-        bail!("building buildos-init and buildos-monitor failed; see cargo's output above");
+        bail!("building buildos-init, buildos-monitor and buildos-machine failed; see cargo's output above");
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::root().join("target"));
     let release = target_dir.join(INIT_TARGET).join("release");
-    Ok((
-        release.join("buildos-init"),
-        release.join("buildos-monitor"),
-    ))
+    Ok(Binaries {
+        init: release.join("buildos-init"),
+        monitor: release.join("buildos-monitor"),
+        machine: release.join("buildos-machine"),
+    })
 }
 
 /// SOURCE_DATE_EPOCH when set, else 0: file times then carry no information, and an image
@@ -94,7 +107,11 @@ pub fn prepare(profile_name: &str) -> Result<Inputs> {
 /// Gathers a profile's inputs, its root filesystem from (or made into) `rootfs_cache`.
 pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> {
     crate::system::ensure(&[crate::system::APT])?;
-    let (init, monitor) = build_binaries()?;
+    let Binaries {
+        init,
+        monitor,
+        machine,
+    } = build_binaries()?;
     let source_date_epoch = source_date_epoch()?;
     let apt = Apt::new(&crate::work_dir().join("debs"));
     let package_debs = profile
@@ -128,6 +145,7 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         profile,
         init,
         monitor,
+        machine,
         source_date_epoch,
         rootfs,
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
@@ -172,6 +190,11 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
             path: "/usr/sbin/buildos-monitor".into(),
             mode: 0o755,
             contents: read(&inputs.monitor)?,
+        },
+        InitrdEntry::File {
+            path: "/usr/sbin/buildos-machine".into(),
+            mode: 0o755,
+            contents: read(&inputs.machine)?,
         },
         InitrdEntry::Symlink {
             path: "/usr/sbin/sendmail".into(),
