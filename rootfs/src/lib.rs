@@ -26,6 +26,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "sshd_config.conf",
         include_str!("../templates/sshd_config.conf"),
     ),
+    (
+        "sudoers-buildos-machine",
+        include_str!("../templates/sudoers-buildos-machine"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -482,6 +486,25 @@ mod tests {
             }]
         );
         assert!(load("minimal").unwrap().debian.is_none());
+    }
+
+    #[test]
+    fn build_may_run_only_the_machine_helper_as_root() {
+        let files = load("debian").unwrap().render_templates("0.1.0").unwrap();
+        let sudoers = files
+            .iter()
+            .find(|f| f.path == "/etc/sudoers.d/buildos-machine")
+            .unwrap();
+        assert_eq!(sudoers.mode, 0o440);
+        let rules: Vec<&str> = sudoers
+            .contents
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            rules,
+            ["build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine"]
+        );
     }
 
     #[test]
