@@ -471,7 +471,48 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, devices: &Path) -> Result<Re
             break;
         }
         let names: Vec<String> = wanted.iter().map(|(module, _)| module.clone()).collect();
-        tables.load(&names, &mut report);
+        // One thread per driver: a probe that waits for its hardware (a NIC's reset) overlaps
+        // with the others. A dependency two drivers share is loaded once; the second finit
+        // waits for the first and counts it as loaded.
+        let loaded: Vec<Report> = std::thread::scope(|scope| {
+            let mut parts = Vec::new();
+            let mut handles = Vec::new();
+            for name in &names {
+                let tables = &tables;
+                let mut own = Report {
+                    modules: report.modules.clone(),
+                    ..Report::default()
+                };
+                let spawned = std::thread::Builder::new()
+                    .name(format!("driver {name}"))
+                    .spawn_scoped(scope, move || {
+                        tables.load(std::slice::from_ref(name), &mut own);
+                        own
+                    });
+                match spawned {
+                    Ok(handle) => handles.push(handle),
+                    // No thread to be had: load it here instead.
+                    Err(_) => {
+                        let mut own = Report {
+                            modules: report.modules.clone(),
+                            ..Report::default()
+                        };
+                        tables.load(std::slice::from_ref(name), &mut own);
+                        parts.push(own);
+                    }
+                }
+            }
+            for handle in handles {
+                parts.push(handle.join().unwrap_or_else(|_| Report {
+                    other_problems: vec!["a thread loading a driver panicked".to_owned()],
+                    ..Report::default()
+                }));
+            }
+            parts
+        });
+        for part in loaded {
+            report.merge(part);
+        }
         matched.extend(names);
         report.drivers.extend(wanted);
     }

@@ -83,7 +83,8 @@ pub fn run(only: Only) -> Result<()> {
         built.output.kernel_version
     );
 
-    let (kernel, init, storage) = boot_times(&out)?;
+    let full = boot_times(&out, true)?;
+    let (kernel, init) = (full.kernel, full.init);
     println!(
         "init work, first line to ready  {:>8.3} s   {:>8.3} s   {:>6.2}   < 1 s ({})",
         init.as_secs_f64(),
@@ -96,6 +97,36 @@ pub fn run(only: Only) -> Result<()> {
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
     );
+    let bare = boot_times(&out, false)?;
+    println!();
+    println!(
+        "boot phases (disks, network)    buildos      no NIC       bound    within ({})",
+        {
+            let within = full
+                .phases
+                .iter()
+                .chain(&bare.phases)
+                .all(|(name, took)| phase_bound(name).is_none_or(|bound| *took <= bound));
+            verdict(within)
+        }
+    );
+    for (name, took) in &full.phases {
+        let bound =
+            phase_bound(name).map_or("-".to_owned(), |b| format!("{:.0} s", b.as_secs_f64()));
+        println!(
+            "  {name:<28}  {:>8.3} s   {:>8.3} s   {bound:>6}",
+            took.as_secs_f64(),
+            bare.phase(name).as_secs_f64()
+        );
+    }
+    println!(
+        "  {:<28}  {:>8.3} s   {:>8.3} s",
+        "init, first line to ready",
+        full.init.as_secs_f64(),
+        bare.init.as_secs_f64()
+    );
+    println!("  (anchor: the same image and disks with no network card; bounds: buildos.storage_wait and buildos.dhcp_wait + 2 s at their defaults)");
+    let storage = full.phase("storage");
 
     let (http, tftp) = pxe_boot_times(&out)?;
     println!(
@@ -538,9 +569,26 @@ fn mkinitramfs(deb: &Path, version: &str) -> Result<(Duration, u64)> {
     Ok((Duration::from_secs_f64(end - start), size))
 }
 
-/// Boots the image once and reads init's own lines: the monotonic time it started at (the
-/// kernel's share), how long its storage step took and how long its work took until ready.
-fn boot_times(image: &Path) -> Result<(Duration, Duration, Duration)> {
+/// What one boot showed: init's start (the kernel's share), its work until ready, and each
+/// phase's name and duration.
+struct Boot {
+    kernel: Duration,
+    init: Duration,
+    phases: Vec<(String, Duration)>,
+}
+
+impl Boot {
+    fn phase(&self, name: &str) -> Duration {
+        self.phases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(Duration::ZERO, |(_, took)| *took)
+    }
+}
+
+/// Boots the image once with the disks a host needs (and QEMU's user-mode network unless
+/// `network` is false) and reads init's own lines.
+fn boot_times(image: &Path, network: bool) -> Result<Boot> {
     let started = Instant::now();
     // The disks a host needs, or init stops at the emergency shell.
     let disks = TempDir::new("buildos-bench-disks")?;
@@ -548,21 +596,55 @@ fn boot_times(image: &Path) -> Result<(Duration, Duration, Duration)> {
     for disk in crate::qemu::host_disks(&disks.0)? {
         config = config.disk(&disk);
     }
+    if !network {
+        config.extra.extend(["-nic".to_owned(), "none".to_owned()]);
+    }
     let mut vm = Vm::boot(&config)?;
     let first = vm.wait_for("buildos-init: ", Duration::from_secs(120))?;
-    let storage = vm.wait_for("buildos-init: phase storage ", Duration::from_secs(120))?;
-    if !storage.contains("phase storage ok") {
-        bail!("the storage step did not succeed: {storage}");
-    }
-    let storage = seconds_after(&storage, "took ")? / 1000;
-    let ready = vm.wait_for("buildos-init: ready at ", Duration::from_secs(120))?;
+    let mut phases = Vec::new();
+    let ready = loop {
+        let line = vm.wait_for("buildos-init: ", Duration::from_secs(180))?;
+        if line.contains("buildos-init: ready at ") {
+            break line;
+        }
+        if let Some(rest) = line.split("buildos-init: phase ").nth(1) {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if !rest.contains(" ok at ") && !rest.contains(" warnings at ") {
+                bail!("boot step {name} failed: {line}");
+            }
+            phases.push((name, seconds_after(&line, "took ")? / 1000));
+        }
+    };
     let kernel = seconds_after(&first, "starting at ")?;
     let init = seconds_after(&ready, "init took ")?;
     eprintln!(
-        "xtask: boot to ready took {:.1} s of wall time",
+        "xtask: boot to ready ({}) took {:.1} s of wall time",
+        if network {
+            "with network"
+        } else {
+            "without network"
+        },
         started.elapsed().as_secs_f64()
     );
-    Ok((kernel, init, storage))
+    Ok(Boot {
+        kernel,
+        init,
+        phases,
+    })
+}
+
+/// How long a boot phase may take at the default parameters, for those that wait.
+fn phase_bound(name: &str) -> Option<Duration> {
+    match name {
+        "storage" => Some(Duration::from_secs(10)),
+        // DHCP's bound plus the 2 s losing interfaces get to stop.
+        "network" => Some(Duration::from_secs(15 + 2)),
+        _ => None,
+    }
 }
 
 fn seconds_after(line: &str, label: &str) -> Result<Duration> {
