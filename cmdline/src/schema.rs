@@ -511,7 +511,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 24);
+        assert_eq!(PARAMS.len(), 25);
     }
 
     #[test]
