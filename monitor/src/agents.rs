@@ -416,6 +416,16 @@ pub fn run_agent(args: &[String]) -> AgentError {
             other => return error("run-agent", format!("unknown option {other}")),
         }
     }
+    // The agent starts with no signal blocked, whatever the launcher inherited: init blocks
+    // the signals it waits for (SIGTERM among them) and its children inherit that mask, which
+    // would make the agent deaf to the SIGTERM that asks it to stop before a reboot.
+    if let Err(e) = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    ) {
+        return error("sigprocmask", e);
+    }
     if let Some(cpus) = cpus {
         let mut set = rustix::thread::CpuSet::new();
         for cpu in cpus {
