@@ -102,6 +102,19 @@ const STEPS: &[Step] = &[
 /// What init leaves for the monitor and for people in /run/buildos.
 pub const RUN_DIR: &str = "/run/buildos";
 
+/// The running image's build id, written by the image builder in the initrd's last segment.
+pub const BUILDID_FILE: &str = "/etc/buildos/buildid";
+
+/// The console line naming the running build, so that an operator (or a test) sees which
+/// image a host booted: `build id <hex>`, or why it is unknown.
+fn build_id_line(read: std::io::Result<String>) -> String {
+    match read {
+        Ok(id) if !id.trim().is_empty() => format!("build id {}", id.trim()),
+        Ok(_) => format!("build id unknown: {BUILDID_FILE} is empty"),
+        Err(e) => format!("build id unknown: {BUILDID_FILE}: {e}"),
+    }
+}
+
 /// Entry point of the `buildos-init` binary.
 pub fn run() -> ! {
     if std::process::id() != 1 {
@@ -118,6 +131,7 @@ pub fn run() -> ! {
         "version {VERSION} starting at {:.6} s",
         clock.started().as_secs_f64()
     ));
+    console::info(&build_id_line(std::fs::read_to_string(BUILDID_FILE)));
 
     let mut boot = Boot {
         clock,
@@ -422,5 +436,24 @@ fn fallback(action: FailureAction, why: &str) -> ! {
         FailureAction::Poweroff => {
             lifecycle::shutdown(Shutdown::Poweroff, why, &mut Supervisor::new())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_id_line_names_the_build_or_why_it_is_unknown() {
+        assert_eq!(build_id_line(Ok("ab12cd\n".into())), "build id ab12cd");
+        assert_eq!(
+            build_id_line(Ok("\n".into())),
+            "build id unknown: /etc/buildos/buildid is empty"
+        );
+        let missing = build_id_line(Err(std::io::Error::from(std::io::ErrorKind::NotFound)));
+        assert!(
+            missing.starts_with("build id unknown: /etc/buildos/buildid: "),
+            "{missing}"
+        );
     }
 }

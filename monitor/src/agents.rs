@@ -416,6 +416,10 @@ pub fn run_agent(args: &[String]) -> AgentError {
             other => return error("run-agent", format!("unknown option {other}")),
         }
     }
+    // The agent starts with no signal blocked, whatever the launcher inherited.
+    if let Err(e) = unblock_signals() {
+        return error("sigprocmask", e);
+    }
     if let Some(cpus) = cpus {
         let mut set = rustix::thread::CpuSet::new();
         for cpu in cpus {
@@ -444,6 +448,18 @@ pub fn run_agent(args: &[String]) -> AgentError {
     }
     use std::os::unix::process::CommandExt;
     error(format!("exec {program}"), command.exec())
+}
+
+/// Unblocks every signal of the calling thread (call it before any other thread exists). init
+/// blocks the signals it waits for, SIGTERM among them, and its children inherit that mask:
+/// without this, the monitor and its agents would be deaf to the SIGTERM that asks them to stop
+/// before a reboot, and would only go at the SIGKILL after the grace period.
+pub fn unblock_signals() -> nix::Result<()> {
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
 }
 
 /// A user from `/etc/passwd`.

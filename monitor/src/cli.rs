@@ -38,8 +38,14 @@ pub fn main(args: &[String]) -> u8 {
     let rest = if args.len() > 2 { &args[2..] } else { &[] };
     match args.get(1).map(String::as_str) {
         None | Some("run") => {
+            // Before any thread: init's SIGTERM on shutdown then ends the monitor at once
+            // rather than at the SIGKILL after init's grace period.
+            let unblocked = agents::unblock_signals();
             Logger::install();
             log::info!("buildos-monitor {}", env!("CARGO_PKG_VERSION"));
+            if let Err(e) = unblocked {
+                log::warn!("cannot unblock the signals inherited from init: {e}");
+            }
             let mut options = daemon::Options::host();
             if std::env::var_os("BUILDOS_NO_REBOOT").is_some_and(|v| v == "1") {
                 options.reboot = Box::new(|reason| {

@@ -266,7 +266,8 @@ fn smtp_send(relay: &Relay, from: &str, to: &[String], message: &[u8]) -> Result
         .writer
         .write_all(&dot_stuff(message))
         .map_err(|e| format!("relay {}: sending data: {e}", session.relay))?;
-    session.expect(Some("."), 250)?;
+    // The stuffed data already ends with the `.` line: the relay's reply to it is next.
+    session.reply("end of data", 250)?;
     let _ = session.expect(Some("QUIT"), 221);
     Ok(())
 }
@@ -285,7 +286,11 @@ impl Session<'_> {
                 .write_all(format!("{command}\r\n").as_bytes())
                 .map_err(|e| format!("relay {}: sending {command}: {e}", self.relay))?;
         }
-        let what = command.unwrap_or("greeting");
+        self.reply(command.unwrap_or("greeting"), want)
+    }
+
+    /// Reads one reply, after `what`, which must have code `want`.
+    fn reply(&mut self, what: &str, want: u16) -> Result<(), String> {
         let mut reply = String::new();
         loop {
             let mut line = String::new();

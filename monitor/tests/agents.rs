@@ -137,3 +137,31 @@ fn agent_that_keeps_dying_is_reported_once_and_left_stopped() {
     assert!(reports.recv_timeout(Duration::from_millis(500)).is_err());
     assert_eq!(supervisor.states()[0].1.starts, 3);
 }
+
+#[test]
+fn agent_starts_with_no_signal_blocked_whatever_its_launcher_inherited() {
+    // init blocks the signals it waits for, and its children inherit the mask: the launcher
+    // must not pass a blocked SIGTERM on, or the agent cannot be asked to stop.
+    let output = std::thread::spawn(|| {
+        let mut blocked = nix::sys::signal::SigSet::empty();
+        blocked.add(nix::sys::signal::Signal::SIGTERM);
+        blocked.thread_block().unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
+            .args([
+                "run-agent",
+                "--",
+                "/bin/grep",
+                "^SigBlk",
+                "/proc/self/status",
+            ])
+            .output()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "SigBlk:\t0000000000000000"
+    );
+}
