@@ -181,7 +181,7 @@ pub fn spawn_shell() -> std::io::Result<Pid> {
         .status();
     let tty = console_tty();
     let terminal = OpenOptions::new().read(true).write(true).open(&tty)?;
-    let child = Command::new("/bin/busybox")
+    let child = unblocked(std::path::Path::new("/bin/busybox"))
         .args(["setsid", "-c", "/bin/busybox", "sh", "-l"])
         .env_clear()
         .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
@@ -249,9 +249,45 @@ pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
     }
 }
 
+/// The subcommand init starts its children through: `buildos-init exec-unblocked PROGRAM
+/// ARGS...` clears the signal mask (init blocks the signals it waits for, and a spawned child
+/// inherits that mask: sshd or dnsmasq would never see SIGTERM) and execs the program.
+pub const EXEC_UNBLOCKED: &str = "exec-unblocked";
+
+/// A command that runs `program` with no signal blocked: through init's own binary when it
+/// can be found, else directly.
+pub fn unblocked(program: &std::path::Path) -> Command {
+    match std::env::current_exe() {
+        Ok(me) => {
+            let mut command = Command::new(me);
+            command.arg(EXEC_UNBLOCKED).arg(program);
+            command
+        }
+        Err(_) => Command::new(program),
+    }
+}
+
+fn exec_unblocked(args: &[String]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let Some((program, rest)) = args.split_first() else {
+        eprintln!("buildos-init: {EXEC_UNBLOCKED} needs a program to run");
+        std::process::exit(2)
+    };
+    if let Err(errno) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
+        eprintln!(
+            "buildos-init: cannot clear the signal mask: {}",
+            errno.desc()
+        );
+    }
+    let error = Command::new(program).args(rest).exec();
+    eprintln!("buildos-init: cannot run {program}: {error}");
+    std::process::exit(127)
+}
+
 /// `buildos-init reboot` or `buildos-init poweroff` run by a person or the monitor: asks PID 1.
 pub fn control(args: Vec<String>) -> ! {
     let signal = match args.first().map(String::as_str) {
+        Some(EXEC_UNBLOCKED) => exec_unblocked(&args[1..]),
         Some("reboot") => Signal::SIGTERM,
         Some("poweroff") => Signal::SIGUSR2,
         other => {

@@ -34,6 +34,9 @@ pub struct Service {
     pub log: Option<PathBuf>,
     /// How long it gets between SIGTERM and SIGKILL at shutdown.
     pub grace: Duration,
+    /// Started through `<trampoline> exec-unblocked <program>` so that it runs with no signal
+    /// blocked (see [`crate::lifecycle::unblocked`]); None starts it directly.
+    pub trampoline: Option<PathBuf>,
 }
 
 impl Service {
@@ -45,6 +48,7 @@ impl Service {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             log: Some(PathBuf::from(LOG_DIR).join(format!("{name}.log"))),
             grace: DEFAULT_GRACE,
+            trampoline: std::env::current_exe().ok(),
         }
     }
 }
@@ -256,7 +260,16 @@ pub fn describe(status: &WaitStatus) -> String {
 }
 
 fn spawn(service: &Service) -> std::io::Result<Pid> {
-    let mut command = Command::new(&service.program);
+    let mut command = match &service.trampoline {
+        Some(trampoline) => {
+            let mut command = Command::new(trampoline);
+            command
+                .arg(crate::lifecycle::EXEC_UNBLOCKED)
+                .arg(&service.program);
+            command
+        }
+        None => Command::new(&service.program),
+    };
     command
         .args(&service.args)
         .env_clear()
@@ -298,6 +311,7 @@ mod tests {
             &["-c", "echo out; echo err >&2; exit 3"],
         );
         service.log = Some(dir.join("flaky.log"));
+        service.trampoline = None;
         let mut supervisor = Supervisor::new();
         let t0 = Instant::now();
         supervisor.add(service, t0);
@@ -366,6 +380,7 @@ mod tests {
         let now = Instant::now();
         let mut polite = Service::new("polite", "/bin/sh", &["-c", "exec sleep 30"]);
         polite.log = None;
+        polite.trampoline = None;
         // Ignores SIGTERM; says when it is ready to, so the test does not race the trap.
         let dir = std::env::temp_dir().join(format!("buildos-stop-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -376,6 +391,7 @@ mod tests {
         );
         let mut stubborn = Service::new("stubborn", "/bin/sh", &["-c", &script]);
         stubborn.log = None;
+        stubborn.trampoline = None;
         stubborn.grace = Duration::from_millis(500);
         supervisor.add(polite, now);
         supervisor.add(stubborn, now);
