@@ -57,6 +57,9 @@ fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
         ("id build", "uid=1000(build) gid=1000(build)"),
         ("readlink /usr/sbin/sendmail", "buildos-monitor"),
         ("cat /etc/buildos/profile", "debian"),
+        // br1 is NATed out through br0, and its DHCP and TFTP server runs.
+        ("nft list table ip buildos", "masquerade"),
+        ("cat /proc/[0-9]*/comm | sort -u", "dnsmasq"),
     ] {
         let output = run(&mut vm, command);
         eprintln!("guest: `{command}`: {output}");
@@ -72,9 +75,13 @@ fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
         run(&mut vm, "cat /etc/buildos/buildid").trim(),
         buildid.trim()
     );
-    // No SSH host keys in the image: init makes them on /state.
-    let keys = run(&mut vm, "ls /etc/ssh/ | grep -c ssh_host_ || true");
-    assert_eq!(keys.trim(), "0", "{keys}");
+    // No SSH host keys in the image: init makes them on /state, and /etc/ssh points there.
+    let keys = run(&mut vm, "readlink /etc/ssh/ssh_host_*_key | sort");
+    assert_eq!(
+        keys.trim(),
+        "/state/ssh/ssh_host_ecdsa_key\n/state/ssh/ssh_host_ed25519_key",
+        "{keys}"
+    );
     let sshd = run(&mut vm, "cat /etc/ssh/sshd_config.d/buildos.conf");
     assert!(sshd.contains("PasswordAuthentication no"), "{sshd}");
     // The manifest inside is the one beside the image.

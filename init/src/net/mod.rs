@@ -30,6 +30,8 @@ pub use render::Public;
 
 /// dnsmasq, from Debian's package, for br1's DHCP and TFTP.
 pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+/// Where the image carries nft (Debian package nftables). By path: PID 1 has no PATH.
+pub const NFT: &str = "/usr/sbin/nft";
 
 /// The public bridge.
 pub const BR0: &str = "br0";
@@ -423,7 +425,7 @@ fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<(), String> {
 
 /// Loads a ruleset with `nft -f -`.
 pub fn load_nft(ruleset: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
+    let mut child = Command::new(NFT)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
