@@ -18,7 +18,7 @@ use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::slices;
 use buildos_monitor::status::Status;
-use support::{free_port, sha256_hex, wait_for, HttpServer, Smtp};
+use support::{free_port, sha256_hex, tar_gz, wait_for, HttpServer, Smtp};
 
 /// A toolchain archive whose agent records its arguments, CPU affinity and nice value.
 fn agent_archive(records: &Path) -> Vec<u8> {
@@ -33,25 +33,14 @@ fn agent_archive(records: &Path) -> Vec<u8> {
     );
     let declaration = "command = \"agent.sh {{ toolchain_name }} {{ instance }} {{ instances }} \
 {{ cpus }} {{ ram_mib }} {{ auxiliary_ram_mib }} {{ toolchain_version }} {{ bridge }}\"\n";
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (path, content, mode) in [
+    tar_gz(&[
         ("agent-1.0/agent.sh", script.as_bytes(), 0o755),
         (
             "agent-1.0/buildos-agent.toml",
             declaration.as_bytes(),
             0o644,
         ),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(mode);
-        header.set_cksum();
-        builder.append_data(&mut header, path, content).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
+    ])
 }
 
 #[test]
@@ -188,22 +177,15 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     }
 
     // The admin has the install and host-up mails.
-    let subject = |m: &support::Received| {
-        m.message
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .unwrap_or_default()
-            .to_string()
-    };
     wait_for("host-up mail", Duration::from_secs(30), || {
         smtp.received()
             .iter()
-            .any(|m| subject(m).ends_with("host up with problems"))
+            .any(|m| m.subject().ends_with("host up with problems"))
     });
     let mails = smtp.received();
     let up = mails
         .iter()
-        .find(|m| subject(m).ends_with("host up with problems"))
+        .find(|m| m.subject().ends_with("host up with problems"))
         .unwrap();
     assert_eq!(up.to, ["admin@example.org"]);
     for want in [
@@ -217,7 +199,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     }
     assert!(mails
         .iter()
-        .any(|m| subject(m).ends_with("toolchain default 1.0 installed")));
+        .any(|m| m.subject().ends_with("toolchain default 1.0 installed")));
 
     // Polls are conditional: the unchanged build id is answered 304.
     wait_for(
@@ -247,7 +229,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     let mails = smtp.received();
     let reboot_mail = mails
         .iter()
-        .find(|m| subject(m).ends_with("rebooting"))
+        .find(|m| m.subject().ends_with("rebooting"))
         .unwrap();
     assert!(
         reboot_mail.message.contains("a new OS build bbbb2222"),
