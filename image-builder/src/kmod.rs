@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use crate::deb::{Deb, DebError, EntryKind};
 use crate::elf::{self, ElfError};
-use crate::fnmatch::fnmatch;
+use buildos_kmodnames::{fnmatch, name_from_path, normalize_alias, normalize_name};
 
 /// What went wrong building the module database or resolving modules.
 #[derive(Debug, thiserror::Error)]
@@ -94,41 +94,6 @@ fn did_you_mean(suggestions: &[String]) -> String {
     } else {
         format!("; did you mean {}?", suggestions.join(", "))
     }
-}
-
-/// Normalizes a module name: `-` becomes `_`.
-pub fn normalize_name(name: &str) -> String {
-    name.replace('-', "_")
-}
-
-/// Normalizes an alias as kmod does before matching: `-` becomes `_` outside `[...]`.
-fn normalize_alias(alias: &str) -> String {
-    let mut out = String::with_capacity(alias.len());
-    let mut in_class = false;
-    for c in alias.chars() {
-        match c {
-            '[' => in_class = true,
-            ']' => in_class = false,
-            '-' if !in_class => {
-                out.push('_');
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The module name a file path implies: basename without `.ko[.xz|.zst|.gz]`, normalized.
-fn name_from_path(path: &str) -> Option<String> {
-    let base = path.rsplit('/').next()?;
-    let stem = base
-        .strip_suffix(".ko")
-        .or_else(|| base.strip_suffix(".ko.xz"))
-        .or_else(|| base.strip_suffix(".ko.zst"))
-        .or_else(|| base.strip_suffix(".ko.gz"))?;
-    Some(normalize_name(stem))
 }
 
 /// One loadable kernel module.

@@ -29,7 +29,6 @@
 pub mod cpio;
 pub mod deb;
 mod elf;
-mod fnmatch;
 pub mod image;
 pub mod kmod;
 pub mod rootfs;

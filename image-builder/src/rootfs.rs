@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use crate::cpio::{Archive, CpioError};
-use crate::fnmatch::fnmatch;
+use buildos_kmodnames::fnmatch;
 
 /// What went wrong reading a root filesystem tar archive.
 #[derive(Debug, thiserror::Error)]

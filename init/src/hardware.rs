@@ -8,112 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
+
 /// The profile's modules that are loaded on every host, one name per line.
 pub const FIXED_MODULES: &str = "/etc/buildos/modules.boot";
-
-/// `*`, `?` and `[...]` (with ranges and `!` or `^` negation) as fnmatch(3) without flags,
-/// the patterns modules.alias uses.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    glob(pattern.as_bytes(), text.as_bytes())
-}
-
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative with one backtrack point for the last `*`, linear for alias patterns.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, next)) = class(&pattern[p..], text[t]) {
-                        if matched {
-                            p += next;
-                            t += 1;
-                            continue;
-                        }
-                    } else if text[t] == b'[' {
-                        // An unclosed `[` is a literal.
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c if c == text[t] => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp + 1;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
-/// Matches `c` against the class at the start of `pattern` (which begins with `[`). Returns
-/// whether it matched and the class's length, or None if the class is not closed.
-fn class(pattern: &[u8], c: u8) -> Option<(bool, usize)> {
-    let mut i = 1;
-    let negate = matches!(pattern.get(i), Some(b'!') | Some(b'^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let &lo = pattern.get(i)?;
-        if lo == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|&b| b != b']') {
-            let hi = pattern[i + 2];
-            matched |= lo <= c && c <= hi;
-            i += 3;
-        } else {
-            matched |= lo == c;
-            i += 1;
-        }
-    }
-}
-
-/// `-` and `_` are the same in module names and aliases, as kmod treats them: `-` becomes `_`
-/// except inside a `[...]` class, where it makes a range.
-pub fn normalize(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut in_class = false;
-    for c in name.chars() {
-        match c {
-            '[' => in_class = true,
-            ']' => in_class = false,
-            '-' if !in_class => {
-                out.push('_');
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// modules.alias: `alias <pattern> <module>` lines.
 #[derive(Debug, Default)]
@@ -143,7 +41,7 @@ impl Aliases {
         let modalias = normalize(modalias);
         let mut found: Vec<&str> = Vec::new();
         for (pattern, module) in &self.entries {
-            if !found.contains(&module.as_str()) && glob_match(pattern, &modalias) {
+            if !found.contains(&module.as_str()) && fnmatch(pattern, &modalias) {
                 found.push(module);
             }
         }
@@ -535,46 +433,6 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, devices: &Path) -> Result<Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_as_fnmatch_does() {
-        let yes = [
-            (
-                "pci:v00008086d0000100Esv*sd*bc*sc*i*",
-                "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00",
-            ),
-            ("virtio:d00000001v*", "virtio:d00000001v00001AF4"),
-            ("a?c", "abc"),
-            ("*", ""),
-            ("[a-c]x", "bx"),
-            ("[!a-c]x", "dx"),
-            ("[^a]x", "bx"),
-            ("[]]x", "]x"),
-            ("x[", "x["),
-            ("*ab*ab*", "xxabyyabzz"),
-            (
-                "cpu:type:x86,ven*fam*mod*:feature:*0085*",
-                "cpu:type:x86,ven0000fam0006mod003A:feature:,0000,0001,0085,0089",
-            ),
-        ];
-        for (pattern, text) in yes {
-            assert!(glob_match(pattern, text), "{pattern} should match {text}");
-        }
-        let no = [
-            ("pci:v00008086d0000100Esv*", "pci:v00008086d0000100Fsv0"),
-            ("a?c", "ac"),
-            ("[a-c]x", "dx"),
-            ("[!a-c]x", "ax"),
-            ("*ab", "abx"),
-            ("virtio:d00000001v*", "virtio:d00000002v00001AF4"),
-        ];
-        for (pattern, text) in no {
-            assert!(
-                !glob_match(pattern, text),
-                "{pattern} should not match {text}"
-            );
-        }
-    }
 
     const ALIAS: &str = "\
 # Aliases extracted from modules themselves.

@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::kmod::{finit_module, ModuleInitFlags};
 
-/// A module's name as the kernel knows it: the file stem with `-` folded to `_`.
+/// A module's name as the kernel knows it, from its path in modules.dep or a bare name as the
+/// profile gives it: `-` folded to `_`.
 pub fn module_name(path: &str) -> String {
-    let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = file
-        .strip_suffix(".ko")
-        .or_else(|| file.split(".ko.").next())
-        .unwrap_or(file);
-    stem.replace('-', "_")
+    buildos_kmodnames::name_from_path(path).unwrap_or_else(|| {
+        buildos_kmodnames::normalize_name(path.rsplit('/').next().unwrap_or(path))
+    })
 }
 
 /// modules.dep: every module's path and its dependencies, deepest last, as depmod writes them.
