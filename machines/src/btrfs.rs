@@ -28,11 +28,18 @@ pub fn describe(command: &Command) -> String {
     words.join(" ")
 }
 
-/// Runs a command to its end; a failure carries the command line and its stderr.
-pub fn run(mut command: Command) -> Result<String> {
+/// Runs a command to its end with no input; a failure carries the command line and its
+/// stderr.
+pub fn run(command: Command) -> Result<String> {
+    run_with_input(command, Stdio::null())
+}
+
+/// Runs a command to its end reading `input`; a failure carries the command line and its
+/// stderr.
+pub fn run_with_input(mut command: Command, input: Stdio) -> Result<String> {
     let line = describe(&command);
     let output = command
-        .stdin(Stdio::null())
+        .stdin(input)
         .output()
         .map_err(|source| Error::Command {
             command: line.clone(),
@@ -126,21 +133,8 @@ pub fn send(source: &Path, parent: Option<&Path>) -> Result<(Child, String)> {
 /// `btrfs receive -e dir` reading the stream from `input`, to its end.
 pub fn receive(dir: &Path, input: Stdio) -> Result<()> {
     let mut command = btrfs();
-    command.args(["receive", "-e"]).arg(dir).stdin(input);
-    let line = describe(&command);
-    let output = command.output().map_err(|source| Error::Command {
-        command: line.clone(),
-        status: format!("cannot start: {source}"),
-        stderr: String::new(),
-    })?;
-    if !output.status.success() {
-        return Err(Error::Command {
-            command: line,
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(())
+    command.args(["receive", "-e"]).arg(dir);
+    run_with_input(command, input).map(drop)
 }
 
 /// Space of the filesystem holding `path`: (total, free for unprivileged use) in bytes.
