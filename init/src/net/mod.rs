@@ -120,7 +120,8 @@ pub struct NetReport {
     /// br0's port and lease, when some interface got one.
     pub public: Option<Public>,
     pub hostname: String,
-    /// Whether br1 has its address and NAT.
+    /// Whether br1 is up with its address, so build machines can be served on it (NAT or
+    /// not: a NAT failure is one of the problems).
     pub private_ready: bool,
     /// What went wrong, one line each, for the console and /run/buildos/problems.
     pub problems: Vec<String>,
@@ -232,13 +233,17 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
     let private_ready = match netlink
         .as_mut()
         .map_err(|e| e.to_string())
-        .and_then(|n| make_private(n, config.br1_address).map_err(|e| e.to_string()))
+        .and_then(|n| make_private(n, config.br1_address))
     {
-        Ok(()) => {
+        Ok(Ok(())) => {
             console::info(&format!(
                 "network: br1 at {}, NATed through br0",
                 config.br1_address
             ));
+            true
+        }
+        Ok(Err(nat)) => {
+            problems.push(format!("network: br1: {nat}"));
             true
         }
         Err(error) => {
@@ -411,16 +416,17 @@ fn remove_lease(netlink: &mut Netlink, link: &Link, lease: &Lease) -> Result<(),
     netlink.delete_address(link, lease.address, lease.prefix)
 }
 
-/// br1 with its address, IP forwarding on, and the NAT ruleset loaded.
-fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<(), String> {
+/// br1 up with its address (the outer error when it cannot be), then IP forwarding and the NAT
+/// ruleset (the inner one): without NAT, br1 still serves its build machines.
+fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<Result<(), String>, String> {
     let bridge = netlink.bridge(BR1).map_err(|e| e.to_string())?;
     netlink.set_up(&bridge).map_err(|e| e.to_string())?;
     netlink
         .add_address(&bridge, br1.addr(), br1.prefix())
         .map_err(|e| e.to_string())?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
-        .map_err(|e| format!("cannot turn IP forwarding on: {e}"))?;
-    load_nft(&render::nft_ruleset(br1))
+    Ok(std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
+        .map_err(|e| format!("cannot turn IP forwarding on: {e}"))
+        .and_then(|()| load_nft(&render::nft_ruleset(br1))))
 }
 
 /// Loads a ruleset with `nft -f -`.
