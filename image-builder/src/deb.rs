@@ -269,7 +269,8 @@ impl Deb {
 
     /// Writes a copy of the package whose data member is an uncompressed `data.tar`, so that
     /// later reads skip decompression (most of the time an image build spends on the kernel
-    /// package). The copy is written to a temporary file beside `dst` and renamed into place.
+    /// package). The copy is written to a temporary file of its own beside `dst` and renamed into
+    /// place.
     pub fn write_uncompressed(&self, dst: &Path) -> Result<(), DebError> {
         let path = &self.path;
         let io_err = |member: &str| {
@@ -284,7 +285,14 @@ impl Deb {
             path: dst.to_path_buf(),
             source,
         };
-        let tmp = dst.with_extension("deb.tmp");
+        // Unique to this call: builds running at once each write their own, and the rename
+        // makes whichever finishes first the copy the others find.
+        static TMP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tmp = dst.with_extension(format!(
+            "deb.{}-{}.tmp",
+            std::process::id(),
+            TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut builder = ar::Builder::new(File::create(&tmp).map_err(write_err)?);
         let mut archive = ar_archive(path)?;
         while let Some(entry) = archive.next_entry() {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -67,8 +68,10 @@ impl Apt {
     }
 
     /// The candidate version's .deb in the cache, downloaded with `apt-get download` unless it
-    /// is already there.
+    /// is already there. The download goes to a staging directory of its own and is renamed
+    /// into the cache complete, so builds and tests running at once never read half a package.
     pub fn fetch(&self, package: &str) -> Result<PathBuf> {
+        static STAGING: AtomicUsize = AtomicUsize::new(0);
         let control = self.show(package)?;
         let version = field(&control, "Version").unwrap_or_default();
         let arch = field(&control, "Architecture").unwrap_or("amd64");
@@ -77,16 +80,27 @@ impl Apt {
         if path.is_file() {
             return Ok(path);
         }
-        std::fs::create_dir_all(&self.cache)
-            .with_context(|| format!("cannot create the package cache {}", self.cache.display()))?;
+        let staging = self.cache.join(format!(
+            ".download-{}-{}",
+            std::process::id(),
+            STAGING.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&staging)
+            .with_context(|| format!("cannot create the package cache {}", staging.display()))?;
         eprintln!("xtask: downloading {package} {version}");
         let output = Command::new("apt-get")
             .args(["download", "-q", &format!("{package}={version}")])
-            .current_dir(&self.cache)
+            .current_dir(&staging)
             .output()
-            .context("cannot run apt-get")?;
-        if !output.status.success() || !path.is_file() {
-            bail!(
+            .context("cannot run apt-get");
+        let staged = staging.join(&file);
+        let result = match output {
+            Ok(output) if output.status.success() && staged.is_file() => {
+                std::fs::rename(&staged, &path).with_context(|| {
+                    format!("cannot move {} into {}", staged.display(), path.display())
+                })
+            }
+            Ok(output) => Err(anyhow::anyhow!(
                 "`apt-get download {package}={version}` failed{}: {}",
                 if output.status.success() {
                     format!(" to write {file}")
@@ -94,9 +108,11 @@ impl Apt {
                     String::new()
                 },
                 String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(path)
+            )),
+            Err(error) => Err(error),
+        };
+        let _ = std::fs::remove_dir_all(&staging);
+        result.map(|()| path)
     }
 }
 

@@ -167,7 +167,7 @@ fn pxe_boot_times(image: &Path) -> Result<(Duration, Duration)> {
     crate::pxe::build_tree(&inventory, image, &tree, Some(&base))?;
     let mut times = Vec::new();
     for bootfile in [format!("{base}ipxe/boot.ipxe"), "pxelinux.0".to_string()] {
-        let config = VmConfig::netboot(
+        let mut config = VmConfig::netboot(
             image,
             NetBoot {
                 tftp: tree.clone(),
@@ -175,6 +175,11 @@ fn pxe_boot_times(image: &Path) -> Result<(Duration, Duration)> {
                 mac: "de:ad:be:ef:b8:da".into(),
             },
         );
+        // The disks a host needs, or init stops at the emergency shell.
+        let disks = TempDir::new("buildos-bench-pxe-disks")?;
+        for disk in crate::qemu::host_disks(&disks.0)? {
+            config = config.disk(&disk);
+        }
         let started = Instant::now();
         let mut vm = Vm::boot(&config)?;
         vm.wait_for("buildos-init: ready at ", Duration::from_secs(300))?;

@@ -70,6 +70,19 @@ pub fn run() -> Result<()> {
     )
 }
 
+/// The minimal image has no nft: br1 without NAT is a problem init reports until the image
+/// carries nftables.
+pub const NO_NFT: &str = "no NAT: nft is not in this image";
+
+/// The end of init's ready line the VM tests expect, `, N problem(s)`: `others`, plus the
+/// missing nft when the console shows it.
+pub fn problems(console: &str, others: usize) -> String {
+    format!(
+        ", {} problem(s)",
+        others + usize::from(console.contains(NO_NFT))
+    )
+}
+
 /// The variable the VM tests read to find the debian profile's image this command built.
 pub const DEBIAN_IMAGE_DIR_VAR: &str = "BUILDOS_DEBIAN_IMAGE_DIR";
 

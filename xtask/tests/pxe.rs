@@ -12,7 +12,7 @@ use std::time::Duration;
 use buildos_pxe::{Farm, Mac};
 use xtask::pxe::{build_tree, load, HttpServer};
 use xtask::qemu::{NetBoot, TempDir, Vm, VmConfig};
-use xtask::test::IMAGE_DIR_VAR;
+use xtask::test::{problems, IMAGE_DIR_VAR};
 
 /// A PXE boot takes about 14 s under software emulation and much more on a loaded machine:
 /// generous, and only ever a failure bound.
@@ -68,15 +68,29 @@ fn tree(dir: &Path, http_url: Option<&str>) -> (PathBuf, Farm) {
     (out, load(&inventory, http_url).unwrap())
 }
 
-/// Boots, waits for init's ready marker without problems, and checks that init's configuration
-/// lines are exactly those of the configuration the inventory gives `mac`.
-fn boot_and_check(farm: &Farm, netboot: NetBoot) -> Vm {
+/// A network-booted guest and the disks it was given, removed when it is dropped.
+struct Booted {
+    vm: Vm,
+    _disks: TempDir,
+}
+
+/// Boots with the disks a host needs (or init stops at the emergency shell), waits for init's
+/// ready marker without problems (but the minimal image's missing nft), and checks that init's
+/// configuration lines are exactly those of the configuration the inventory gives `mac`.
+fn boot_and_check(farm: &Farm, netboot: NetBoot) -> Booted {
     let mac = Mac::parse(&netboot.mac).unwrap();
-    let mut vm =
-        Vm::boot(&VmConfig::netboot(&image(), netboot)).unwrap_or_else(|e| panic!("{e:#}"));
+    let disks = TempDir::new("buildos-pxe-disks").unwrap();
+    let mut config = VmConfig::netboot(&image(), netboot);
+    for disk in xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}")) {
+        config = config.disk(&disk);
+    }
+    let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
     let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
-    assert!(ready.ends_with(", 0 problem(s)"), "{ready}\n{console}");
+    assert!(
+        ready.ends_with(&problems(&console, 0)),
+        "{ready}\n{console}"
+    );
     let seen: Vec<&str> = console
         .lines()
         .filter_map(|l| l.split_once("buildos-init: config: ").map(|(_, c)| c))
@@ -86,14 +100,14 @@ fn boot_and_check(farm: &Farm, netboot: NetBoot) -> Vm {
         seen, expected,
         "init's configuration for {mac}; console:\n{console}"
     );
-    vm
+    Booted { vm, _disks: disks }
 }
 
 #[test]
 fn pxelinux_host_boots_its_own_config_over_tftp() {
     let dir = TempDir::new("buildos-pxe-host").unwrap();
     let (tree, farm) = tree(&dir.0, None);
-    let vm = boot_and_check(
+    let booted = boot_and_check(
         &farm,
         NetBoot {
             tftp: tree,
@@ -101,7 +115,7 @@ fn pxelinux_host_boots_its_own_config_over_tftp() {
             mac: HOST.into(),
         },
     );
-    let console = vm.console();
+    let console = booted.vm.console();
     for line in [
         "config: hostname: build1",
         "config: cpu_overcommit: 3/2",
@@ -119,7 +133,7 @@ fn pxelinux_other_mac_boots_the_default_config() {
     let dir = TempDir::new("buildos-pxe-default").unwrap();
     let (tree, farm) = tree(&dir.0, None);
     assert_eq!(farm.boot_for(Mac::parse(OTHER).unwrap()), &farm.default);
-    let vm = boot_and_check(
+    let booted = boot_and_check(
         &farm,
         NetBoot {
             tftp: tree,
@@ -127,7 +141,7 @@ fn pxelinux_other_mac_boots_the_default_config() {
             mac: OTHER.into(),
         },
     );
-    let console = vm.console();
+    let console = booted.vm.console();
     for line in [
         "config: admin_email: admin@example.org",
         "config: hostname: from DHCP, else from the MAC address",
@@ -145,7 +159,7 @@ fn ipxe_over_http_boots_the_host_script() {
     let server = HttpServer::start(&dir.0.join("tree")).unwrap_or_else(|e| panic!("{e:#}"));
     let base = format!("http://10.0.2.2:{}/", server.port);
     let (tree, farm) = tree(&dir.0, Some(&base));
-    let vm = boot_and_check(
+    let booted = boot_and_check(
         &farm,
         NetBoot {
             tftp: tree.clone(),
@@ -153,7 +167,7 @@ fn ipxe_over_http_boots_the_host_script() {
             mac: HOST.into(),
         },
     );
-    let console = vm.console();
+    let console = booted.vm.console();
     assert!(console.contains("config: hostname: build1"), "{console}");
     // The kernel came over HTTP: its command line has no BOOT_IMAGE= from pxelinux.
     let kernel = console
@@ -170,7 +184,7 @@ fn ipxe_over_tftp_falls_back_to_the_default_script() {
     // dispatcher finds no script for this MAC address.
     let dir = TempDir::new("buildos-pxe-ipxe-tftp").unwrap();
     let (tree, farm) = tree(&dir.0, None);
-    let vm = boot_and_check(
+    let booted = boot_and_check(
         &farm,
         NetBoot {
             tftp: tree,
@@ -178,7 +192,7 @@ fn ipxe_over_tftp_falls_back_to_the_default_script() {
             mac: OTHER.into(),
         },
     );
-    let console = vm.console();
+    let console = booted.vm.console();
     assert!(
         console.contains("config: hostname: from DHCP, else from the MAC address"),
         "{console}"

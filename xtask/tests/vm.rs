@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xtask::qemu::{TempDir, Vm, VmConfig};
-use xtask::test::IMAGE_DIR_VAR;
+use xtask::test::{problems, IMAGE_DIR_VAR, NO_NFT};
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(180);
@@ -38,18 +38,6 @@ impl DerefMut for Booted {
     fn deref_mut(&mut self) -> &mut Vm {
         &mut self.vm
     }
-}
-
-/// The minimal image has no nft: br1 without NAT is a problem init reports until the image
-/// carries nftables.
-const NO_NFT: &str = "no NAT: nft is not in this image";
-
-/// `, N problem(s)`: `others`, plus the missing nft when the console shows it.
-fn problems(console: &str, others: usize) -> String {
-    format!(
-        ", {} problem(s)",
-        others + usize::from(console.contains(NO_NFT))
-    )
 }
 
 fn machines_disk(dir: &Path) -> PathBuf {
