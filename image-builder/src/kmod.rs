@@ -198,6 +198,9 @@ pub struct ModuleDb {
     builtin: BTreeSet<String>,
     /// `(normalized alias pattern, module name)` of built-in modules.
     builtin_aliases: Vec<(String, String)>,
+    /// `(normalized alias pattern, module name)` of loadable modules, made once for soft
+    /// dependencies that name an alias.
+    aliases: Vec<(String, String)>,
     builtin_text: String,
     order: Vec<String>,
 }
@@ -303,6 +306,16 @@ impl DbBuilder {
             }
         }
         self.db.version = self.versions.into_iter().next().unwrap_or_default();
+        self.db.aliases = self
+            .db
+            .modules
+            .values()
+            .flat_map(|m| {
+                m.aliases
+                    .iter()
+                    .map(|pattern| (normalize_alias(pattern), m.name.clone()))
+            })
+            .collect();
         Ok((self.db, self.bytes.unwrap_or_default()))
     }
 }
@@ -439,13 +452,16 @@ impl ModuleDb {
         if self.is_builtin(word) || self.builtin_aliases.iter().any(|(p, _)| fnmatch(p, &alias)) {
             return Vec::new();
         }
-        self.modules
-            .values()
-            .filter(|m| {
-                m.aliases
-                    .iter()
-                    .any(|pattern| fnmatch(&normalize_alias(pattern), &alias))
-            })
+        let matching: BTreeSet<&str> = self
+            .aliases
+            .iter()
+            .filter(|(pattern, _)| fnmatch(pattern, &alias))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        // In name order, as the modules map iterates.
+        matching
+            .into_iter()
+            .filter_map(|name| self.get(name))
             .collect()
     }
 
