@@ -118,6 +118,8 @@ fn mode() -> Result<&'static str> {
             .any(|l| l.split(':').next() == Some(user.as_str()))
     });
     if works && subuid {
+        // mmdebstrap maps the subordinate ids with these setuid helpers.
+        system::ensure(&[system::NEWUIDMAP, system::NEWGIDMAP])?;
         return Ok("unshare");
     }
     bail!(

@@ -38,6 +38,17 @@ pub const MMDEBSTRAP: Need = Need {
     package: "mmdebstrap",
     why: "makes the Debian root filesystem of the debian profile",
 };
+pub const NEWUIDMAP: Need = Need {
+    command: "newuidmap",
+    package: "uidmap",
+    why:
+        "maps the user's subordinate ids for mmdebstrap's unshare mode (building as a normal user)",
+};
+pub const NEWGIDMAP: Need = Need {
+    command: "newgidmap",
+    package: "uidmap",
+    why: "maps the user's subordinate group ids for mmdebstrap's unshare mode",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
