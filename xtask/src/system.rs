@@ -142,7 +142,10 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|n| n.package).collect();
+    // One package may bring several of the commands.
+    packages.sort_unstable();
+    packages.dedup();
     let reasons: Vec<String> = missing
         .iter()
         .map(|n| format!("  {} (package {}): {}", n.command, n.package, n.why))
