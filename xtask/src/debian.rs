@@ -48,6 +48,8 @@ const SEGMENT: &str = "rootfs.cpio.gz";
 const SYMLINKS: &str = "symlinks";
 const MANIFEST: &str = "packages";
 const KERNEL_DIR: &str = "kernel";
+/// Where the hooks leave their results inside the chroot, removed before the tar is made.
+const OUT: &str = "/var/cache/buildos-out";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -162,12 +164,16 @@ pub fn rootfs(
     let started = Instant::now();
     let tmp = cache.join(format!(".{}-{}.tmp", profile.name, &key[..16]));
     let _ = std::fs::remove_dir_all(&tmp);
-    let kernel_dir = tmp.join(KERNEL_DIR);
-    for d in [&kernel_dir, &archives.to_path_buf()] {
+    // What the hooks make in the chroot (the kernel package, the package list) comes out by
+    // mmdebstrap's sync-out, which writes as the calling user: in unshare mode the chroot's
+    // root is a subordinate id that may not write the user's directories.
+    let synced = tmp.join("out");
+    for d in [&synced, &archives.to_path_buf()] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let tar = tmp.join("rootfs.tar");
-    let dpkg_list = tmp.join("dpkg-list");
+    let kernel_dir = tmp.join(KERNEL_DIR);
+    let dpkg_list = synced.join("dpkg-list");
     eprintln!(
         "xtask: making the {} root filesystem with mmdebstrap ({} {}, {} packages, mode {mode})",
         profile.name,
@@ -177,9 +183,9 @@ pub fn rootfs(
     );
     let apt = "APT_CONFIG=\"$MMDEBSTRAP_APT_CONFIG\"";
     let kernel_hook = format!(
-        "set -e; cd {dir}; k=$({apt} apt-cache depends {kernel} | sed -n 's/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p' | head -n 1); \
+        "set -e; mkdir -p \"$1\"{OUT}/kernel; cd \"$1\"{OUT}/kernel; \
+         k=$({apt} apt-cache depends {kernel} | sed -n 's/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p' | head -n 1); \
          {apt} apt-get download -q -o APT::Sandbox::User=root \"${{k:-{kernel}}}\"",
-        dir = quote(&kernel_dir.to_string_lossy()),
         kernel = quote(&profile.kernel),
     );
     let mut users_hook = String::from("set -e");
@@ -221,9 +227,14 @@ pub fn rootfs(
         .arg(format!("--customize-hook={kernel_hook}"))
         .arg(format!("--customize-hook={users_hook}"))
         .arg(format!(
-            "--customize-hook=chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\n' > {}",
-            quote(&dpkg_list.to_string_lossy())
+            "--customize-hook=chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\n' \
+             > \"$1\"{OUT}/dpkg-list"
         ))
+        .arg(format!(
+            "--customize-hook=sync-out {OUT} {}",
+            synced.display()
+        ))
+        .arg(format!("--customize-hook=rm -r \"$1\"{OUT}"))
         .arg(&debian.release)
         .arg(&tar)
         .arg(&debian.mirror)
@@ -241,6 +252,12 @@ pub fn rootfs(
         );
     }
 
+    std::fs::rename(synced.join(KERNEL_DIR), &kernel_dir).with_context(|| {
+        format!(
+            "mmdebstrap's hooks left no kernel package directory in {}",
+            synced.display()
+        )
+    })?;
     let mut kernels = std::fs::read_dir(&kernel_dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "deb"));
@@ -279,7 +296,7 @@ pub fn rootfs(
     drop(cpio);
     std::fs::write(tmp.join(SEGMENT), gz)?;
     std::fs::remove_file(&tar)?;
-    std::fs::remove_file(&dpkg_list)?;
+    std::fs::remove_dir_all(&synced)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
