@@ -3,10 +3,12 @@
 //!
 //! The cache key is a SHA-256 over the profile's root filesystem recipe (release, mirror,
 //! variant, packages, excluded and removed paths, users), the kernel package name,
-//! `SOURCE_DATE_EPOCH` and the mirror's signed release file (`dists/<release>/InRelease`),
-//! which fixes every package version apt resolves from that mirror. An unchanged profile on an
-//! unchanged mirror reuses the segment; a new point release, a changed package list or another
-//! epoch makes a new one. A cache directory holds:
+//! `SOURCE_DATE_EPOCH`, the mirror's signed release file (`dists/<release>/InRelease`), which
+//! fixes every package version apt resolves from that mirror, and [`PIPELINE`], the code that
+//! turns them into the segment. An unchanged profile on an unchanged mirror reuses the segment;
+//! a new point release, a changed package list, another epoch or a changed pipeline (another
+//! compressor, say) makes a new one, so a cached segment is always the one a fresh build would
+//! make. A cache directory holds:
 //!
 //! - `rootfs.cpio.gz`: the segment;
 //! - `symlinks`: the root filesystem's symlinks (`path<TAB>target` lines), which the image's own
@@ -85,6 +87,17 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// The code that makes the segment from the recipe, part of the cache key: this file, the
+/// image builder's tar-to-cpio conversion, cpio writer and gzip, and the locked versions of
+/// every dependency (the compressor among them). A change to any may change the bytes.
+const PIPELINE: [&[u8]; 5] = [
+    include_bytes!("debian.rs"),
+    include_bytes!("../../image-builder/src/rootfs.rs"),
+    include_bytes!("../../image-builder/src/cpio.rs"),
+    include_bytes!("../../image-builder/src/image.rs"),
+    include_bytes!("../../Cargo.lock"),
+];
+
 /// The cache key; see the module docs.
 pub fn cache_key(profile: &Profile, source_date_epoch: u64, release: &[u8]) -> Result<String> {
     let Some(recipe) = profile.rootfs_recipe() else {
@@ -97,7 +110,10 @@ pub fn cache_key(profile: &Profile, source_date_epoch: u64, release: &[u8]) -> R
         profile.kernel.as_bytes(),
         source_date_epoch.to_string().as_bytes(),
         release,
-    ] {
+    ]
+    .into_iter()
+    .chain(PIPELINE)
+    {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
