@@ -52,16 +52,27 @@ pub struct Binaries {
 /// Compiles init, the monitor and the machine helper as static release binaries and returns
 /// their paths.
 pub fn build_binaries() -> Result<Binaries> {
+    // Static, and the same bytes whoever builds where: the workspace and cargo's registry
+    // appear in panic locations and debug paths under fixed names, not under this user's home.
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set: cannot tell where cargo's registry is")?;
+    let flags = [
+        "-Ctarget-feature=+crt-static".to_owned(),
+        format!("--remap-path-prefix={}=/buildos", crate::root().display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ]
+    .join("\u{1f}");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet"])
         .args(["--package", "buildos-init", "--package", "buildos-monitor"])
         .args(["--package", "buildos-machines", "--bin", "buildos-init"])
         .args(["--bin", "buildos-monitor", "--bin", "buildos-machine"])
         .args(["--target", INIT_TARGET])
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
+        // With --target, these reach only the binaries, not build scripts; the encoded form
+        // keeps paths with spaces whole.
+        .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .current_dir(crate::root())
         .status()
         .context("cannot run cargo to build init, the monitor and the machine helper")?;
