@@ -140,50 +140,63 @@ pub fn disk_image(path: &Path, mib: u64, mkfs: &[&str]) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// A disk image a host needs: file name, size in MiB, and the mkfs command that labels it.
+type DiskSpec = (&'static str, u64, &'static [&'static str]);
+
+/// The ext4 state disk, without a journal as on a USB flash drive.
+const STATE_DISK: DiskSpec = (
+    "state.img",
+    32,
+    &[
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-L",
+        "buildos.state",
+        "-O",
+        "^has_journal",
+    ],
+);
+
+/// The btrfs machines disk.
+const MACHINES_DISK: DiskSpec = (
+    "machines.img",
+    256,
+    &[
+        "mkfs.btrfs",
+        "-q",
+        "-f",
+        "-L",
+        "buildos.machines",
+        "-m",
+        "single",
+    ],
+);
+
+/// `spec`'s disk in `dir`, made unless it is there already.
+fn host_disk(dir: &Path, (name, mib, mkfs): DiskSpec) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        disk_image(&path, mib, mkfs)
+    }
+}
+
 /// The disks a host needs, made in `dir` unless they are there already: an ext4 state disk
 /// (`state.img`, 32 MiB, the guest's /dev/vda when attached first) and a btrfs machines disk
 /// (`machines.img`, 256 MiB, /dev/vdb).
 pub fn host_disks(dir: &Path) -> Result<Vec<PathBuf>> {
-    let disks: [(&str, u64, &[&str]); 2] = [
-        (
-            "state.img",
-            32,
-            &[
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                "buildos.state",
-                "-O",
-                "^has_journal",
-            ],
-        ),
-        (
-            "machines.img",
-            256,
-            &[
-                "mkfs.btrfs",
-                "-q",
-                "-f",
-                "-L",
-                "buildos.machines",
-                "-m",
-                "single",
-            ],
-        ),
-    ];
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    disks
-        .iter()
-        .map(|(name, mib, mkfs)| {
-            let path = dir.join(name);
-            if path.is_file() {
-                Ok(path)
-            } else {
-                disk_image(&path, *mib, mkfs)
-            }
-        })
+    [STATE_DISK, MACHINES_DISK]
+        .into_iter()
+        .map(|spec| host_disk(dir, spec))
         .collect()
+}
+
+/// Only the machines disk of [`host_disks`], for a host that lacks its state disk.
+pub fn machines_disk(dir: &Path) -> Result<PathBuf> {
+    host_disk(dir, MACHINES_DISK)
 }
 
 /// `-accel kvm` only where KVM really runs a guest here, else software emulation. The probe

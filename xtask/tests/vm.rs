@@ -2,7 +2,7 @@
 //! guest prints on its serial console. QEMU is always killed when a test ends.
 
 use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use xtask::qemu::{TempDir, Vm, VmConfig};
@@ -38,23 +38,6 @@ impl DerefMut for Booted {
     fn deref_mut(&mut self) -> &mut Vm {
         &mut self.vm
     }
-}
-
-fn machines_disk(dir: &Path) -> PathBuf {
-    xtask::qemu::disk_image(
-        &dir.join("machines.img"),
-        256,
-        &[
-            "mkfs.btrfs",
-            "-q",
-            "-f",
-            "-L",
-            "buildos.machines",
-            "-m",
-            "single",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Boots with the disks a host needs: state on /dev/vda, machines on /dev/vdb.
@@ -219,7 +202,7 @@ fn disks_are_mounted_by_label() {
 #[test]
 fn missing_state_disk_stops_at_a_shell_that_says_how_to_make_it_and_leaving_reboots() {
     let dir = TempDir::new("buildos-vm-disks").unwrap();
-    let machines = machines_disk(&dir.0);
+    let machines = xtask::qemu::machines_disk(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = boot_with_disks(&["buildos.storage_wait=2"], dir, &[machines]);
     vm.wait_for(
         "waiting up to 2 s for storage: no disk labeled buildos.state yet",
