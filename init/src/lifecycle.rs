@@ -69,21 +69,9 @@ pub fn request(signal: Signal) -> Option<Shutdown> {
     }
 }
 
-/// Reaps every exited child; returns their pids.
-fn reap() -> Vec<Pid> {
-    let mut exited = Vec::new();
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
-            Ok(status) => {
-                if let Some(pid) = status.pid() {
-                    exited.push(pid);
-                }
-            }
-            Err(Errno::EINTR) => continue,
-            Err(_) => return exited,
-        }
-    }
+/// Reaps every exited child, whatever their status.
+fn reap() {
+    reap_with_status();
 }
 
 /// The main loop of a booted host: reaps children, restarts services when their back-off
