@@ -6,7 +6,7 @@
 //! controller brings SCSI disks), so matching runs in passes until a pass finds nothing new.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
 
@@ -95,32 +95,36 @@ impl Softdeps {
     }
 }
 
-/// Every `modalias` under `root` (normally /sys/devices), deduplicated and sorted. Symlinks
-/// are not followed, so each device is read once.
-pub fn modaliases(root: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() && entry.file_name() == "modalias" {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    let text = text.trim();
-                    if !text.is_empty() {
-                        found.insert(text.to_owned());
-                    }
-                }
-            }
-        }
+/// Every device's `modalias` under `sys` (normally /sys), deduplicated and sorted: those of
+/// the devices on each bus (`bus/*/devices/*`) and in each class (`class/*/*`, which holds
+/// DMI's and the input devices'), and the CPUs' (`devices/system/cpu`). These are the devices
+/// udev's coldplug visits; a walk of all /sys/devices finds the same set but reads tens of
+/// thousands of entries, which took 0.3 s per pass under software emulation.
+pub fn modaliases(sys: &Path) -> BTreeSet<String> {
+    let mut files = vec![sys.join("devices/system/cpu/modalias")];
+    let buses = entries(&sys.join("bus"))
+        .into_iter()
+        .map(|bus| bus.join("devices"));
+    for devices in buses.chain(entries(&sys.join("class"))) {
+        files.extend(
+            entries(&devices)
+                .into_iter()
+                .map(|device| device.join("modalias")),
+        );
     }
-    found
+    files
+        .into_iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .collect()
+}
+
+/// The paths in `dir`, none when it cannot be read.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default()
 }
 
 /// The modules that match any of `modaliases` and are not yet in `known`, with one device
@@ -216,7 +220,7 @@ const PASSES: usize = 6;
 
 /// The image's module tables, and how to order a load from them.
 pub struct Tables {
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     dep: crate::kmod::ModulesDep,
     softdeps: Softdeps,
     aliases: Aliases,
@@ -333,8 +337,8 @@ fn read_table(dir: &Path, name: &str) -> Result<String, String> {
 
 /// Loads the fixed set on one thread while matching devices to drivers on this one, so that
 /// slow module initialisation (btrfs's RAID checksum benchmarks) overlaps with device probes
-/// that wait for hardware. `devices` is normally /sys/devices.
-pub fn load_modules(dir: &Path, fixed: Vec<String>, devices: &Path) -> Result<Report, String> {
+/// that wait for hardware. `sys` is normally /sys.
+pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report, String> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
         &read_table(dir, "modules.dep")?,
@@ -359,7 +363,7 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, devices: &Path) -> Result<Re
     let mut report = Report::default();
     let mut matched = BTreeSet::new();
     for _ in 0..PASSES {
-        let found = modaliases(devices);
+        let found = modaliases(sys);
         report.devices = found.len();
         let wanted: Vec<(String, String)> = matching(&tables.aliases, &found, &matched)
             .into_iter()
@@ -535,26 +539,57 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
     }
 
     #[test]
-    fn modaliases_are_read_from_a_device_tree() {
-        let root = std::env::temp_dir().join(format!("buildos-modalias-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("pci0000:00/0000:00:03.0/virtio0")).unwrap();
-        std::fs::write(
-            root.join("pci0000:00/0000:00:03.0/modalias"),
+    fn modaliases_are_read_from_the_buses_and_the_cpus() {
+        let sys = std::env::temp_dir().join(format!("buildos-modalias-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&sys);
+        let pci = sys.join("devices/pci0000:00/0000:00:03.0");
+        let write = |path: PathBuf, text: &str| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write(
+            pci.join("modalias"),
             "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("pci0000:00/0000:00:03.0/virtio0/modalias"),
-            "virtio:d00000001v00001AF4\n",
-        )
-        .unwrap();
-        std::fs::write(root.join("pci0000:00/0000:00:03.0/vendor"), "0x1af4\n").unwrap();
-        let found = modaliases(&root);
-        std::fs::remove_dir_all(&root).unwrap();
+        );
+        write(pci.join("virtio0/modalias"), "virtio:d00000001v00001AF4\n");
+        write(pci.join("vendor"), "0x1af4\n");
+        write(
+            sys.join("devices/system/cpu/modalias"),
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0089\n",
+        );
+        write(
+            sys.join("devices/virtual/dmi/id/modalias"),
+            "dmi:bvnSeaBIOS:svnQEMU:\n",
+        );
+        // A device in no bus or class is not read, nor is an empty modalias.
+        write(
+            sys.join("devices/virtual/other/thing/modalias"),
+            "not:read\n",
+        );
+        write(sys.join("devices/platform/empty/modalias"), "\n");
+        // The buses link to their devices, as sysfs does.
+        for (bus, device) in [
+            ("pci", pci.clone()),
+            ("virtio", pci.join("virtio0")),
+            ("platform", sys.join("devices/platform/empty")),
+            ("", sys.join("devices/virtual/dmi/id")),
+        ] {
+            let dir = if bus.is_empty() {
+                sys.join("class/dmi")
+            } else {
+                sys.join("bus").join(bus).join("devices")
+            };
+            std::fs::create_dir_all(&dir).unwrap();
+            let name = device.file_name().unwrap().to_owned();
+            std::os::unix::fs::symlink(&device, dir.join(name)).unwrap();
+        }
+        let found = modaliases(&sys);
+        std::fs::remove_dir_all(&sys).unwrap();
         assert_eq!(
             found.into_iter().collect::<Vec<_>>(),
             [
+                "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0089",
+                "dmi:bvnSeaBIOS:svnQEMU:",
                 "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00",
                 "virtio:d00000001v00001AF4"
             ]

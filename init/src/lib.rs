@@ -222,7 +222,7 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys/devices"))?;
+    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys"))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
         "{} devices asked for {} drivers{}",
