@@ -4,7 +4,9 @@
 //! - initrd size and assembly time against Debian's own `mkinitramfs` for the same kernel
 //!   (targets: under 12 MB, at least 10 times faster);
 //! - the QEMU boot: init's own work from its first line to ready (target: under 1 s) beside
-//!   the kernel's time until it started init;
+//!   the kernel's time until it started init; init's modules step beside the kernel loading the
+//!   same modules for busybox's modprobe in the same image; each boot phase with QEMU's e1000,
+//!   a virtio-net card, and no card;
 //! - the network boot, power-on to init's ready marker: iPXE fetching kernel and initrd over
 //!   HTTP against pxelinux fetching them over TFTP (target: HTTP faster), both from the tree
 //!   `cargo xtask pxe` writes for the same image, in QEMU's user-mode network.
@@ -83,7 +85,7 @@ pub fn run(only: Only) -> Result<()> {
         built.output.kernel_version
     );
 
-    let full = boot_times(&out, true)?;
+    let full = boot_times(&out, Nic::E1000, true)?;
     let (kernel, init) = (full.kernel, full.init);
     println!(
         "init work, first line to ready  {:>8.3} s   {:>8.3} s   {:>6.2}   < 1 s ({})",
@@ -97,35 +99,52 @@ pub fn run(only: Only) -> Result<()> {
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
     );
-    let bare = boot_times(&out, false)?;
+    let modules = full.phase("modules");
+    let modprobe = modprobe_time(&out, &full.modules)?;
+    println!(
+        "modules step                    {:>8.3} s   {:>8.3} s   {:>6.2}   within 10% of modprobe ({})",
+        modules.as_secs_f64(),
+        modprobe.as_secs_f64(),
+        modules.as_secs_f64() / modprobe.as_secs_f64(),
+        verdict(modules <= modprobe.mul_f64(1.1))
+    );
+    println!(
+        "  (anchor: the kernel loading the same {} modules for one `busybox modprobe -a`, in init's order, same image, disks and NIC, booted with rdinit=/bin/sh)",
+        full.modules.len()
+    );
+    let virtio = boot_times(&out, Nic::Virtio, false)?;
+    let bare = boot_times(&out, Nic::None, false)?;
+    let boots = [&full, &virtio, &bare];
     println!();
     println!(
-        "boot phases (disks, network)    buildos      no NIC       bound    within ({})",
+        "boot phases (disks, network)    e1000        virtio-net   no NIC       bound    within ({})",
         {
-            let within = full
-                .phases
-                .iter()
-                .chain(&bare.phases)
-                .all(|(name, took)| phase_bound(name).is_none_or(|bound| *took <= bound));
+            let within = boots.iter().flat_map(|b| &b.phases).all(|(name, took)| {
+                phase_bound(name).is_none_or(|bound| *took <= bound)
+            });
             verdict(within)
         }
     );
-    for (name, took) in &full.phases {
+    for (name, _) in &full.phases {
         let bound =
             phase_bound(name).map_or("-".to_owned(), |b| format!("{:.0} s", b.as_secs_f64()));
-        println!(
-            "  {name:<28}  {:>8.3} s   {:>8.3} s   {bound:>6}",
-            took.as_secs_f64(),
-            bare.phase(name).as_secs_f64()
-        );
+        let took: Vec<String> = boots
+            .iter()
+            .map(|b| format!("{:>8.3} s", b.phase(name).as_secs_f64()))
+            .collect();
+        println!("  {name:<28}  {}   {bound:>6}", took.join("   "));
     }
+    let took: Vec<String> = boots
+        .iter()
+        .map(|b| format!("{:>8.3} s", b.init.as_secs_f64()))
+        .collect();
     println!(
-        "  {:<28}  {:>8.3} s   {:>8.3} s",
+        "  {:<28}  {}",
         "init, first line to ready",
-        full.init.as_secs_f64(),
-        bare.init.as_secs_f64()
+        took.join("   ")
     );
-    println!("  (anchor: the same image and disks with no network card; bounds: buildos.storage_wait and buildos.dhcp_wait + 2 s at their defaults)");
+    println!("  (the same image and disks with QEMU's default NIC, an e1000, with a virtio-net NIC, and with none; bounds: buildos.storage_wait and buildos.dhcp_wait + 2 s at their defaults)");
+    println!("  (QEMU's e1000 holds back received frames for 1 s after the driver rewrites its receive control register, as it does when the link comes up: the DHCP offer waits there)");
     let storage = full.phase("storage");
 
     let (http, tftp) = pxe_boot_times(&out)?;
@@ -574,12 +593,34 @@ fn mkinitramfs(deb: &Path, version: &str) -> Result<(Duration, u64)> {
     Ok((Duration::from_secs_f64(end - start), size))
 }
 
-/// What one boot showed: init's start (the kernel's share), its work until ready, and each
-/// phase's name and duration.
+/// The network card of a measured boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Nic {
+    /// QEMU's default card, an emulated Intel e1000, in QEMU's user-mode network.
+    E1000,
+    /// A paravirtual virtio-net card in the same network.
+    Virtio,
+    /// No network card at all.
+    None,
+}
+
+impl Nic {
+    fn qemu_args(self) -> &'static [&'static str] {
+        match self {
+            Nic::E1000 => &[],
+            Nic::Virtio => &["-nic", "user,model=virtio-net-pci"],
+            Nic::None => &["-nic", "none"],
+        }
+    }
+}
+
+/// What one boot showed: init's start (the kernel's share), its work until ready, each
+/// phase's name and duration, and (when asked for) the modules loaded, in load order.
 struct Boot {
     kernel: Duration,
     init: Duration,
     phases: Vec<(String, Duration)>,
+    modules: Vec<String>,
 }
 
 impl Boot {
@@ -591,19 +632,23 @@ impl Boot {
     }
 }
 
-/// Boots the image once with the disks a host needs (and QEMU's user-mode network unless
-/// `network` is false) and reads init's own lines.
-fn boot_times(image: &Path, network: bool) -> Result<Boot> {
+/// Boots the image once with the disks a host needs and `nic`, and reads init's own lines.
+/// With `read_modules`, it then reads the loaded modules in the debug shell (which starts
+/// after ready, so it costs the boot nothing).
+fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
     let started = Instant::now();
+    let mut config = VmConfig::new(image);
+    if read_modules {
+        config = config.append(&["buildos.debug_shell=1"]);
+    }
     // The disks a host needs, or init stops at the emergency shell.
     let disks = TempDir::new("buildos-bench-disks")?;
-    let mut config = VmConfig::new(image);
     for disk in crate::qemu::host_disks(&disks.0)? {
         config = config.disk(&disk);
     }
-    if !network {
-        config.extra.extend(["-nic".to_owned(), "none".to_owned()]);
-    }
+    config
+        .extra
+        .extend(nic.qemu_args().iter().map(|a| a.to_string()));
     let mut vm = Vm::boot(&config)?;
     let first = vm.wait_for("buildos-init: ", Duration::from_secs(120))?;
     let mut phases = Vec::new();
@@ -626,20 +671,89 @@ fn boot_times(image: &Path, network: bool) -> Result<Boot> {
     };
     let kernel = seconds_after(&first, "starting at ")?;
     let init = seconds_after(&ready, "init took ")?;
+    let modules = if read_modules {
+        vm.wait_for("debug shell on the console", Duration::from_secs(60))?;
+        // Newest first: reversed, the order init loaded them in.
+        let mut names: Vec<String> = vm
+            .shell("cat /proc/modules", Duration::from_secs(120))?
+            .iter()
+            .filter_map(|line| line.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        names.reverse();
+        if names.is_empty() {
+            bail!("the guest's /proc/modules lists no module after init's modules step");
+        }
+        names
+    } else {
+        Vec::new()
+    };
     eprintln!(
-        "xtask: boot to ready ({}) took {:.1} s of wall time",
-        if network {
-            "with network"
-        } else {
-            "without network"
-        },
+        "xtask: boot to ready ({nic:?}) took {:.1} s of wall time",
         started.elapsed().as_secs_f64()
     );
     Ok(Boot {
         kernel,
         init,
         phases,
+        modules,
     })
+}
+
+/// The kernel's own time to load `modules` with their dependencies: the same image, disks
+/// and network card, booted into busybox's shell instead of init, where one
+/// `busybox modprobe -a` loads them one after another. Timed in the guest with /proc/uptime.
+fn modprobe_time(image: &Path, modules: &[String]) -> Result<Duration> {
+    let disks = TempDir::new("buildos-bench-modprobe-disks")?;
+    let mut config = VmConfig::new(image).append(&["rdinit=/bin/sh"]);
+    for disk in crate::qemu::host_disks(&disks.0)? {
+        config = config.disk(&disk);
+    }
+    let mut vm = Vm::boot(&config)?;
+    vm.wait_for("job control turned off", Duration::from_secs(180))?;
+    let bound = Duration::from_secs(300);
+    vm.shell(
+        "busybox mkdir -p /proc /sys && busybox mount -t proc proc /proc \
+         && busybox mount -t sysfs sysfs /sys",
+        bound,
+    )?;
+    let lines = vm.shell(
+        &format!(
+            "a=$(busybox cat /proc/uptime); busybox modprobe -a {}; \
+             b=$(busybox cat /proc/uptime); echo \"uptimes $a $b\"; \
+             echo \"loaded $(busybox cat /proc/modules | busybox wc -l)\"",
+            modules.join(" ")
+        ),
+        bound,
+    )?;
+    let field = |label: &str| {
+        lines
+            .iter()
+            .find_map(|line| line.strip_prefix(label))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+            .with_context(|| format!("no {label:?} line from the guest: {lines:?}"))
+    };
+    let uptimes = field("uptimes ")?;
+    let seconds = |i: usize| -> Result<f64> {
+        uptimes
+            .get(i)
+            .and_then(|t| t.parse::<f64>().ok())
+            .with_context(|| format!("no uptime in the guest's line {uptimes:?}"))
+    };
+    let loaded = field("loaded ")?
+        .first()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if loaded != modules.len() {
+        bail!(
+            "busybox modprobe loaded {loaded} modules where init had loaded {}: {lines:?}",
+            modules.len()
+        );
+    }
+    // /proc/uptime has two fields: the uptime and the idle time.
+    Ok(Duration::from_secs_f64(
+        (seconds(2)? - seconds(0)?).max(0.0),
+    ))
 }
 
 /// How long a boot phase may take at the default parameters, for those that wait.
