@@ -14,6 +14,9 @@
 //! - `symlinks`: the root filesystem's symlinks (`path<TAB>target` lines), which the image's own
 //!   entries are placed through;
 //! - `packages`: the manifest, `package<TAB>version` lines, the kernel package included;
+//! - `InRelease`: the mirror's release file it was made from. When the mirror cannot be
+//!   reached, the cached root filesystem whose key this file (with the profile, epoch and
+//!   pipeline of the build) gives again is used, with a warning naming the release's date;
 //! - `kernel/linux-image-*.deb`: the kernel package, fetched with mmdebstrap's own apt
 //!   configuration (same mirror, same resolution as the packages).
 //!
@@ -50,6 +53,8 @@ const SEGMENT: &str = "rootfs.cpio.gz";
 const SYMLINKS: &str = "symlinks";
 const MANIFEST: &str = "packages";
 const KERNEL_DIR: &str = "kernel";
+/// The mirror's release file the root filesystem was made from, for building without the mirror.
+const RELEASE: &str = "InRelease";
 /// Where the hooks leave their results inside the chroot, removed before the tar is made.
 const OUT: &str = "/var/cache/buildos-out";
 
@@ -78,12 +83,21 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
     let _ = std::fs::remove_file(&file);
     match bytes {
         Ok(bytes) if output.status.success() => Ok(bytes),
-        _ => bail!(
-            "cannot fetch {url} (the mirror's release file, which says whether the cached root \
-             filesystem is current): {}; check the profile's debian.mirror and debian.release \
-             and the network",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ),
+        _ => {
+            // apt's errors (`E:`) without its warnings, such as running unsandboxed as root.
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("E:")).collect();
+            bail!(
+                "cannot fetch {url} (the mirror's release file, which says whether the cached \
+                 root filesystem is current): {}; check the profile's debian.mirror and \
+                 debian.release and the network",
+                if errors.is_empty() {
+                    stderr.trim().to_owned()
+                } else {
+                    errors.join(" ")
+                }
+            )
+        }
     }
 }
 
@@ -169,7 +183,45 @@ pub fn rootfs(
     let Some(debian) = &profile.debian else {
         bail!("profile {} has no [debian] root filesystem", profile.name);
     };
-    let release = release_file(debian, cache)?;
+    let release = release_file(debian, cache);
+    rootfs_with_release(profile, source_date_epoch, cache, archives, release)
+}
+
+/// [`rootfs`] with the mirror's release file as fetched, or the reason it could not be. Without
+/// it (no network, the mirror down) the cached root filesystem of the same recipe, epoch and
+/// pipeline is used, the one made from the release file stored beside it, and a warning names
+/// that release's date: the mirror may have moved on since. With no such cache it is an error.
+pub fn rootfs_with_release(
+    profile: &Profile,
+    source_date_epoch: u64,
+    cache: &Path,
+    archives: &Path,
+    release: Result<Vec<u8>>,
+) -> Result<Rootfs> {
+    let Some(debian) = &profile.debian else {
+        bail!("profile {} has no [debian] root filesystem", profile.name);
+    };
+    let release = match release {
+        Ok(release) => release,
+        Err(error) => {
+            let Some((dir, key, date)) = cached_for_recipe(profile, source_date_epoch, cache)?
+            else {
+                return Err(error.context(format!(
+                    "no root filesystem of profile {} made from the same recipe is cached in \
+                     {} to build from instead",
+                    profile.name,
+                    cache.display()
+                )));
+            };
+            eprintln!(
+                "xtask: warning: {error:#}\nxtask: warning: building from the cached root \
+                 filesystem {}, made from the mirror's release file of {date}; the mirror \
+                 may have newer packages",
+                dir.display()
+            );
+            return load(&dir, key, Duration::ZERO);
+        }
+    };
     let key = cache_key(profile, source_date_epoch, &release)?;
     let dir = cache.join(format!("{}-{}", profile.name, &key[..16]));
     if dir.join(SEGMENT).is_file() {
@@ -311,6 +363,7 @@ pub fn rootfs(
     let gz = builder::image::gzip(&cpio, builder::image::DEFAULT_GZIP_LEVEL)?;
     drop(cpio);
     std::fs::write(tmp.join(SEGMENT), gz)?;
+    std::fs::write(tmp.join(RELEASE), &release)?;
     std::fs::remove_file(&tar)?;
     std::fs::remove_dir_all(&synced)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -318,6 +371,44 @@ pub fn rootfs(
         .with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))?;
     prune(cache, &profile.name, &dir);
     load(&dir, key, started.elapsed())
+}
+
+/// The cached root filesystem of `profile` whose key, computed again from the release file
+/// stored beside it, names its directory: made from this recipe, epoch and pipeline. Returns
+/// its directory, key, and the release file's date.
+fn cached_for_recipe(
+    profile: &Profile,
+    source_date_epoch: u64,
+    cache: &Path,
+) -> Result<Option<(PathBuf, String, String)>> {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(release) = std::fs::read(dir.join(RELEASE)) else {
+            continue;
+        };
+        let key = cache_key(profile, source_date_epoch, &release)?;
+        if entry.file_name().to_string_lossy() != format!("{}-{}", profile.name, &key[..16])
+            || !dir.join(SEGMENT).is_file()
+        {
+            continue;
+        }
+        let date = String::from_utf8_lossy(&release)
+            .lines()
+            .find_map(|line| line.strip_prefix("Date:"))
+            .map_or_else(|| "unknown date".to_owned(), |d| d.trim().to_owned());
+        let modified = entry.metadata().and_then(|m| m.modified()).ok();
+        if found
+            .as_ref()
+            .is_none_or(|(_, _, _, newest)| modified > *newest)
+        {
+            found = Some((dir, key, date, modified));
+        }
+    }
+    Ok(found.map(|(dir, key, date, _)| (dir, key, date)))
 }
 
 /// Removes the profile's older root filesystems from the cache (about 160 MB each), keeping

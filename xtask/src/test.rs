@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{image, system};
+use crate::{debian, image, system};
 
 /// The variable the VM tests read to find the image this command built.
 pub const IMAGE_DIR_VAR: &str = "BUILDOS_IMAGE_DIR";
@@ -132,6 +132,8 @@ fn check_debian(out: &Path) -> Result<()> {
         &crate::work_dir().join("test-image-debian-again"),
     )?;
 
+    check_without_mirror(&again.profile, again.source_date_epoch, &fresh, &made.key)?;
+
     let mut changed = buildos_rootfs::load("debian")?;
     changed.modules.boot.push("dummy".to_owned());
     let changed = image::Inputs {
@@ -157,6 +159,53 @@ fn check_debian(out: &Path) -> Result<()> {
         "xtask: the debian checks took {:.0} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Without the mirror's release file (the mirror unreachable), a build uses the root
+/// filesystem `cache` holds for the same recipe, the one with `key`; with nothing cached it is
+/// an error that says so.
+fn check_without_mirror(
+    profile: &buildos_rootfs::Profile,
+    source_date_epoch: u64,
+    cache: &Path,
+    key: &str,
+) -> Result<()> {
+    let unreachable = || Err(anyhow::anyhow!("the mirror cannot be reached (simulated)"));
+    let archives = image::apt_archives();
+    let cached =
+        debian::rootfs_with_release(profile, source_date_epoch, cache, &archives, unreachable())?;
+    if cached.key != key || !cached.build_time.is_zero() {
+        bail!(
+            "without the mirror, the build did not use the cached root filesystem {key} (got {}, \
+             made in {:?})",
+            cached.key,
+            cached.build_time
+        );
+    }
+    let empty = crate::work_dir().join("rootfs-empty");
+    let _ = std::fs::remove_dir_all(&empty);
+    std::fs::create_dir_all(&empty)?;
+    let error = match debian::rootfs_with_release(
+        profile,
+        source_date_epoch,
+        &empty,
+        &archives,
+        unreachable(),
+    ) {
+        Ok(rootfs) => bail!(
+            "without the mirror and with an empty cache, a root filesystem came from {}",
+            rootfs.dir.display()
+        ),
+        Err(error) => format!("{error:#}"),
+    };
+    let _ = std::fs::remove_dir_all(&empty);
+    for expected in ["no root filesystem of profile debian", "cannot be reached"] {
+        if !error.contains(expected) {
+            bail!("without the mirror and any cache, the error {error:?} lacks {expected:?}");
+        }
+    }
+    eprintln!("xtask: without the mirror, the build uses the cached root filesystem; without it too, the error says: {error}");
     Ok(())
 }
 
