@@ -205,7 +205,7 @@ fn check_without_mirror(
             bail!("without the mirror and any cache, the error {error:?} lacks {expected:?}");
         }
     }
-    eprintln!("xtask: without the mirror, the build uses the cached root filesystem; without it too, the error says: {error}");
+    eprintln!("xtask: without the mirror, the build uses the cached root filesystem; with an empty cache too, the build stops: {error}");
     Ok(())
 }
 
