@@ -195,11 +195,8 @@ fn pxe_boot_times(image: &Path) -> Result<(Duration, Duration)> {
                 mac: "de:ad:be:ef:b8:da".into(),
             },
         );
-        // The disks a host needs, or init stops at the emergency shell.
         let disks = TempDir::new("buildos-bench-pxe-disks")?;
-        for disk in crate::qemu::host_disks(&disks.0)? {
-            config = config.disk(&disk);
-        }
+        config = config.host_disks(&disks.0)?;
         let started = Instant::now();
         let mut vm = Vm::boot(&config)?;
         vm.wait_for("buildos-init: ready at ", Duration::from_secs(300))?;
@@ -510,11 +507,8 @@ fn debian() -> Result<()> {
 fn ram_used(image: &Path) -> Result<u64> {
     let mut config = VmConfig::new(image).append(&["buildos.debug_shell=1"]);
     config.memory_mib = 1024;
-    // The disks a host needs, or init stops at the emergency shell.
     let disks = TempDir::new("buildos-bench-ram-disks")?;
-    for disk in crate::qemu::host_disks(&disks.0)? {
-        config = config.disk(&disk);
-    }
+    config = config.host_disks(&disks.0)?;
     let mut vm = Vm::boot(&config)?;
     vm.wait_for("buildos-init: ready at ", Duration::from_secs(300))?;
     vm.wait_for("debug shell on the console", Duration::from_secs(60))?;
@@ -642,11 +636,8 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
     if read_modules {
         config = config.append(&["buildos.debug_shell=1"]);
     }
-    // The disks a host needs, or init stops at the emergency shell.
     let disks = TempDir::new("buildos-bench-disks")?;
-    for disk in crate::qemu::host_disks(&disks.0)? {
-        config = config.disk(&disk);
-    }
+    config = config.host_disks(&disks.0)?;
     config
         .extra
         .extend(nic.qemu_args().iter().map(|a| a.to_string()));
@@ -706,10 +697,9 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
 /// `busybox modprobe -a` loads them one after another. Timed in the guest with /proc/uptime.
 fn modprobe_time(image: &Path, modules: &[String]) -> Result<Duration> {
     let disks = TempDir::new("buildos-bench-modprobe-disks")?;
-    let mut config = VmConfig::new(image).append(&["rdinit=/bin/sh"]);
-    for disk in crate::qemu::host_disks(&disks.0)? {
-        config = config.disk(&disk);
-    }
+    let config = VmConfig::new(image)
+        .append(&["rdinit=/bin/sh"])
+        .host_disks(&disks.0)?;
     let mut vm = Vm::boot(&config)?;
     vm.wait_for("job control turned off", Duration::from_secs(180))?;
     let bound = Duration::from_secs(300);

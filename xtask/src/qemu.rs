@@ -74,6 +74,14 @@ impl VmConfig {
         self
     }
 
+    /// Attaches the disks a host needs ([`host_disks`]), made in `dir` unless they are there:
+    /// without them init stops at the emergency shell.
+    pub fn host_disks(self, dir: &Path) -> Result<VmConfig> {
+        Ok(host_disks(dir)?
+            .iter()
+            .fold(self, |config, disk| config.disk(disk)))
+    }
+
     fn kernel_cmdline(&self) -> String {
         let mut cmdline = "console=ttyS0 panic=-1".to_owned();
         for param in &self.append {
@@ -521,10 +529,7 @@ pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Resu
     crate::image::run(profile, &out)?;
     // Kept between runs, like a real host's disks: what init stores on /state survives.
     let disks = crate::work_dir().join("qemu-disks");
-    let mut config = VmConfig::new(&out);
-    for disk in host_disks(&disks)? {
-        config = config.disk(&disk);
-    }
+    let mut config = VmConfig::new(&out).host_disks(&disks)?;
     config.memory_mib = memory_mib;
     config.cpus = cpus;
     config.append = params.to_vec();

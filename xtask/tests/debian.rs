@@ -36,11 +36,10 @@ fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
     let dir = image();
     let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
     config.memory_mib = 1024;
-    // The disks a host needs, or init stops at the emergency shell.
     let disks = TempDir::new("buildos-debian-disks").unwrap();
-    for disk in xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}")) {
-        config = config.disk(&disk);
-    }
+    let config = config
+        .host_disks(&disks.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
     let ready = vm
         .wait_for("buildos-init: ready at", BOOT)

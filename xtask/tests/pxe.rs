@@ -80,10 +80,9 @@ struct Booted {
 fn boot_and_check(farm: &Farm, netboot: NetBoot) -> Booted {
     let mac = Mac::parse(&netboot.mac).unwrap();
     let disks = TempDir::new("buildos-pxe-disks").unwrap();
-    let mut config = VmConfig::netboot(&image(), netboot);
-    for disk in xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}")) {
-        config = config.disk(&disk);
-    }
+    let config = VmConfig::netboot(&image(), netboot)
+        .host_disks(&disks.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
     let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
