@@ -223,14 +223,14 @@ pub fn rootfs_with_release(
         }
     };
     let key = cache_key(profile, source_date_epoch, &release)?;
-    let dir = cache.join(format!("{}-{}", profile.name, &key[..16]));
+    let dir = cache.join(dir_name(profile, &key));
     if dir.join(SEGMENT).is_file() {
         return load(&dir, key, Duration::ZERO);
     }
     system::ensure(&[system::MMDEBSTRAP])?;
     let mode = mode()?;
     let started = Instant::now();
-    let tmp = cache.join(format!(".{}-{}.tmp", profile.name, &key[..16]));
+    let tmp = cache.join(format!(".{}.tmp", dir_name(profile, &key)));
     let _ = std::fs::remove_dir_all(&tmp);
     // What the hooks make in the chroot (the kernel package, the package list) comes out by
     // mmdebstrap's sync-out, which writes as the calling user: in unshare mode the chroot's
@@ -373,6 +373,11 @@ pub fn rootfs_with_release(
     load(&dir, key, started.elapsed())
 }
 
+/// The cache directory's name of `profile`'s root filesystem with `key`.
+fn dir_name(profile: &Profile, key: &str) -> String {
+    format!("{}-{}", profile.name, &key[..16])
+}
+
 /// The cached root filesystem of `profile` whose key, computed again from the release file
 /// stored beside it, names its directory: made from this recipe, epoch and pipeline. Returns
 /// its directory, key, and the release file's date.
@@ -391,7 +396,7 @@ fn cached_for_recipe(
             continue;
         };
         let key = cache_key(profile, source_date_epoch, &release)?;
-        if entry.file_name().to_string_lossy() != format!("{}-{}", profile.name, &key[..16])
+        if entry.file_name().to_string_lossy() != dir_name(profile, &key)
             || !dir.join(SEGMENT).is_file()
         {
             continue;
