@@ -99,6 +99,12 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// The boot steps in the order they run, each with whether it is required: what docs/boot.md's
+/// step table lists.
+pub fn steps() -> impl Iterator<Item = (&'static str, bool)> {
+    STEPS.iter().map(|step| (step.name, step.required))
+}
+
 /// What init leaves for the monitor and for people in /run/buildos.
 pub const RUN_DIR: &str = "/run/buildos";
 
