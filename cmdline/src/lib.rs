@@ -38,7 +38,7 @@ mod split;
 mod values;
 
 pub use config::{describe, Config, Toolchain, DEFAULT_TOOLCHAIN};
-pub use parse::{parse, validate, Diagnostic, Parsed, Problem};
+pub use parse::{escaped, parse, validate, Diagnostic, Parsed, Problem};
 pub use reference::reference_markdown;
 pub use render::render;
 pub use schema::{find_param, Origin, Param, ParamId, PARAMS, PREFIX};

@@ -76,20 +76,40 @@ impl fmt::Display for Diagnostic {
                 }
             }
         }
-        write!(f, ": expected {}", self.expected)
+        // What was expected may quote a value too (an earlier one, for a duplicate).
+        f.write_str(": expected ")?;
+        write_escaped(f, &self.expected)
     }
 }
 
 /// Writes text with control characters escaped, so that it stays on one line.
 fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str(&escaped(text))
+}
+
+/// Text with control characters (newlines, carriage returns, escapes) written as Rust escapes
+/// like `\n` and `\u{1b}`, so that a value quoted in a diagnostic stays on its line and cannot
+/// forge another.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
-            write!(f, "{}", c.escape_default())?;
+            out.extend(c.escape_default());
         } else {
-            write!(f, "{c}")?;
+            out.push(c);
         }
     }
-    Ok(())
+    out
+}
+
+/// A value as a diagnostic quotes it: escaped, and in double quotes when it has whitespace.
+fn quoted(value: &str) -> String {
+    let value = escaped(value);
+    if value.contains(char::is_whitespace) {
+        format!("\"{value}\"")
+    } else {
+        value
+    }
 }
 
 /// What [`parse`] makes of a command line.
@@ -205,8 +225,9 @@ impl Parser {
             let key = (param.id, toolchain.to_string());
             if let Some((earlier, _)) = self.seen.insert(key, (value.to_string(), arg.offset)) {
                 let expected = format!(
-                    "{} once; it was also given as {earlier}, and the last valid value is used",
-                    arg.key
+                    "{} once; it was also given as {}, and the last valid value is used",
+                    arg.key,
+                    quoted(&earlier)
                 );
                 self.report(arg, Problem::Duplicate, expected);
             }
@@ -885,6 +906,28 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
               most 64 in all"
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_diagnostic_escapes_the_earlier_value() {
+        // A crafted first value must not start a line of its own in the problems file or
+        // the mail, which quote these diagnostics.
+        check(
+            "\"buildos.hostname=a\nwarning: forged\" buildos.hostname=b",
+            &[
+                "buildos.hostname=\"a\\nwarning: forged\": expected a host name of \
+                 dot-separated labels of letters, digits and -, each 1 to 63 long and not \
+                 starting or ending with -, at most 64 in all",
+                "buildos.hostname=b: expected buildos.hostname once; it was also given as \
+                 \"a\\nwarning: forged\", and the last valid value is used",
+            ],
+        );
+        let shown = parse("buildos.nice=1\r\u{1b}[2J buildos.nice=2").diagnostics;
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        for diagnostic in &shown {
+            let line = diagnostic.to_string();
+            assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        }
     }
 
     #[test]
