@@ -11,6 +11,7 @@
 pub mod dhcp;
 pub mod netlink;
 pub mod render;
+pub mod reply;
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
