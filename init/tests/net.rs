@@ -442,9 +442,9 @@ fn keeper_renews_a_short_lease_with_the_server() {
         client.enter(move || {
             let report = net::setup(&config(10), &paths);
             let lease = report.public.clone().expect("a lease at boot").lease;
-            // dnsmasq's minimum lease is two minutes; its T1 and T2 options make the renewal due
-            // within seconds.
-            assert!(lease.times.renew <= Duration::from_secs(4), "{lease:?}");
+            // dnsmasq's minimum lease is two minutes; its T1 and T2 options of 2 and 4 s make
+            // the renewal due at the client's minimum T1, 10 s.
+            assert_eq!(lease.times.renew, Duration::from_secs(10), "{lease:?}");
             let stop = Arc::new(AtomicBool::new(false));
             let keeper = {
                 let stop = Arc::clone(&stop);
@@ -454,7 +454,7 @@ fn keeper_renews_a_short_lease_with_the_server() {
             let acks = || dnsmasq.log().matches("DHCPACK(s0)").count();
             wait_for(
                 "a second DHCPACK (the renewal)",
-                Duration::from_secs(20),
+                Duration::from_secs(40),
                 || acks() >= 2,
             );
             stop.store(true, Ordering::Relaxed);
@@ -648,7 +648,7 @@ fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
         };
         wait_for(
             "br0 to get an address on the new subnet",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || {
                 br0_address()
                     .iter()
@@ -880,4 +880,130 @@ fn dhcp_client_drops_a_forged_reply_with_a_long_hardware_length_and_takes_the_re
     let kinds: Vec<MessageType> = forger.requests().iter().map(|r| r.1).collect();
     assert_eq!(kinds.first(), Some(&MessageType::Discover), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&MessageType::Request), "{kinds:?}");
+}
+
+#[test]
+fn setup_leaves_out_dhcp_names_that_are_not_names_and_says_so() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0b");
+    // A newline in the domain once added an /etc/hosts line for a toolchain server, and the
+    // monitor's resolver reads /etc/hosts first.
+    let _forger = ForgingServer::start(
+        &server,
+        Box::new(|request| {
+            vec![bytes(&reply_to(
+                request,
+                &[
+                    DhcpOption::DomainName("farm.test\n10.77.0.66\ttoolchains.example.org".into()),
+                    DhcpOption::Hostname("evil\nhost".into()),
+                    DhcpOption::DomainNameServer(vec![
+                        Ipv4Addr::new(10, 77, 0, 1),
+                        Ipv4Addr::UNSPECIFIED,
+                        Ipv4Addr::BROADCAST,
+                    ]),
+                ],
+            ))]
+        }),
+    );
+    let paths = dir.paths();
+    let (public, hostname, problems) = {
+        let paths = paths.clone();
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            (report.public, report.hostname, report.problems)
+        })
+    };
+    let public = public.unwrap_or_else(|| panic!("no lease; problems {problems:?}"));
+    assert_eq!(public.lease.domain, None);
+    assert_eq!(public.lease.hostname, None);
+    assert_eq!(public.lease.dns, [Ipv4Addr::new(10, 77, 0, 1)]);
+    assert_eq!(hostname, "build-02000077000b");
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let hosts = read(paths.etc.join("hosts"));
+    assert!(!hosts.contains("toolchains.example.org"), "{hosts}");
+    assert!(
+        hosts.ends_with("10.77.0.50\tbuild-02000077000b # buildos\n"),
+        "{hosts}"
+    );
+    assert_eq!(
+        read(paths.resolv_conf()),
+        "# buildos: from the DHCP lease of br0 (server 10.77.0.1)\nnameserver 10.77.0.1\n"
+    );
+    assert_eq!(
+        problems,
+        [
+            "network: DHCP server 10.77.0.1 sent option 6 (domain name server) 0.0.0.0: \
+             expected a unicast IPv4 address; left out",
+            "network: DHCP server 10.77.0.1 sent option 6 (domain name server) \
+             255.255.255.255: expected a unicast IPv4 address; left out",
+            "network: DHCP server 10.77.0.1 sent option 12 (host name) \"evil\\nhost\": \
+             expected a host name of dot-separated labels of letters, digits and -, each 1 to \
+             63 long and not starting or ending with -, at most 64 in all; left out",
+            "network: DHCP server 10.77.0.1 sent option 15 (domain name) \
+             \"farm.test\\n10.77.0.66\\ttoolchains.example.org\": expected a domain name of \
+             dot-separated labels of letters, digits and -, each 1 to 63 long and not starting \
+             or ending with -, at most 253 in all; left out",
+        ]
+    );
+}
+
+#[test]
+fn keeper_with_a_lease_time_of_zero_waits_before_renewing_and_keeps_br0() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0c");
+    let forger = Arc::new(ForgingServer::start(
+        &server,
+        Box::new(|request| {
+            vec![bytes(&reply_to(
+                request,
+                &[DhcpOption::AddressLeaseTime(0)],
+            ))]
+        }),
+    ));
+    let paths = dir.paths();
+    let (acquired, times, first_renewal, rediscovered) = {
+        let forger = Arc::clone(&forger);
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            let lease = report.public.clone().expect("a lease at boot").lease;
+            let at_boot = forger.requests().len();
+            let stop = Arc::new(AtomicBool::new(false));
+            let keeper = {
+                let stop = Arc::clone(&stop);
+                let keeper = report.keeper;
+                std::thread::spawn(move || keeper.run(&stop))
+            };
+            // A keeper that spins asks again at once; one that keeps the lease asks at T1.
+            wait_for("a request from the keeper", Duration::from_secs(40), || {
+                forger.requests().len() > at_boot
+            });
+            let first_renewal = forger.requests()[at_boot];
+            stop.store(true, Ordering::Relaxed);
+            keeper.join().expect("keeper thread");
+            let rediscovered = forger.requests()[at_boot..]
+                .iter()
+                .any(|(_, kind, _)| *kind == MessageType::Discover);
+            (lease.acquired, lease.times, first_renewal, rediscovered)
+        })
+    };
+    let (at, kind, ciaddr) = first_renewal;
+    let after = at.saturating_duration_since(acquired);
+    assert!(
+        after >= Duration::from_secs(10),
+        "the keeper asked again {after:?} after the lease of 0 s ({kind:?} from {ciaddr})"
+    );
+    assert!(
+        !rediscovered,
+        "the keeper lost the lease and went back to discovery"
+    );
+    assert_eq!(kind, MessageType::Request);
+    assert_eq!(ciaddr, Ipv4Addr::new(10, 77, 0, 50), "not a renewal");
+    assert_eq!(times.expire, Duration::from_secs(20), "{times:?}");
+    assert_eq!(times.renew, Duration::from_secs(10), "{times:?}");
+    let br0 = client.ip("-o addr show dev br0");
+    assert!(br0.contains("10.77.0.50/24"), "br0: {br0}");
 }

@@ -16,7 +16,7 @@ use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::Encodable;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
-use super::reply::{self, Kind, Reply};
+use super::reply::{self, Kind, Reply, MIN_LEASE, MIN_REBIND, MIN_RENEW};
 
 pub const CLIENT_PORT: u16 = 68;
 pub const SERVER_PORT: u16 = 67;
@@ -37,6 +37,9 @@ pub struct Lease {
     pub times: LeaseTimes,
     /// When the server's acknowledgement arrived; the times count from here.
     pub acquired: Instant,
+    /// What the server sent that failed its check and was left out (or replaced by a
+    /// minimum), one line each, escaped: for the problems file and the console.
+    pub rejected: Vec<String>,
 }
 
 /// The three times of a lease, as offsets from its acknowledgement.
@@ -53,9 +56,14 @@ pub struct LeaseTimes {
 impl LeaseTimes {
     /// RFC 2131 section 4.4.5: T1 defaults to half the lease and T2 to seven eighths; a T1 or
     /// T2 from the server is kept in order (T1 <= T2 <= lease). 0xffffffff is an infinite lease.
+    /// The lease, T1 and T2 are raised to [`MIN_LEASE`], [`MIN_RENEW`] and [`MIN_REBIND`], so
+    /// a server granting 0 s cannot make the keeper renew or rediscover without pause.
     pub fn from_options(lease: Option<u32>, t1: Option<u32>, t2: Option<u32>) -> LeaseTimes {
         // A server that names no lease time is unusual; an hour is what many servers grant.
-        let lease = u64::from(lease.unwrap_or(3600));
+        let lease = lease.unwrap_or(3600);
+        let t1 = t1.map(|t| t.max(MIN_RENEW));
+        let t2 = t2.map(|t| t.max(MIN_REBIND));
+        let lease = u64::from(lease.max(MIN_LEASE));
         if lease == u64::from(u32::MAX) {
             let forever = Duration::from_secs(u64::from(u32::MAX));
             return LeaseTimes {
@@ -71,7 +79,7 @@ impl LeaseTimes {
         let t1 = t1
             .map(u64::from)
             .filter(|&t| t <= t2)
-            .unwrap_or((lease / 2).min(t2));
+            .unwrap_or((lease / 2).max(u64::from(MIN_RENEW)).min(t2));
         LeaseTimes {
             renew: Duration::from_secs(t1),
             rebind: Duration::from_secs(t2),
@@ -510,8 +518,24 @@ mod tests {
     #[test]
     fn lease_times_keep_the_servers_t1_and_t2() {
         assert_eq!(
-            LeaseTimes::from_options(Some(120), Some(5), Some(8)),
-            secs(5, 8, 120)
+            LeaseTimes::from_options(Some(120), Some(30), Some(60)),
+            secs(30, 60, 120)
+        );
+    }
+
+    #[test]
+    fn lease_times_below_the_minimums_are_raised() {
+        assert_eq!(
+            LeaseTimes::from_options(Some(0), Some(0), Some(0)),
+            secs(10, 15, 20)
+        );
+        assert_eq!(
+            LeaseTimes::from_options(Some(0), None, None),
+            secs(10, 17, 20)
+        );
+        assert_eq!(
+            LeaseTimes::from_options(Some(120), Some(2), Some(4)),
+            secs(10, 15, 120)
         );
     }
 

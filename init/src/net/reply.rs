@@ -8,7 +8,10 @@
 //! magic cookie, and every option the client reads for its length, and drops anything else
 //! with a [`Dropped`] reason the client counts.
 //!
-//! [`lease_of`] then reads the lease from the options [`accept`] checked.
+//! [`lease_of`] then checks every value against what it may be: names are RFC 1123 host and
+//! domain names, addresses are unicast, the mask is contiguous, and the times are raised to
+//! minimums that keep the keeper from spinning. A value that fails is left out of the lease
+//! and said in [`Lease::rejected`], escaped, so it reaches no file and forges no line.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use super::dhcp::{Lease, LeaseTimes};
+use super::render::hostname_ok;
 
 /// The BOOTP header before the options: op to file, then the magic cookie.
 const HEADER: usize = 236;
@@ -66,6 +70,14 @@ fn option_name(code: u8) -> &'static str {
         .find(|(c, _, _)| *c == code)
         .map_or("unknown", |(_, name, _)| name)
 }
+
+/// The shortest lease the client takes: dhcpcd's `DHCP_MIN_LEASE`. A shorter one (0 included)
+/// is raised to it, so the keeper never renews or rediscovers in a tight loop.
+pub const MIN_LEASE: u32 = 20;
+/// The earliest renewal (T1) after an acknowledgement.
+pub const MIN_RENEW: u32 = 10;
+/// The earliest rebinding (T2) after an acknowledgement.
+pub const MIN_REBIND: u32 = 15;
 
 /// The kinds of reply the client acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,37 +276,135 @@ fn seconds(bytes: &[u8]) -> Option<u32> {
     }
 }
 
-/// The lease an ACK grants; options the ACK lacks are taken from the OFFER.
+/// Whether `name` is an RFC 1123 domain name: dot-separated labels of letters, digits and `-`,
+/// each 1 to 63 long and not starting or ending with `-`, at most 253 in all.
+pub fn domain_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+const HOST_NAME_EXPECTED: &str = "a host name of dot-separated labels of letters, digits and -, \
+    each 1 to 63 long and not starting or ending with -, at most 64 in all";
+const DOMAIN_NAME_EXPECTED: &str = "a domain name of dot-separated labels of letters, digits \
+    and -, each 1 to 63 long and not starting or ending with -, at most 253 in all";
+
+/// The lease an ACK grants, every value checked; options the ACK lacks are taken from the
+/// OFFER. What fails its check is left out and said in `rejected`.
 pub fn lease_of(ack: &Reply, offer: Option<&Reply>, server: Ipv4Addr, now: Instant) -> Lease {
+    let mut rejected = Vec::new();
     let get = |code: u8| {
         ack.option(code)
             .or_else(|| offer.and_then(|offer| offer.option(code)))
     };
+    let mut reject = |code: u8, shown: &str, expected: &str, instead: &str| {
+        rejected.push(format!(
+            "DHCP server {server} sent option {code} ({}) {shown}: expected {expected}; {instead}",
+            option_name(code)
+        ));
+    };
+
+    // RFC 2131 leaves a missing mask to the client; the classful /24 is what most servers mean.
     let prefix = match get(SUBNET_MASK) {
-        Some(bytes) => u32::from(address_at(bytes, 0)).leading_ones() as u8,
-        // RFC 2131 leaves it to the client; the classful /24 is what most servers mean.
         None => 24,
+        Some(bytes) => {
+            let mask = u32::from(address_at(bytes, 0));
+            let prefix = mask.leading_ones();
+            if prefix == 0 || mask.checked_shl(prefix).unwrap_or(0) != 0 {
+                reject(
+                    SUBNET_MASK,
+                    &address_at(bytes, 0).to_string(),
+                    "a contiguous netmask like 255.255.255.0",
+                    "using /24",
+                );
+                24
+            } else {
+                prefix as u8
+            }
+        }
     };
-    let addresses = |code: u8| -> Vec<Ipv4Addr> {
+    let mut addresses = |code: u8| -> Vec<Ipv4Addr> {
         let bytes = get(code).unwrap_or_default();
-        (0..bytes.len() / 4).map(|i| address_at(bytes, i)).collect()
+        let mut good = Vec::new();
+        for index in 0..bytes.len() / 4 {
+            let address = address_at(bytes, index);
+            if unicast(address) {
+                good.push(address);
+            } else {
+                reject(
+                    code,
+                    &address.to_string(),
+                    "a unicast IPv4 address",
+                    "left out",
+                );
+            }
+        }
+        good
     };
-    let text = |code: u8| {
+    let router = addresses(ROUTER).first().copied();
+    let dns = addresses(DNS);
+    let mut name = |code: u8, ok: fn(&str) -> bool, expected: &str| -> Option<String> {
         let bytes = get(code)?;
-        let text = String::from_utf8_lossy(bytes);
-        Some(text.trim_end_matches('\0').to_owned()).filter(|t| !t.is_empty())
+        // Servers that pad names with NULs, and a domain's root dot, are common and harmless.
+        let mut text = bytes;
+        while let Some((&0, rest)) = text.split_last() {
+            text = rest;
+        }
+        if code == DOMAIN_NAME {
+            text = text.strip_suffix(b".").unwrap_or(text);
+        }
+        match std::str::from_utf8(text) {
+            Ok("") => None,
+            Ok(text) if ok(text) => Some(text.to_owned()),
+            _ => {
+                reject(
+                    code,
+                    &format!("\"{}\"", bytes.escape_ascii()),
+                    expected,
+                    "left out",
+                );
+                None
+            }
+        }
     };
+    let hostname = name(HOST_NAME, hostname_ok, HOST_NAME_EXPECTED);
+    let domain = name(DOMAIN_NAME, domain_ok, DOMAIN_NAME_EXPECTED);
+
     let time = |code: u8| get(code).and_then(seconds);
+    let (lease, t1, t2) = (time(LEASE_TIME), time(RENEWAL_TIME), time(REBINDING_TIME));
+    for (code, given, least) in [
+        (LEASE_TIME, lease, MIN_LEASE),
+        (RENEWAL_TIME, t1, MIN_RENEW),
+        (REBINDING_TIME, t2, MIN_REBIND),
+    ] {
+        if let Some(given) = given.filter(|&s| s < least) {
+            reject(
+                code,
+                &format!("{given} s"),
+                &format!("at least {least} s"),
+                &format!("using {least} s"),
+            );
+        }
+    }
     Lease {
         address: ack.address,
         prefix,
-        router: addresses(ROUTER).first().copied(),
-        dns: addresses(DNS),
-        domain: text(DOMAIN_NAME),
-        hostname: text(HOST_NAME),
+        router,
+        dns,
+        domain,
+        hostname,
         server,
-        times: LeaseTimes::from_options(time(LEASE_TIME), time(RENEWAL_TIME), time(REBINDING_TIME)),
+        times: LeaseTimes::from_options(lease, t1, t2),
         acquired: now,
+        rejected,
     }
 }
 
@@ -453,5 +563,92 @@ mod tests {
         assert_eq!(lease.times.renew, Duration::from_secs(300));
         assert_eq!(lease.times.expire, Duration::from_secs(600));
         assert_eq!(lease.renew_at(), lease.acquired + Duration::from_secs(300));
+    }
+
+    #[test]
+    fn lease_leaves_out_names_that_could_forge_lines_and_says_so() {
+        let lease = lease_from(&[
+            (DOMAIN_NAME, b"farm.test\n10.0.0.66\ttoolchains.example.org"),
+            (HOST_NAME, b"build\r\x1b"),
+        ]);
+        assert_eq!(lease.domain, None);
+        assert_eq!(lease.hostname, None);
+        assert_eq!(
+            lease.rejected,
+            [
+                "DHCP server 10.0.0.1 sent option 12 (host name) \"build\\r\\x1b\": expected a \
+                 host name of dot-separated labels of letters, digits and -, each 1 to 63 long \
+                 and not starting or ending with -, at most 64 in all; left out",
+                "DHCP server 10.0.0.1 sent option 15 (domain name) \
+                 \"farm.test\\n10.0.0.66\\ttoolchains.example.org\": expected a domain name of \
+                 dot-separated labels of letters, digits and -, each 1 to 63 long and not \
+                 starting or ending with -, at most 253 in all; left out",
+            ]
+        );
+    }
+
+    #[test]
+    fn lease_keeps_good_names_without_padding_or_root_dot() {
+        let lease = lease_from(&[(DOMAIN_NAME, b"farm.test.\0"), (HOST_NAME, b"build-07\0\0")]);
+        assert_eq!(lease.domain.as_deref(), Some("farm.test"));
+        assert_eq!(lease.hostname.as_deref(), Some("build-07"));
+        assert_eq!(lease.rejected, Vec::<String>::new());
+    }
+
+    #[test]
+    fn lease_keeps_only_unicast_servers_and_contiguous_masks() {
+        let lease = lease_from(&[
+            (DNS, &[10, 0, 0, 2, 0, 0, 0, 0, 224, 0, 0, 1, 10, 0, 0, 3]),
+            (ROUTER, &[255, 255, 255, 255, 10, 0, 0, 1]),
+            (SUBNET_MASK, &[255, 0, 255, 0]),
+        ]);
+        assert_eq!(
+            lease.dns,
+            [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3)]
+        );
+        assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(lease.prefix, 24);
+        assert_eq!(
+            lease.rejected,
+            [
+                "DHCP server 10.0.0.1 sent option 1 (subnet mask) 255.0.255.0: expected a \
+                 contiguous netmask like 255.255.255.0; using /24",
+                "DHCP server 10.0.0.1 sent option 3 (router) 255.255.255.255: expected a \
+                 unicast IPv4 address; left out",
+                "DHCP server 10.0.0.1 sent option 6 (domain name server) 0.0.0.0: expected a \
+                 unicast IPv4 address; left out",
+                "DHCP server 10.0.0.1 sent option 6 (domain name server) 224.0.0.1: expected a \
+                 unicast IPv4 address; left out",
+            ]
+        );
+        assert_eq!(lease_from(&[(SUBNET_MASK, &[255, 255, 240, 0])]).prefix, 20);
+        assert_eq!(
+            lease_from(&[(SUBNET_MASK, &[255, 255, 255, 255])]).prefix,
+            32
+        );
+    }
+
+    #[test]
+    fn lease_time_of_zero_is_raised_to_the_minimums() {
+        let lease = lease_from(&[(LEASE_TIME, &[0, 0, 0, 0]), (RENEWAL_TIME, &[0, 0, 0, 0])]);
+        let s = |n: u32| Duration::from_secs(u64::from(n));
+        assert_eq!(
+            lease.times,
+            LeaseTimes {
+                renew: s(MIN_RENEW),
+                // Seven eighths of the raised lease.
+                rebind: s(17),
+                expire: s(MIN_LEASE),
+            }
+        );
+        assert_eq!(
+            lease.rejected,
+            [
+                "DHCP server 10.0.0.1 sent option 51 (lease time) 0 s: expected at least 20 s; \
+                 using 20 s",
+                "DHCP server 10.0.0.1 sent option 58 (renewal time) 0 s: expected at least 10 \
+                 s; using 10 s",
+            ]
+        );
     }
 }
