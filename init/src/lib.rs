@@ -190,23 +190,47 @@ fn step_mounts(_boot: &mut Boot) -> StepResult {
 }
 
 fn step_cmdline(boot: &mut Boot) -> StepResult {
-    let text = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|error| format!("cannot read /proc/cmdline: {error}"))?;
-    console::info(&format!("kernel command line: {}", text.trim_end()));
-    let parsed = buildos_cmdline::parse(&text);
-    boot.config = parsed.config;
+    let cmdline = read_cmdline(std::path::Path::new("/proc/cmdline"))?;
+    console::info(&format!("kernel command line: {}", cmdline.shown));
+    boot.config = cmdline.parsed.config;
     for line in buildos_cmdline::describe(&boot.config) {
         console::info(&format!("config: {line}"));
     }
-    let problems: Vec<String> = parsed
-        .diagnostics
-        .iter()
-        .map(|d| format!("invalid parameter {d}"))
-        .collect();
+    let problems = cmdline.problems;
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
         Outcome::Warnings(problems)
+    })
+}
+
+/// The kernel command line as init reads it.
+pub struct Cmdline {
+    /// The configuration and every diagnostic.
+    pub parsed: buildos_cmdline::Parsed,
+    /// The line for the console: bytes that are not UTF-8 as U+FFFD, control characters
+    /// escaped, so it stays one line.
+    pub shown: String,
+    /// One problem line per diagnostic.
+    pub problems: Vec<String>,
+}
+
+/// Reads and parses the command line at `path` (`/proc/cmdline`) as bytes: the kernel does not
+/// promise UTF-8, and an argument that is not costs only itself.
+pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let parsed = buildos_cmdline::parse_bytes(&bytes);
+    let shown = buildos_cmdline::escaped(String::from_utf8_lossy(&bytes).trim_end());
+    let problems = parsed
+        .diagnostics
+        .iter()
+        .map(|d| format!("invalid parameter {d}"))
+        .collect();
+    Ok(Cmdline {
+        parsed,
+        shown,
+        problems,
     })
 }
 
