@@ -464,6 +464,13 @@ fn agent_specs(
         Some(declaration) => declaration.command,
         None => agents::DEFAULT_COMMAND.to_string(),
     };
+    let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
+    let served = agents::user_dir(
+        &paths.tftp_root.join("agents"),
+        &installed.name,
+        options.agent_user,
+        0o755,
+    )?;
     let mut specs = Vec::new();
     for slice in slices {
         let variables = Variables {
@@ -473,6 +480,8 @@ fn agent_specs(
             toolchain_id: installed.id.clone(),
             toolchain_dir: installed.dir.display().to_string(),
             agent_dir: dir.display().to_string(),
+            work_dir: work.display().to_string(),
+            served_dir: served.display().to_string(),
             instance: slice.instance,
             instances: slice.instances,
             cpus: slice.cpus,
@@ -493,6 +502,7 @@ fn agent_specs(
             dir: dir.clone(),
             nice: tc.nice,
             user: options.agent_user,
+            home: Some(work.clone()),
             log: paths
                 .run
                 .join("agents")

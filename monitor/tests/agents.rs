@@ -44,6 +44,7 @@ fn spec(
         dir: dir.to_path_buf(),
         nice: 7,
         user,
+        home: None,
         log: dir.join("agent.log"),
     }
 }
