@@ -97,6 +97,9 @@ impl Mailer {
         delay: (Duration, Duration),
     ) -> Mailer {
         let queue = Queue::new(&paths.mail_queue);
+        if let Err(e) = queue.prepare() {
+            log::error!("mail queue: {e}");
+        }
         let relay = match (&config.smtp_relay, &config.admin_email) {
             (Some(relay), Some(admin)) => Some(Relay {
                 relay: relay.clone(),
@@ -160,7 +163,7 @@ impl Mailer {
 fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
     let mut wait = delay.0;
     loop {
-        let pending = !queue.is_empty();
+        let pending = queue.has_work();
         if pending {
             match queue.flush(relay) {
                 Ok(sent) => {
@@ -181,8 +184,9 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
                 }
             }
         }
-        // Wait for new mail; look again now and then for mail `sendmail` queued.
-        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.1) {
+        // Wait for new mail; look again soon for mail `sendmail` queued or other users
+        // handed in.
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.0) {
             return;
         }
     }
