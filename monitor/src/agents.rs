@@ -388,13 +388,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
-    if let Some(parent) = spec.log.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)?;
+    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
+    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
     let mut command = Command::new(&policy.launcher);
     command
         .arg("run-agent")
