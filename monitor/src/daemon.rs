@@ -97,6 +97,9 @@ impl Mailer {
         delay: (Duration, Duration),
     ) -> Mailer {
         let queue = Queue::new(&paths.mail_queue);
+        if let Err(e) = queue.prepare() {
+            log::error!("mail queue: {e}");
+        }
         let relay = match (&config.smtp_relay, &config.admin_email) {
             (Some(relay), Some(admin)) => Some(Relay {
                 relay: relay.clone(),
@@ -160,7 +163,7 @@ impl Mailer {
 fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
     let mut wait = delay.0;
     loop {
-        let pending = !queue.is_empty();
+        let pending = queue.has_work();
         if pending {
             match queue.flush(relay) {
                 Ok(sent) => {
@@ -181,8 +184,9 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
                 }
             }
         }
-        // Wait for new mail; look again now and then for mail `sendmail` queued.
-        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.1) {
+        // Wait for new mail; look again soon for mail `sendmail` queued or other users
+        // handed in.
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.0) {
             return;
         }
     }
@@ -464,6 +468,13 @@ fn agent_specs(
         Some(declaration) => declaration.command,
         None => agents::DEFAULT_COMMAND.to_string(),
     };
+    let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
+    let served = agents::user_dir(
+        &paths.tftp_root.join("agents"),
+        &installed.name,
+        options.agent_user,
+        0o755,
+    )?;
     let mut specs = Vec::new();
     for slice in slices {
         let variables = Variables {
@@ -473,6 +484,8 @@ fn agent_specs(
             toolchain_id: installed.id.clone(),
             toolchain_dir: installed.dir.display().to_string(),
             agent_dir: dir.display().to_string(),
+            work_dir: work.display().to_string(),
+            served_dir: served.display().to_string(),
             instance: slice.instance,
             instances: slice.instances,
             cpus: slice.cpus,
@@ -493,6 +506,7 @@ fn agent_specs(
             dir: dir.clone(),
             nice: tc.nice,
             user: options.agent_user,
+            home: Some(work.clone()),
             log: paths
                 .run
                 .join("agents")

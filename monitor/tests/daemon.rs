@@ -64,6 +64,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         buildid: root.path().join("buildid"),
         tftp_root: root.path().join("tftp"),
         agents: root.path().join("agents"),
+        work: root.path().join("work"),
         mail_queue: root.path().join("state/mail"),
         run: root.path().join("run"),
         mounts: root.path().join("mounts"),

@@ -401,6 +401,7 @@ fn monitor_memory(monitor: &Path, dir: &Path, server: &HttpServer) -> Result<(u6
         .env("BUILDOS_BUILDID", host.join("buildid"))
         .env("BUILDOS_TFTP_ROOT", host.join("tftp"))
         .env("BUILDOS_AGENTS", host.join("agents"))
+        .env("BUILDOS_WORK", host.join("work"))
         .env("BUILDOS_MAIL_QUEUE", host.join("mail"))
         .env("BUILDOS_RUN", host.join("run"))
         .env("BUILDOS_NO_REBOOT", "1")
