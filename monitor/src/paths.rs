@@ -147,10 +147,11 @@ pub fn private_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the kernel command line from `paths.cmdline`; a missing file is an empty line.
+/// Reads the kernel command line from `paths.cmdline`; a missing file is an empty line. Read
+/// as bytes, as init reads it: a byte that is not UTF-8 costs only the argument holding it.
 pub fn read_config(paths: &Paths) -> buildos_cmdline::Parsed {
-    let text = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
-    buildos_cmdline::parse(text.trim())
+    let bytes = std::fs::read(&paths.cmdline).unwrap_or_default();
+    buildos_cmdline::parse_bytes(bytes.trim_ascii())
 }
 
 /// This host's name: `hostname=` in init's network file, else the kernel's, else `buildos`.
@@ -169,4 +170,38 @@ pub fn hostname(paths: &Paths) -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| "buildos".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cmdline_byte_that_is_not_utf8_costs_only_its_argument() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = Paths {
+            cmdline: dir.path().join("cmdline"),
+            ..Paths::default()
+        };
+        std::fs::write(
+            &paths.cmdline,
+            b"buildos.ssh_key=\"ssh-ed25519 AAAA \xff\" buildos.admin_email=admin@example.org \
+              buildos.toolchain_url=https://example.org/t.sha256\n",
+        )
+        .expect("write cmdline");
+        let parsed = read_config(&paths);
+        assert_eq!(
+            parsed.config.admin_email.as_deref(),
+            Some("admin@example.org")
+        );
+        assert!(parsed.config.toolchains.contains_key("default"));
+        assert!(
+            parsed
+                .diagnostics
+                .iter()
+                .any(|d| d.to_string().contains("\\xff")),
+            "no diagnostic names the byte: {:?}",
+            parsed.diagnostics
+        );
+    }
 }
