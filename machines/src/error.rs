@@ -89,6 +89,29 @@ pub enum Error {
     #[error("the build host answered `{command}` with what is not a machine list: {message}")]
     RemoteList { command: String, message: String },
 
+    #[error(
+        "`{what}` is refused when run as root for another user (sudo): {reason}; nothing was run"
+    )]
+    Refused { what: String, reason: String },
+
+    #[error(
+        "owner {owner} is refused: machines are owned by an ordinary user (build, 1000:1000), \
+         never by root or its group; nothing was changed"
+    )]
+    RootOwner { owner: String },
+
+    #[error(
+        "{path} is {what}: a machine holds no set-user-ID or set-group-ID files and no device \
+         nodes, and every file is owned by {want_uid}:{want_gid} (user build); the received \
+         revision was deleted"
+    )]
+    Unsafe {
+        path: PathBuf,
+        what: String,
+        want_uid: u32,
+        want_gid: u32,
+    },
+
     #[error("QEMU monitor {socket}: {message}")]
     Monitor { socket: PathBuf, message: String },
 }
