@@ -101,9 +101,10 @@ pub enum Error {
     RootOwner { owner: String },
 
     #[error(
-        "{path} is {what}: a machine holds no set-user-ID or set-group-ID files and no device \
-         nodes, and every file is owned by {want_uid}:{want_gid} (user build); the received \
-         revision was deleted"
+        "{path} is {what}: a machine may hold no set-user-ID or set-group-ID file, no file \
+         with capabilities and no device node, and every file must be owned by \
+         {want_uid}:{want_gid} (user build; set it on the development machine, \
+         docs/machines.md); the received revision was deleted"
     )]
     Unsafe {
         path: PathBuf,

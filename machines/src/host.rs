@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::btrfs;
 use crate::error::{io, Error, Result};
 use crate::name::{check_machine, classify, Entry, Revision};
+use crate::tree;
 use crate::volume;
 
 /// User and group `build`, the owner of machine directories and subvolumes on a host.
@@ -38,6 +39,19 @@ impl std::str::FromStr for Owner {
                 "`{s}`: expected a numeric <uid>:<gid>, e.g. 1000:1000"
             )),
         }
+    }
+}
+
+impl Owner {
+    /// Machines belong to an ordinary user: root (or its group) owning a received tree would
+    /// make its files root's on the host.
+    pub fn check_not_root(self) -> Result<()> {
+        if self.uid == 0 || self.gid == 0 {
+            return Err(Error::RootOwner {
+                owner: self.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -173,6 +187,7 @@ pub struct ReceiveReport {
 /// not at all. Upgrading receives next to the other revisions (a read-only subvolume cannot
 /// be moved between directories) and switches the symlink only once the revision is checked.
 pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
+    request.owner.check_not_root()?;
     let volume = check_volume(&request.root, &request.volume)?;
     let revision = &request.revision;
     let name = revision.to_string();
@@ -297,23 +312,30 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
     })
 }
 
-/// `btrfs receive` into `dir`, then checks that exactly `name` arrived, read-only and owned
-/// by `owner`.
+/// `btrfs receive` into `dir`, then checks that exactly `name` arrived, read-only, and
+/// safe to keep: every file owned by `owner`, nothing set-user-ID or set-group-ID, no device
+/// node ([`tree::check_machine_tree`]). The checks look at the subvolume through one
+/// descriptor, opened without following a symlink.
 fn receive_checked(dir: &Path, name: &str, input: Stdio, owner: Owner) -> Result<()> {
     btrfs::receive(dir, input)?;
     let path = dir.join(name);
-    if !btrfs::is_subvolume(&path).unwrap_or(false) {
+    let parent = tree::Dir::open(dir)?;
+    let subvolume = parent
+        .open_child(std::ffi::OsStr::new(name))
+        .ok()
+        .filter(|d| d.is_subvolume().unwrap_or(false));
+    let Some(subvolume) = subvolume else {
         let found: Vec<String> = entries(dir)?.into_iter().collect();
         return Err(Error::Command {
             command: format!("btrfs receive {}", dir.display()),
             status: format!("the stream did not hold {name}"),
             stderr: format!("{} now holds: {}", dir.display(), found.join(", ")),
         });
-    }
-    if !btrfs::is_readonly(&path)? {
+    };
+    if !btrfs::is_readonly(&subvolume.proc_path())? {
         return Err(Error::NotReadOnly { path });
     }
-    check_owner(&path, owner)
+    tree::check_machine_tree(&subvolume, owner)
 }
 
 /// What `remove` is asked to do.

@@ -15,6 +15,7 @@ pub mod login;
 pub mod name;
 pub mod send;
 pub mod sudo;
+pub mod tree;
 pub mod volume;
 
 pub use error::{Error, Result};
