@@ -339,7 +339,9 @@ mod tests {
 
     #[test]
     fn every_other_form_is_refused_naming_the_argument() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        // A subcommand, the arguments given, how the refusal starts.
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("add", &[], "`add` is refused"),
             ("upgrade", &[], "`upgrade` is refused"),
             (

@@ -521,11 +521,14 @@ fn give_cap_setuid(path: &Path) {
     .unwrap();
 }
 
+/// A machine name, what to plant in its `bin/`, the planted path and what the host says of it.
+type Planted<'a> = (&'a str, &'a dyn Fn(&Path), &'a str, &'a str);
+
 #[test]
 fn receive_refuses_setuid_setgid_capabilities_devices_and_foreign_owners_at_any_depth() {
     let sites = Sites::new();
     let volume = sites.volume();
-    let cases: [(&str, &dyn Fn(&Path), &str, &str); 5] = [
+    let cases: [Planted; 5] = [
         (
             "suid",
             &|bin| file(&bin.join("sh"), (0, 0), 0o4755),
@@ -611,4 +614,42 @@ fn owner_root_is_refused_on_both_sides_before_anything_is_sent() {
         .unwrap();
     assert_eq!(stderr(&out), format!("buildos-machine: {message}\n"));
     assert_eq!(sites.host_state(), Vec::<String>::new());
+}
+
+#[test]
+fn cleanup_does_not_follow_symlinks_planted_in_the_volume() {
+    let sites = Sites::new();
+    let volume = sites.volume();
+    let dir = machine_in_use(&sites);
+
+    // What build must not get deleted: a directory and a subvolume elsewhere.
+    let victim = sites.devel.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "keep").unwrap();
+    btrfs::create(&victim.join("subvolume")).unwrap();
+
+    // An interrupted add's staging directory that is a symlink, and a build snapshot's
+    // name that is one: each would have led a path-based clean-up to the victim.
+    link(victim.to_str().unwrap(), &volume.join(".incoming-evil"));
+    link(
+        victim.join("subvolume").to_str().unwrap(),
+        &dir.join("vm-default-8"),
+    );
+
+    let report = cleanup_stale(&volume).unwrap();
+    assert!(victim.join("precious").exists(), "{report:?}");
+    assert!(
+        btrfs::is_subvolume(&victim.join("subvolume")).unwrap(),
+        "{report:?}"
+    );
+    // The real snapshot went; the planted names were left alone.
+    let mut removed: Vec<String> = report
+        .removed
+        .iter()
+        .map(|p| p.strip_prefix(&volume).unwrap().display().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["vm/vm-default-7"]);
+    assert!(std::fs::symlink_metadata(volume.join(".incoming-evil")).is_ok());
+    assert!(std::fs::symlink_metadata(dir.join("vm-default-8")).is_ok());
 }
