@@ -125,6 +125,10 @@ fn through_sudo_every_form_that_is_not_the_host_side_is_refused_and_runs_nothing
             ],
             "login --host",
         ),
+        (
+            &["login", "x", "0", "--resume", "--remote-program", script],
+            "login --remote-program",
+        ),
         (&["login", "x", "0"], "login without --resume"),
         (
             &["login", "x", "0", "--resume", "--socket", "/run/x.sock"],
