@@ -390,4 +390,130 @@ mod tests {
             );
         }
     }
+
+    /// Arguments a command line might give, valid and not: every option of every subcommand,
+    /// with values near the fixed ones.
+    fn any_given() -> impl proptest::strategy::Strategy<Value = Given> {
+        use proptest::prelude::*;
+        // Mostly the options whose values matter or that run commands, the rest sometimes.
+        let options = prop_oneof![
+            3 => prop::sample::select(vec![
+                "--root",
+                "--owner",
+                "--socket",
+                "--host",
+                "--remote-command",
+                "--remote-program",
+                "--ssh-option",
+                "--port",
+                "--run",
+            ]),
+            1 => prop::sample::select(vec![
+                "<revision>",
+                "<machine>",
+                "<toolchain>",
+                "<instance>",
+                "<subvolume>",
+                "--volume",
+                "--new",
+                "--remove-old",
+                "--timeout",
+                "--json",
+                "--resume",
+                "--parent",
+                "--full",
+                "",
+                "--ROOT",
+            ]),
+        ];
+        let values = prop::sample::select(vec![
+            "/build/machines",
+            "/build/machines/",
+            "/build/machines/.",
+            "/build/machines/..",
+            "//build/machines",
+            "/build/machines/default",
+            "build/machines",
+            "/tmp",
+            "1000:1000",
+            "1000",
+            "1000:0",
+            "0:1000",
+            "0",
+            "0:0",
+            "+1000:1000",
+            "true",
+            "sh -c id",
+            "ProxyCommand=sh",
+            "",
+        ]);
+        (options, values).prop_map(|(o, v)| Given::new(o, v))
+    }
+
+    proptest::proptest! {
+        /// Whatever the command line, what passes the check is a host-side operation with
+        /// the fixed root and owner and nothing that runs a command.
+        #[test]
+        fn fuzz_sudo_check_lets_only_the_host_side_through(
+            case in 0usize..4,
+            other_subcommand in proptest::option::weighted(0.2, proptest::sample::select(vec![
+                "receive", "remove", "list", "login", "add", "upgrade", "", "Receive",
+                "receive ", "help",
+            ])),
+            extra in proptest::collection::vec(any_given(), 0..3),
+            drop_at in proptest::option::of(0usize..6),
+        ) {
+            // Mutations of what the development machine and an operator really send.
+            let valid = [
+                ("receive", given(&[("--root", "/build/machines"), ("--volume", "default"),
+                        ("--owner", "1000:1000"), ("--new", "true"),
+                        ("<revision>", "vm-1.0")])),
+                ("remove", given(&[("<machine>", "vm"), ("--timeout", "5")])),
+                ("list", given(&[("--json", "true"), ("--root", "/build/machines")])),
+                ("login", given(&[("<toolchain>", "default"), ("<instance>", "1"),
+                        ("--resume", "true")])),
+            ];
+            let subcommand = other_subcommand.unwrap_or(valid[case].0);
+            let mut arguments = valid[case].1.clone();
+            arguments.extend(extra);
+            if let Some(at) = drop_at {
+                if at < arguments.len() {
+                    arguments.remove(at);
+                }
+            }
+            let outcome = check(subcommand, &arguments);
+            if let Err(error) = &outcome {
+                let text = error.to_string();
+                proptest::prop_assert!(text.ends_with("; nothing was run"), "{}", text);
+            }
+            if outcome.is_ok() {
+                proptest::prop_assert!(
+                    ["receive", "remove", "list", "login"].contains(&subcommand)
+                );
+                for argument in &arguments {
+                    proptest::prop_assert!(
+                        ![
+                            "--socket", "--host", "--remote-command", "--remote-program",
+                            "--ssh-option", "--port", "--run",
+                        ]
+                        .contains(&argument.option.as_str()),
+                        "{:?} passed", argument
+                    );
+                    if argument.option == "--root" {
+                        // The same directory, component by component: no `..`, no other path.
+                        proptest::prop_assert_eq!(
+                            Path::new(&argument.value).components().collect::<Vec<_>>(),
+                            Path::new(MACHINES_ROOT).components().collect::<Vec<_>>()
+                        );
+                    }
+                    if argument.option == "--owner" {
+                        proptest::prop_assert_eq!(argument.value.parse::<Owner>(), Ok(BUILD_OWNER));
+                    }
+                }
+                if subcommand == "login" {
+                    proptest::prop_assert!(arguments.iter().any(|a| a.option == "--resume"));
+                }
+            }
+        }
+    }
 }
