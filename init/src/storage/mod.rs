@@ -35,10 +35,14 @@ pub const MACHINES_LABEL: &str = "buildos.machines";
 /// The volume a disk labeled just `buildos.machines` provides.
 pub const DEFAULT_VOLUME: &str = "default";
 
-/// The options every mount gets, as written in /etc/fstab: no access-time writes, which would
-/// turn every read of a build into a metadata write on flash and SSDs.
-pub const MOUNT_OPTIONS: &str = "noatime";
-const MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME;
+/// The options of the state disk, as written in /etc/fstab: no access-time writes, which
+/// would turn every read into a metadata write on flash and SSDs.
+pub const STATE_OPTIONS: &str = "noatime";
+/// The options of a machine volume: no access-time writes, and no set-user-ID bits, file
+/// capabilities or device nodes honoured. Machines arrive from development machines and are
+/// written by user build's agents; nothing on them may run as root or open the host's
+/// devices.
+pub const MACHINES_OPTIONS: &str = "noatime,nosuid,nodev";
 
 /// Where setup looks and writes. [`Environment::host`] is the running system; tests point it at
 /// a directory holding only their own devices and a scratch root.
@@ -184,6 +188,22 @@ impl Role {
         })
     }
 
+    /// The mount options, as /etc/fstab writes them ([`STATE_OPTIONS`], [`MACHINES_OPTIONS`]).
+    pub fn options(&self) -> &'static str {
+        match self {
+            Role::State => STATE_OPTIONS,
+            Role::Machines(_) => MACHINES_OPTIONS,
+        }
+    }
+
+    /// [`Role::options`] as mount(2) flags.
+    fn flags(&self) -> MsFlags {
+        match self {
+            Role::State => MsFlags::MS_NOATIME,
+            Role::Machines(_) => MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }
+    }
+
     /// The mount point as the host sees it.
     pub fn mount_point(&self) -> String {
         match self {
@@ -197,6 +217,8 @@ impl Role {
 #[derive(Clone, Debug)]
 pub struct Mounted {
     pub mount_point: String,
+    /// The mount options, as /etc/fstab writes them.
+    pub options: &'static str,
     pub label: String,
     pub uuid: String,
     pub fs_type: FsType,
@@ -290,6 +312,7 @@ pub enum Problem {
         label: String,
         target: PathBuf,
         fs_type: FsType,
+        options: &'static str,
         errno: Errno,
     },
 }
@@ -382,10 +405,11 @@ impl fmt::Display for Problem {
                 label,
                 target,
                 fs_type,
+                options,
                 errno,
             } => write!(
                 f,
-                "cannot mount {} ({fs_type}, label {label}) on {} with {MOUNT_OPTIONS}: {}",
+                "cannot mount {} ({fs_type}, label {label}) on {} with {options}: {}",
                 device.display(),
                 target.display(),
                 errno.desc()
@@ -876,7 +900,7 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         Some(device),
         &target,
         Some(fs.fs_type.driver()),
-        MOUNT_FLAGS,
+        role.flags(),
         None::<&str>,
     )
     .map_err(|errno| Problem::Mount {
@@ -884,11 +908,13 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         label: fs.label.clone(),
         target: target.clone(),
         fs_type: fs.fs_type,
+        options: role.options(),
         errno,
     })?;
     let sizes: Option<Vec<u64>> = fs.devices.iter().map(|d| d.size).collect();
     Ok(Mounted {
         mount_point,
+        options: role.options(),
         label: fs.label.clone(),
         uuid: fs.uuid.clone(),
         fs_type: fs.fs_type,
@@ -911,10 +937,11 @@ pub fn fstab(mounted: &[Mounted]) -> String {
             m.uuid
         ));
         text.push_str(&format!(
-            "LABEL={}\t{}\t{}\t{MOUNT_OPTIONS}\t0\t0\n",
+            "LABEL={}\t{}\t{}\t{}\t0\t0\n",
             m.label,
             m.mount_point,
-            m.fs_type.driver()
+            m.fs_type.driver(),
+            m.options
         ));
     }
     text
@@ -979,6 +1006,7 @@ mod tests {
         let mounted = [
             Mounted {
                 mount_point: "/state".into(),
+                options: STATE_OPTIONS,
                 label: "buildos.state".into(),
                 uuid: "u1".into(),
                 fs_type: FsType::Ext2,
@@ -987,6 +1015,7 @@ mod tests {
             },
             Mounted {
                 mount_point: "/build/machines/default".into(),
+                options: MACHINES_OPTIONS,
                 label: "buildos.machines".into(),
                 uuid: "u2".into(),
                 fs_type: FsType::Btrfs,
@@ -1000,7 +1029,7 @@ mod tests {
             lines,
             [
                 "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
             ]
         );
         assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
