@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // a test: a failed call is the failure to report
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use buildos_init::services::{Service, Supervisor};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -23,10 +23,15 @@ fn blocked_mask(trampoline: Option<PathBuf>, dir: &std::path::Path, name: &str) 
     assert!(lines[0].contains("started, pid"), "{lines:?}");
     let (_, pid) = supervisor.running()[0];
     waitpid(pid, None).unwrap();
-    std::fs::read_to_string(dir.join(format!("{name}.log")))
-        .unwrap()
-        .trim()
-        .to_owned()
+    // The log is copied in by a thread of the supervisor: wait for grep's line, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        if log.ends_with('\n') || Instant::now() > deadline {
+            return log.trim().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
