@@ -102,6 +102,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             first_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
             timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
         },
         poll_interval: Some(Duration::from_millis(300)),
         grace: Some(Duration::from_secs(5)),
