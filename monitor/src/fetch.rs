@@ -425,6 +425,20 @@ struct Partial {
     limit: u64,
 }
 
+/// Why one attempt of a download failed: the transfer, writing the file, or the file outgrowing
+/// the space free (its size when the server announced it).
+enum AttemptError {
+    Failed(FetchError),
+    Io(io::Error),
+    NoSpace(Option<u64>),
+}
+
+impl From<FetchError> for AttemptError {
+    fn from(e: FetchError) -> AttemptError {
+        AttemptError::Failed(e)
+    }
+}
+
 /// What a write past [`Partial::limit`] fails with, to tell it from other I/O errors.
 #[derive(Debug)]
 struct OverLimit;
@@ -514,41 +528,31 @@ pub fn download(
         algorithm,
         limit: free,
     };
-    let no_space = |size: Option<u64>| FetchError::NoSpace {
-        url: redact(url),
-        dir: dir.display().to_string(),
-        size,
-        free,
-    };
     let attempts = retry.attempts.max(1);
     let mut attempt = 1;
     loop {
         let result = match &source {
             Source::Http(url) => http_attempt(url, &mut partial, retry),
-            Source::Tftp { host, port, path } => partial
-                .reset()
-                .map_err(io_error)
-                .and_then(|()| {
-                    let deadline = Instant::now() + retry.deadline;
-                    tftp::get_until(host, *port, path, &mut partial, retry.timeout, deadline)
-                        .map_err(|e| match e {
-                            tftp::Error::Sink(e) if over_limit(&e) => FetchError::NoSpace {
-                                url: String::new(),
-                                dir: String::new(),
-                                size: None,
-                                free: 0,
-                            },
-                            e => transfer(url, e),
-                        })
-                })
-                .map(|_| ()),
+            Source::Tftp { host, port, path } => {
+                tftp_attempt(url, host, *port, path, &mut partial, retry)
+            }
+        };
+        let result = match result {
+            Err(AttemptError::NoSpace(size)) => {
+                let _ = partial.reset();
+                return Err(FetchError::NoSpace {
+                    url: redact(url),
+                    dir: dir.display().to_string(),
+                    size,
+                    free,
+                });
+            }
+            Err(AttemptError::Io(e)) => return Err(io_error(e)),
+            Err(AttemptError::Failed(e)) => Err(e),
+            Ok(()) => Ok(()),
         };
         match result {
             Ok(()) => break,
-            Err(FetchError::NoSpace { size, .. }) => {
-                let _ = partial.reset();
-                return Err(no_space(size));
-            }
             Err(e) if e.retryable() && attempt < attempts => {
                 log::warn!("{e}; attempt {attempt} of {attempts}, retrying");
                 std::thread::sleep(retry.delay(attempt));
@@ -596,8 +600,26 @@ fn copy(reader: &mut dyn Read, writer: &mut Partial) -> io::Result<u64> {
     }
 }
 
+/// One TFTP attempt: the whole file again, by the attempt's deadline.
+fn tftp_attempt(
+    url: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    partial: &mut Partial,
+    retry: &Retry,
+) -> Result<(), AttemptError> {
+    partial.reset().map_err(AttemptError::Io)?;
+    let deadline = Instant::now() + retry.deadline;
+    match tftp::get_until(host, port, path, partial, retry.timeout, deadline) {
+        Ok(_) => Ok(()),
+        Err(tftp::Error::Sink(e)) if over_limit(&e) => Err(AttemptError::NoSpace(None)),
+        Err(e) => Err(transfer(url, e).into()),
+    }
+}
+
 /// One HTTP attempt: a range request when part of the file is there already.
-fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), FetchError> {
+fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), AttemptError> {
     let mut request = agent(url, retry.timeout, retry.deadline).get(url);
     let resume_at = partial.written;
     if resume_at > 0 {
@@ -606,16 +628,14 @@ fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), F
     let response = match request.call() {
         Ok(response) => response,
         Err(ureq::Error::Status(416, _)) if resume_at > 0 => {
-            partial.reset().map_err(|e| transfer(url, e))?;
-            return Err(transfer(url, "range not satisfiable; starting over"));
+            partial.reset().map_err(AttemptError::Io)?;
+            return Err(transfer(url, "range not satisfiable; starting over").into());
         }
         Err(ureq::Error::Status(code, response)) => {
-            return Err(transfer(
-                url,
-                format!("HTTP {code} {}", response.status_text()),
-            ))
+            let status = format!("HTTP {code} {}", response.status_text());
+            return Err(transfer(url, status).into());
         }
-        Err(e) => return Err(transfer(url, e)),
+        Err(e) => return Err(transfer(url, e).into()),
     };
     let resumed = response.status() == 206
         && response
@@ -625,7 +645,7 @@ fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), F
             .and_then(|start| start.parse::<u64>().ok())
             == Some(resume_at);
     if resume_at > 0 && !resumed {
-        partial.reset().map_err(|e| transfer(url, e))?;
+        partial.reset().map_err(AttemptError::Io)?;
     }
     let length = response
         .header("Content-Length")
@@ -633,39 +653,27 @@ fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), F
     if let Some(length) = length {
         let size = partial.written.saturating_add(length);
         if size > partial.limit {
-            return Err(FetchError::NoSpace {
-                url: String::new(),
-                dir: String::new(),
-                size: Some(size),
-                free: partial.limit,
-            });
+            return Err(AttemptError::NoSpace(Some(size)));
         }
     }
     let start = partial.written;
     let mut reader = response.into_reader();
     copy(&mut reader, partial).map_err(|e| {
         if over_limit(&e) {
-            return FetchError::NoSpace {
-                url: String::new(),
-                dir: String::new(),
-                size: None,
-                free: partial.limit,
-            };
+            return AttemptError::NoSpace(None);
         }
-        transfer(
-            url,
-            format!(
-                "truncated: transfer broke off after {} bytes: {e}",
-                partial.written
-            ),
-        )
+        let broke = format!(
+            "truncated: transfer broke off after {} bytes: {e}",
+            partial.written
+        );
+        transfer(url, broke).into()
     })?;
     let got = partial.written - start;
     match length {
-        Some(length) if got < length => Err(transfer(
-            url,
-            format!("truncated: {got} of {length} bytes (Content-Length)"),
-        )),
+        Some(length) if got < length => {
+            let short = format!("truncated: {got} of {length} bytes (Content-Length)");
+            Err(transfer(url, short).into())
+        }
         _ => Ok(()),
     }
 }
