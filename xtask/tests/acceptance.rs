@@ -1,8 +1,9 @@
 //! The acceptance scenario of the monitor, end to end in QEMU: a host booted with its disks and
 //! network installs a toolchain from the test's HTTP server, runs its agents on their slices (the
 //! test agent reports its arguments, CPUs, nice value and user back over HTTP) and mails the
-//! admin through the test's SMTP server. Then the test publishes a new build id: the host mails
-//! why, stops its agents and reboots, and its second boot, of the new image on the same disks,
+//! admin through the test's SMTP server. A build id file that says `404` makes it mail once and
+//! not reboot. Then the test publishes a new build id: the host mails why, stops its agents and
+//! reboots, and its second boot, of the new image on the same disks,
 //! reports the new build id on the console and in its host-up mail.
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,14 @@ fn read_buildid(dir: &Path) -> String {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()))
         .trim()
         .to_owned()
+}
+
+/// How often the host has asked for the build id.
+fn buildid_polls(http: &HttpServer) -> usize {
+    http.seen()
+        .iter()
+        .filter(|seen| seen.path == "buildos/buildos-buildid")
+        .count()
 }
 
 fn boot(image: &Path, disks: &[PathBuf], params: &[String]) -> Vm {
@@ -220,13 +229,50 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
         started.elapsed()
     );
 
-    // The host polls the unchanged build id and stays up; then a new build is published.
+    // The host polls the unchanged build id and stays up.
     wait_until("a poll of the build id", SETTLE, || {
-        http.seen()
-            .iter()
-            .any(|seen| seen.path == "buildos/buildos-buildid")
-            .then_some(())
+        (buildid_polls(&http) > 0).then_some(())
     });
+
+    // A server that answers 200 with an error page's text, `404`: hex digits, but not a build
+    // id. The host does not reboot; after three failed polls the admin gets one mail, and no
+    // second while it goes on.
+    http.put("buildos/buildos-buildid", b"404\n");
+    let failing = wait_until("the cannot-poll mail", SETTLE, || {
+        smtp.find(
+            &format!(
+                "cannot poll {}",
+                guest_url(&http, "buildos/buildos-buildid")
+            ),
+            "expected a build id of exactly 64 lower-case hex digits",
+        )
+    });
+    assert!(failing.message.contains("\"404\""), "{}", failing.message);
+    let polls = buildid_polls(&http);
+    wait_until("two more polls of the build id", SETTLE, || {
+        (buildid_polls(&http) >= polls + 2).then_some(())
+    });
+    let cannot_poll = smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject().contains("cannot poll"))
+        .count();
+    assert_eq!(cannot_poll, 1, "one mail per run of failures");
+    assert!(
+        !vm.console().contains("buildos-init: rebooting")
+            && !smtp
+                .received()
+                .iter()
+                .any(|m| m.subject().ends_with("rebooting")),
+        "a build id of 404 rebooted the host; console:\n{}",
+        vm.console()
+    );
+    eprintln!(
+        "acceptance: a build id of 404 mailed once, no reboot, after {:.0?}",
+        started.elapsed()
+    );
+
+    // Then a new build is published.
     http.put(
         "buildos/buildos-buildid",
         format!("{second_id}\n").as_bytes(),
