@@ -3,9 +3,9 @@
 //! One typed schema of the `buildos.*` kernel command line parameters, used by everything that
 //! reads, writes or documents them:
 //!
-//! - init parses `/proc/cmdline` at boot with [`parse`], which never fails: a bad value is
-//!   reported as a [`Diagnostic`] and the default is kept, and [`describe`] says on the console
-//!   what the host will use;
+//! - init parses `/proc/cmdline` at boot with [`parse_bytes`] (the kernel's bytes; [`parse`]
+//!   takes text), which never fails: a bad value is reported as a [`Diagnostic`] and the
+//!   default is kept, and [`describe`] says on the console what the host will use;
 //! - pxe checks the command lines it writes for hosts with [`validate`] (any diagnostic is an
 //!   error) and writes them with [`render`];
 //! - docs publishes [`reference_markdown`], generated from the same table, [`PARAMS`], that
@@ -38,7 +38,7 @@ mod split;
 mod values;
 
 pub use config::{describe, Config, Toolchain, DEFAULT_TOOLCHAIN};
-pub use parse::{parse, validate, Diagnostic, Parsed, Problem};
+pub use parse::{escaped, parse, parse_bytes, validate, Diagnostic, Parsed, Problem};
 pub use reference::reference_markdown;
 pub use render::render;
 pub use schema::{find_param, Origin, Param, ParamId, PARAMS, PREFIX};

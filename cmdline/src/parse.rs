@@ -33,6 +33,8 @@ pub enum Problem {
     UnbalancedQuote,
     /// A command line longer than the kernel takes.
     TooLong,
+    /// A `buildos.*` argument with bytes that are not UTF-8; ignored.
+    NotUtf8,
 }
 
 /// One problem with a command line: the parameter, the value, and what was expected.
@@ -76,20 +78,40 @@ impl fmt::Display for Diagnostic {
                 }
             }
         }
-        write!(f, ": expected {}", self.expected)
+        // What was expected may quote a value too (an earlier one, for a duplicate).
+        f.write_str(": expected ")?;
+        write_escaped(f, &self.expected)
     }
 }
 
 /// Writes text with control characters escaped, so that it stays on one line.
 fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str(&escaped(text))
+}
+
+/// Text with control characters (newlines, carriage returns, escapes) written as Rust escapes
+/// like `\n` and `\u{1b}`, so that a value quoted in a diagnostic stays on its line and cannot
+/// forge another.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
-            write!(f, "{}", c.escape_default())?;
+            out.extend(c.escape_default());
         } else {
-            write!(f, "{c}")?;
+            out.push(c);
         }
     }
-    Ok(())
+    out
+}
+
+/// A value as a diagnostic quotes it: escaped, and in double quotes when it has whitespace.
+fn quoted(value: &str) -> String {
+    let value = escaped(value);
+    if value.contains(char::is_whitespace) {
+        format!("\"{value}\"")
+    } else {
+        value
+    }
 }
 
 /// What [`parse`] makes of a command line.
@@ -106,11 +128,69 @@ pub struct Parsed {
 /// changes nothing, an unknown `buildos.*` parameter is reported and ignored, and arguments that
 /// do not start with `buildos.` (the kernel's, like `console=ttyS0` or `quiet`) are ignored.
 pub fn parse(cmdline: &str) -> Parsed {
+    parse_text(cmdline, &Invalid::default())
+}
+
+/// Parses a command line as the kernel hands it over, in bytes (`/proc/cmdline` need not be
+/// UTF-8). A `buildos.*` argument with bytes that are not UTF-8 is reported, with those bytes
+/// shown as `\xNN`, and ignored; every other argument parses as with [`parse`], and offsets
+/// count the bytes given.
+pub fn parse_bytes(cmdline: &[u8]) -> Parsed {
+    let mut text = String::with_capacity(cmdline.len());
+    let mut invalid = Invalid::default();
+    for chunk in cmdline.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for &byte in chunk.invalid() {
+            invalid.bytes.push((text.len(), byte));
+            text.push(char::REPLACEMENT_CHARACTER);
+        }
+    }
+    parse_text(&text, &invalid)
+}
+
+/// The bytes of a command line that are not UTF-8: where each stands in the text (as one
+/// U+FFFD, three bytes long) and what it was.
+#[derive(Default)]
+struct Invalid {
+    bytes: Vec<(usize, u8)>,
+}
+
+impl Invalid {
+    /// The offset in the bytes given of an offset in the text.
+    fn original(&self, position: usize) -> usize {
+        let before = self.bytes.iter().filter(|(at, _)| *at < position).count();
+        position - 2 * before
+    }
+
+    /// The length of the command line in the bytes given.
+    fn original_len(&self, text: &str) -> usize {
+        self.original(text.len())
+    }
+
+    fn any_in(&self, range: std::ops::Range<usize>) -> bool {
+        self.bytes.iter().any(|(at, _)| range.contains(at))
+    }
+
+    /// A span of the text with each byte that was not UTF-8 written as `\xNN`.
+    fn show(&self, text: &str, start: usize) -> String {
+        let mut out = String::with_capacity(text.len());
+        for (i, c) in text.char_indices() {
+            match self.bytes.iter().find(|(at, _)| *at == start + i) {
+                Some((_, byte)) => out.push_str(&format!("\\x{byte:02x}")),
+                None => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+fn parse_text(cmdline: &str, invalid: &Invalid) -> Parsed {
     let mut parser = Parser::default();
-    if cmdline.len() >= KERNEL_CMDLINE_MAX {
+    let length = invalid.original_len(cmdline);
+    if length >= KERNEL_CMDLINE_MAX {
         parser.diagnostics.push(Diagnostic {
             param: "command line".to_string(),
-            value: cmdline.len().to_string(),
+            value: length.to_string(),
             expected: format!(
                 "at most {} bytes, since the kernel cuts off the rest",
                 KERNEL_CMDLINE_MAX - 1
@@ -120,26 +200,39 @@ pub fn parse(cmdline: &str) -> Parsed {
         });
     }
     let (args, error) = split_partial(cmdline);
-    for arg in &args {
-        parser.arg(arg);
+    let end_of_args = error.as_ref().map_or(cmdline.len(), |e| e.arg_offset);
+    for (i, arg) in args.iter().enumerate() {
+        let end = args.get(i + 1).map_or(end_of_args, |next| next.offset);
+        if invalid.any_in(arg.offset..end) {
+            parser.not_utf8(cmdline, arg.offset..end, invalid);
+        } else {
+            parser.arg(arg);
+        }
     }
     if let Some(error) = error {
         let text = cmdline.get(error.arg_offset..).unwrap_or_default();
         let text = text.trim_end_matches(|c: char| c.is_ascii() && is_space(c as u8));
-        let (param, value) = text.split_once('=').unwrap_or((text, ""));
+        let text = invalid.show(text, error.arg_offset);
+        let (param, value) = text.split_once('=').unwrap_or((&text, ""));
         parser.diagnostics.push(Diagnostic {
             param: param.to_string(),
             value: value.to_string(),
             expected: format!(
                 "a closing double quote for the one at byte {}; the rest of the command line is \
                  ignored",
-                error.position
+                invalid.original(error.position)
             ),
             problem: Problem::UnbalancedQuote,
             offset: error.arg_offset,
         });
     }
-    parser.finish()
+    let mut parsed = parser.finish();
+    for diagnostic in &mut parsed.diagnostics {
+        if diagnostic.problem != Problem::TooLong {
+            diagnostic.offset = invalid.original(diagnostic.offset);
+        }
+    }
+    parsed
 }
 
 /// Checks a command line strictly, as pxe does before it writes one for a host: any diagnostic
@@ -205,8 +298,9 @@ impl Parser {
             let key = (param.id, toolchain.to_string());
             if let Some((earlier, _)) = self.seen.insert(key, (value.to_string(), arg.offset)) {
                 let expected = format!(
-                    "{} once; it was also given as {earlier}, and the last valid value is used",
-                    arg.key
+                    "{} once; it was also given as {}, and the last valid value is used",
+                    arg.key,
+                    quoted(&earlier)
                 );
                 self.report(arg, Problem::Duplicate, expected);
             }
@@ -218,6 +312,36 @@ impl Parser {
                 .entry(toolchain.to_string())
                 .or_insert_with(|| (arg.key.clone(), arg.offset));
         }
+    }
+
+    /// An argument in `span` of `cmdline` with bytes that are not UTF-8: reported when it is
+    /// one of ours, ignored like any other kernel argument when it is not.
+    fn not_utf8(&mut self, cmdline: &str, span: std::ops::Range<usize>, invalid: &Invalid) {
+        let text = cmdline.get(span.clone()).unwrap_or_default();
+        let text = text.trim_end_matches(|c: char| c.is_ascii() && is_space(c as u8));
+        let unquoted = text.strip_prefix('"').unwrap_or(text);
+        if !unquoted.starts_with(PREFIX) {
+            return;
+        }
+        let shown = invalid.show(text, span.start);
+        // Without the quotes the kernel drops, as for any other argument.
+        let shown = match shown.strip_prefix('"') {
+            Some(inner) => inner.strip_suffix('"').unwrap_or(inner),
+            None => &shown,
+        };
+        let (param, value) = shown.split_once('=').unwrap_or((shown, ""));
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        self.diagnostics.push(Diagnostic {
+            param: param.to_string(),
+            value: value.to_string(),
+            expected: "UTF-8 text (the bytes shown as \\xNN are not); the parameter is ignored"
+                .to_string(),
+            problem: Problem::NotUtf8,
+            offset: span.start,
+        });
     }
 
     fn report(&mut self, arg: &Arg, problem: Problem, expected: String) {
@@ -885,6 +1009,73 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
               most 64 in all"
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_diagnostic_escapes_the_earlier_value() {
+        // A crafted first value must not start a line of its own in the problems file or
+        // the mail, which quote these diagnostics.
+        check(
+            "\"buildos.hostname=a\nwarning: forged\" buildos.hostname=b",
+            &[
+                "buildos.hostname=\"a\\nwarning: forged\": expected a host name of \
+                 dot-separated labels of letters, digits and -, each 1 to 63 long and not \
+                 starting or ending with -, at most 64 in all",
+                "buildos.hostname=b: expected buildos.hostname once; it was also given as \
+                 \"a\\nwarning: forged\", and the last valid value is used",
+            ],
+        );
+        let shown = parse("buildos.nice=1\r\u{1b}[2J buildos.nice=2").diagnostics;
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        for diagnostic in &shown {
+            let line = diagnostic.to_string();
+            assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn parse_bytes_reports_the_argument_that_is_not_utf8_and_parses_the_rest() {
+        let parsed = parse_bytes(
+            b"quiet buildos.nice=3 buildos.hostname=a\xffb console=tty\xfe \
+              \"buildos.admin_email=x\xc3 y\" buildos.toolchain_url=https://h/t",
+        );
+        let shown: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "buildos.hostname=a\\xffb: expected UTF-8 text (the bytes shown as \\xNN are \
+                 not); the parameter is ignored",
+                "buildos.admin_email=\"x\\xc3 y\": expected UTF-8 text (the bytes shown as \
+                 \\xNN are not); the parameter is ignored",
+            ]
+        );
+        assert_eq!(parsed.diagnostics[0].problem, Problem::NotUtf8);
+        // Offsets count the bytes given, not the text they were read as.
+        assert_eq!(parsed.diagnostics[0].offset, 21);
+        assert_eq!(parsed.diagnostics[1].offset, 55);
+        assert_eq!(toolchain(&parsed.config, "default").nice, 3);
+        assert_eq!(parsed.config.hostname, None);
+        assert_eq!(parsed.config.admin_email, None);
+    }
+
+    #[test]
+    fn parse_bytes_of_utf8_is_parse() {
+        let line = "buildos.nice=3 buildos.toolchain_url=https://h/t buildos.hostname=h\u{e9} \
+                    buildos.ssh_key=\"x";
+        assert_eq!(parse_bytes(line.as_bytes()), parse(line));
+        let quote = parse_bytes(b"a=\xff buildos.ssh_key=\"\xfe x");
+        assert_eq!(
+            quote
+                .diagnostics
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            [
+                "buildos.ssh_key=\"\\xfe x: expected a closing double quote for the one at byte \
+              20; the rest of the command line is ignored"
+            ]
+        );
+        assert_eq!(quote.diagnostics[0].offset, 4);
     }
 
     #[test]

@@ -99,6 +99,12 @@ const STEPS: &[Step] = &[
     },
 ];
 
+/// The boot steps in the order they run, each with whether it is required: what docs/boot.md's
+/// step table lists.
+pub fn steps() -> impl Iterator<Item = (&'static str, bool)> {
+    STEPS.iter().map(|step| (step.name, step.required))
+}
+
 /// What init leaves for the monitor and for people in /run/buildos.
 pub const RUN_DIR: &str = "/run/buildos";
 
@@ -184,23 +190,47 @@ fn step_mounts(_boot: &mut Boot) -> StepResult {
 }
 
 fn step_cmdline(boot: &mut Boot) -> StepResult {
-    let text = std::fs::read_to_string("/proc/cmdline")
-        .map_err(|error| format!("cannot read /proc/cmdline: {error}"))?;
-    console::info(&format!("kernel command line: {}", text.trim_end()));
-    let parsed = buildos_cmdline::parse(&text);
-    boot.config = parsed.config;
+    let cmdline = read_cmdline(std::path::Path::new("/proc/cmdline"))?;
+    console::info(&format!("kernel command line: {}", cmdline.shown));
+    boot.config = cmdline.parsed.config;
     for line in buildos_cmdline::describe(&boot.config) {
         console::info(&format!("config: {line}"));
     }
-    let problems: Vec<String> = parsed
-        .diagnostics
-        .iter()
-        .map(|d| format!("invalid parameter {d}"))
-        .collect();
+    let problems = cmdline.problems;
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
         Outcome::Warnings(problems)
+    })
+}
+
+/// The kernel command line as init reads it.
+pub struct Cmdline {
+    /// The configuration and every diagnostic.
+    pub parsed: buildos_cmdline::Parsed,
+    /// The line for the console: bytes that are not UTF-8 as U+FFFD, control characters
+    /// escaped, so it stays one line.
+    pub shown: String,
+    /// One problem line per diagnostic.
+    pub problems: Vec<String>,
+}
+
+/// Reads and parses the command line at `path` (`/proc/cmdline`) as bytes: the kernel does not
+/// promise UTF-8, and an argument that is not costs only itself.
+pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
+    let bytes =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let parsed = buildos_cmdline::parse_bytes(&bytes);
+    let shown = buildos_cmdline::escaped(String::from_utf8_lossy(&bytes).trim_end());
+    let problems = parsed
+        .diagnostics
+        .iter()
+        .map(|d| format!("invalid parameter {d}"))
+        .collect();
+    Ok(Cmdline {
+        parsed,
+        shown,
+        problems,
     })
 }
 
@@ -349,14 +379,7 @@ fn step_users(boot: &mut Boot) -> StepResult {
         return Ok(Outcome::Ok);
     };
     for dir in [user.home.clone(), user.home.join("tftp")] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        nix::unistd::chown(
-            &dir,
-            Some(nix::unistd::Uid::from_raw(user.uid)),
-            Some(nix::unistd::Gid::from_raw(user.gid)),
-        )
-        .map_err(|e| format!("cannot give {} to build: {}", dir.display(), e.desc()))?;
+        root_only_dir(&dir)?;
     }
     let file = state::authorize(&user, &boot.config.ssh_keys)?;
     console::info(&format!(
@@ -365,6 +388,24 @@ fn step_users(boot: &mut Boot) -> StepResult {
         file.display()
     ));
     Ok(Outcome::Ok)
+}
+
+/// Makes `dir` a directory of root's that only root can write to (mode 0755). `/build` (build's
+/// home) and `/build/tftp` are: the monitor installs toolchains and unpacks agents in them as
+/// root, and `build` owning them could rename what root works in and put links in its place.
+/// `build` writes in its own `.ssh`, in the monitor's per-toolchain work directories and on the
+/// machine volumes. sshd's StrictModes accepts a home owned by root and not writable by others.
+fn root_only_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    nix::unistd::chown(
+        dir,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .map_err(|e| format!("cannot give {} to root: {}", dir.display(), e.desc()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot set the mode of {} to 0755: {e}", dir.display()))
 }
 
 fn step_services(boot: &mut Boot) -> StepResult {
@@ -442,6 +483,36 @@ fn fallback(action: FailureAction, why: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builds_home_and_tftp_root_become_roots_and_closed_to_others() -> Result<(), String> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "giving directories away needs root (cargo xtask test runs as root)"
+        );
+        let home = std::env::temp_dir().join(format!("buildos-home-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&home);
+        // As an earlier boot left it: build's, writable by everyone.
+        std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+        nix::unistd::chown(
+            &home,
+            Some(nix::unistd::Uid::from_raw(1000)),
+            Some(nix::unistd::Gid::from_raw(1000)),
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| e.to_string())?;
+        for dir in [home.clone(), home.join("tftp")] {
+            root_only_dir(&dir)?;
+            let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+                (0, 0, 0o755)
+            );
+        }
+        std::fs::remove_dir_all(&home).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn the_build_id_line_names_the_build_or_why_it_is_unknown() {

@@ -178,16 +178,15 @@ pub fn authorize(user: &User, keys: &[String]) -> Result<PathBuf, String> {
         Some(nix::unistd::Uid::from_raw(user.uid)),
         Some(nix::unistd::Gid::from_raw(user.gid)),
     );
-    for path in [&user.home, &dir] {
-        nix::unistd::chown(path, owner.0, owner.1).map_err(|e| {
-            format!(
-                "cannot give {} to uid {}: {}",
-                path.display(),
-                user.uid,
-                e.desc()
-            )
-        })?;
-    }
+    // Only `.ssh`: the home itself stays root's (see the users step).
+    nix::unistd::chown(&dir, owner.0, owner.1).map_err(|e| {
+        format!(
+            "cannot give {} to uid {}: {}",
+            dir.display(),
+            user.uid,
+            e.desc()
+        )
+    })?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("set the mode of", &dir, e))?;
     let file = dir.join("authorized_keys");

@@ -8,17 +8,21 @@
 use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use buildos_cmdline::{Config, Ipv4Net};
 use buildos_init::net::dhcp::Client;
 use buildos_init::net::netlink::Netlink;
 use buildos_init::net::{self, Outcome, Paths};
+use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+use dhcproto::{Decodable, Encodable};
 use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 fn need_root() {
     let uid = nix::unistd::geteuid();
@@ -97,6 +101,18 @@ impl Netns {
         })
         .join()
         .unwrap_or_else(|_| panic!("the thread in the namespace panicked"))
+    }
+}
+
+impl Netns {
+    /// Runs `work` on a thread inside this namespace until it returns; for servers.
+    fn spawn(&self, work: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
+            work()
+        })
     }
 }
 
@@ -426,9 +442,9 @@ fn keeper_renews_a_short_lease_with_the_server() {
         client.enter(move || {
             let report = net::setup(&config(10), &paths);
             let lease = report.public.clone().expect("a lease at boot").lease;
-            // dnsmasq's minimum lease is two minutes; its T1 and T2 options make the renewal due
-            // within seconds.
-            assert!(lease.times.renew <= Duration::from_secs(4), "{lease:?}");
+            // dnsmasq's minimum lease is two minutes; its T1 and T2 options of 2 and 4 s make
+            // the renewal due at the client's minimum T1, 10 s.
+            assert_eq!(lease.times.renew, Duration::from_secs(10), "{lease:?}");
             let stop = Arc::new(AtomicBool::new(false));
             let keeper = {
                 let stop = Arc::clone(&stop);
@@ -438,7 +454,7 @@ fn keeper_renews_a_short_lease_with_the_server() {
             let acks = || dnsmasq.log().matches("DHCPACK(s0)").count();
             wait_for(
                 "a second DHCPACK (the renewal)",
-                Duration::from_secs(20),
+                Duration::from_secs(40),
                 || acks() >= 2,
             );
             stop.store(true, Ordering::Relaxed);
@@ -632,7 +648,7 @@ fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
         };
         wait_for(
             "br0 to get an address on the new subnet",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || {
                 br0_address()
                     .iter()
@@ -700,4 +716,294 @@ fn keeper_makes_br0_when_a_server_answers_after_boot_gave_up() {
     );
     let resolv = std::fs::read_to_string(paths.resolv_conf()).expect("resolv.conf");
     assert!(resolv.contains("nameserver 10.77.0.1\n"), "{resolv}");
+}
+
+/// A DHCP server of the test's own on UDP port 67 of `s0`, answering as `answer` says: for
+/// replies a real server would not send (forged, malformed, hostile values). It records every
+/// request it gets, with when it got it, and stops on drop.
+struct ForgingServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    requests: Arc<Mutex<Vec<(Instant, MessageType, Ipv4Addr)>>>,
+}
+
+/// What a [`ForgingServer`] sends for a request: the datagrams, in order.
+type Answer = dyn Fn(&Message) -> Vec<Vec<u8>> + Send;
+
+impl ForgingServer {
+    fn start(ns: &Netns, answer: Box<Answer>) -> ForgingServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (ready, bound) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let requests = Arc::clone(&requests);
+            ns.spawn(move || {
+                let fd = socket::socket(
+                    AddressFamily::Inet,
+                    SockType::Datagram,
+                    SockFlag::SOCK_CLOEXEC,
+                    None,
+                )
+                .expect("UDP socket");
+                socket::setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+                socket::setsockopt(&fd, sockopt::Broadcast, &true).expect("SO_BROADCAST");
+                socket::setsockopt(&fd, sockopt::BindToDevice, &"s0".into())
+                    .expect("SO_BINDTODEVICE");
+                socket::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &SockaddrIn::new(0, 0, 0, 0, 67),
+                )
+                .expect("bind port 67");
+                let socket = UdpSocket::from(fd);
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("read timeout");
+                let _ = ready.send(());
+                let mut buffer = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((length, _)) = socket.recv_from(&mut buffer) else {
+                        continue;
+                    };
+                    let Ok(request) = Message::from_bytes(&buffer[..length]) else {
+                        continue;
+                    };
+                    let Some(kind) = request.opts().msg_type() else {
+                        continue;
+                    };
+                    requests.lock().expect("requests").push((
+                        Instant::now(),
+                        kind,
+                        request.ciaddr(),
+                    ));
+                    for datagram in answer(&request) {
+                        socket
+                            .send_to(&datagram, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+                            .expect("send a reply");
+                    }
+                }
+            })
+        };
+        bound
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the forging server binds port 67");
+        ForgingServer {
+            stop,
+            thread: Some(thread),
+            requests,
+        }
+    }
+
+    fn requests(&self) -> Vec<(Instant, MessageType, Ipv4Addr)> {
+        self.requests.lock().expect("requests").clone()
+    }
+}
+
+impl Drop for ForgingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The reply a server at 10.77.0.1 gives `request`: an OFFER of 10.77.0.50/24 for a DISCOVER,
+/// an ACK for a REQUEST, with router, DNS server and server identifier 10.77.0.1, then
+/// `options`.
+fn reply_to(request: &Message, options: &[DhcpOption]) -> Message {
+    let server = Ipv4Addr::new(10, 77, 0, 1);
+    let mut reply = Message::new_with_id(
+        request.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::new(10, 77, 0, 50),
+        server,
+        Ipv4Addr::UNSPECIFIED,
+        request.chaddr(),
+    );
+    reply.set_opcode(Opcode::BootReply);
+    let kind = match request.opts().msg_type() {
+        Some(MessageType::Discover) => MessageType::Offer,
+        _ => MessageType::Ack,
+    };
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(server));
+    opts.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
+    opts.insert(DhcpOption::Router(vec![server]));
+    opts.insert(DhcpOption::DomainNameServer(vec![server]));
+    opts.insert(DhcpOption::AddressLeaseTime(120));
+    for option in options {
+        opts.insert(option.clone());
+    }
+    reply
+}
+
+fn bytes(message: &Message) -> Vec<u8> {
+    message.to_vec().expect("encode a DHCP message")
+}
+
+#[test]
+fn dhcp_client_drops_a_forged_reply_with_a_long_hardware_length_and_takes_the_real_one() {
+    need_root();
+    let (client, server) = client_and_server("02:00:00:77:00:0a");
+    // Anyone on the LAN sees the transaction id of the broadcast DISCOVER; this one answers
+    // every request first with hlen 200, which dhcproto's chaddr() slices by, then truthfully.
+    let forger = ForgingServer::start(
+        &server,
+        Box::new(|request| {
+            let good = bytes(&reply_to(request, &[]));
+            let mut forged = good.clone();
+            forged[2] = 200;
+            let mut other_type = good.clone();
+            other_type[1] = 6;
+            vec![forged, other_type, good]
+        }),
+    );
+    let (lease, dropped) = client.enter(|| {
+        let mut netlink = Netlink::open().expect("netlink");
+        let c0 = netlink.link("c0").expect("links").expect("c0 is there");
+        netlink.set_up(&c0).expect("c0 up");
+        let dhcp = Client::new("c0", [2, 0, 0, 0x77, 0, 0x0a]).expect("DHCP socket");
+        let lease = dhcp.acquire(
+            Instant::now() + Duration::from_secs(20),
+            &AtomicBool::new(false),
+        );
+        (lease, dhcp.dropped())
+    });
+    let lease = lease.unwrap_or_else(|e| panic!("no lease: {e}"));
+    assert_eq!(lease.address, Ipv4Addr::new(10, 77, 0, 50));
+    assert_eq!(lease.server, Ipv4Addr::new(10, 77, 0, 1));
+    // Two forged datagrams for the DISCOVER and two for the REQUEST; the lease came from the
+    // forging server's true answers.
+    assert!(dropped >= 4, "dropped {dropped}");
+    let kinds: Vec<MessageType> = forger.requests().iter().map(|r| r.1).collect();
+    assert_eq!(kinds.first(), Some(&MessageType::Discover), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&MessageType::Request), "{kinds:?}");
+}
+
+#[test]
+fn setup_leaves_out_dhcp_names_that_are_not_names_and_says_so() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0b");
+    // A newline in the domain once added an /etc/hosts line for a toolchain server, and the
+    // monitor's resolver reads /etc/hosts first.
+    let _forger = ForgingServer::start(
+        &server,
+        Box::new(|request| {
+            vec![bytes(&reply_to(
+                request,
+                &[
+                    DhcpOption::DomainName("farm.test\n10.77.0.66\ttoolchains.example.org".into()),
+                    DhcpOption::Hostname("evil\nhost".into()),
+                    DhcpOption::DomainNameServer(vec![
+                        Ipv4Addr::new(10, 77, 0, 1),
+                        Ipv4Addr::UNSPECIFIED,
+                        Ipv4Addr::BROADCAST,
+                    ]),
+                ],
+            ))]
+        }),
+    );
+    let paths = dir.paths();
+    let (public, hostname, problems) = {
+        let paths = paths.clone();
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            (report.public, report.hostname, report.problems)
+        })
+    };
+    let public = public.unwrap_or_else(|| panic!("no lease; problems {problems:?}"));
+    assert_eq!(public.lease.domain, None);
+    assert_eq!(public.lease.hostname, None);
+    assert_eq!(public.lease.dns, [Ipv4Addr::new(10, 77, 0, 1)]);
+    assert_eq!(hostname, "build-02000077000b");
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let hosts = read(paths.etc.join("hosts"));
+    assert!(!hosts.contains("toolchains.example.org"), "{hosts}");
+    assert!(
+        hosts.ends_with("10.77.0.50\tbuild-02000077000b # buildos\n"),
+        "{hosts}"
+    );
+    assert_eq!(
+        read(paths.resolv_conf()),
+        "# buildos: from the DHCP lease of br0 (server 10.77.0.1)\nnameserver 10.77.0.1\n"
+    );
+    assert_eq!(
+        problems,
+        [
+            "network: DHCP server 10.77.0.1 sent option 6 (domain name server) 0.0.0.0: \
+             expected a unicast IPv4 address; left out",
+            "network: DHCP server 10.77.0.1 sent option 6 (domain name server) \
+             255.255.255.255: expected a unicast IPv4 address; left out",
+            "network: DHCP server 10.77.0.1 sent option 12 (host name) \"evil\\nhost\": \
+             expected a host name of dot-separated labels of letters, digits and -, each 1 to \
+             63 long and not starting or ending with -, at most 64 in all; left out",
+            "network: DHCP server 10.77.0.1 sent option 15 (domain name) \
+             \"farm.test\\n10.77.0.66\\ttoolchains.example.org\": expected a domain name of \
+             dot-separated labels of letters, digits and -, each 1 to 63 long and not starting \
+             or ending with -, at most 253 in all; left out",
+        ]
+    );
+}
+
+#[test]
+fn keeper_with_a_lease_time_of_zero_waits_before_renewing_and_keeps_br0() {
+    need_root();
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0c");
+    let forger = Arc::new(ForgingServer::start(
+        &server,
+        Box::new(|request| {
+            vec![bytes(&reply_to(
+                request,
+                &[DhcpOption::AddressLeaseTime(0)],
+            ))]
+        }),
+    ));
+    let paths = dir.paths();
+    let (acquired, times, first_renewal, rediscovered) = {
+        let forger = Arc::clone(&forger);
+        client.enter(move || {
+            let report = net::setup(&config(10), &paths);
+            let lease = report.public.clone().expect("a lease at boot").lease;
+            let at_boot = forger.requests().len();
+            let stop = Arc::new(AtomicBool::new(false));
+            let keeper = {
+                let stop = Arc::clone(&stop);
+                let keeper = report.keeper;
+                std::thread::spawn(move || keeper.run(&stop))
+            };
+            // A keeper that spins asks again at once; one that keeps the lease asks at T1.
+            wait_for("a request from the keeper", Duration::from_secs(40), || {
+                forger.requests().len() > at_boot
+            });
+            let first_renewal = forger.requests()[at_boot];
+            stop.store(true, Ordering::Relaxed);
+            keeper.join().expect("keeper thread");
+            let rediscovered = forger.requests()[at_boot..]
+                .iter()
+                .any(|(_, kind, _)| *kind == MessageType::Discover);
+            (lease.acquired, lease.times, first_renewal, rediscovered)
+        })
+    };
+    let (at, kind, ciaddr) = first_renewal;
+    let after = at.saturating_duration_since(acquired);
+    assert!(
+        after >= Duration::from_secs(10),
+        "the keeper asked again {after:?} after the lease of 0 s ({kind:?} from {ciaddr})"
+    );
+    assert!(
+        !rediscovered,
+        "the keeper lost the lease and went back to discovery"
+    );
+    assert_eq!(kind, MessageType::Request);
+    assert_eq!(ciaddr, Ipv4Addr::new(10, 77, 0, 50), "not a renewal");
+    assert_eq!(times.expire, Duration::from_secs(20), "{times:?}");
+    assert_eq!(times.renew, Duration::from_secs(10), "{times:?}");
+    let br0 = client.ip("-o addr show dev br0");
+    assert!(br0.contains("10.77.0.50/24"), "br0: {br0}");
 }

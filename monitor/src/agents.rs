@@ -58,8 +58,15 @@ pub struct Variables {
     pub toolchain_id: String,
     /// Where the toolchain's files are served: `<tftp root>/toolchains/<name>`.
     pub toolchain_dir: String,
-    /// Where the archive is unpacked (and the declaration was found).
+    /// Where the archive is unpacked (and the declaration was found); root's, read-only to
+    /// the agent.
     pub agent_dir: String,
+    /// The toolchain's own writable directory (`/build/work/<name>`), owned by the agents'
+    /// user and the agents' `HOME`.
+    pub work_dir: String,
+    /// The toolchain's writable directory served to the build machines over TFTP
+    /// (`/build/tftp/agents/<name>`, `agents/<name>/` to a TFTP client).
+    pub served_dir: String,
     pub instance: u32,
     pub instances: u32,
     pub cpus: u32,
@@ -122,16 +129,19 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<PathBuf, AgentError> {
             "expected a .tar.xz, .txz, .tar.gz, .tgz or .tar toolchain archive",
         ));
     };
+    if let Some(parent) = dest.parent() {
+        crate::paths::private_dir(parent).map_err(|reason| error("agents directory", reason))?;
+    }
     let staging = dest.with_extension("unpacking");
     let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(&staging).map_err(|e| error(staging.display(), e))?;
-    let mut tar = tar::Archive::new(reader);
-    tar.set_preserve_permissions(true);
-    tar.unpack(&staging)
-        .map_err(|e| error(format!("unpacking {}", archive.display()), e))?;
+    fs::create_dir(&staging).map_err(|e| error(staging.display(), e))?;
+    if let Err(e) = unpack_into(reader, &staging) {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(error(format!("unpacking {}", archive.display()), e));
+    }
     let _ = fs::remove_dir_all(dest);
     fs::rename(&staging, dest).map_err(|e| error(dest.display(), e))?;
-    if dest.join(DECLARATION).is_file() {
+    if is_plain_file(&dest.join(DECLARATION)) {
         return Ok(dest.to_path_buf());
     }
     let entries: Vec<PathBuf> = fs::read_dir(dest)
@@ -140,15 +150,92 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<PathBuf, AgentError> {
         .map(|e| e.path())
         .collect();
     match entries.as_slice() {
-        [only] if only.is_dir() => Ok(only.clone()),
+        [only] if fs::symlink_metadata(only).is_ok_and(|m| m.is_dir()) => Ok(only.clone()),
         _ => Ok(dest.to_path_buf()),
     }
+}
+
+/// Unpacks a tar stream into `dir` as root does it safely: files owned by root, without
+/// setuid, setgid or sticky bits and not writable by group or others (so the agents' user
+/// cannot change what root reads back, like the declaration), and no device nodes or FIFOs.
+fn unpack_into(reader: impl io::Read, dir: &Path) -> Result<(), String> {
+    let mut tar = tar::Archive::new(reader);
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(false);
+    tar.set_unpack_xattrs(false);
+    tar.set_mask(0o7022);
+    for entry in tar.entries().map_err(|e| e.to_string())? {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let path = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            return Err(format!(
+                "{path}: a device node or FIFO; toolchain archives may hold only files, \
+                 directories and links"
+            ));
+        }
+        entry.unpack_in(dir).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A regular file at `path` itself, not a link to one.
+fn is_plain_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Makes `parent/name` a directory owned by `user` (the monitor's own when `None`) with `mode`,
+/// for the agents to write in; `parent` is made a directory only root can change, so the
+/// agents' user can neither rename it nor replace it with a link while root sets it up.
+pub fn user_dir(
+    parent: &Path,
+    name: &str,
+    user: Option<(u32, u32)>,
+    mode: u32,
+) -> Result<PathBuf, AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::paths::private_dir(parent).map_err(|reason| error("agents' directories", reason))?;
+    let dir = parent.join(name);
+    match fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(error(dir.display(), e)),
+    }
+    // Only root can have put something else there, but check before giving it away.
+    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+        return Err(error(dir.display(), "exists and is not a directory"));
+    }
+    if let Some((uid, gid)) = user {
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| error(format!("giving {} to uid {uid}", dir.display()), e))?;
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| error(format!("setting the mode of {}", dir.display()), e))?;
+    Ok(dir)
 }
 
 /// The agent's declaration in `dir`, or `None` (the default command applies).
 pub fn declaration(dir: &Path) -> Result<Option<Declaration>, AgentError> {
     let path = dir.join(DECLARATION);
-    let text = match fs::read_to_string(&path) {
+    // Root reads it: never through a link the archive planted (to /etc/shadow, say).
+    let read = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut file, &mut text)?;
+        Ok::<_, io::Error>(text)
+    };
+    let text = match read() {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(error(path.display(), e)),
@@ -195,6 +282,8 @@ pub struct Spec {
     pub nice: i32,
     /// `(uid, gid)` to run as; `None` keeps the monitor's.
     pub user: Option<(u32, u32)>,
+    /// The agent's `HOME`; `None` keeps the user's from `/etc/passwd`.
+    pub home: Option<PathBuf>,
     /// The agent's stdout and stderr.
     pub log: PathBuf,
 }
@@ -299,13 +388,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
-    if let Some(parent) = spec.log.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)?;
+    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
+    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
     let mut command = Command::new(&policy.launcher);
     command
         .arg("run-agent")
@@ -319,6 +403,9 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
             .arg(uid.to_string())
             .arg("--gid")
             .arg(gid.to_string());
+    }
+    if let Some(home) = &spec.home {
+        command.arg("--home").arg(home);
     }
     use std::os::unix::process::CommandExt;
     command
@@ -392,7 +479,7 @@ fn supervise(
     }
 }
 
-/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G] -- program args…`:
+/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G] [--home DIR] -- program args…`:
 /// pins itself to the CPUs, sets its nice value, drops to the user and becomes the agent.
 /// Returns only on failure.
 pub fn run_agent(args: &[String]) -> AgentError {
@@ -400,6 +487,7 @@ pub fn run_agent(args: &[String]) -> AgentError {
     let mut cpus = None;
     let mut uid = None;
     let mut gid = None;
+    let mut home = None;
     let mut iter = args.iter();
     let mut argv = Vec::new();
     while let Some(arg) = iter.next() {
@@ -409,6 +497,7 @@ pub fn run_agent(args: &[String]) -> AgentError {
             "--cpus" => cpus = crate::slices::parse_cpu_list(&value()),
             "--uid" => uid = value().parse::<u32>().ok(),
             "--gid" => gid = value().parse::<u32>().ok(),
+            "--home" => home = Some(value()),
             "--" => {
                 argv = iter.cloned().collect();
                 break;
@@ -445,6 +534,9 @@ pub fn run_agent(args: &[String]) -> AgentError {
                 .env("USER", &user.name)
                 .env("LOGNAME", &user.name);
         }
+    }
+    if let Some(home) = home {
+        command.env("HOME", home);
     }
     use std::os::unix::process::CommandExt;
     error(format!("exec {program}"), command.exec())
@@ -503,6 +595,8 @@ mod tests {
             toolchain_id: "ae89".into(),
             toolchain_dir: "/build/tftp/toolchains/default".into(),
             agent_dir: "/build/agents/default".into(),
+            work_dir: "/build/work/default".into(),
+            served_dir: "/build/tftp/agents/default".into(),
             instance: 2,
             instances: 3,
             cpus: 4,

@@ -17,7 +17,7 @@ const USAGE: &str = "usage:
   buildos-monitor sendmail [-t] [-i] [-f from] [recipient...]
                                queue the mail on standard input for the admin
                                (also when invoked as `sendmail`)
-environment: BUILDOS_CMDLINE, BUILDOS_BUILDID, BUILDOS_TFTP_ROOT, BUILDOS_AGENTS,
+environment: BUILDOS_CMDLINE, BUILDOS_BUILDID, BUILDOS_TFTP_ROOT, BUILDOS_AGENTS, BUILDOS_WORK,
   BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB move the files it uses;
   BUILDOS_NO_REBOOT=1 makes a change stop the agents and mail, but not reboot";
 

@@ -98,6 +98,9 @@ impl Mailer {
         delay: (Duration, Duration),
     ) -> Mailer {
         let queue = Queue::new(&paths.mail_queue);
+        if let Err(e) = queue.prepare() {
+            log::error!("mail queue: {e}");
+        }
         let relay = match (&config.smtp_relay, &config.admin_email) {
             (Some(relay), Some(admin)) => Some(Relay {
                 relay: relay.clone(),
@@ -161,7 +164,7 @@ impl Mailer {
 fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
     let mut wait = delay.0;
     loop {
-        let pending = !queue.is_empty();
+        let pending = queue.has_work();
         if pending {
             match queue.flush(relay) {
                 Ok(sent) => {
@@ -182,8 +185,9 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
                 }
             }
         }
-        // Wait for new mail; look again now and then for mail `sendmail` queued.
-        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.1) {
+        // Wait for new mail; look again soon for mail `sendmail` queued or other users
+        // handed in.
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(delay.0) {
             return;
         }
     }
@@ -723,6 +727,13 @@ fn agent_specs(
         Some(declaration) => declaration.command,
         None => agents::DEFAULT_COMMAND.to_string(),
     };
+    let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
+    let served = agents::user_dir(
+        &paths.tftp_root.join("agents"),
+        &installed.name,
+        options.agent_user,
+        0o755,
+    )?;
     let mut specs = Vec::new();
     for slice in slices {
         let variables = Variables {
@@ -732,6 +743,8 @@ fn agent_specs(
             toolchain_id: installed.id.clone(),
             toolchain_dir: installed.dir.display().to_string(),
             agent_dir: dir.display().to_string(),
+            work_dir: work.display().to_string(),
+            served_dir: served.display().to_string(),
             instance: slice.instance,
             instances: slice.instances,
             cpus: slice.cpus,
@@ -752,6 +765,7 @@ fn agent_specs(
             dir: dir.clone(),
             nice: tc.nice,
             user: options.agent_user,
+            home: Some(work.clone()),
             log: paths
                 .run
                 .join("agents")

@@ -7,7 +7,9 @@
 //! - Every path and URL it touches comes from [`paths::Paths`] or the configuration, so tests
 //!   run it against temporary directories and servers on loopback.
 //! - A toolchain is reachable under `toolchains/<name>` only once every file is verified.
-//! - A queued mail is removed only after the relay accepted it.
+//! - Root works only in directories no other user can write to ([`paths::private_dir`]).
+//! - A queued mail is removed only after the relay accepted it, or moved to `dead/` (with one
+//!   notice to the admin) when the relay refused it for good.
 //! - A failed or malformed fetch never reboots the host.
 
 pub mod agents;

@@ -1,7 +1,7 @@
 //! Every file and directory the monitor reads or writes, with the host's defaults; each can
 //! be moved with an environment variable so tests run the monitor against temporary trees.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where things are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub struct Paths {
     /// Unpacked toolchain archives, where agents run from (`/build/agents`;
     /// `BUILDOS_AGENTS`).
     pub agents: PathBuf,
+    /// The agents' own writable directories, `<work>/<name>/` per toolchain, owned by the
+    /// agents' user (`/build/work`; `BUILDOS_WORK`).
+    pub work: PathBuf,
     /// The mail queue (`/state/mail`; `BUILDOS_MAIL_QUEUE`).
     pub mail_queue: PathBuf,
     /// The monitor's runtime directory: `monitor.json` (the status), agent logs, and init's
@@ -37,6 +40,7 @@ impl Default for Paths {
             buildid: "/etc/buildos/buildid".into(),
             tftp_root: "/build/tftp".into(),
             agents: "/build/agents".into(),
+            work: "/build/work".into(),
             mail_queue: "/state/mail".into(),
             run: "/run/buildos".into(),
             mounts: "/proc/mounts".into(),
@@ -55,6 +59,7 @@ impl Paths {
             ("BUILDOS_BUILDID", &mut paths.buildid),
             ("BUILDOS_TFTP_ROOT", &mut paths.tftp_root),
             ("BUILDOS_AGENTS", &mut paths.agents),
+            ("BUILDOS_WORK", &mut paths.work),
             ("BUILDOS_MAIL_QUEUE", &mut paths.mail_queue),
             ("BUILDOS_RUN", &mut paths.run),
             ("BUILDOS_MOUNTS", &mut paths.mounts),
@@ -84,10 +89,69 @@ impl Paths {
     }
 }
 
-/// Reads the kernel command line from `paths.cmdline`; a missing file is an empty line.
+/// Makes `dir` (and its parents) a directory only this user and root can change, or says why
+/// it is not one. The monitor, as root, installs, unpacks and queues only in such directories:
+/// in one another user could write to, that user could swap an entry for a link while root
+/// works on it. Every directory on the way from `/` must be owned by root or this user and not
+/// writable by group or others, except a sticky one (like `/tmp`) whose next entry is ours.
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let real = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Root then works through `dir` itself: a link on the way could be re-pointed.
+    if std::path::absolute(dir).ok().as_deref() != Some(real.as_path()) {
+        return Err(format!(
+            "{} leads through a symbolic link (to {}); expected a path of plain directories",
+            dir.display(),
+            real.display()
+        ));
+    }
+    let me = nix::unistd::Uid::effective().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let mut child_owner: Option<u32> = None;
+    for ancestor in real.ancestors() {
+        let meta =
+            std::fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        let shown = if ancestor == real {
+            dir.display().to_string()
+        } else {
+            format!("{} (holding {})", ancestor.display(), dir.display())
+        };
+        if !meta.is_dir() {
+            return Err(format!("{shown} is not a directory"));
+        }
+        if !trusted(meta.uid()) {
+            return Err(format!(
+                "{shown} belongs to uid {}; expected a directory of root's that only root can \
+                 write to",
+                meta.uid()
+            ));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if writable_by_others && !(sticky && child_owner.is_some_and(trusted)) {
+            return Err(format!(
+                "{shown} has mode {:o}: other users can write to it; expected a directory only \
+                 root can write to (chmod go-w)",
+                meta.mode() & 0o7777
+            ));
+        }
+        child_owner = Some(meta.uid());
+    }
+    Ok(())
+}
+
+/// Reads the kernel command line from `paths.cmdline`; a missing file is an empty line. Read
+/// as bytes, as init reads it: a byte that is not UTF-8 costs only the argument holding it.
 pub fn read_config(paths: &Paths) -> buildos_cmdline::Parsed {
-    let text = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
-    buildos_cmdline::parse(text.trim())
+    let bytes = std::fs::read(&paths.cmdline).unwrap_or_default();
+    buildos_cmdline::parse_bytes(bytes.trim_ascii())
 }
 
 /// This host's name: `hostname=` in init's network file, else the kernel's, else `buildos`.
@@ -106,4 +170,38 @@ pub fn hostname(paths: &Paths) -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| "buildos".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cmdline_byte_that_is_not_utf8_costs_only_its_argument() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = Paths {
+            cmdline: dir.path().join("cmdline"),
+            ..Paths::default()
+        };
+        std::fs::write(
+            &paths.cmdline,
+            b"buildos.ssh_key=\"ssh-ed25519 AAAA \xff\" buildos.admin_email=admin@example.org \
+              buildos.toolchain_url=https://example.org/t.sha256\n",
+        )
+        .expect("write cmdline");
+        let parsed = read_config(&paths);
+        assert_eq!(
+            parsed.config.admin_email.as_deref(),
+            Some("admin@example.org")
+        );
+        assert!(parsed.config.toolchains.contains_key("default"));
+        assert!(
+            parsed
+                .diagnostics
+                .iter()
+                .any(|d| d.to_string().contains("\\xff")),
+            "no diagnostic names the byte: {:?}",
+            parsed.diagnostics
+        );
+    }
 }

@@ -12,11 +12,11 @@ pub fn main(args: &[String], input: &mut dyn Read, paths: &Paths) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("sendmail: {e}");
-            // EX_TEMPFAIL or EX_USAGE as sendmail exits.
-            if e.kind() == io::ErrorKind::InvalidInput {
-                64
-            } else {
-                75
+            // EX_USAGE, EX_DATAERR or EX_TEMPFAIL as sendmail exits.
+            match e.kind() {
+                io::ErrorKind::InvalidInput => 64,
+                io::ErrorKind::InvalidData => 65,
+                _ => 75,
             }
         }
     }
@@ -27,6 +27,8 @@ fn run(args: &[String], input: &mut dyn Read, paths: &Paths) -> io::Result<()> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let ignore_dots = args.iter().any(|a| a == "-i" || a == "-oi");
     let mut message = Vec::new();
+    // One byte more than is taken, to tell a message at the limit from one over it.
+    let mut input = input.take(mail::MAX_MESSAGE_BYTES + 1);
     if ignore_dots {
         input.read_to_end(&mut message)?;
     } else {
@@ -39,6 +41,15 @@ fn run(args: &[String], input: &mut dyn Read, paths: &Paths) -> io::Result<()> {
             message.extend_from_slice(line.as_bytes());
             message.push(b'\n');
         }
+    }
+    if message.len() as u64 > mail::MAX_MESSAGE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the message is larger than {} bytes; not queued",
+                mail::MAX_MESSAGE_BYTES
+            ),
+        ));
     }
     let mut recipients = parsed.recipients.clone();
     if parsed.from_headers {
@@ -58,6 +69,19 @@ fn run(args: &[String], input: &mut dyn Read, paths: &Paths) -> io::Result<()> {
     let message = add_missing_headers(&message, &hostname);
     let queue = Queue::new(&paths.mail_queue);
     let from = parsed.from.unwrap_or_default();
+    if !nix::unistd::Uid::effective().is_root() {
+        // Only root writes the queue; everyone else hands mail in, and the monitor sends it.
+        queue.submit(&from, &recipients, &message).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot hand the message in to {}: {e}",
+                    queue.drop_dir().display()
+                ),
+            )
+        })?;
+        return Ok(());
+    }
     queue.enqueue(&from, &recipients, &message)?;
     // Best effort: the monitor's queue runner sends it otherwise.
     if let (Some(relay), Some(admin)) = (config.smtp_relay, config.admin_email) {

@@ -7,6 +7,12 @@
 //! `toolchains/<name>` switched to it with one `rename`. A failure at any step removes the
 //! staging directory and leaves the previous install as it was; nothing half-written is ever
 //! reachable through `toolchains/<name>`.
+//!
+//! All of this runs as root, so `toolchains/` must be a directory only root can change
+//! ([`crate::paths::private_dir`]): otherwise its owner could swap the staging directory or the
+//! link for links of their own while root writes or removes through them. The previous install
+//! is removed only when the link named one of our versioned directories in `toolchains/`, and
+//! `version` and `trust` are created new, never written through a link.
 
 use std::fmt;
 use std::fs;
@@ -140,7 +146,10 @@ pub fn install_from(
         Checksums::Files { version, entries } => (version, entries),
     };
     let toolchains = tftp_root.join("toolchains");
-    fs::create_dir_all(&toolchains).map_err(io_error(&toolchains))?;
+    crate::paths::private_dir(&toolchains).map_err(|reason| InstallError::Io {
+        path: toolchains.clone(),
+        reason,
+    })?;
     remove_stale_staging(&toolchains, name);
     let staging = toolchains.join(format!(".{name}.staging.{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
@@ -160,6 +169,9 @@ pub fn install_from(
         checksums: text.to_string(),
     }))
 }
+
+/// The install's own files, which no listed file or version-less link may replace.
+const RESERVED: [&str; 2] = ["version", "trust"];
 
 /// Downloads and verifies every file into `staging`, then writes the symlinks, `version` and
 /// `trust`.
@@ -184,7 +196,12 @@ fn fill(
     }
     for entry in entries {
         if let Some(link) = checksums::versionless(&entry.file_name, version) {
-            if link != entry.file_name {
+            if RESERVED.contains(&link.as_str()) {
+                log::warn!(
+                    "{}: no version-less link {link}: that name is the install's own {link} file",
+                    entry.file_name
+                );
+            } else if link != entry.file_name {
                 let path = staging.join(&link);
                 symlink(&entry.file_name, &path).map_err(io_error(&path))?;
             }
@@ -192,7 +209,21 @@ fn fill(
     }
     for (file, content) in [("version", version), ("trust", trust)] {
         let path = staging.join(file);
-        fs::write(&path, format!("{content}\n")).map_err(io_error(&path))?;
+        // A new file: never through a link or over a listed file of the same name.
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| InstallError::Io {
+                path: path.clone(),
+                reason: if e.kind() == io::ErrorKind::AlreadyExists {
+                    format!("a listed file already has the name of the install's {file} file")
+                } else {
+                    e.to_string()
+                },
+            })?;
+        io::Write::write_all(&mut out, format!("{content}\n").as_bytes())
+            .map_err(io_error(&path))?;
     }
     Ok(())
 }
@@ -229,10 +260,36 @@ fn switch(
     }
     if let Some(previous) = previous {
         if previous != Path::new(&versioned_name) {
-            let _ = fs::remove_dir_all(toolchains.join(previous));
+            remove_previous(toolchains, name, &previous);
         }
     }
     Ok(())
+}
+
+/// Removes the install the link pointed to before, only when it is one of ours: a versioned
+/// directory `.<name>.…` directly in `toolchains` (not a link to one). Any other target (an
+/// absolute path, `..`, a directory elsewhere) is left alone and logged.
+fn remove_previous(toolchains: &Path, name: &str, previous: &Path) {
+    let ours = match previous.components().collect::<Vec<_>>().as_slice() {
+        [std::path::Component::Normal(only)] => only
+            .to_str()
+            .is_some_and(|only| only.starts_with(&format!(".{name}."))),
+        _ => false,
+    };
+    let path = toolchains.join(previous);
+    let is_plain_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_dir());
+    if ours && is_plain_dir {
+        if let Err(e) = fs::remove_dir_all(&path) {
+            log::warn!("cannot remove the previous install {}: {e}", path.display());
+        }
+    } else {
+        log::warn!(
+            "{}: the previous link pointed to {}, not to an install in {}; left alone",
+            toolchains.join(name).display(),
+            previous.display(),
+            toolchains.display()
+        );
+    }
 }
 
 /// Removes staging directories an interrupted earlier run left behind.

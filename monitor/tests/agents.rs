@@ -44,6 +44,7 @@ fn spec(
         dir: dir.to_path_buf(),
         nice: 7,
         user,
+        home: None,
         log: dir.join("agent.log"),
     }
 }
@@ -163,5 +164,38 @@ fn agent_starts_with_no_signal_blocked_whatever_its_launcher_inherited() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         "SigBlk:\t0000000000000000"
+    );
+}
+
+#[test]
+fn an_agent_writing_without_end_keeps_its_log_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    // 4 MiB of output, then a mark, then it stays.
+    let script = format!(
+        "head -c 4194304 /dev/zero | tr '\\0' x; echo; echo last line; touch {}; exec sleep 600",
+        done.display()
+    );
+    let supervisor = Supervisor::start(
+        vec![spec(dir.path(), &["/bin/sh", "-c", &script], vec![0], None)],
+        policy(),
+        Arc::new(|_: &Spec, _, _: &str| {}),
+    );
+    let log = dir.path().join("agent.log");
+    wait_for(
+        "the agent's last line in its log",
+        Duration::from_secs(60),
+        || {
+            done.exists()
+                && fs::read_to_string(&log).is_ok_and(|text| text.ends_with("last line\n"))
+        },
+    );
+    supervisor.stop(Duration::from_secs(5));
+    let bound = buildos_logcap::DEFAULT_BOUND;
+    let current = fs::metadata(&log).unwrap().len();
+    let previous = fs::metadata(buildos_logcap::rotated(&log)).unwrap().len();
+    assert!(
+        current <= bound && previous <= bound,
+        "{current} and {previous} bytes"
     );
 }

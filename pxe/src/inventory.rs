@@ -32,7 +32,8 @@ pub struct Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.subject)?;
+        // Every part may quote inventory text; escaped, each error stays one line.
+        write!(f, "{}: ", buildos_cmdline::escaped(&self.subject))?;
         if !self.param.is_empty() {
             f.write_str(&self.param.escape_debug().to_string())?;
             if !self.value.is_empty() {
@@ -45,11 +46,24 @@ impl fmt::Display for Error {
             }
             f.write_str(": ")?;
         }
-        write!(f, "expected {}", self.expected)
+        write!(f, "expected {}", buildos_cmdline::escaped(&self.expected))
     }
 }
 
 impl std::error::Error for Error {}
+
+/// What a host's `name` may be. It is written into comment lines of the generated pxelinux
+/// and iPXE files and into errors, so it has no spaces, quotes or line breaks.
+pub const NAME_EXPECTED: &str =
+    "a name of 1 to 64 ASCII letters, digits, ., - and _ (it goes into comment lines of the \
+     generated files)";
+
+fn name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
 
 /// The errors of an inventory, one per line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +162,7 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
                 subject: "inventory".into(),
                 param: String::new(),
                 value: String::new(),
-                expected: format!("valid TOML: {}", error.to_string().trim_end()),
+                expected: toml_expected(text, &error),
             }]))
         }
     };
@@ -246,6 +260,21 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
     }
 }
 
+/// What a TOML parse error says, on one line: toml's own message is several, with the line
+/// quoted and a caret under the column.
+fn toml_expected(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or_default();
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("valid TOML: {message} at line {line}, column {column}")
+        }
+        None => format!("valid TOML: {message}"),
+    }
+}
+
 fn host_subject(mac: &str, name: Option<&str>) -> String {
     match name {
         Some(name) => format!("host {mac} ({name})"),
@@ -294,8 +323,9 @@ fn host(key: &str, value: &Value, errors: &mut Vec<Error>) -> Option<HostEntry> 
             return None;
         }
     };
+    // Only a valid name names the host in errors; a bad one is reported below.
     let name = match table.get("name") {
-        Some(Value::String(name)) => Some(name.clone()),
+        Some(Value::String(name)) if name_ok(name) => Some(name.clone()),
         _ => None,
     };
     let mac = Mac::parse(key);
@@ -307,10 +337,11 @@ fn host(key: &str, value: &Value, errors: &mut Vec<Error>) -> Option<HostEntry> 
     if mac.is_none() {
         reader.error("", "", MAC_EXPECTED);
     }
-    if let Some(value) = table.get("name") {
-        if !matches!(value, Value::String(_)) {
-            reader.error("name", &show(value), "the host's name as a string");
-        }
+    match table.get("name") {
+        None => {}
+        Some(Value::String(name)) if name_ok(name) => {}
+        Some(Value::String(name)) => reader.error("name", name, NAME_EXPECTED),
+        Some(value) => reader.error("name", &show(value), "the host's name as a string"),
     }
     let kernel_args = table.get("kernel_args").map(|v| reader.kernel_args(v));
     let params = reader.params(table, true);
@@ -355,9 +386,11 @@ impl<'a> Reader<'a> {
 
     fn http_url(&mut self, value: &Value) -> Option<String> {
         match value {
+            // The URL is written into iPXE's `kernel` and `initrd` lines.
             Value::String(url)
                 if (url.starts_with("http://") || url.starts_with("https://"))
-                    && !url.contains(char::is_whitespace) =>
+                    && !url.contains(|c: char| c.is_whitespace() || c.is_control() || c == '"')
+                    && !url.contains("${") =>
             {
                 let mut url = url.clone();
                 if !url.ends_with('/') {
@@ -369,7 +402,8 @@ impl<'a> Reader<'a> {
                 self.error(
                     "http_url",
                     &show(value),
-                    "an http:// or https:// URL the tree is served at",
+                    "an http:// or https:// URL the tree is served at, without spaces, quotes, \
+                     ${ or control characters",
                 );
                 None
             }

@@ -25,7 +25,9 @@ mod paths;
 mod render;
 mod tree;
 
-pub use inventory::{load, Boot, BootSettings, Error, Errors, Farm, DEFAULT_TIMEOUT};
+pub use inventory::{
+    load, Boot, BootSettings, Error, Errors, Farm, DEFAULT_TIMEOUT, NAME_EXPECTED,
+};
 pub use mac::{Mac, MAC_EXPECTED};
 pub use paths::{initrd_path, kernel_path, loader_overhead, BUILDID_LEN};
 pub use render::{ipxe_dispatcher, ipxe_script, pxelinux_config};

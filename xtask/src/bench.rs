@@ -18,6 +18,8 @@
 //!   beside a cold build (the root filesystem made by mmdebstrap in an empty cache, downloads
 //!   cached); RAM used by the whole OS after boot in a 1 GiB guest (MemTotal - MemAvailable,
 //!   read in the guest; target at most 512 MiB) beside the 4 GiB the Build OS manual reserves.
+//! - the property tests of the parsers of untrusted input, each run alone for longer than
+//!   `cargo xtask test` runs it: cases per second.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,18 +28,21 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::qemu::{NetBoot, TempDir, Vm, VmConfig};
-use crate::{image, system};
+use crate::{fuzz, image, system};
 
 /// Which figures to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Only {
     All,
     Monitor,
+    Fuzz,
 }
 
 pub fn run(only: Only) -> Result<()> {
-    if only == Only::Monitor {
-        return monitor();
+    match only {
+        Only::Monitor => return monitor(),
+        Only::Fuzz => return fuzz(),
+        Only::All => {}
     }
     system::ensure(&[
         system::APT,
@@ -168,7 +173,37 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (anchor: buildos.storage_wait, the default bound on waiting for disks)");
     println!("  (the figures above are of the minimal profile)");
     debian()?;
-    monitor()
+    monitor()?;
+    fuzz()
+}
+
+/// Each property test of a parser of untrusted input, run alone for [`fuzz::BENCH_CASES`]
+/// cases: its cases per second, beside the time the same property takes in `cargo xtask
+/// test` at that rate.
+pub fn fuzz() -> Result<()> {
+    let targets = fuzz::targets()?;
+    if targets.is_empty() {
+        bail!("no fuzz_* tests found in the workspace");
+    }
+    println!();
+    println!(
+        "property test (fuzz target)          cases     time      cases/s   in `cargo xtask test` ({} cases)",
+        fuzz::TEST_CASES
+    );
+    for target in &targets {
+        let took = fuzz::run(target, fuzz::BENCH_CASES)?;
+        let rate = f64::from(fuzz::BENCH_CASES) / took.as_secs_f64();
+        println!(
+            "  {:<34} {:>7} {:>8.2} s {:>10.0}   {:>6.2} s",
+            target.short_name(),
+            fuzz::BENCH_CASES,
+            took.as_secs_f64(),
+            rate,
+            f64::from(fuzz::TEST_CASES) / rate
+        );
+    }
+    println!("  (each run alone, one thread, debug build as in the tests; time includes the binary's start)");
+    Ok(())
 }
 
 /// The inventory of the network boots: no wait at pxelinux's prompt, init on the serial port.
@@ -366,6 +401,7 @@ fn monitor_memory(monitor: &Path, dir: &Path, server: &HttpServer) -> Result<(u6
         .env("BUILDOS_BUILDID", host.join("buildid"))
         .env("BUILDOS_TFTP_ROOT", host.join("tftp"))
         .env("BUILDOS_AGENTS", host.join("agents"))
+        .env("BUILDOS_WORK", host.join("work"))
         .env("BUILDOS_MAIL_QUEUE", host.join("mail"))
         .env("BUILDOS_RUN", host.join("run"))
         .env("BUILDOS_NO_REBOOT", "1")

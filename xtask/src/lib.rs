@@ -5,6 +5,7 @@ pub mod apt;
 pub mod bench;
 pub mod debian;
 pub mod docs;
+pub mod fuzz;
 pub mod image;
 pub mod pxe;
 pub mod qemu;

@@ -58,8 +58,11 @@ enum Task {
     /// Measure image size, assembly and boot time, and the monitor, against their anchors
     Bench {
         /// Measure only the monitor's figures (no image, no QEMU)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fuzz_only")]
         monitor_only: bool,
+        /// Run only the property tests of the parsers of untrusted input, longer than the tests do
+        #[arg(long)]
+        fuzz_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -91,8 +94,13 @@ fn main() -> ExitCode {
             http_url.as_deref(),
         ),
         Task::Test => xtask::test::run(),
-        Task::Bench { monitor_only } => xtask::bench::run(if monitor_only {
+        Task::Bench {
+            monitor_only,
+            fuzz_only,
+        } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
+        } else if fuzz_only {
+            xtask::bench::Only::Fuzz
         } else {
             xtask::bench::Only::All
         }),

@@ -10,7 +10,7 @@ use crate::{debian, image, system};
 /// The variable the VM tests read to find the image this command built.
 pub const IMAGE_DIR_VAR: &str = "BUILDOS_IMAGE_DIR";
 
-fn cargo(args: &[&str], envs: &[(&str, &Path)]) -> Result<()> {
+fn cargo(args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(args).current_dir(crate::root());
@@ -64,9 +64,14 @@ pub fn run() -> Result<()> {
         &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
         &[],
     )?;
+    let cases = crate::fuzz::TEST_CASES.to_string();
     cargo(
         &["test", "--workspace"],
-        &[(IMAGE_DIR_VAR, &out), (DEBIAN_IMAGE_DIR_VAR, &debian_out)],
+        &[
+            (IMAGE_DIR_VAR, out.as_os_str()),
+            (DEBIAN_IMAGE_DIR_VAR, debian_out.as_os_str()),
+            (crate::fuzz::CASES_VAR, cases.as_ref()),
+        ],
     )
 }
 

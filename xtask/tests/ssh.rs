@@ -161,12 +161,24 @@ fn build_logs_in_with_its_key_passwords_and_root_are_refused_and_host_keys_survi
         &dir.0,
         port,
         &["-o", "StrictHostKeyChecking=accept-new"],
-        "id -un; echo $HOME; hostname",
+        "id -un; echo $HOME; hostname; stat -c '%U %a %n' /build /build/tftp; \
+         touch /build/x /build/tftp/x 2>/dev/null || echo build cannot write there",
     );
     let said = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = said.lines().collect();
     assert_eq!(lines[..2], ["build", "/build"], "{said}");
     assert!(lines[2].starts_with("build-"), "{said}");
+    // build's home is root's, so sshd's StrictModes still accepts the key above, and the
+    // directories the root monitor works in are not build's to change.
+    assert_eq!(
+        lines[3..],
+        [
+            "root 755 /build",
+            "root 755 /build/tftp",
+            "build cannot write there"
+        ],
+        "{said}"
+    );
     // The key the client learnt is the one init printed.
     let learnt = Command::new("ssh-keygen")
         .arg("-lf")

@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
-use dhcproto::{Decodable, Encodable};
+use dhcproto::Encodable;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+
+use super::reply::{self, Kind, Reply, MIN_LEASE, MIN_REBIND, MIN_RENEW};
 
 pub const CLIENT_PORT: u16 = 68;
 pub const SERVER_PORT: u16 = 67;
@@ -35,6 +37,9 @@ pub struct Lease {
     pub times: LeaseTimes,
     /// When the server's acknowledgement arrived; the times count from here.
     pub acquired: Instant,
+    /// What the server sent that failed its check and was left out (or replaced by a
+    /// minimum), one line each, escaped: for the problems file and the console.
+    pub rejected: Vec<String>,
 }
 
 /// The three times of a lease, as offsets from its acknowledgement.
@@ -51,9 +56,14 @@ pub struct LeaseTimes {
 impl LeaseTimes {
     /// RFC 2131 section 4.4.5: T1 defaults to half the lease and T2 to seven eighths; a T1 or
     /// T2 from the server is kept in order (T1 <= T2 <= lease). 0xffffffff is an infinite lease.
+    /// The lease, T1 and T2 are raised to [`MIN_LEASE`], [`MIN_RENEW`] and [`MIN_REBIND`], so
+    /// a server granting 0 s cannot make the keeper renew or rediscover without pause.
     pub fn from_options(lease: Option<u32>, t1: Option<u32>, t2: Option<u32>) -> LeaseTimes {
         // A server that names no lease time is unusual; an hour is what many servers grant.
-        let lease = u64::from(lease.unwrap_or(3600));
+        let lease = lease.unwrap_or(3600);
+        let t1 = t1.map(|t| t.max(MIN_RENEW));
+        let t2 = t2.map(|t| t.max(MIN_REBIND));
+        let lease = u64::from(lease.max(MIN_LEASE));
         if lease == u64::from(u32::MAX) {
             let forever = Duration::from_secs(u64::from(u32::MAX));
             return LeaseTimes {
@@ -69,7 +79,7 @@ impl LeaseTimes {
         let t1 = t1
             .map(u64::from)
             .filter(|&t| t <= t2)
-            .unwrap_or((lease / 2).min(t2));
+            .unwrap_or((lease / 2).max(u64::from(MIN_RENEW)).min(t2));
         LeaseTimes {
             renew: Duration::from_secs(t1),
             rebind: Duration::from_secs(t2),
@@ -117,6 +127,8 @@ pub enum DhcpError {
         interface: String,
         sent: u32,
         waited: Duration,
+        /// Datagrams on port 68 that were not a valid reply to us.
+        dropped: u32,
     },
     /// A server refused the request.
     Nak { interface: String, server: Ipv4Addr },
@@ -136,11 +148,18 @@ impl fmt::Display for DhcpError {
                 interface,
                 sent,
                 waited,
-            } => write!(
-                f,
-                "{interface}: no answer from a DHCP server to {sent} request(s) in {:.1} s",
-                waited.as_secs_f64()
-            ),
+                dropped,
+            } => {
+                write!(
+                    f,
+                    "{interface}: no answer from a DHCP server to {sent} request(s) in {:.1} s",
+                    waited.as_secs_f64()
+                )?;
+                if *dropped > 0 {
+                    write!(f, " ({dropped} invalid reply datagram(s) ignored)")?;
+                }
+                Ok(())
+            }
             DhcpError::Nak { interface, server } => {
                 write!(
                     f,
@@ -166,6 +185,8 @@ pub struct Client {
     socket: UdpSocket,
     /// Messages sent so far, for the report when no server answers.
     sent: std::cell::Cell<u32>,
+    /// Datagrams dropped as no valid reply to us (forged, malformed or another client's).
+    dropped: std::cell::Cell<u32>,
 }
 
 fn io_error(interface: &str, what: &str, error: impl Into<io::Error>) -> DhcpError {
@@ -194,9 +215,9 @@ enum Wanted {
 }
 
 enum Answer {
-    Offer(Message),
-    Ack(Message),
-    Nak(Message),
+    Offer(Reply),
+    Ack(Reply),
+    Nak(Reply),
 }
 
 impl Client {
@@ -230,11 +251,17 @@ impl Client {
             mac,
             socket,
             sent: std::cell::Cell::new(0),
+            dropped: std::cell::Cell::new(0),
         })
     }
 
     pub fn interface(&self) -> &str {
         &self.interface
+    }
+
+    /// How many datagrams so far were dropped as no valid reply to this client.
+    pub fn dropped(&self) -> u32 {
+        self.dropped.get()
     }
 
     fn message(&self, xid: u32, kind: MessageType, broadcast: bool) -> Message {
@@ -283,6 +310,8 @@ impl Client {
     }
 
     /// Waits until `until` for an answer to `xid` of the wanted kind (a DHCPNAK always counts).
+    /// Anything else on port 68 is dropped and counted, after [`reply::accept`] checked its
+    /// bytes: a forged reply never reaches a field it could make the client misread.
     fn receive(
         &self,
         xid: u32,
@@ -295,8 +324,8 @@ impl Client {
             if stop.load(Ordering::Relaxed) {
                 return Err(DhcpError::Stopped);
             }
-            let length = match self.socket.recv_from(&mut buffer) {
-                Ok((length, _)) => length,
+            let (length, from) = match self.socket.recv_from(&mut buffer) {
+                Ok(received) => received,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -309,21 +338,19 @@ impl Client {
                 }
                 Err(e) => return Err(io_error(&self.interface, "receive a DHCP message", e)),
             };
-            let Ok(message) = Message::from_bytes(&buffer[..length]) else {
-                continue;
-            };
-            if message.opcode() != Opcode::BootReply
-                || message.xid() != xid
-                || message.chaddr().get(..6) != Some(&self.mac[..])
-            {
+            // Servers and relay agents answer from port 67.
+            if from.port() != SERVER_PORT {
+                self.dropped.set(self.dropped.get() + 1);
                 continue;
             }
-            match (message.opts().msg_type(), wanted) {
-                (Some(MessageType::Offer), Wanted::Offer) => {
-                    return Ok(Some(Answer::Offer(message)))
-                }
-                (Some(MessageType::Ack), Wanted::Ack) => return Ok(Some(Answer::Ack(message))),
-                (Some(MessageType::Nak), _) => return Ok(Some(Answer::Nak(message))),
+            let Ok(reply) = reply::accept(&buffer[..length], xid, &self.mac) else {
+                self.dropped.set(self.dropped.get() + 1);
+                continue;
+            };
+            match (reply.kind, wanted) {
+                (Kind::Offer, Wanted::Offer) => return Ok(Some(Answer::Offer(reply))),
+                (Kind::Ack, Wanted::Ack) => return Ok(Some(Answer::Ack(reply))),
+                (Kind::Nak, _) => return Ok(Some(Answer::Nak(reply))),
                 _ => continue,
             }
         }
@@ -368,6 +395,7 @@ impl Client {
             interface: self.interface.clone(),
             sent: self.sent.get(),
             waited: began.elapsed(),
+            dropped: self.dropped.get(),
         };
         while Instant::now() < until {
             let xid = new_xid(&self.mac);
@@ -384,7 +412,7 @@ impl Client {
                 Some(_) => continue,
                 None => return Err(no_answer()),
             };
-            let Some(server) = server_id(&offer) else {
+            let Some(server) = offer.server else {
                 continue;
             };
             if stop.load(Ordering::Relaxed) {
@@ -393,7 +421,7 @@ impl Client {
             let mut request = self.message(xid, MessageType::Request, true);
             request
                 .opts_mut()
-                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+                .insert(DhcpOption::RequestedIpAddress(offer.address));
             request
                 .opts_mut()
                 .insert(DhcpOption::ServerIdentifier(server));
@@ -408,7 +436,7 @@ impl Client {
                 stop,
             )? {
                 Some(Answer::Ack(ack)) => {
-                    return Ok(lease_of(&ack, Some(&offer), server, Instant::now()))
+                    return Ok(reply::lease_of(&ack, Some(&offer), server, Instant::now()))
                 }
                 Some(Answer::Nak(_)) | Some(Answer::Offer(_)) | None => continue,
             }
@@ -435,8 +463,8 @@ impl Client {
         };
         match self.exchange(&request, to, Wanted::Ack, until, Retry::HalfLeft, stop)? {
             Some(Answer::Ack(ack)) => {
-                let server = server_id(&ack).unwrap_or(lease.server);
-                let mut renewed = lease_of(&ack, None, server, Instant::now());
+                let server = ack.server.unwrap_or(lease.server);
+                let mut renewed = reply::lease_of(&ack, None, server, Instant::now());
                 if renewed.dns.is_empty() {
                     renewed.dns = lease.dns.clone();
                 }
@@ -447,17 +475,10 @@ impl Client {
             }
             Some(Answer::Nak(nak)) => Err(DhcpError::Nak {
                 interface: self.interface.clone(),
-                server: server_id(&nak).unwrap_or(lease.server),
+                server: nak.server.unwrap_or(lease.server),
             }),
             Some(Answer::Offer(_)) | None => Ok(None),
         }
-    }
-}
-
-fn server_id(message: &Message) -> Option<Ipv4Addr> {
-    match message.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(server)) => Some(*server),
-        _ => None,
     }
 }
 
@@ -472,55 +493,6 @@ fn new_xid(mac: &[u8; 6]) -> u32 {
         .unwrap_or_default()
         .subsec_nanos();
     u32::from_ne_bytes(bytes) ^ now ^ u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]])
-}
-
-/// The lease an ACK grants; options the ACK lacks are taken from the OFFER.
-fn lease_of(ack: &Message, offer: Option<&Message>, server: Ipv4Addr, now: Instant) -> Lease {
-    let get = |code: OptionCode| {
-        ack.opts()
-            .get(code)
-            .or_else(|| offer.and_then(|offer| offer.opts().get(code)))
-    };
-    let prefix = match get(OptionCode::SubnetMask) {
-        Some(DhcpOption::SubnetMask(mask)) => u32::from(*mask).leading_ones() as u8,
-        // RFC 2131 leaves it to the client; the classful /24 is what most servers mean.
-        _ => 24,
-    };
-    let router = match get(OptionCode::Router) {
-        Some(DhcpOption::Router(routers)) => routers.first().copied(),
-        _ => None,
-    };
-    let dns = match get(OptionCode::DomainNameServer) {
-        Some(DhcpOption::DomainNameServer(servers)) => servers.clone(),
-        _ => Vec::new(),
-    };
-    let text = |code| match get(code) {
-        Some(DhcpOption::Hostname(name)) | Some(DhcpOption::DomainName(name)) => {
-            Some(name.trim_end_matches('\0').to_owned()).filter(|n| !n.is_empty())
-        }
-        _ => None,
-    };
-    let seconds = |code| match get(code) {
-        Some(DhcpOption::AddressLeaseTime(s))
-        | Some(DhcpOption::Renewal(s))
-        | Some(DhcpOption::Rebinding(s)) => Some(*s),
-        _ => None,
-    };
-    Lease {
-        address: ack.yiaddr(),
-        prefix,
-        router,
-        dns,
-        domain: text(OptionCode::DomainName),
-        hostname: text(OptionCode::Hostname),
-        server,
-        times: LeaseTimes::from_options(
-            seconds(OptionCode::AddressLeaseTime),
-            seconds(OptionCode::Renewal),
-            seconds(OptionCode::Rebinding),
-        ),
-        acquired: now,
-    }
 }
 
 #[cfg(test)]
@@ -546,8 +518,24 @@ mod tests {
     #[test]
     fn lease_times_keep_the_servers_t1_and_t2() {
         assert_eq!(
-            LeaseTimes::from_options(Some(120), Some(5), Some(8)),
-            secs(5, 8, 120)
+            LeaseTimes::from_options(Some(120), Some(30), Some(60)),
+            secs(30, 60, 120)
+        );
+    }
+
+    #[test]
+    fn lease_times_below_the_minimums_are_raised() {
+        assert_eq!(
+            LeaseTimes::from_options(Some(0), Some(0), Some(0)),
+            secs(10, 15, 20)
+        );
+        assert_eq!(
+            LeaseTimes::from_options(Some(0), None, None),
+            secs(10, 17, 20)
+        );
+        assert_eq!(
+            LeaseTimes::from_options(Some(120), Some(2), Some(4)),
+            secs(10, 15, 120)
         );
     }
 
@@ -578,36 +566,5 @@ mod tests {
         assert_eq!(retry_interval(s(3600), s(10)), s(1800));
         assert_eq!(retry_interval(s(15), s(10)), s(10));
         assert_eq!(retry_interval(s(3), s(10)), s(3));
-    }
-
-    #[test]
-    fn lease_of_reads_prefix_router_dns_and_times() {
-        let mac = [2, 0, 0, 0, 0, 1];
-        let mut ack = Message::new_with_id(
-            7,
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::new(10, 0, 0, 50),
-            Ipv4Addr::UNSPECIFIED,
-            Ipv4Addr::UNSPECIFIED,
-            &mac,
-        );
-        let options = ack.opts_mut();
-        options.insert(DhcpOption::MessageType(MessageType::Ack));
-        options.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 240, 0)));
-        options.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 0, 0, 1)]));
-        options.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
-            10, 0, 0, 2,
-        )]));
-        options.insert(DhcpOption::Hostname("build-07".into()));
-        options.insert(DhcpOption::AddressLeaseTime(600));
-        let now = Instant::now();
-        let lease = lease_of(&ack, None, Ipv4Addr::new(10, 0, 0, 1), now);
-        assert_eq!(lease.address, Ipv4Addr::new(10, 0, 0, 50));
-        assert_eq!(lease.prefix, 20);
-        assert_eq!(lease.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(lease.dns, [Ipv4Addr::new(10, 0, 0, 2)]);
-        assert_eq!(lease.hostname.as_deref(), Some("build-07"));
-        assert_eq!(lease.times, secs(300, 525, 600));
-        assert_eq!(lease.renew_at(), now + Duration::from_secs(300));
     }
 }

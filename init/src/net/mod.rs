@@ -11,6 +11,7 @@
 pub mod dhcp;
 pub mod netlink;
 pub mod render;
+pub mod reply;
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -185,6 +186,7 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
     }
     let mut public = None;
     if let Some((port, lease)) = won {
+        problems.extend(lease.rejected.iter().map(|r| format!("network: {r}")));
         match netlink
             .as_mut()
             .map_err(|e| e.to_string())
@@ -630,6 +632,11 @@ impl Keeper {
             ));
             match client.extend(&lease, rebinding, until, stop) {
                 Ok(Some(renewed)) => {
+                    for rejected in &renewed.rejected {
+                        if !lease.rejected.contains(rejected) {
+                            console::warn(&format!("network: {rejected}"));
+                        }
+                    }
                     let mut public = public.clone();
                     match self.apply(Some(&lease), &renewed) {
                         Ok(()) => console::info(&format!(
@@ -734,6 +741,9 @@ impl Keeper {
                 .map(|l| l.name.clone())
                 .unwrap_or_default();
             let result = Client::new(BR0, mac).and_then(|client| client.acquire(deadline, stop));
+            if let Ok(lease) = &result {
+                warn_rejected(lease);
+            }
             match result {
                 Ok(lease) => match self.apply(None, &lease) {
                     Ok(()) => {
@@ -745,7 +755,10 @@ impl Keeper {
                         self.write_public(&public);
                         self.public = Some(public);
                     }
-                    Err(error) => console::warn(&format!("network: {error}")),
+                    Err(error) => {
+                        console::warn(&format!("network: {error}"));
+                        pause(BACKGROUND_PAUSE, stop);
+                    }
                 },
                 Err(DhcpError::Stopped) => {}
                 Err(error) => {
@@ -757,6 +770,9 @@ impl Keeper {
         }
         let ethernet: Vec<Link> = links.into_iter().filter(is_ethernet).collect();
         let (won, attempts) = acquire_any(&ethernet, deadline);
+        if let Some((_, lease)) = &won {
+            warn_rejected(lease);
+        }
         match won {
             Some((port, lease)) => match make_public(&mut netlink, &port, &lease) {
                 Ok(()) => {
@@ -772,7 +788,10 @@ impl Keeper {
                     self.write_public(&public);
                     self.public = Some(public);
                 }
-                Err(error) => console::warn(&format!("network: br0: {error}")),
+                Err(error) => {
+                    console::warn(&format!("network: br0: {error}"));
+                    pause(BACKGROUND_PAUSE, stop);
+                }
             },
             None => {
                 let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
@@ -788,6 +807,13 @@ impl Keeper {
                 pause(BACKGROUND_PAUSE, stop);
             }
         }
+    }
+}
+
+/// Says on the console what a new lease's server sent that was left out.
+fn warn_rejected(lease: &Lease) {
+    for rejected in &lease.rejected {
+        console::warn(&format!("network: {rejected}"));
     }
 }
 

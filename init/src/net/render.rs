@@ -255,6 +255,7 @@ mod tests {
             server: Ipv4Addr::new(10, 0, 2, 2),
             times: LeaseTimes::from_options(Some(86400), None, None),
             acquired: Instant::now(),
+            rejected: Vec::new(),
         }
     }
 
