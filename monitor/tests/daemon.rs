@@ -507,3 +507,63 @@ fn a_slow_toolchain_holds_up_neither_the_others_nor_the_buildid_watch() {
     assert!(!paths.tftp_root.join("toolchains/slow").exists());
     assert_eq!(monitor.join().unwrap(), reason);
 }
+
+#[test]
+fn the_whole_monitor_mails_once_about_a_404_build_id_then_reboots_for_a_new_one() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    publish_agent(&server, "agent", &records);
+    server.put("buildos-buildid", b"404\n");
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.buildid_url={} buildos.toolchain_url={} buildos.instances=1 \
+             buildos.ram_total=12 buildos.smtp_relay=127.0.0.1:{} \
+             buildos.admin_email=admin@example.org",
+            server.url("buildos-buildid"),
+            server.url("agent/toolchain.sha256"),
+            smtp.port
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    let monitor = std::thread::spawn(move || daemon::run(options));
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    wait_for("the cannot-poll mail", Duration::from_secs(60), || {
+        smtp.find(
+            &format!("cannot poll {}", server.url("buildos-buildid")),
+            "expected a build id of exactly 64 lower-case hex digits",
+        )
+        .is_some()
+    });
+    let polls = |s: &HttpServer| {
+        s.seen()
+            .iter()
+            .filter(|s| s.path == "buildos-buildid")
+            .count()
+    };
+    let before = polls(&server);
+    wait_for("two more polls", Duration::from_secs(30), || {
+        polls(&server) >= before + 2
+    });
+    assert!(
+        reboot.try_recv().is_err(),
+        "a build id of 404 rebooted the host"
+    );
+    let mails = smtp.received();
+    let cannot_poll = mails
+        .iter()
+        .filter(|m| m.subject().contains("cannot poll"))
+        .count();
+    assert_eq!(cannot_poll, 1, "one mail per run of failures");
+    server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
+    let reason = reboot.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(reason.contains(NEW), "{reason}");
+    assert_eq!(monitor.join().unwrap(), reason);
+}
