@@ -108,7 +108,7 @@ const EXTENSIONS: &[&str] = &[
 pub fn parse(url: &str, text: &str) -> Result<Checksums, ChecksumsError> {
     let by_url = Algorithm::from_url(url);
     let error = |line: usize, text: &str, expected: &str| ChecksumsError {
-        url: url.to_string(),
+        url: crate::fetch::redact(url),
         line,
         text: text.to_string(),
         expected: expected.to_string(),
@@ -326,5 +326,70 @@ mod tests {
         assert!(parse("t.sha256", "# nothing\n").is_err());
         let err = parse("t.sha256", &format!("{H256} *agent.tar.xz\n")).unwrap_err();
         assert!(err.to_string().contains("agent.tar.xz"), "{err}");
+    }
+
+    /// A checksums file as `shaNNNsum` prints it.
+    fn render(entries: &[Entry]) -> String {
+        entries
+            .iter()
+            .map(|e| format!("{} *{}\n", e.hash, e.path))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Valid files with lines changed, dropped, doubled and garbled: never a panic, every
+        /// accepted file is sound (a version, safe relative paths, hashes of the algorithm's
+        /// length, file names listed once), and what is accepted parses the same again when
+        /// written back out.
+        #[test]
+        fn fuzz_checksums_parse(
+            files in proptest::collection::vec(
+                ("[a-z]{1,6}", "[0-9]{1,2}(\\.[0-9]{1,2}){0,2}", "(\\.tar\\.xz|\\.zip|\\.tar\\.gz|)", "[0-9a-f]{64}"),
+                1..4,
+            ),
+            sha512 in proptest::prelude::any::<bool>(),
+            edits in proptest::collection::vec((0usize..400, "[ -~]{0,3}|\\.\\./|/|\\*|\\n|\\r|\\t|disabled|#"), 0..5),
+            url in "(http://h/t\\.sha256|http://h/t\\.sha512|tftp://h/list)",
+        ) {
+            let mut text = String::new();
+            for (name, version, ext, hash) in &files {
+                let hash = if sha512 { hash.repeat(2) } else { hash.clone() };
+                text.push_str(&format!("{hash} *{version}/{name}-{version}{ext}\n"));
+            }
+            for (at, insert) in &edits {
+                let mut at = at % (text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.insert_str(at, insert);
+            }
+            match parse(&url, &text) {
+                Ok(Checksums::Disabled) => {
+                    let first = text
+                        .lines()
+                        .map(|l| l.trim_end_matches('\r').trim())
+                        .find(|l| !l.is_empty() && !l.starts_with('#'));
+                    proptest::prop_assert_eq!(first, Some("disabled"));
+                }
+                Ok(Checksums::Files { version, entries }) => {
+                    proptest::prop_assert!(!entries.is_empty());
+                    proptest::prop_assert_eq!(version_of(&entries[0].file_name), Some(version.clone()));
+                    let mut names = BTreeSet::new();
+                    for e in &entries {
+                        proptest::prop_assert_eq!(e.hash.len(), e.algorithm.hex_len());
+                        proptest::prop_assert!(e.hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                        proptest::prop_assert!(!e.path.starts_with('/'));
+                        proptest::prop_assert!(e.path.split('/').all(|p| !p.is_empty() && p != ".." && p != "."));
+                        proptest::prop_assert!(e.path.ends_with(&e.file_name));
+                        proptest::prop_assert!(names.insert(e.file_name.clone()));
+                    }
+                    let again = parse(&url, &render(&entries));
+                    proptest::prop_assert_eq!(again, Ok(Checksums::Files { version, entries }));
+                }
+                Err(e) => {
+                    proptest::prop_assert!(e.to_string().contains(&url));
+                }
+            }
+        }
     }
 }

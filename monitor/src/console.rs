@@ -140,7 +140,8 @@ pub fn polling_line(watches: &[Watch], interval: Duration) -> Option<String> {
     if watches.is_empty() {
         return None;
     }
-    let urls: Vec<&str> = watches.iter().map(|w| w.url.as_str()).collect();
+    // Shown as everywhere else: without a password a URL may carry.
+    let urls: Vec<String> = watches.iter().map(Watch::shown_url).collect();
     Some(format!(
         "polling every {} s: {}",
         interval.as_secs(),
@@ -203,5 +204,11 @@ mod tests {
             Some("polling every 10 s: http://h/id")
         );
         assert_eq!(polling_line(&[], Duration::from_secs(10)), None);
+        let secret = Watch::new(
+            "https://farm:s3cret@h/t.sha256",
+            Subject::BuildId { running: None },
+        );
+        let line = polling_line(&[secret], Duration::from_secs(10)).unwrap_or_default();
+        assert!(!line.contains("s3cret"), "{line}");
     }
 }

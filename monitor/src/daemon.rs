@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
+use crate::checksums;
 use crate::console;
-use crate::fetch::Retry;
+use crate::fetch::{self, Retry};
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
@@ -238,9 +239,159 @@ struct Toolchain {
     url: String,
     state: ToolchainState,
     installed: Option<Installed>,
+    /// Whether its checksums file was fetched (or failed) at start, and whether it then
+    /// counts for the slices (not disabled).
+    listed: Option<bool>,
+    /// Whether its start-up install is over.
+    started: bool,
+}
+
+/// What the toolchain and poll threads tell the main loop.
+enum Event {
+    /// A toolchain's checksums file was fetched (or failed) at start: whether it counts for the
+    /// slices (it is not disabled).
+    Listed { index: usize, counts: bool },
+    /// A toolchain's start-up install ended.
+    Started {
+        index: usize,
+        state: ToolchainState,
+        installed: Option<Installed>,
+    },
+    /// A toolchain that was not installed is now, after a poll.
+    Installed { index: usize, installed: Installed },
+    /// A watch polled: how it stands now, and what to do.
+    Polled {
+        index: usize,
+        watch: Box<Watch>,
+        action: Action,
+    },
+}
+
+/// What a toolchain's thread needs: where to install, how to fetch, whom to mail.
+#[derive(Clone)]
+struct Installer {
+    tftp_root: PathBuf,
+    name: String,
+    url: String,
+    trust: String,
+    retry: Retry,
+    mailer: Mailer,
+}
+
+impl Installer {
+    /// The start-up fetch of the checksums file; a failure is mailed.
+    fn fetch(&self) -> Result<String, toolchain::InstallError> {
+        toolchain::fetch_checksums(&self.url, &self.retry).inspect_err(|e| {
+            let shown = fetch::redact(&self.url);
+            self.mailer
+                .send(&report::toolchain_failed(&self.name, &shown, e));
+        })
+    }
+
+    /// The start-up install from what [`Installer::fetch`] got: the state, the install, and the
+    /// checksums file it was installed (or tried) from.
+    fn start(
+        &self,
+        fetched: Result<String, toolchain::InstallError>,
+    ) -> (ToolchainState, Option<Installed>, Option<String>) {
+        let text = match fetched {
+            Ok(text) => text,
+            Err(e) => {
+                let state = ToolchainState::Failed {
+                    reason: e.to_string(),
+                };
+                return (state, None, None);
+            }
+        };
+        match self.install(&text) {
+            Ok(Outcome::Disabled) => (ToolchainState::Disabled, None, Some(text)),
+            Ok(Outcome::Installed(installed)) => (
+                ToolchainState::Installed {
+                    version: installed.version.clone(),
+                },
+                Some(installed),
+                Some(text),
+            ),
+            Err(e) => {
+                let state = ToolchainState::Failed {
+                    reason: e.to_string(),
+                };
+                (state, None, Some(text))
+            }
+        }
+    }
+
+    /// Installs from the checksums file `text`; mails the admin either way.
+    fn install(&self, text: &str) -> Result<Outcome, toolchain::InstallError> {
+        let shown = fetch::redact(&self.url);
+        let result = toolchain::install_from(
+            &self.tftp_root,
+            &self.name,
+            &self.url,
+            text,
+            &self.trust,
+            &self.retry,
+        );
+        match &result {
+            Ok(Outcome::Installed(installed)) => {
+                console::installed(installed);
+                self.mailer
+                    .send(&report::toolchain_installed(installed, &shown));
+            }
+            Ok(Outcome::Disabled) => {}
+            Err(e) => self
+                .mailer
+                .send(&report::toolchain_failed(&self.name, &shown, e)),
+        }
+        result
+    }
+}
+
+/// Polls `watch` every `interval` until the main loop is gone. A toolchain that is not
+/// installed is installed here when a poll finds one to install (`installer`).
+fn poll_loop(
+    index: usize,
+    mut watch: Watch,
+    interval: Duration,
+    timeout: Duration,
+    installer: Option<(usize, &Installer)>,
+    events: &Sender<Event>,
+) {
+    loop {
+        std::thread::sleep(interval);
+        let action = watch.poll(timeout);
+        if let (Action::Install(text), Some((toolchain, installer))) = (&action, installer) {
+            match installer.install(text) {
+                Ok(Outcome::Installed(installed)) => {
+                    watch.installed(text);
+                    let event = Event::Installed {
+                        index: toolchain,
+                        installed,
+                    };
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+                Ok(Outcome::Disabled) | Err(_) => watch.install_failed(text),
+            }
+        }
+        let event = Event::Polled {
+            index,
+            watch: Box::new(watch.clone()),
+            action,
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs the monitor until a change calls for a reboot; returns the reason after asking for it.
+///
+/// Each toolchain is fetched, installed and then polled on a thread of its own, and the build
+/// id on another, so a slow server holds up only what it serves. Slices are made once every
+/// toolchain's start-up fetch is over (they must know which toolchains are disabled), for the
+/// toolchains installed and those that failed, which keep their slices for when they install.
 pub fn run(options: Options) -> String {
     let paths = &options.paths;
     let parsed = paths::read_config(paths);
@@ -257,17 +408,25 @@ pub fn run(options: Options) -> String {
         .map(|s| s.trim().to_string())
         .ok()
         .filter(|s| !s.is_empty());
+    let interval = options
+        .poll_interval
+        .unwrap_or_else(|| Duration::from_secs(u64::from(config.poll_interval.max(1))));
+    let timeout = options.retry.timeout;
+    let (events, incoming) = mpsc::channel::<Event>();
 
-    // Toolchains, `default` first.
+    // The build id watch, then toolchains, `default` first, each with its watch.
     let mut toolchains = Vec::new();
     let mut watches = Vec::new();
     if let Some(url) = &config.buildid_url {
-        watches.push(Watch::new(
+        let watch = Watch::new(
             url,
             Subject::BuildId {
                 running: buildid.clone(),
             },
-        ));
+        );
+        let (index, events) = (watches.len(), events.clone());
+        watches.push(watch.clone());
+        std::thread::spawn(move || poll_loop(index, watch, interval, timeout, None, &events));
     }
     let mut names: Vec<&String> = config.toolchains.keys().collect();
     names.sort_by_key(|n| (n.as_str() != DEFAULT_TOOLCHAIN, n.as_str()));
@@ -279,149 +438,94 @@ pub fn run(options: Options) -> String {
                 url: String::new(),
                 state: ToolchainState::NoUrl,
                 installed: None,
+                listed: Some(false),
+                started: true,
             });
             continue;
         };
-        let (state, installed, running) = match toolchain::fetch_checksums(&url, &options.retry) {
-            Err(e) => {
-                mailer.send(&report::toolchain_failed(name, &url, &e));
-                (
-                    ToolchainState::Failed {
-                        reason: e.to_string(),
-                    },
-                    None,
-                    None,
-                )
-            }
-            Ok(text) => {
-                let result = toolchain::install_from(
-                    &paths.tftp_root,
-                    name,
-                    &url,
-                    &text,
-                    tc.trust_file(),
-                    &options.retry,
-                );
-                match result {
-                    Ok(Outcome::Disabled) => (ToolchainState::Disabled, None, Some(text)),
-                    Ok(Outcome::Installed(installed)) => {
-                        console::installed(&installed);
-                        mailer.send(&report::toolchain_installed(&installed, &url));
-                        (
-                            ToolchainState::Installed {
-                                version: installed.version.clone(),
-                            },
-                            Some(installed),
-                            Some(text),
-                        )
-                    }
-                    Err(e) => {
-                        mailer.send(&report::toolchain_failed(name, &url, &e));
-                        (
-                            ToolchainState::Failed {
-                                reason: e.to_string(),
-                            },
-                            None,
-                            Some(text),
-                        )
-                    }
-                }
-            }
+        let installer = Installer {
+            tftp_root: paths.tftp_root.clone(),
+            name: name.clone(),
+            url: url.clone(),
+            trust: tc.trust_file().to_string(),
+            retry: options.retry,
+            mailer: mailer.clone(),
         };
-        watches.push(Watch::new(
+        let mut watch = Watch::new(
             &url,
             Subject::Toolchain {
                 name: name.clone(),
-                running,
+                running: None,
+                installed: false,
             },
-        ));
+        );
+        let (index, watch_index, events) = (toolchains.len(), watches.len(), events.clone());
+        watches.push(watch.clone());
         toolchains.push(Toolchain {
             name: name.clone(),
             url,
-            state,
-            installed,
+            state: ToolchainState::Installing,
+            installed: None,
+            listed: None,
+            started: false,
+        });
+        std::thread::spawn(move || {
+            let fetched = installer.fetch();
+            let disabled = fetched.as_deref().is_ok_and(|text| {
+                matches!(
+                    checksums::parse(&installer.url, text),
+                    Ok(checksums::Checksums::Disabled)
+                )
+            });
+            let listed = Event::Listed {
+                index,
+                counts: !disabled,
+            };
+            if events.send(listed).is_err() {
+                return;
+            }
+            let (state, installed, running) = installer.start(fetched);
+            watch.subject = Subject::Toolchain {
+                name: installer.name.clone(),
+                running,
+                installed: installed.is_some(),
+            };
+            let started = Event::Started {
+                index,
+                state,
+                installed,
+            };
+            if events.send(started).is_ok() {
+                let installer = Some((index, &installer));
+                poll_loop(watch_index, watch, interval, timeout, installer, &events);
+            }
         });
     }
+    drop(events);
+    console::idle(&config);
+    console::polling(&watches, interval);
 
-    // Slices and agents.
     let host = options.host.clone().unwrap_or_else(slices::detect_host);
-    let active: Vec<(String, u32)> = toolchains
-        .iter()
-        .filter(|t| t.installed.is_some())
-        .map(|t| (t.name.clone(), config.toolchains[&t.name].instances))
-        .collect();
-    let (slices, slice_error) = match slices::compute(&config, &host, &active) {
-        Ok(slices) => (slices, None),
-        Err(e) => {
-            log::error!("no agents: {e}");
-            (Vec::new(), Some(e.to_string()))
-        }
-    };
-    let mut specs = Vec::new();
-    for (num, t) in toolchains.iter_mut().enumerate() {
-        let Some(installed) = &t.installed else {
-            continue;
-        };
-        let mine: Vec<&slices::Slice> = slices.iter().filter(|s| s.toolchain == t.name).collect();
-        if mine.is_empty() {
-            continue;
-        }
-        match agent_specs(&config, paths, &options, num as u32 + 1, installed, &mine) {
-            Ok(mut more) => specs.append(&mut more),
-            Err(e) => {
-                log::error!("toolchain {}: {e}", t.name);
-                mailer.send(&Report {
-                    subject: format!("toolchain {} agents not started", t.name),
-                    body: format!("The agents of toolchain {} cannot start:\n  {e}\n", t.name),
-                });
-                t.state = ToolchainState::Failed {
-                    reason: format!("agents: {e}"),
-                };
-            }
-        }
-    }
     let give_up_mailer = Arc::new(Mutex::new(mailer.clone()));
-    let supervisor = Supervisor::start(
-        specs,
-        options.policy.clone(),
-        Arc::new(move |spec: &Spec, deaths, last: &str| {
-            let report =
-                report::agent_dying(&spec.slice.toolchain, spec.slice.instance, deaths, last);
-            give_up_mailer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(&report);
-        }),
-    );
-    console::agents_started(&supervisor.states());
-
-    mailer.send(&report::host_up(&HostUp {
-        buildid: buildid.clone().unwrap_or_else(|| "unknown".to_string()),
-        toolchains: toolchains
-            .iter()
-            .map(|t| (t.name.clone(), t.state.clone()))
-            .collect(),
-        slices: slices.clone(),
-        slice_error,
-        disks: disks(paths),
-        problems: std::fs::read_to_string(paths.problems())
-            .map(|text| {
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }));
-
-    let interval = options
-        .poll_interval
-        .unwrap_or_else(|| Duration::from_secs(u64::from(config.poll_interval.max(1))));
-    let write_status = |watches: &[Watch]| {
+    let on_give_up: agents::OnGiveUp = Arc::new(move |spec: &Spec, deaths, last: &str| {
+        let report = report::agent_dying(&spec.slice.toolchain, spec.slice.instance, deaths, last);
+        give_up_mailer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(&report);
+    });
+    let mut agents = Agents {
+        supervisors: Vec::new(),
+        policy: options.policy.clone(),
+        on_give_up,
+    };
+    // The slices (or why there are none), once every toolchain's checksums file is in.
+    let mut sliced: Option<Result<Vec<slices::Slice>, String>> = None;
+    let write_status = |toolchains: &[Toolchain], supervisors: &[Supervisor], watches: &[Watch]| {
         let status = snapshot(
             buildid.as_deref(),
-            &toolchains,
-            &supervisor,
+            toolchains,
+            supervisors,
             watches,
             &mailer,
         );
@@ -429,36 +533,211 @@ pub fn run(options: Options) -> String {
             log::warn!("status {}: {e}", paths.status().display());
         }
     };
-    write_status(&watches);
-    console::idle(&config);
-    console::polling(&watches, interval);
+    let mut host_up_sent = false;
     loop {
-        let next = Instant::now() + interval;
-        while Instant::now() < next {
-            std::thread::sleep((next - Instant::now()).min(Duration::from_secs(1)));
-            write_status(&watches);
+        if sliced.is_none() && toolchains.iter().all(|t| t.listed.is_some()) {
+            let made = make_slices(&config, &host, &toolchains);
+            for index in 0..toolchains.len() {
+                agents.start(toolchain_specs(
+                    &config,
+                    &options,
+                    index,
+                    &made,
+                    &mut toolchains,
+                    &mailer,
+                ));
+            }
+            sliced = Some(made);
         }
-        for watch in watches.iter_mut() {
-            match watch.poll(options.retry.timeout) {
-                Action::None => {}
-                Action::MailFailing { failures, error } => {
-                    mailer.send(&report::fetch_failing(&watch.url, failures, &error));
+        if let (false, Some(made)) = (host_up_sent, &sliced) {
+            if toolchains.iter().all(|t| t.started) {
+                host_up_sent = true;
+                mailer.send(&report::host_up(&HostUp {
+                    buildid: buildid.clone().unwrap_or_else(|| "unknown".to_string()),
+                    toolchains: toolchains
+                        .iter()
+                        .map(|t| (t.name.clone(), t.state.clone()))
+                        .collect(),
+                    slices: made.as_ref().map_or_else(|_| Vec::new(), Clone::clone),
+                    slice_error: made.as_ref().err().cloned(),
+                    disks: disks(paths),
+                    problems: std::fs::read_to_string(paths.problems())
+                        .map(|text| {
+                            text.lines()
+                                .filter(|l| !l.trim().is_empty())
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }));
+            }
+        }
+        write_status(&toolchains, &agents.supervisors, &watches);
+        let event = match incoming.recv_timeout(Duration::from_secs(1)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => {
+                // No URL to poll at all: only the agents to keep.
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        match event {
+            Event::Listed { index, counts } => toolchains[index].listed = Some(counts),
+            Event::Started {
+                index,
+                state,
+                installed,
+            } => {
+                let t = &mut toolchains[index];
+                t.state = state;
+                t.installed = installed;
+                t.started = true;
+                if let Some(made) = &sliced {
+                    agents.start(toolchain_specs(
+                        &config,
+                        &options,
+                        index,
+                        made,
+                        &mut toolchains,
+                        &mailer,
+                    ));
                 }
-                Action::Reboot(reason) => {
-                    console::change_seen(&reason);
-                    mailer.send(&report::reboot(&reason));
-                    mailer.flush_now();
-                    let grace = options
-                        .grace
-                        .unwrap_or_else(|| Duration::from_secs(u64::from(config.agent_grace)));
-                    supervisor.stop(grace);
-                    write_status(&watches);
-                    (options.reboot)(&reason);
-                    return reason;
+            }
+            Event::Installed { index, installed } => {
+                let t = &mut toolchains[index];
+                log::info!(
+                    "toolchain {} {} installed after a poll; starting its agents",
+                    t.name,
+                    installed.version
+                );
+                t.state = ToolchainState::Installed {
+                    version: installed.version.clone(),
+                };
+                t.installed = Some(installed);
+                if let Some(made) = &sliced {
+                    agents.start(toolchain_specs(
+                        &config,
+                        &options,
+                        index,
+                        made,
+                        &mut toolchains,
+                        &mailer,
+                    ));
+                }
+            }
+            Event::Polled {
+                index,
+                watch,
+                action,
+            } => {
+                watches[index] = *watch;
+                match action {
+                    Action::None | Action::Install(_) => {}
+                    Action::MailFailing { failures, error } => {
+                        let url = watches[index].shown_url();
+                        mailer.send(&report::fetch_failing(&url, failures, &error));
+                    }
+                    Action::Reboot(reason) => {
+                        console::change_seen(&reason);
+                        mailer.send(&report::reboot(&reason));
+                        mailer.flush_now();
+                        let grace = options
+                            .grace
+                            .unwrap_or_else(|| Duration::from_secs(u64::from(config.agent_grace)));
+                        std::thread::scope(|scope| {
+                            for supervisor in &agents.supervisors {
+                                scope.spawn(move || supervisor.stop(grace));
+                            }
+                        });
+                        write_status(&toolchains, &agents.supervisors, &watches);
+                        (options.reboot)(&reason);
+                        return reason;
+                    }
                 }
             }
         }
-        write_status(&watches);
+    }
+}
+
+/// The agents' supervisors, one per toolchain whose agents started.
+struct Agents {
+    supervisors: Vec<Supervisor>,
+    policy: Policy,
+    on_give_up: agents::OnGiveUp,
+}
+
+impl Agents {
+    /// Starts a supervisor for `specs` (nothing when there are none) and says so on the console.
+    fn start(&mut self, specs: Vec<Spec>) {
+        if specs.is_empty() {
+            return;
+        }
+        let supervisor = Supervisor::start(specs, self.policy.clone(), self.on_give_up.clone());
+        console::agents_started(&supervisor.states());
+        self.supervisors.push(supervisor);
+    }
+}
+
+/// The slices of the toolchains that are not disabled and have a URL: those installed, those
+/// installing, and those that failed at start, which keep theirs for when they install.
+fn make_slices(
+    config: &Config,
+    host: &Host,
+    toolchains: &[Toolchain],
+) -> Result<Vec<slices::Slice>, String> {
+    let active: Vec<(String, u32)> = toolchains
+        .iter()
+        .filter(|t| t.listed == Some(true))
+        .map(|t| (t.name.clone(), config.toolchains[&t.name].instances))
+        .collect();
+    slices::compute(config, host, &active).map_err(|e| {
+        log::error!("no agents: {e}");
+        e.to_string()
+    })
+}
+
+/// The specs of toolchain `index`'s instances on its slices, when it is installed; a failure is
+/// mailed and marks the toolchain failed.
+fn toolchain_specs(
+    config: &Config,
+    options: &Options,
+    index: usize,
+    made: &Result<Vec<slices::Slice>, String>,
+    toolchains: &mut [Toolchain],
+    mailer: &Mailer,
+) -> Vec<Spec> {
+    let Ok(made) = made else {
+        return Vec::new();
+    };
+    let t = &mut toolchains[index];
+    let Some(installed) = &t.installed else {
+        return Vec::new();
+    };
+    let mine: Vec<&slices::Slice> = made.iter().filter(|s| s.toolchain == t.name).collect();
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    match agent_specs(
+        config,
+        &options.paths,
+        options,
+        index as u32 + 1,
+        installed,
+        &mine,
+    ) {
+        Ok(specs) => specs,
+        Err(e) => {
+            log::error!("toolchain {}: {e}", t.name);
+            mailer.send(&Report {
+                subject: format!("toolchain {} agents not started", t.name),
+                body: format!("The agents of toolchain {} cannot start:\n  {e}\n", t.name),
+            });
+            t.state = ToolchainState::Failed {
+                reason: format!("agents: {e}"),
+            };
+            Vec::new()
+        }
     }
 }
 
@@ -557,7 +836,7 @@ fn disks(paths: &Paths) -> Vec<String> {
 fn snapshot(
     buildid: Option<&str>,
     toolchains: &[Toolchain],
-    supervisor: &Supervisor,
+    supervisors: &[Supervisor],
     watches: &[Watch],
     mailer: &Mailer,
 ) -> Status {
@@ -570,6 +849,7 @@ fn snapshot(
             .iter()
             .map(|t| {
                 let (state, version, detail) = match &t.state {
+                    ToolchainState::Installing => ("installing", None, None),
                     ToolchainState::Installed { version } => {
                         ("installed", Some(version.clone()), None)
                     }
@@ -579,16 +859,16 @@ fn snapshot(
                 };
                 ToolchainStatus {
                     name: t.name.clone(),
-                    url: t.url.clone(),
+                    url: fetch::redact(&t.url),
                     state: state.to_string(),
                     version,
                     detail,
                 }
             })
             .collect(),
-        instances: supervisor
-            .states()
-            .into_iter()
+        instances: supervisors
+            .iter()
+            .flat_map(Supervisor::states)
             .map(|(slice, state)| InstanceStatus {
                 affinity: slice.affinity_list(),
                 toolchain: slice.toolchain,
@@ -612,12 +892,13 @@ fn snapshot(
                             poll::Outcome::Unchanged => ("unchanged", None),
                             poll::Outcome::Changed(why) => ("changed", Some(why.clone())),
                             poll::Outcome::Failed(why) => ("failed", Some(why.clone())),
+                            poll::Outcome::Install(why) => ("install", Some(why.clone())),
                         };
                         (Some(*at), Some(result.to_string()), detail)
                     }
                 };
                 PollStatus {
-                    url: w.url.clone(),
+                    url: w.shown_url(),
                     at,
                     result,
                     detail,

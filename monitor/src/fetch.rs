@@ -1,12 +1,19 @@
 //! Fetching over http, https and tftp: small files (checksums, build ids) with conditional
 //! requests, and toolchain files streamed to disk with their hash computed on the way, with
 //! retries, backoff and HTTP range resumption.
+//!
+//! Every fetch is bounded: a small file by [`SMALL_MAX`] bytes and its `timeout` for the whole
+//! request (connect, redirects, headers and body); a download by the space free where it lands
+//! (checked against `Content-Length` before the body and against the bytes as they arrive) and
+//! by [`Retry::deadline`] per attempt. An `https://` URL is never followed to `http://`. URLs
+//! are shown with their password replaced ([`redact`]).
 
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256, Sha512};
 
@@ -14,7 +21,7 @@ use crate::checksums::Algorithm;
 use crate::tftp;
 
 /// The largest small file (checksums file, build id) accepted.
-const SMALL_MAX: u64 = 1 << 20;
+pub const SMALL_MAX: u64 = 1 << 20;
 
 /// How often and how patiently a download is retried.
 #[derive(Debug, Clone, Copy)]
@@ -24,8 +31,11 @@ pub struct Retry {
     /// The wait after the first failure; it doubles up to `max_delay`.
     pub first_delay: Duration,
     pub max_delay: Duration,
-    /// The bound on connecting and on each read.
+    /// The bound on connecting; for TFTP, on each packet's answer with its retransmissions.
     pub timeout: Duration,
+    /// The bound on one whole attempt of a download: connecting, redirects, headers and body.
+    /// A resumable (HTTP) download goes on where the last attempt stopped.
+    pub deadline: Duration,
 }
 
 impl Default for Retry {
@@ -35,6 +45,7 @@ impl Default for Retry {
             first_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
+            deadline: Duration::from_secs(600),
         }
     }
 }
@@ -82,6 +93,14 @@ pub enum FetchError {
     },
     /// Writing the file failed.
     Io { path: String, reason: String },
+    /// The file does not fit in the space free where it lands: `size` when the server said
+    /// how large it is, `None` when it sent more than fits.
+    NoSpace {
+        url: String,
+        dir: String,
+        size: Option<u64>,
+        free: u64,
+    },
 }
 
 impl FetchError {
@@ -105,6 +124,24 @@ impl fmt::Display for FetchError {
                 "{file}: {algorithm} mismatch: expected {expected}, actual {actual}"
             ),
             FetchError::Io { path, reason } => write!(f, "{path}: {reason}"),
+            FetchError::NoSpace {
+                url,
+                dir,
+                size: Some(size),
+                free,
+            } => write!(
+                f,
+                "{url}: {size} bytes (Content-Length) do not fit in the {free} bytes free in {dir}"
+            ),
+            FetchError::NoSpace {
+                url,
+                dir,
+                size: None,
+                free,
+            } => write!(
+                f,
+                "{url}: sent more than the {free} bytes free in {dir}; transfer stopped"
+            ),
         }
     }
 }
@@ -124,7 +161,7 @@ enum Source {
 
 fn source(url: &str) -> Result<Source, FetchError> {
     let bad = || FetchError::BadUrl {
-        url: url.to_string(),
+        url: redact(url),
         expected: "an http://, https:// or tftp://host[:port]/path URL".to_string(),
     };
     if url.starts_with("http://") || url.starts_with("https://") {
@@ -160,19 +197,92 @@ pub fn join(base: &str, relative: &str) -> String {
     }
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(timeout)
-        .timeout_read(timeout)
+/// `url` as it may be shown (console, status file, mail): a password in it replaced by `***`.
+pub fn redact(url: &str) -> String {
+    redact_text(url)
+}
+
+/// `text` with the password of every `scheme://user:password@` in it replaced by `***`.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the first `/`, `?`, `#` or white space.
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at_sign) => match authority[..at_sign].split_once(':') {
+                Some((user, _password)) => {
+                    out.push_str(user);
+                    out.push_str(":***");
+                    out.push_str(&authority[at_sign..]);
+                }
+                None => out.push_str(authority),
+            },
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Certificates that replace the built-in roots; see [`trust_only`].
+static TRUSTED: Mutex<Option<Arc<ureq::rustls::ClientConfig>>> = Mutex::new(None);
+
+/// Makes every later HTTPS fetch of this process trust `certificates` (DER) instead of the
+/// Mozilla roots built in. Only tests call this, to serve HTTPS with a certificate of their own;
+/// the monitor never does.
+pub fn trust_only(certificates: &[Vec<u8>]) -> Result<(), String> {
+    use ureq::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certificates {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| format!("not a usable certificate: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    *TRUSTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
+    Ok(())
+}
+
+/// The HTTP client of one request to `url`: `deadline` bounds the whole request (connect,
+/// redirects, headers, body), `connect` the connection; from an `https://` URL only `https://`
+/// redirects are followed.
+fn agent(url: &str, connect: Duration, deadline: Duration) -> ureq::Agent {
+    let mut builder = ureq::AgentBuilder::new()
+        .timeout_connect(connect.min(deadline))
+        .timeout(deadline)
+        .https_only(url.starts_with("https://"))
         .user_agent(concat!("buildos-monitor/", env!("CARGO_PKG_VERSION")))
-        .resolver(|target: &str| crate::resolve::resolve_host_port(target))
-        .build()
+        .resolver(|target: &str| crate::resolve::resolve_host_port(target));
+    if let Some(config) = TRUSTED.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        builder = builder.tls_config(config);
+    }
+    builder.build()
 }
 
 fn transfer(url: &str, reason: impl fmt::Display) -> FetchError {
+    let reason = reason.to_string();
+    // ureq's own messages name the URL, and a refused https->http redirect says too little.
+    let reason = if reason.contains("non https request with https_only set") {
+        format!("refused a redirect from https to plain http: {reason}")
+    } else {
+        reason
+    };
     FetchError::Transfer {
-        url: url.to_string(),
-        reason: reason.to_string(),
+        url: redact(url),
+        reason: redact_text(&reason),
     }
 }
 
@@ -185,7 +295,7 @@ pub fn fetch(
 ) -> Result<Fetched, FetchError> {
     match source(url)? {
         Source::Http(url) => {
-            let mut request = agent(timeout).get(&url);
+            let mut request = agent(&url, timeout, timeout).get(&url);
             if let Some(v) = validators {
                 if let Some(etag) = &v.etag {
                     request = request.set("If-None-Match", etag);
@@ -311,6 +421,38 @@ struct Partial {
     hasher: Hasher,
     written: u64,
     algorithm: Algorithm,
+    /// The most the file may hold: the space that was free where it lands.
+    limit: u64,
+}
+
+/// Why one attempt of a download failed: the transfer, writing the file, or the file outgrowing
+/// the space free (its size when the server announced it).
+enum AttemptError {
+    Failed(FetchError),
+    Io(io::Error),
+    NoSpace(Option<u64>),
+}
+
+impl From<FetchError> for AttemptError {
+    fn from(e: FetchError) -> AttemptError {
+        AttemptError::Failed(e)
+    }
+}
+
+/// What a write past [`Partial::limit`] fails with, to tell it from other I/O errors.
+#[derive(Debug)]
+struct OverLimit;
+
+impl fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no space left for the file")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+fn over_limit(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<OverLimit>())
 }
 
 impl Partial {
@@ -325,6 +467,9 @@ impl Partial {
 
 impl Write for Partial {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.written.saturating_add(buf.len() as u64) > self.limit {
+            return Err(io::Error::other(OverLimit));
+        }
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
@@ -335,8 +480,25 @@ impl Write for Partial {
     }
 }
 
+/// The bytes free for an unprivileged file under `dir` (`statvfs`), or for a filesystem that
+/// keeps no count (ramfs) the RAM available (`MemAvailable`).
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(io::Error::from)?;
+    if stat.blocks() > 0 {
+        return Ok(stat.blocks_available().saturating_mul(stat.fragment_size()));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib.saturating_mul(1024))
+        .ok_or_else(|| io::Error::other("no MemAvailable in /proc/meminfo"))
+}
+
 /// Downloads `url` into `dest` (created or truncated), hashing while it streams, and checks the
-/// hash. Transfer failures are retried with backoff; an HTTP download resumes where it broke
+/// hash. The file may grow to the space free in its directory when the download starts, and no
+/// further. Transfer failures are retried with backoff; an HTTP download resumes where it broke
 /// off when the server honours ranges. Returns the bytes written.
 pub fn download(
     url: &str,
@@ -351,25 +513,43 @@ pub fn download(
     };
     let source = source(url)?;
     let file = File::create(dest).map_err(io_error)?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let free = free_space(dir).map_err(|e| FetchError::Io {
+        path: dir.display().to_string(),
+        reason: format!("free space: {e}"),
+    })?;
     let mut partial = Partial {
         file,
         hasher: Hasher::new(algorithm),
         written: 0,
         algorithm,
+        limit: free,
     };
     let attempts = retry.attempts.max(1);
     let mut attempt = 1;
     loop {
         let result = match &source {
-            Source::Http(url) => http_attempt(url, &mut partial, retry.timeout),
-            Source::Tftp { host, port, path } => partial
-                .reset()
-                .map_err(io_error)
-                .and_then(|()| {
-                    tftp::get(host, *port, path, &mut partial, retry.timeout)
-                        .map_err(|e| transfer(url, e))
-                })
-                .map(|_| ()),
+            Source::Http(url) => http_attempt(url, &mut partial, retry),
+            Source::Tftp { host, port, path } => {
+                tftp_attempt(url, host, *port, path, &mut partial, retry)
+            }
+        };
+        let result = match result {
+            Err(AttemptError::NoSpace(size)) => {
+                let _ = partial.reset();
+                return Err(FetchError::NoSpace {
+                    url: redact(url),
+                    dir: dir.display().to_string(),
+                    size,
+                    free,
+                });
+            }
+            Err(AttemptError::Io(e)) => return Err(io_error(e)),
+            Err(AttemptError::Failed(e)) => Err(e),
+            Ok(()) => Ok(()),
         };
         match result {
             Ok(()) => break,
@@ -393,7 +573,7 @@ pub fn download(
     if actual != expected.to_ascii_lowercase() {
         let file = dest
             .file_name()
-            .map_or_else(|| url.to_string(), |n| n.to_string_lossy().into_owned());
+            .map_or_else(|| redact(url), |n| n.to_string_lossy().into_owned());
         return Err(FetchError::Mismatch {
             file,
             algorithm: algorithm.name(),
@@ -420,9 +600,27 @@ fn copy(reader: &mut dyn Read, writer: &mut Partial) -> io::Result<u64> {
     }
 }
 
+/// One TFTP attempt: the whole file again, by the attempt's deadline.
+fn tftp_attempt(
+    url: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+    partial: &mut Partial,
+    retry: &Retry,
+) -> Result<(), AttemptError> {
+    partial.reset().map_err(AttemptError::Io)?;
+    let deadline = Instant::now() + retry.deadline;
+    match tftp::get_until(host, port, path, partial, retry.timeout, deadline) {
+        Ok(_) => Ok(()),
+        Err(tftp::Error::Sink(e)) if over_limit(&e) => Err(AttemptError::NoSpace(None)),
+        Err(e) => Err(transfer(url, e).into()),
+    }
+}
+
 /// One HTTP attempt: a range request when part of the file is there already.
-fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(), FetchError> {
-    let mut request = agent(timeout).get(url);
+fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), AttemptError> {
+    let mut request = agent(url, retry.timeout, retry.deadline).get(url);
     let resume_at = partial.written;
     if resume_at > 0 {
         request = request.set("Range", &format!("bytes={resume_at}-"));
@@ -430,16 +628,14 @@ fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(
     let response = match request.call() {
         Ok(response) => response,
         Err(ureq::Error::Status(416, _)) if resume_at > 0 => {
-            partial.reset().map_err(|e| transfer(url, e))?;
-            return Err(transfer(url, "range not satisfiable; starting over"));
+            partial.reset().map_err(AttemptError::Io)?;
+            return Err(transfer(url, "range not satisfiable; starting over").into());
         }
         Err(ureq::Error::Status(code, response)) => {
-            return Err(transfer(
-                url,
-                format!("HTTP {code} {}", response.status_text()),
-            ))
+            let status = format!("HTTP {code} {}", response.status_text());
+            return Err(transfer(url, status).into());
         }
-        Err(e) => return Err(transfer(url, e)),
+        Err(e) => return Err(transfer(url, e).into()),
     };
     let resumed = response.status() == 206
         && response
@@ -449,28 +645,35 @@ fn http_attempt(url: &str, partial: &mut Partial, timeout: Duration) -> Result<(
             .and_then(|start| start.parse::<u64>().ok())
             == Some(resume_at);
     if resume_at > 0 && !resumed {
-        partial.reset().map_err(|e| transfer(url, e))?;
+        partial.reset().map_err(AttemptError::Io)?;
     }
     let length = response
         .header("Content-Length")
         .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = length {
+        let size = partial.written.saturating_add(length);
+        if size > partial.limit {
+            return Err(AttemptError::NoSpace(Some(size)));
+        }
+    }
     let start = partial.written;
     let mut reader = response.into_reader();
     copy(&mut reader, partial).map_err(|e| {
-        transfer(
-            url,
-            format!(
-                "truncated: transfer broke off after {} bytes: {e}",
-                partial.written
-            ),
-        )
+        if over_limit(&e) {
+            return AttemptError::NoSpace(None);
+        }
+        let broke = format!(
+            "truncated: transfer broke off after {} bytes: {e}",
+            partial.written
+        );
+        transfer(url, broke).into()
     })?;
     let got = partial.written - start;
     match length {
-        Some(length) if got < length => Err(transfer(
-            url,
-            format!("truncated: {got} of {length} bytes (Content-Length)"),
-        )),
+        Some(length) if got < length => {
+            let short = format!("truncated: {got} of {length} bytes (Content-Length)");
+            Err(transfer(url, short).into())
+        }
         _ => Ok(()),
     }
 }
@@ -516,8 +719,22 @@ mod tests {
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(5),
             timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(1),
         };
         let delays: Vec<u64> = (1..=5).map(|a| retry.delay(a).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn passwords_in_urls_are_redacted_wherever_they_appear() {
+        assert_eq!(
+            redact("https://ci:s3cret@example.org/t.sha256"),
+            "https://ci:***@example.org/t.sha256"
+        );
+        assert_eq!(
+            redact_text("GET http://u:p@h:8080?x failed; tftp://h/p and ftp://u@h/"),
+            "GET http://u:***@h:8080?x failed; tftp://h/p and ftp://u@h/"
+        );
+        assert_eq!(redact("http://h/a@b:c"), "http://h/a@b:c");
     }
 }

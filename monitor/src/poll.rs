@@ -1,9 +1,14 @@
 //! Change detection (manual 3.1): polling the build id and the toolchain checksums files.
 //!
 //! A poll is conditional (`If-None-Match`, `If-Modified-Since`) over HTTP. A change is only a
-//! fetch that succeeded, is well formed, and differs from what runs; anything else is a
-//! failure, which never reboots. After [`Watch::mail_after`] failures in a row the admin gets
-//! one mail, and no other until a poll succeeds again.
+//! fetch that succeeded, is well formed (a build id is exactly 64 lower-case hex digits, as the
+//! image builder writes it; a checksums file parses), and differs from what runs; anything else
+//! is a failure, which never reboots. After [`Watch::mail_after`] failures in a row the admin
+//! gets one mail, and no other until a poll succeeds again.
+//!
+//! A toolchain that is not installed (its checksums file could not be fetched at start, or its
+//! install failed) is not a reason to reboot: the first poll that fetches a checksums file
+//! other than the one that failed asks the caller to install it ([`Action::Install`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,12 +22,33 @@ use crate::fetch::{self, Fetched, Validators};
 pub enum Subject {
     /// `buildos.buildid_url`; the running build id, if known.
     BuildId { running: Option<String> },
-    /// A toolchain's checksums file; what it was at start (`None` if it could not be
-    /// fetched then).
+    /// A toolchain's checksums file: the one installed (or, when not `installed`, the one whose
+    /// install failed; `None` when none could be fetched).
     Toolchain {
         name: String,
         running: Option<String>,
+        installed: bool,
     },
+}
+
+/// The length of a build id: a SHA-256 in hex.
+pub const BUILDID_LEN: usize = 64;
+
+/// The build id in the text of a build id file: exactly [`BUILDID_LEN`] lower-case hex digits,
+/// with white space around; anything else is an error naming what was found.
+pub fn parse_buildid(text: &str) -> Result<&str, String> {
+    let id = text.trim();
+    let hex = id
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if id.len() == BUILDID_LEN && hex {
+        return Ok(id);
+    }
+    let shown: String = id.chars().take(80).collect();
+    let more = if id.chars().count() > 80 { "…" } else { "" };
+    Err(format!(
+        "{shown:?}{more}: expected a build id of exactly {BUILDID_LEN} lower-case hex digits"
+    ))
 }
 
 /// What one poll found.
@@ -33,6 +59,8 @@ pub enum Outcome {
     Unchanged,
     /// The content differs from what runs: reboot, for this reason.
     Changed(String),
+    /// A toolchain that is not installed can be now: install it, for this reason.
+    Install(String),
     /// The fetch failed or its content is malformed.
     Failed(String),
 }
@@ -50,6 +78,8 @@ pub struct Watch {
     /// The failures in a row after which the admin gets one mail.
     pub mail_after: u32,
     pub last: Option<(u64, Outcome)>,
+    /// The checksums file an [`Outcome::Install`] found.
+    fetched: Option<String>,
 }
 
 /// What the caller should do after a poll.
@@ -63,6 +93,9 @@ pub enum Action {
     },
     /// Reboot: the reason.
     Reboot(String),
+    /// Install the toolchain that is not installed from this checksums file; then call
+    /// [`Watch::installed`] or [`Watch::install_failed`].
+    Install(String),
 }
 
 impl Watch {
@@ -75,6 +108,30 @@ impl Watch {
             mailed: false,
             mail_after: 3,
             last: None,
+            fetched: None,
+        }
+    }
+
+    /// The URL as it may be shown: without its password.
+    pub fn shown_url(&self) -> String {
+        fetch::redact(&self.url)
+    }
+
+    /// The toolchain is installed from `checksums`: later polls compare with it.
+    pub fn installed(&mut self, checksums: &str) {
+        if let Subject::Toolchain {
+            running, installed, ..
+        } = &mut self.subject
+        {
+            *running = Some(checksums.to_string());
+            *installed = true;
+        }
+    }
+
+    /// Installing from `checksums` failed: later polls try again only when it changes.
+    pub fn install_failed(&mut self, checksums: &str) {
+        if let Subject::Toolchain { running, .. } = &mut self.subject {
+            *running = Some(checksums.to_string());
         }
     }
 
@@ -92,9 +149,23 @@ impl Watch {
                 Action::None
             }
             Outcome::Changed(reason) => Action::Reboot(reason),
+            Outcome::Install(_) => {
+                self.failures = 0;
+                self.mailed = false;
+                match &self.subject {
+                    Subject::Toolchain { .. } => {
+                        Action::Install(self.fetched.take().unwrap_or_default())
+                    }
+                    Subject::BuildId { .. } => Action::None,
+                }
+            }
             Outcome::Failed(error) => {
                 self.failures += 1;
-                log::warn!("poll {}: {error} ({} in a row)", self.url, self.failures);
+                log::warn!(
+                    "poll {}: {error} ({} in a row)",
+                    self.shown_url(),
+                    self.failures
+                );
                 if self.failures >= self.mail_after && !self.mailed {
                     self.mailed = true;
                     Action::MailFailing {
@@ -109,58 +180,138 @@ impl Watch {
     }
 
     fn check(&mut self, timeout: Duration) -> Outcome {
+        let url = self.shown_url();
         let (bytes, validators) = match fetch::fetch(&self.url, self.validators.as_ref(), timeout) {
             Ok(Fetched::NotModified) => return Outcome::Unchanged,
             Ok(Fetched::Body { bytes, validators }) => (bytes, validators),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         let Ok(text) = String::from_utf8(bytes) else {
-            return Outcome::Failed(format!("{}: expected UTF-8 text", self.url));
+            return Outcome::Failed(format!("{url}: expected UTF-8 text"));
         };
         let outcome = match &self.subject {
             Subject::BuildId { running } => {
-                let published = text.trim();
-                if published.is_empty()
-                    || !published
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-                {
-                    return Outcome::Failed(format!(
-                        "{}: {published:?}: expected a build id of lower-case hex digits",
-                        self.url
-                    ));
-                }
+                let published = match parse_buildid(&text) {
+                    Ok(id) => id,
+                    Err(e) => return Outcome::Failed(format!("{url}: {e}")),
+                };
                 match running {
                     Some(running) if running != published => Outcome::Changed(format!(
-                        "a new OS build {published} is published at {} (running {running})",
-                        self.url
+                        "a new OS build {published} is published at {url} (running {running})"
                     )),
                     _ => Outcome::Unchanged,
                 }
             }
-            Subject::Toolchain { name, running } => {
+            Subject::Toolchain {
+                name,
+                running,
+                installed,
+            } => {
+                let (name, installed) = (name.clone(), *installed);
+                let old = running
+                    .as_deref()
+                    .and_then(|text| checksums::parse(&self.url, text).ok());
                 let new = match checksums::parse(&self.url, &text) {
                     Ok(new) => new,
                     Err(e) => return Outcome::Failed(format!("malformed: {e}")),
                 };
-                let old = running
-                    .as_deref()
-                    .and_then(|text| checksums::parse(&self.url, text).ok());
+                let what = match &new {
+                    Checksums::Disabled => "is now disabled".to_string(),
+                    Checksums::Files { version, .. } => format!("changed (version {version})"),
+                };
                 if old.as_ref() == Some(&new) {
                     Outcome::Unchanged
-                } else {
-                    let what = match &new {
-                        Checksums::Disabled => "is now disabled".to_string(),
-                        Checksums::Files { version, .. } => {
-                            format!("changed (version {version})")
+                } else if !installed {
+                    match &new {
+                        Checksums::Disabled => {
+                            // Nothing runs and nothing is to run: remember it, no reboot.
+                            self.install_failed(&text);
+                            Outcome::Unchanged
                         }
-                    };
-                    Outcome::Changed(format!("toolchain {name} {what} at {}", self.url))
+                        Checksums::Files { version, .. } => {
+                            self.fetched = Some(text.clone());
+                            Outcome::Install(format!(
+                                "toolchain {name} is not installed; installing version {version} from {url}"
+                            ))
+                        }
+                    }
+                } else {
+                    Outcome::Changed(format!("toolchain {name} {what} at {url}"))
                 }
             }
         };
         // Only a usable answer moves the validators on.
         self.validators = Some(validators);
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ID: &str = "fc31398dc7749dd6170c13e34761b843666dfdf9917ea1d36cb07fe5d20d5af9";
+
+    #[test]
+    fn build_ids_are_64_lower_case_hex_digits() {
+        assert_eq!(parse_buildid(&format!("{ID}\n")), Ok(ID));
+        for bad in [
+            "404",
+            "",
+            "aaaa1111",
+            &ID.to_uppercase(),
+            &ID[1..],
+            &format!("{ID}0"),
+        ] {
+            let error = parse_buildid(bad).unwrap_err();
+            assert!(
+                error.contains("exactly 64 lower-case hex digits"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            parse_buildid("404\n").unwrap_err(),
+            "\"404\": expected a build id of exactly 64 lower-case hex digits"
+        );
+    }
+
+    proptest! {
+        /// A valid id changed in one place (a character replaced, inserted or removed, or
+        /// white space around it), or any text: accepted exactly when it is 64 lower-case hex
+        /// digits after trimming, and then the id given back is that text.
+        #[test]
+        fn fuzz_buildid(
+            id in "[0-9a-f]{64}",
+            at in 0usize..70,
+            with in any::<char>(),
+            how in 0u8..4,
+            text in ".{0,80}",
+        ) {
+            let mut mutated: Vec<char> = id.chars().collect();
+            let at = at.min(mutated.len());
+            match how {
+                0 => { if at < mutated.len() { mutated[at] = with; } }
+                1 => mutated.insert(at, with),
+                2 => { if at < mutated.len() { mutated.remove(at); } }
+                _ => { mutated.insert(0, ' '); mutated.push('\n'); }
+            }
+            let mutated: String = mutated.into_iter().collect();
+            for candidate in [mutated.as_str(), text.as_str(), id.as_str()] {
+                let trimmed = candidate.trim();
+                let valid = trimmed.len() == 64
+                    && trimmed.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                match parse_buildid(candidate) {
+                    Ok(found) => {
+                        prop_assert!(valid);
+                        prop_assert_eq!(found, trimmed);
+                    }
+                    Err(e) => {
+                        prop_assert!(!valid);
+                        prop_assert!(e.contains("expected a build id"));
+                    }
+                }
+            }
+        }
     }
 }

@@ -13,15 +13,22 @@ pub struct Report {
 /// How one toolchain stands, for the host-up mail and the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolchainState {
-    Installed { version: String },
+    /// Its start-up fetch and install are under way.
+    Installing,
+    Installed {
+        version: String,
+    },
     Disabled,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     NoUrl,
 }
 
 impl std::fmt::Display for ToolchainState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ToolchainState::Installing => write!(f, "being installed"),
             ToolchainState::Installed { version } => write!(f, "{version}"),
             ToolchainState::Disabled => write!(f, "disabled"),
             ToolchainState::Failed { reason } => write!(f, "failed: {reason}"),

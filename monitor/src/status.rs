@@ -24,7 +24,7 @@ pub struct Status {
 pub struct ToolchainStatus {
     pub name: String,
     pub url: String,
-    /// `installed`, `disabled`, `failed`, `no url`.
+    /// `installing`, `installed`, `disabled`, `failed`, `no url`.
     pub state: String,
     pub version: Option<String>,
     pub detail: Option<String>,
@@ -49,7 +49,7 @@ pub struct PollStatus {
     pub url: String,
     /// Seconds since the epoch of the last poll; `None` before the first.
     pub at: Option<u64>,
-    /// `unchanged`, `changed`, `failed`.
+    /// `unchanged`, `changed`, `install` (a toolchain missing at start found), `failed`.
     pub result: Option<String>,
     pub detail: Option<String>,
     pub failures: u32,

@@ -109,7 +109,7 @@ pub fn fetch_checksums(url: &str, retry: &Retry) -> Result<String, InstallError>
             Ok(Fetched::Body { bytes, .. }) => {
                 return String::from_utf8(bytes).map_err(|_| {
                     InstallError::Malformed(ChecksumsError {
-                        url: url.to_string(),
+                        url: fetch::redact(url),
                         line: 0,
                         text: String::new(),
                         expected: "UTF-8 text".to_string(),
@@ -118,7 +118,7 @@ pub fn fetch_checksums(url: &str, retry: &Retry) -> Result<String, InstallError>
             }
             Ok(Fetched::NotModified) => {
                 return Err(InstallError::Checksums(FetchError::Transfer {
-                    url: url.to_string(),
+                    url: fetch::redact(url),
                     reason: "304 Not Modified to an unconditional request".to_string(),
                 }))
             }
@@ -189,7 +189,8 @@ fn fill(
         let bytes = fetch::download(&file_url, &dest, entry.algorithm, &entry.hash, retry)
             .map_err(InstallError::File)?;
         log::info!(
-            "{file_url}: {bytes} bytes, {} verified",
+            "{}: {bytes} bytes, {} verified",
+            fetch::redact(&file_url),
             entry.algorithm.name()
         );
     }

@@ -18,7 +18,11 @@ use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::slices;
 use buildos_monitor::status::Status;
-use support::{free_port, sha256_hex, tar_gz, wait_for, HttpServer, Smtp};
+use support::{free_port, sha256_hex, tar_gz, wait_for, HttpServer, Made, Smtp};
+
+/// The build id the host runs, and a new one.
+const RUNNING: &str = "5e1b5c2b1e8e6b1f6d7e2c9a4b3a1f0e9d8c7b6a5f4e3d2c1b0a99887766554a";
+const NEW: &str = "6f2c6d3c2f9f7c2a7e8f3dab5c4b2a1fae9d8c7b6a5f4e3d2c1b0a9988776655";
 
 /// A toolchain archive whose agent records its arguments, CPU affinity and nice value.
 fn agent_archive(records: &Path) -> Vec<u8> {
@@ -56,7 +60,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         "agent/toolchain.sha256",
         format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)).as_bytes(),
     );
-    server.put("buildos-buildid", b"aaaa1111\n");
+    server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
     let smtp = Smtp::start(&root.path().join("smtp"), free_port());
 
     let paths = Paths {
@@ -83,7 +87,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         ),
     )
     .unwrap();
-    fs::write(&paths.buildid, "aaaa1111\n").unwrap();
+    fs::write(&paths.buildid, format!("{RUNNING}\n")).unwrap();
     fs::create_dir_all(&paths.run).unwrap();
     fs::write(paths.problems(), "no disk labeled buildos.state\n").unwrap();
     fs::write(
@@ -103,6 +107,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             first_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
             timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(60),
         },
         poll_interval: Some(Duration::from_millis(300)),
         grace: Some(Duration::from_secs(5)),
@@ -152,7 +157,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             status.instances.len() == 2 && status.instances.iter().all(|i| i.pid.is_some())
         },
     );
-    assert_eq!(status.buildid, "aaaa1111");
+    assert_eq!(status.buildid, RUNNING);
     assert_eq!(status.toolchains[0].version.as_deref(), Some("1.0"));
     let pids: Vec<u32> = status.instances.iter().map(|i| i.pid.unwrap()).collect();
     // And `buildos-monitor status` prints it for a person.
@@ -164,7 +169,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     assert!(printed.status.success());
     let printed = String::from_utf8(printed.stdout).unwrap();
     for want in [
-        "build id: aaaa1111\n".to_string(),
+        format!("build id: {RUNNING}\n"),
         format!(
             "  default: installed 1.0 ({})\n",
             server.url("agent/toolchain.sha256")
@@ -190,7 +195,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         .unwrap();
     assert_eq!(up.to, ["admin@example.org"]);
     for want in [
-        "build id: aaaa1111",
+        &format!("build id: {RUNNING}"),
         "  default: 1.0",
         &format!("  default instance 2/2: {cpus_each} CPUs on {online}, 4 GiB build RAM, 0 GiB auxiliary RAM"),
         "  /build/machines/default: /dev/vdb (btrfs)",
@@ -214,9 +219,9 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     );
 
     // A new OS build is published: mail, agents stopped, reboot asked.
-    server.put("buildos-buildid", b"bbbb2222\n");
+    server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
     let reason = reboot.recv_timeout(Duration::from_secs(60)).unwrap();
-    assert!(reason.contains("bbbb2222"), "{reason}");
+    assert!(reason.contains(NEW), "{reason}");
     for pid in pids {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists()
@@ -233,7 +238,9 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         .find(|m| m.subject().ends_with("rebooting"))
         .unwrap();
     assert!(
-        reboot_mail.message.contains("a new OS build bbbb2222"),
+        reboot_mail
+            .message
+            .contains(&format!("a new OS build {NEW}")),
         "{}",
         reboot_mail.message
     );
@@ -246,7 +253,7 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     let mut watch = Watch::new(
         &server.url("buildos-buildid"),
         Subject::BuildId {
-            running: Some("aaaa".into()),
+            running: Some(RUNNING.into()),
         },
     );
     let timeout = Duration::from_secs(5);
@@ -269,11 +276,294 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     );
     assert!(!actions.iter().any(|a| matches!(a, Action::Reboot(_))));
     // The same build id: no reboot, and the failure count starts over.
-    server.put("buildos-buildid", b"aaaa\n");
+    server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
     assert_eq!(watch.poll(timeout), Action::None);
     assert_eq!(watch.failures, 0);
     assert_eq!(watch.poll(timeout), Action::None);
     // A different one: reboot.
-    server.put("buildos-buildid", b"bbbb\n");
-    assert!(matches!(watch.poll(timeout), Action::Reboot(r) if r.contains("bbbb")));
+    server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
+    assert!(matches!(watch.poll(timeout), Action::Reboot(r) if r.contains(NEW)));
+}
+
+#[test]
+fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
+    let served = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(served.path());
+    let mut watch = Watch::new(
+        &server.url("buildos-buildid"),
+        Subject::BuildId {
+            running: Some(RUNNING.into()),
+        },
+    );
+    // A server that answers 200 with an error page's text: hex digits, but not a build id.
+    for body in [
+        "404\n",
+        "aaaa1111\n",
+        &format!("{}\n", RUNNING.to_uppercase()),
+    ] {
+        server.put("buildos-buildid", body.as_bytes());
+        let actions: Vec<Action> = (0..5).map(|_| watch.poll(Duration::from_secs(5))).collect();
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Reboot(_))),
+            "{actions:?}"
+        );
+        let mails: Vec<&Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::MailFailing { .. }))
+            .collect();
+        assert_eq!(mails.len(), 1, "{body:?}: {actions:?}");
+        assert!(
+            matches!(mails[0], Action::MailFailing { error, .. }
+                if error.contains("expected a build id of exactly 64 lower-case hex digits")),
+            "{mails:?}"
+        );
+        // Back to the running id: the run of failures ends, and the next run mails again.
+        server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
+        assert_eq!(watch.poll(Duration::from_secs(5)), Action::None);
+    }
+}
+
+/// Paths of a monitor under `root`, with its command line.
+fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
+    let paths = Paths {
+        cmdline: root.join("cmdline"),
+        buildid: root.join("buildid"),
+        tftp_root: root.join("tftp"),
+        agents: root.join("agents"),
+        work: root.join("work"),
+        mail_queue: root.join("state/mail"),
+        run: root.join("run"),
+        mounts: root.join("mounts"),
+        fstab: root.join("fstab"),
+        machines: root.join("machines"),
+    };
+    fs::write(&paths.cmdline, format!("console=ttyS0 {cmdline}\n")).unwrap();
+    fs::write(&paths.buildid, format!("{RUNNING}\n")).unwrap();
+    fs::create_dir_all(&paths.run).unwrap();
+    paths
+}
+
+/// Quick options for a monitor at `paths`; reboot requests go to the channel.
+fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
+    Options {
+        paths: paths.clone(),
+        retry: Retry {
+            attempts: 2,
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+        },
+        poll_interval: Some(Duration::from_millis(300)),
+        grace: Some(Duration::from_secs(5)),
+        policy: Policy {
+            quick: Duration::from_secs(1),
+            max_quick_deaths: 3,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
+        },
+        agent_user: None,
+        host: Some(slices::detect_host()),
+        mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
+        reboot: Box::new(move |reason| {
+            let _ = rebooted.send(reason.to_string());
+        }),
+    }
+}
+
+/// Publishes a toolchain under `dir/` whose agent records itself in `records`.
+fn publish_agent(server: &HttpServer, dir: &str, records: &Path) {
+    let archive = agent_archive(records);
+    server.put(&format!("{dir}/agent-1.0.tar.gz"), &archive);
+    server.put(
+        &format!("{dir}/toolchain.sha256"),
+        format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)).as_bytes(),
+    );
+}
+
+#[test]
+fn a_toolchain_missing_at_start_installs_on_its_first_good_poll_without_a_reboot() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    // Credentials in the URL: the server ignores them, nothing shown may carry the password.
+    let url = server
+        .url("agent/toolchain.sha256")
+        .replace("http://", "http://ci:s3cret@");
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.toolchain_url={url} buildos.instances=1 buildos.ram_total=12 \
+             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org",
+            smtp.port
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    let monitor = std::thread::spawn(move || daemon::run(options));
+
+    // Not published at start (a switch port still blocking, say): the host comes up without it.
+    wait_for("the failure mail", Duration::from_secs(60), || {
+        smtp.find("toolchain default failed", "was not installed")
+            .is_some()
+    });
+    wait_for("a failed poll", Duration::from_secs(30), || {
+        Status::read(&paths.status()).is_ok_and(|s| s.polls.iter().any(|p| p.failures > 0))
+    });
+    // Published: the next poll installs it and its agent starts, without a reboot.
+    publish_agent(&server, "agent", &records);
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    wait_for("the install mail", Duration::from_secs(30), || {
+        smtp.find("toolchain default 1.0 installed", "").is_some()
+    });
+    let status = Status::read(&paths.status()).unwrap();
+    // Later polls find the installed file unchanged.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        reboot.try_recv().is_err(),
+        "the host rebooted to install a toolchain"
+    );
+    assert!(
+        smtp.received()
+            .iter()
+            .all(|m| !m.subject().ends_with("rebooting")),
+        "a reboot mail"
+    );
+    // The password is in no mail, not in the status file and not in the status output.
+    for mail in smtp.received() {
+        assert!(!mail.message.contains("s3cret"), "{}", mail.message);
+    }
+    let json = fs::read_to_string(paths.status()).unwrap();
+    assert!(!json.contains("s3cret"), "{json}");
+    assert!(json.contains("ci:***@"), "{json}");
+    assert_eq!(status.toolchains[0].state, "installed", "{status:?}");
+    // Once installed, a change to it reboots as ever (which stops the agent, too).
+    server.put("agent/toolchain.sha256", b"disabled\n");
+    let reason = reboot.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(
+        reason.contains("toolchain default is now disabled"),
+        "{reason}"
+    );
+    assert!(!reason.contains("s3cret"), "{reason}");
+    assert_eq!(monitor.join().unwrap(), reason);
+}
+
+#[test]
+fn a_slow_toolchain_holds_up_neither_the_others_nor_the_buildid_watch() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    publish_agent(&server, "fast", &records);
+    publish_agent(&server, "slow", &root.path().join("unused"));
+    // The slow toolchain's checksums file arrives a byte every 200 ms: its start-up fetch
+    // runs into its deadline, twice.
+    server.make(
+        "slow/toolchain.sha256",
+        Made::Trickle {
+            every: Duration::from_millis(200),
+        },
+    );
+    server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.buildid_url={} buildos.toolchain_url={} buildos.toolchain_url.slow={} \
+             buildos.instances=1 buildos.ram_total=12",
+            server.url("buildos-buildid"),
+            server.url("fast/toolchain.sha256"),
+            server.url("slow/toolchain.sha256"),
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let mut options = quick_options(&paths, rebooted);
+    options.retry.timeout = Duration::from_secs(8);
+    let started = std::time::Instant::now();
+    let monitor = std::thread::spawn(move || daemon::run(options));
+
+    // The fast toolchain installs while the slow one is still being fetched.
+    let link = paths.tftp_root.join("toolchains/default");
+    wait_for("the fast toolchain", Duration::from_secs(8), || {
+        link.exists()
+    });
+    // The build id is watched meanwhile: a new one reboots the host.
+    wait_for("a poll of the build id", Duration::from_secs(8), || {
+        server.seen().iter().any(|s| s.path == "buildos-buildid")
+    });
+    server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
+    let reason = reboot.recv_timeout(Duration::from_secs(8)).unwrap();
+    assert!(reason.contains(NEW), "{reason}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the reboot waited for the slow toolchain: {took:?}"
+    );
+    assert!(!paths.tftp_root.join("toolchains/slow").exists());
+    assert_eq!(monitor.join().unwrap(), reason);
+}
+
+#[test]
+fn the_whole_monitor_mails_once_about_a_404_build_id_then_reboots_for_a_new_one() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    publish_agent(&server, "agent", &records);
+    server.put("buildos-buildid", b"404\n");
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.buildid_url={} buildos.toolchain_url={} buildos.instances=1 \
+             buildos.ram_total=12 buildos.smtp_relay=127.0.0.1:{} \
+             buildos.admin_email=admin@example.org",
+            server.url("buildos-buildid"),
+            server.url("agent/toolchain.sha256"),
+            smtp.port
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    let monitor = std::thread::spawn(move || daemon::run(options));
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    wait_for("the cannot-poll mail", Duration::from_secs(60), || {
+        smtp.find(
+            &format!("cannot poll {}", server.url("buildos-buildid")),
+            "expected a build id of exactly 64 lower-case hex digits",
+        )
+        .is_some()
+    });
+    let polls = |s: &HttpServer| {
+        s.seen()
+            .iter()
+            .filter(|s| s.path == "buildos-buildid")
+            .count()
+    };
+    let before = polls(&server);
+    wait_for("two more polls", Duration::from_secs(30), || {
+        polls(&server) >= before + 2
+    });
+    assert!(
+        reboot.try_recv().is_err(),
+        "a build id of 404 rebooted the host"
+    );
+    let mails = smtp.received();
+    let cannot_poll = mails
+        .iter()
+        .filter(|m| m.subject().contains("cannot poll"))
+        .count();
+    assert_eq!(cannot_poll, 1, "one mail per run of failures");
+    server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
+    let reason = reboot.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(reason.contains(NEW), "{reason}");
+    assert_eq!(monitor.join().unwrap(), reason);
 }

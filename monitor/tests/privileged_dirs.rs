@@ -23,6 +23,7 @@ fn quick() -> Retry {
         first_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         timeout: Duration::from_secs(5),
+        deadline: Duration::from_secs(60),
     }
 }
 

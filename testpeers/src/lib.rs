@@ -1,10 +1,14 @@
 //! Real peers for the tests of the monitor and of the whole host in QEMU: a small HTTP/1.1
-//! server over a directory (ranges, ETags, injected faults, and paths it answers for agents to
-//! report on), Debian's aiosmtpd writing each mail it accepts to a directory, and the small
-//! helpers around them. A test dependency only: nothing here ships in an image.
+//! server over a directory (ranges, ETags, injected faults, made-up responses such as a
+//! trickle or an endless body, and paths it answers for agents to report on), an HTTPS server
+//! that redirects to plain HTTP ([`TlsRedirect`]), a TFTP server that misbehaves on purpose
+//! ([`tftp::TftpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
+//! small helpers around them. A test dependency only: nothing here ships in an image.
 
 // Test support: a failed set-up should stop the test right there, with its error.
 #![allow(clippy::unwrap_used)]
+
+pub mod tftp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -95,6 +99,15 @@ pub struct Fault {
     pub times: Option<u32>,
 }
 
+/// A response the HTTP server makes up for one path instead of serving the file.
+#[derive(Debug, Clone, Copy)]
+pub enum Made {
+    /// The file, with its Content-Length, but one byte of body every `every`.
+    Trickle { every: Duration },
+    /// `len` zero bytes, with a Content-Length when `announced`, else ended by closing.
+    Zeros { len: u64, announced: bool },
+}
+
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -108,6 +121,7 @@ pub struct Seen {
 #[derive(Default)]
 struct Shared {
     faults: Mutex<HashMap<String, Fault>>,
+    made: Mutex<HashMap<String, Made>>,
     /// Path prefixes answered `200 ok` whatever is on disk: where agents report.
     answered: Mutex<Vec<String>>,
     seen: Mutex<Vec<Seen>>,
@@ -163,6 +177,17 @@ impl HttpServer {
 
     pub fn clear_faults(&self) {
         self.shared.faults.lock().unwrap().clear();
+        self.shared.made.lock().unwrap().clear();
+    }
+
+    /// Answers `path` (no leading `/`) with a made-up response from now on, until
+    /// [`HttpServer::clear_faults`].
+    pub fn make(&self, path: &str, made: Made) {
+        self.shared
+            .made
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), made);
     }
 
     /// Answers `200 ok` for every path under `prefix` (no leading `/`), so that a client can
@@ -223,6 +248,46 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
             status,
         })
     };
+    let made = shared.made.lock().unwrap().get(&relative).copied();
+    match made {
+        Some(Made::Zeros { len, announced }) => {
+            record(200);
+            let length = if announced {
+                format!("Content-Length: {len}\r\n")
+            } else {
+                String::new()
+            };
+            writer.write_all(
+                format!("HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n").as_bytes(),
+            )?;
+            let zeros = [0u8; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                writer.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            return writer.flush();
+        }
+        Some(Made::Trickle { every }) => {
+            let content = std::fs::read(root.join(&relative)).unwrap_or_default();
+            record(200);
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    content.len()
+                )
+                .as_bytes(),
+            )?;
+            for byte in content {
+                writer.write_all(&[byte])?;
+                writer.flush()?;
+                std::thread::sleep(every);
+            }
+            return Ok(());
+        }
+        None => {}
+    }
     let answered = shared
         .answered
         .lock()
@@ -303,6 +368,152 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         None => writer.write_all(body)?,
     }
     writer.flush()
+}
+
+const TLS_REDIRECT: &str = r#"
+import http.server, ssl, sys
+cert, key, to = sys.argv[1], sys.argv[2], sys.argv[3]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", to + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"#;
+
+/// An HTTPS server on loopback (python3's, with a certificate for 127.0.0.1 made by openssl)
+/// that answers every request with `302` to the same path under a plain `http://` base.
+pub struct TlsRedirect {
+    child: Child,
+    pub port: u16,
+    /// The certificate authority that signed the server's certificate, in DER, for a client
+    /// to trust.
+    pub ca_der: Vec<u8>,
+}
+
+impl TlsRedirect {
+    /// Starts the server; its files (keys, certificates) go to `dir`. `to` is the base the
+    /// redirects point to, like `http://127.0.0.1:8080`.
+    pub fn start(dir: &Path, to: &str) -> TlsRedirect {
+        std::fs::create_dir_all(dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl (package openssl)");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=buildos test CA",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-keyout",
+                    "key.pem",
+                    "-out",
+                    "cert.csr",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join("cert.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "cert.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "cert.ext",
+            "-out",
+            "cert.pem",
+        ]);
+        openssl(&["x509", "-in", "ca.pem", "-outform", "DER", "-out", "ca.der"]);
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(TLS_REDIRECT)
+            .arg(dir.join("cert.pem"))
+            .arg(dir.join("key.pem"))
+            .arg(to.trim_end_matches('/'))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("/usr/bin/python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the HTTPS redirect server did not start: {line:?}")
+        });
+        TlsRedirect {
+            child,
+            port,
+            ca_der: std::fs::read(dir.join("ca.der")).unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "https://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+}
+
+impl Drop for TlsRedirect {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A mail as the SMTP server received it.

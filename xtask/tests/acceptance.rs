@@ -2,8 +2,8 @@
 //! `cargo xtask qemu --demo`: a host booted with its disks and network into the demo's farm
 //! installs the sample toolchain from its HTTP server, runs its agents on their slices (the
 //! sample agent reports its arguments, CPUs, nice value and user back over HTTP) and mails the
-//! admin through its aiosmtpd, and the monitor tells that story on the console. Then a new
-//! build is assembled into the image directory the farm serves, as `cargo xtask image` does:
+//! admin through its aiosmtpd, and the monitor tells that story on the console. A build id
+//! file that says `404` makes it mail once and not reboot. Then a new build is assembled into the image directory the farm serves, as `cargo xtask image` does:
 //! the host mails why, stops its agents and reboots, and the demo's next boot, of the new
 //! image on the same disks, reports the new build id on the console and in its host-up mail.
 
@@ -207,6 +207,54 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
             .any(|seen| seen.path == "buildos/buildos-buildid")
             .then_some(())
     });
+
+    // A server that answers 200 with an error page's text, `404`: hex digits, but not a build
+    // id. The host does not reboot; after three failed polls the admin gets one mail, and no
+    // second while it goes on.
+    let polls = || {
+        farm.http
+            .seen()
+            .iter()
+            .filter(|seen| seen.path == "buildos/buildos-buildid")
+            .count()
+    };
+    std::fs::write(out.join("buildos-buildid"), b"404\n").unwrap();
+    let failing = wait_until("the cannot-poll mail", SETTLE, || {
+        farm.smtp.find(
+            &format!(
+                "cannot poll {}",
+                xtask::demo::guest_url(&farm.http, "buildos/buildos-buildid")
+            ),
+            "expected a build id of exactly 64 lower-case hex digits",
+        )
+    });
+    assert!(failing.message.contains("\"404\""), "{}", failing.message);
+    let after = polls();
+    wait_until("two more polls of the build id", SETTLE, || {
+        (polls() >= after + 2).then_some(())
+    });
+    let cannot_poll = farm
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject().contains("cannot poll"))
+        .count();
+    assert_eq!(cannot_poll, 1, "one mail per run of failures");
+    assert!(
+        !vm.console().contains("buildos-init: rebooting")
+            && !farm
+                .smtp
+                .received()
+                .iter()
+                .any(|m| m.subject().ends_with("rebooting")),
+        "a build id of 404 rebooted the host; console:\n{}",
+        vm.console()
+    );
+    eprintln!(
+        "acceptance: a build id of 404 mailed once, no reboot, after {:.0?}",
+        started.elapsed()
+    );
+
     let built = Instant::now();
     let second_id = new_build(&out);
     assert_ne!(first_id, second_id, "the new build has the same build id");
