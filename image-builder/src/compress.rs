@@ -42,13 +42,17 @@ const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
 const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
 const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 
-/// How the initrd's segments are compressed.
+/// How the initrd's segments are compressed. The default is the one with the least kernel
+/// unpack plus transfer at 100 MB/s (an HTTP boot), as `cargo xtask bench` measures it: for the
+/// debian image's 296 MB of cpio under software emulation, lz4 113.6 MB unpacked in 1.94 s
+/// (3.08 s with the transfer), gzip 99.5 MB in 4.93 s (5.93 s), zstd 73.8 MB in 7.20 s
+/// (7.94 s), xz 61.2 MB in 13.69 s (14.30 s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Compression {
-    #[default]
     Gzip,
     Zstd,
     Xz,
+    #[default]
     Lz4,
 }
 

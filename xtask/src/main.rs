@@ -21,7 +21,7 @@ enum Task {
         profile: String,
         #[arg(long, default_value = "out")]
         out: PathBuf,
-        /// How the initrd is compressed: gzip, zstd, xz or lz4 (see docs/boot.md)
+        /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
     },
@@ -34,7 +34,7 @@ enum Task {
         memory: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,
-        /// How the initrd is compressed: gzip, zstd, xz or lz4 (see docs/boot.md)
+        /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
         /// An OpenSSH public key for user build (default: each ~/.ssh/id_*.pub)
