@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 
+use crate::compress::Compression;
+
 /// What went wrong building, writing or reading a cpio archive.
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
@@ -38,7 +40,7 @@ pub enum CpioError {
     MtimeOutOfRange { mtime: u64 },
     #[error("cannot write cpio archive")]
     Write(#[source] io::Error),
-    #[error("not a cpio newc archive at byte {offset} (it starts with {magic:?}; expected 070701, 070702 or gzip)")]
+    #[error("not a cpio newc archive at byte {offset} (it starts with {magic:?}; expected 070701, 070702, or gzip, zstd, xz or legacy lz4 data)")]
     NotCpio { offset: usize, magic: String },
     #[error("corrupt or truncated cpio archive after {entries} entries")]
     Corrupt {
@@ -46,9 +48,10 @@ pub enum CpioError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot decompress gzip data at byte {offset}")]
-    Gzip {
+    #[error("cannot decompress {format} data at byte {offset}")]
+    Decompress {
         offset: usize,
+        format: crate::compress::Compression,
         #[source]
         source: io::Error,
     },
@@ -408,7 +411,8 @@ impl fmt::Display for Entry {
     }
 }
 
-/// Lists an archive: plain newc or gzip-compressed (detected by magic), also several archives
+/// Lists an archive: plain newc or compressed in any of [`Compression::ALL`] (detected by
+/// magic), also several archives
 /// one after the other as the kernel accepts them (e.g. an uncompressed early-microcode archive
 /// followed by a compressed one). Trailers are not listed.
 pub fn list(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
@@ -421,8 +425,6 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, CpioError> {
     read_segments(bytes, 0, &mut out)?;
     Ok(out)
 }
-
-const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
 
 fn read_segments(
     bytes: &[u8],
@@ -439,12 +441,16 @@ fn read_segments(
         if rest.is_empty() {
             return Ok(());
         }
-        if rest.starts_with(GZIP_MAGIC) && depth < 4 {
-            let mut plain = Vec::new();
-            flate2::bufread::MultiGzDecoder::new(rest)
-                .read_to_end(&mut plain)
-                .map_err(|source| CpioError::Gzip { offset, source })?;
-            // Everything from here on was gzip members; their contents are archives again.
+        if let Some(format) = Compression::detect(rest).filter(|_| depth < 4) {
+            let plain = format
+                .decompress(rest)
+                .map_err(|source| CpioError::Decompress {
+                    offset,
+                    format,
+                    source,
+                })?;
+            // Everything from here on was segments of that format; their contents are
+            // archives again.
             return read_segments(&plain, depth + 1, out);
         }
         if !(rest.starts_with(b"070701") || rest.starts_with(b"070702")) {

@@ -8,8 +8,8 @@
 //!   (see [`crate::kmod`] for their order);
 //! - [`MODULES_LIST`]: the closure's module names in load order, one per line, for init.
 //!
-//! The initrd is up to four gzip'd cpio segments, one after the other (the kernel unpacks
-//! each over the previous ones):
+//! The initrd is up to four cpio segments, each compressed on its own in the spec's
+//! [`Compression`], one after the other (the kernel unpacks each over the previous ones):
 //!
 //! 1. the base, when the spec has one: a whole root filesystem made once and cached by the
 //!    caller (see [`crate::rootfs`]); its directory symlinks (`sbin` → `usr/sbin`) are followed
@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::compress::Compression;
 use crate::cpio::{Archive, CpioError};
 use crate::deb::{Deb, DebError, EntryKind};
 use crate::kmod::{KernelPackage, KmodError};
@@ -45,11 +46,6 @@ pub const BUILDID_FILE: &str = "buildos-buildid";
 pub const MODULES_LIST: &str = "etc/buildos/modules";
 /// Where the initrd's last segment holds the buildid, one line of lower-case hex.
 pub const BUILDID_PATH: &str = "etc/buildos/buildid";
-/// The default gzip level. For the minimal image (35 MB of cpio, flate2 on zlib-rs) level 6
-/// gives 11.64 MB in 0.85 s, level 7 11.54 MB in 1.5 s, level 9 11.31 MB in 2.8 s and level 1
-/// 15.1 MB in 0.3 s (one core of the build machine): 6 is within 3% of 9 at a third of its
-/// time.
-pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// Separates the buildid hash from any other use of SHA-256 over the same bytes.
 const BUILDID_DOMAIN: &[u8] = b"buildos-buildid-v1\n";
 
@@ -92,7 +88,8 @@ pub enum InitrdEntry {
 /// A root filesystem segment that goes first in the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Base {
-    /// A gzip'd cpio newc archive, copied into the initrd as it is.
+    /// A cpio newc archive compressed in the spec's [`Compression`], copied into the initrd
+    /// as it is.
     pub segment: PathBuf,
     /// The root filesystem's symlinks, path → target, paths without a leading `/`.
     pub symlinks: BTreeMap<String, String>,
@@ -111,8 +108,8 @@ pub struct ImageSpec {
     pub entries: Vec<InitrdEntry>,
     /// Every mtime in the initrd.
     pub source_date_epoch: u64,
-    /// gzip level, 0 to 9.
-    pub gzip_level: u32,
+    /// How every segment is compressed (the base must already be).
+    pub compression: Compression,
     /// Where the three outputs go; created if missing.
     pub out_dir: PathBuf,
     /// A root filesystem to put first; `None` makes an initrd of the image's entries only.
@@ -120,7 +117,7 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
-    /// A spec with no modules, extra packages or entries and the default gzip level.
+    /// A spec with no modules, extra packages or entries and the default compression.
     pub fn new(
         kernel_deb: impl Into<PathBuf>,
         out_dir: impl Into<PathBuf>,
@@ -132,7 +129,7 @@ impl ImageSpec {
             modules: Vec::new(),
             entries: Vec::new(),
             source_date_epoch,
-            gzip_level: DEFAULT_GZIP_LEVEL,
+            compression: Compression::default(),
             out_dir: out_dir.into(),
             base: None,
         }
@@ -148,7 +145,7 @@ pub struct ImageOutput {
     pub kernel_version: String,
     pub kernel_size: u64,
     pub initrd_size: u64,
-    /// Size of the image's own cpio segment before gzip (the base not counted).
+    /// Size of the image's own cpio segments before compression (the base not counted).
     pub initrd_uncompressed_size: u64,
     /// Size of the base segment in the initrd (0 without a base).
     pub base_size: u64,
@@ -216,10 +213,18 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
-    #[error("gzip level {level} is out of range 0 to 9")]
-    GzipLevel { level: u32 },
-    #[error("cannot gzip the initrd")]
-    Compress(#[source] io::Error),
+    #[error("root filesystem segment {path} is {found}, not {expected} like the rest of the initrd; make it again with {expected}")]
+    BaseCompression {
+        path: PathBuf,
+        found: String,
+        expected: Compression,
+    },
+    #[error("cannot compress the initrd with {compression}")]
+    Compress {
+        compression: Compression,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create output directory {dir}")]
     OutputDir {
         dir: PathBuf,
@@ -247,23 +252,8 @@ pub fn buildid(kernel: &[u8], initrd: &[u8]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// gzip with a fixed header: no file name, mtime 0, OS byte 3 (Unix).
-pub fn gzip(bytes: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    let mut e = flate2::GzBuilder::new().mtime(0).operating_system(3).write(
-        Vec::with_capacity(bytes.len() / 2),
-        flate2::Compression::new(level),
-    );
-    e.write_all(bytes)?;
-    e.finish()
-}
-
 /// Builds the image in memory: reads the packages, resolves modules, makes the initrd.
 pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
-    if spec.gzip_level > 9 {
-        return Err(ImageError::GzipLevel {
-            level: spec.gzip_level,
-        });
-    }
     let package =
         KernelPackage::read(&spec.kernel_deb).map_err(|source| ImageError::KernelPackage {
             deb: spec.kernel_deb.clone(),
@@ -363,24 +353,40 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         })?,
         None => Vec::new(),
     };
+    let compression = spec.compression;
+    if let Some(base) = &spec.base {
+        let found = Compression::detect(&initrd);
+        if found != Some(compression) {
+            return Err(ImageError::BaseCompression {
+                path: base.segment.clone(),
+                found: found.map_or("not compressed in a known format".to_owned(), |f| {
+                    format!("{f}-compressed")
+                }),
+                expected: compression,
+            });
+        }
+    }
+    let compress_err = |source| ImageError::Compress {
+        compression,
+        source,
+    };
     let base_size = initrd.len() as u64;
-    let level = spec.gzip_level;
     let compressed: Vec<io::Result<Vec<u8>>> = std::thread::scope(|scope| {
         let threads: Vec<_> = cpios
             .iter()
-            .map(|cpio| scope.spawn(move || gzip(cpio, level)))
+            .map(|cpio| scope.spawn(move || compression.compress(cpio)))
             .collect();
         threads
             .into_iter()
             .map(|thread| {
                 thread
                     .join()
-                    .unwrap_or_else(|_| Err(io::Error::other("the gzip thread panicked")))
+                    .unwrap_or_else(|_| Err(io::Error::other("the compressing thread panicked")))
             })
             .collect()
     });
     for segment in compressed {
-        initrd.extend(segment.map_err(ImageError::Compress)?);
+        initrd.extend(segment.map_err(compress_err)?);
     }
     let kernel = package.vmlinuz;
     let id = buildid(&kernel, &initrd);
@@ -395,7 +401,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             what: "the buildid segment".to_string(),
             source: Box::new(source),
         })?;
-    initrd.extend(gzip(&last, spec.gzip_level).map_err(ImageError::Compress)?);
+    initrd.extend(compression.compress(&last).map_err(compress_err)?);
     Ok(Assembled {
         kernel,
         initrd,
@@ -637,7 +643,9 @@ mod tests {
     #[test]
     fn initrd_gzip_header_has_no_name_and_no_time() {
         let inputs = Inputs::new(b"k");
-        let out = build(&inputs.spec("out")).unwrap();
+        let mut spec = inputs.spec("out");
+        spec.compression = Compression::Gzip;
+        let out = build(&spec).unwrap();
         let initrd = std::fs::read(&out.initrd_path).unwrap();
         // magic, CM=8, FLG=0 (no name, no comment, no extra), MTIME=0, XFL, OS=3.
         assert_eq!(&initrd[..8], b"\x1f\x8b\x08\x00\x00\x00\x00\x00");
@@ -645,18 +653,29 @@ mod tests {
     }
 
     #[test]
-    fn same_inputs_give_identical_initrd() {
+    fn same_inputs_give_identical_initrd_with_every_compression() {
         let inputs = Inputs::new(b"the kernel");
-        let a = build(&inputs.spec("a")).unwrap();
-        let mut spec = inputs.spec("b");
-        // The same entries in another order are the same image.
-        spec.entries.reverse();
-        let b = build(&spec).unwrap();
-        assert_eq!(
-            std::fs::read(&a.initrd_path).unwrap(),
-            std::fs::read(&b.initrd_path).unwrap()
-        );
-        assert_eq!(a.buildid, b.buildid);
+        let mut ids = Vec::new();
+        for compression in Compression::ALL {
+            let mut spec = inputs.spec(&format!("a-{compression}"));
+            spec.compression = compression;
+            let a = build(&spec).unwrap();
+            spec.out_dir = inputs.dir.path().join(format!("b-{compression}"));
+            // The same entries in another order are the same image.
+            spec.entries.reverse();
+            let b = build(&spec).unwrap();
+            assert_eq!(
+                std::fs::read(&a.initrd_path).unwrap(),
+                std::fs::read(&b.initrd_path).unwrap(),
+                "{compression}"
+            );
+            assert_eq!(a.buildid, b.buildid, "{compression}");
+            ids.push(a.buildid);
+        }
+        // The compressed bytes are what the buildid covers: each compression its own id.
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), Compression::ALL.len());
     }
 
     #[test]
@@ -679,19 +698,28 @@ mod tests {
     #[test]
     fn last_segment_holds_the_buildid_of_everything_before_it() {
         let inputs = Inputs::new(b"the kernel");
-        let out = build(&inputs.spec("out")).unwrap();
-        let initrd = std::fs::read(&out.initrd_path).unwrap();
-        let entries = read_initrd(&out.initrd_path);
-        assert_eq!(
-            file(&entries, BUILDID_PATH),
-            format!("{}\n", out.buildid).as_bytes()
-        );
-        // The last gzip member is the buildid segment: the id covers the bytes before it.
-        let start = (1..initrd.len())
-            .rev()
-            .find(|&i| initrd[i..].starts_with(b"\x1f\x8b\x08\x00\x00\x00\x00\x00"))
-            .unwrap();
-        assert_eq!(buildid(b"the kernel", &initrd[..start]), out.buildid);
+        for compression in Compression::ALL {
+            let mut spec = inputs.spec(&format!("out-{compression}"));
+            spec.compression = compression;
+            let out = build(&spec).unwrap();
+            let initrd = std::fs::read(&out.initrd_path).unwrap();
+            assert_eq!(Compression::detect(&initrd), Some(compression));
+            let entries = read_initrd(&out.initrd_path);
+            assert_eq!(
+                file(&entries, BUILDID_PATH),
+                format!("{}\n", out.buildid).as_bytes()
+            );
+            // The last segment is the buildid's: the id covers the bytes before it.
+            let mut last = Archive::new();
+            last.add_file(BUILDID_PATH, 0o644, format!("{}\n", out.buildid))
+                .unwrap();
+            let last = compression
+                .compress(&last.to_bytes(spec.source_date_epoch).unwrap())
+                .unwrap();
+            assert!(initrd.ends_with(&last), "{compression}");
+            let before = &initrd[..initrd.len() - last.len()];
+            assert_eq!(buildid(b"the kernel", before), out.buildid, "{compression}");
+        }
     }
 
     #[test]
@@ -702,7 +730,9 @@ mod tests {
         base.add_symlink("lib", "usr/lib").unwrap();
         base.add_file("usr/bin/sshd", 0o755, b"sshd".to_vec())
             .unwrap();
-        let base_gz = gzip(&base.to_bytes(0).unwrap(), 6).unwrap();
+        let base_gz = Compression::default()
+            .compress(&base.to_bytes(0).unwrap())
+            .unwrap();
         let segment = inputs.dir.path().join("rootfs.cpio.gz");
         std::fs::write(&segment, &base_gz).unwrap();
         let mut spec = inputs.spec("out");
@@ -735,6 +765,30 @@ mod tests {
                 .iter()
                 .all(|p| !p.starts_with("lib") && !p.starts_with("sbin")),
             "{later:?}"
+        );
+    }
+
+    #[test]
+    fn base_in_another_compression_is_an_error_naming_it_and_both_formats() {
+        let inputs = Inputs::new(b"k");
+        let mut base = Archive::new();
+        base.add_file("usr/bin/sshd", 0o755, b"sshd".to_vec())
+            .unwrap();
+        let segment = inputs.dir.path().join("rootfs.cpio.xz");
+        let xz = Compression::Xz
+            .compress(&base.to_bytes(0).unwrap())
+            .unwrap();
+        std::fs::write(&segment, xz).unwrap();
+        let mut spec = inputs.spec("out");
+        spec.compression = Compression::Zstd;
+        spec.base = Some(Base {
+            segment,
+            symlinks: BTreeMap::new(),
+        });
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("rootfs.cpio.xz is xz-compressed, not zstd"),
+            "{err}"
         );
     }
 

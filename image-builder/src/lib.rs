@@ -1,13 +1,15 @@
 //! Builds the buildos kernel + initrd from Debian packages.
 //!
 //! The image is a Debian kernel (`boot/vmlinuz-<version>` from `linux-image-*.deb`) and an
-//! initrd (cpio newc, gzip) holding a static `/init`, a static busybox and the kernel modules
+//! initrd (cpio newc, compressed) holding a static `/init`, a static busybox and the kernel modules
 //! the image asks for, closed over their dependencies. [`image::build`] is the entry point; the
 //! `xtask` binary fetches the packages and calls it.
 //!
 //! - [`deb`]: reads `.deb` files (ar + tar, xz/zstd/gzip) without extracting them.
 //! - [`kmod`]: the module database (names, dependencies, aliases from each module's
 //!   `.modinfo`), closure in load order, and the `modules.*` files for the initrd.
+//! - [`compress`]: the initrd's compressors (gzip, zstd, xz, legacy lz4), fixed settings,
+//!   one reader for all.
 //! - [`cpio`]: reproducible newc writer and a reader that lists initrds.
 //! - [`rootfs`]: a root filesystem tar archive as a cpio segment, and path resolution through
 //!   its directory symlinks.
@@ -26,6 +28,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // Tests fail loudly on purpose.
 
+pub mod compress;
 pub mod cpio;
 pub mod deb;
 mod elf;
@@ -33,4 +36,5 @@ pub mod image;
 pub mod kmod;
 pub mod rootfs;
 
+pub use compress::Compression;
 pub use image::{build, Base, ImageError, ImageOutput, ImageSpec};

@@ -3,8 +3,8 @@
 //!
 //! - initrd size and assembly time against Debian's own `mkinitramfs` for the same kernel
 //!   (targets: under 12 MB, at least 10 times faster);
-//! - the QEMU boot: init's own work from its first line to ready (target: under 1 s) beside
-//!   the kernel's time until it started init; init's modules step beside the kernel loading the
+//! - the QEMU boot: init's own work from its first line to ready less its modules step
+//!   (target: under 0.5 s) beside the kernel's time until it started init; init's modules step beside the kernel loading the
 //!   same modules for busybox's modprobe in the same image; each boot phase with QEMU's e1000,
 //!   a virtio-net card, and no card;
 //! - the network boot, power-on to init's ready marker: iPXE fetching kernel and initrd over
@@ -18,6 +18,9 @@
 //!   beside a cold build (the root filesystem made by mmdebstrap in an empty cache, downloads
 //!   cached); RAM used by the whole OS after boot in a 1 GiB guest (MemTotal - MemAvailable,
 //!   read in the guest; target at most 512 MiB) beside the 4 GiB the Build OS manual reserves.
+//! - the initrd's compression: for the default image's cpio bytes, each compressor the kernel
+//!   unpacks (size, time to compress, the kernel's unpack time from its timestamps, ready),
+//!   and whether the default is the one with the least unpack plus transfer at 100 MB/s.
 //! - the property tests of the parsers of untrusted input, each run alone for longer than
 //!   `cargo xtask test` runs it: cases per second.
 
@@ -26,6 +29,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use buildos_image_builder as builder;
 
 use crate::qemu::{NetBoot, TempDir, Vm, VmConfig};
 use crate::{fuzz, image, system};
@@ -36,12 +41,17 @@ pub enum Only {
     All,
     Monitor,
     Fuzz,
+    Compression,
 }
 
 pub fn run(only: Only) -> Result<()> {
     match only {
         Only::Monitor => return monitor(),
         Only::Fuzz => return fuzz(),
+        Only::Compression => {
+            system::ensure(&[system::APT, system::QEMU, system::MMDEBSTRAP])?;
+            return compression();
+        }
         Only::All => {}
     }
     system::ensure(&[
@@ -92,14 +102,15 @@ pub fn run(only: Only) -> Result<()> {
 
     let full = boot_times(&out, Nic::E1000, true)?;
     let (kernel, init) = (full.kernel, full.init);
+    let own = init.saturating_sub(full.phase("modules"));
     println!(
-        "init work, first line to ready  {:>8.3} s   {:>8.3} s   {:>6.2}   < 1 s ({})",
-        init.as_secs_f64(),
+        "init's own work, less modules   {:>8.3} s   {:>8.3} s   {:>6.2}   < 0.5 s ({})",
+        own.as_secs_f64(),
         kernel.as_secs_f64(),
-        init.as_secs_f64() / kernel.as_secs_f64(),
-        verdict(init < Duration::from_secs(1))
+        own.as_secs_f64() / kernel.as_secs_f64(),
+        verdict(own < Duration::from_millis(500))
     );
-    println!("  (anchor: kernel start to init start in the same QEMU boot)");
+    println!("  (init's first line to ready, {:.3} s, less its modules step, which is the kernel's own module loading: see the modules step below beside busybox's modprobe; anchor: kernel start to init start in the same QEMU boot)", init.as_secs_f64());
     println!(
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
@@ -173,6 +184,7 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (anchor: buildos.storage_wait, the default bound on waiting for disks)");
     println!("  (the figures above are of the minimal profile)");
     debian()?;
+    compression()?;
     monitor()?;
     fuzz()
 }
@@ -800,4 +812,129 @@ fn seconds_after(line: &str, label: &str) -> Result<Duration> {
         .and_then(|n| n.trim_end_matches(',').parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .with_context(|| format!("no {label:?} time in console line {line:?}"))
+}
+
+/// The transfer rate the default compression is chosen for: an HTTP network boot.
+const HTTP_RATE: f64 = 100e6;
+
+/// One compressor's figures for the same initrd bytes.
+struct Compressed {
+    compression: builder::Compression,
+    size: u64,
+    compress: Duration,
+    unpack: Duration,
+    ready: Duration,
+}
+
+impl Compressed {
+    /// What the choice minimises: the kernel's unpack plus the transfer at [`HTTP_RATE`].
+    fn cost(&self) -> f64 {
+        self.unpack.as_secs_f64() + self.size as f64 / HTTP_RATE
+    }
+}
+
+/// The initrd's compression, chosen by measurement: the default image's initrd decompressed
+/// to its cpio bytes, then for each compressor the kernel can unpack those same bytes
+/// compressed (the size and the time to compress, on one core), booted under the same
+/// kernel, disks and virtio NIC (the kernel's unpack time from its own timestamps, and the
+/// time to ready). The default is the one with the least unpack plus transfer at 100 MB/s.
+pub fn compression() -> Result<()> {
+    let out = crate::work_dir().join("bench-compression");
+    let inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
+    let built = image::assemble(&inputs, &out)?;
+    let initrd = std::fs::read(&built.output.initrd_path)?;
+    let format = builder::Compression::detect(&initrd)
+        .context("the default image's initrd is in no known compression")?;
+    let cpio = format.decompress(&initrd)?;
+    drop(initrd);
+    let mut rows = Vec::new();
+    for compression in builder::Compression::ALL {
+        let started = Instant::now();
+        let packed = compression.compress(&cpio)?;
+        let compress = started.elapsed();
+        let dir = TempDir::new(&format!("buildos-bench-{compression}"))?;
+        std::fs::copy(
+            &built.output.kernel_path,
+            dir.0.join(builder::image::IMAGE_FILE),
+        )?;
+        std::fs::write(dir.0.join(builder::image::INITRD_FILE), &packed)?;
+        let (unpack, ready) = unpack_time(&dir.0)?;
+        eprintln!(
+            "xtask: {compression}: {:.1} MB, compressed in {:.1} s, unpacked in {:.2} s, ready at {:.2} s",
+            packed.len() as f64 / 1e6,
+            compress.as_secs_f64(),
+            unpack.as_secs_f64(),
+            ready.as_secs_f64()
+        );
+        rows.push(Compressed {
+            compression,
+            size: packed.len() as u64,
+            compress,
+            unpack,
+            ready,
+        });
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    let best = rows
+        .iter()
+        .min_by(|a, b| a.cost().total_cmp(&b.cost()))
+        .map(|r| r.compression)
+        .context("no compressor measured")?;
+    let default = builder::Compression::default();
+    println!();
+    println!(
+        "initrd compression ({} profile, the same {:.1} MB of cpio)  size      compress  unpack    +100 MB/s  ready at",
+        buildos_rootfs::DEFAULT_PROFILE,
+        cpio.len() as f64 / 1e6
+    );
+    for r in &rows {
+        let mark = match (r.compression == default, r.compression == best) {
+            (true, true) => "  default, least",
+            (true, false) => "  default",
+            (false, true) => "  least",
+            (false, false) => "",
+        };
+        println!(
+            "  {:<54} {:>6.1} MB {:>7.1} s {:>7.2} s {:>8.2} s {:>8.2} s{mark}",
+            r.compression.name(),
+            r.size as f64 / 1e6,
+            r.compress.as_secs_f64(),
+            r.unpack.as_secs_f64(),
+            r.cost(),
+            r.ready.as_secs_f64()
+        );
+    }
+    println!(
+        "  default is the least unpack plus transfer at 100 MB/s            ({})",
+        verdict(best == default)
+    );
+    println!("  (one stream per compressor of the default image's cpio bytes; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; compress: one core of this machine)");
+    Ok(())
+}
+
+/// Boots the kernel and initrd in `dir` with the disks a host needs and a virtio-net card:
+/// the kernel's own time to unpack the initrd, from its timestamps, and the uptime at ready.
+fn unpack_time(dir: &Path) -> Result<(Duration, Duration)> {
+    let disks = TempDir::new("buildos-bench-unpack-disks")?;
+    let mut config = VmConfig::new(dir).host_disks(&disks.0)?;
+    config
+        .extra
+        .extend(Nic::Virtio.qemu_args().iter().map(|a| a.to_string()));
+    let mut vm = Vm::boot(&config)?;
+    let bound = Duration::from_secs(300);
+    let start = vm.wait_for("Trying to unpack rootfs image as initramfs", bound)?;
+    let end = vm.wait_for("Freeing initrd memory", bound)?;
+    let ready = vm.wait_for("buildos-init: ready at ", bound)?;
+    let stamp = |line: &str| -> Result<Duration> {
+        line.split('[')
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+            .with_context(|| format!("no kernel timestamp in console line {line:?}"))
+    };
+    Ok((
+        stamp(&end)?.saturating_sub(stamp(&start)?),
+        seconds_after(&ready, "ready at ")?,
+    ))
 }

@@ -10,7 +10,9 @@
 //! compressor, say) makes a new one, so a cached segment is always the one a fresh build would
 //! make. A cache directory holds:
 //!
-//! - `rootfs.cpio.gz`: the segment;
+//! - `rootfs.cpio.<ext>`: the segment, compressed with the default compression (`gz`, `zst`,
+//!   `xz` or `lz4`); beside it the same cpio bytes in another compression, each made once from
+//!   it when an image asks for that compression;
 //! - `symlinks`: the root filesystem's symlinks (`path<TAB>target` lines), which the image's own
 //!   entries are placed through;
 //! - `packages`: the manifest, `package<TAB>version` lines, the kernel package included;
@@ -49,7 +51,57 @@ pub struct Rootfs {
     pub key: String,
 }
 
-const SEGMENT: &str = "rootfs.cpio.gz";
+/// The segment's file name in `compression`.
+fn segment_file(compression: builder::Compression) -> String {
+    format!("rootfs.cpio.{}", compression.extension())
+}
+
+/// The segment's file name in the default compression, the one made with the root filesystem.
+fn default_segment() -> String {
+    segment_file(builder::Compression::default())
+}
+
+impl Rootfs {
+    /// The segment compressed with `compression`: the one made with the root filesystem, or
+    /// one made from it once (decompressed and compressed again: the same cpio bytes, so the
+    /// same bytes for the same inputs) and kept beside it.
+    pub fn segment_in(&self, compression: builder::Compression) -> Result<PathBuf> {
+        let path = self.dir.join(segment_file(compression));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let packed = std::fs::read(&self.segment)
+            .with_context(|| format!("cannot read {}", self.segment.display()))?;
+        let from = builder::Compression::detect(&packed).with_context(|| {
+            format!(
+                "{} is in no compression format the image builder knows",
+                self.segment.display()
+            )
+        })?;
+        let cpio = from
+            .decompress(&packed)
+            .with_context(|| format!("cannot decompress {}", self.segment.display()))?;
+        drop(packed);
+        let started = Instant::now();
+        let bytes = compression
+            .compress(&cpio)
+            .with_context(|| format!("cannot compress the root filesystem with {compression}"))?;
+        let tmp = self.dir.join(format!(
+            ".{}.tmp-{}",
+            segment_file(compression),
+            std::process::id()
+        ));
+        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+        eprintln!(
+            "xtask: root filesystem segment in {compression}: {:.1} MB, made once in {:.1} s",
+            bytes.len() as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(path)
+    }
+}
 const SYMLINKS: &str = "symlinks";
 const MANIFEST: &str = "packages";
 const KERNEL_DIR: &str = "kernel";
@@ -102,10 +154,11 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
 }
 
 /// The code that makes the segment from the recipe, part of the cache key: this file, the
-/// image builder's tar-to-cpio conversion, cpio writer and gzip, and the locked versions of
+/// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions of
 /// every dependency (the compressor among them). A change to any may change the bytes.
-const PIPELINE: [&[u8]; 5] = [
+const PIPELINE: [&[u8]; 6] = [
     include_bytes!("debian.rs"),
+    include_bytes!("../../image-builder/src/compress.rs"),
     include_bytes!("../../image-builder/src/rootfs.rs"),
     include_bytes!("../../image-builder/src/cpio.rs"),
     include_bytes!("../../image-builder/src/image.rs"),
@@ -224,7 +277,7 @@ pub fn rootfs_with_release(
     };
     let key = cache_key(profile, source_date_epoch, &release)?;
     let dir = cache.join(dir_name(profile, &key));
-    if dir.join(SEGMENT).is_file() {
+    if dir.join(default_segment()).is_file() {
         return load(&dir, key, Duration::ZERO);
     }
     system::ensure(&[system::MMDEBSTRAP])?;
@@ -360,9 +413,9 @@ pub fn rootfs_with_release(
     std::fs::write(tmp.join(SYMLINKS), symlinks)?;
     let cpio = tree.archive.to_bytes(source_date_epoch)?;
     drop(tree);
-    let gz = builder::image::gzip(&cpio, builder::image::DEFAULT_GZIP_LEVEL)?;
+    let packed = builder::Compression::default().compress(&cpio)?;
     drop(cpio);
-    std::fs::write(tmp.join(SEGMENT), gz)?;
+    std::fs::write(tmp.join(default_segment()), packed)?;
     std::fs::write(tmp.join(RELEASE), &release)?;
     std::fs::remove_file(&tar)?;
     std::fs::remove_dir_all(&synced)?;
@@ -397,7 +450,7 @@ fn cached_for_recipe(
         };
         let key = cache_key(profile, source_date_epoch, &release)?;
         if entry.file_name().to_string_lossy() != dir_name(profile, &key)
-            || !dir.join(SEGMENT).is_file()
+            || !dir.join(default_segment()).is_file()
         {
             continue;
         }
@@ -426,7 +479,7 @@ fn prune(cache: &Path, profile: &str, keep: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if path != keep && name.starts_with(&prefix) && path.join(SEGMENT).is_file() {
+        if path != keep && name.starts_with(&prefix) && path.join(default_segment()).is_file() {
             eprintln!(
                 "xtask: removing the outdated root filesystem {}",
                 path.display()
@@ -452,7 +505,7 @@ fn load(dir: &Path, key: String, build_time: Duration) -> Result<Rootfs> {
         .with_context(|| format!("no kernel package in {}", dir.join(KERNEL_DIR).display()))?;
     Ok(Rootfs {
         dir: dir.to_owned(),
-        segment: dir.join(SEGMENT),
+        segment: dir.join(default_segment()),
         symlinks,
         kernel_deb,
         manifest: read(MANIFEST)?,

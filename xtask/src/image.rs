@@ -29,6 +29,8 @@ pub struct Inputs {
     /// What the image holds, `package<TAB>version` lines: written to `/etc/buildos/packages`
     /// and beside the image as `buildos-packages`.
     pub manifest: String,
+    /// How the initrd's segments are compressed (`--compression`).
+    pub compression: builder::Compression,
 }
 
 pub struct Built {
@@ -160,6 +162,7 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         source_date_epoch,
         rootfs,
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
+        compression: builder::Compression::default(),
     })
 }
 
@@ -186,6 +189,7 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
     let mut spec = builder::ImageSpec::new(&inputs.kernel_deb, out, inputs.source_date_epoch);
+    spec.compression = inputs.compression;
     spec.modules = inputs.profile.modules.carried();
     spec.entries = vec![
         InitrdEntry::File {
@@ -262,10 +266,13 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
                 .collect(),
         });
     }
-    spec.base = inputs.rootfs.as_ref().map(|r| builder::Base {
-        segment: r.segment.clone(),
-        symlinks: r.symlinks.clone(),
-    });
+    spec.base = match &inputs.rootfs {
+        Some(r) => Some(builder::Base {
+            segment: r.segment_in(inputs.compression)?,
+            symlinks: r.symlinks.clone(),
+        }),
+        None => None,
+    };
     let started = Instant::now();
     let output = builder::build(&spec)?;
     let manifest = out.join(MANIFEST_FILE);
@@ -278,8 +285,9 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
 }
 
 /// `cargo xtask image`.
-pub fn run(profile: &str, out: &Path) -> Result<Built> {
-    let inputs = prepare(profile)?;
+pub fn run(profile: &str, out: &Path, compression: builder::Compression) -> Result<Built> {
+    let mut inputs = prepare(profile)?;
+    inputs.compression = compression;
     let built = assemble(&inputs, out)?;
     let o = &built.output;
     let rootfs = match &inputs.rootfs {
@@ -296,8 +304,8 @@ pub fn run(profile: &str, out: &Path) -> Result<Built> {
         None => String::new(),
     };
     eprintln!(
-        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB with {} modules{rootfs}, \
-         buildid {}, assembled in {:.2} s",
+        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB ({compression}) with \
+         {} modules{rootfs}, buildid {}, assembled in {:.2} s",
         out.display(),
         o.kernel_version,
         o.initrd_size as f64 / 1e6,

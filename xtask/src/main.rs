@@ -21,6 +21,9 @@ enum Task {
         profile: String,
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
+        #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
+        compression: buildos_image_builder::Compression,
     },
     /// Build the image and boot it in QEMU on this terminal (Ctrl-A X quits)
     Qemu {
@@ -31,6 +34,9 @@ enum Task {
         memory: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,
+        /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
+        #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
+        compression: buildos_image_builder::Compression,
         /// An OpenSSH public key for user build (default: each ~/.ssh/id_*.pub)
         #[arg(long, value_name = "FILE")]
         ssh_key: Option<PathBuf>,
@@ -65,8 +71,11 @@ enum Task {
     /// Measure image size, assembly and boot time, and the monitor, against their anchors
     Bench {
         /// Measure only the monitor's figures (no image, no QEMU)
-        #[arg(long, conflicts_with = "fuzz_only")]
+        #[arg(long, conflicts_with_all = ["fuzz_only", "compression_only"])]
         monitor_only: bool,
+        /// Measure only the initrd's compressors on the default image
+        #[arg(long, conflicts_with = "fuzz_only")]
+        compression_only: bool,
         /// Run only the property tests of the parsers of untrusted input, longer than the tests do
         #[arg(long)]
         fuzz_only: bool,
@@ -80,16 +89,22 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Image { profile, out } => xtask::image::run(&profile, &out).map(|_| ()),
+        Task::Image {
+            profile,
+            out,
+            compression,
+        } => xtask::image::run(&profile, &out, compression).map(|_| ()),
         Task::Qemu {
             profile,
             memory,
             cpus,
+            compression,
             ssh_key,
             demo,
             params,
         } => xtask::qemu::run(&xtask::qemu::Options {
             profile,
+            compression,
             memory_mib: memory,
             cpus,
             ssh_key,
@@ -112,9 +127,12 @@ fn main() -> ExitCode {
         Task::Test => xtask::test::run(),
         Task::Bench {
             monitor_only,
+            compression_only,
             fuzz_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
+        } else if compression_only {
+            xtask::bench::Only::Compression
         } else if fuzz_only {
             xtask::bench::Only::Fuzz
         } else {

@@ -521,6 +521,8 @@ impl Drop for Vm {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub profile: String,
+    /// How the initrd is compressed.
+    pub compression: buildos_image_builder::Compression,
     pub memory_mib: u32,
     pub cpus: u32,
     /// An OpenSSH public key file for user `build`; `None` takes the user's `~/.ssh/id_*.pub`.
@@ -552,7 +554,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     crate::system::ensure(&needs)?;
     let out = crate::root().join("out");
-    crate::image::run(&options.profile, &out)?;
+    crate::image::run(&options.profile, &out, options.compression)?;
     // Kept between runs, like a real host's disks: what init stores on /state survives.
     let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out).host_disks(&disks)?;

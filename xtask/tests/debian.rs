@@ -70,6 +70,27 @@ fn debian_guest_boots_in_1_gib_and_its_programs_answer() {
         // br1 is NATed out through br0, and its DHCP and TFTP server runs.
         ("nft list table ip buildos", "masquerade"),
         ("cat /proc/[0-9]*/comm | sort -u", "dnsmasq"),
+        // What the profile's path excludes and package choices leave must still work: each
+        // program the host needs runs for real, not only prints its version.
+        // QEMU starts a machine: its BIOS, VGA BIOS and the virtio NIC's option ROM load.
+        (
+            "printf 'cont\\ninfo status\\nquit\\n' | qemu-system-x86_64 -machine q35 -m 64 \
+             -display none -nic user,model=virtio-net-pci -S -monitor stdio -serial none 2>&1",
+            "VM status: running",
+        ),
+        (
+            "qemu-img create -q -f qcow2 /tmp/m.qcow2 1M && qemu-img info /tmp/m.qcow2",
+            "file format: qcow2",
+        ),
+        // sshd answers on its port with the host key init made.
+        (
+            "ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null",
+            "ssh-ed25519 AAAA",
+        ),
+        ("dnsmasq --test 2>&1", "syntax check OK"),
+        // btrfs-progs reads the machines disk.
+        ("btrfs filesystem show 2>&1", "Label: 'buildos.machines'"),
+        ("sudo -u build id -un", "build"),
     ] {
         let output = run(&mut vm, command);
         eprintln!("guest: `{command}`: {output}");
