@@ -8,12 +8,10 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
-/// The body rows of the first Markdown table whose header's first cell is `first`: each row's
+/// The body rows of the first Markdown table whose header starts with `header`: each row's
 /// cells, trimmed.
-fn table_rows(text: &str, first: &str) -> Vec<Vec<String>> {
-    let mut lines = text
-        .lines()
-        .skip_while(|l| !l.starts_with(&format!("| {first} |")));
+fn table_rows(text: &str, header: &str) -> Vec<Vec<String>> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(header));
     lines.next();
     lines.next();
     lines
@@ -29,7 +27,7 @@ fn table_rows(text: &str, first: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn boot_md_step_table_matches_init_steps_in_order() {
-    let documented: Vec<(String, bool)> = table_rows(&repo_file("docs/boot.md"), "step")
+    let documented: Vec<(String, bool)> = table_rows(&repo_file("docs/boot.md"), "| step |")
         .into_iter()
         .map(|row| (row[0].trim_matches('`').to_owned(), row[1] == "yes"))
         .collect();
@@ -61,5 +59,53 @@ fn architecture_code_map_names_every_crate_of_the_workspace() {
     assert_eq!(
         mapped, members,
         "ARCHITECTURE.md's code map (### `<dir>/` headings) and the workspace members differ"
+    );
+}
+
+/// Every `fn` name in the workspace's Rust files (outside `target/`).
+fn function_names(dir: &Path, names: &mut std::collections::BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() && name != "target" && name != ".git" {
+            function_names(&path, names);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for rest in text.split("fn ").skip(1) {
+                let ident: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.insert(ident);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_test_security_md_names_exists() {
+    let mut names = std::collections::BTreeSet::new();
+    function_names(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+        &mut names,
+    );
+    let text = repo_file("docs/security.md");
+    let rows = table_rows(&text, "| who | could | now | test |");
+    assert!(!rows.is_empty(), "docs/security.md has no table of faults");
+    let mut missing = Vec::new();
+    for row in &rows {
+        let tests = &row[row.len() - 1];
+        for name in tests.split('`').skip(1).step_by(2) {
+            if !name.ends_with(".rs") && !names.contains(name) {
+                missing.push(name.to_owned());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/security.md names tests that do not exist: {missing:?}"
     );
 }
