@@ -282,6 +282,8 @@ pub struct Spec {
     pub nice: i32,
     /// `(uid, gid)` to run as; `None` keeps the monitor's.
     pub user: Option<(u32, u32)>,
+    /// The user's supplementary groups (`kvm` for `build`); only with `user`.
+    pub groups: Vec<u32>,
     /// The agent's `HOME`; `None` keeps the user's from `/etc/passwd`.
     pub home: Option<PathBuf>,
     /// The agent's stdout and stderr.
@@ -403,6 +405,10 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
             .arg(uid.to_string())
             .arg("--gid")
             .arg(gid.to_string());
+        if !spec.groups.is_empty() {
+            let groups: Vec<String> = spec.groups.iter().map(u32::to_string).collect();
+            command.arg("--groups").arg(groups.join(","));
+        }
     }
     if let Some(home) = &spec.home {
         command.arg("--home").arg(home);
@@ -479,55 +485,168 @@ fn supervise(
     }
 }
 
-/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G] [--home DIR] -- program args…`:
-/// pins itself to the CPUs, sets its nice value, drops to the user and becomes the agent.
-/// Returns only on failure.
-pub fn run_agent(args: &[String]) -> AgentError {
-    let mut nice = 0;
-    let mut cpus = None;
-    let mut uid = None;
-    let mut gid = None;
-    let mut home = None;
-    let mut iter = args.iter();
-    let mut argv = Vec::new();
+/// What `run-agent` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launch {
+    pub nice: i32,
+    pub cpus: Option<Vec<u32>>,
+    /// `(uid, gid)`; both or neither.
+    pub user: Option<(u32, u32)>,
+    /// The supplementary groups, as `initgroups` would set them for the user.
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// Reads `run-agent`'s options. It runs as root and drops privileges: any option it cannot
+/// read is an error, so a mistake never starts an agent as root or at the wrong priority.
+pub fn parse_launch(args: &[String]) -> Result<Launch, AgentError> {
+    fn number<T: std::str::FromStr>(
+        option: &str,
+        value: Option<&String>,
+        expected: &str,
+    ) -> Result<T, AgentError> {
+        let value = value.ok_or_else(|| error("run-agent", format!("{option} needs a value")))?;
+        value.parse().map_err(|_| {
+            error(
+                "run-agent",
+                format!("{option} {value:?}: expected {expected}"),
+            )
+        })
+    }
+    let mut launch = Launch::default();
+    let (mut uid, mut gid) = (None, None);
+    // `--` ends the options: it is never an option's value.
+    let mut iter = args.iter().peekable();
+    let mut iter = std::iter::from_fn(move || match iter.peek() {
+        Some(next) if next.as_str() == "--" => None,
+        _ => iter.next(),
+    });
+    let mut ended = false;
     while let Some(arg) = iter.next() {
-        let mut value = || iter.next().cloned().unwrap_or_default();
         match arg.as_str() {
-            "--nice" => nice = value().parse().unwrap_or(0),
-            "--cpus" => cpus = crate::slices::parse_cpu_list(&value()),
-            "--uid" => uid = value().parse::<u32>().ok(),
-            "--gid" => gid = value().parse::<u32>().ok(),
-            "--home" => home = Some(value()),
-            "--" => {
-                argv = iter.cloned().collect();
-                break;
+            "--nice" => {
+                let nice: i32 = number("--nice", iter.next(), "a nice value from -20 to 19")?;
+                if !(-20..=19).contains(&nice) {
+                    return Err(error(
+                        "run-agent",
+                        format!("--nice \"{nice}\": expected a nice value from -20 to 19"),
+                    ));
+                }
+                launch.nice = nice;
             }
-            other => return error("run-agent", format!("unknown option {other}")),
+            "--cpus" => {
+                let value = iter
+                    .next()
+                    .ok_or_else(|| error("run-agent", "--cpus needs a value"))?;
+                launch.cpus = Some(crate::slices::parse_cpu_list(value).ok_or_else(|| {
+                    error(
+                        "run-agent",
+                        format!("--cpus {value:?}: expected a CPU list like 0-3,8"),
+                    )
+                })?);
+            }
+            "--uid" => uid = Some(number::<u32>("--uid", iter.next(), "a numeric user id")?),
+            "--gid" => gid = Some(number::<u32>("--gid", iter.next(), "a numeric group id")?),
+            "--groups" => {
+                let value = iter
+                    .next()
+                    .ok_or_else(|| error("run-agent", "--groups needs a value"))?;
+                launch.groups = value
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(|g| {
+                        g.parse().map_err(|_| {
+                            error(
+                                "run-agent",
+                                format!(
+                                    "--groups {value:?}: expected numeric group ids separated \
+                                     by commas"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--home" => {
+                launch.home = Some(
+                    iter.next()
+                        .cloned()
+                        .ok_or_else(|| error("run-agent", "--home needs a value"))?,
+                );
+            }
+            other => return Err(error("run-agent", format!("unknown option {other:?}"))),
         }
     }
+    if let Some(at) = args.iter().position(|a| a == "--") {
+        launch.argv = args[at + 1..].to_vec();
+        ended = true;
+    }
+    if !ended || launch.argv.is_empty() {
+        return Err(error("run-agent", "no program after --"));
+    }
+    launch.user = match (uid, gid) {
+        (Some(uid), Some(gid)) => Some((uid, gid)),
+        (None, None) => None,
+        _ => return Err(error("run-agent", "--uid and --gid go together")),
+    };
+    if launch.user.is_none() && !launch.groups.is_empty() {
+        return Err(error("run-agent", "--groups needs --uid and --gid"));
+    }
+    Ok(launch)
+}
+
+/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G [--groups G,...]]
+/// [--home DIR] -- program args…`: pins itself to the CPUs, sets its nice value, drops to the
+/// user with its supplementary groups and becomes the agent. Returns only on failure; an
+/// option it cannot read is a failure before anything runs.
+pub fn run_agent(args: &[String]) -> AgentError {
+    let launch = match parse_launch(args) {
+        Ok(launch) => launch,
+        Err(e) => return e,
+    };
     // The agent starts with no signal blocked, whatever the launcher inherited.
     if let Err(e) = unblock_signals() {
         return error("sigprocmask", e);
     }
-    if let Some(cpus) = cpus {
+    if let Some(cpus) = &launch.cpus {
         let mut set = rustix::thread::CpuSet::new();
         for cpu in cpus {
-            set.set(cpu as usize);
+            set.set(*cpu as usize);
         }
         if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
             return error("sched_setaffinity", e);
         }
     }
-    if let Err(e) = rustix::process::setpriority_process(None, nice) {
-        return error(format!("setpriority {nice}"), e);
+    if let Err(e) = rustix::process::setpriority_process(None, launch.nice) {
+        return error(format!("setpriority {}", launch.nice), e);
     }
-    let Some((program, rest)) = argv.split_first() else {
+    let Some((program, rest)) = launch.argv.split_first() else {
         return error("run-agent", "no program after --");
     };
     let mut command = Command::new(program);
     command.args(rest);
-    if let (Some(uid), Some(gid)) = (uid, gid) {
-        command.uid(uid).gid(gid);
+    if let Some((uid, gid)) = launch.user {
+        // Groups first, then the group, then the user: each needs the privilege the next
+        // step gives up. Done here rather than through Command::uid, which would clear the
+        // supplementary groups (`kvm` among them).
+        let mut groups: Vec<nix::unistd::Gid> = vec![nix::unistd::Gid::from_raw(gid)];
+        groups.extend(
+            launch
+                .groups
+                .iter()
+                .filter(|g| **g != gid)
+                .map(|g| nix::unistd::Gid::from_raw(*g)),
+        );
+        if let Err(e) = nix::unistd::setgroups(&groups) {
+            return error(format!("setgroups {:?}", launch.groups), e);
+        }
+        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
+            return error(format!("setgid {gid}"), e);
+        }
+        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)) {
+            return error(format!("setuid {uid}"), e);
+        }
         if let Some(user) = passwd_entry("/etc/passwd", |_, entry_uid| entry_uid == uid) {
             command
                 .env("HOME", &user.home)
@@ -535,11 +654,34 @@ pub fn run_agent(args: &[String]) -> AgentError {
                 .env("LOGNAME", &user.name);
         }
     }
-    if let Some(home) = home {
+    if let Some(home) = &launch.home {
         command.env("HOME", home);
     }
     use std::os::unix::process::CommandExt;
     error(format!("exec {program}"), command.exec())
+}
+
+/// The supplementary groups of `user` in the group file text `group` (`name:x:gid:members`),
+/// as `initgroups` finds them: every group whose member list names the user. Read directly for
+/// the same reason as [`passwd_entry`].
+pub fn supplementary_groups(group: &str, user: &str) -> Vec<u32> {
+    let mut gids: Vec<u32> = group
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let [_, _, gid, members] = fields.as_slice() else {
+                return None;
+            };
+            members
+                .split(',')
+                .any(|m| m.trim() == user)
+                .then(|| gid.parse().ok())
+                .flatten()
+        })
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    gids
 }
 
 /// Unblocks every signal of the calling thread (call it before any other thread exists). init

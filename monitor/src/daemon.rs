@@ -32,6 +32,8 @@ pub struct Options {
     pub policy: Policy,
     /// The user agents run as (`build` when the monitor runs as root).
     pub agent_user: Option<(u32, u32)>,
+    /// Its supplementary groups from `/etc/group` (`kvm`, for `/dev/kvm`).
+    pub agent_groups: Vec<u32>,
     /// The host's CPUs and RAM; `None` detects them.
     pub host: Option<Host>,
     /// The first and the longest wait between tries of the mail relay.
@@ -47,6 +49,13 @@ impl Options {
             agents::passwd_entry("/etc/passwd", |name, _| name == "build")
                 .map_or((1000, 1000), |user| (user.uid, user.gid))
         });
+        let agent_groups = match agent_user {
+            Some(_) => agents::supplementary_groups(
+                &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+                "build",
+            ),
+            None => Vec::new(),
+        };
         Options {
             paths: Paths::from_env(),
             retry: Retry::default(),
@@ -61,6 +70,7 @@ impl Options {
                     .unwrap_or_else(|_| PathBuf::from("/usr/sbin/buildos-monitor")),
             },
             agent_user,
+            agent_groups,
             host: None,
             mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
             reboot: Box::new(|reason| {
@@ -506,6 +516,7 @@ fn agent_specs(
             dir: dir.clone(),
             nice: tc.nice,
             user: options.agent_user,
+            groups: options.agent_groups.clone(),
             home: Some(work.clone()),
             log: paths
                 .run

@@ -44,6 +44,7 @@ fn spec(
         dir: dir.to_path_buf(),
         nice: 7,
         user,
+        groups: Vec::new(),
         home: None,
         log: dir.join("agent.log"),
     }
@@ -198,4 +199,89 @@ fn an_agent_writing_without_end_keeps_its_log_bounded() {
         current <= bound && previous <= bound,
         "{current} and {previous} bytes"
     );
+}
+
+#[test]
+fn run_agent_refuses_options_it_cannot_read_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    for (options, said) in [
+        (
+            &["--uid", "build", "--gid", "1000"][..],
+            "--uid \"build\": expected a numeric user id",
+        ),
+        (
+            &["--uid", "1000", "--gid", "-1"][..],
+            "--gid \"-1\": expected a numeric group id",
+        ),
+        (&["--uid", "1000"][..], "--uid and --gid go together"),
+        (
+            &["--nice", "five"][..],
+            "--nice \"five\": expected a nice value",
+        ),
+        (
+            &["--nice", "40"][..],
+            "--nice \"40\": expected a nice value from -20 to 19",
+        ),
+        (
+            &["--cpus", "0-x"][..],
+            "--cpus \"0-x\": expected a CPU list",
+        ),
+        (
+            &["--uid", "1000", "--gid", "1000", "--groups", "kvm"][..],
+            "--groups \"kvm\": expected numeric group ids",
+        ),
+        (&["--groups", "108"][..], "--groups needs --uid and --gid"),
+        (&["--home"][..], "--home needs a value"),
+        (&["--verbose"][..], "unknown option \"--verbose\""),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
+            .arg("run-agent")
+            .args(options)
+            .args(["--", "/bin/sh", "-c", &touch])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{options:?} ran: {output:?}");
+        assert!(stderr.contains(said), "{options:?}: {stderr}");
+        assert!(!ran.exists(), "{options:?} ran the agent");
+    }
+}
+
+#[test]
+fn agent_keeps_its_users_supplementary_groups() {
+    require_root("dropping an agent to another user with its groups");
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let record = dir.path().join("groups");
+    // 65534 is nobody; 4242 stands for kvm, whatever number the test machine gives it.
+    let mut spec = spec(
+        dir.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "id -G > {r}.tmp && mv {r}.tmp {r}; exec sleep 600",
+                r = record.display()
+            ),
+        ],
+        vec![0],
+        Some((65534, 65534)),
+    );
+    spec.groups = buildos_monitor::agents::supplementary_groups(
+        "root:x:0:\nkvm:x:4242:other,nobody\nnogroup:x:65534:\ndisk:x:6:\n",
+        "nobody",
+    );
+    assert_eq!(spec.groups, [4242]);
+    let supervisor = Supervisor::start(vec![spec], policy(), Arc::new(|_: &Spec, _, _: &str| {}));
+    wait_for("the agent's groups", Duration::from_secs(30), || {
+        record.exists()
+    });
+    supervisor.stop(Duration::from_secs(5));
+    assert_eq!(fs::read_to_string(&record).unwrap().trim(), "65534 4242");
 }

@@ -114,6 +114,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
         },
         agent_user: None,
+        agent_groups: Vec::new(),
         host: Some(host),
         mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
         reboot: Box::new(move |reason| {
