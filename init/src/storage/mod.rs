@@ -39,6 +39,11 @@ pub const DEFAULT_VOLUME: &str = "default";
 /// turn every read of a build into a metadata write on flash and SSDs.
 pub const MOUNT_OPTIONS: &str = "noatime";
 const MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME;
+/// What machine volumes get beyond [`MOUNT_OPTIONS`]: the agents' user deletes the per-build
+/// snapshots it made (`<name>-<toolchain>-<xxx>`) with `btrfs subvolume delete`, which the
+/// kernel allows a user other than root only with this option, and then only where rmdir(2)
+/// would be allowed and on a writable subvolume it may write to (read-only revisions stay).
+pub const MACHINES_DATA: &str = "user_subvol_rm_allowed";
 
 /// Where setup looks and writes. [`Environment::host`] is the running system; tests point it at
 /// a directory holding only their own devices and a scratch root.
@@ -185,6 +190,22 @@ impl Role {
     }
 
     /// The mount point as the host sees it.
+    /// The filesystem-specific options (mount(2)'s data) its mount gets.
+    pub fn mount_data(&self) -> Option<&'static str> {
+        match self {
+            Role::State => None,
+            Role::Machines(_) => Some(MACHINES_DATA),
+        }
+    }
+
+    /// Every option its mount gets, as /etc/fstab writes them.
+    pub fn mount_options(&self) -> String {
+        match self.mount_data() {
+            None => MOUNT_OPTIONS.to_string(),
+            Some(data) => format!("{MOUNT_OPTIONS},{data}"),
+        }
+    }
+
     pub fn mount_point(&self) -> String {
         match self {
             Role::State => "/state".into(),
@@ -197,6 +218,8 @@ impl Role {
 #[derive(Clone, Debug)]
 pub struct Mounted {
     pub mount_point: String,
+    /// The options it was mounted with, as in /etc/fstab.
+    pub options: String,
     pub label: String,
     pub uuid: String,
     pub fs_type: FsType,
@@ -290,6 +313,7 @@ pub enum Problem {
         label: String,
         target: PathBuf,
         fs_type: FsType,
+        options: String,
         errno: Errno,
     },
 }
@@ -382,10 +406,11 @@ impl fmt::Display for Problem {
                 label,
                 target,
                 fs_type,
+                options,
                 errno,
             } => write!(
                 f,
-                "cannot mount {} ({fs_type}, label {label}) on {} with {MOUNT_OPTIONS}: {}",
+                "cannot mount {} ({fs_type}, label {label}) on {} with {options}: {}",
                 device.display(),
                 target.display(),
                 errno.desc()
@@ -877,9 +902,10 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         &target,
         Some(fs.fs_type.driver()),
         MOUNT_FLAGS,
-        None::<&str>,
+        role.mount_data(),
     )
     .map_err(|errno| Problem::Mount {
+        options: role.mount_options(),
         device: device.to_owned(),
         label: fs.label.clone(),
         target: target.clone(),
@@ -889,6 +915,7 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
     let sizes: Option<Vec<u64>> = fs.devices.iter().map(|d| d.size).collect();
     Ok(Mounted {
         mount_point,
+        options: role.mount_options(),
         label: fs.label.clone(),
         uuid: fs.uuid.clone(),
         fs_type: fs.fs_type,
@@ -911,10 +938,11 @@ pub fn fstab(mounted: &[Mounted]) -> String {
             m.uuid
         ));
         text.push_str(&format!(
-            "LABEL={}\t{}\t{}\t{MOUNT_OPTIONS}\t0\t0\n",
+            "LABEL={}\t{}\t{}\t{}\t0\t0\n",
             m.label,
             m.mount_point,
-            m.fs_type.driver()
+            m.fs_type.driver(),
+            m.options
         ));
     }
     text
@@ -979,6 +1007,7 @@ mod tests {
         let mounted = [
             Mounted {
                 mount_point: "/state".into(),
+                options: Role::State.mount_options(),
                 label: "buildos.state".into(),
                 uuid: "u1".into(),
                 fs_type: FsType::Ext2,
@@ -987,6 +1016,7 @@ mod tests {
             },
             Mounted {
                 mount_point: "/build/machines/default".into(),
+                options: Role::Machines("default".into()).mount_options(),
                 label: "buildos.machines".into(),
                 uuid: "u2".into(),
                 fs_type: FsType::Btrfs,
@@ -1000,7 +1030,8 @@ mod tests {
             lines,
             [
                 "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
+                 noatime,user_subvol_rm_allowed\t0\t0",
             ]
         );
         assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
