@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod devices;
 pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
@@ -283,7 +284,12 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
-    let problems = report.problems();
+    let mut problems = report.problems();
+    // The modules made the nodes; now the build user may use them.
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let (lines, more) = devices::grant(std::path::Path::new("/dev"), &group);
+    lines.iter().for_each(|line| console::info(line));
+    problems.extend(more);
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
