@@ -323,6 +323,22 @@ fn step_network(boot: &mut Boot) -> StepResult {
             Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
         }
     }
+    if std::path::Path::new(net::DNSMASQ).is_file() {
+        match net::tftp_br0_command(&boot.config, &paths) {
+            Ok(None) => {}
+            Ok(Some(command)) => {
+                let args: Vec<String> = command
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let service = Service::new("dnsmasq-br0", net::DNSMASQ, &args);
+                boot.services.add(service, std::time::Instant::now());
+                console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
+            }
+            Err(error) => problems.push(format!("network: br0's TFTP server: {error}")),
+        }
+    }
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {

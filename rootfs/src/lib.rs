@@ -563,14 +563,20 @@ mod tests {
             boot = ["btrfs"]
         "#;
         let error = parse("x", text).unwrap_err().to_string();
-        assert!(error.contains("debian.setuid entry \"usr/lib/qemu"), "{error}");
+        assert!(
+            error.contains("debian.setuid entry \"usr/lib/qemu"),
+            "{error}"
+        );
         let text = text.replace("usr/lib", "/usr/lib").replace(
             "[modules]",
             "[[user]]\nname = \"b\"\nuid = 1\ngid = 1\nhome = \"/b\"\nshell = \"/bin/sh\"\n\
              groups = [\"kvm; rm -rf /\"]\n[modules]",
         );
         let error = parse("x", &text).unwrap_err().to_string();
-        assert!(error.contains("group \"kvm; rm -rf /\" is not a group name"), "{error}");
+        assert!(
+            error.contains("group \"kvm; rm -rf /\" is not a group name"),
+            "{error}"
+        );
     }
 
     #[test]
