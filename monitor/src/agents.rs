@@ -77,7 +77,8 @@ pub struct Variables {
     pub auxiliary_ram_mib: u64,
     pub auxiliary_ram_kib: u64,
     pub bridge: String,
-    /// br1's address: the TFTP server machines on br1 use.
+    /// The host's address on `bridge`, where its TFTP server serves the toolchain files to
+    /// the machines there: br1's static one, or br0's from its lease.
     pub tftp_host: String,
     /// `buildos.toolchain_trust` (`no` when unset).
     pub toolchain_trust: String,
@@ -271,6 +272,34 @@ pub fn command(
         *program = dir.join(&*program).display().to_string();
     }
     Ok(argv)
+}
+
+/// The address machines on `bridge` reach the host's TFTP server at: br1's for br1; for br0
+/// the address init wrote as `address=<ip>/<prefix>` into `network` (its
+/// `/run/buildos/network`), or an error when br0 has none (no lease).
+pub fn tftp_host(
+    bridge: buildos_cmdline::Bridge,
+    br1: buildos_cmdline::Ipv4Net,
+    network: &str,
+) -> Result<String, AgentError> {
+    match bridge {
+        buildos_cmdline::Bridge::Br1 => Ok(br1.addr().to_string()),
+        buildos_cmdline::Bridge::Br0 => {
+            let address = network
+                .lines()
+                .find_map(|l| l.strip_prefix("address="))
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.trim().parse::<std::net::Ipv4Addr>().ok());
+            address.map(|a| a.to_string()).ok_or_else(|| {
+                error(
+                    "bridge br0",
+                    "br0 has no address (no DHCP lease at boot), so its machines could not \
+                     reach this host's TFTP server; the agents start when the host boots with \
+                     a lease",
+                )
+            })
+        }
+    }
 }
 
 /// One instance to run.
@@ -796,6 +825,18 @@ mod tests {
         );
         assert_eq!(passwd_entry(path, |_, uid| uid == 1000), Some(build));
         assert_eq!(passwd_entry(path, |name, _| name == "nobody"), None);
+    }
+
+    #[test]
+    fn tftp_host_is_the_address_on_the_toolchains_own_bridge() {
+        use buildos_cmdline::{Bridge, Ipv4Net};
+        let br1 = Ipv4Net::parse("172.30.0.1/24").unwrap();
+        let network = "interface=br0\naddress=10.0.2.15/24\nhostname=h\n";
+        assert_eq!(tftp_host(Bridge::Br1, br1, network).unwrap(), "172.30.0.1");
+        assert_eq!(tftp_host(Bridge::Br0, br1, network).unwrap(), "10.0.2.15");
+        let none = "interface=\naddress=\nhostname=h\n";
+        let err = tftp_host(Bridge::Br0, br1, none).unwrap_err().to_string();
+        assert!(err.starts_with("bridge br0: br0 has no address"), "{err}");
     }
 
     #[test]

@@ -485,6 +485,8 @@ fn agent_specs(
         options.agent_user,
         0o755,
     )?;
+    let network = std::fs::read_to_string(paths.network()).unwrap_or_default();
+    let tftp_host = agents::tftp_host(tc.bridge, config.br1_address, &network)?;
     let mut specs = Vec::new();
     for slice in slices {
         let variables = Variables {
@@ -505,7 +507,7 @@ fn agent_specs(
             auxiliary_ram_mib: slice.ram_auxiliary_mib,
             auxiliary_ram_kib: slice.ram_auxiliary_mib * 1024,
             bridge: tc.bridge.as_str().to_string(),
-            tftp_host: config.br1_address.addr().to_string(),
+            tftp_host: tftp_host.clone(),
             toolchain_trust: tc.trust_file().to_string(),
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
