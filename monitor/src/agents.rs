@@ -86,6 +86,9 @@ pub struct Variables {
     pub trust: Vec<String>,
     /// Every `buildos.controller_url`.
     pub controller_urls: Vec<String>,
+    /// The host's agent key on the state disk (private, the agents' user's), empty when there
+    /// is none.
+    pub agent_key: String,
 }
 
 /// An agent step that failed.
@@ -781,6 +784,7 @@ mod tests {
             toolchain_trust: "no".into(),
             trust: vec!["AA:BB".into(), "CC:DD".into()],
             controller_urls: vec!["https://ci.example.org/".into(), "https://c2/".into()],
+            agent_key: "/state/agent/id_ed25519".into(),
         }
     }
 

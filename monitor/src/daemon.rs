@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
+use crate::agentkey;
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
 use crate::fetch::Retry;
 use crate::mail::{self, Queue, Relay};
@@ -17,6 +18,9 @@ use crate::report::{self, HostUp, Report, ToolchainState};
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
+
+/// Makes and reads the agent key.
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 
 /// What to do to reboot the host; given the reason.
 pub type RebootAction = Box<dyn Fn(&str) + Send>;
@@ -257,6 +261,21 @@ pub fn run(options: Options) -> String {
     let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
 
     cleanup_machine_volumes(paths);
+    let agent_key = agentkey::ensure(
+        &paths.state,
+        options.agent_user,
+        std::path::Path::new(SSH_KEYGEN),
+        &hostname,
+    );
+    match &agent_key {
+        Ok(key) => log::info!(
+            "agent key {} {}: {}",
+            key.path,
+            if key.made { "made" } else { "kept" },
+            key.fingerprint
+        ),
+        Err(e) => log::error!("no agent key: {e}"),
+    }
 
     let buildid = std::fs::read_to_string(&paths.buildid)
         .map(|s| s.trim().to_string())
@@ -370,7 +389,19 @@ pub fn run(options: Options) -> String {
         if mine.is_empty() {
             continue;
         }
-        match agent_specs(&config, paths, &options, num as u32 + 1, installed, &mine) {
+        let key = agent_key
+            .as_ref()
+            .map(|k| k.path.clone())
+            .unwrap_or_default();
+        match agent_specs(
+            &config,
+            paths,
+            &options,
+            num as u32 + 1,
+            installed,
+            &mine,
+            &key,
+        ) {
             Ok(mut more) => specs.append(&mut more),
             Err(e) => {
                 log::error!("toolchain {}: {e}", t.name);
@@ -415,19 +446,21 @@ pub fn run(options: Options) -> String {
                     .collect()
             })
             .unwrap_or_default(),
+        agent_key: Some(agent_key.clone()),
     }));
 
     let interval = options
         .poll_interval
         .unwrap_or_else(|| Duration::from_secs(u64::from(config.poll_interval.max(1))));
     let write_status = |watches: &[Watch]| {
-        let status = snapshot(
+        let mut status = snapshot(
             buildid.as_deref(),
             &toolchains,
             &supervisor,
             watches,
             &mailer,
         );
+        status.agent_key = agent_key.as_ref().ok().cloned();
         if let Err(e) = status.write(&paths.status()) {
             log::warn!("status {}: {e}", paths.status().display());
         }
@@ -471,6 +504,7 @@ fn agent_specs(
     num: u32,
     installed: &Installed,
     slices: &[&slices::Slice],
+    agent_key: &str,
 ) -> Result<Vec<Spec>, agents::AgentError> {
     let tc = &config.toolchains[&installed.name];
     let dir = agents::unpack(&installed.archive(), &paths.agents.join(&installed.name))?;
@@ -511,6 +545,7 @@ fn agent_specs(
             toolchain_trust: tc.trust_file().to_string(),
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
+            agent_key: agent_key.to_string(),
         };
         specs.push(Spec {
             slice: (*slice).clone(),
@@ -630,5 +665,6 @@ fn snapshot(
             })
             .collect(),
         mail_queue: mailer.queued(),
+        agent_key: None,
     }
 }

@@ -70,6 +70,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         mounts: root.path().join("mounts"),
         fstab: root.path().join("fstab"),
         machines: root.path().join("machines"),
+        state: root.path().join("state"),
     };
     fs::write(
         &paths.cmdline,
@@ -202,6 +203,35 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     assert!(mails
         .iter()
         .any(|m| m.subject().ends_with("toolchain default 1.0 installed")));
+    // The agent key, made on this new state directory: the mail, the status and the file
+    // agree, and the mail says it is new.
+    let key = Status::read(&paths.status()).unwrap().agent_key.unwrap();
+    assert_eq!(
+        key.path,
+        paths.state.join("agent/id_ed25519").display().to_string()
+    );
+    assert_eq!(
+        fs::read_to_string(paths.state.join("agent/id_ed25519.pub"))
+            .unwrap()
+            .trim(),
+        key.public
+    );
+    assert!(key.fingerprint.starts_with("SHA256:"), "{key:?}");
+    for want in [
+        format!("  {}\n", key.public),
+        format!("  fingerprint {}\n", key.fingerprint),
+        "  NEW: made on this boot".to_string(),
+    ] {
+        assert!(
+            up.message.contains(&want),
+            "host-up mail lacks {want:?}:\n{}",
+            up.message
+        );
+    }
+    assert!(
+        printed.contains(&format!("agent key: {} (", key.fingerprint)),
+        "{printed}"
+    );
 
     // Polls are conditional: the unchanged build id is answered 304.
     wait_for(
