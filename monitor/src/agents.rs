@@ -10,6 +10,14 @@
 //! command = "bin/agent --cpus {{ cpus }} --ram {{ ram_kib }} {% for url in controller_urls %} {{ url }}{% endfor %}"
 //! ```
 //!
+//! A declaration may also name a `bootstrap` command, a template like `command`, which runs
+//! once per installed toolchain version before any instance starts (see [`Bootstrap`]):
+//!
+//! ```toml
+//! bootstrap = "./build.sh {{ work_dir }}"
+//! command = "{{ work_dir }}/bin/agent {{ instance }}"
+//! ```
+//!
 //! Without one the agent is bbot's: [`DEFAULT_COMMAND`].
 
 use std::fmt;
@@ -45,6 +53,10 @@ pub const DEFAULT_COMMAND: &str = "bin/bbot-agent --systemd-daemon \
 #[serde(deny_unknown_fields)]
 pub struct Declaration {
     pub command: String,
+    /// Run once per installed version, as the agents' user, in the agent directory, before
+    /// any instance starts; typically builds the agent from the source the archive holds.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
 }
 
 /// What a command template may use.
@@ -305,6 +317,157 @@ pub fn tftp_host(
     }
 }
 
+/// A toolchain's bootstrap: run once, by whichever of its instances gets there first, while
+/// the others wait; an instance starts only after it succeeded.
+pub struct Bootstrap {
+    pub toolchain: String,
+    /// The rendered command (program and arguments), run in the instance's `dir`.
+    pub argv: Vec<String>,
+    /// Its stdout and stderr, bounded (`<run>/agents/<toolchain>-bootstrap.log`).
+    pub log: PathBuf,
+    /// Root's record that this toolchain id was bootstrapped (`<agents>/<toolchain>.bootstrapped`):
+    /// a restart of the monitor does not bootstrap the same version again.
+    pub marker: PathBuf,
+    /// The installed toolchain's id; the marker holds it.
+    pub id: String,
+    /// Told (subject, body) when the bootstrap fails.
+    pub on_failure: Arc<dyn Fn(String, String) + Send + Sync>,
+    result: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("toolchain", &self.toolchain)
+            .field("argv", &self.argv)
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lines of the log a failure mail quotes.
+const TAIL_LINES: usize = 40;
+
+impl Bootstrap {
+    pub fn new(
+        toolchain: &str,
+        argv: Vec<String>,
+        log: PathBuf,
+        marker: PathBuf,
+        id: &str,
+        on_failure: Arc<dyn Fn(String, String) + Send + Sync>,
+    ) -> Bootstrap {
+        Bootstrap {
+            toolchain: toolchain.to_string(),
+            argv,
+            log,
+            marker,
+            id: id.to_string(),
+            on_failure,
+            result: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs the bootstrap the first time it is asked (later callers wait and get the same
+    /// answer); done already for this id is success.
+    pub fn run(
+        &self,
+        spec: &Spec,
+        policy: &Policy,
+        state: &Mutex<InstanceState>,
+    ) -> Result<(), String> {
+        self.result
+            .get_or_init(|| {
+                if fs::read_to_string(&self.marker).is_ok_and(|id| id.trim() == self.id) {
+                    log::info!("toolchain {}: bootstrapped already", self.toolchain);
+                    return Ok(());
+                }
+                let _ = fs::remove_file(&self.marker);
+                log::info!("toolchain {}: bootstrap {:?}", self.toolchain, self.argv);
+                let started = Instant::now();
+                let result = self.spawn_and_wait(spec, policy, state);
+                match &result {
+                    Ok(()) => {
+                        log::info!(
+                            "toolchain {}: bootstrap done in {:.0?}",
+                            self.toolchain,
+                            started.elapsed()
+                        );
+                        if let Err(e) = fs::write(&self.marker, format!("{}\n", self.id)) {
+                            log::warn!("{}: {e}", self.marker.display());
+                        }
+                    }
+                    Err(why) => {
+                        log::error!("toolchain {}: bootstrap failed: {why}", self.toolchain);
+                        let tail = log_tail(&self.log, TAIL_LINES);
+                        (self.on_failure)(
+                            format!("toolchain {} bootstrap failed", self.toolchain),
+                            format!(
+                                "The bootstrap of toolchain {} ({}) failed: {why}\n\
+                                 No agent of this toolchain runs until the next boot; the \
+                                 other toolchains go on.\n\n\
+                                 The last lines of {}:\n{tail}",
+                                self.toolchain,
+                                self.argv.join(" "),
+                                self.log.display()
+                            ),
+                        );
+                    }
+                }
+                result
+            })
+            .clone()
+    }
+
+    fn spawn_and_wait(
+        &self,
+        spec: &Spec,
+        policy: &Policy,
+        state: &Mutex<InstanceState>,
+    ) -> Result<(), String> {
+        let log = buildos_logcap::open(&self.log, buildos_logcap::DEFAULT_BOUND)
+            .map_err(|e| format!("cannot open {}: {e}", self.log.display()))?;
+        // The same launcher and user as the instances, on every CPU.
+        let one = Spec {
+            argv: self.argv.clone(),
+            slice: Slice {
+                affinity: Vec::new(),
+                ..spec.slice.clone()
+            },
+            ..spec.clone()
+        };
+        let mut child = launcher(&one, policy)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", policy.launcher.display()))?;
+        // Recorded like an instance's, so stopping the host stops the bootstrap too.
+        lock(state).pid = Some(child.id());
+        let status = child.wait().map_err(|e| format!("wait failed: {e}"));
+        lock(state).pid = None;
+        let status = status?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    }
+}
+
+/// The last `lines` lines of the log at `path` (and of its rotated part when the log is
+/// shorter), indented for a mail.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let mut text = fs::read_to_string(buildos_logcap::rotated(path)).unwrap_or_default();
+    text.push_str(&fs::read_to_string(path).unwrap_or_default());
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    if tail.is_empty() {
+        return "  (no output)\n".to_string();
+    }
+    tail.iter().map(|l| format!("  {l}\n")).collect()
+}
+
 /// One instance to run.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -320,6 +483,8 @@ pub struct Spec {
     pub home: Option<PathBuf>,
     /// The agent's stdout and stderr.
     pub log: PathBuf,
+    /// The toolchain's bootstrap, run before the first start.
+    pub bootstrap: Option<Arc<Bootstrap>>,
 }
 
 /// How restarts go.
@@ -421,16 +586,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
-    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
-    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
+/// The launcher's command for `spec`: `run-agent` with its options, in its directory, in a
+/// process group of its own.
+fn launcher(spec: &Spec, policy: &Policy) -> Command {
     let mut command = Command::new(&policy.launcher);
     command
         .arg("run-agent")
         .arg("--nice")
-        .arg(spec.nice.to_string())
-        .arg("--cpus")
-        .arg(spec.slice.affinity_list());
+        .arg(spec.nice.to_string());
+    if !spec.slice.affinity.is_empty() {
+        command.arg("--cpus").arg(spec.slice.affinity_list());
+    }
     if let Some((uid, gid)) = spec.user {
         command
             .arg("--uid")
@@ -450,7 +616,14 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
         .arg("--")
         .args(&spec.argv)
         .process_group(0)
-        .current_dir(&spec.dir)
+        .current_dir(&spec.dir);
+    command
+}
+
+fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
+    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
+    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
+    launcher(spec, policy)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -465,6 +638,13 @@ fn supervise(
     on_give_up: &OnGiveUp,
 ) {
     let name = format!("{}/{}", spec.slice.toolchain, spec.slice.instance);
+    if let Some(bootstrap) = &spec.bootstrap {
+        lock(state).state = "bootstrapping".to_string();
+        if let Err(why) = bootstrap.run(spec, policy, state) {
+            lock(state).state = format!("stopped: bootstrap failed: {why}");
+            return;
+        }
+    }
     let mut quick_deaths = 0;
     let mut delay = policy.first_delay;
     loop {

@@ -400,7 +400,7 @@ pub fn run(options: Options) -> String {
             num as u32 + 1,
             installed,
             &mine,
-            &key,
+            (&key, &mailer),
         ) {
             Ok(mut more) => specs.append(&mut more),
             Err(e) => {
@@ -504,14 +504,15 @@ fn agent_specs(
     num: u32,
     installed: &Installed,
     slices: &[&slices::Slice],
-    agent_key: &str,
+    (agent_key, mailer): (&str, &Mailer),
 ) -> Result<Vec<Spec>, agents::AgentError> {
     let tc = &config.toolchains[&installed.name];
     let dir = agents::unpack(&installed.archive(), &paths.agents.join(&installed.name))?;
-    let template = match agents::declaration(&dir)? {
-        Some(declaration) => declaration.command,
-        None => agents::DEFAULT_COMMAND.to_string(),
+    let (template, bootstrap) = match agents::declaration(&dir)? {
+        Some(declaration) => (declaration.command, declaration.bootstrap),
+        None => (agents::DEFAULT_COMMAND.to_string(), None),
     };
+    let mut bootstrap = bootstrap.map(|template| (template, None));
     let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
     let served = agents::user_dir(
         &paths.tftp_root.join("agents"),
@@ -547,7 +548,26 @@ fn agent_specs(
             controller_urls: tc.controller_urls.clone(),
             agent_key: agent_key.to_string(),
         };
+        if let Some((template, made @ None)) = &mut bootstrap {
+            let mailer = Mutex::new(mailer.clone());
+            *made = Some(Arc::new(agents::Bootstrap::new(
+                &installed.name,
+                agents::command(template, &variables, &dir)?,
+                paths
+                    .run
+                    .join("agents")
+                    .join(format!("{}-bootstrap.log", installed.name)),
+                paths
+                    .agents
+                    .join(format!("{}.bootstrapped", installed.name)),
+                &installed.id,
+                Arc::new(move |subject, body| {
+                    lock(&mailer).send(&Report { subject, body });
+                }),
+            )));
+        }
         specs.push(Spec {
+            bootstrap: bootstrap.as_ref().and_then(|(_, made)| made.clone()),
             slice: (*slice).clone(),
             argv: agents::command(&template, &variables, &dir)?,
             dir: dir.clone(),
@@ -562,6 +582,10 @@ fn agent_specs(
         });
     }
     Ok(specs)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The disks init mounted: `/state` and `/build/machines/*` from `/proc/mounts`, else the

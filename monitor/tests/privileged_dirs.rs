@@ -312,6 +312,7 @@ fn agents_run_as_build_in_roots_tree_and_write_in_their_own_work_dir() {
         groups: Vec::new(),
         home: Some(work.clone()),
         log: host.path().join("run/agent.log"),
+        bootstrap: None,
     };
     let supervisor = agents::Supervisor::start(
         vec![spec],
