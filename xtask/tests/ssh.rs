@@ -5,17 +5,16 @@
 //! they live on /state.
 //!
 //! Between the two boots, the acceptance scenario of agents that build (manual 2, 4.6, 5):
-//! `buildos-machine add` sends a machine from this machine; the test toolchain's `bootstrap`
-//! compiles its agent's helper with the image's compiler; its agent, as `build` with no root
-//! shell, snapshots the machine (`<name>-<P>` to `<name>-default`, then to
-//! `<name>-default-<instance>`), starts QEMU from the snapshot on br1 through QEMU's bridge
-//! helper, sees its inner machine (nothing but QEMU's network boot ROM) get a DHCP lease from
-//! the host's dnsmasq and read the toolchain's `pxe.ipxe` over TFTP (which sends the test an
-//! HTTP request through br1's NAT), then stops it and deletes the snapshot.
-//!
-//! br0 is not exercised by a nested machine here: QEMU's user network is the guest's LAN, and
-//! its DHCP server cannot point a machine at the host's TFTP server; `init/tests/net.rs` checks
-//! TFTP on br0's address in network namespaces instead.
+//! `buildos-machine add` sends a machine from this machine; two toolchains, `default` on br1
+//! and `pub` on br0, run the same test agent, whose `bootstrap` compiles its helper with the
+//! image's compiler. Each agent, as `build` with no root shell, snapshots the machine
+//! (`<name>-<P>` to `<name>-<toolchain>`, then to `<name>-<toolchain>-<instance>`), starts
+//! QEMU from the snapshot on its bridge through QEMU's bridge helper, lets its inner machine
+//! (nothing but QEMU's network boot ROM) get a DHCP lease and read its toolchain's `pxe.ipxe`
+//! over TFTP from the host's address on that bridge (the script sends the test an HTTP
+//! request), then stops it and deletes the snapshot. On br1 the lease comes from the host's
+//! dnsmasq, which names the boot file; on br0 it comes from QEMU's user network, the guest's
+//! LAN, whose `bootfile` points at the host's br0 address.
 
 #![allow(clippy::unwrap_used)] // a test: a failed call is the failure to report
 
@@ -61,7 +60,12 @@ fn boot(disks: &[PathBuf], port: u16, key: &str, params: &[String]) -> Vm {
     }
     config.extra.extend([
         "-netdev".to_owned(),
-        format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+        // The LAN's DHCP server tells network-booting machines on br0 to read the br0
+        // toolchain's pxe.ipxe from the host (QEMU's user network gives the host 10.0.2.15).
+        format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22,\
+             bootfile=tftp://10.0.2.15/toolchains/pub/pxe.ipxe"
+        ),
         "-device".to_owned(),
         "e1000,netdev=n0".to_owned(),
     ]);
@@ -154,8 +158,8 @@ const NESTED: Duration = Duration::from_secs(600);
 /// the test to have seen the inner machine's request, stops it, deletes the snapshot and
 /// reports each step to `$1` (the test's HTTP server).
 const AGENT: &str = r#"#!/bin/sh
-R="$1"; instance="$2"; bridge="$3"; tftp="$4"; key="$5"; work="$6"
-report() { until busybox wget -q -O /dev/null "$R/agent/$instance/$1"; do sleep 1; done; }
+R="$1"; name="$2"; instance="$3"; bridge="$4"; tftp="$5"; key="$6"; work="$7"
+report() { until busybox wget -q -O /dev/null "$R/agent/$name/$instance/$1"; do sleep 1; done; }
 fail() { report "failed/$1"; tail -n 5 "$work/agent.log" | tr -c 'A-Za-z0-9.:=-' _ | head -c 300 > "$work/why"; report "why/$(cat "$work/why")"; exit 1; }
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk "BEGIN { printf \"%.1f\", $(now) - $1 }"; }
@@ -167,25 +171,28 @@ until [ -e "$m/tiny-1" ]; do
     i=$((i + 1)); [ $i -gt 900 ] && fail no-machine; sleep 1
 done
 exec >> "$work/agent.log" 2>&1
-[ -d "$m/tiny-default" ] || btrfs subvolume snapshot "$m/tiny-1" "$m/tiny-default" || fail bootstrap-snapshot
-snap="$m/tiny-default-$instance"
-btrfs subvolume snapshot "$m/tiny-default" "$snap" || fail snapshot
+[ -d "$m/tiny-$name" ] || btrfs subvolume snapshot "$m/tiny-1" "$m/tiny-$name" || fail bootstrap-snapshot
+snap="$m/tiny-$name-$instance"
+btrfs subvolume snapshot "$m/tiny-$name" "$snap" || fail snapshot
 accel=tcg; [ -r /dev/kvm ] && [ -w /dev/kvm ] && accel=kvm
-mac=52:54:00:b0:01:0$instance
+case $bridge in br1) mac=52:54:00:b0:01:0$instance ;; *) mac=52:54:00:b0:02:0$instance ;; esac
 cd "$snap" || fail cd
 booted=$(now)
 qemu-system-x86_64 -nodefaults -no-user-config -display none -serial none -monitor none \
     -machine accel=$accel -m 32 -boot n \
     -netdev bridge,id=n0,br=$bridge -device e1000,netdev=n0,mac=$mac &
 q=$!
+# On br1 the host's dnsmasq leases; on br0 the LAN's server does, out of the host's sight.
+if [ $bridge = br1 ]; then
+    i=0
+    until grep -q "$mac" /run/buildos/dnsmasq-br1.leases 2>/dev/null; do
+        kill -0 $q 2>/dev/null || fail qemu-exited
+        i=$((i + 1)); [ $i -gt 3000 ] && fail no-lease; sleep 0.2
+    done
+    report "lease/$(grep "$mac" /run/buildos/dnsmasq-br1.leases | cut -d' ' -f3)/$accel/$(since $start)/$(since $booted)"
+fi
 i=0
-until grep -q "$mac" /run/buildos/dnsmasq-br1.leases 2>/dev/null; do
-    kill -0 $q 2>/dev/null || fail qemu-exited
-    i=$((i + 1)); [ $i -gt 3000 ] && fail no-lease; sleep 0.2
-done
-report "lease/$(grep "$mac" /run/buildos/dnsmasq-br1.leases | cut -d' ' -f3)/$accel/$(since $start)/$(since $booted)"
-i=0
-until busybox wget -q -O /dev/null "$R/control/inner-seen"; do
+until busybox wget -q -O /dev/null "$R/control/inner-seen-$name"; do
     kill -0 $q 2>/dev/null || fail qemu-exited-before-tftp
     i=$((i + 1)); [ $i -gt 600 ] && fail no-inner-request; sleep 1
 done
@@ -202,8 +209,8 @@ while :; do sleep 3600; done
 fn agent_archive(report_url: &str) -> Vec<u8> {
     let declaration = format!(
         "bootstrap = \"/bin/sh build.sh {{{{ work_dir }}}}\"\n\
-         command = \"/bin/sh agent.sh {report_url} {{{{ instance }}}} {{{{ bridge }}}} \
-         {{{{ tftp_host }}}} {{{{ agent_key }}}} {{{{ work_dir }}}}\"\n"
+         command = \"/bin/sh agent.sh {report_url} {{{{ toolchain_name }}}} {{{{ instance }}}} \
+         {{{{ bridge }}}} {{{{ tftp_host }}}} {{{{ agent_key }}}} {{{{ work_dir }}}}\"\n"
     );
     tar_gz(&[
         ("agent-1.0/agent.sh", AGENT.as_bytes(), 0o755),
@@ -277,15 +284,19 @@ fn reports(http: &HttpServer) -> Vec<String> {
         .collect()
 }
 
-fn report(vm: &Vm, http: &HttpServer, what: &str, bound: Duration) -> String {
-    wait_until(&format!("the agent's {what} report"), bound, || {
-        let all = reports(http);
-        if all.iter().any(|r| r.contains("/why/")) {
-            panic!("the agent failed: {all:?}\n{}", vm.console());
-        }
-        all.into_iter()
-            .find(|r| r.starts_with(&format!("1/{what}/")))
-    })
+fn report(vm: &Vm, http: &HttpServer, toolchain: &str, what: &str, bound: Duration) -> String {
+    wait_until(
+        &format!("the {toolchain} agent's {what} report"),
+        bound,
+        || {
+            let all = reports(http);
+            if all.iter().any(|r| r.contains("/why/")) {
+                panic!("the agent failed: {all:?}\n{}", vm.console());
+            }
+            all.into_iter()
+                .find(|r| r.starts_with(&format!("{toolchain}/1/{what}/")))
+        },
+    )
 }
 
 /// The acceptance scenario of agents that build, on a booted host; returns the agent key's
@@ -297,15 +308,20 @@ fn agents_build_in_machines(
     http: &HttpServer,
     smtp: &Smtp,
 ) -> String {
-    // The agent started after its bootstrap compiled its helper with the image's compiler, as
-    // build, in kvm, with the key on /state.
-    let started = report(vm, http, "started", SETTLE);
-    assert_eq!(
-        started,
-        "1/started/build/build,kvm/br1/172.30.0.1/build:600/built-here",
-        "{}",
-        vm.console()
-    );
+    // Each agent started after its bootstrap compiled its helper with the image's compiler, as
+    // build, in kvm, with the key on /state and the host's address on its bridge.
+    for (toolchain, bridge, tftp) in [
+        ("default", "br1", "172.30.0.1"),
+        ("pub", "br0", "10.0.2.15"),
+    ] {
+        let started = report(vm, http, toolchain, "started", SETTLE);
+        assert_eq!(
+            started,
+            format!("{toolchain}/1/started/build/build,kvm/{bridge}/{tftp}/build:600/built-here"),
+            "{}",
+            vm.console()
+        );
+    }
 
     // A machine from this machine, as an operator adds one.
     let devel = Devel::new(dir);
@@ -353,30 +369,32 @@ fn agents_build_in_machines(
         text(&add)
     );
 
-    // The inner machine got its lease from the host's dnsmasq on br1...
-    let lease = report(vm, http, "lease", NESTED);
+    // The br1 machine got its lease from the host's dnsmasq...
+    let lease = report(vm, http, "default", "lease", NESTED);
     let fields: Vec<&str> = lease.split('/').collect();
-    assert!(fields[2].starts_with("172.30.0."), "{lease}");
+    assert!(fields[3].starts_with("172.30.0."), "{lease}");
     eprintln!(
         "ssh: nested machine ({}) leased {} {} s after its agent started, {} s after its QEMU did",
-        fields[3], fields[2], fields[4], fields[5]
+        fields[4], fields[3], fields[5], fields[6]
     );
-    // ...and read the toolchain's pxe.ipxe over TFTP: iPXE ran it, and it asks for this.
-    wait_until("the inner machine's request", NESTED, || {
-        http.seen()
-            .iter()
-            .any(|s| s.path == "inner/ran-pxe-ipxe")
-            .then_some(())
-    });
-    http.put("control/inner-seen", b"yes\n");
-    // Stopped, and its snapshot deleted by build; the machine and its bootstrap stay.
-    let deleted = report(vm, http, "deleted", NESTED);
-    assert_eq!(
-        deleted,
-        "1/deleted/tiny-1,tiny-1.0,tiny-default,",
-        "{}",
-        vm.console()
-    );
+    // ...and each machine read its toolchain's pxe.ipxe over TFTP from the host's address on
+    // its bridge: iPXE ran it, and it asks for this.
+    for (toolchain, asked) in [("default", "inner/ran-br1"), ("pub", "inner/ran-br0")] {
+        wait_until(
+            &format!("the {toolchain} machine's request"),
+            NESTED,
+            || http.seen().iter().any(|s| s.path == asked).then_some(()),
+        );
+        http.put(&format!("control/inner-seen-{toolchain}"), b"yes\n");
+        // Stopped, and its snapshot deleted by build; the machine and its bootstrap stay.
+        let deleted = report(vm, http, toolchain, "deleted", NESTED);
+        assert!(
+            deleted.contains(&format!(",tiny-{toolchain},"))
+                && !deleted.contains(&format!("tiny-{toolchain}-1")),
+            "{deleted}\n{}",
+            vm.console()
+        );
+    }
 
     let up = wait_until("the host-up mail", SETTLE, || {
         smtp.find("host up", "agent key")
@@ -441,23 +459,32 @@ fn build_logs_in_agents_build_in_machines_and_host_and_agent_keys_survive_reboot
     // QEMU's user network maps 10.0.2.2 to this machine's loopback.
     let guest = |path: &str| format!("http://10.0.2.2:{}/{path}", http.port());
     let archive = agent_archive(&format!("http://10.0.2.2:{}", http.port()));
-    let pxe = format!("#!ipxe\nchain {}\n", guest("inner/ran-pxe-ipxe"));
-    http.put("toolchain/agent-1.0.tar.gz", &archive);
-    http.put("toolchain/pxe.ipxe", pxe.as_bytes());
-    http.put(
-        "toolchain/toolchain.sha256",
-        format!(
-            "{} *agent-1.0.tar.gz\n{} *pxe.ipxe\n",
-            sha256_hex(&archive),
-            sha256_hex(pxe.as_bytes())
-        )
-        .as_bytes(),
-    );
+    // `default` on br1, `pub` on br0: the same agent; each machine's boot file asks the test
+    // for its own path.
+    for (toolchain, bridge) in [("default", "br1"), ("pub", "br0")] {
+        let pxe = format!("#!ipxe\nchain {}\n", guest(&format!("inner/ran-{bridge}")));
+        http.put(&format!("{toolchain}/agent-1.0.tar.gz"), &archive);
+        http.put(&format!("{toolchain}/pxe.ipxe"), pxe.as_bytes());
+        http.put(
+            &format!("{toolchain}/toolchain.sha256"),
+            format!(
+                "{} *agent-1.0.tar.gz\n{} *pxe.ipxe\n",
+                sha256_hex(&archive),
+                sha256_hex(pxe.as_bytes())
+            )
+            .as_bytes(),
+        );
+    }
     let params: Vec<String> = vec![
         format!(
             "buildos.toolchain_url={}",
-            guest("toolchain/toolchain.sha256")
+            guest("default/toolchain.sha256")
         ),
+        format!(
+            "buildos.toolchain_url.pub={}",
+            guest("pub/toolchain.sha256")
+        ),
+        "buildos.bridge.pub=br0".into(),
         "buildos.ram_total=2".into(),
         "buildos.ram_reserved=1".into(),
         "buildos.ram_auxiliary=0".into(),
