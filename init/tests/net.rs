@@ -591,8 +591,10 @@ fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
     // A toolchain on br0: its machines, on the LAN, read the same files from br0's address,
     // and get neither DNS nor DHCP from the host there.
     let mut br0_config = Config::default();
-    let mut toolchain = buildos_cmdline::Toolchain::default();
-    toolchain.bridge = buildos_cmdline::Bridge::Br0;
+    let toolchain = buildos_cmdline::Toolchain {
+        bridge: buildos_cmdline::Bridge::Br0,
+        ..Default::default()
+    };
     br0_config.toolchains.insert("default".into(), toolchain);
     assert!(net::tftp_br0_command(&Config::default(), &paths)
         .expect("no br0 toolchain")
