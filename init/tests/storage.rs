@@ -497,7 +497,7 @@ fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
 
     let error = s.setup(10, &quiet).unwrap_err().to_string();
     let want = format!(
-        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime: ",
+        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime,user_subvol_rm_allowed: ",
         s.path(bad),
         s.root().display()
     );
