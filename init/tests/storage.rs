@@ -226,7 +226,7 @@ fn forget(device: &Path) {
 }
 
 #[test]
-fn state_and_machine_volumes_are_mounted_by_label_and_written_to_fstab() {
+fn state_and_machine_volumes_are_mounted_by_label_machines_nosuid_nodev_and_written_to_fstab() {
     let mut s = Scratch::new();
     let state = s.ext4("buildos.state");
     let default = s.btrfs("buildos.machines", 1)[0];
@@ -250,12 +250,12 @@ fn state_and_machine_volumes_are_mounted_by_label_and_written_to_fstab() {
             (
                 "/build/machines/default".into(),
                 "btrfs".into(),
-                "rw,noatime".into()
+                "rw,nosuid,nodev,noatime".into()
             ),
             (
                 "/build/machines/fast".into(),
                 "btrfs".into(),
-                "rw,noatime".into()
+                "rw,nosuid,nodev,noatime".into()
             ),
             ("/state".into(), "ext4".into(), "rw,noatime".into()),
         ]
@@ -282,8 +282,8 @@ fn state_and_machine_volumes_are_mounted_by_label_and_written_to_fstab() {
         entries,
         [
             "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-            "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,user_subvol_rm_allowed\t0\t0",
-            "LABEL=buildos.machines.fast\t/build/machines/fast\tbtrfs\tnoatime,user_subvol_rm_allowed\t0\t0",
+            "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
+            "LABEL=buildos.machines.fast\t/build/machines/fast\tbtrfs\tnoatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
         ]
     );
     // The mounts are the filesystems: what is written through one is on the device.
@@ -309,7 +309,7 @@ fn state_may_be_any_filesystem_and_is_mounted_with_the_type_its_superblock_names
             (
                 "/build/machines/default".into(),
                 "btrfs".into(),
-                "rw,noatime".into()
+                "rw,nosuid,nodev,noatime".into()
             ),
             ("/state".into(), "btrfs".into(), "rw,noatime".into()),
         ]
@@ -361,7 +361,7 @@ fn two_device_btrfs_mounts_once_its_second_device_appears() {
     assert!(s.mounts().contains(&(
         "/build/machines/default".into(),
         "btrfs".into(),
-        "rw,noatime".into()
+        "rw,nosuid,nodev,noatime".into()
     )));
 }
 
@@ -497,7 +497,7 @@ fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
 
     let error = s.setup(10, &quiet).unwrap_err().to_string();
     let want = format!(
-        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime,user_subvol_rm_allowed: ",
+        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime,nosuid,nodev,user_subvol_rm_allowed: ",
         s.path(bad),
         s.root().display()
     );

@@ -1,4 +1,5 @@
-//! The few ioctls buildos needs, each behind a safe function.
+//! The few ioctls buildos needs, each behind a safe function: registering btrfs devices, and
+//! deleting a subvolume by its directory's descriptor and its name.
 //!
 //! Unsafe code is denied everywhere else in the workspace. Every ioctl here takes only
 //! arguments this module builds itself (a fixed-size, zero-initialised argument struct and a
@@ -10,7 +11,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -49,10 +50,28 @@ impl BtrfsVolArgs {
     }
 }
 
+impl BtrfsVolArgs {
+    /// The argument naming one entry of a directory: a single path component, not `.` or `..`.
+    fn for_entry(name: &OsStr) -> io::Result<Self> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "`{}` is not an entry of a directory (one path component, not . or ..)",
+                    name.to_string_lossy()
+                ),
+            ));
+        }
+        Self::for_path(Path::new(name))
+    }
+}
+
 const BTRFS_IOCTL_MAGIC: u8 = 0x94;
 
 nix::ioctl_write_ptr!(btrfs_scan_dev_raw, BTRFS_IOCTL_MAGIC, 4, BtrfsVolArgs);
 nix::ioctl_write_ptr!(btrfs_forget_dev_raw, BTRFS_IOCTL_MAGIC, 5, BtrfsVolArgs);
+nix::ioctl_write_ptr!(btrfs_snap_destroy_raw, BTRFS_IOCTL_MAGIC, 15, BtrfsVolArgs);
 nix::ioctl_read!(btrfs_devices_ready_raw, BTRFS_IOCTL_MAGIC, 39, BtrfsVolArgs);
 
 /// Opens the btrfs control device (it exists once the btrfs module is loaded).
@@ -107,6 +126,22 @@ pub fn btrfs_devices_ready(control: &File, device: &Path) -> io::Result<bool> {
     Ok(ret == 0)
 }
 
+/// `BTRFS_IOC_SNAP_DESTROY`: deletes the subvolume `name` of the directory `parent`. The
+/// kernel looks `name` up in that very directory and refuses anything that is not the root of
+/// a subvolume (a symlink, a plain directory), so no path is resolved again and no symlink is
+/// followed: what is deleted is the subvolume that entry names at the time of the call.
+///
+/// Sound because the argument is a fully initialised `BtrfsVolArgs` owned by this frame, of
+/// exactly the size the ioctl number encodes, that the kernel only reads, and `parent` is a
+/// borrowed descriptor, valid for the call.
+pub fn btrfs_snap_destroy(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let args = BtrfsVolArgs::for_entry(name)?;
+    // SAFETY: see the doc comment.
+    unsafe { btrfs_snap_destroy_raw(parent.as_raw_fd(), &args) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +158,15 @@ mod tests {
             .err()
             .expect("a path over the limit is refused");
         assert!(error.to_string().contains("at most 4087 bytes"), "{error}");
+    }
+
+    #[test]
+    fn vol_args_for_an_entry_is_one_component() {
+        for bad in ["", ".", "..", "a/b", "/a"] {
+            assert!(BtrfsVolArgs::for_entry(OsStr::new(bad)).is_err(), "{bad:?}");
+        }
+        let args = BtrfsVolArgs::for_entry(OsStr::new("vm-1.0")).unwrap();
+        assert_eq!(&args.name[..7], b"vm-1.0\0");
     }
 
     #[test]

@@ -130,10 +130,11 @@ pub fn send(source: &Path, parent: Option<&Path>) -> Result<(Child, String)> {
     spawn(command)
 }
 
-/// `btrfs receive -e dir` reading the stream from `input`, to its end.
+/// `btrfs receive -e --chroot dir` reading the stream from `input`, to its end: confined
+/// to `dir` (chroot), so no path in the stream reaches outside it.
 pub fn receive(dir: &Path, input: Stdio) -> Result<()> {
     let mut command = btrfs();
-    command.args(["receive", "-e"]).arg(dir);
+    command.args(["receive", "-e", "--chroot"]).arg(dir);
     run_with_input(command, input).map(drop)
 }
 

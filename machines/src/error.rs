@@ -89,6 +89,30 @@ pub enum Error {
     #[error("the build host answered `{command}` with what is not a machine list: {message}")]
     RemoteList { command: String, message: String },
 
+    #[error(
+        "`{what}` is refused when run as root for another user (sudo): {reason}; nothing was run"
+    )]
+    Refused { what: String, reason: String },
+
+    #[error(
+        "owner {owner} is refused: machines are owned by an ordinary user (build, 1000:1000), \
+         never by root or its group; nothing was changed"
+    )]
+    RootOwner { owner: String },
+
+    #[error(
+        "{path} is {what}: a machine may hold no set-user-ID or set-group-ID file, no file \
+         with capabilities and no device node, and every file must be owned by \
+         {want_uid}:{want_gid} (user build; set it on the development machine, \
+         docs/machines.md); the received revision was deleted"
+    )]
+    Unsafe {
+        path: PathBuf,
+        what: String,
+        want_uid: u32,
+        want_gid: u32,
+    },
+
     #[error("QEMU monitor {socket}: {message}")]
     Monitor { socket: PathBuf, message: String },
 }

@@ -2,6 +2,7 @@
 //! the monitor's start-up clean-up (5.3's note).
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::btrfs;
 use crate::error::{io, Error, Result};
 use crate::name::{check_machine, classify, Entry, Revision};
+use crate::tree;
 use crate::volume;
 
 /// User and group `build`, the owner of machine directories and subvolumes on a host.
@@ -38,6 +40,19 @@ impl std::str::FromStr for Owner {
                 "`{s}`: expected a numeric <uid>:<gid>, e.g. 1000:1000"
             )),
         }
+    }
+}
+
+impl Owner {
+    /// Machines belong to an ordinary user: root (or its group) owning a received tree would
+    /// make its files root's on the host.
+    pub fn check_not_root(self) -> Result<()> {
+        if self.uid == 0 || self.gid == 0 {
+            return Err(Error::RootOwner {
+                owner: self.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -97,6 +112,24 @@ fn entries(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(names)
 }
 
+/// [`lock_machine`] on a directory already open.
+fn lock_dir(dir: &tree::Dir) -> Result<()> {
+    rustix::fs::flock(
+        dir.fd(),
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    )
+    .map_err(|errno| match errno {
+        rustix::io::Errno::WOULDBLOCK => Error::Busy {
+            path: dir.path().to_path_buf(),
+        },
+        errno => Error::Io {
+            what: "lock",
+            path: dir.path().to_path_buf(),
+            source: errno.into(),
+        },
+    })
+}
+
 /// Holds an exclusive lock on a machine directory (flock on the directory itself) while an
 /// upgrade, a removal or the clean-up works on it; a second one is refused, not queued.
 pub fn lock_machine(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
@@ -115,19 +148,16 @@ pub fn lock_machine(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     )
 }
 
-/// Deletes whatever `path` is: a subvolume with btrfs-progs, a directory tree, a file or
-/// a symlink.
+/// Deletes whatever `path` is now, without following it: a subvolume, a directory tree, a
+/// file or a symlink ([`tree::Dir::remove`], relative to the opened parent directory).
 pub fn delete_entry(path: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(path).map_err(io("stat", path))?;
-    if meta.is_dir() {
-        if btrfs::is_subvolume(path)? {
-            btrfs::delete(path)
-        } else {
-            std::fs::remove_dir_all(path).map_err(io("remove", path))
-        }
-    } else {
-        std::fs::remove_file(path).map_err(io("remove", path))
-    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::BadName {
+            name: path.display().to_string(),
+            expected: "a path to an entry of a directory",
+        });
+    };
+    tree::Dir::open(parent)?.remove(name)
 }
 
 /// Makes `dir/link` point to `target` atomically: a new symlink renamed over the old one, so
@@ -173,6 +203,7 @@ pub struct ReceiveReport {
 /// not at all. Upgrading receives next to the other revisions (a read-only subvolume cannot
 /// be moved between directories) and switches the symlink only once the revision is checked.
 pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
+    request.owner.check_not_root()?;
     let volume = check_volume(&request.root, &request.volume)?;
     let revision = &request.revision;
     let name = revision.to_string();
@@ -283,7 +314,7 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
             Entry::Revision { .. }
         );
         if request.remove_old && old != name && is_revision && old_path.is_dir() {
-            btrfs::delete(&old_path)?;
+            delete_entry(&old_path)?;
             removed_old = true;
         }
     }
@@ -297,23 +328,30 @@ pub fn receive(request: &Receive, input: Stdio) -> Result<ReceiveReport> {
     })
 }
 
-/// `btrfs receive` into `dir`, then checks that exactly `name` arrived, read-only and owned
-/// by `owner`.
+/// `btrfs receive` into `dir`, then checks that exactly `name` arrived, read-only, and
+/// safe to keep: every file owned by `owner`, nothing set-user-ID or set-group-ID, no device
+/// node ([`tree::check_machine_tree`]). The checks look at the subvolume through one
+/// descriptor, opened without following a symlink.
 fn receive_checked(dir: &Path, name: &str, input: Stdio, owner: Owner) -> Result<()> {
     btrfs::receive(dir, input)?;
     let path = dir.join(name);
-    if !btrfs::is_subvolume(&path).unwrap_or(false) {
+    let parent = tree::Dir::open(dir)?;
+    let subvolume = parent
+        .open_child(std::ffi::OsStr::new(name))
+        .ok()
+        .filter(|d| d.is_subvolume().unwrap_or(false));
+    let Some(subvolume) = subvolume else {
         let found: Vec<String> = entries(dir)?.into_iter().collect();
         return Err(Error::Command {
             command: format!("btrfs receive {}", dir.display()),
             status: format!("the stream did not hold {name}"),
             stderr: format!("{} now holds: {}", dir.display(), found.join(", ")),
         });
-    }
-    if !btrfs::is_readonly(&path)? {
+    };
+    if !btrfs::is_readonly(&subvolume.proc_path())? {
         return Err(Error::NotReadOnly { path });
     }
-    check_owner(&path, owner)
+    tree::check_machine_tree(&subvolume, owner)
 }
 
 /// What `remove` is asked to do.
@@ -437,77 +475,103 @@ pub fn cleanup_stale(volume_root: &Path) -> Result<CleanupReport> {
             path: volume_root.to_path_buf(),
         });
     }
+    // Machine directories belong to user build, who may swap their entries at any moment:
+    // every step below is relative to a directory opened without following symlinks, and
+    // deletes the entry a name has at that moment, never what a symlink points to.
+    let volume = tree::Dir::open(volume_root)?;
     let mut report = CleanupReport::default();
-    let remove = |path: PathBuf, report: &mut CleanupReport| match delete_entry(&path) {
-        Ok(()) => report.removed.push(path),
+    let remove = |dir: &tree::Dir, name: &OsStr, report: &mut CleanupReport| match dir.remove(name)
+    {
+        Ok(()) => report.removed.push(dir.path().join(name)),
+        Err(e) => report.problems.push(e.to_string()),
+    };
+    let remove_dir = |parent: &tree::Dir, name: &OsStr, report: &mut CleanupReport| match parent
+        .remove_empty_dir(name)
+    {
+        Ok(()) => report.removed.push(parent.path().join(name)),
         Err(e) => report.problems.push(e.to_string()),
     };
 
-    for entry in entries(volume_root)? {
-        if entry.starts_with(".incoming-") {
-            let stage = volume_root.join(&entry);
-            for inner in entries(&stage)? {
-                remove(stage.join(inner), &mut report);
+    let mut machines = Vec::new();
+    for entry in volume.entries()? {
+        let name = entry.name.to_string_lossy().into_owned();
+        if !entry.is_dir() {
+            continue;
+        }
+        if !name.starts_with('.') {
+            machines.push(name);
+            continue;
+        }
+        if name.starts_with(".incoming-") {
+            let stage = match volume.open_child(&entry.name) {
+                Ok(stage) => stage,
+                Err(e) => {
+                    report.problems.push(e.to_string());
+                    continue;
+                }
+            };
+            for inner in stage.entries()? {
+                remove(&stage, &inner.name, &mut report);
             }
-            if let Err(e) = std::fs::remove_dir(&stage) {
-                report
-                    .problems
-                    .push(format!("cannot remove {}: {e}", stage.display()));
-            } else {
-                report.removed.push(stage);
-            }
+            drop(stage);
+            remove_dir(&volume, &entry.name, &mut report);
         }
     }
 
-    for name in volume::machine_names(volume_root)? {
-        let dir = volume_root.join(&name);
-        let _lock = match lock_machine(&dir) {
-            Ok(lock) => lock,
+    for name in machines {
+        let os_name = OsStr::new(&name);
+        let (dir, _lock) = match volume
+            .open_child(os_name)
+            .and_then(|dir| lock_dir(&dir).map(|lock| (dir, lock)))
+        {
+            Ok(locked) => locked,
             Err(e) => {
                 report.problems.push(e.to_string());
                 continue;
             }
         };
-        let info = match volume::machine(&dir, &name) {
+        // Read through the opened directory, wherever build may have moved things since.
+        let info = match volume::machine(&dir.proc_path(), &name) {
             Ok(info) => info,
             Err(e) => {
                 report.problems.push(e.to_string());
                 continue;
             }
         };
+        let is_symlink = |entry: &str| {
+            dir.entry(OsStr::new(entry))
+                .map(|e| e.is_symlink())
+                .unwrap_or(false)
+        };
         for snapshot in &info.snapshots {
-            remove(dir.join(snapshot), &mut report);
+            remove(&dir, OsStr::new(snapshot), &mut report);
         }
         for other in &info.other {
-            let path = dir.join(other);
-            let is_symlink = std::fs::symlink_metadata(&path)
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            if other.starts_with('.') && other.ends_with(".new") && is_symlink {
-                remove(path, &mut report);
+            if other.starts_with('.') && other.ends_with(".new") && is_symlink(other) {
+                remove(&dir, OsStr::new(other), &mut report);
             }
         }
         let current = info.current_targets();
         if current.is_empty() {
             for link in &info.current {
-                remove(dir.join(&link.link), &mut report);
+                remove(&dir, OsStr::new(&link.link), &mut report);
             }
             for toolchain in &info.bootstrapped {
-                remove(dir.join(format!("{name}-{toolchain}")), &mut report);
+                remove(
+                    &dir,
+                    OsStr::new(&format!("{name}-{toolchain}")),
+                    &mut report,
+                );
             }
             for revision in &info.revisions {
-                remove(dir.join(&revision.name), &mut report);
+                remove(&dir, OsStr::new(&revision.name), &mut report);
             }
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => report.removed.push(dir),
-                Err(e) => report
-                    .problems
-                    .push(format!("cannot remove {}: {e}", dir.display())),
-            }
+            drop(dir);
+            remove_dir(&volume, os_name, &mut report);
         } else {
             for revision in &info.revisions {
                 if !revision.read_only && !current.contains(&revision.name.as_str()) {
-                    remove(dir.join(&revision.name), &mut report);
+                    remove(&dir, OsStr::new(&revision.name), &mut report);
                 }
             }
         }

@@ -5,7 +5,8 @@
 //!
 //! The development machine's side is [`send`]; the build host's side is [`host`] (receive,
 //! remove, [`cleanup_stale`]); both read directories with [`volume`] and names with [`name`].
-//! The btrfs work goes through btrfs-progs ([`btrfs`] says why).
+//! The btrfs work goes through btrfs-progs ([`btrfs`] says why). Run as root for another user
+//! (`sudo buildos-machine` on a host), only the host side runs ([`sudo`]).
 
 pub mod btrfs;
 mod error;
@@ -13,6 +14,8 @@ pub mod host;
 pub mod login;
 pub mod name;
 pub mod send;
+pub mod sudo;
+pub mod tree;
 pub mod volume;
 
 pub use error::{Error, Result};

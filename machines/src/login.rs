@@ -13,10 +13,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::name::is_toolchain;
 
-/// The QEMU monitor socket of a toolchain's agent instance.
-pub fn monitor_socket(toolchain: &str, instance: u32) -> PathBuf {
-    PathBuf::from(format!("/tmp/monitor-{toolchain}-{instance}"))
+/// The QEMU monitor socket of a toolchain's agent instance; the toolchain name is checked, so
+/// the path is always a file of /tmp.
+pub fn monitor_socket(toolchain: &str, instance: u32) -> Result<PathBuf> {
+    if !is_toolchain(toolchain) {
+        return Err(Error::BadName {
+            name: toolchain.to_string(),
+            expected: "a toolchain name of ASCII letters, digits and `_`, e.g. default",
+        });
+    }
+    Ok(PathBuf::from(format!(
+        "/tmp/monitor-{toolchain}-{instance}"
+    )))
 }
 
 /// The host's loopback TCP port of an instance's VNC console.
@@ -193,8 +203,19 @@ fn clean_human_output(text: &str) -> String {
     plain.trim().to_string()
 }
 
-/// Resumes a suspended machine (`cont`) and returns its status afterwards.
+/// Resumes a suspended machine (`cont`) and returns its status afterwards. `socket` must be
+/// the socket itself, not a symlink to one: in /tmp anyone may plant a name.
 pub fn resume(socket: &Path, timeout: Duration) -> Result<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if !meta.file_type().is_socket() {
+            return Err(monitor_error(
+                socket,
+                "not a socket: expected the Unix socket the machine's QEMU listens on \
+                 (-monitor or -qmp unix:<path>,server=on)",
+            ));
+        }
+    }
     let mut monitor = Monitor::connect(socket, timeout)?;
     let said = monitor.human("cont")?;
     if !said.is_empty() {
@@ -221,8 +242,13 @@ mod tests {
             "ssh -f -L 5901:127.0.0.1:5901 build@build sleep 10"
         );
         assert_eq!(
-            monitor_socket("default", 2),
+            monitor_socket("default", 2).unwrap(),
             PathBuf::from("/tmp/monitor-default-2")
+        );
+        let error = monitor_socket("../etc/x", 2).unwrap_err().to_string();
+        assert!(
+            error.starts_with("`../etc/x` is not a valid name"),
+            "{error}"
         );
     }
 }

@@ -4,10 +4,12 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use buildos_machines::host::{self, Owner};
 use buildos_machines::send::{self, Mode, Remote};
+use buildos_machines::sudo::{self, Caller, Given};
 use buildos_machines::{login, volume, Error, Revision, BUILD_OWNER, MACHINES_ROOT};
 
 /// Build machines on Build OS hosts (manual section 5).
@@ -151,13 +153,50 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let outcome = sudo::caller().and_then(|caller| {
+        if let Caller::OnBehalfOf { .. } = caller {
+            let (subcommand, given) = given(&matches);
+            sudo::check(&subcommand, &given)?;
+            // Whatever the caller's environment was, programs are found on the system's path.
+            std::env::set_var("PATH", sudo::SAFE_PATH);
+        }
+        run(cli, caller)
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("buildos-machine: {error}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The subcommand and every argument given on the command line (not defaulted), by the name
+/// a person typed: `--root`, or `<revision>` for a positional one.
+fn given(matches: &ArgMatches) -> (String, Vec<Given>) {
+    let Some((name, sub)) = matches.subcommand() else {
+        return (String::new(), Vec::new());
+    };
+    let command = Cli::command();
+    let mut given = Vec::new();
+    if let Some(sub_command) = command.find_subcommand(name) {
+        for arg in sub_command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if sub.value_source(id) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let option = match arg.get_long() {
+                Some(long) => format!("--{long}"),
+                None => format!("<{id}>"),
+            };
+            for value in sub.get_raw(id).into_iter().flatten() {
+                given.push(Given::new(&option, value.to_string_lossy()));
+            }
+        }
+    }
+    (name.to_string(), given)
 }
 
 fn upload(request: send::Upload) -> Result<(), Error> {
@@ -170,7 +209,7 @@ fn upload(request: send::Upload) -> Result<(), Error> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli, caller: Caller) -> Result<(), Error> {
     match cli.command {
         Command::Add {
             subvolume,
@@ -284,8 +323,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             if resume {
                 let Some(remote) = remote else {
-                    let socket =
-                        socket.unwrap_or_else(|| login::monitor_socket(&toolchain, instance));
+                    let socket = match socket {
+                        Some(socket) => socket,
+                        None => login::monitor_socket(&toolchain, instance)?,
+                    };
+                    // Resuming needs no root: the socket is the caller's own QEMU's.
+                    sudo::become_caller(caller)?;
                     let status = login::resume(&socket, Duration::from_secs(10))?;
                     println!("{status}");
                     return Ok(());

@@ -144,6 +144,7 @@ pub fn upload(request: &Upload) -> Result<UploadReport> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let revision = Revision::parse(&file_name)?;
+    request.owner.check_not_root()?;
     let name = revision.to_string();
     if !btrfs::is_subvolume(&request.source)? {
         return Err(Error::NotSubvolume {

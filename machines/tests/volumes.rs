@@ -424,7 +424,7 @@ fn each_error_changes_nothing() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("/.incoming-other/other-1.0 is owned by 0:0, expected 1000:1000"),
+        stderr(&out).contains("/.incoming-other/other-1.0 is owned by 0:0: a machine may hold"),
         "{}",
         stderr(&out)
     );
@@ -460,4 +460,196 @@ fn each_error_changes_nothing() {
         sites.host_state(),
         ["vm/", "vm/vm-1 -> vm-1.0", "vm/vm-1.0/ (ro)"]
     );
+}
+
+/// The host's refusal of an unsafe entry of a received revision.
+fn unsafe_message(path: &Path, what: &str) -> String {
+    format!(
+        "{} is {what}: a machine may hold no set-user-ID or set-group-ID file, no file with \
+         capabilities and no device node, and every file must be owned by 1000:1000 (user \
+         build; set it on the development machine, docs/machines.md); the received revision \
+         was deleted",
+        path.display()
+    )
+}
+
+/// The machine's working subvolume with `plant` run in it, owned by build down to
+/// `bin/`, then its read-only revision `<machine>-<revision>`.
+fn planted(sites: &Sites, machine: &str, revision: &str, plant: &dyn Fn(&Path)) -> String {
+    let work = sites.devel.join(format!("work-{machine}"));
+    if !work.exists() {
+        btrfs::create(&work).unwrap();
+    }
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(BUILD.0), Some(BUILD.1)).unwrap();
+    plant(&bin);
+    let path = sites.revision(machine, &format!("{machine}-{revision}"), BUILD);
+    path.to_str().unwrap().to_string()
+}
+
+fn file(path: &Path, owner: (u32, u32), mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn mknod(path: &Path) {
+    let status = Command::new("mknod")
+        .arg(path)
+        .args(["c", "1", "3"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::chown(path, Some(BUILD.0), Some(BUILD.1)).unwrap();
+}
+
+/// `security.capability` granting cap_setuid (bit 7), permitted and effective: a
+/// `vfs_cap_data` of revision 2.
+fn give_cap_setuid(path: &Path) {
+    let mut value = Vec::new();
+    for word in [0x0200_0001u32, 1 << 7, 0, 0, 0] {
+        value.extend_from_slice(&word.to_le_bytes());
+    }
+    rustix::fs::setxattr(
+        path,
+        "security.capability",
+        &value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// A machine name, what to plant in its `bin/`, the planted path and what the host says of it.
+type Planted<'a> = (&'a str, &'a dyn Fn(&Path), &'a str, &'a str);
+
+#[test]
+fn receive_refuses_setuid_setgid_capabilities_devices_and_foreign_owners_at_any_depth() {
+    let sites = Sites::new();
+    let volume = sites.volume();
+    let cases: [Planted; 5] = [
+        (
+            "suid",
+            &|bin| file(&bin.join("sh"), (0, 0), 0o4755),
+            "bin/sh",
+            "set-user-ID (mode 4755)",
+        ),
+        (
+            "sgid",
+            &|bin| file(&bin.join("sh"), BUILD, 0o2755),
+            "bin/sh",
+            "set-group-ID (mode 2755)",
+        ),
+        (
+            "caps",
+            &|bin| {
+                file(&bin.join("sh"), BUILD, 0o755);
+                give_cap_setuid(&bin.join("sh"));
+            },
+            "bin/sh",
+            "a program with file capabilities",
+        ),
+        (
+            "dev",
+            &|bin| mknod(&bin.join("mem")),
+            "bin/mem",
+            "a character device node",
+        ),
+        (
+            "owner",
+            &|bin| file(&bin.join("sh"), (0, 0), 0o755),
+            "bin/sh",
+            "owned by 0:0",
+        ),
+    ];
+    for (machine, plant, inner, what) in cases {
+        let revision = planted(&sites, machine, "1.0", plant);
+        let received = volume
+            .join(format!(".incoming-{machine}"))
+            .join(format!("{machine}-1.0"))
+            .join(inner);
+        fails_changing_nothing(
+            &sites,
+            &["add", &revision],
+            &unsafe_message(&received, what),
+        );
+    }
+    assert_eq!(sites.host_state(), Vec::<String>::new());
+
+    // An upgrade carrying one is refused and deleted too; the current revision stays.
+    let v10 = sites.revision("vm", "vm-1.0", BUILD);
+    ok(sites.machine(&["add", v10.to_str().unwrap()]));
+    let v11 = planted(&sites, "vm", "1.1", &|bin| {
+        file(&bin.join("sh"), (0, 0), 0o4755)
+    });
+    fails_changing_nothing(
+        &sites,
+        &["upgrade", &v11],
+        &unsafe_message(&volume.join("vm/vm-1.1/bin/sh"), "set-user-ID (mode 4755)"),
+    );
+    assert_eq!(
+        sites.host_state(),
+        ["vm/", "vm/vm-1 -> vm-1.0", "vm/vm-1.0/ (ro)"]
+    );
+}
+
+#[test]
+fn owner_root_is_refused_on_both_sides_before_anything_is_sent() {
+    let sites = Sites::new();
+    let rooted = sites.revision("other", "other-1.0", (0, 0));
+    let message = "owner 0:0 is refused: machines are owned by an ordinary user (build, \
+                   1000:1000), never by root or its group; nothing was changed";
+    fails_changing_nothing(
+        &sites,
+        &["add", rooted.to_str().unwrap(), "--owner", "0:0"],
+        message,
+    );
+    let (send, _) = btrfs::send(&rooted, None).unwrap();
+    let out = Command::new(BIN)
+        .args(["receive", "other-1.0", "--new", "--owner", "0", "--root"])
+        .arg(&sites.root)
+        .stdin(send.stdout.unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(stderr(&out), format!("buildos-machine: {message}\n"));
+    assert_eq!(sites.host_state(), Vec::<String>::new());
+}
+
+#[test]
+fn cleanup_does_not_follow_symlinks_planted_in_the_volume() {
+    let sites = Sites::new();
+    let volume = sites.volume();
+    let dir = machine_in_use(&sites);
+
+    // What build must not get deleted: a directory and a subvolume elsewhere.
+    let victim = sites.devel.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "keep").unwrap();
+    btrfs::create(&victim.join("subvolume")).unwrap();
+
+    // An interrupted add's staging directory that is a symlink, and a build snapshot's
+    // name that is one: each would have led a path-based clean-up to the victim.
+    link(victim.to_str().unwrap(), &volume.join(".incoming-evil"));
+    link(
+        victim.join("subvolume").to_str().unwrap(),
+        &dir.join("vm-default-8"),
+    );
+
+    let report = cleanup_stale(&volume).unwrap();
+    assert!(victim.join("precious").exists(), "{report:?}");
+    assert!(
+        btrfs::is_subvolume(&victim.join("subvolume")).unwrap(),
+        "{report:?}"
+    );
+    // The real snapshot went; the planted names were left alone.
+    let mut removed: Vec<String> = report
+        .removed
+        .iter()
+        .map(|p| p.strip_prefix(&volume).unwrap().display().to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["vm/vm-default-7"]);
+    assert!(std::fs::symlink_metadata(volume.join(".incoming-evil")).is_ok());
+    assert!(std::fs::symlink_metadata(dir.join("vm-default-8")).is_ok());
 }

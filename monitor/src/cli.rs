@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::paths::Paths;
 use crate::status::Status;
-use crate::{agents, checksums, daemon, fetch, sendmail};
+use crate::{agents, checksums, console, daemon, fetch, sendmail};
 
 const USAGE: &str = "usage:
   buildos-monitor [run]        run the monitor (init starts it at boot)
@@ -43,6 +43,9 @@ pub fn main(args: &[String]) -> u8 {
             let unblocked = agents::unblock_signals();
             Logger::install();
             log::info!("buildos-monitor {}", env!("CARGO_PKG_VERSION"));
+            if let Err(e) = console::open(std::path::Path::new(console::DEVICE)) {
+                log::warn!("cannot write to {}: {e}", console::DEVICE);
+            }
             if let Err(e) = unblocked {
                 log::warn!("cannot unblock the signals inherited from init: {e}");
             }

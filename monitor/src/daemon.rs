@@ -10,6 +10,7 @@ use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
 use crate::agentkey;
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
+use crate::console;
 use crate::fetch::Retry;
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
@@ -78,7 +79,7 @@ impl Options {
             host: None,
             mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
             reboot: Box::new(|reason| {
-                log::warn!("rebooting: {reason}");
+                console::rebooting(reason);
                 // init's convention (busybox's): SIGTERM to PID 1 reboots.
                 if let Err(e) = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(1),
@@ -150,6 +151,10 @@ impl Mailer {
         let message = mail::compose(&self.hostname, &self.admin, &report.subject, &report.body);
         match self.queue.enqueue("", &["root".to_string()], &message) {
             Ok(_) => {
+                console::mail_queued(
+                    &report.subject,
+                    self.relay.as_ref().map(|r| r.relay.as_str()),
+                );
                 let _ = self.wake.send(());
             }
             Err(e) => log::error!(
@@ -182,7 +187,7 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
             match queue.flush(relay) {
                 Ok(sent) => {
                     if sent > 0 {
-                        log::info!("mail: {sent} message(s) sent");
+                        console::mail_sent(sent, &relay.relay);
                     }
                     wait = delay.0;
                 }
@@ -329,6 +334,7 @@ pub fn run(options: Options) -> String {
                 match result {
                     Ok(Outcome::Disabled) => (ToolchainState::Disabled, None, Some(text)),
                     Ok(Outcome::Installed(installed)) => {
+                        console::installed(&installed);
                         mailer.send(&report::toolchain_installed(&installed, &url));
                         (
                             ToolchainState::Installed {
@@ -428,6 +434,7 @@ pub fn run(options: Options) -> String {
                 .send(&report);
         }),
     );
+    console::agents_started(&supervisor.states());
 
     mailer.send(&report::host_up(&HostUp {
         buildid: buildid.clone().unwrap_or_else(|| "unknown".to_string()),
@@ -466,6 +473,8 @@ pub fn run(options: Options) -> String {
         }
     };
     write_status(&watches);
+    console::idle(&config);
+    console::polling(&watches, interval);
     loop {
         let next = Instant::now() + interval;
         while Instant::now() < next {
@@ -479,7 +488,7 @@ pub fn run(options: Options) -> String {
                     mailer.send(&report::fetch_failing(&watch.url, failures, &error));
                 }
                 Action::Reboot(reason) => {
-                    log::warn!("{reason}: rebooting");
+                    console::change_seen(&reason);
                     mailer.send(&report::reboot(&reason));
                     mailer.flush_now();
                     let grace = options

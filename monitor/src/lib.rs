@@ -16,6 +16,7 @@ pub mod agentkey;
 pub mod agents;
 pub mod checksums;
 pub mod cli;
+pub mod console;
 pub mod daemon;
 pub mod fetch;
 pub mod mail;

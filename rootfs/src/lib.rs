@@ -580,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn build_may_run_only_the_machine_helper_as_root() {
+    fn build_may_run_only_the_machine_helpers_host_side_as_root() {
         let files = load("debian").unwrap().render_templates("0.1.0").unwrap();
         let sudoers = files
             .iter()
@@ -594,7 +594,11 @@ mod tests {
             .collect();
         assert_eq!(
             rules,
-            ["build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine"]
+            [
+                "build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine receive *, \
+                 /usr/sbin/buildos-machine remove *, /usr/sbin/buildos-machine list, \
+                 /usr/sbin/buildos-machine list *, /usr/sbin/buildos-machine login *"
+            ]
         );
     }
 

@@ -229,8 +229,15 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         .unwrap()
         .iter()
         .any(|prefix| relative.starts_with(prefix.as_str()));
+    // Only paths inside the root: `..` would let anyone who reaches the port (the guest of
+    // the demo, say) read any file of this machine.
+    let inside = Path::new(&relative)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
     let content = if answered {
         Ok(b"ok\n".to_vec())
+    } else if !inside {
+        Err(std::io::ErrorKind::NotFound.into())
     } else {
         std::fs::read(root.join(&relative))
     };
@@ -438,5 +445,42 @@ impl Drop for Smtp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(server: &HttpServer, path: &str) -> String {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    #[test]
+    fn http_server_serves_only_files_under_its_root() {
+        let dir = std::env::temp_dir().join(format!("testpeers-root-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("root/sub")).unwrap();
+        std::fs::write(dir.join("secret"), "outside\n").unwrap();
+        std::fs::write(dir.join("root/sub/file"), "inside\n").unwrap();
+        let server = HttpServer::start(&dir.join("root"));
+        let inside = get(&server, "/sub/file");
+        assert!(inside.starts_with("HTTP/1.1 200 OK"), "{inside}");
+        assert!(inside.ends_with("inside\n"), "{inside}");
+        for escape in ["/../secret", "/sub/../../secret", "/./../secret"] {
+            let answer = get(&server, escape);
+            assert!(answer.starts_with("HTTP/1.1 404 "), "{escape}: {answer}");
+            assert!(!answer.contains("outside"), "{escape}: {answer}");
+        }
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

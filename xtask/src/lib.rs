@@ -4,6 +4,7 @@
 pub mod apt;
 pub mod bench;
 pub mod debian;
+pub mod demo;
 pub mod docs;
 pub mod fuzz;
 pub mod image;

@@ -31,6 +31,13 @@ enum Task {
         memory: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,
+        /// An OpenSSH public key for user build (default: each ~/.ssh/id_*.pub)
+        #[arg(long, value_name = "FILE")]
+        ssh_key: Option<PathBuf>,
+        /// Boot into a local farm on loopback: a sample toolchain, a mail sink, and the build
+        /// id of out/, so that `cargo xtask image` makes the host reboot into the new build
+        #[arg(long)]
+        demo: bool,
         /// Kernel parameters to append, e.g. buildos.instances=2
         params: Vec<String>,
     },
@@ -78,8 +85,17 @@ fn main() -> ExitCode {
             profile,
             memory,
             cpus,
+            ssh_key,
+            demo,
             params,
-        } => xtask::qemu::run(&profile, memory, cpus, &params),
+        } => xtask::qemu::run(&xtask::qemu::Options {
+            profile,
+            memory_mib: memory,
+            cpus,
+            ssh_key,
+            demo,
+            params,
+        }),
         Task::Pxe {
             inventory,
             image,

@@ -517,35 +517,264 @@ impl Drop for Vm {
     }
 }
 
-/// `cargo xtask qemu`: build the profile's image and boot it on this terminal.
-pub fn run(profile: &str, memory_mib: u32, cpus: u32, params: &[String]) -> Result<()> {
-    crate::system::ensure(&[
+/// What `cargo xtask qemu` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub profile: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// An OpenSSH public key file for user `build`; `None` takes the user's `~/.ssh/id_*.pub`.
+    pub ssh_key: Option<PathBuf>,
+    /// Boot into a local farm ([`crate::demo`]).
+    pub demo: bool,
+    /// Kernel parameters to append.
+    pub params: Vec<String>,
+}
+
+/// The loopback port QEMU forwards to the guest's SSH port.
+pub const SSH_PORT: u16 = 2222;
+
+/// `cargo xtask qemu`: build the profile's image and boot it on this terminal; with `--demo`,
+/// in a farm on loopback, booting again whenever the host rebooted for a new build.
+pub fn run(options: &Options) -> Result<()> {
+    let mut needs = vec![
         crate::system::APT,
         crate::system::QEMU,
         crate::system::MKFS_EXT4,
         crate::system::MKFS_BTRFS,
-    ])?;
+    ];
+    if options.demo {
+        needs.extend([
+            crate::system::PYTHON3,
+            crate::system::AIOSMTPD,
+            crate::system::SSH_KEYGEN,
+        ]);
+    }
+    crate::system::ensure(&needs)?;
     let out = crate::root().join("out");
-    crate::image::run(profile, &out)?;
+    crate::image::run(&options.profile, &out)?;
     // Kept between runs, like a real host's disks: what init stores on /state survives.
     let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out).host_disks(&disks)?;
-    config.memory_mib = memory_mib;
-    config.cpus = cpus;
-    config.append = params.to_vec();
+    config.memory_mib = options.memory_mib;
+    config.cpus = options.cpus;
     // User-mode networking, with the host's SSH reachable on loopback port 2222.
     config.extra.extend(
         [
             "-netdev",
-            "user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22"),
             "-device",
             "e1000,netdev=n0",
         ]
         .map(str::to_owned),
     );
-    let status = interactive(&config)?;
-    if !status.success() {
-        bail!("QEMU exited with {status}");
+    let demo_dir = crate::work_dir().join("demo");
+    let keys = ssh_keys(options, &demo_dir)?;
+    let farm = if options.demo {
+        let farm = std::sync::Arc::new(crate::demo::Farm::start(&demo_dir.join("farm"), &out)?);
+        config.append.extend(farm.params());
+        Some(farm)
+    } else {
+        None
+    };
+    config.append.extend(
+        keys.iter()
+            .map(|(_, key)| format!("buildos.ssh_key=\"{key}\"")),
+    );
+    config.append.extend(options.params.iter().cloned());
+    eprintln!("{}", login_hint(&options.profile, &keys));
+    if let Some(farm) = &farm {
+        eprintln!(
+            "xtask: demo farm on loopback: a sample toolchain at {}, mail saved in {}; \
+             `cargo xtask image{}` in another terminal, after a change to the code, makes \
+             the host reboot into the new build",
+            farm.http.url("toolchain/toolchain.sha256"),
+            farm.mail_dir.display(),
+            if options.profile == buildos_rootfs::DEFAULT_PROFILE {
+                String::new()
+            } else {
+                format!(" --profile {}", options.profile)
+            }
+        );
     }
-    Ok(())
+    let narrating = farm.as_ref().map(|farm| farm.narrate());
+    let result = boot_until_quit(&config, &out, options.demo);
+    if let Some(stop) = narrating {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    result
+}
+
+/// Boots `config`; in a demo, boots again each time QEMU ends with a new build in `out`.
+fn boot_until_quit(config: &VmConfig, out: &Path, demo: bool) -> Result<()> {
+    let mut booted = crate::demo::buildid(out);
+    loop {
+        let status = interactive(config)?;
+        if !status.success() {
+            bail!("QEMU exited with {status}");
+        }
+        match crate::demo::next_boot(&booted, out) {
+            Some(next) if demo => {
+                eprintln!("xtask: the host rebooted for build {next}; booting it");
+                booted = next;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The public keys to give user `build`, each with the file it came from: `--ssh-key`'s, else
+/// the user's `~/.ssh/id_*.pub`, else for a demo a key made for it in `demo_dir`.
+fn ssh_keys(options: &Options, demo_dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let files = match &options.ssh_key {
+        Some(file) => vec![file.clone()],
+        None => {
+            let mut found = user_keys();
+            if found.is_empty() && options.demo {
+                found.push(demo_key(demo_dir)?);
+            }
+            found
+        }
+    };
+    files
+        .into_iter()
+        .map(|file| read_key(&file).map(|key| (file, key)))
+        .collect()
+}
+
+/// `~/.ssh/id_*.pub`, sorted.
+fn user_keys() -> Vec<PathBuf> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(Path::new(&home).join(".ssh")) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("id_") && name.ends_with(".pub"))
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The demo's own key pair in `dir`, made once with ssh-keygen; returns the public key file.
+fn demo_key(dir: &Path) -> Result<PathBuf> {
+    let private = dir.join("id_ed25519");
+    let public = dir.join("id_ed25519.pub");
+    if public.is_file() && private.is_file() {
+        return Ok(public);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = std::fs::remove_file(&private);
+    let _ = std::fs::remove_file(&public);
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "buildos-demo", "-f"])
+        .arg(&private)
+        .status()
+        .context("cannot run ssh-keygen")?;
+    if !status.success() {
+        bail!("`ssh-keygen -t ed25519 -f {}` failed", private.display());
+    }
+    Ok(public)
+}
+
+/// The first line of an OpenSSH public key file, checked as `buildos.ssh_key` checks it.
+fn read_key(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the SSH public key {}", file.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim().to_owned();
+    let parsed = buildos_cmdline::parse(&format!("buildos.ssh_key=\"{key}\""));
+    if let Some(diagnostic) = parsed.diagnostics.first() {
+        bail!(
+            "{} does not hold one OpenSSH public key that buildos.ssh_key takes: {diagnostic}",
+            file.display()
+        );
+    }
+    Ok(key)
+}
+
+/// What `cargo xtask qemu` prints before booting: how to log in, or why one cannot.
+pub fn login_hint(profile: &str, keys: &[(PathBuf, String)]) -> String {
+    let login = format!("ssh -p {SSH_PORT} build@127.0.0.1");
+    if profile == "minimal" {
+        return "xtask: the minimal profile has no sshd; the console is the way in (Ctrl-A X \
+                quits QEMU)"
+            .to_owned();
+    }
+    match keys {
+        [] => format!(
+            "xtask: no SSH key given and none in ~/.ssh/id_*.pub, so nobody can log in; make \
+             one with `ssh-keygen -t ed25519` or pass `--ssh-key <file.pub>`, then log in with \
+             `{login}` once the console says ready"
+        ),
+        keys => {
+            let files: Vec<String> = keys.iter().map(|(f, _)| f.display().to_string()).collect();
+            // A key that is not the user's own needs its private half named.
+            let identity = match keys {
+                [(file, _)] if file.starts_with(crate::work_dir()) => {
+                    format!("-i {} ", file.with_extension("").display())
+                }
+                _ => String::new(),
+            };
+            format!(
+                "xtask: log in as build with `ssh {identity}-p {SSH_PORT} build@127.0.0.1` once \
+                 the console says ready (key {})",
+                files.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_that_holds_no_key_is_an_error_naming_it() {
+        let dir = TempDir::new("buildos-key-test").unwrap_or_else(|e| panic!("{e:#}"));
+        let bad = dir.0.join("id_bad.pub");
+        std::fs::write(&bad, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap_or_default();
+        let error = format!(
+            "{:#}",
+            read_key(&bad).err().unwrap_or_else(|| panic!("accepted"))
+        );
+        assert!(error.contains(&bad.display().to_string()), "{error}");
+        assert!(error.contains("OpenSSH public key"), "{error}");
+        let good = dir.0.join("id_ed25519.pub");
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g me@here";
+        std::fs::write(&good, format!("{key}\n")).unwrap_or_default();
+        assert_eq!(read_key(&good).ok().as_deref(), Some(key));
+    }
+
+    #[test]
+    fn the_login_hint_says_how_to_log_in_or_how_to_get_a_key() {
+        let none = login_hint("debian", &[]);
+        assert!(none.contains("ssh -p 2222 build@127.0.0.1"), "{none}");
+        assert!(
+            none.contains("ssh-keygen") && none.contains("--ssh-key"),
+            "{none}"
+        );
+        let mine = login_hint(
+            "debian",
+            &[("/home/me/.ssh/id_ed25519.pub".into(), "k".into())],
+        );
+        assert!(mine.contains("`ssh -p 2222 build@127.0.0.1`"), "{mine}");
+        let demo_key = crate::work_dir().join("demo/id_ed25519.pub");
+        let demo = login_hint("debian", &[(demo_key, "k".into())]);
+        let private = crate::work_dir().join("demo/id_ed25519");
+        assert!(
+            demo.contains(&format!(
+                "`ssh -i {} -p 2222 build@127.0.0.1`",
+                private.display()
+            )),
+            "{demo}"
+        );
+        assert!(login_hint("minimal", &[]).contains("no sshd"));
+    }
 }

@@ -28,6 +28,11 @@ pub const SSHD: Need = Need {
     package: "openssh-server",
     why: "the SSH peer the buildos-machines tests send machines through",
 };
+pub const SSH_KEYGEN: Need = Need {
+    command: "ssh-keygen",
+    package: "openssh-client",
+    why: "makes the key `cargo xtask qemu --demo` logs in with when the user has none",
+};
 pub const PYTHON3: Need = Need {
     command: "python3",
     package: "python3",
@@ -150,10 +155,7 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
         .iter()
         .map(|n| format!("  {} (package {}): {}", n.command, n.package, n.why))
         .collect();
-    let install = format!(
-        "apt-get install --no-install-recommends {}",
-        packages.join(" ")
-    );
+    let install = install_args(&packages).join(" ");
     if find("apt-get").is_none() {
         bail!(
             "missing programs:\n{}\nthis system has no apt-get; install the equivalent packages by hand",
@@ -168,9 +170,11 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     }
     eprintln!("xtask: installing {}", packages.join(" "));
     if !apt_install(&packages)? {
+        refuse_removals(&packages, &install)?;
         // The package lists of a fresh system may be empty or stale.
         run_apt(&["update"])?;
         if !apt_install(&packages)? {
+            refuse_removals(&packages, &install)?;
             bail!("`{install}` failed; see apt's output above");
         }
     }
@@ -189,14 +193,66 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     Ok(())
 }
 
+/// The `apt-get` arguments that install `packages` and nothing else: `--no-remove` makes apt
+/// stop rather than remove a package the user has (one from another source, say) to make room.
+/// The command line a person is shown is the same, without `-y -q`.
+pub fn install_args(packages: &[&str]) -> Vec<String> {
+    [
+        "apt-get",
+        "install",
+        "--no-remove",
+        "--no-install-recommends",
+    ]
+    .iter()
+    .chain(packages)
+    .map(|arg| (*arg).to_owned())
+    .collect()
+}
+
 fn apt_install(packages: &[&str]) -> Result<bool> {
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(packages)
+    let args = install_args(packages);
+    let status = Command::new(&args[0])
+        .args(&args[1..2])
+        .args(["-y", "-q"])
+        .args(&args[2..])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("cannot run apt-get")?;
     Ok(status.success())
+}
+
+/// After a failed install: when apt would have had to remove packages, an error naming them
+/// and the command to run by hand; otherwise nothing (the failure has another cause).
+fn refuse_removals(packages: &[&str], install: &str) -> Result<()> {
+    // A simulation without --no-remove lists what a real install would remove.
+    let output = Command::new("apt-get")
+        .args(["install", "-s", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .context("cannot run apt-get")?;
+    let removed = removals(&String::from_utf8_lossy(&output.stdout));
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let plain = install.replace(" --no-remove", "");
+    bail!(
+        "installing {} would remove {}, which this machine has; xtask never removes a package. \
+         To accept the removal, run as root:\n  {plain}\nor install the missing programs \
+         another way and run xtask again",
+        packages.join(" "),
+        removed.join(", ")
+    )
+}
+
+/// The packages an `apt-get -s` simulation removes, from its `Remv <package> [<version>]`
+/// lines, with their versions.
+pub fn removals(simulation: &str) -> Vec<String> {
+    simulation
+        .lines()
+        .filter_map(|line| line.strip_prefix("Remv "))
+        .map(|rest| rest.trim().to_owned())
+        .collect()
 }
 
 pub fn run_apt(args: &[&str]) -> Result<()> {
@@ -214,4 +270,78 @@ pub fn run_apt(args: &[&str]) -> Result<()> {
 /// Whether apt can update its lists here: root with apt-get.
 pub fn can_update_apt() -> bool {
     is_root() && find("apt-get").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every package xtask may install, alone and all together.
+    const ALL: [Need; 20] = [
+        APT,
+        QEMU,
+        SSHD,
+        SSH_KEYGEN,
+        PYTHON3,
+        MMDEBSTRAP,
+        NEWUIDMAP,
+        NEWGIDMAP,
+        MKINITRAMFS,
+        DNSMASQ,
+        NFT,
+        IP,
+        AIOSMTPD,
+        OPENSSL,
+        CURL,
+        PING,
+        MKFS_EXT4,
+        MKFS_BTRFS,
+        MKFS_XFS,
+        LOSETUP,
+    ];
+
+    #[test]
+    fn no_install_can_remove_a_package() {
+        let mut sets: Vec<Vec<&str>> = ALL.iter().map(|n| vec![n.package]).collect();
+        sets.push(ALL.iter().map(|n| n.package).collect());
+        sets.push(vec![BLKID.package]);
+        for packages in sets {
+            let args = install_args(&packages);
+            assert_eq!(args[..2], ["apt-get", "install"], "{args:?}");
+            assert!(args.contains(&"--no-remove".to_owned()), "{args:?}");
+            // Nothing that would turn the install into a removal: no `pkg-` suffix, no other
+            // command, no option that lets apt remove.
+            for arg in &args[2..] {
+                assert!(
+                    !arg.ends_with('-') && !arg.starts_with("--auto-remove"),
+                    "{arg:?} in {args:?}"
+                );
+                assert!(
+                    ![
+                        "remove",
+                        "purge",
+                        "autoremove",
+                        "--purge",
+                        "--fix-broken",
+                        "-f"
+                    ]
+                    .contains(&arg.as_str()),
+                    "{arg:?} in {args:?}"
+                );
+            }
+            assert_eq!(&args[4..], packages.as_slice(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn removals_are_read_from_apts_simulation() {
+        let simulation = "NOTE: This is only a simulation!\n\
+Reading package lists...\n\
+The following packages will be REMOVED:\n  qemu-utils\n\
+Remv qemu-utils [1:8.2.2+ds-0ubuntu1]\n\
+Inst qemu-system-x86 (1:7.2+dfsg-7+deb12u7 Debian:12.7/stable [amd64])\n\
+Conf qemu-system-x86 (1:7.2+dfsg-7+deb12u7 Debian:12.7/stable [amd64])\n";
+        assert_eq!(removals(simulation), ["qemu-utils [1:8.2.2+ds-0ubuntu1]"]);
+        assert!(removals("Inst curl (7.88.1-10 Debian:12 [amd64])\n").is_empty());
+    }
 }

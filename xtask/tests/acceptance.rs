@@ -1,18 +1,22 @@
-//! The acceptance scenario of the monitor, end to end in QEMU: a host booted with its disks and
-//! network installs a toolchain from the test's HTTP server, runs its agents on their slices (the
-//! test agent reports its arguments, CPUs, nice value and user back over HTTP) and mails the
-//! admin through the test's SMTP server. Then the test publishes a new build id: the host mails
-//! why, stops its agents and reboots, and its second boot, of the new image on the same disks,
-//! reports the new build id on the console and in its host-up mail.
+//! The acceptance scenario of the monitor, end to end in QEMU, and the test of
+//! `cargo xtask qemu --demo`: a host booted with its disks and network into the demo's farm
+//! installs the sample toolchain from its HTTP server, runs its agents on their slices (the
+//! sample agent reports its arguments, CPUs, nice value and user back over HTTP) and mails the
+//! admin through its aiosmtpd, and the monitor tells that story on the console. Then a new
+//! build is assembled into the image directory the farm serves, as `cargo xtask image` does:
+//! the host mails why, stops its agents and reboots, and the demo's next boot, of the new
+//! image on the same disks, reports the new build id on the console and in its host-up mail.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use buildos_testpeers::{free_port, sha256_hex, tar_gz, wait_until, HttpServer, Smtp};
+use buildos_testpeers::wait_until;
+use xtask::demo::{Farm, ADMIN, SAMPLE_VERSION};
 use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::IMAGE_DIR_VAR;
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
+/// docs/demo.md gives these as the demo's times.
 const BOOT: Duration = Duration::from_secs(240);
 /// From ready to the agents' reports and the host-up mail: fetch, verify, unpack, start.
 const SETTLE: Duration = Duration::from_secs(180);
@@ -32,59 +36,9 @@ fn fail(e: anyhow::Error) -> ! {
     panic!("{e:#}")
 }
 
-/// The URL the guest uses for `path` on `http`: QEMU's user network maps 10.0.2.2 to the
-/// host's loopback.
-fn guest_url(http: &HttpServer, path: &str) -> String {
-    format!("http://10.0.2.2:{}/{path}", http.port())
-}
-
-/// The agents' reports: the paths they asked for under `agent/`.
-fn reports(http: &HttpServer) -> Vec<String> {
-    http.seen()
-        .iter()
-        .filter_map(|seen| seen.path.strip_prefix("agent/").map(str::to_owned))
-        .collect()
-}
-
-/// The test agent: reports `<instance>/started/<its arguments, comma-separated>/<CPU list>/
-/// <nice>/<uid>` to the test's HTTP server, waits to be stopped, and reports
-/// `<instance>/stopped` on SIGTERM. Needs only the image's busybox.
-fn agent_script(report_url: &str) -> String {
-    format!(
-        r#"#!/bin/sh
-bb=/bin/busybox
-report() {{
-    until $bb wget -q -O /dev/null "{report_url}/$1"; do $bb sleep 1; done
-}}
-trap '[ -n "$child" ] && kill $child; report "$2/stopped"; exit 0' TERM
-cpus=$($bb sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)
-nice=$($bb cut -d' ' -f19 /proc/self/stat)
-uid=$($bb id -u)
-report "$2/started/$(echo "$*" | $bb tr ' ' ,)/$cpus/$nice/$uid"
-$bb sleep 3600 &
-child=$!
-wait $child
-"#
-    )
-}
-
-/// The toolchain archive: the agent and its declaration, as `agent-1.0.tar.gz`.
-fn agent_archive(report_url: &str) -> Vec<u8> {
-    let script = agent_script(report_url);
-    let declaration = "command = \"agent.sh {{ toolchain_name }} {{ instance }} {{ instances }} \
-{{ cpus }} {{ ram_mib }} {{ auxiliary_ram_mib }} {{ toolchain_version }} {{ bridge }}\"\n";
-    tar_gz(&[
-        ("agent-1.0/agent.sh", script.as_bytes(), 0o755),
-        (
-            "agent-1.0/buildos-agent.toml",
-            declaration.as_bytes(),
-            0o644,
-        ),
-    ])
-}
-
-/// A new OS build: the minimal profile assembled again with another SOURCE_DATE_EPOCH, so
-/// its files (and so its build id) differ from the image under test.
+/// A new OS build into `out`, as `cargo xtask image --profile minimal --out <out>` writes it
+/// after a change: the minimal profile assembled again with another SOURCE_DATE_EPOCH, so its
+/// files (and so its build id) differ from the image under test.
 fn new_build(out: &Path) -> String {
     let mut inputs = xtask::image::prepare("minimal").unwrap_or_else(|e| fail(e));
     inputs.source_date_epoch += 86_400;
@@ -110,61 +64,41 @@ fn boot(image: &Path, disks: &[PathBuf], params: &[String]) -> Vm {
     Vm::boot(&config).unwrap_or_else(|e| fail(e))
 }
 
+/// The image under test, copied into `out`: the demo serves and boots what its image
+/// directory holds, and the test writes a new build there.
+fn copy_image(from: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap_or_else(|e| panic!("cannot create {}: {e}", out.display()));
+    for name in ["buildos-image", "buildos-initrd", "buildos-buildid"] {
+        std::fs::copy(from.join(name), out.join(name))
+            .unwrap_or_else(|e| panic!("cannot copy {name} from {}: {e}", from.display()));
+    }
+}
+
+/// Asserts that the console has a line of the monitor ending with `want`.
+fn assert_console_line(vm: &Vm, want: &str) {
+    let console = vm.console();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.starts_with("buildos-monitor: ") && l.ends_with(want)),
+        "no console line of the monitor ending with {want:?}; console:\n{console}"
+    );
+}
+
 #[test]
 fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     let started = Instant::now();
     let work = TempDir::new("buildos-acceptance").unwrap_or_else(|e| fail(e));
-    let first_image = image();
-    let first_id = read_buildid(&first_image);
-    let second_image = work.0.join("second-image");
-    let second_id = new_build(&second_image);
-    assert_ne!(first_id, second_id, "the new build has the same build id");
-    eprintln!(
-        "acceptance: new build {second_id} assembled after {:.0?}",
-        started.elapsed()
-    );
+    let out = work.0.join("out");
+    copy_image(&image(), &out);
+    let first_id = read_buildid(&out);
 
-    let http = HttpServer::start(&work.0.join("served"));
-    http.answer_under("agent/");
-    let smtp = Smtp::start(&work.0.join("mail"), free_port());
-    let archive = agent_archive(&guest_url(&http, "agent"));
-    http.put("toolchain/agent-1.0.tar.gz", &archive);
-    http.put(
-        "toolchain/toolchain.sha256",
-        format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)).as_bytes(),
-    );
-    http.put(
-        "buildos/buildos-buildid",
-        format!("{first_id}\n").as_bytes(),
-    );
-
-    // Two CPUs and two instances: 2 × 1 / 2 = 1 CPU each, on both. RAM as the manual's
-    // example, smaller: (8 − 2 reserved − 2 auxiliary) / 2 = 2 GiB build and 2 / 2 = 1 GiB
-    // auxiliary RAM each.
-    let params: Vec<String> = [
-        format!(
-            "buildos.toolchain_url={}",
-            guest_url(&http, "toolchain/toolchain.sha256")
-        ),
-        format!(
-            "buildos.buildid_url={}",
-            guest_url(&http, "buildos/buildos-buildid")
-        ),
-        "buildos.instances=2".into(),
-        "buildos.nice=5".into(),
-        "buildos.ram_total=8".into(),
-        "buildos.ram_reserved=2".into(),
-        "buildos.ram_auxiliary=2".into(),
-        format!("buildos.smtp_relay=10.0.2.2:{}", smtp.port),
-        "buildos.admin_email=admin@example.org".into(),
-        "buildos.poll_interval=10".into(),
-        "buildos.agent_grace=20".into(),
-    ]
-    .into();
+    let farm = Farm::start(&work.0.join("farm"), &out).unwrap_or_else(|e| fail(e));
+    let params = farm.params();
     let disks = xtask::qemu::host_disks(&work.0.join("disks")).unwrap_or_else(|e| fail(e));
 
     // First boot.
-    let mut vm = boot(&first_image, &disks, &params);
+    let mut vm = boot(&out, &disks, &params);
     let line = vm.wait_for("buildos-init: build id ", BOOT).unwrap();
     assert!(line.ends_with(&format!("build id {first_id}")), "{line}");
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();
@@ -174,20 +108,20 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     );
 
     // Both agents run with the manual's slice, pinned to the host's CPUs, reniced, as `build`.
-    let started_reports = wait_until("both agents to report", SETTLE, || {
-        let reports: Vec<String> = reports(&http)
+    let mut started_reports = wait_until("both agents to report", SETTLE, || {
+        let reports: Vec<String> = farm
+            .reports()
             .into_iter()
             .filter(|r| r.contains("/started/"))
             .collect();
         (reports.len() >= 2).then_some(reports)
     });
-    let mut started_reports = started_reports;
     started_reports.sort();
     assert_eq!(
         started_reports,
         [
-            "1/started/default,1,2,1,2048,1024,1.0,br1/0-1/5/1000",
-            "2/started/default,2,2,1,2048,1024,1.0,br1/0-1/5/1000",
+            format!("1/started/default,1,2,1,2048,1024,{SAMPLE_VERSION},br1/0-1/5/1000"),
+            format!("2/started/default,2,2,1,2048,1024,{SAMPLE_VERSION},br1/0-1/5/1000"),
         ],
         "the agents' arguments, CPUs, nice value and uid; console:\n{}",
         vm.console()
@@ -195,10 +129,14 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
 
     // The admin has the install and host-up mails, with the build id and the slices.
     let up = wait_until("the host-up mail", SETTLE, || {
-        smtp.find("host up", &format!("build id: {first_id}"))
-            .or_else(|| smtp.find("host up with problems", &format!("build id: {first_id}")))
+        farm.smtp
+            .find("host up", &format!("build id: {first_id}"))
+            .or_else(|| {
+                farm.smtp
+                    .find("host up with problems", &format!("build id: {first_id}"))
+            })
     });
-    assert_eq!(up.to, ["admin@example.org"]);
+    assert_eq!(up.to, [ADMIN]);
     for want in [
         "  default: 1.0",
         "  default instance 1/2: 1 CPUs on 0-1, 2 GiB build RAM, 1 GiB auxiliary RAM",
@@ -212,7 +150,9 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
         );
     }
     assert!(
-        smtp.find("toolchain default 1.0 installed", "").is_some(),
+        farm.smtp
+            .find("toolchain default 1.0 installed", "")
+            .is_some(),
         "no install mail"
     );
     eprintln!(
@@ -220,22 +160,74 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
         started.elapsed()
     );
 
-    // The host polls the unchanged build id and stays up; then a new build is published.
+    // The console told the story: installed, started, mail queued and sent, polling.
+    vm.wait_for("buildos-monitor: mail: ", SETTLE).unwrap();
+    assert_console_line(
+        &vm,
+        "toolchain default 1.0 installed in /build/tftp/toolchains/default",
+    );
+    for instance in 1..=2 {
+        assert_console_line(
+            &vm,
+            &format!(
+                "agent default {instance}/2 started: 1 CPU(s) on 0-1, 2048 MiB build RAM, \
+                 1024 MiB auxiliary RAM"
+            ),
+        );
+    }
+    let relay = params
+        .iter()
+        .find_map(|p| p.strip_prefix("buildos.smtp_relay="))
+        .unwrap();
+    let console = vm.console();
+    assert!(
+        console
+            .lines()
+            .any(|l| l.starts_with("buildos-monitor: mail queued: \"host up")
+                && l.ends_with(&format!("\", for {relay}"))),
+        "no line saying the host-up mail is queued; console:\n{console}"
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.starts_with("buildos-monitor: mail: ")
+                && l.ends_with(&format!("message(s) sent through {relay}"))),
+        "no mail sent line; console:\n{console}"
+    );
+    vm.wait_for("buildos-monitor: polling every 10 s: ", SETTLE)
+        .unwrap();
+    assert!(!console.contains("buildos-monitor: idle:"), "{console}");
+
+    // The host polls the unchanged build id and stays up; then `cargo xtask image` writes a
+    // new build where the demo's farm serves it from.
     wait_until("a poll of the build id", SETTLE, || {
-        http.seen()
+        farm.http
+            .seen()
             .iter()
             .any(|seen| seen.path == "buildos/buildos-buildid")
             .then_some(())
     });
-    http.put(
-        "buildos/buildos-buildid",
-        format!("{second_id}\n").as_bytes(),
+    let built = Instant::now();
+    let second_id = new_build(&out);
+    assert_ne!(first_id, second_id, "the new build has the same build id");
+    eprintln!(
+        "acceptance: new build {second_id} assembled in {:.0?}",
+        built.elapsed()
     );
 
-    // The host mails why, stops its agents, and reboots (which ends QEMU: -no-reboot).
+    // The host says why, mails it, stops its agents, and reboots (which ends QEMU:
+    // -no-reboot).
+    let seen = vm
+        .wait_for("buildos-monitor: change seen: ", SETTLE)
+        .unwrap();
+    assert!(
+        seen.contains(&format!("a new OS build {second_id} is published")),
+        "{seen}"
+    );
+    vm.wait_for("buildos-monitor: rebooting: ", SETTLE).unwrap();
     vm.wait_for("buildos-init: rebooting", SETTLE).unwrap();
     vm.wait_exit(BOOT).unwrap();
-    let reports = reports(&http);
+    let reports = farm.reports();
     for instance in 1..=2 {
         assert!(
             reports.contains(&format!("{instance}/stopped")),
@@ -243,7 +235,8 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
             vm.console()
         );
     }
-    let reboot = smtp
+    let reboot = farm
+        .smtp
         .find("rebooting", &format!("a new OS build {second_id}"))
         .unwrap_or_else(|| {
             panic!(
@@ -251,7 +244,7 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
                 vm.console()
             )
         });
-    assert_eq!(reboot.to, ["admin@example.org"]);
+    assert_eq!(reboot.to, [ADMIN]);
     // The monitor had already stopped its agents, and goes at init's SIGTERM: the reboot
     // does not wait out init's grace period.
     let console = vm.console();
@@ -267,14 +260,22 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     drop(vm);
     eprintln!("acceptance: rebooted after {:.0?}", started.elapsed());
 
-    // Second boot: the new image on the same disks reports the new build id.
-    let mut vm = boot(&second_image, &disks, &params);
+    // Second boot, as the demo does it: QEMU ended with a new build in the image directory.
+    assert_eq!(
+        xtask::demo::next_boot(&first_id, &out).as_deref(),
+        Some(second_id.as_str())
+    );
+    let mut vm = boot(&out, &disks, &params);
     let line = vm.wait_for("buildos-init: build id ", BOOT).unwrap();
     assert!(line.ends_with(&format!("build id {second_id}")), "{line}");
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let up = wait_until("the second host-up mail", SETTLE, || {
-        smtp.find("host up", &format!("build id: {second_id}"))
-            .or_else(|| smtp.find("host up with problems", &format!("build id: {second_id}")))
+        farm.smtp
+            .find("host up", &format!("build id: {second_id}"))
+            .or_else(|| {
+                farm.smtp
+                    .find("host up with problems", &format!("build id: {second_id}"))
+            })
     });
     assert!(up.message.contains("  default: 1.0"), "{}", up.message);
     eprintln!(
@@ -283,10 +284,13 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     );
     // The same build id is published: the host stays up, no second reboot mail.
     assert_eq!(
-        smtp.received()
+        farm.smtp
+            .received()
             .iter()
             .filter(|m| m.subject().ends_with("rebooting"))
             .count(),
         1
     );
+    // Quitting the demo now boots nothing more: the image directory holds what runs.
+    assert_eq!(xtask::demo::next_boot(&second_id, &out), None);
 }

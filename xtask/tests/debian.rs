@@ -1,10 +1,12 @@
 //! VM test of the debian profile: QEMU boots the image `cargo xtask test` built in a 1.5 GiB
 //! guest with `buildos.debug_shell=1`, and the test runs the guest's own programs in the
-//! shell on the serial console.
+//! shell on the serial console. With no toolchain URL, the monitor says on the console that it
+//! is idle.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use buildos_testpeers::wait_until;
 use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::DEBIAN_IMAGE_DIR_VAR;
 
@@ -48,6 +50,15 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     assert!(ready.ends_with(", 0 problem(s)"), "{}", vm.console());
     vm.wait_for("debug shell on the console", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
+    // With no toolchain URL the monitor says once that it is idle, and how to give it work; it
+    // is its last line, so the shell's output below is not interleaved with the monitor's.
+    let idle = wait_until("the monitor's idle line", BOOT, || {
+        vm.console()
+            .lines()
+            .find(|l| l.starts_with("buildos-monitor: idle: "))
+            .map(str::to_owned)
+    });
+    assert!(idle.contains("buildos.toolchain_url="), "{idle}");
 
     for (command, expected) in [
         ("/usr/sbin/sshd -V", "OpenSSH_"),

@@ -1,8 +1,9 @@
 //! VM test of SSH on a host (manual 4.5) and of the build host doing its job: the debian image
 //! boots with its disks and QEMU's user-mode network, SSH reaches the guest through a port
 //! forwarded to loopback, the user `build` logs in with the key given as `buildos.ssh_key`,
-//! passwords and root are refused, and the host keys and the agent key survive a reboot because
-//! they live on /state.
+//! passwords and root are refused, `sudo buildos-machine` runs only the host side (no form
+//! runs a command of build's choosing, and a machine stream carrying a set-user-ID file is
+//! refused), and the host keys and the agent key survive a reboot because they live on /state.
 //!
 //! Between the two boots, the acceptance scenario of agents that build (manual 2, 4.6, 5):
 //! `buildos-machine add` sends a machine from this machine; two toolchains, `default` on br1
@@ -52,7 +53,8 @@ fn free_port() -> u16 {
 
 fn boot(disks: &[PathBuf], port: u16, key: &str, params: &[String]) -> Vm {
     let param = format!("buildos.ssh_key=\"{key}\"");
-    let mut config = VmConfig::new(&image()).append(&[param.as_str()]);
+    // The console shell is root on the guest: it makes a machine stream only root can send.
+    let mut config = VmConfig::new(&image()).append(&[param.as_str(), "buildos.debug_shell=1"]);
     config.append.extend(params.iter().cloned());
     config.memory_mib = 1536;
     for disk in disks {
@@ -139,6 +141,118 @@ fn login(vm: &Vm, dir: &Path, port: u16, options: &[&str], command: &str) -> Out
         // Pacing between attempts, not synchronisation: the loop ends on sshd's answer.
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// Every form of `sudo buildos-machine` that is not the host side, as build would try it;
+/// each would run `/tmp/would-run`, which leaves `/tmp/ran`.
+const REFUSED_THROUGH_SUDO: &[&str] = &[
+    "add /tmp/vm-1.0 --remote-command /tmp/would-run",
+    "upgrade /tmp/vm-1.1 --remote-command /tmp/would-run",
+    "login x 0 --resume --remote-command /tmp/would-run",
+    "login x 0 --resume --host x --ssh-option ProxyCommand=/tmp/would-run",
+    "login x 0 --run --host x --ssh-option ProxyCommand=/tmp/would-run",
+    "login x 0 --resume --host x --remote-program /tmp/would-run",
+    "login x 0 --resume --remote-program /tmp/would-run",
+    "login x 0 --resume --socket /tmp/s",
+    "login x 0",
+    "list --root /tmp",
+    "remove vm --root /tmp",
+    "receive vm-1.0 --root /tmp",
+    "receive vm-1.0 --owner 0:0",
+];
+
+/// The sections of a script's output: after each `== <form>` line, what it printed up to its
+/// `rc=<status>` line.
+fn sections(output: &str) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in output.lines() {
+        if let Some(form) = line.strip_prefix("== ") {
+            current = Some((form.to_owned(), String::new()));
+        } else if let Some(status) = line.strip_prefix("rc=") {
+            if let Some((form, said)) = current.take() {
+                found.push((form, said, status.to_owned()));
+            }
+        } else if let Some((_, said)) = current.as_mut() {
+            said.push_str(line);
+            said.push('\n');
+        }
+    }
+    found
+}
+
+fn sudo_runs_only_the_host_side(vm: &mut Vm, dir: &Path, port: u16) {
+    // As root on the console: a machine whose bin/sh, below its top level, is a set-user-ID
+    // root shell, sent to a stream build can read.
+    let made = vm
+        .shell(
+            "d=/build/machines/default/.made && mkdir $d && btrfs subvolume create $d/work \
+             >/dev/null && mkdir $d/work/bin && cp /bin/sh $d/work/bin/sh && chown 1000:1000 \
+             $d/work $d/work/bin && chmod 4755 $d/work/bin/sh && btrfs subvolume snapshot -r \
+             $d/work $d/evil-1.0 >/dev/null && btrfs send -q -f /tmp/evil.stream $d/evil-1.0 \
+             && chmod 644 /tmp/evil.stream && btrfs subvolume delete $d/evil-1.0 $d/work \
+             >/dev/null && rmdir $d && echo stream made",
+            BOOT,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(made.iter().any(|l| l.trim() == "stream made"), "{made:?}");
+
+    let mut script = String::from(
+        "printf '#!/bin/sh\\ntouch /tmp/ran\\n' > /tmp/would-run; chmod 755 /tmp/would-run\n\
+         try() { echo \"== $*\"; sudo -n buildos-machine \"$@\" 2>&1; echo \"rc=$?\"; }\n",
+    );
+    for form in REFUSED_THROUGH_SUDO {
+        script.push_str(&format!("try {form}\n"));
+    }
+    script.push_str(
+        "try list\n\
+         echo '== receive --new evil-1.0'; sudo -n buildos-machine receive --new evil-1.0 \
+         < /tmp/evil.stream 2>&1; echo \"rc=$?\"\n\
+         echo '== after'; ls -A /build/machines/default; test -e /tmp/ran && echo RAN; echo rc=0\n",
+    );
+    let output = login(vm, dir, port, &[], &script);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    let found = sections(&said);
+    assert_eq!(found.len(), REFUSED_THROUGH_SUDO.len() + 3, "{said}");
+    for (form, (got, text, status)) in REFUSED_THROUGH_SUDO.iter().zip(&found) {
+        assert_eq!(got, form, "{said}");
+        assert_ne!(
+            status, "0",
+            "`sudo buildos-machine {form}` succeeded: {text}"
+        );
+        // add and upgrade stop at sudo's rule; the rest at the helper's own check.
+        if form.starts_with("add") || form.starts_with("upgrade") {
+            assert!(
+                text.starts_with("sudo: "),
+                "`sudo buildos-machine {form}`: {text}"
+            );
+        } else {
+            assert!(
+                text.contains("is refused when run as root for another user (sudo)"),
+                "`sudo buildos-machine {form}`: {text}"
+            );
+        }
+    }
+    let (_, listed, status) = &found[REFUSED_THROUGH_SUDO.len()];
+    assert_eq!(status, "0", "sudo buildos-machine list: {listed}");
+    assert!(
+        listed.starts_with("volume default (/build/machines/default): "),
+        "{listed}"
+    );
+    let (_, received, status) = &found[REFUSED_THROUGH_SUDO.len() + 1];
+    assert_ne!(
+        status, "0",
+        "the set-user-ID machine was received: {received}"
+    );
+    assert!(
+        received.contains(
+            "buildos-machine: /build/machines/default/.incoming-evil/evil-1.0/bin/sh is \
+             set-user-ID (mode 4755)"
+        ),
+        "{received}"
+    );
+    let (_, after, _) = &found[REFUSED_THROUGH_SUDO.len() + 2];
+    assert_eq!(after, "", "left on the volume, or a command ran: {after}");
 }
 
 /// The `ssh host key ed25519 <made|kept>: SHA256:...` line's fingerprint.
@@ -431,7 +545,7 @@ fn agents_build_in_machines(
 }
 
 #[test]
-fn build_logs_in_agents_build_in_machines_and_host_and_agent_keys_survive_reboot() {
+fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_survive_reboot() {
     let dir = TempDir::new("buildos-ssh-test").unwrap();
     let status = Command::new("ssh-keygen")
         .args([
@@ -530,6 +644,8 @@ fn build_logs_in_agents_build_in_machines_and_host_and_agent_keys_survive_reboot
         .unwrap();
     let learnt = String::from_utf8_lossy(&learnt.stdout).into_owned();
     assert!(learnt.contains(&first), "{learnt} lacks {first}");
+
+    sudo_runs_only_the_host_side(&mut vm, &dir.0, port);
 
     // No passwords: the server offers public keys only.
     let password = ssh(

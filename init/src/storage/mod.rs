@@ -35,14 +35,19 @@ pub const MACHINES_LABEL: &str = "buildos.machines";
 /// The volume a disk labeled just `buildos.machines` provides.
 pub const DEFAULT_VOLUME: &str = "default";
 
-/// The options every mount gets, as written in /etc/fstab: no access-time writes, which would
-/// turn every read of a build into a metadata write on flash and SSDs.
-pub const MOUNT_OPTIONS: &str = "noatime";
-const MOUNT_FLAGS: MsFlags = MsFlags::MS_NOATIME;
-/// What machine volumes get beyond [`MOUNT_OPTIONS`]: the agents' user deletes the per-build
-/// snapshots it made (`<name>-<toolchain>-<xxx>`) with `btrfs subvolume delete`, which the
-/// kernel allows a user other than root only with this option, and then only where rmdir(2)
-/// would be allowed and on a writable subvolume it may write to (read-only revisions stay).
+/// The options of the state disk, as written in /etc/fstab: no access-time writes, which
+/// would turn every read into a metadata write on flash and SSDs.
+pub const STATE_OPTIONS: &str = "noatime";
+/// The options of a machine volume: no access-time writes, and no set-user-ID bits, file
+/// capabilities or device nodes honoured; build may delete its own snapshots. Machines arrive from development machines and are
+/// written by user build's agents; nothing on them may run as root or open the host's
+/// devices.
+pub const MACHINES_OPTIONS: &str = "noatime,nosuid,nodev,user_subvol_rm_allowed";
+/// The btrfs option of [`MACHINES_OPTIONS`] (mount(2)'s data, not a flag): the agents' user
+/// deletes the per-build snapshots it made (`<name>-<toolchain>-<xxx>`) with `btrfs subvolume
+/// delete`, which the kernel allows a user other than root only with this option, and then
+/// only where rmdir(2) would be allowed, on a writable subvolume it may write to (read-only
+/// revisions stay).
 pub const MACHINES_DATA: &str = "user_subvol_rm_allowed";
 
 /// Where setup looks and writes. [`Environment::host`] is the running system; tests point it at
@@ -189,23 +194,31 @@ impl Role {
         })
     }
 
-    /// The mount point as the host sees it.
-    /// The filesystem-specific options (mount(2)'s data) its mount gets.
-    pub fn mount_data(&self) -> Option<&'static str> {
+    /// The mount options, as /etc/fstab writes them ([`STATE_OPTIONS`], [`MACHINES_OPTIONS`]).
+    pub fn options(&self) -> &'static str {
+        match self {
+            Role::State => STATE_OPTIONS,
+            Role::Machines(_) => MACHINES_OPTIONS,
+        }
+    }
+
+    /// [`Role::options`] as mount(2) flags.
+    fn flags(&self) -> MsFlags {
+        match self {
+            Role::State => MsFlags::MS_NOATIME,
+            Role::Machines(_) => MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }
+    }
+
+    /// [`Role::options`]' filesystem-specific part, mount(2)'s data.
+    fn data(&self) -> Option<&'static str> {
         match self {
             Role::State => None,
             Role::Machines(_) => Some(MACHINES_DATA),
         }
     }
 
-    /// Every option its mount gets, as /etc/fstab writes them.
-    pub fn mount_options(&self) -> String {
-        match self.mount_data() {
-            None => MOUNT_OPTIONS.to_string(),
-            Some(data) => format!("{MOUNT_OPTIONS},{data}"),
-        }
-    }
-
+    /// The mount point as the host sees it.
     pub fn mount_point(&self) -> String {
         match self {
             Role::State => "/state".into(),
@@ -218,8 +231,8 @@ impl Role {
 #[derive(Clone, Debug)]
 pub struct Mounted {
     pub mount_point: String,
-    /// The options it was mounted with, as in /etc/fstab.
-    pub options: String,
+    /// The mount options, as /etc/fstab writes them.
+    pub options: &'static str,
     pub label: String,
     pub uuid: String,
     pub fs_type: FsType,
@@ -313,7 +326,7 @@ pub enum Problem {
         label: String,
         target: PathBuf,
         fs_type: FsType,
-        options: String,
+        options: &'static str,
         errno: Errno,
     },
 }
@@ -901,21 +914,21 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         Some(device),
         &target,
         Some(fs.fs_type.driver()),
-        MOUNT_FLAGS,
-        role.mount_data(),
+        role.flags(),
+        role.data(),
     )
     .map_err(|errno| Problem::Mount {
-        options: role.mount_options(),
         device: device.to_owned(),
         label: fs.label.clone(),
         target: target.clone(),
         fs_type: fs.fs_type,
+        options: role.options(),
         errno,
     })?;
     let sizes: Option<Vec<u64>> = fs.devices.iter().map(|d| d.size).collect();
     Ok(Mounted {
         mount_point,
-        options: role.mount_options(),
+        options: role.options(),
         label: fs.label.clone(),
         uuid: fs.uuid.clone(),
         fs_type: fs.fs_type,
@@ -1007,7 +1020,7 @@ mod tests {
         let mounted = [
             Mounted {
                 mount_point: "/state".into(),
-                options: Role::State.mount_options(),
+                options: STATE_OPTIONS,
                 label: "buildos.state".into(),
                 uuid: "u1".into(),
                 fs_type: FsType::Ext2,
@@ -1016,7 +1029,7 @@ mod tests {
             },
             Mounted {
                 mount_point: "/build/machines/default".into(),
-                options: Role::Machines("default".into()).mount_options(),
+                options: MACHINES_OPTIONS,
                 label: "buildos.machines".into(),
                 uuid: "u2".into(),
                 fs_type: FsType::Btrfs,
@@ -1030,8 +1043,7 @@ mod tests {
             lines,
             [
                 "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
-                 noatime,user_subvol_rm_allowed\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
             ]
         );
         assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
