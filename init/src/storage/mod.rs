@@ -1043,7 +1043,8 @@ mod tests {
             lines,
             [
                 "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
+                 noatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
             ]
         );
         assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
