@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod firmware;
 pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
@@ -149,7 +150,8 @@ pub fn run() -> ! {
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
-            console::info(&boot.clock.ready_line(boot.problems.len()));
+            let mode = firmware::boot_mode(std::path::Path::new("/sys"));
+            console::info(&boot.clock.ready_line(&mode.to_string(), boot.problems.len()));
             write_report(&boot.problems);
             lifecycle::serve(debug_shell(&boot.config), boot.services)
         }
