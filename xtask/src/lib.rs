@@ -7,6 +7,7 @@ pub mod debian;
 pub mod docs;
 pub mod fuzz;
 pub mod image;
+pub mod lan;
 pub mod pxe;
 pub mod qemu;
 pub mod system;
