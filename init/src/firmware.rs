@@ -18,7 +18,9 @@ const SECURE_BOOT_OFFSET: usize = 0x1ec;
 pub enum BootMode {
     Bios,
     /// UEFI; `None` when the kernel did not record Secure Boot's state.
-    Uefi { secure_boot: Option<bool> },
+    Uefi {
+        secure_boot: Option<bool>,
+    },
 }
 
 impl fmt::Display for BootMode {

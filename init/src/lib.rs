@@ -151,7 +151,11 @@ pub fn run() -> ! {
     match booted {
         Ok(Ok(())) => {
             let mode = firmware::boot_mode(std::path::Path::new("/sys"));
-            console::info(&boot.clock.ready_line(&mode.to_string(), boot.problems.len()));
+            console::info(
+                &boot
+                    .clock
+                    .ready_line(&mode.to_string(), boot.problems.len()),
+            );
             write_report(&boot.problems);
             lifecycle::serve(debug_shell(&boot.config), boot.services)
         }

@@ -259,9 +259,11 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
 
     let default = resolve(
         "defaults".into(),
-        None,
-        None,
-        boot.firmware,
+        Who {
+            mac: None,
+            name: None,
+            firmware: boot.firmware,
+        },
         &boot.kernel_args,
         &defaults,
         &Table::default(),
@@ -274,9 +276,11 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
         let mut host_errors = Vec::new();
         let boot_host = resolve(
             subject,
-            Some(*mac),
-            name.clone(),
-            firmware.unwrap_or(boot.firmware),
+            Who {
+                mac: Some(*mac),
+                name: name.clone(),
+                firmware: firmware.unwrap_or(boot.firmware),
+            },
             kernel_args.as_ref().unwrap_or(&boot.kernel_args),
             &defaults,
             own,
@@ -627,11 +631,16 @@ fn show(value: &Value) -> String {
 /// Merges the defaults with a host's own parameters, checks the command line strictly and
 /// renders it. A host's value replaces the default's; the values of a repeatable parameter
 /// (`ssh_key`, `controller_url`, `controller_trust`) add to the defaults' instead.
-fn resolve(
-    subject: String,
+/// Who a command line is for: the host (none for the default), its name and its firmware.
+struct Who {
     mac: Option<Mac>,
     name: Option<String>,
     firmware: Firmware,
+}
+
+fn resolve(
+    subject: String,
+    who: Who,
     kernel_args: &[String],
     defaults: &Table,
     own: &Table,
@@ -738,9 +747,9 @@ fn resolve(
         return None;
     }
     Some(Boot {
-        mac,
-        name,
-        firmware,
+        mac: who.mac,
+        name: who.name,
+        firmware: who.firmware,
         cmdline,
         config: parsed.config,
     })

@@ -71,16 +71,17 @@ pub fn ipxe_dispatcher() -> String {
 
 /// `grub/grub.cfg`, what Debian's signed GRUB network image reads first: it is built with the
 /// prefix `/grub` on the TFTP server it was loaded from, and its built-in configuration sources
-/// `$prefix/grub.cfg`. This chains `grub.cfg-01-<mac with dashes>` of the interface that booted,
-/// and `grub.cfg-default` for a host not in the inventory.
+/// `$prefix/grub.cfg`. This sources `grub.cfg-01-<mac with dashes>` of the interface that
+/// booted, and `grub.cfg-default` when there was none: GRUB's `[ -e ]` cannot see files over
+/// TFTP, so every configuration sets `buildos_config` first, and a host whose own configuration
+/// fails to boot never falls through to the default one.
 pub fn grub_dispatcher() -> String {
     format!(
         "# {GENERATED}\n\
          # Boots grub/grub.cfg-01-<mac with dashes>, or grub/grub.cfg-default for a host not in the inventory.\n\
          regexp --set=1:m1 --set=2:m2 --set=3:m3 --set=4:m4 --set=5:m5 --set=6:m6 '^(..):(..):(..):(..):(..):(..)$' \"$net_default_mac\"\n\
-         if [ -e \"$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6\" ]; then\n\
-         \x20 source \"$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6\"\n\
-         else\n\
+         source \"$prefix/grub.cfg-01-$m1-$m2-$m3-$m4-$m5-$m6\"\n\
+         if [ -z \"$buildos_config\" ]; then\n\
          \x20 source \"$prefix/grub.cfg-default\"\n\
          fi\n"
     )
@@ -102,11 +103,16 @@ pub fn grub_config(boot: &Boot, buildid: &str) -> String {
     format!(
         "# {GENERATED}\n\
          # {who}\n\
+         set buildos_config={config}\n\
          echo 'Build OS: loading the kernel and the initrd of build {buildid}'\n\
          {linux}\n\
          initrd {initrd}\n\
          boot\n",
         who = boot.describe(),
+        config = match boot.mac {
+            Some(mac) => mac.grub_name(),
+            None => "grub.cfg-default".to_string(),
+        },
         initrd = initrd_path(buildid),
     )
 }

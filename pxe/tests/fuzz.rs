@@ -140,7 +140,7 @@ proptest! {
                     let ipxe = ipxe_script(boot, &farm.boot, BUILDID);
                     prop_assert_eq!(ipxe.lines().count(), 7, "{}", ipxe);
                     let grub = grub_config(boot, BUILDID);
-                    prop_assert_eq!(grub.lines().count(), 6, "{}", grub);
+                    prop_assert_eq!(grub.lines().count(), 7, "{}", grub);
                     for file in [&pxelinux, &ipxe, &grub] {
                         prop_assert!(
                             !file.contains(|c: char| c.is_control() && c != '\n'),

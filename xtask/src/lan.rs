@@ -71,7 +71,10 @@ impl Lan {
         }
         let conf = tree.join("dnsmasq.conf");
         if !conf.is_file() {
-            bail!("no {}; write the tree with `cargo xtask pxe`", conf.display());
+            bail!(
+                "no {}; write the tree with `cargo xtask pxe`",
+                conf.display()
+            );
         }
         let pid_file = lan.scratch.0.join("dnsmasq.pid");
         let lan_conf = lan.scratch.0.join("lan.conf");
@@ -90,8 +93,8 @@ impl Lan {
         )?;
         // dnsmasq's parent exits once the daemon has bound its sockets, or with the error.
         let output = Command::new("ip")
-            .args(["netns", "exec", &netns, "dnsmasq", "--conf-file"])
-            .arg(&lan_conf)
+            .args(["netns", "exec", &netns, "dnsmasq"])
+            .arg(format!("--conf-file={}", lan_conf.display()))
             .stdin(Stdio::null())
             .output()
             .context("cannot run dnsmasq")?;

@@ -55,9 +55,7 @@ impl Firmware {
     fn ovmf(self) -> Option<(&'static str, &'static str)> {
         match self {
             Firmware::Bios => None,
-            Firmware::Uefi | Firmware::UefiHttpBoot => {
-                Some(("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"))
-            }
+            Firmware::Uefi | Firmware::UefiHttpBoot => Some(("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")),
             Firmware::UefiSecureBoot => Some(("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")),
         }
     }
@@ -158,6 +156,7 @@ impl VmConfig {
             None => Command::new("qemu-system-x86_64"),
         };
         if let Some((code, vars)) = self.firmware.ovmf() {
+            crate::system::ensure(&[crate::system::OVMF])?;
             let code = Path::new(OVMF_DIR).join(code);
             let template = Path::new(OVMF_DIR).join(vars);
             let vars = scratch.join(vars);
@@ -182,10 +181,16 @@ impl VmConfig {
                     code.display()
                 ))
                 .arg("-drive")
-                .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
             if self.firmware == Firmware::UefiHttpBoot {
                 for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
-                    qemu.args(["-fw_cfg", &format!("name=opt/org.tianocore/{knob},string=n")]);
+                    qemu.args([
+                        "-fw_cfg",
+                        &format!("name=opt/org.tianocore/{knob},string=n"),
+                    ]);
                 }
             }
         }
