@@ -9,7 +9,9 @@
 //!   a virtio-net card, and no card;
 //! - the network boot, power-on to init's ready marker: iPXE fetching kernel and initrd over
 //!   HTTP against pxelinux fetching them over TFTP (target: HTTP faster), both from the tree
-//!   `cargo xtask pxe` writes for the same image, in QEMU's user-mode network.
+//!   `cargo xtask pxe` writes for the same image, in QEMU's user-mode network; and UEFI
+//!   network boots from the same tree (OVMF with iPXE's EFI build over HTTP, and OVMF with
+//!   Secure Boot through shim and Debian's signed GRUB) beside the pxelinux boot.
 //! - the monitor: fetch-and-verify throughput from a loopback HTTP server against `curl`
 //!   piped into `sha256sum` for the same files (target: at least as fast), and its resident
 //!   memory with four running instances (target: under 20 MB).
@@ -32,7 +34,7 @@ use anyhow::{bail, Context, Result};
 
 use buildos_image_builder as builder;
 
-use crate::qemu::{NetBoot, TempDir, Vm, VmConfig};
+use crate::qemu::{Firmware, NetBoot, TempDir, Vm, VmConfig};
 use crate::{fuzz, image, system};
 
 /// Which figures to measure.
@@ -41,6 +43,7 @@ pub enum Only {
     All,
     Monitor,
     Fuzz,
+    Pxe,
     Compression,
 }
 
@@ -48,6 +51,12 @@ pub fn run(only: Only) -> Result<()> {
     match only {
         Only::Monitor => return monitor(),
         Only::Fuzz => return fuzz(),
+        Only::Pxe => {
+            system::ensure(&[system::APT, system::QEMU, system::OVMF])?;
+            let out = crate::work_dir().join("bench-image");
+            image::assemble(&image::prepare("minimal")?, &out)?;
+            return pxe(&out);
+        }
         Only::Compression => {
             system::ensure(&[system::APT, system::QEMU, system::MMDEBSTRAP])?;
             return compression();
@@ -62,6 +71,7 @@ pub fn run(only: Only) -> Result<()> {
         system::MKFS_EXT4,
         system::MKFS_BTRFS,
         system::MMDEBSTRAP,
+        system::OVMF,
     ])?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare("minimal")?;
@@ -164,15 +174,7 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (QEMU's e1000 holds back received frames for 1 s after the driver rewrites its receive control register, as it does when the link comes up: the DHCP offer waits there)");
     let storage = full.phase("storage");
 
-    let (http, tftp) = pxe_boot_times(&out)?;
-    println!(
-        "PXE power-on to ready, HTTP     {:>8.2} s   {:>8.2} s   {:>6.2}   faster than TFTP ({})",
-        http.as_secs_f64(),
-        tftp.as_secs_f64(),
-        http.as_secs_f64() / tftp.as_secs_f64(),
-        verdict(http < tftp)
-    );
-    println!("  (iPXE over HTTP; anchor: pxelinux over TFTP, same tree, prompt 0)");
+    pxe(&out)?;
     let bound = Duration::from_secs(10);
     println!(
         "storage step, 2 disks present   {:>8.3} s   {:>8.3} s   {:>6.3}   well within its bound ({})",
@@ -250,6 +252,72 @@ fn pxe_boot_times(image: &Path) -> Result<(Duration, Duration)> {
         times.push(started.elapsed());
     }
     drop(server);
+    Ok((times[0], times[1]))
+}
+
+/// The network boots of the image in `out`, each from QEMU's start to init's ready marker:
+/// BIOS iPXE over HTTP against pxelinux over TFTP, and the UEFI paths beside pxelinux.
+fn pxe(out: &Path) -> Result<()> {
+    let (http, tftp) = pxe_boot_times(out)?;
+    let (uefi_ipxe, uefi_secure) = uefi_boot_times(out)?;
+    println!(
+        "PXE power-on to ready, HTTP     {:>8.2} s   {:>8.2} s   {:>6.2}   faster than TFTP ({})",
+        http.as_secs_f64(),
+        tftp.as_secs_f64(),
+        http.as_secs_f64() / tftp.as_secs_f64(),
+        verdict(http < tftp)
+    );
+    println!("  (iPXE over HTTP; anchor: pxelinux over TFTP, same tree, prompt 0)");
+    for (label, took) in [
+        ("PXE power-on to ready, UEFI+iPXE", uefi_ipxe),
+        ("PXE power-on to ready, UEFI SB", uefi_secure),
+    ] {
+        println!(
+            "{label:<32}{:>8.2} s   {:>8.2} s   {:>6.2}   none: firmware and boot chain",
+            took.as_secs_f64(),
+            tftp.as_secs_f64(),
+            took.as_secs_f64() / tftp.as_secs_f64(),
+        );
+    }
+    println!("  (OVMF's PXE loading iPXE's EFI build, which fetches the kernel and initrd over HTTP; OVMF with Secure Boot enforced loading shim, Debian's signed GRUB and the signed kernel over TFTP; both from a real dnsmasq with the tree's own configuration; anchor: the BIOS pxelinux boot above)");
+    Ok(())
+}
+
+/// The UEFI hosts of the bench's inventory: one without Secure Boot, one with.
+const UEFI_HOSTS: [(&str, Firmware); 2] = [
+    ("de:ad:be:ef:b8:e1", Firmware::Uefi),
+    ("de:ad:be:ef:b8:e2", Firmware::UefiSecureBoot),
+];
+
+/// Network-boots the image from one tree on a boot network of its own (a real dnsmasq with the
+/// tree's configuration, `lan::Lan`), from QEMU's start to init's ready marker: UEFI with iPXE's
+/// EFI build over HTTP, and UEFI with Secure Boot through shim and GRUB over TFTP.
+fn uefi_boot_times(image: &Path) -> Result<(Duration, Duration)> {
+    let dir = TempDir::new("buildos-bench-uefi")?;
+    let inventory = dir.0.join("farm.toml");
+    let mut text = PXE_INVENTORY.to_owned();
+    for (mac, firmware) in UEFI_HOSTS {
+        let firmware = match firmware {
+            Firmware::UefiSecureBoot => "uefi-secure-boot",
+            _ => "uefi",
+        };
+        text.push_str(&format!("[hosts.\"{mac}\"]\nfirmware = \"{firmware}\"\n"));
+    }
+    std::fs::write(&inventory, text)?;
+    let tree = dir.0.join("tree");
+    crate::pxe::build_tree(&inventory, image, &tree, Some(crate::lan::HTTP_URL))?;
+    let lan = crate::lan::Lan::start(&tree)?;
+    let mut times = Vec::new();
+    for (mac, firmware) in UEFI_HOSTS {
+        let mut config = VmConfig::new(image).firmware(firmware);
+        config.lan = Some(lan.boot(mac));
+        let disks = TempDir::new("buildos-bench-uefi-disks")?;
+        config = config.host_disks(&disks.0)?;
+        let started = Instant::now();
+        let mut vm = Vm::boot(&config)?;
+        vm.wait_for("buildos-init: ready at ", Duration::from_secs(300))?;
+        times.push(started.elapsed());
+    }
     Ok((times[0], times[1]))
 }
 

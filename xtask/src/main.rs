@@ -79,6 +79,10 @@ enum Task {
         /// Run only the property tests of the parsers of untrusted input, longer than the tests do
         #[arg(long)]
         fuzz_only: bool,
+        /// Measure only the network boots: BIOS iPXE over HTTP and pxelinux over TFTP, UEFI
+        /// with iPXE and UEFI with Secure Boot
+        #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only"])]
+        pxe_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -129,12 +133,15 @@ fn main() -> ExitCode {
             monitor_only,
             compression_only,
             fuzz_only,
+            pxe_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
             xtask::bench::Only::Compression
         } else if fuzz_only {
             xtask::bench::Only::Fuzz
+        } else if pxe_only {
+            xtask::bench::Only::Pxe
         } else {
             xtask::bench::Only::All
         }),
