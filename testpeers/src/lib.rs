@@ -2,12 +2,14 @@
 //! server over a directory (ranges, ETags, injected faults, made-up responses such as a
 //! trickle or an endless body, and paths it answers for agents to report on), an HTTPS server
 //! that redirects to plain HTTP ([`TlsRedirect`]), a TFTP server that misbehaves on purpose
-//! ([`tftp::TftpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
+//! ([`tftp::TftpPeer`]), an SNTP server whose clock is off by what a test says
+//! ([`ntp::NtpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
 //! small helpers around them. A test dependency only: nothing here ships in an image.
 
 // Test support: a failed set-up should stop the test right there, with its error.
 #![allow(clippy::unwrap_used)]
 
+pub mod ntp;
 pub mod tftp;
 
 use std::collections::HashMap;
