@@ -641,8 +641,10 @@ mod tests {
         );
         assert_eq!(
             lease.rejected,
-            ["DHCP server 10.0.0.1 sent option 42 (NTP servers) 255.255.255.255: expected a \
-              unicast IPv4 address; left out"]
+            [
+                "DHCP server 10.0.0.1 sent option 42 (NTP servers) 255.255.255.255: expected a \
+              unicast IPv4 address; left out"
+            ]
         );
         assert_eq!(
             dropped(&offer(&[(NTP_SERVERS, &[10, 0, 0, 5, 1])])),
