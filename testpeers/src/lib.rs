@@ -405,6 +405,16 @@ impl TlsRedirect {
     /// Starts the server; its files (keys, certificates) go to `dir`. `to` is the base the
     /// redirects point to, like `http://127.0.0.1:8080`.
     pub fn start(dir: &Path, to: &str) -> TlsRedirect {
+        TlsRedirect::start_with(dir, to, "1")
+    }
+
+    /// As [`TlsRedirect::start`], with a server certificate that expired a day before it was
+    /// made: what a client whose clock is years ahead sees.
+    pub fn start_expired(dir: &Path, to: &str) -> TlsRedirect {
+        TlsRedirect::start_with(dir, to, "-1")
+    }
+
+    fn start_with(dir: &Path, to: &str, days: &str) -> TlsRedirect {
         std::fs::create_dir_all(dir).unwrap();
         let openssl = |args: &[&str]| {
             let status = Command::new("openssl")
@@ -471,7 +481,7 @@ impl TlsRedirect {
             "ca.key",
             "-CAcreateserial",
             "-days",
-            "1",
+            days,
             "-extfile",
             "cert.ext",
             "-out",
