@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod consoles;
 pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
@@ -195,6 +196,9 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
 fn step_mounts(_boot: &mut Boot) -> StepResult {
     mounts::mount_all(&sys::Linux, mounts::EARLY)?;
     console::open_kmsg();
+    if let Some(line) = console::open_other_consoles() {
+        console::info(&line);
+    }
     Ok(Outcome::Ok)
 }
 
