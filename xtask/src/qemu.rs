@@ -25,6 +25,10 @@ pub struct VmConfig {
     /// Boot through the network card's PXE ROM instead of `-kernel`/`-initrd`/`-append`
     /// (`kernel` then only serves the KVM probe, and `append` is unused).
     pub netboot: Option<NetBoot>,
+    /// For a direct boot, an SNTP server on the host (testpeers', the host's clock) that the
+    /// guest is pointed at with `buildos.ntp_server=10.0.2.2:<port>`, so its clock step asks
+    /// no pool on the Internet and waits for nothing; on unless the test names its own server.
+    pub ntp: bool,
 }
 
 /// A network boot: an e1000 with QEMU's user-mode network, whose DHCP offers `bootfile` and
@@ -50,6 +54,7 @@ impl VmConfig {
             cpus: 1,
             extra: Vec::new(),
             netboot: None,
+            ntp: true,
         }
     }
 
@@ -304,6 +309,7 @@ pub struct Vm {
     lines: Receiver<String>,
     console: Arc<Mutex<String>>,
     monitor: PathBuf,
+    _ntp: Option<buildos_testpeers::ntp::NtpPeer>,
     _dir: TempDir,
 }
 
@@ -345,6 +351,17 @@ impl Vm {
         }
         let dir = TempDir::new("buildos-vm")?;
         let monitor = dir.0.join("monitor.sock");
+        let mut config = config.clone();
+        let named = config
+            .append
+            .iter()
+            .any(|p| p.starts_with("buildos.ntp_server="));
+        let ntp = (config.ntp && config.netboot.is_none() && !named).then(|| {
+            let peer = buildos_testpeers::ntp::NtpPeer::start(Default::default());
+            let param = format!("buildos.ntp_server=10.0.2.2:{}", peer.addr.port());
+            config.append.push(param);
+            peer
+        });
         let mut qemu = config.command();
         qemu.args(["-serial", "stdio"])
             .arg("-monitor")
@@ -395,6 +412,7 @@ impl Vm {
             lines,
             console,
             monitor,
+            _ntp: ntp,
             _dir: dir,
         })
     }
