@@ -10,6 +10,7 @@
 
 pub mod console;
 pub mod consoles;
+pub mod devices;
 pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
@@ -296,7 +297,12 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
-    let problems = report.problems();
+    let mut problems = report.problems();
+    // The modules made the nodes; now the build user may use them.
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let (lines, more) = devices::grant(std::path::Path::new("/dev"), &group);
+    lines.iter().for_each(|line| console::info(line));
+    problems.extend(more);
     Ok(if problems.is_empty() {
         Outcome::Ok
     } else {
@@ -331,6 +337,22 @@ fn step_network(boot: &mut Boot) -> StepResult {
                 console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
             }
             Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
+        }
+    }
+    if std::path::Path::new(net::DNSMASQ).is_file() {
+        match net::tftp_br0_command(&boot.config, &paths) {
+            Ok(None) => {}
+            Ok(Some(command)) => {
+                let args: Vec<String> = command
+                    .get_args()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let service = Service::new("dnsmasq-br0", net::DNSMASQ, &args);
+                boot.services.add(service, std::time::Instant::now());
+                console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
+            }
+            Err(error) => problems.push(format!("network: br0's TFTP server: {error}")),
         }
     }
     Ok(if problems.is_empty() {

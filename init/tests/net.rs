@@ -487,7 +487,7 @@ fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
         let paths = paths.clone();
         client.enter(move || net::setup(&config(10), &paths).public)
     };
-    assert!(public.is_some(), "no lease for br0");
+    let br0_address = public.as_ref().expect("no lease for br0").lease.address;
 
     let ruleset = run(&[
         "ip",
@@ -592,6 +592,62 @@ fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
         "TFTP from br1's dnsmasq failed: {}\n{}",
         String::from_utf8_lossy(&fetched.stderr),
         br1_dnsmasq.log()
+    );
+
+    // A toolchain on br0: its machines, on the LAN, read the same files from br0's address,
+    // and get neither DNS nor DHCP from the host there.
+    let mut br0_config = Config::default();
+    let toolchain = buildos_cmdline::Toolchain {
+        bridge: buildos_cmdline::Bridge::Br0,
+        ..Default::default()
+    };
+    br0_config.toolchains.insert("default".into(), toolchain);
+    assert!(net::tftp_br0_command(&Config::default(), &paths)
+        .expect("no br0 toolchain")
+        .is_none());
+    let command = net::tftp_br0_command(&br0_config, &paths)
+        .expect("br0's TFTP command")
+        .expect("a br0 toolchain wants TFTP on br0");
+    let mut exec = client.exec(&["dnsmasq"]);
+    exec.args(command.get_args());
+    let br0_log = dir.0.join("br0-dnsmasq.log");
+    let br0_dnsmasq = Dnsmasq {
+        child: exec
+            .stdout(Stdio::null())
+            .stderr(File::create(&br0_log).expect("log"))
+            .spawn()
+            .expect("start br0's TFTP dnsmasq"),
+        log: br0_log,
+    };
+    let url = format!("tftp://{br0_address}/hello.txt");
+    let mut fetched = None;
+    wait_for("TFTP on br0's address", Duration::from_secs(20), || {
+        let output = server
+            .exec(&["curl", "--silent", "--max-time", "2", &url])
+            .output()
+            .expect("run curl");
+        let ok = output.stdout == b"toolchain bytes\n";
+        fetched = Some(output);
+        ok
+    });
+    drop(fetched);
+    // Only TFTP listens on br0's address: no DNS, no DHCP.
+    let sockets = String::from_utf8_lossy(
+        &client
+            .exec(&["ss", "-H", "-lnu4"])
+            .output()
+            .expect("run ss")
+            .stdout,
+    )
+    .into_owned();
+    let on_br0: Vec<&str> = sockets
+        .lines()
+        .filter(|l| l.contains(&format!("{br0_address}:")))
+        .collect();
+    assert!(
+        on_br0.len() == 1 && on_br0[0].contains(&format!("{br0_address}:69 ")),
+        "{sockets}\n{}",
+        br0_dnsmasq.log()
     );
 
     // The server namespace has no route to 172.30.0.0/24: only NAT brings the answer back.

@@ -282,8 +282,8 @@ fn state_and_machine_volumes_are_mounted_by_label_machines_nosuid_nodev_and_writ
         entries,
         [
             "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-            "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
-            "LABEL=buildos.machines.fast\t/build/machines/fast\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
+            "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
+            "LABEL=buildos.machines.fast\t/build/machines/fast\tbtrfs\tnoatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
         ]
     );
     // The mounts are the filesystems: what is written through one is on the device.
@@ -497,7 +497,7 @@ fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
 
     let error = s.setup(10, &quiet).unwrap_err().to_string();
     let want = format!(
-        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime,nosuid,nodev: ",
+        "cannot mount {} (btrfs, label buildos.machines.b) on {}/build/machines/b with noatime,nosuid,nodev,user_subvol_rm_allowed: ",
         s.path(bad),
         s.root().display()
     );
@@ -542,4 +542,78 @@ fn a_device_whose_read_hangs_is_skipped_after_its_bound_and_named() {
         took < Duration::from_secs(10),
         "one hung device cost {took:?}, more than its 2 s bound and the scan"
     );
+}
+
+/// Runs `btrfs` as the user `uid`:`gid`, as an agent running as build does.
+fn btrfs_as(uid: u32, gid: u32, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("btrfs")
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn build_snapshots_and_deletes_its_machines_on_a_volume_mounted_with_inits_options() {
+    let mut s = Scratch::new();
+    let state = s.ext4("buildos.state");
+    let _ = state;
+    let machines = s.btrfs("buildos.machines", 1)[0];
+    s.expose(machines);
+    s.setup(30, &quiet).unwrap();
+    let volume = s.root().join("build/machines/default");
+    let (uid, gid) = (1000, 1000);
+    // What `buildos-machine add` leaves: build's machine directory holding build's read-only
+    // revision and the current symlink.
+    let machine = volume.join("vm");
+    std::fs::create_dir(&machine).unwrap();
+    std::os::unix::fs::chown(&machine, Some(uid), Some(gid)).unwrap();
+    let initial = machine.join("vm-1.0");
+    run("btrfs", &["subvolume", "create", initial.to_str().unwrap()]);
+    std::fs::write(initial.join("disk.img"), "machine").unwrap();
+    std::os::unix::fs::chown(&initial, Some(uid), Some(gid)).unwrap();
+    std::os::unix::fs::chown(initial.join("disk.img"), Some(uid), Some(gid)).unwrap();
+    run(
+        "btrfs",
+        &["property", "set", initial.to_str().unwrap(), "ro", "true"],
+    );
+    std::os::unix::fs::symlink("vm-1.0", machine.join("vm-1")).unwrap();
+    let p = |name: &str| machine.join(name).display().to_string();
+
+    // As build: bootstrap vm-default from vm-1, snapshot it for one build, delete that.
+    for args in [
+        vec![
+            "subvolume",
+            "snapshot",
+            &p("vm-1")[..],
+            &p("vm-default")[..],
+        ],
+        vec![
+            "subvolume",
+            "snapshot",
+            &p("vm-default")[..],
+            &p("vm-default-1")[..],
+        ],
+        vec!["subvolume", "delete", &p("vm-default-1")[..]],
+        vec!["subvolume", "delete", &p("vm-default")[..]],
+    ] {
+        let output = btrfs_as(uid, gid, &args);
+        assert!(
+            output.status.success(),
+            "build could not `btrfs {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(!machine.join("vm-default-1").exists());
+    assert!(!machine.join("vm-default").exists());
+    // The read-only revision is not build's to delete.
+    let output = btrfs_as(uid, gid, &["subvolume", "delete", &p("vm-1.0")]);
+    assert!(
+        !output.status.success(),
+        "build deleted a read-only revision"
+    );
+    assert!(initial.join("disk.img").exists());
 }

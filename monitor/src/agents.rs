@@ -10,6 +10,14 @@
 //! command = "bin/agent --cpus {{ cpus }} --ram {{ ram_kib }} {% for url in controller_urls %} {{ url }}{% endfor %}"
 //! ```
 //!
+//! A declaration may also name a `bootstrap` command, a template like `command`, which runs
+//! once per installed toolchain version before any instance starts (see [`Bootstrap`]):
+//!
+//! ```toml
+//! bootstrap = "./build.sh {{ work_dir }}"
+//! command = "{{ work_dir }}/bin/agent {{ instance }}"
+//! ```
+//!
 //! Without one the agent is bbot's: [`DEFAULT_COMMAND`].
 
 use std::fmt;
@@ -45,6 +53,10 @@ pub const DEFAULT_COMMAND: &str = "bin/bbot-agent --systemd-daemon \
 #[serde(deny_unknown_fields)]
 pub struct Declaration {
     pub command: String,
+    /// Run once per installed version, as the agents' user, in the agent directory, before
+    /// any instance starts; typically builds the agent from the source the archive holds.
+    #[serde(default)]
+    pub bootstrap: Option<String>,
 }
 
 /// What a command template may use.
@@ -77,7 +89,8 @@ pub struct Variables {
     pub auxiliary_ram_mib: u64,
     pub auxiliary_ram_kib: u64,
     pub bridge: String,
-    /// br1's address: the TFTP server machines on br1 use.
+    /// The host's address on `bridge`, where its TFTP server serves the toolchain files to
+    /// the machines there: br1's static one, or br0's from its lease.
     pub tftp_host: String,
     /// `buildos.toolchain_trust` (`no` when unset).
     pub toolchain_trust: String,
@@ -85,6 +98,9 @@ pub struct Variables {
     pub trust: Vec<String>,
     /// Every `buildos.controller_url`.
     pub controller_urls: Vec<String>,
+    /// The host's agent key on the state disk (private, the agents' user's), empty when there
+    /// is none.
+    pub agent_key: String,
 }
 
 /// An agent step that failed.
@@ -273,6 +289,185 @@ pub fn command(
     Ok(argv)
 }
 
+/// The address machines on `bridge` reach the host's TFTP server at: br1's for br1; for br0
+/// the address init wrote as `address=<ip>/<prefix>` into `network` (its
+/// `/run/buildos/network`), or an error when br0 has none (no lease).
+pub fn tftp_host(
+    bridge: buildos_cmdline::Bridge,
+    br1: buildos_cmdline::Ipv4Net,
+    network: &str,
+) -> Result<String, AgentError> {
+    match bridge {
+        buildos_cmdline::Bridge::Br1 => Ok(br1.addr().to_string()),
+        buildos_cmdline::Bridge::Br0 => {
+            let address = network
+                .lines()
+                .find_map(|l| l.strip_prefix("address="))
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.trim().parse::<std::net::Ipv4Addr>().ok());
+            address.map(|a| a.to_string()).ok_or_else(|| {
+                error(
+                    "bridge br0",
+                    "br0 has no address (no DHCP lease at boot), so its machines could not \
+                     reach this host's TFTP server; the agents start when the host boots with \
+                     a lease",
+                )
+            })
+        }
+    }
+}
+
+/// A toolchain's bootstrap: run once, by whichever of its instances gets there first, while
+/// the others wait; an instance starts only after it succeeded.
+pub struct Bootstrap {
+    pub toolchain: String,
+    /// The rendered command (program and arguments), run in the instance's `dir`.
+    pub argv: Vec<String>,
+    /// Its stdout and stderr, bounded (`<run>/agents/<toolchain>-bootstrap.log`).
+    pub log: PathBuf,
+    /// Root's record that this toolchain id was bootstrapped (`<agents>/<toolchain>.bootstrapped`):
+    /// a restart of the monitor does not bootstrap the same version again.
+    pub marker: PathBuf,
+    /// The installed toolchain's id; the marker holds it.
+    pub id: String,
+    /// Told (subject, body) when the bootstrap fails.
+    pub on_failure: Arc<dyn Fn(String, String) + Send + Sync>,
+    result: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("toolchain", &self.toolchain)
+            .field("argv", &self.argv)
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Lines of the log a failure mail quotes.
+const TAIL_LINES: usize = 40;
+
+impl Bootstrap {
+    pub fn new(
+        toolchain: &str,
+        argv: Vec<String>,
+        log: PathBuf,
+        marker: PathBuf,
+        id: &str,
+        on_failure: Arc<dyn Fn(String, String) + Send + Sync>,
+    ) -> Bootstrap {
+        Bootstrap {
+            toolchain: toolchain.to_string(),
+            argv,
+            log,
+            marker,
+            id: id.to_string(),
+            on_failure,
+            result: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs the bootstrap the first time it is asked (later callers wait and get the same
+    /// answer); done already for this id is success.
+    pub fn run(
+        &self,
+        spec: &Spec,
+        policy: &Policy,
+        state: &Mutex<InstanceState>,
+    ) -> Result<(), String> {
+        self.result
+            .get_or_init(|| {
+                if fs::read_to_string(&self.marker).is_ok_and(|id| id.trim() == self.id) {
+                    log::info!("toolchain {}: bootstrapped already", self.toolchain);
+                    return Ok(());
+                }
+                let _ = fs::remove_file(&self.marker);
+                log::info!("toolchain {}: bootstrap {:?}", self.toolchain, self.argv);
+                let started = Instant::now();
+                let result = self.spawn_and_wait(spec, policy, state);
+                match &result {
+                    Ok(()) => {
+                        log::info!(
+                            "toolchain {}: bootstrap done in {:.0?}",
+                            self.toolchain,
+                            started.elapsed()
+                        );
+                        if let Err(e) = fs::write(&self.marker, format!("{}\n", self.id)) {
+                            log::warn!("{}: {e}", self.marker.display());
+                        }
+                    }
+                    Err(why) => {
+                        log::error!("toolchain {}: bootstrap failed: {why}", self.toolchain);
+                        let tail = log_tail(&self.log, TAIL_LINES);
+                        (self.on_failure)(
+                            format!("toolchain {} bootstrap failed", self.toolchain),
+                            format!(
+                                "The bootstrap of toolchain {} ({}) failed: {why}\n\
+                                 No agent of this toolchain runs until the next boot; the \
+                                 other toolchains go on.\n\n\
+                                 The last lines of {}:\n{tail}",
+                                self.toolchain,
+                                self.argv.join(" "),
+                                self.log.display()
+                            ),
+                        );
+                    }
+                }
+                result
+            })
+            .clone()
+    }
+
+    fn spawn_and_wait(
+        &self,
+        spec: &Spec,
+        policy: &Policy,
+        state: &Mutex<InstanceState>,
+    ) -> Result<(), String> {
+        let log = buildos_logcap::open(&self.log, buildos_logcap::DEFAULT_BOUND)
+            .map_err(|e| format!("cannot open {}: {e}", self.log.display()))?;
+        // The same launcher and user as the instances, on every CPU.
+        let one = Spec {
+            argv: self.argv.clone(),
+            slice: Slice {
+                affinity: Vec::new(),
+                ..spec.slice.clone()
+            },
+            ..spec.clone()
+        };
+        let mut child = launcher(&one, policy)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", policy.launcher.display()))?;
+        // Recorded like an instance's, so stopping the host stops the bootstrap too.
+        lock(state).pid = Some(child.id());
+        let status = child.wait().map_err(|e| format!("wait failed: {e}"));
+        lock(state).pid = None;
+        let status = status?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    }
+}
+
+/// The last `lines` lines of the log at `path` (and of its rotated part when the log is
+/// shorter), indented for a mail.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let mut text = fs::read_to_string(buildos_logcap::rotated(path)).unwrap_or_default();
+    text.push_str(&fs::read_to_string(path).unwrap_or_default());
+    let all: Vec<&str> = text.lines().collect();
+    let tail = &all[all.len().saturating_sub(lines)..];
+    if tail.is_empty() {
+        return "  (no output)\n".to_string();
+    }
+    tail.iter().map(|l| format!("  {l}\n")).collect()
+}
+
 /// One instance to run.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -282,10 +477,14 @@ pub struct Spec {
     pub nice: i32,
     /// `(uid, gid)` to run as; `None` keeps the monitor's.
     pub user: Option<(u32, u32)>,
+    /// The user's supplementary groups (`kvm` for `build`); only with `user`.
+    pub groups: Vec<u32>,
     /// The agent's `HOME`; `None` keeps the user's from `/etc/passwd`.
     pub home: Option<PathBuf>,
     /// The agent's stdout and stderr.
     pub log: PathBuf,
+    /// The toolchain's bootstrap, run before the first start.
+    pub bootstrap: Option<Arc<Bootstrap>>,
 }
 
 /// How restarts go.
@@ -387,22 +586,27 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
-    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
-    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
+/// The launcher's command for `spec`: `run-agent` with its options, in its directory, in a
+/// process group of its own.
+fn launcher(spec: &Spec, policy: &Policy) -> Command {
     let mut command = Command::new(&policy.launcher);
     command
         .arg("run-agent")
         .arg("--nice")
-        .arg(spec.nice.to_string())
-        .arg("--cpus")
-        .arg(spec.slice.affinity_list());
+        .arg(spec.nice.to_string());
+    if !spec.slice.affinity.is_empty() {
+        command.arg("--cpus").arg(spec.slice.affinity_list());
+    }
     if let Some((uid, gid)) = spec.user {
         command
             .arg("--uid")
             .arg(uid.to_string())
             .arg("--gid")
             .arg(gid.to_string());
+        if !spec.groups.is_empty() {
+            let groups: Vec<String> = spec.groups.iter().map(u32::to_string).collect();
+            command.arg("--groups").arg(groups.join(","));
+        }
     }
     if let Some(home) = &spec.home {
         command.arg("--home").arg(home);
@@ -412,7 +616,14 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
         .arg("--")
         .args(&spec.argv)
         .process_group(0)
-        .current_dir(&spec.dir)
+        .current_dir(&spec.dir);
+    command
+}
+
+fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
+    // Through a pipe to a thread that keeps the log bounded: /run is RAM.
+    let log = buildos_logcap::open(&spec.log, buildos_logcap::DEFAULT_BOUND)?;
+    launcher(spec, policy)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -427,6 +638,13 @@ fn supervise(
     on_give_up: &OnGiveUp,
 ) {
     let name = format!("{}/{}", spec.slice.toolchain, spec.slice.instance);
+    if let Some(bootstrap) = &spec.bootstrap {
+        lock(state).state = "bootstrapping".to_string();
+        if let Err(why) = bootstrap.run(spec, policy, state) {
+            lock(state).state = format!("stopped: bootstrap failed: {why}");
+            return;
+        }
+    }
     let mut quick_deaths = 0;
     let mut delay = policy.first_delay;
     loop {
@@ -479,55 +697,168 @@ fn supervise(
     }
 }
 
-/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G] [--home DIR] -- program args…`:
-/// pins itself to the CPUs, sets its nice value, drops to the user and becomes the agent.
-/// Returns only on failure.
-pub fn run_agent(args: &[String]) -> AgentError {
-    let mut nice = 0;
-    let mut cpus = None;
-    let mut uid = None;
-    let mut gid = None;
-    let mut home = None;
-    let mut iter = args.iter();
-    let mut argv = Vec::new();
+/// What `run-agent` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Launch {
+    pub nice: i32,
+    pub cpus: Option<Vec<u32>>,
+    /// `(uid, gid)`; both or neither.
+    pub user: Option<(u32, u32)>,
+    /// The supplementary groups, as `initgroups` would set them for the user.
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// Reads `run-agent`'s options. It runs as root and drops privileges: any option it cannot
+/// read is an error, so a mistake never starts an agent as root or at the wrong priority.
+pub fn parse_launch(args: &[String]) -> Result<Launch, AgentError> {
+    fn number<T: std::str::FromStr>(
+        option: &str,
+        value: Option<&String>,
+        expected: &str,
+    ) -> Result<T, AgentError> {
+        let value = value.ok_or_else(|| error("run-agent", format!("{option} needs a value")))?;
+        value.parse().map_err(|_| {
+            error(
+                "run-agent",
+                format!("{option} {value:?}: expected {expected}"),
+            )
+        })
+    }
+    let mut launch = Launch::default();
+    let (mut uid, mut gid) = (None, None);
+    // `--` ends the options: it is never an option's value.
+    let mut iter = args.iter().peekable();
+    let mut iter = std::iter::from_fn(move || match iter.peek() {
+        Some(next) if next.as_str() == "--" => None,
+        _ => iter.next(),
+    });
+    let mut ended = false;
     while let Some(arg) = iter.next() {
-        let mut value = || iter.next().cloned().unwrap_or_default();
         match arg.as_str() {
-            "--nice" => nice = value().parse().unwrap_or(0),
-            "--cpus" => cpus = crate::slices::parse_cpu_list(&value()),
-            "--uid" => uid = value().parse::<u32>().ok(),
-            "--gid" => gid = value().parse::<u32>().ok(),
-            "--home" => home = Some(value()),
-            "--" => {
-                argv = iter.cloned().collect();
-                break;
+            "--nice" => {
+                let nice: i32 = number("--nice", iter.next(), "a nice value from -20 to 19")?;
+                if !(-20..=19).contains(&nice) {
+                    return Err(error(
+                        "run-agent",
+                        format!("--nice \"{nice}\": expected a nice value from -20 to 19"),
+                    ));
+                }
+                launch.nice = nice;
             }
-            other => return error("run-agent", format!("unknown option {other}")),
+            "--cpus" => {
+                let value = iter
+                    .next()
+                    .ok_or_else(|| error("run-agent", "--cpus needs a value"))?;
+                launch.cpus = Some(crate::slices::parse_cpu_list(value).ok_or_else(|| {
+                    error(
+                        "run-agent",
+                        format!("--cpus {value:?}: expected a CPU list like 0-3,8"),
+                    )
+                })?);
+            }
+            "--uid" => uid = Some(number::<u32>("--uid", iter.next(), "a numeric user id")?),
+            "--gid" => gid = Some(number::<u32>("--gid", iter.next(), "a numeric group id")?),
+            "--groups" => {
+                let value = iter
+                    .next()
+                    .ok_or_else(|| error("run-agent", "--groups needs a value"))?;
+                launch.groups = value
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(|g| {
+                        g.parse().map_err(|_| {
+                            error(
+                                "run-agent",
+                                format!(
+                                    "--groups {value:?}: expected numeric group ids separated \
+                                     by commas"
+                                ),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--home" => {
+                launch.home = Some(
+                    iter.next()
+                        .cloned()
+                        .ok_or_else(|| error("run-agent", "--home needs a value"))?,
+                );
+            }
+            other => return Err(error("run-agent", format!("unknown option {other:?}"))),
         }
     }
+    if let Some(at) = args.iter().position(|a| a == "--") {
+        launch.argv = args[at + 1..].to_vec();
+        ended = true;
+    }
+    if !ended || launch.argv.is_empty() {
+        return Err(error("run-agent", "no program after --"));
+    }
+    launch.user = match (uid, gid) {
+        (Some(uid), Some(gid)) => Some((uid, gid)),
+        (None, None) => None,
+        _ => return Err(error("run-agent", "--uid and --gid go together")),
+    };
+    if launch.user.is_none() && !launch.groups.is_empty() {
+        return Err(error("run-agent", "--groups needs --uid and --gid"));
+    }
+    Ok(launch)
+}
+
+/// `buildos-monitor run-agent --nice N --cpus LIST [--uid U --gid G [--groups G,...]]
+/// [--home DIR] -- program args…`: pins itself to the CPUs, sets its nice value, drops to the
+/// user with its supplementary groups and becomes the agent. Returns only on failure; an
+/// option it cannot read is a failure before anything runs.
+pub fn run_agent(args: &[String]) -> AgentError {
+    let launch = match parse_launch(args) {
+        Ok(launch) => launch,
+        Err(e) => return e,
+    };
     // The agent starts with no signal blocked, whatever the launcher inherited.
     if let Err(e) = unblock_signals() {
         return error("sigprocmask", e);
     }
-    if let Some(cpus) = cpus {
+    if let Some(cpus) = &launch.cpus {
         let mut set = rustix::thread::CpuSet::new();
         for cpu in cpus {
-            set.set(cpu as usize);
+            set.set(*cpu as usize);
         }
         if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
             return error("sched_setaffinity", e);
         }
     }
-    if let Err(e) = rustix::process::setpriority_process(None, nice) {
-        return error(format!("setpriority {nice}"), e);
+    if let Err(e) = rustix::process::setpriority_process(None, launch.nice) {
+        return error(format!("setpriority {}", launch.nice), e);
     }
-    let Some((program, rest)) = argv.split_first() else {
+    let Some((program, rest)) = launch.argv.split_first() else {
         return error("run-agent", "no program after --");
     };
     let mut command = Command::new(program);
     command.args(rest);
-    if let (Some(uid), Some(gid)) = (uid, gid) {
-        command.uid(uid).gid(gid);
+    if let Some((uid, gid)) = launch.user {
+        // Groups first, then the group, then the user: each needs the privilege the next
+        // step gives up. Done here rather than through Command::uid, which would clear the
+        // supplementary groups (`kvm` among them).
+        let mut groups: Vec<nix::unistd::Gid> = vec![nix::unistd::Gid::from_raw(gid)];
+        groups.extend(
+            launch
+                .groups
+                .iter()
+                .filter(|g| **g != gid)
+                .map(|g| nix::unistd::Gid::from_raw(*g)),
+        );
+        if let Err(e) = nix::unistd::setgroups(&groups) {
+            return error(format!("setgroups {:?}", launch.groups), e);
+        }
+        if let Err(e) = nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)) {
+            return error(format!("setgid {gid}"), e);
+        }
+        if let Err(e) = nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)) {
+            return error(format!("setuid {uid}"), e);
+        }
         if let Some(user) = passwd_entry("/etc/passwd", |_, entry_uid| entry_uid == uid) {
             command
                 .env("HOME", &user.home)
@@ -535,11 +866,34 @@ pub fn run_agent(args: &[String]) -> AgentError {
                 .env("LOGNAME", &user.name);
         }
     }
-    if let Some(home) = home {
+    if let Some(home) = &launch.home {
         command.env("HOME", home);
     }
     use std::os::unix::process::CommandExt;
     error(format!("exec {program}"), command.exec())
+}
+
+/// The supplementary groups of `user` in the group file text `group` (`name:x:gid:members`),
+/// as `initgroups` finds them: every group whose member list names the user. Read directly for
+/// the same reason as [`passwd_entry`].
+pub fn supplementary_groups(group: &str, user: &str) -> Vec<u32> {
+    let mut gids: Vec<u32> = group
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let [_, _, gid, members] = fields.as_slice() else {
+                return None;
+            };
+            members
+                .split(',')
+                .any(|m| m.trim() == user)
+                .then(|| gid.parse().ok())
+                .flatten()
+        })
+        .collect();
+    gids.sort_unstable();
+    gids.dedup();
+    gids
 }
 
 /// Unblocks every signal of the calling thread (call it before any other thread exists). init
@@ -610,6 +964,7 @@ mod tests {
             toolchain_trust: "no".into(),
             trust: vec!["AA:BB".into(), "CC:DD".into()],
             controller_urls: vec!["https://ci.example.org/".into(), "https://c2/".into()],
+            agent_key: "/state/agent/id_ed25519".into(),
         }
     }
 
@@ -654,6 +1009,18 @@ mod tests {
         );
         assert_eq!(passwd_entry(path, |_, uid| uid == 1000), Some(build));
         assert_eq!(passwd_entry(path, |name, _| name == "nobody"), None);
+    }
+
+    #[test]
+    fn tftp_host_is_the_address_on_the_toolchains_own_bridge() {
+        use buildos_cmdline::{Bridge, Ipv4Net};
+        let br1 = Ipv4Net::parse("172.30.0.1/24").unwrap();
+        let network = "interface=br0\naddress=10.0.2.15/24\nhostname=h\n";
+        assert_eq!(tftp_host(Bridge::Br1, br1, network).unwrap(), "172.30.0.1");
+        assert_eq!(tftp_host(Bridge::Br0, br1, network).unwrap(), "10.0.2.15");
+        let none = "interface=\naddress=\nhostname=h\n";
+        let err = tftp_host(Bridge::Br0, br1, none).unwrap_err().to_string();
+        assert!(err.starts_with("bridge br0: br0 has no address"), "{err}");
     }
 
     #[test]

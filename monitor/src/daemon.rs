@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
+use crate::agentkey;
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
 use crate::checksums;
 use crate::console;
@@ -19,6 +20,9 @@ use crate::report::{self, HostUp, Report, ToolchainState};
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
+
+/// Makes and reads the agent key.
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
 
 /// What to do to reboot the host; given the reason.
 pub type RebootAction = Box<dyn Fn(&str) + Send>;
@@ -34,6 +38,8 @@ pub struct Options {
     pub policy: Policy,
     /// The user agents run as (`build` when the monitor runs as root).
     pub agent_user: Option<(u32, u32)>,
+    /// Its supplementary groups from `/etc/group` (`kvm`, for `/dev/kvm`).
+    pub agent_groups: Vec<u32>,
     /// The host's CPUs and RAM; `None` detects them.
     pub host: Option<Host>,
     /// The first and the longest wait between tries of the mail relay.
@@ -49,6 +55,13 @@ impl Options {
             agents::passwd_entry("/etc/passwd", |name, _| name == "build")
                 .map_or((1000, 1000), |user| (user.uid, user.gid))
         });
+        let agent_groups = match agent_user {
+            Some(_) => agents::supplementary_groups(
+                &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+                "build",
+            ),
+            None => Vec::new(),
+        };
         Options {
             paths: Paths::from_env(),
             retry: Retry::default(),
@@ -63,6 +76,7 @@ impl Options {
                     .unwrap_or_else(|_| PathBuf::from("/usr/sbin/buildos-monitor")),
             },
             agent_user,
+            agent_groups,
             host: None,
             mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
             reboot: Box::new(|reason| {
@@ -403,6 +417,21 @@ pub fn run(options: Options) -> String {
     let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
 
     cleanup_machine_volumes(paths);
+    let agent_key = agentkey::ensure(
+        &paths.state,
+        options.agent_user,
+        std::path::Path::new(SSH_KEYGEN),
+        &hostname,
+    );
+    match &agent_key {
+        Ok(key) => log::info!(
+            "agent key {} {}: {}",
+            key.path,
+            if key.made { "made" } else { "kept" },
+            key.fingerprint
+        ),
+        Err(e) => log::error!("no agent key: {e}"),
+    }
 
     let buildid = std::fs::read_to_string(&paths.buildid)
         .map(|s| s.trim().to_string())
@@ -519,16 +548,21 @@ pub fn run(options: Options) -> String {
         policy: options.policy.clone(),
         on_give_up,
     };
+    let key = agent_key
+        .as_ref()
+        .map(|k| k.path.clone())
+        .unwrap_or_default();
     // The slices (or why there are none), once every toolchain's checksums file is in.
     let mut sliced: Option<Result<Vec<slices::Slice>, String>> = None;
     let write_status = |toolchains: &[Toolchain], supervisors: &[Supervisor], watches: &[Watch]| {
-        let status = snapshot(
+        let mut status = snapshot(
             buildid.as_deref(),
             toolchains,
             supervisors,
             watches,
             &mailer,
         );
+        status.agent_key = agent_key.as_ref().ok().cloned();
         if let Err(e) = status.write(&paths.status()) {
             log::warn!("status {}: {e}", paths.status().display());
         }
@@ -544,7 +578,7 @@ pub fn run(options: Options) -> String {
                     index,
                     &made,
                     &mut toolchains,
-                    &mailer,
+                    (&key, &mailer),
                 ));
             }
             sliced = Some(made);
@@ -569,6 +603,7 @@ pub fn run(options: Options) -> String {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    agent_key: Some(agent_key.clone()),
                 }));
             }
         }
@@ -600,7 +635,7 @@ pub fn run(options: Options) -> String {
                         index,
                         made,
                         &mut toolchains,
-                        &mailer,
+                        (&key, &mailer),
                     ));
                 }
             }
@@ -622,7 +657,7 @@ pub fn run(options: Options) -> String {
                         index,
                         made,
                         &mut toolchains,
-                        &mailer,
+                        (&key, &mailer),
                     ));
                 }
             }
@@ -705,7 +740,7 @@ fn toolchain_specs(
     index: usize,
     made: &Result<Vec<slices::Slice>, String>,
     toolchains: &mut [Toolchain],
-    mailer: &Mailer,
+    (agent_key, mailer): (&str, &Mailer),
 ) -> Vec<Spec> {
     let Ok(made) = made else {
         return Vec::new();
@@ -725,6 +760,7 @@ fn toolchain_specs(
         index as u32 + 1,
         installed,
         &mine,
+        (agent_key, mailer),
     ) {
         Ok(specs) => specs,
         Err(e) => {
@@ -749,13 +785,15 @@ fn agent_specs(
     num: u32,
     installed: &Installed,
     slices: &[&slices::Slice],
+    (agent_key, mailer): (&str, &Mailer),
 ) -> Result<Vec<Spec>, agents::AgentError> {
     let tc = &config.toolchains[&installed.name];
     let dir = agents::unpack(&installed.archive(), &paths.agents.join(&installed.name))?;
-    let template = match agents::declaration(&dir)? {
-        Some(declaration) => declaration.command,
-        None => agents::DEFAULT_COMMAND.to_string(),
+    let (template, bootstrap) = match agents::declaration(&dir)? {
+        Some(declaration) => (declaration.command, declaration.bootstrap),
+        None => (agents::DEFAULT_COMMAND.to_string(), None),
     };
+    let mut bootstrap = bootstrap.map(|template| (template, None));
     let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
     let served = agents::user_dir(
         &paths.tftp_root.join("agents"),
@@ -763,6 +801,8 @@ fn agent_specs(
         options.agent_user,
         0o755,
     )?;
+    let network = std::fs::read_to_string(paths.network()).unwrap_or_default();
+    let tftp_host = agents::tftp_host(tc.bridge, config.br1_address, &network)?;
     let mut specs = Vec::new();
     for slice in slices {
         let variables = Variables {
@@ -783,17 +823,38 @@ fn agent_specs(
             auxiliary_ram_mib: slice.ram_auxiliary_mib,
             auxiliary_ram_kib: slice.ram_auxiliary_mib * 1024,
             bridge: tc.bridge.as_str().to_string(),
-            tftp_host: config.br1_address.addr().to_string(),
+            tftp_host: tftp_host.clone(),
             toolchain_trust: tc.trust_file().to_string(),
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
+            agent_key: agent_key.to_string(),
         };
+        if let Some((template, made @ None)) = &mut bootstrap {
+            let mailer = Mutex::new(mailer.clone());
+            *made = Some(Arc::new(agents::Bootstrap::new(
+                &installed.name,
+                agents::command(template, &variables, &dir)?,
+                paths
+                    .run
+                    .join("agents")
+                    .join(format!("{}-bootstrap.log", installed.name)),
+                paths
+                    .agents
+                    .join(format!("{}.bootstrapped", installed.name)),
+                &installed.id,
+                Arc::new(move |subject, body| {
+                    lock(&mailer).send(&Report { subject, body });
+                }),
+            )));
+        }
         specs.push(Spec {
+            bootstrap: bootstrap.as_ref().and_then(|(_, made)| made.clone()),
             slice: (*slice).clone(),
             argv: agents::command(&template, &variables, &dir)?,
             dir: dir.clone(),
             nice: tc.nice,
             user: options.agent_user,
+            groups: options.agent_groups.clone(),
             home: Some(work.clone()),
             log: paths
                 .run
@@ -802,6 +863,10 @@ fn agent_specs(
         });
     }
     Ok(specs)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The disks init mounted: `/state` and `/build/machines/*` from `/proc/mounts`, else the
@@ -907,5 +972,6 @@ fn snapshot(
             })
             .collect(),
         mail_queue: mailer.queued(),
+        agent_key: None,
     }
 }

@@ -12,6 +12,7 @@
 //!   notice to the admin) when the relay refused it for good.
 //! - A failed or malformed fetch never reboots the host.
 
+pub mod agentkey;
 pub mod agents;
 pub mod checksums;
 pub mod cli;

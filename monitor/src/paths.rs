@@ -31,6 +31,8 @@ pub struct Paths {
     /// Where the machine volumes are mounted, one directory each (`/build/machines`;
     /// `BUILDOS_MACHINES`).
     pub machines: PathBuf,
+    /// The state disk: the agent key lives in `agent/` on it (`/state`; `BUILDOS_STATE`).
+    pub state: PathBuf,
 }
 
 impl Default for Paths {
@@ -46,6 +48,7 @@ impl Default for Paths {
             mounts: "/proc/mounts".into(),
             fstab: "/etc/fstab".into(),
             machines: "/build/machines".into(),
+            state: "/state".into(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl Paths {
             ("BUILDOS_MOUNTS", &mut paths.mounts),
             ("BUILDOS_FSTAB", &mut paths.fstab),
             ("BUILDOS_MACHINES", &mut paths.machines),
+            ("BUILDOS_STATE", &mut paths.state),
         ] {
             if let Some(value) = std::env::var_os(var) {
                 *field = value.into();

@@ -49,6 +49,8 @@ pub struct HostUp {
     pub disks: Vec<String>,
     /// Problems init found at boot.
     pub problems: Vec<String>,
+    /// The agent key, or why there is none.
+    pub agent_key: Option<Result<crate::agentkey::AgentKey, String>>,
 }
 
 pub fn host_up(up: &HostUp) -> Report {
@@ -74,6 +76,25 @@ pub fn host_up(up: &HostUp) -> Report {
     }
     for disk in &up.disks {
         body.push_str(&format!("  {disk}\n"));
+    }
+    body.push_str("\nagent key (what controllers must know of this host):\n");
+    match &up.agent_key {
+        None => body.push_str("  none\n"),
+        Some(Err(error)) => body.push_str(&format!("  none: {error}\n")),
+        Some(Ok(key)) => {
+            body.push_str(&format!(
+                "  {}\n  fingerprint {}\n  private key {}\n",
+                key.public, key.fingerprint, key.path
+            ));
+            if key.made {
+                body.push_str(
+                    "  NEW: made on this boot, the state disk had none (it is new or was \
+                     replaced); give this public key to every controller\n",
+                );
+            } else {
+                body.push_str("  kept from the state disk\n");
+            }
+        }
     }
     body.push_str("\nproblems at boot:\n");
     if up.problems.is_empty() {

@@ -18,6 +18,9 @@ pub struct Status {
     pub instances: Vec<InstanceStatus>,
     pub polls: Vec<PollStatus>,
     pub mail_queue: usize,
+    /// The agent key's path, public key and fingerprint, when there is one.
+    #[serde(default)]
+    pub agent_key: Option<crate::agentkey::AgentKey>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +85,15 @@ impl Status {
         let mut out = String::new();
         let _ = writeln!(out, "build id: {}", self.buildid);
         let _ = writeln!(out, "mail queue: {} message(s)", self.mail_queue);
+        match &self.agent_key {
+            Some(key) => {
+                let _ = writeln!(out, "agent key: {} ({})", key.fingerprint, key.path);
+                let _ = writeln!(out, "  {}", key.public);
+            }
+            None => {
+                let _ = writeln!(out, "agent key: none");
+            }
+        }
         let _ = writeln!(out, "\ntoolchains:");
         if self.toolchains.is_empty() {
             let _ = writeln!(out, "  none");
@@ -174,12 +186,24 @@ mod tests {
                 failures: 0,
             }],
             mail_queue: 2,
+            agent_key: Some(crate::agentkey::AgentKey {
+                path: "/state/agent/id_ed25519".into(),
+                public: "ssh-ed25519 AAAAC3Nz buildos agent key of h".into(),
+                fingerprint: "SHA256:abc".into(),
+                made: false,
+            }),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/monitor.json");
         status.write(&path).unwrap();
         assert_eq!(Status::read(&path).unwrap(), status);
         let text = status.render(100);
+        assert!(
+            text.contains(
+                "agent key: SHA256:abc (/state/agent/id_ed25519)\n  ssh-ed25519 AAAAC3Nz"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("  default: installed 0.4.0 (http://h/t.sha256)\n"),
             "{text}"

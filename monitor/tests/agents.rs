@@ -10,7 +10,7 @@ use std::fs;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use buildos_monitor::agents::{Policy, Spec, Supervisor};
+use buildos_monitor::agents::{Bootstrap, Policy, Spec, Supervisor};
 use buildos_monitor::slices::Slice;
 use support::{require_root, wait_for};
 
@@ -44,8 +44,10 @@ fn spec(
         dir: dir.to_path_buf(),
         nice: 7,
         user,
+        groups: Vec::new(),
         home: None,
         log: dir.join("agent.log"),
+        bootstrap: None,
     }
 }
 
@@ -198,4 +200,251 @@ fn an_agent_writing_without_end_keeps_its_log_bounded() {
         current <= bound && previous <= bound,
         "{current} and {previous} bytes"
     );
+}
+
+#[test]
+fn run_agent_refuses_options_it_cannot_read_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ran = dir.path().join("ran");
+    let touch = format!("touch {}", ran.display());
+    for (options, said) in [
+        (
+            &["--uid", "build", "--gid", "1000"][..],
+            "--uid \"build\": expected a numeric user id",
+        ),
+        (
+            &["--uid", "1000", "--gid", "-1"][..],
+            "--gid \"-1\": expected a numeric group id",
+        ),
+        (&["--uid", "1000"][..], "--uid and --gid go together"),
+        (
+            &["--nice", "five"][..],
+            "--nice \"five\": expected a nice value",
+        ),
+        (
+            &["--nice", "40"][..],
+            "--nice \"40\": expected a nice value from -20 to 19",
+        ),
+        (
+            &["--cpus", "0-x"][..],
+            "--cpus \"0-x\": expected a CPU list",
+        ),
+        (
+            &["--uid", "1000", "--gid", "1000", "--groups", "kvm"][..],
+            "--groups \"kvm\": expected numeric group ids",
+        ),
+        (&["--groups", "108"][..], "--groups needs --uid and --gid"),
+        (&["--home"][..], "--home needs a value"),
+        (&["--verbose"][..], "unknown option \"--verbose\""),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
+            .arg("run-agent")
+            .args(options)
+            .args(["--", "/bin/sh", "-c", &touch])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{options:?} ran: {output:?}");
+        assert!(stderr.contains(said), "{options:?}: {stderr}");
+        assert!(!ran.exists(), "{options:?} ran the agent");
+    }
+}
+
+#[test]
+fn agent_keeps_its_users_supplementary_groups() {
+    require_root("dropping an agent to another user with its groups");
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let record = dir.path().join("groups");
+    // 65534 is nobody; 4242 stands for kvm, whatever number the test machine gives it.
+    let mut spec = spec(
+        dir.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "id -G > {r}.tmp && mv {r}.tmp {r}; exec sleep 600",
+                r = record.display()
+            ),
+        ],
+        vec![0],
+        Some((65534, 65534)),
+    );
+    spec.groups = buildos_monitor::agents::supplementary_groups(
+        "root:x:0:\nkvm:x:4242:other,nobody\nnogroup:x:65534:\ndisk:x:6:\n",
+        "nobody",
+    );
+    assert_eq!(spec.groups, [4242]);
+    let supervisor = Supervisor::start(vec![spec], policy(), Arc::new(|_: &Spec, _, _: &str| {}));
+    wait_for("the agent's groups", Duration::from_secs(30), || {
+        record.exists()
+    });
+    supervisor.stop(Duration::from_secs(5));
+    assert_eq!(fs::read_to_string(&record).unwrap().trim(), "65534 4242");
+}
+
+/// A bootstrap for toolchain `toolchain` running `script` in `dir`, whose failure mails go to
+/// `told`.
+fn bootstrap(
+    dir: &std::path::Path,
+    toolchain: &str,
+    script: &str,
+    told: mpsc::Sender<(String, String)>,
+) -> Arc<Bootstrap> {
+    let told = Mutex::new(told);
+    Arc::new(Bootstrap::new(
+        toolchain,
+        vec!["/bin/sh".into(), "-c".into(), script.into()],
+        dir.join(format!("{toolchain}-bootstrap.log")),
+        dir.join(format!("{toolchain}.bootstrapped")),
+        "id-1",
+        Arc::new(move |subject, body| {
+            let _ = told.lock().unwrap().send((subject, body));
+        }),
+    ))
+}
+
+#[test]
+fn bootstrap_builds_once_before_the_instances_which_run_what_it_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    fs::write(
+        dir.path().join("hello.c"),
+        "#include <stdio.h>\nint main(int argc, char **argv) { printf(\"built agent %s\\n\", argv[1]); return 0; }\n",
+    )
+    .unwrap();
+    // Compiles with the system's compiler, as the image's does; counts its runs.
+    let script = format!("echo run >> {d}/bootstraps && cc -o {d}/hello {d}/hello.c");
+    let (told, mails) = mpsc::channel();
+    let shared = bootstrap(dir.path(), "default", &script, told.clone());
+    let specs: Vec<Spec> = (1..=2)
+        .map(|instance| {
+            let mut spec = spec(
+                dir.path(),
+                &[
+                    "/bin/sh",
+                    "-c",
+                    &format!("{d}/hello {instance} > {d}/out-{instance}; exec sleep 600"),
+                ],
+                vec![0],
+                None,
+            );
+            spec.slice.instance = instance;
+            spec.log = dir.path().join(format!("agent-{instance}.log"));
+            spec.bootstrap = Some(shared.clone());
+            spec
+        })
+        .collect();
+    let supervisor = Supervisor::start(specs, policy(), Arc::new(|_: &Spec, _, _: &str| {}));
+    for instance in 1..=2 {
+        let out = dir.path().join(format!("out-{instance}"));
+        wait_for(
+            "the built program's output",
+            Duration::from_secs(60),
+            || fs::read_to_string(&out).is_ok_and(|t| !t.is_empty()),
+        );
+        assert_eq!(
+            fs::read_to_string(&out).unwrap(),
+            format!("built agent {instance}\n")
+        );
+    }
+    supervisor.stop(Duration::from_secs(5));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("bootstraps")).unwrap(),
+        "run\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("default.bootstrapped")).unwrap(),
+        "id-1\n"
+    );
+    assert!(
+        mails.try_recv().is_err(),
+        "a mail although the bootstrap worked"
+    );
+
+    // The monitor starts again with the same install: no second bootstrap.
+    let again = bootstrap(dir.path(), "default", &script, told);
+    let mut spec = spec(
+        dir.path(),
+        &["/bin/sh", "-c", &format!("touch {d}/again; exec sleep 600")],
+        vec![0],
+        None,
+    );
+    spec.bootstrap = Some(again);
+    let supervisor = Supervisor::start(vec![spec], policy(), Arc::new(|_: &Spec, _, _: &str| {}));
+    wait_for("the instance", Duration::from_secs(30), || {
+        dir.path().join("again").exists()
+    });
+    supervisor.stop(Duration::from_secs(5));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("bootstraps")).unwrap(),
+        "run\n"
+    );
+}
+
+#[test]
+fn failed_bootstrap_starts_no_instance_mails_its_logs_tail_and_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (told, mails) = mpsc::channel();
+    let failing = bootstrap(
+        dir.path(),
+        "broken",
+        "echo compiling; echo 'hello.c:1: error: expected ;' >&2; exit 2",
+        told,
+    );
+    let mut broken = spec(
+        dir.path(),
+        &["/bin/sh", "-c", &format!("touch {d}/broken-ran")],
+        vec![0],
+        None,
+    );
+    broken.slice.toolchain = "broken".into();
+    broken.bootstrap = Some(failing);
+    let mut other = spec(
+        dir.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("touch {d}/other-ran; exec sleep 600"),
+        ],
+        vec![0],
+        None,
+    );
+    other.slice.toolchain = "other".into();
+    other.log = dir.path().join("other.log");
+    let supervisor = Supervisor::start(
+        vec![broken, other],
+        policy(),
+        Arc::new(|_: &Spec, _, _: &str| {}),
+    );
+    let (subject, body) = mails.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(subject, "toolchain broken bootstrap failed");
+    for want in [
+        "failed: exit status: 2",
+        "No agent of this toolchain runs",
+        "  compiling\n",
+        "  hello.c:1: error: expected ;\n",
+    ] {
+        assert!(body.contains(want), "mail lacks {want:?}:\n{body}");
+    }
+    wait_for(
+        "the other toolchain's agent",
+        Duration::from_secs(30),
+        || dir.path().join("other-ran").exists(),
+    );
+    wait_for(
+        "the broken instance to be stopped",
+        Duration::from_secs(10),
+        || supervisor.states()[0].1.state == "stopped: bootstrap failed: exit status: 2",
+    );
+    let states = supervisor.states();
+    assert_eq!(states[0].1.starts, 0);
+    assert!(!dir.path().join("broken-ran").exists());
+    assert!(!dir.path().join("broken.bootstrapped").exists());
+    supervisor.stop(Duration::from_secs(5));
 }

@@ -74,6 +74,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         mounts: root.path().join("mounts"),
         fstab: root.path().join("fstab"),
         machines: root.path().join("machines"),
+        state: root.path().join("state"),
     };
     fs::write(
         &paths.cmdline,
@@ -119,6 +120,7 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
             launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
         },
         agent_user: None,
+        agent_groups: Vec::new(),
         host: Some(host),
         mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
         reboot: Box::new(move |reason| {
@@ -206,6 +208,35 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     assert!(mails
         .iter()
         .any(|m| m.subject().ends_with("toolchain default 1.0 installed")));
+    // The agent key, made on this new state directory: the mail, the status and the file
+    // agree, and the mail says it is new.
+    let key = Status::read(&paths.status()).unwrap().agent_key.unwrap();
+    assert_eq!(
+        key.path,
+        paths.state.join("agent/id_ed25519").display().to_string()
+    );
+    assert_eq!(
+        fs::read_to_string(paths.state.join("agent/id_ed25519.pub"))
+            .unwrap()
+            .trim(),
+        key.public
+    );
+    assert!(key.fingerprint.starts_with("SHA256:"), "{key:?}");
+    for want in [
+        format!("  {}\n", key.public),
+        format!("  fingerprint {}\n", key.fingerprint),
+        "  NEW: made on this boot".to_string(),
+    ] {
+        assert!(
+            up.message.contains(&want),
+            "host-up mail lacks {want:?}:\n{}",
+            up.message
+        );
+    }
+    assert!(
+        printed.contains(&format!("agent key: {} (", key.fingerprint)),
+        "{printed}"
+    );
 
     // Polls are conditional: the unchanged build id is answered 304.
     wait_for(
@@ -332,6 +363,7 @@ fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
         agents: root.join("agents"),
         work: root.join("work"),
         mail_queue: root.join("state/mail"),
+        state: root.join("state"),
         run: root.join("run"),
         mounts: root.join("mounts"),
         fstab: root.join("fstab"),
@@ -364,6 +396,7 @@ fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
             launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
         },
         agent_user: None,
+        agent_groups: Vec::new(),
         host: Some(slices::detect_host()),
         mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
         reboot: Box::new(move |reason| {

@@ -310,8 +310,10 @@ fn agents_run_as_build_in_roots_tree_and_write_in_their_own_work_dir() {
         dir: dir.clone(),
         nice: 0,
         user: Some(BUILD),
+        groups: Vec::new(),
         home: Some(work.clone()),
         log: host.path().join("run/agent.log"),
+        bootstrap: None,
     };
     let supervisor = agents::Supervisor::start(
         vec![spec],

@@ -23,6 +23,10 @@ const PROFILES: &[(&str, &str)] = &[
 const TEMPLATES: &[(&str, &str)] = &[
     ("os-release", include_str!("../templates/os-release")),
     (
+        "qemu-bridge.conf",
+        include_str!("../templates/qemu-bridge.conf"),
+    ),
+    (
         "sshd_config.conf",
         include_str!("../templates/sshd_config.conf"),
     ),
@@ -74,6 +78,10 @@ pub struct Debian {
     /// matching across `/`): files made at boot or different on every build.
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Installed files that get the setuid bit (absolute paths), like QEMU's bridge helper,
+    /// which Debian ships without it.
+    #[serde(default)]
+    pub setuid: Vec<String>,
 }
 
 /// A user and its group of the same name, made in the root filesystem.
@@ -85,6 +93,10 @@ pub struct User {
     pub gid: u32,
     pub home: String,
     pub shell: String,
+    /// Supplementary groups, made as system groups when the packages did not make them
+    /// (`kvm` for `/dev/kvm`).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// A file rendered from one of `rootfs/templates/` with tera.
@@ -274,6 +286,19 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                 )));
             }
         }
+        for path in &debian.setuid {
+            let valid = path.starts_with('/')
+                && !path.contains("..")
+                && path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+            if !valid {
+                return Err(invalid(format!(
+                    "debian.setuid entry {path:?} is not an absolute path of letters, digits \
+                     and /._-+"
+                )));
+            }
+        }
         if !debian.mirror.starts_with("http://") && !debian.mirror.starts_with("https://") {
             return Err(invalid(format!(
                 "debian.mirror {:?} must be an http:// or https:// URL",
@@ -287,6 +312,19 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                 "user {} needs a [debian] root filesystem to be made in",
                 user.name
             )));
+        }
+        for group in &user.groups {
+            let valid = !group.is_empty()
+                && group
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !valid {
+                return Err(invalid(format!(
+                    "user {}: group {group:?} is not a group name (lower case letters, digits, \
+                     _ and -)",
+                    user.name
+                )));
+            }
         }
         if !user.home.starts_with('/') {
             return Err(invalid(format!(
@@ -471,9 +509,14 @@ mod tests {
             "ca-certificates",
             "busybox",
             "iproute2",
+            "gcc",
+            "g++",
+            "libc6-dev",
+            "make",
         ] {
             assert!(debian.packages.iter().any(|p| p == package), "{package}");
         }
+        assert_eq!(debian.setuid, ["/usr/lib/qemu/qemu-bridge-helper"]);
         assert!(debian.remove.iter().any(|p| p == "etc/ssh/ssh_host_*"));
         assert_eq!(
             profile.users,
@@ -482,10 +525,58 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 home: "/build".into(),
-                shell: "/bin/bash".into()
+                shell: "/bin/bash".into(),
+                groups: vec!["kvm".into()],
             }]
         );
         assert!(load("minimal").unwrap().debian.is_none());
+    }
+
+    #[test]
+    fn qemus_bridge_helper_may_attach_machines_to_br0_and_br1_only() {
+        let files = load("debian").unwrap().render_templates("0.1.0").unwrap();
+        let conf = files
+            .iter()
+            .find(|f| f.path == "/etc/qemu/bridge.conf")
+            .unwrap();
+        let rules: Vec<&str> = conf
+            .contents
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        assert_eq!(rules, ["allow br0", "allow br1"]);
+        assert_eq!(conf.mode, 0o644);
+    }
+
+    #[test]
+    fn setuid_paths_and_group_names_are_checked() {
+        let text = r#"
+            description = "x"
+            kernel = "linux-image-amd64"
+            [debian]
+            release = "bookworm"
+            mirror = "http://deb.debian.org/debian"
+            variant = "apt"
+            packages = ["sudo"]
+            setuid = ["usr/lib/qemu/qemu-bridge-helper"]
+            [modules]
+            boot = ["btrfs"]
+        "#;
+        let error = parse("x", text).unwrap_err().to_string();
+        assert!(
+            error.contains("debian.setuid entry \"usr/lib/qemu"),
+            "{error}"
+        );
+        let text = text.replace("usr/lib", "/usr/lib").replace(
+            "[modules]",
+            "[[user]]\nname = \"b\"\nuid = 1\ngid = 1\nhome = \"/b\"\nshell = \"/bin/sh\"\n\
+             groups = [\"kvm; rm -rf /\"]\n[modules]",
+        );
+        let error = parse("x", &text).unwrap_err().to_string();
+        assert!(
+            error.contains("group \"kvm; rm -rf /\" is not a group name"),
+            "{error}"
+        );
     }
 
     #[test]

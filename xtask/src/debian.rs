@@ -311,15 +311,30 @@ pub fn rootfs_with_release(
     );
     let mut users_hook = String::from("set -e");
     for user in &profile.users {
+        for group in &user.groups {
+            users_hook.push_str(&format!(
+                "; chroot \"$1\" getent group {group} >/dev/null || \
+                 chroot \"$1\" groupadd --system {group}",
+                group = quote(group),
+            ));
+        }
+        let groups = if user.groups.is_empty() {
+            String::new()
+        } else {
+            format!(" --groups {}", quote(&user.groups.join(",")))
+        };
         users_hook.push_str(&format!(
             "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
-             --gid {gid} --home-dir {home} --no-create-home --shell {shell} {name}",
+             --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
             gid = user.gid,
             uid = user.uid,
             name = quote(&user.name),
             home = quote(&user.home),
             shell = quote(&user.shell),
         ));
+    }
+    for path in &debian.setuid {
+        users_hook.push_str(&format!("; chmod u+s \"$1\"{}", quote(path)));
     }
     let mut command = Command::new("mmdebstrap");
     command

@@ -29,8 +29,8 @@ enum Task {
     Qemu {
         #[arg(long, default_value = buildos_rootfs::DEFAULT_PROFILE)]
         profile: String,
-        /// Guest RAM in MiB
-        #[arg(long, default_value_t = 1024)]
+        /// Guest RAM in MiB (the debian profile needs about 1.5 GiB to unpack its initrd)
+        #[arg(long, default_value_t = 1536)]
         memory: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,

@@ -526,14 +526,42 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     std::fs::rename(&temporary, path).map_err(fail)
 }
 
+/// The user dnsmasq drops to: its own, else nobody.
+fn dnsmasq_user(paths: &Paths) -> &'static str {
+    let passwd = std::fs::read_to_string(paths.etc.join("passwd")).unwrap_or_default();
+    ["dnsmasq", "nobody"]
+        .into_iter()
+        .find(|user| passwd.lines().any(|l| l.starts_with(&format!("{user}:"))))
+        .unwrap_or("root")
+}
+
+/// Writes the configuration of dnsmasq serving TFTP alone on br0 and returns the command that
+/// runs it, when a toolchain's machines are on br0 (`None` otherwise: br0 is the LAN, and
+/// nothing is served there that no machine needs).
+pub fn tftp_br0_command(config: &Config, paths: &Paths) -> Result<Option<Command>, String> {
+    let wanted = config
+        .toolchains
+        .values()
+        .any(|t| t.bridge == buildos_cmdline::Bridge::Br0);
+    if !wanted {
+        return Ok(None);
+    }
+    let conf = paths.run.join("dnsmasq-br0.conf");
+    write_atomic(
+        &conf,
+        &render::tftp_br0_conf(&paths.tftp.display().to_string(), dnsmasq_user(paths)),
+    )?;
+    let mut command = Command::new(DNSMASQ);
+    command
+        .arg("--keep-in-foreground")
+        .arg(format!("--conf-file={}", conf.display()));
+    Ok(Some(command))
+}
+
 /// Writes dnsmasq's configuration for br1 and returns the command that runs it in the
 /// foreground; init's supervision starts it, and restarts it when it dies.
 pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String> {
-    let passwd = std::fs::read_to_string(paths.etc.join("passwd")).unwrap_or_default();
-    let user = ["dnsmasq", "nobody"]
-        .into_iter()
-        .find(|user| passwd.lines().any(|l| l.starts_with(&format!("{user}:"))))
-        .unwrap_or("root");
+    let user = dnsmasq_user(paths);
     let conf = paths.dnsmasq_conf();
     write_atomic(
         &conf,

@@ -99,9 +99,35 @@ pub fn dnsmasq_conf(br1: Ipv4Net, tftp_root: &str, leases: &str, user: &str) -> 
          dhcp-authoritative\n\
          dhcp-leasefile={leases}\n\
          enable-tftp\n\
-         tftp-root={tftp_root}\n",
+         tftp-root={tftp_root}\n\
+         # a machine that network boots (its firmware says PXEClient) reads this file of the\n\
+         # default toolchain over TFTP: a boot program or an iPXE script, when it has one\n\
+         dhcp-vendorclass=set:pxe,PXEClient\n\
+         dhcp-boot=tag:pxe,{PXE_BOOT_FILE}\n",
         address = br1.addr(),
         netmask = br1.netmask(),
+    )
+}
+
+/// The file network-booting machines on br1 are told to read, relative to the TFTP root.
+pub const PXE_BOOT_FILE: &str = "toolchains/default/pxe.ipxe";
+
+/// dnsmasq's configuration for TFTP alone on the public bridge br0, for toolchains whose
+/// machines are on br0 (`buildos.bridge=br0`): no DNS (`port=0`), no DHCP (the LAN's server
+/// gives br0's machines their addresses), read-only TFTP from `tftp_root` on br0's address,
+/// whichever it is now or gets later (`bind-dynamic`).
+pub fn tftp_br0_conf(tftp_root: &str, user: &str) -> String {
+    format!(
+        "# buildos: TFTP, read-only, for build machines on the public bridge br0\n\
+         interface=br0\n\
+         bind-dynamic\n\
+         except-interface=lo\n\
+         port=0\n\
+         user={user}\n\
+         pid-file=\n\
+         log-facility=-\n\
+         enable-tftp\n\
+         tftp-root={tftp_root}\n"
     )
 }
 
@@ -325,12 +351,35 @@ mod tests {
             "dhcp-leasefile=/run/buildos/dnsmasq-br1.leases",
             "enable-tftp",
             "tftp-root=/build/tftp",
+            "dhcp-vendorclass=set:pxe,PXEClient",
+            "dhcp-boot=tag:pxe,toolchains/default/pxe.ipxe",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "no line {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn br0_gets_tftp_and_neither_dns_nor_dhcp() {
+        let text = tftp_br0_conf("/build/tftp", "dnsmasq");
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "interface=br0",
+                "bind-dynamic",
+                "except-interface=lo",
+                "port=0",
+                "user=dnsmasq",
+                "pid-file=",
+                "log-facility=-",
+                "enable-tftp",
+                "tftp-root=/build/tftp",
+            ]
+        );
+        assert!(!text.contains("dhcp"), "{text}");
     }
 
     #[test]

@@ -39,10 +39,16 @@ pub const DEFAULT_VOLUME: &str = "default";
 /// would turn every read into a metadata write on flash and SSDs.
 pub const STATE_OPTIONS: &str = "noatime";
 /// The options of a machine volume: no access-time writes, and no set-user-ID bits, file
-/// capabilities or device nodes honoured. Machines arrive from development machines and are
+/// capabilities or device nodes honoured; build may delete its own snapshots. Machines arrive from development machines and are
 /// written by user build's agents; nothing on them may run as root or open the host's
 /// devices.
-pub const MACHINES_OPTIONS: &str = "noatime,nosuid,nodev";
+pub const MACHINES_OPTIONS: &str = "noatime,nosuid,nodev,user_subvol_rm_allowed";
+/// The btrfs option of [`MACHINES_OPTIONS`] (mount(2)'s data, not a flag): the agents' user
+/// deletes the per-build snapshots it made (`<name>-<toolchain>-<xxx>`) with `btrfs subvolume
+/// delete`, which the kernel allows a user other than root only with this option, and then
+/// only where rmdir(2) would be allowed, on a writable subvolume it may write to (read-only
+/// revisions stay).
+pub const MACHINES_DATA: &str = "user_subvol_rm_allowed";
 
 /// Where setup looks and writes. [`Environment::host`] is the running system; tests point it at
 /// a directory holding only their own devices and a scratch root.
@@ -201,6 +207,14 @@ impl Role {
         match self {
             Role::State => MsFlags::MS_NOATIME,
             Role::Machines(_) => MsFlags::MS_NOATIME | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }
+    }
+
+    /// [`Role::options`]' filesystem-specific part, mount(2)'s data.
+    fn data(&self) -> Option<&'static str> {
+        match self {
+            Role::State => None,
+            Role::Machines(_) => Some(MACHINES_DATA),
         }
     }
 
@@ -901,7 +915,7 @@ fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Pro
         &target,
         Some(fs.fs_type.driver()),
         role.flags(),
-        None::<&str>,
+        role.data(),
     )
     .map_err(|errno| Problem::Mount {
         device: device.to_owned(),
@@ -1029,7 +1043,8 @@ mod tests {
             lines,
             [
                 "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\tnoatime,nosuid,nodev\t0\t0",
+                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
+                 noatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
             ]
         );
         assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");

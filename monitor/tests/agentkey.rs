@@ -1,0 +1,104 @@
+//! The agent key: made once on the state disk with the real ssh-keygen, kept across restarts,
+//! the agents' user's alone, and new (and said to be new) on a new state disk.
+
+#![allow(clippy::unwrap_used)] // a test: a failed call is the failure to report
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use buildos_monitor::agentkey;
+use buildos_monitor::report::{self, HostUp};
+
+const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+
+#[test]
+fn agent_key_survives_a_restart_and_a_new_state_disk_gets_a_new_one_the_mail_names() {
+    support::require_root("giving the agent key to the agents' user");
+    let keygen = Path::new(SSH_KEYGEN);
+    assert!(
+        keygen.is_file(),
+        "this test needs ssh-keygen (openssh-client)"
+    );
+    let first_disk = tempfile::tempdir().unwrap();
+    let made = agentkey::ensure(first_disk.path(), Some((65534, 65534)), keygen, "h1").unwrap();
+    assert!(made.made);
+    assert!(made.public.starts_with("ssh-ed25519 "), "{made:?}");
+    assert!(
+        made.public.ends_with(" buildos agent key of h1"),
+        "{made:?}"
+    );
+    assert!(made.fingerprint.starts_with("SHA256:"), "{made:?}");
+    let private = Path::new(&made.path);
+    assert_eq!(private, first_disk.path().join("agent/id_ed25519"));
+    let meta = std::fs::metadata(private).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600)
+    );
+    let dir = std::fs::metadata(first_disk.path().join("agent")).unwrap();
+    assert_eq!(
+        (dir.uid(), dir.mode() & 0o777),
+        (0, 0o755),
+        "root's directory"
+    );
+    let bytes = std::fs::read(private).unwrap();
+
+    // The next boot with the same disk: the same key, said to be kept.
+    let kept = agentkey::ensure(first_disk.path(), Some((65534, 65534)), keygen, "h1").unwrap();
+    assert!(!kept.made);
+    assert_eq!(
+        (&kept.public, &kept.fingerprint),
+        (&made.public, &made.fingerprint)
+    );
+    assert_eq!(std::fs::read(private).unwrap(), bytes);
+    let mail = report::host_up(&HostUp {
+        agent_key: Some(Ok(kept.clone())),
+        ..HostUp::default()
+    });
+    assert!(
+        mail.body.contains("  kept from the state disk\n"),
+        "{}",
+        mail.body
+    );
+    assert!(!mail.body.contains("NEW"), "{}", mail.body);
+
+    // A replaced state disk: another key, and the mail says to register it.
+    let second_disk = tempfile::tempdir().unwrap();
+    let new = agentkey::ensure(second_disk.path(), Some((65534, 65534)), keygen, "h1").unwrap();
+    assert!(new.made);
+    assert_ne!(new.fingerprint, made.fingerprint);
+    let mail = report::host_up(&HostUp {
+        agent_key: Some(Ok(new.clone())),
+        ..HostUp::default()
+    });
+    for want in [
+        format!("  {}\n", new.public),
+        format!("  fingerprint {}\n", new.fingerprint),
+        "  NEW: made on this boot, the state disk had none (it is new or was replaced); give \
+         this public key to every controller\n"
+            .to_string(),
+    ] {
+        assert!(
+            mail.body.contains(&want),
+            "mail lacks {want:?}:\n{}",
+            mail.body
+        );
+    }
+}
+
+#[test]
+fn a_half_made_key_is_made_again_and_a_planted_link_is_not_followed() {
+    let keygen = Path::new(SSH_KEYGEN);
+    let disk = tempfile::tempdir().unwrap();
+    std::fs::create_dir(disk.path().join("agent")).unwrap();
+    // A crash between the two files, or something planted: a link where the key goes.
+    let target = disk.path().join("elsewhere");
+    std::fs::write(&target, "not a key").unwrap();
+    std::os::unix::fs::symlink(&target, disk.path().join("agent/id_ed25519")).unwrap();
+    let key = agentkey::ensure(disk.path(), None, keygen, "h").unwrap();
+    assert!(key.made);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a key");
+    assert!(std::fs::symlink_metadata(&key.path).unwrap().is_file());
+}
