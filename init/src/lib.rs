@@ -11,6 +11,7 @@
 pub mod console;
 pub mod consoles;
 pub mod devices;
+pub mod firmware;
 pub mod hardware;
 pub mod kmod;
 pub mod lifecycle;
@@ -160,7 +161,12 @@ pub fn run() -> ! {
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
-            console::info(&boot.clock.ready_line(boot.problems.len()));
+            let mode = firmware::boot_mode(std::path::Path::new("/sys"));
+            console::info(
+                &boot
+                    .clock
+                    .ready_line(&mode.to_string(), boot.problems.len()),
+            );
             write_report(&boot.problems);
             lifecycle::serve(debug_shell(&boot.config), boot.services)
         }

@@ -40,10 +40,12 @@ impl Clock {
         )
     }
 
-    pub fn ready_line(&self, problems: usize) -> String {
+    /// The ready marker line; `mode` is how the machine booted
+    /// ([`crate::firmware::BootMode`]).
+    pub fn ready_line(&self, mode: &str, problems: usize) -> String {
         let now = self.now();
         format!(
-            "{READY_MARKER} {:.6} s, init took {:.3} s, {problems} problem(s)",
+            "{READY_MARKER} {:.6} s, init took {:.3} s, {mode}, {problems} problem(s)",
             now.as_secs_f64(),
             now.saturating_sub(self.start).as_secs_f64()
         )
@@ -65,8 +67,9 @@ mod tests {
 
     #[test]
     fn ready_line_starts_with_the_marker_and_counts_problems() {
-        let line = Clock::start().ready_line(2);
+        let line = Clock::start().ready_line("booted BIOS", 2);
         assert!(line.starts_with(READY_MARKER), "{line}");
+        assert!(line.contains(", booted BIOS, "), "{line}");
         assert!(line.ends_with("2 problem(s)"), "{line}");
     }
 }

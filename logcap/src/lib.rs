@@ -21,6 +21,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
 
 /// The bound of one log file, in bytes: 1 MiB, so a log with its rotated copy takes at most
 /// 2 MiB.
@@ -37,17 +39,43 @@ pub fn rotated(log: &Path) -> PathBuf {
 /// write end for the child's stdout and stderr. A thread named after the log copies the output
 /// in, keeping the log under `bound` bytes by rotation.
 pub fn open(log: &Path, bound: u64) -> io::Result<File> {
+    open_with_copier(log, bound).map(|(file, _)| file)
+}
+
+/// The thread copying a pipe into its log, for a caller that reads the log once the child is
+/// gone (a failed bootstrap's tail, say).
+pub struct Copier {
+    done: Receiver<()>,
+}
+
+impl Copier {
+    /// Waits until everything written into the pipe is in the log (every writer closed it),
+    /// at most `bound`: a grandchild that keeps the pipe open must not hold the caller. Says
+    /// whether the copy is complete.
+    pub fn wait(&self, bound: Duration) -> bool {
+        matches!(
+            self.done.recv_timeout(bound),
+            Ok(()) | Err(RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
+/// [`open`], and the [`Copier`] to wait for.
+pub fn open_with_copier(log: &Path, bound: u64) -> io::Result<(File, Copier)> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir)?;
     }
     let mut out = Capped::open(log, bound)?;
     let (mut reader, writer) = io::pipe()?;
+    let (done_tx, done) = mpsc::channel::<()>();
     std::thread::Builder::new()
         .name(format!(
             "log {}",
             log.file_name().unwrap_or_default().to_string_lossy()
         ))
         .spawn(move || {
+            // Dropped when the copy ends, which is what `Copier::wait` waits for.
+            let _done = done_tx;
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 match reader.read(&mut buffer) {
@@ -58,7 +86,10 @@ pub fn open(log: &Path, bound: u64) -> io::Result<File> {
                 }
             }
         })?;
-    Ok(File::from(std::os::fd::OwnedFd::from(writer)))
+    Ok((
+        File::from(std::os::fd::OwnedFd::from(writer)),
+        Copier { done },
+    ))
 }
 
 /// A log file and its bound.

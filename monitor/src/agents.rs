@@ -425,8 +425,9 @@ impl Bootstrap {
         policy: &Policy,
         state: &Mutex<InstanceState>,
     ) -> Result<(), String> {
-        let log = buildos_logcap::open(&self.log, buildos_logcap::DEFAULT_BOUND)
-            .map_err(|e| format!("cannot open {}: {e}", self.log.display()))?;
+        let (log, copier) =
+            buildos_logcap::open_with_copier(&self.log, buildos_logcap::DEFAULT_BOUND)
+                .map_err(|e| format!("cannot open {}: {e}", self.log.display()))?;
         // The same launcher and user as the instances, on every CPU.
         let one = Spec {
             argv: self.argv.clone(),
@@ -446,6 +447,8 @@ impl Bootstrap {
         lock(state).pid = Some(child.id());
         let status = child.wait().map_err(|e| format!("wait failed: {e}"));
         lock(state).pid = None;
+        // Its log is read for the mail when it failed: let the copy finish first.
+        copier.wait(Duration::from_secs(5));
         let status = status?;
         if status.success() {
             Ok(())

@@ -8,7 +8,7 @@ use buildos_cmdline::{find_param, Config, Problem, DEFAULT_TOOLCHAIN, KERNEL_CMD
 use toml::Value;
 
 use crate::mac::{Mac, MAC_EXPECTED};
-use crate::paths::loader_overhead;
+use crate::paths::{kernel_path, loader_overhead};
 
 /// pxelinux's wait at its `boot:` prompt, in tenths of a second, as in the Build OS manual.
 pub const DEFAULT_TIMEOUT: u32 = 50;
@@ -65,6 +65,50 @@ fn name_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
+/// What a host's firmware is, which decides the boot program DHCP hands it: the inventory's
+/// `firmware`, in `[boot]` for every host and in a host's table for that host.
+///
+/// The firmware tells DHCP its architecture (option 93), so BIOS and UEFI hosts get their
+/// boot programs from the same rules; what DHCP cannot see is whether Secure Boot is enforced,
+/// and only `UefiSecureBoot` hosts get the signed shim and GRUB instead of iPXE's EFI build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Firmware {
+    /// Legacy BIOS: pxelinux over TFTP, or iPXE.
+    #[default]
+    Bios,
+    /// UEFI without Secure Boot: iPXE's EFI build, then the host's iPXE script.
+    Uefi,
+    /// UEFI with Secure Boot enforced: Debian's signed shim, then its signed GRUB network
+    /// image, then the signed kernel.
+    UefiSecureBoot,
+}
+
+/// What `firmware` may be.
+pub const FIRMWARE_EXPECTED: &str = "one of bios, uefi and uefi-secure-boot";
+
+impl Firmware {
+    pub const ALL: [Firmware; 3] = [Firmware::Bios, Firmware::Uefi, Firmware::UefiSecureBoot];
+
+    /// The inventory's spelling: `bios`, `uefi` or `uefi-secure-boot`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiSecureBoot => "uefi-secure-boot",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Firmware> {
+        Firmware::ALL.into_iter().find(|f| f.as_str() == text)
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The errors of an inventory, one per line when displayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Errors(pub Vec<Error>);
@@ -94,6 +138,8 @@ pub struct BootSettings {
     /// The URL the tree is served at over HTTP, for the iPXE scripts; ends with `/`. Without
     /// one the scripts name the image relative to their own URL.
     pub http_url: Option<String>,
+    /// The firmware of every host that does not say, and of hosts not in the inventory.
+    pub firmware: Firmware,
 }
 
 impl Default for BootSettings {
@@ -103,6 +149,7 @@ impl Default for BootSettings {
             prompt: 1,
             timeout: DEFAULT_TIMEOUT,
             http_url: None,
+            firmware: Firmware::Bios,
         }
     }
 }
@@ -114,6 +161,8 @@ pub struct Boot {
     pub mac: Option<Mac>,
     /// The inventory's `name` for the host, if it gives one.
     pub name: Option<String>,
+    /// Its firmware (the `[boot]` one unless the host says).
+    pub firmware: Firmware,
     /// The whole command line for the `append` line: kernel arguments, then the `buildos.*`
     /// parameters as [`buildos_cmdline::render`] writes them.
     pub cmdline: String,
@@ -210,8 +259,11 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
 
     let default = resolve(
         "defaults".into(),
-        None,
-        None,
+        Who {
+            mac: None,
+            name: None,
+            firmware: boot.firmware,
+        },
         &boot.kernel_args,
         &defaults,
         &Table::default(),
@@ -219,13 +271,16 @@ pub fn load(text: &str) -> Result<Farm, Errors> {
     );
     let default_problems: Vec<Error> = errors.clone();
     let mut resolved = Vec::new();
-    for (mac, _, name, kernel_args, own) in &hosts {
+    for (mac, _, name, firmware, kernel_args, own) in &hosts {
         let subject = host_subject(&mac.to_string(), name.as_deref());
         let mut host_errors = Vec::new();
         let boot_host = resolve(
             subject,
-            Some(*mac),
-            name.clone(),
+            Who {
+                mac: Some(*mac),
+                name: name.clone(),
+                firmware: firmware.unwrap_or(boot.firmware),
+            },
             kernel_args.as_ref().unwrap_or(&boot.kernel_args),
             &defaults,
             own,
@@ -296,19 +351,27 @@ fn boot_settings(table: &toml::Table, errors: &mut Vec<Error>) -> BootSettings {
             "prompt" => boot.prompt = reader.number(key, value, 0, 1).unwrap_or(boot.prompt),
             "timeout" => boot.timeout = reader.number(key, value, 0, 36000).unwrap_or(boot.timeout),
             "http_url" => boot.http_url = reader.http_url(value),
+            "firmware" => boot.firmware = reader.firmware(value).unwrap_or(boot.firmware),
             _ => reader.error(
                 key,
                 &show(value),
-                "one of kernel_args, prompt, timeout and http_url",
+                "one of kernel_args, prompt, timeout, http_url and firmware",
             ),
         }
     }
     boot
 }
 
-/// A host as the inventory gives it: its address, the key as spelled, its name, its own kernel
-/// arguments and its parameters.
-type HostEntry = (Mac, String, Option<String>, Option<Vec<String>>, Table);
+/// A host as the inventory gives it: its address, the key as spelled, its name, its firmware,
+/// its own kernel arguments and its parameters.
+type HostEntry = (
+    Mac,
+    String,
+    Option<String>,
+    Option<Firmware>,
+    Option<Vec<String>>,
+    Table,
+);
 
 fn host(key: &str, value: &Value, errors: &mut Vec<Error>) -> Option<HostEntry> {
     let table = match value {
@@ -343,9 +406,10 @@ fn host(key: &str, value: &Value, errors: &mut Vec<Error>) -> Option<HostEntry> 
         Some(Value::String(name)) => reader.error("name", name, NAME_EXPECTED),
         Some(value) => reader.error("name", &show(value), "the host's name as a string"),
     }
+    let firmware = table.get("firmware").and_then(|v| reader.firmware(v));
     let kernel_args = table.get("kernel_args").map(|v| reader.kernel_args(v));
     let params = reader.params(table, true);
-    mac.map(|mac| (mac, key.to_string(), name, kernel_args, params))
+    mac.map(|mac| (mac, key.to_string(), name, firmware, kernel_args, params))
 }
 
 /// Reads values out of TOML, reporting problems under one subject.
@@ -382,6 +446,17 @@ impl<'a> Reader<'a> {
                 None
             }
         }
+    }
+
+    fn firmware(&mut self, value: &Value) -> Option<Firmware> {
+        let firmware = match value {
+            Value::String(text) => Firmware::parse(text),
+            _ => None,
+        };
+        if firmware.is_none() {
+            self.error("firmware", &show(value), FIRMWARE_EXPECTED);
+        }
+        firmware
     }
 
     fn http_url(&mut self, value: &Value) -> Option<String> {
@@ -456,7 +531,7 @@ impl<'a> Reader<'a> {
         let mut params = Table::default();
         for (key, value) in table {
             match (key.as_str(), value) {
-                ("name" | "kernel_args", _) if host => {}
+                ("name" | "kernel_args" | "firmware", _) if host => {}
                 ("toolchain", Value::Table(toolchains)) => {
                     for (name, value) in toolchains {
                         let Value::Table(t) = value else {
@@ -556,10 +631,16 @@ fn show(value: &Value) -> String {
 /// Merges the defaults with a host's own parameters, checks the command line strictly and
 /// renders it. A host's value replaces the default's; the values of a repeatable parameter
 /// (`ssh_key`, `controller_url`, `controller_trust`) add to the defaults' instead.
-fn resolve(
-    subject: String,
+/// Who a command line is for: the host (none for the default), its name and its firmware.
+struct Who {
     mac: Option<Mac>,
     name: Option<String>,
+    firmware: Firmware,
+}
+
+fn resolve(
+    subject: String,
+    who: Who,
     kernel_args: &[String],
     defaults: &Table,
     own: &Table,
@@ -640,9 +721,35 @@ fn resolve(
         errors.push(error);
         return None;
     }
+    // GRUB hands the kernel its own quoting of each argument: it must say the same.
+    let grub = grub_kernel_cmdline(&kernel_path(&"0".repeat(crate::BUILDID_LEN)), &cmdline);
+    let via_grub = buildos_cmdline::parse(&grub);
+    if via_grub.config != parsed.config
+        || via_grub
+            .diagnostics
+            .iter()
+            .any(|d| d.problem != Problem::TooLong)
+    {
+        let bad = grub_args(&cmdline)
+            .into_iter()
+            .find(|arg| arg.contains(['\\', '\'']))
+            .unwrap_or_default();
+        let (param, value) = bad.split_once('=').unwrap_or((bad.as_str(), ""));
+        errors.push(Error {
+            subject,
+            param: param.to_string(),
+            value: value.to_string(),
+            expected:
+                "a value without ' or \\ (GRUB, which boots UEFI Secure Boot hosts, puts a \\ \
+                       before each on the kernel command line)"
+                    .into(),
+        });
+        return None;
+    }
     Some(Boot {
-        mac,
-        name,
+        mac: who.mac,
+        name: who.name,
+        firmware: who.firmware,
         cmdline,
         config: parsed.config,
     })
@@ -674,4 +781,41 @@ fn check_length(subject: &str, cmdline: &str) -> Result<(), Error> {
             cmdline.len()
         ),
     })
+}
+
+/// The arguments of a command line as GRUB's `linux` command takes them: each one whole, the
+/// quotes the kernel would drop dropped (`key="a b"` is the one argument `key=a b`).
+pub(crate) fn grub_args(cmdline: &str) -> Vec<String> {
+    buildos_cmdline::split(cmdline)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|arg| match arg.value {
+            Some(value) => format!("{}={value}", arg.key),
+            None => arg.key,
+        })
+        .collect()
+}
+
+/// The command line the kernel gets when GRUB loads `kernel` with `cmdline`'s arguments:
+/// `BOOT_IMAGE=<kernel>`, then each argument as GRUB's `grub_create_loader_cmdline` writes it,
+/// with `\` before each `\`, `'` and `"`, and in double quotes when it has a space.
+pub(crate) fn grub_kernel_cmdline(kernel: &str, cmdline: &str) -> String {
+    let mut line = format!("BOOT_IMAGE={kernel}");
+    for arg in grub_args(cmdline) {
+        line.push(' ');
+        let quote = arg.contains(' ');
+        if quote {
+            line.push('"');
+        }
+        for c in arg.chars() {
+            if matches!(c, '\\' | '\'' | '"') {
+                line.push('\\');
+            }
+            line.push(c);
+        }
+        if quote {
+            line.push('"');
+        }
+    }
+    line
 }

@@ -45,6 +45,12 @@ impl Mac {
         format!("{}.ipxe", self.hyphenated())
     }
 
+    /// The name of this host's GRUB configuration in `grub/`: `grub.cfg-01-` and the hyphenated
+    /// address, the name GRUB's own network configuration search uses.
+    pub fn grub_name(&self) -> String {
+        format!("grub.cfg-{}", self.pxelinux_name())
+    }
+
     fn pairs(&self) -> Vec<String> {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -73,6 +79,7 @@ mod tests {
         assert_eq!(canonical.to_string(), "de:ad:be:ef:b8:da");
         assert_eq!(canonical.pxelinux_name(), "01-de-ad-be-ef-b8-da");
         assert_eq!(canonical.ipxe_name(), "de-ad-be-ef-b8-da.ipxe");
+        assert_eq!(canonical.grub_name(), "grub.cfg-01-de-ad-be-ef-b8-da");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //!
 //! 1. `buildos/<buildid>/` with the kernel, initrd and buildid, made as a temporary directory
 //!    and renamed: a version directory is complete or absent;
-//! 2. `pxelinux.0` and `ldlinux.c32`;
-//! 3. the configurations and scripts, which name the version directory: a host that reads a
-//!    configuration gets a complete image, old or new; configurations of hosts no longer in
-//!    the inventory are removed after;
+//! 2. the boot programs: `pxelinux.0` and `ldlinux.c32` (BIOS), `ipxe.efi` and `snponly.efi`
+//!    (UEFI), `shimx64.efi` and `grubx64.efi` (UEFI Secure Boot);
+//! 3. the configurations and scripts (`pxelinux.cfg/`, `ipxe/`, `grub/`), which name the version
+//!    directory: a host that reads a configuration gets a complete image, old or new;
+//!    configurations of hosts no longer in the inventory are removed after; then
+//!    `dnsmasq.conf`, which hands each client its boot program;
 //! 4. `buildos/buildos-image` and `buildos/buildos-initrd` (the manual's layout, hard links into
 //!    the version directory);
 //! 5. `buildos/buildos-buildid` last, so that running hosts, which poll it, reboot only once
@@ -24,15 +26,43 @@ use std::path::{Path, PathBuf};
 
 use crate::inventory::Farm;
 use crate::paths::BUILDID_LEN;
-use crate::render::{ipxe_dispatcher, ipxe_script, pxelinux_config};
+use crate::render::{
+    dnsmasq_config, grub_config, grub_dispatcher, ipxe_dispatcher, ipxe_script, pxelinux_config,
+};
 
 /// The prefix of temporary names in the tree; leftovers of an interrupted run are removed.
 const TMP_PREFIX: &str = ".tmp-buildos-";
 
-/// The boot loader files, from Debian's `pxelinux` and `syslinux-common` packages.
+/// The boot programs, from Debian's packages.
 pub struct Loaders {
+    /// `pxelinux.0`, from `pxelinux`: BIOS PXE ROMs load it.
     pub pxelinux: Vec<u8>,
+    /// `ldlinux.c32`, from `syslinux-common`: pxelinux loads it.
     pub ldlinux: Vec<u8>,
+    /// `ipxe.efi`, from `ipxe`: iPXE's EFI build with its own drivers, for UEFI without
+    /// Secure Boot.
+    pub ipxe_efi: Vec<u8>,
+    /// `snponly.efi`, from `ipxe`: iPXE's EFI build on the firmware's network driver.
+    pub snponly_efi: Vec<u8>,
+    /// `shimx64.efi`, from `shim-signed`: signed by Microsoft, it checks GRUB with Debian's key.
+    pub shim: Vec<u8>,
+    /// `grubx64.efi`, Debian's signed GRUB network image from `grub-efi-amd64-signed`, under
+    /// the name shim loads from its own directory.
+    pub grub: Vec<u8>,
+}
+
+impl Loaders {
+    /// Each file's name in the tree, with its bytes.
+    pub fn files(&self) -> [(&'static str, &[u8]); 6] {
+        [
+            ("pxelinux.0", &self.pxelinux),
+            ("ldlinux.c32", &self.ldlinux),
+            ("ipxe.efi", &self.ipxe_efi),
+            ("snponly.efi", &self.snponly_efi),
+            ("shimx64.efi", &self.shim),
+            ("grubx64.efi", &self.grub),
+        ]
+    }
 }
 
 /// A failure to write the tree: what was being done, to which path, and why.
@@ -110,7 +140,8 @@ pub fn write_tree(
     let buildos = out.join("buildos");
     let cfg = out.join("pxelinux.cfg");
     let ipxe = out.join("ipxe");
-    for dir in [out, &buildos, &cfg, &ipxe] {
+    let grub = out.join("grub");
+    for dir in [out, &buildos, &cfg, &ipxe, &grub] {
         context(fs::create_dir_all(dir), "create the directory", dir)?;
         remove_leftovers(dir)?;
     }
@@ -139,11 +170,8 @@ pub fn write_tree(
         files.push(format!("buildos/{buildid}/"));
     }
 
-    // 2. The boot loader.
-    for (name, bytes) in [
-        ("pxelinux.0", &loaders.pxelinux),
-        ("ldlinux.c32", &loaders.ldlinux),
-    ] {
+    // 2. The boot programs.
+    for (name, bytes) in loaders.files() {
         if write_atomic(&out.join(name), bytes)? {
             files.push(name.to_string());
         }
@@ -161,6 +189,13 @@ pub fn write_tree(
             ipxe_script(&farm.default, &farm.boot, &buildid),
         ),
     ];
+    let mut grubs = vec![
+        ("grub.cfg".to_string(), grub_dispatcher()),
+        (
+            "grub.cfg-default".to_string(),
+            grub_config(&farm.default, &buildid),
+        ),
+    ];
     for host in &farm.hosts {
         if let Some(mac) = host.mac {
             configs.push((
@@ -168,9 +203,14 @@ pub fn write_tree(
                 pxelinux_config(host, &farm.boot, &buildid),
             ));
             scripts.push((mac.ipxe_name(), ipxe_script(host, &farm.boot, &buildid)));
+            grubs.push((mac.grub_name(), grub_config(host, &buildid)));
         }
     }
-    for (dir, prefix, set) in [(&cfg, "pxelinux.cfg", &configs), (&ipxe, "ipxe", &scripts)] {
+    for (dir, prefix, set) in [
+        (&cfg, "pxelinux.cfg", &configs),
+        (&ipxe, "ipxe", &scripts),
+        (&grub, "grub", &grubs),
+    ] {
         for (name, text) in set {
             if write_atomic(&dir.join(name), text.as_bytes())? {
                 files.push(format!("{prefix}/{name}"));
@@ -185,6 +225,14 @@ pub fn write_tree(
                 context(fs::remove_file(&path), "remove the stale", &path)?;
             }
         }
+    }
+
+    let tftp_root = context(fs::canonicalize(out), "resolve", out)?;
+    if write_atomic(
+        &out.join("dnsmasq.conf"),
+        dnsmasq_config(farm, &tftp_root).as_bytes(),
+    )? {
+        files.push("dnsmasq.conf".to_string());
     }
 
     // 4. The manual's names for the current image.
@@ -222,13 +270,16 @@ pub fn write_tree(
     })
 }
 
-/// Names of the per-host files the tree manages: `01-<mac>` and `<mac>.ipxe`.
+/// Names of the per-host files the tree manages: `01-<mac>`, `<mac>.ipxe` and
+/// `grub.cfg-01-<mac>`.
 fn is_host_file(name: &str) -> bool {
     let mac = name
-        .strip_prefix("01-")
+        .strip_prefix("grub.cfg-01-")
+        .or_else(|| name.strip_prefix("01-"))
         .or_else(|| name.strip_suffix(".ipxe"));
-    mac.and_then(crate::Mac::parse)
-        .is_some_and(|m| m.pxelinux_name() == name || m.ipxe_name() == name)
+    mac.and_then(crate::Mac::parse).is_some_and(|m| {
+        m.pxelinux_name() == name || m.ipxe_name() == name || m.grub_name() == name
+    })
 }
 
 /// Writes `bytes` to a temporary name beside `path` and renames it into place, unless `path`

@@ -2,7 +2,7 @@
 //! inserted, ranges deleted or copied), through `load` and into the files it writes.
 //! `PROPTEST_CASES` sets how many cases a run tries.
 
-use buildos_pxe::{ipxe_script, load, pxelinux_config};
+use buildos_pxe::{dnsmasq_config, grub_config, ipxe_script, load, pxelinux_config, Firmware};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 
@@ -36,6 +36,11 @@ const FRAGMENTS: &[&str] = &[
     "\nhostname = \"",
     "\nkernel_args = [\"",
     "\nhttp_url = \"http://10.0.0.1/t\\r\\nshell\"\n",
+    "\nfirmware = \"uefi\"\n",
+    "\nfirmware = \"uefi-secure-boot\"\n",
+    "\nfirmware = \"",
+    "\\\\",
+    "'\\''",
     "\n[hosts.\"de:ad:be:ef:b8:db\"]\n",
     "\n[hosts.\"de:ad:be:ef:b8:db\".toolchain.gcc]\n",
     "\n[defaults.toolchain.x]\n",
@@ -134,14 +139,46 @@ proptest! {
                     prop_assert_eq!(pxelinux.lines().count(), 11, "{}", pxelinux);
                     let ipxe = ipxe_script(boot, &farm.boot, BUILDID);
                     prop_assert_eq!(ipxe.lines().count(), 7, "{}", ipxe);
-                    for file in [&pxelinux, &ipxe] {
+                    let grub = grub_config(boot, BUILDID);
+                    prop_assert_eq!(grub.lines().count(), 7, "{}", grub);
+                    for file in [&pxelinux, &ipxe, &grub] {
                         prop_assert!(
                             !file.contains(|c: char| c.is_control() && c != '\n'),
                             "{:?}",
                             file
                         );
-                        prop_assert!(!file.contains("${"), "{}", file);
                     }
+                    prop_assert!(!pxelinux.contains("${"), "{}", pxelinux);
+                    // The script's one setting is the platform it asks iPXE for.
+                    prop_assert_eq!(ipxe.matches("${").count(), 1, "{}", ipxe);
+                    prop_assert!(ipxe.contains("${platform}"), "{}", ipxe);
+                    // Each GRUB argument is one single-quoted word, outside of which inventory
+                    // text never reaches; the kernel gets the line init checked.
+                    let linux = grub.lines().find(|l| l.starts_with("linux ")).unwrap_or("");
+                    let words = linux.split(' ').skip(2).collect::<Vec<_>>().join(" ");
+                    let unquoted: String = words.split('\'').step_by(2).collect();
+                    prop_assert!(unquoted.chars().all(|c| c == ' '), "{}", linux);
+                    prop_assert!(!boot.cmdline.contains(['\'', '\\']), "{}", boot.cmdline);
+                    prop_assert!(Firmware::ALL.contains(&boot.firmware));
+                }
+                // The DHCP configuration: every host by its MAC address, nothing else from the
+                // inventory on a line of its own.
+                let dnsmasq = dnsmasq_config(&farm, std::path::Path::new("/srv/tftp"));
+                for host in &farm.hosts {
+                    let mac = host.mac.unwrap().to_string();
+                    let tagged = format!("dhcp-mac=set:buildos-{},{mac}", host.firmware);
+                    prop_assert!(dnsmasq.contains(&tagged), "{}", dnsmasq);
+                }
+                for line in dnsmasq.lines() {
+                    prop_assert!(
+                        line.is_empty()
+                            || line.starts_with('#')
+                            || line.starts_with("dhcp-")
+                            || line.starts_with("enable-tftp")
+                            || line.starts_with("tftp-root="),
+                        "{}",
+                        line
+                    );
                 }
             }
         }

@@ -34,6 +34,17 @@ fn image(dir: &Path, id: char) -> String {
     buildid
 }
 
+fn loaders() -> Loaders {
+    Loaders {
+        pxelinux: b"pxelinux".to_vec(),
+        ldlinux: b"ldlinux".to_vec(),
+        ipxe_efi: b"ipxe.efi".to_vec(),
+        snponly_efi: b"snponly.efi".to_vec(),
+        shim: b"shim".to_vec(),
+        grub: b"grub".to_vec(),
+    }
+}
+
 fn read(path: PathBuf) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -42,10 +53,7 @@ fn read(path: PathBuf) -> String {
 fn tree_versions_images_and_prunes_all_but_the_previous() {
     let work = Dir::new("tree");
     let out = work.0.join("tree");
-    let loaders = Loaders {
-        pxelinux: b"pxelinux".to_vec(),
-        ldlinux: b"ldlinux".to_vec(),
-    };
+    let loaders = loaders();
     let two_hosts = load(
         "[boot]\nkernel_args = [\"console=ttyS0\"]\n\
          [hosts.\"de:ad:be:ef:b8:da\"]\nhostname = \"one\"\n\
@@ -58,6 +66,10 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     for (path, content) in [
         ("pxelinux.0", "pxelinux"),
         ("ldlinux.c32", "ldlinux"),
+        ("ipxe.efi", "ipxe.efi"),
+        ("snponly.efi", "snponly.efi"),
+        ("shimx64.efi", "shim"),
+        ("grubx64.efi", "grub"),
         ("buildos/buildos-image", "kernel a"),
         ("buildos/buildos-initrd", "initrd a"),
         (&format!("buildos/{a}/buildos-initrd"), "initrd a"),
@@ -83,6 +95,21 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     );
     assert!(out.join("ipxe/boot.ipxe").is_file());
     assert!(out.join("ipxe/default.ipxe").is_file());
+    let grub = read(out.join("grub/grub.cfg-01-de-ad-be-ef-b8-db"));
+    assert!(
+        grub.contains(&format!(
+            "linux /buildos/{a}/buildos-image 'console=ttyS0' 'buildos.hostname=two'\n"
+        )),
+        "{grub}"
+    );
+    assert!(read(out.join("grub/grub.cfg")).contains("grub.cfg-default"));
+    assert!(read(out.join("grub/grub.cfg-default")).contains("linux /buildos/"));
+    let dnsmasq = read(out.join("dnsmasq.conf"));
+    let root = fs::canonicalize(&out).unwrap();
+    assert!(
+        dnsmasq.contains(&format!("\ntftp-root={}\n", root.display())),
+        "{dnsmasq}"
+    );
 
     // A new image, and one host left the farm.
     let one_host = load(
@@ -100,6 +127,9 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     assert!(read(out.join("pxelinux.cfg/01-de-ad-be-ef-b8-da")).contains(&b));
     assert!(!out.join("pxelinux.cfg/01-de-ad-be-ef-b8-db").exists());
     assert!(!out.join("ipxe/de-ad-be-ef-b8-db.ipxe").exists());
+    assert!(!out.join("grub/grub.cfg-01-de-ad-be-ef-b8-db").exists());
+    assert!(read(out.join("grub/grub.cfg-01-de-ad-be-ef-b8-da")).contains(&b));
+    assert!(!read(out.join("dnsmasq.conf")).contains("de:ad:be:ef:b8:db"));
     assert_eq!(read(out.join("buildos/buildos-buildid")), format!("{b}\n"));
     assert_eq!(read(out.join("buildos/buildos-image")), "kernel b");
 
@@ -110,7 +140,7 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     assert!(out.join("buildos").join(&b).is_dir());
     assert!(out.join("buildos").join(&c).is_dir());
     // Nothing is left under a temporary name.
-    for dir in ["", "buildos", "pxelinux.cfg", "ipxe"] {
+    for dir in ["", "buildos", "pxelinux.cfg", "ipxe", "grub"] {
         for entry in fs::read_dir(out.join(dir)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             assert!(!name.starts_with(".tmp"), "{dir}/{name}");
@@ -122,10 +152,7 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
 fn tree_refuses_an_image_without_a_build_id() {
     let work = Dir::new("nobuildid");
     let farm = load("").unwrap();
-    let loaders = Loaders {
-        pxelinux: Vec::new(),
-        ldlinux: Vec::new(),
-    };
+    let loaders = loaders();
     fs::write(work.0.join("buildos-buildid"), "not hex\n").unwrap();
     let error = write_tree(&work.0.join("tree"), &farm, &work.0, &loaders).unwrap_err();
     assert!(

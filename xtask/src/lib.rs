@@ -8,6 +8,7 @@ pub mod demo;
 pub mod docs;
 pub mod fuzz;
 pub mod image;
+pub mod lan;
 pub mod pxe;
 pub mod qemu;
 pub mod system;

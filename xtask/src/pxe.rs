@@ -17,6 +17,18 @@ const LDLINUX: (&str, &str) = (
     "syslinux-common",
     "usr/lib/syslinux/modules/bios/ldlinux.c32",
 );
+/// iPXE's EFI build with its own drivers (the package's `usr/lib/ipxe/ipxe.efi` is a symlink
+/// to this).
+const IPXE_EFI: (&str, &str) = ("ipxe", "boot/ipxe.efi");
+/// iPXE's EFI build on the firmware's network driver.
+const SNPONLY_EFI: (&str, &str) = ("ipxe", "usr/lib/ipxe/snponly.efi");
+/// shim, signed by Microsoft's UEFI CA, with Debian's key inside.
+const SHIM: (&str, &str) = ("shim-signed", "usr/lib/shim/shimx64.efi.signed");
+/// GRUB's network image, signed with Debian's key.
+const GRUB: (&str, &str) = (
+    "grub-efi-amd64-signed",
+    "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+);
 
 /// Reads and checks an inventory; `http_url` replaces its `[boot] http_url`.
 pub fn load(inventory: &Path, http_url: Option<&str>) -> Result<Farm> {
@@ -43,18 +55,22 @@ pub fn load(inventory: &Path, http_url: Option<&str>) -> Result<Farm> {
 pub fn loaders() -> Result<Loaders> {
     crate::system::ensure(&[crate::system::APT])?;
     let apt = Apt::new(&crate::work_dir().join("debs"));
-    let mut files = Vec::new();
-    for (package, path) in [PXELINUX, LDLINUX] {
+    let file = |(package, path): (&str, &str)| -> Result<Vec<u8>> {
         let deb = apt.fetch(package)?;
         let mut entries = Deb::open(&deb)?.read_files(&[path])?;
-        let Some(entry) = entries.remove(path) else {
-            bail!("{} holds no {path}", deb.display());
-        };
-        files.push(entry.contents);
-    }
-    let ldlinux = files.pop().unwrap_or_default();
-    let pxelinux = files.pop().unwrap_or_default();
-    Ok(Loaders { pxelinux, ldlinux })
+        match entries.remove(path) {
+            Some(entry) => Ok(entry.contents),
+            None => bail!("{} holds no {path}", deb.display()),
+        }
+    };
+    Ok(Loaders {
+        pxelinux: file(PXELINUX)?,
+        ldlinux: file(LDLINUX)?,
+        ipxe_efi: file(IPXE_EFI)?,
+        snponly_efi: file(SNPONLY_EFI)?,
+        shim: file(SHIM)?,
+        grub: file(GRUB)?,
+    })
 }
 
 /// Writes the tree for `inventory` and the image in `image` into `out`.
@@ -92,11 +108,18 @@ pub fn run(
         let boot = farm.boot_for(mac);
         match boot.mac {
             Some(_) => eprintln!(
-                "xtask: {}: pxelinux.cfg/{}",
+                "xtask: {}, firmware {}: pxelinux.cfg/{}, ipxe/{}, grub/{}",
                 boot.describe(),
-                mac.pxelinux_name()
+                boot.firmware,
+                mac.pxelinux_name(),
+                mac.ipxe_name(),
+                mac.grub_name()
             ),
-            None => eprintln!("xtask: {mac} is not in the inventory: it gets pxelinux.cfg/default"),
+            None => eprintln!(
+                "xtask: {mac} is not in the inventory: it gets pxelinux.cfg/default, \
+                 ipxe/default.ipxe, grub/grub.cfg-default (firmware {})",
+                boot.firmware
+            ),
         }
         println!("{}", boot.cmdline);
         return Ok(());
@@ -131,21 +154,34 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(dir: &Path) -> Result<HttpServer> {
+        HttpServer::start_in(dir, None, "127.0.0.1", 0)
+    }
+
+    /// Serves `dir` on `address` and `port` (0: a free one), inside network namespace `netns`
+    /// if there is one.
+    pub fn start_in(
+        dir: &Path,
+        netns: Option<&str>,
+        address: &str,
+        port: u16,
+    ) -> Result<HttpServer> {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         use std::time::Duration;
 
         crate::system::ensure(&[crate::system::PYTHON3])?;
-        let mut child = Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                "0",
-                "--directory",
-            ])
+        let mut command = match netns {
+            Some(netns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", netns, "python3"]);
+                ip
+            }
+            None => Command::new("python3"),
+        };
+        let mut child = command
+            .args(["-u", "-m", "http.server", "--bind", address])
+            .arg(port.to_string())
+            .arg("--directory")
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -25,10 +25,56 @@ pub struct VmConfig {
     /// Boot through the network card's PXE ROM instead of `-kernel`/`-initrd`/`-append`
     /// (`kernel` then only serves the KVM probe, and `append` is unused).
     pub netboot: Option<NetBoot>,
-    /// For a direct boot, an SNTP server on the host (testpeers', the host's clock) that the
+    /// For a direct boot (not `netboot` or `lan`), an SNTP server on the host (testpeers', the host's clock) that the
     /// guest is pointed at with `buildos.ntp_server=10.0.2.2:<port>`, so its clock step asks
     /// no pool on the Internet and waits for nothing; on unless the test names its own server.
     pub ntp: bool,
+    /// Boot over the network from a [`crate::lan::Lan`] (a real dnsmasq and HTTP server in a
+    /// network namespace) instead.
+    pub lan: Option<LanBoot>,
+    /// The guest's firmware.
+    pub firmware: Firmware,
+}
+
+/// The firmware a guest boots with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Firmware {
+    /// QEMU's SeaBIOS.
+    #[default]
+    Bios,
+    /// OVMF (UEFI, Debian's `ovmf`) without Secure Boot.
+    Uefi,
+    /// OVMF with Secure Boot enforced: the SMM build, and variables with Microsoft's keys
+    /// enrolled, as shipped on servers.
+    UefiSecureBoot,
+    /// OVMF without Secure Boot and with PXE off, so that it boots by UEFI HTTP boot.
+    UefiHttpBoot,
+}
+
+/// Where Debian's `ovmf` puts its files.
+const OVMF_DIR: &str = "/usr/share/OVMF";
+
+impl Firmware {
+    /// OVMF's code and the variable store a guest starts from (copied, since it is written).
+    fn ovmf(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Firmware::Bios => None,
+            Firmware::Uefi | Firmware::UefiHttpBoot => Some(("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd")),
+            Firmware::UefiSecureBoot => Some(("OVMF_CODE_4M.secboot.fd", "OVMF_VARS_4M.ms.fd")),
+        }
+    }
+}
+
+/// A network boot from a LAN of a network namespace: QEMU runs in the namespace on its tap
+/// device. Under UEFI the NIC is a virtio-net without an option ROM, so OVMF's own PXE and
+/// HTTP boot do the work, as a server's firmware would; under BIOS it is an e1000 with its
+/// iPXE ROM.
+#[derive(Clone, Debug)]
+pub struct LanBoot {
+    pub netns: String,
+    pub tap: String,
+    /// The card's MAC address, like `de:ad:be:ef:b8:da`.
+    pub mac: String,
 }
 
 /// A network boot: an e1000 with QEMU's user-mode network, whose DHCP offers `bootfile` and
@@ -55,7 +101,15 @@ impl VmConfig {
             extra: Vec::new(),
             netboot: None,
             ntp: true,
+            lan: None,
+            firmware: Firmware::Bios,
         }
+    }
+
+    /// Boots with `firmware`.
+    pub fn firmware(mut self, firmware: Firmware) -> VmConfig {
+        self.firmware = firmware;
+        self
     }
 
     /// Boots over the network as `netboot` says; `image_dir` holds the kernel for the KVM probe.
@@ -96,14 +150,77 @@ impl VmConfig {
         cmdline
     }
 
-    fn command(&self) -> Command {
-        let mut qemu = Command::new("qemu-system-x86_64");
+    /// The QEMU command; `scratch` holds the guest's copy of OVMF's variables.
+    fn command(&self, scratch: &Path) -> Result<Command> {
+        let mut qemu = match &self.lan {
+            Some(lan) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", &lan.netns, "qemu-system-x86_64"]);
+                ip
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        if let Some((code, vars)) = self.firmware.ovmf() {
+            crate::system::ensure(&[crate::system::OVMF])?;
+            let code = Path::new(OVMF_DIR).join(code);
+            let template = Path::new(OVMF_DIR).join(vars);
+            let vars = scratch.join(vars);
+            std::fs::copy(&template, &vars).with_context(|| {
+                format!(
+                    "cannot copy {} to {}; `cargo xtask test` installs ovmf",
+                    template.display(),
+                    vars.display()
+                )
+            })?;
+            if self.firmware == Firmware::UefiSecureBoot {
+                // Secure Boot's variables are only safe behind SMM, and OVMF's secboot build
+                // insists on it.
+                qemu.args(["-machine", "q35,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+            } else {
+                qemu.args(["-machine", "q35"]);
+            }
+            qemu.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+            if self.firmware == Firmware::UefiHttpBoot {
+                for knob in ["IPv4PXESupport", "IPv6PXESupport"] {
+                    qemu.args([
+                        "-fw_cfg",
+                        &format!("name=opt/org.tianocore/{knob},string=n"),
+                    ]);
+                }
+            }
+        }
         qemu.args(accelerator_args(&self.kernel))
             .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-display", "none", "-vga", "none", "-no-reboot"]);
-        match &self.netboot {
-            Some(net) => {
+        match (&self.lan, &self.netboot) {
+            (Some(lan), _) => {
+                let device = match self.firmware {
+                    Firmware::Bios => format!("e1000,netdev=lan0,mac={}", lan.mac),
+                    _ => format!(
+                        "virtio-net-pci,netdev=lan0,mac={},romfile=,bootindex=0",
+                        lan.mac
+                    ),
+                };
+                qemu.arg("-netdev")
+                    .arg(format!(
+                        "tap,id=lan0,ifname={},script=no,downscript=no",
+                        lan.tap
+                    ))
+                    .args(["-device", &device])
+                    .args(["-boot", "n"]);
+            }
+            (None, Some(net)) => {
                 qemu.arg("-netdev")
                     .arg(format!(
                         "user,id=pxe0,tftp={},bootfile={}",
@@ -113,7 +230,7 @@ impl VmConfig {
                     .args(["-device", &format!("e1000,netdev=pxe0,mac={}", net.mac)])
                     .args(["-boot", "n"]);
             }
-            None => {
+            (None, None) => {
                 qemu.arg("-kernel")
                     .arg(&self.kernel)
                     .arg("-initrd")
@@ -122,7 +239,7 @@ impl VmConfig {
             }
         }
         qemu.args(&self.extra);
-        qemu
+        Ok(qemu)
     }
 }
 
@@ -290,7 +407,8 @@ fn kvm_works(kernel: &Path) -> bool {
 
 /// Runs QEMU attached to this terminal: the serial console on stdin and stdout, Ctrl-A X quits.
 pub fn interactive(config: &VmConfig) -> Result<ExitStatus> {
-    let mut qemu = config.command();
+    let scratch = TempDir::new("buildos-qemu")?;
+    let mut qemu = config.command(&scratch.0)?;
     qemu.args(["-serial", "mon:stdio"]);
     eprintln!(
         "xtask: booting {} with `{}`; Ctrl-A X quits QEMU",
@@ -356,13 +474,14 @@ impl Vm {
             .append
             .iter()
             .any(|p| p.starts_with("buildos.ntp_server="));
-        let ntp = (config.ntp && config.netboot.is_none() && !named).then(|| {
-            let peer = buildos_testpeers::ntp::NtpPeer::start(Default::default());
-            let param = format!("buildos.ntp_server=10.0.2.2:{}", peer.addr.port());
-            config.append.push(param);
-            peer
-        });
-        let mut qemu = config.command();
+        let ntp =
+            (config.ntp && config.netboot.is_none() && config.lan.is_none() && !named).then(|| {
+                let peer = buildos_testpeers::ntp::NtpPeer::start(Default::default());
+                let param = format!("buildos.ntp_server=10.0.2.2:{}", peer.addr.port());
+                config.append.push(param);
+                peer
+            });
+        let mut qemu = config.command(&dir.0)?;
         qemu.args(["-serial", "stdio"])
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))

@@ -23,6 +23,14 @@ pub const QEMU: Need = Need {
     package: "qemu-system-x86",
     why: "boots the image for `cargo xtask qemu` and the VM tests",
 };
+/// OVMF, UEFI for QEMU: the code with Secure Boot, and the variables with Microsoft's keys
+/// enrolled (`OVMF_VARS_4M.ms.fd`) beside the empty ones. A file, not a command: [`find`]
+/// takes an absolute path as it is.
+pub const OVMF: Need = Need {
+    command: "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+    package: "ovmf",
+    why: "UEFI firmware (with Secure Boot) for the UEFI network boot tests and bench",
+};
 pub const SSHD: Need = Need {
     command: "sshd",
     package: "openssh-server",
@@ -121,8 +129,14 @@ pub const BLKID: Need = Need {
     why: "reads the uuid the storage tests compare init's messages with",
 };
 
-/// Finds a command on PATH and in the sbin directories root would search.
+/// Finds a command on PATH and in the sbin directories root would search; an absolute path is
+/// looked up as it is.
 pub fn find(command: &str) -> Option<std::path::PathBuf> {
+    if command.starts_with('/') {
+        return Path::new(command)
+            .is_file()
+            .then(|| Path::new(command).to_path_buf());
+    }
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')

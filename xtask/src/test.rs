@@ -28,6 +28,7 @@ pub fn run() -> Result<()> {
     system::ensure(&[
         system::APT,
         system::QEMU,
+        system::OVMF,
         system::MKFS_EXT4,
         system::MKFS_BTRFS,
         system::MKFS_XFS,
