@@ -45,6 +45,8 @@ pub struct Config {
     pub storage_wait: u32,
     /// `buildos.dhcp_wait`, seconds, default 15.
     pub dhcp_wait: u32,
+    /// Every `buildos.ntp_server`, in order: `host` or `host:port`.
+    pub ntp_servers: Vec<String>,
     /// `buildos.poll_interval`, seconds, default 300.
     pub poll_interval: u32,
     /// `buildos.agent_grace`, seconds, default 30.
@@ -76,6 +78,7 @@ impl Default for Config {
             on_failure: FailureAction::Shell,
             storage_wait: 10,
             dhcp_wait: 15,
+            ntp_servers: Vec::new(),
             poll_interval: 300,
             agent_grace: 30,
             br1_address: DEFAULT_BR1,
@@ -177,6 +180,15 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::Br1Address => config.br1_address.to_string(),
             ParamId::StorageWait => format!("{} s", config.storage_wait),
             ParamId::DhcpWait => format!("{} s", config.dhcp_wait),
+            ParamId::NtpServer => {
+                if config.ntp_servers.is_empty() {
+                    lines.push(format!("{name}: from DHCP, else Debian's pool"));
+                }
+                for server in &config.ntp_servers {
+                    lines.push(format!("{name}: {server}"));
+                }
+                continue;
+            }
             ParamId::PollInterval => format!("{} s", config.poll_interval),
             ParamId::AgentGrace => format!("{} s", config.agent_grace),
             ParamId::OnFailure => config.on_failure.to_string(),
@@ -293,6 +305,7 @@ mod tests {
             "br1_address: 172.30.0.1/24",
             "storage_wait: 10 s",
             "dhcp_wait: 15 s",
+            "ntp_server: from DHCP, else Debian's pool",
             "poll_interval: 300 s",
             "agent_grace: 30 s",
             "on_failure: shell",

@@ -381,6 +381,10 @@ impl Parser {
             ParamId::Br1Address => config.br1_address = Ipv4Net::parse(value)?,
             ParamId::StorageWait => config.storage_wait = seconds(value, 0, 3600)?,
             ParamId::DhcpWait => config.dhcp_wait = seconds(value, 1, 600)?,
+            ParamId::NtpServer => {
+                split_host_port(value)?;
+                config.ntp_servers.push(value.to_string());
+            }
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
             ParamId::AgentGrace => config.agent_grace = seconds(value, 1, 3600)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
@@ -729,6 +733,25 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
         );
         assert_eq!(config.toolchains.len(), 1);
         assert_eq!(toolchain(&config, "default").nice, 2);
+    }
+
+    #[test]
+    fn parse_repeated_ntp_servers_keep_their_order_and_name_a_bad_one() {
+        let config = check(
+            "buildos.ntp_server=ntp1.example.org buildos.ntp_server=10.0.0.5:1123 \
+             buildos.ntp_server=[2001:db8::1] buildos.ntp_server=ntp/2 \
+             buildos.ntp_server=10.0.0.6:0",
+            &[
+                "buildos.ntp_server=ntp/2: expected a host name, an IPv4 address or an [IPv6] \
+                 address, optionally with :port",
+                "buildos.ntp_server=10.0.0.6:0: expected a host name, an IPv4 address or an \
+                 [IPv6] address, optionally with :port",
+            ],
+        );
+        assert_eq!(
+            config.ntp_servers,
+            ["ntp1.example.org", "10.0.0.5:1123", "[2001:db8::1]"]
+        );
     }
 
     #[test]

@@ -91,6 +91,7 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.dhcp_wait != defaults.dhcp_wait,
             config.dhcp_wait.to_string(),
         ),
+        ParamId::NtpServer => config.ntp_servers.clone(),
         ParamId::PollInterval => changed(
             config.poll_interval != defaults.poll_interval,
             config.poll_interval.to_string(),

@@ -40,6 +40,7 @@ pub enum ParamId {
     Br1Address,
     StorageWait,
     DhcpWait,
+    NtpServer,
     PollInterval,
     AgentGrace,
     OnFailure,
@@ -397,6 +398,22 @@ the background.",
         origin: Origin::Buildos,
     },
     Param {
+        id: ParamId::NtpServer,
+        name: "buildos.ntp_server",
+        value: "<host>[:<port>]",
+        per_toolchain: false,
+        repeatable: true,
+        expected: "a host name, an IPv4 address or an [IPv6] address, optionally with :port",
+        default: None,
+        example: "ntp.example.org",
+        doc: "An NTP server init sets the clock from before the monitor's first fetch, and keeps \
+it in sync with while the host runs; repeat it for more servers, which are tried in order. Used \
+only when DHCP offers no NTP servers (option 42); with neither, the host asks Debian's pool \
+(`0.debian.pool.ntp.org` to `3.debian.pool.ntp.org`). When no server answers, boot goes on and \
+the problem line names the servers tried and the clock's value.",
+        origin: Origin::Buildos,
+    },
+    Param {
         id: ParamId::PollInterval,
         name: "buildos.poll_interval",
         value: "<seconds>",
@@ -511,7 +528,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 25);
+        assert_eq!(PARAMS.len(), 26);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const PREFIX: &str = "buildos-init";
 
 static KMSG: Mutex<Option<File>> = Mutex::new(None);
 
+/// The consoles other than /dev/console (see [`crate::consoles`]).
+static OTHERS: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
 /// The lines of this boot until [`take_boot_log`], for /run/buildos/boot.log.
 static BOOT_LOG: Mutex<Option<Vec<String>>> = Mutex::new(Some(Vec::new()));
 
@@ -45,6 +48,35 @@ pub fn open_kmsg() {
     }
 }
 
+/// Opens every console the kernel was given besides /dev/console (once /proc and /dev are
+/// mounted) and writes the lines logged so far to them; returns a line saying which.
+pub fn open_other_consoles() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/consoles").ok()?;
+    let names = crate::consoles::others(&text);
+    if names.is_empty() {
+        return None;
+    }
+    let (mut files, failed) = crate::consoles::open(&names);
+    let earlier: Vec<String> = BOOT_LOG
+        .lock()
+        .ok()
+        .and_then(|log| log.clone())
+        .unwrap_or_default();
+    for file in &mut files {
+        for line in &earlier {
+            crate::consoles::write(file, format!("{line}\n").as_bytes());
+        }
+    }
+    if let Ok(mut others) = OTHERS.lock() {
+        others.extend(files);
+    }
+    let mut line = format!("also writing to the consoles {}", names.join(", "));
+    if !failed.is_empty() {
+        line.push_str(&format!(" (cannot open {})", failed.join(", ")));
+    }
+    Some(line)
+}
+
 pub fn log(level: Level, message: &str) {
     let tag = match level {
         Level::Info => "",
@@ -55,6 +87,11 @@ pub fn log(level: Level, message: &str) {
         let text = format!("{PREFIX}: {tag}{line}\n");
         // One write per line, so concurrent writers never interleave inside a line.
         let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        if let Ok(mut others) = OTHERS.lock() {
+            for file in others.iter_mut() {
+                crate::consoles::write(file, text.as_bytes());
+            }
+        }
         if let Ok(mut kmsg) = KMSG.lock() {
             if let Some(file) = kmsg.as_mut() {
                 let _ = file.write_all(format!("<7>{text}").as_bytes());

@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod console;
+pub mod consoles;
 pub mod devices;
 pub mod firmware;
 pub mod hardware;
@@ -16,6 +17,7 @@ pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
 pub mod net;
+pub mod ntp;
 pub mod phases;
 pub mod services;
 pub mod state;
@@ -41,6 +43,8 @@ pub struct Boot {
     pub problems: Vec<String>,
     /// The services to start once boot is done.
     pub services: Supervisor,
+    /// The NTP servers DHCP named (option 42), for the clock step.
+    pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
 }
 
 type StepResult = Result<Outcome, Box<dyn Error>>;
@@ -95,6 +99,11 @@ const STEPS: &[Step] = &[
         run: step_network,
     },
     Step {
+        name: "clock",
+        required: false,
+        run: step_clock,
+    },
+    Step {
         name: "services",
         required: false,
         run: step_services,
@@ -146,6 +155,7 @@ pub fn run() -> ! {
         config: Config::default(),
         problems: Vec::new(),
         services: Supervisor::new(),
+        dhcp_ntp: Vec::new(),
     };
     let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(&mut boot)));
     let on_failure = boot.config.on_failure;
@@ -193,6 +203,9 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
 fn step_mounts(_boot: &mut Boot) -> StepResult {
     mounts::mount_all(&sys::Linux, mounts::EARLY)?;
     console::open_kmsg();
+    if let Some(line) = console::open_other_consoles() {
+        console::info(&line);
+    }
     Ok(Outcome::Ok)
 }
 
@@ -309,6 +322,9 @@ fn step_network(boot: &mut Boot) -> StepResult {
     let paths = net::Paths::default();
     let report = net::setup(&boot.config, &paths);
     let mut problems = report.problems;
+    if let Some(public) = &report.public {
+        boot.dhcp_ntp = public.lease.ntp.clone();
+    }
     if let Err(error) = report.keeper.spawn() {
         problems.push(format!("cannot start the DHCP keeper thread: {error}"));
     }
@@ -350,6 +366,21 @@ fn step_network(boot: &mut Boot) -> StepResult {
     } else {
         Outcome::Warnings(problems)
     })
+}
+
+/// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
+fn step_clock(boot: &mut Boot) -> StepResult {
+    let (servers, source) = ntp::servers(&boot.dhcp_ntp, &boot.config.ntp_servers);
+    console::info(&format!("clock: asking {} ({source})", servers.join(", ")));
+    Ok(
+        match ntp::start(servers, source, ntp::BOOT_WAIT, ntp::step_clock) {
+            Ok(line) => {
+                console::info(&line);
+                Outcome::Ok
+            }
+            Err(problem) => Outcome::Warnings(vec![problem]),
+        },
+    )
 }
 
 /// /run/buildos/problems (one per line) and /run/buildos/boot.log (init's lines so far).

@@ -246,11 +246,13 @@ fn config(dhcp_wait: u32) -> Config {
 }
 
 #[test]
-fn dhcp_client_gets_address_router_and_dns_from_dnsmasq() {
+fn dhcp_client_gets_address_router_dns_and_ntp_servers_from_dnsmasq() {
     need_root();
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:01");
-    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
+    // dnsmasq sends option 42 only to a client that asks for it.
+    let ntp = "--dhcp-option=option:ntp-server,10.77.0.5,10.77.0.6";
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[ntp]);
     let lease = client.enter(|| {
         let mut netlink = Netlink::open().expect("netlink");
         let c0 = netlink.link("c0").expect("links").expect("c0 is there");
@@ -272,6 +274,10 @@ fn dhcp_client_gets_address_router_and_dns_from_dnsmasq() {
     assert_eq!(lease.server, Ipv4Addr::new(10, 77, 0, 1));
     assert_eq!(lease.router, Some(Ipv4Addr::new(10, 77, 0, 1)));
     assert_eq!(lease.dns, [Ipv4Addr::new(10, 77, 0, 1)]);
+    assert_eq!(
+        lease.ntp,
+        [Ipv4Addr::new(10, 77, 0, 5), Ipv4Addr::new(10, 77, 0, 6)]
+    );
     assert_eq!(lease.times.expire, Duration::from_secs(120));
 }
 

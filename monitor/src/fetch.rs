@@ -272,6 +272,48 @@ fn agent(url: &str, connect: Duration, deadline: Duration) -> ureq::Agent {
     builder.build()
 }
 
+/// The reason ureq gives for a failed request, with a word on the clock when TLS refused the
+/// certificate for its dates: a host whose clock is wrong sees every certificate as expired or
+/// not yet valid, and the fix is the clock, not the server.
+fn failed(url: &str, error: ureq::Error) -> FetchError {
+    let hint = clock_hint(&error).unwrap_or_default();
+    transfer(url, format!("{error}{hint}"))
+}
+
+/// `"; the certificate is not valid at this host's clock ..."` when a TLS error in `error`'s
+/// chain is a certificate's validity period.
+pub fn clock_hint(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use ureq::rustls::{CertificateError, Error as Tls};
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let inner = error
+            .downcast_ref::<io::Error>()
+            .and_then(|e| e.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        let tls = error
+            .downcast_ref::<Tls>()
+            .or_else(|| inner.and_then(|e| e.downcast_ref::<Tls>()));
+        if let Some(Tls::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) = tls
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            return Some(format!(
+                "; the certificate is not valid at this host's clock, which reads {}: is the \
+                 clock right? see the clock lines in /run/buildos/boot.log",
+                crate::mail::rfc2822_date(now)
+            ));
+        }
+        next = inner.or_else(|| error.source());
+    }
+    None
+}
+
 fn transfer(url: &str, reason: impl fmt::Display) -> FetchError {
     let reason = reason.to_string();
     // ureq's own messages name the URL, and a refused https->http redirect says too little.
@@ -313,7 +355,7 @@ pub fn fetch(
                         format!("HTTP {code} {}", response.status_text()),
                     ))
                 }
-                Err(e) => return Err(transfer(&url, e)),
+                Err(e) => return Err(failed(&url, e)),
             };
             if response.status() == 304 {
                 return Ok(Fetched::NotModified);
@@ -635,7 +677,7 @@ fn http_attempt(url: &str, partial: &mut Partial, retry: &Retry) -> Result<(), A
             let status = format!("HTTP {code} {}", response.status_text());
             return Err(transfer(url, status).into());
         }
-        Err(e) => return Err(transfer(url, e).into()),
+        Err(e) => return Err(failed(url, e).into()),
     };
     let resumed = response.status() == 206
         && response

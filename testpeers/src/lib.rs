@@ -2,12 +2,14 @@
 //! server over a directory (ranges, ETags, injected faults, made-up responses such as a
 //! trickle or an endless body, and paths it answers for agents to report on), an HTTPS server
 //! that redirects to plain HTTP ([`TlsRedirect`]), a TFTP server that misbehaves on purpose
-//! ([`tftp::TftpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
+//! ([`tftp::TftpPeer`]), an SNTP server whose clock is off by what a test says
+//! ([`ntp::NtpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
 //! small helpers around them. A test dependency only: nothing here ships in an image.
 
 // Test support: a failed set-up should stop the test right there, with its error.
 #![allow(clippy::unwrap_used)]
 
+pub mod ntp;
 pub mod tftp;
 
 use std::collections::HashMap;
@@ -403,6 +405,16 @@ impl TlsRedirect {
     /// Starts the server; its files (keys, certificates) go to `dir`. `to` is the base the
     /// redirects point to, like `http://127.0.0.1:8080`.
     pub fn start(dir: &Path, to: &str) -> TlsRedirect {
+        TlsRedirect::start_with(dir, to, "1")
+    }
+
+    /// As [`TlsRedirect::start`], with a server certificate that expired a day before it was
+    /// made: what a client whose clock is years ahead sees.
+    pub fn start_expired(dir: &Path, to: &str) -> TlsRedirect {
+        TlsRedirect::start_with(dir, to, "-1")
+    }
+
+    fn start_with(dir: &Path, to: &str, days: &str) -> TlsRedirect {
         std::fs::create_dir_all(dir).unwrap();
         let openssl = |args: &[&str]| {
             let status = Command::new("openssl")
@@ -469,7 +481,7 @@ impl TlsRedirect {
             "ca.key",
             "-CAcreateserial",
             "-days",
-            "1",
+            days,
             "-extfile",
             "cert.ext",
             "-out",

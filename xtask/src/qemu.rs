@@ -25,6 +25,10 @@ pub struct VmConfig {
     /// Boot through the network card's PXE ROM instead of `-kernel`/`-initrd`/`-append`
     /// (`kernel` then only serves the KVM probe, and `append` is unused).
     pub netboot: Option<NetBoot>,
+    /// For a direct boot (not `netboot` or `lan`), an SNTP server on the host (testpeers', the host's clock) that the
+    /// guest is pointed at with `buildos.ntp_server=10.0.2.2:<port>`, so its clock step asks
+    /// no pool on the Internet and waits for nothing; on unless the test names its own server.
+    pub ntp: bool,
     /// Boot over the network from a [`crate::lan::Lan`] (a real dnsmasq and HTTP server in a
     /// network namespace) instead.
     pub lan: Option<LanBoot>,
@@ -96,6 +100,7 @@ impl VmConfig {
             cpus: 1,
             extra: Vec::new(),
             netboot: None,
+            ntp: true,
             lan: None,
             firmware: Firmware::Bios,
         }
@@ -422,6 +427,7 @@ pub struct Vm {
     lines: Receiver<String>,
     console: Arc<Mutex<String>>,
     monitor: PathBuf,
+    _ntp: Option<buildos_testpeers::ntp::NtpPeer>,
     _dir: TempDir,
 }
 
@@ -463,6 +469,18 @@ impl Vm {
         }
         let dir = TempDir::new("buildos-vm")?;
         let monitor = dir.0.join("monitor.sock");
+        let mut config = config.clone();
+        let named = config
+            .append
+            .iter()
+            .any(|p| p.starts_with("buildos.ntp_server="));
+        let ntp =
+            (config.ntp && config.netboot.is_none() && config.lan.is_none() && !named).then(|| {
+                let peer = buildos_testpeers::ntp::NtpPeer::start(Default::default());
+                let param = format!("buildos.ntp_server=10.0.2.2:{}", peer.addr.port());
+                config.append.push(param);
+                peer
+            });
         let mut qemu = config.command(&dir.0)?;
         qemu.args(["-serial", "stdio"])
             .arg("-monitor")
@@ -513,6 +531,7 @@ impl Vm {
             lines,
             console,
             monitor,
+            _ntp: ntp,
             _dir: dir,
         })
     }

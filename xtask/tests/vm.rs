@@ -8,6 +8,15 @@ use std::time::Duration;
 use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::{problems, IMAGE_DIR_VAR, NO_NFT};
 
+/// This year, by the test host's clock.
+fn xtask_utc_year() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // 365.2425 days a year from 1970.
+    (1970 + secs / 31_556_952).to_string()
+}
+
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -48,7 +57,20 @@ fn boot(params: &[&str]) -> Booted {
 }
 
 fn boot_with_disks(params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
-    let mut config = VmConfig::new(&image()).append(params);
+    boot_config(VmConfig::new(&image()).append(params), dir, disks)
+}
+
+/// Boots `config` with the disks a host needs.
+fn boot_host(config: VmConfig) -> Booted {
+    let dir = TempDir::new("buildos-vm-disks").unwrap_or_else(|e| panic!("{e:#}"));
+    let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
+    boot_config(config, dir, &disks)
+}
+
+/// The RTC of the clock tests: years before any certificate the host will see was issued.
+const RTC_2019: &str = "base=2019-01-01T00:00:00";
+
+fn boot_config(mut config: VmConfig, dir: TempDir, disks: &[PathBuf]) -> Booted {
     for disk in disks {
         config = config.disk(disk);
     }
@@ -56,9 +78,16 @@ fn boot_with_disks(params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
     Booted { vm, _disks: dir }
 }
 
+/// Shares its boot with two more checks: the clock of an RTC set years back is set from the
+/// harness's NTP server before ready; and with `console=tty0` last (serial and screen, so
+/// /dev/console is the screen) init's lines still reach ttyS0, which the harness reads.
 #[test]
 fn boot_parses_the_manual_command_line_and_reaches_ready() {
-    let mut vm = boot(&[
+    let mut config = VmConfig::new(&image());
+    config
+        .extra
+        .extend(["-rtc".to_string(), RTC_2019.to_string()]);
+    let mut vm = boot_host(config.append(&[
         "buildos.smtp_relay=example.org",
         "buildos.admin_email=admin@example.org",
         "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid",
@@ -69,7 +98,8 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
         "buildos.controller_url.gcc=https://ci.example.org/b",
         "buildos.cpu_overcommit=3/2",
         "buildos.ssh_key=\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g user@host\"",
-    ]);
+        "console=tty0",
+    ]));
     let first = vm.wait_for("buildos-init: ", BOOT).unwrap();
     assert!(
         first.contains("version "),
@@ -79,6 +109,19 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     let ready = vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
     assert!(ready.ends_with(&problems(&console, 0)), "{ready}");
+    assert!(
+        console.contains("buildos-init: also writing to the consoles ttyS0"),
+        "{console}"
+    );
+    let set = console
+        .lines()
+        .find(|l| l.contains("buildos-init: clock: set from 10.0.2.2:"))
+        .unwrap_or_else(|| panic!("the clock was not set:\n{console}"));
+    assert!(set.contains(": was 2019-01-01 "), "{set}");
+    let this_year = &xtask_utc_year();
+    assert!(set.contains(&format!("; now {this_year}-")), "{set}");
+    let at = |needle: &str| console.find(needle).unwrap_or(usize::MAX);
+    assert!(at("clock: set from") < at("phase services "), "{console}");
     for expected in [
         "config: smtp_relay: example.org",
         "config: admin_email: admin@example.org",
@@ -103,15 +146,27 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     );
 }
 
+/// Shares its boot with the clock when no NTP server answers: boot goes on after the
+/// documented 10 s, and the problem names the server tried and the clock's (2019) value.
 #[test]
 fn bad_values_are_reported_and_boot_goes_on() {
-    let mut vm = boot(&[
+    let silent = buildos_testpeers::ntp::NtpPeer::start(buildos_testpeers::ntp::Script {
+        silent: true,
+        ..Default::default()
+    });
+    let ntp = format!("buildos.ntp_server=10.0.2.2:{}", silent.addr.port());
+    let mut config = VmConfig::new(&image());
+    config
+        .extra
+        .extend(["-rtc".to_string(), RTC_2019.to_string()]);
+    let mut vm = boot_host(config.append(&[
         "buildos.nice=99",
         "buildos.bridge.gcc-12=br0",
         "buildos.cpu_overcommit=lots",
         "buildos.toolchain_url=https://example.org/toolchain.sha256",
         "buildos.instances=2",
-    ]);
+        &ntp,
+    ]));
     let nice = vm
         .wait_for("warning: invalid parameter buildos.nice=99", BOOT)
         .unwrap();
@@ -130,6 +185,25 @@ fn bad_values_are_reported_and_boot_goes_on() {
     }
     // The good value next to the bad ones still counts.
     assert!(console.contains("instances=2"), "{console}");
+    let port = silent.addr.port();
+    assert!(
+        console.contains(&format!(
+            "warning: clock: no NTP server answered within 10 s (from buildos.ntp_server: \
+             10.0.2.2:{port} (10.0.2.2:{port}: no answer within 2 s)); the clock reads 2019-01-01 "
+        )),
+        "{console}"
+    );
+    let phase = console
+        .lines()
+        .find(|l| l.contains("phase clock warnings"))
+        .unwrap_or_else(|| panic!("no clock phase:\n{console}"));
+    let took: f64 = phase
+        .rsplit("took ")
+        .next()
+        .and_then(|t| t.trim_end_matches(" ms").parse().ok())
+        .unwrap_or_else(|| panic!("{phase}"));
+    assert!(took < 12_000.0, "{phase}");
+    assert!(silent.requests.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub struct Lease {
     pub prefix: u8,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    /// Option 42: the NTP servers the clock is set from, unicast addresses only.
+    pub ntp: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub hostname: Option<String>,
     pub server: Ipv4Addr,
@@ -288,6 +290,7 @@ impl Client {
             OptionCode::DomainNameServer,
             OptionCode::Hostname,
             OptionCode::DomainName,
+            OptionCode::NtpServers,
             OptionCode::AddressLeaseTime,
             OptionCode::Renewal,
             OptionCode::Rebinding,

@@ -276,6 +276,7 @@ mod tests {
             prefix: 24,
             router: Some(Ipv4Addr::new(10, 0, 2, 2)),
             dns: vec![Ipv4Addr::new(10, 0, 2, 3)],
+            ntp: Vec::new(),
             domain: Some("example.org".into()),
             hostname: None,
             server: Ipv4Addr::new(10, 0, 2, 2),

@@ -34,6 +34,7 @@ pub const ROUTER: u8 = 3;
 pub const DNS: u8 = 6;
 pub const HOST_NAME: u8 = 12;
 pub const DOMAIN_NAME: u8 = 15;
+pub const NTP_SERVERS: u8 = 42;
 pub const LEASE_TIME: u8 = 51;
 pub const MESSAGE_TYPE: u8 = 53;
 pub const SERVER_ID: u8 = 54;
@@ -57,6 +58,7 @@ const OPTIONS: &[(u8, &str, Shape)] = &[
     (DNS, "domain name server", Shape::ListOf(4)),
     (HOST_NAME, "host name", Shape::Text),
     (DOMAIN_NAME, "domain name", Shape::Text),
+    (NTP_SERVERS, "NTP servers", Shape::ListOf(4)),
     (LEASE_TIME, "lease time", Shape::Exactly(4)),
     (MESSAGE_TYPE, "message type", Shape::Exactly(1)),
     (SERVER_ID, "server identifier", Shape::Exactly(4)),
@@ -351,6 +353,7 @@ pub fn lease_of(ack: &Reply, offer: Option<&Reply>, server: Ipv4Addr, now: Insta
     };
     let router = addresses(ROUTER).first().copied();
     let dns = addresses(DNS);
+    let ntp = addresses(NTP_SERVERS);
     let mut name = |code: u8, ok: fn(&str) -> bool, expected: &str| -> Option<String> {
         let bytes = get(code)?;
         // Servers that pad names with NULs, and a domain's root dot, are common and harmless.
@@ -399,6 +402,7 @@ pub fn lease_of(ack: &Reply, offer: Option<&Reply>, server: Ipv4Addr, now: Insta
         prefix,
         router,
         dns,
+        ntp,
         domain,
         hostname,
         server,
@@ -626,6 +630,30 @@ mod tests {
             lease_from(&[(SUBNET_MASK, &[255, 255, 255, 255])]).prefix,
             32
         );
+    }
+
+    #[test]
+    fn lease_reads_ntp_servers_and_leaves_out_what_is_not_unicast() {
+        let lease = lease_from(&[(NTP_SERVERS, &[10, 0, 0, 5, 255, 255, 255, 255, 10, 0, 0, 6])]);
+        assert_eq!(
+            lease.ntp,
+            [Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::new(10, 0, 0, 6)]
+        );
+        assert_eq!(
+            lease.rejected,
+            [
+                "DHCP server 10.0.0.1 sent option 42 (NTP servers) 255.255.255.255: expected a \
+              unicast IPv4 address; left out"
+            ]
+        );
+        assert_eq!(
+            dropped(&offer(&[(NTP_SERVERS, &[10, 0, 0, 5, 1])])),
+            Dropped::BadOption {
+                code: NTP_SERVERS,
+                len: 5
+            }
+        );
+        assert_eq!(lease_from(&[]).ntp, Vec::<Ipv4Addr>::new());
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Host names to addresses without glibc's NSS: the monitor is a static binary in an image
-//! with no NSS modules, where `getaddrinfo` cannot use DNS. Literal addresses are used as they
-//! are; names are looked up in `/etc/hosts`, then asked of the nameservers in
+//! Host names to addresses without glibc's NSS: init and the monitor are static binaries in an
+//! image with no NSS modules, where `getaddrinfo` cannot use DNS. Literal addresses are used as
+//! they are; names are looked up in `/etc/hosts`, then asked of the nameservers in
 //! `/etc/resolv.conf` (A records, over UDP).
 //!
 //! Each query has a random transaction id and goes out from a random port (the kernel's
