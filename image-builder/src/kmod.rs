@@ -416,7 +416,11 @@ impl ModuleDb {
             let class = class.as_ref().trim_matches('/');
             let prefix = format!("kernel/{class}/");
             let before = found.len();
-            found.extend(self.modules.values().filter(|m| m.path.starts_with(&prefix)));
+            found.extend(
+                self.modules
+                    .values()
+                    .filter(|m| m.path.starts_with(&prefix)),
+            );
             if found.len() == before {
                 return Err(KmodError::EmptyClass {
                     class: class.to_string(),
@@ -1173,7 +1177,10 @@ mod tests {
         // A soft dependency is optional: excluding it leaves it out, the rest stays.
         let got = db.select(&["btrfs"], &[], &["crc32c_generic"]).unwrap();
         assert_eq!(names(&got), vec!["raid6_pq", "xor", "libcrc32c", "btrfs"]);
-        let err = db.select(&["tun"], &[], &["brige"]).unwrap_err().to_string();
+        let err = db
+            .select(&["tun"], &[], &["brige"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("module brige is neither"), "{err}");
     }
 

@@ -216,7 +216,11 @@ pub fn unclaimed(sys: &Path, aliases: &Aliases) -> Vec<Unclaimed> {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default(),
-                    id: format!("{}:{}", hex(read(&dir, "vendor")), hex(read(&dir, "device"))),
+                    id: format!(
+                        "{}:{}",
+                        hex(read(&dir, "vendor")),
+                        hex(read(&dir, "device"))
+                    ),
                     class,
                     matching: aliases
                         .modules_for(&modalias)
@@ -668,9 +672,19 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
         let sys = sys.path();
         // Claimed: an e1000 and a virtio disk. Unclaimed: an RTL8139 NIC and a MegaRAID
         // controller. Unclaimed but neither network nor storage: a VGA and a host bridge.
-        pci_device(sys, "0000:00:02.0", ("8086", "100e", "020000"), Some("e1000"));
+        pci_device(
+            sys,
+            "0000:00:02.0",
+            ("8086", "100e", "020000"),
+            Some("e1000"),
+        );
         pci_device(sys, "0000:00:03.0", ("10ec", "8139", "020000"), None);
-        pci_device(sys, "0000:00:04.0", ("1af4", "1001", "010000"), Some("virtio-pci"));
+        pci_device(
+            sys,
+            "0000:00:04.0",
+            ("1af4", "1001", "010000"),
+            Some("virtio-pci"),
+        );
         pci_device(sys, "0000:00:05.0", ("1000", "005b", "010400"), None);
         pci_device(sys, "0000:00:01.0", ("1234", "1111", "030000"), None);
         pci_device(sys, "0000:00:00.0", ("8086", "1237", "060000"), None);
@@ -702,7 +716,9 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
         let found = unclaimed(sys.path(), &Aliases::parse(ALIAS));
         assert_eq!(found.len(), 1);
         assert!(
-            found[0].problem().ends_with(": e1000 matched it but did not bind"),
+            found[0]
+                .problem()
+                .ends_with(": e1000 matched it but did not bind"),
             "{}",
             found[0].problem()
         );
