@@ -79,6 +79,9 @@ enum Task {
         /// Run only the property tests of the parsers of untrusted input, longer than the tests do
         #[arg(long)]
         fuzz_only: bool,
+        /// Measure only the default image's driver classes against the hand-picked drivers
+        #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only"])]
+        classes_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -129,12 +132,15 @@ fn main() -> ExitCode {
             monitor_only,
             compression_only,
             fuzz_only,
+            classes_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
             xtask::bench::Only::Compression
         } else if fuzz_only {
             xtask::bench::Only::Fuzz
+        } else if classes_only {
+            xtask::bench::Only::Classes
         } else {
             xtask::bench::Only::All
         }),
