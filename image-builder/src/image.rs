@@ -104,6 +104,11 @@ pub struct ImageSpec {
     pub extra_debs: Vec<DebFiles>,
     /// Modules to include, with everything they depend on. Built-in ones are accepted.
     pub modules: Vec<String>,
+    /// Driver classes: directories of the kernel's module tree below `kernel/` (like
+    /// `drivers/net/ethernet`) whose every module is included too.
+    pub classes: Vec<String>,
+    /// Modules left out of `modules` and `classes` by name.
+    pub exclude: Vec<String>,
     /// Entries added as given (e.g. `/init`).
     pub entries: Vec<InitrdEntry>,
     /// Every mtime in the initrd.
@@ -127,6 +132,8 @@ impl ImageSpec {
             kernel_deb: kernel_deb.into(),
             extra_debs: Vec::new(),
             modules: Vec::new(),
+            classes: Vec::new(),
+            exclude: Vec::new(),
             entries: Vec::new(),
             source_date_epoch,
             compression: Compression::default(),
@@ -262,9 +269,15 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     let version = package.version().to_string();
     let db = &package.db;
     let closure = db
-        .closure(&spec.modules)
+        .select(&spec.modules, &spec.classes, &spec.exclude)
         .map_err(|source| ImageError::Modules {
-            modules: spec.modules.clone(),
+            modules: spec
+                .modules
+                .iter()
+                .cloned()
+                .chain(spec.classes.iter().map(|c| format!("class {c}")))
+                .chain(spec.exclude.iter().map(|e| format!("not {e}")))
+                .collect(),
             version: version.clone(),
             source: Box::new(source),
         })?;

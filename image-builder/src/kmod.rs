@@ -86,6 +86,20 @@ pub enum KmodError {
     },
     #[error("modules of kernel {version} depend on each other in a cycle: {}", .chain.join(" -> "))]
     DependencyCycle { chain: Vec<String>, version: String },
+    #[error(
+        "driver class {class} holds no module of kernel {version}; expected a directory of its \
+         module tree below kernel/, like drivers/net/ethernet"
+    )]
+    EmptyClass { class: String, version: String },
+    #[error(
+        "module {module} is excluded, but {needed_by}, which the image carries, needs it; \
+         exclude {needed_by} too or carry {module}"
+    )]
+    ExcludedButNeeded {
+        module: String,
+        needed_by: String,
+        version: String,
+    },
 }
 
 fn did_you_mean(suggestions: &[String]) -> String {
@@ -391,6 +405,83 @@ impl ModuleDb {
     /// following soft dependencies. Built-in names are accepted and left out.
     pub fn closure<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<Module>, KmodError> {
         self.closure_with(names, Softdeps::Follow)
+    }
+
+    /// The loadable modules under each driver class, a directory of the module tree below
+    /// `kernel/` such as `drivers/net/ethernet`, by path. A class that holds no module is an
+    /// error: a typo would otherwise drop a whole class without a word.
+    pub fn in_classes<S: AsRef<str>>(&self, classes: &[S]) -> Result<Vec<&Module>, KmodError> {
+        let mut found: Vec<&Module> = Vec::new();
+        for class in classes {
+            let class = class.as_ref().trim_matches('/');
+            let prefix = format!("kernel/{class}/");
+            let before = found.len();
+            found.extend(
+                self.modules
+                    .values()
+                    .filter(|m| m.path.starts_with(&prefix)),
+            );
+            if found.len() == before {
+                return Err(KmodError::EmptyClass {
+                    class: class.to_string(),
+                    version: self.version.clone(),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        found.dedup_by(|a, b| a.name == b.name);
+        Ok(found)
+    }
+
+    /// What an image carries: the `named` modules, every module of the `classes`, less the
+    /// `excluded` ones, closed over their dependencies in load order (see
+    /// [`ModuleDb::closure`]). An excluded name must be a module of this kernel, and no carried
+    /// module may need it as a hard dependency; a soft dependency on it is dropped.
+    pub fn select<S: AsRef<str>>(
+        &self,
+        named: &[S],
+        classes: &[S],
+        excluded: &[S],
+    ) -> Result<Vec<Module>, KmodError> {
+        let mut out_names: BTreeSet<String> = BTreeSet::new();
+        for name in excluded {
+            let name = name.as_ref();
+            if self.get(name).is_none() && !self.is_builtin(name) {
+                return Err(KmodError::UnknownModule {
+                    name: name.to_string(),
+                    version: self.version.clone(),
+                    suggestions: self.suggest(name),
+                });
+            }
+            out_names.insert(normalize_name(name));
+        }
+        let mut wanted: Vec<String> = named
+            .iter()
+            .map(|n| n.as_ref().to_string())
+            .filter(|n| !out_names.contains(&normalize_name(n)))
+            .collect();
+        wanted.extend(
+            self.in_classes(classes)?
+                .into_iter()
+                .filter(|m| !out_names.contains(&m.name))
+                .map(|m| m.name.clone()),
+        );
+        let closure = self.closure(&wanted)?;
+        let carried: BTreeSet<&str> = closure.iter().map(|m| m.name.as_str()).collect();
+        for module in out_names.iter().filter(|n| carried.contains(n.as_str())) {
+            // Only a soft dependency brought it in when no carried module depends on it.
+            if let Some(user) = closure.iter().find(|m| m.depends.contains(module)) {
+                return Err(KmodError::ExcludedButNeeded {
+                    module: module.clone(),
+                    needed_by: user.name.clone(),
+                    version: self.version.clone(),
+                });
+            }
+        }
+        Ok(closure
+            .into_iter()
+            .filter(|m| !out_names.contains(&m.name))
+            .collect())
     }
 
     /// Like [`ModuleDb::closure`], choosing whether to follow soft dependencies.
@@ -1042,6 +1133,55 @@ mod tests {
                 ("zz", vec!["a_b".to_string()])
             );
         }
+    }
+
+    #[test]
+    fn classes_carry_every_module_under_their_directory_less_the_excluded() {
+        let (_dir, db) = db();
+        let got = db
+            .select(&["tun"], &["drivers/nvme", "net/802/"], &[])
+            .unwrap();
+        assert_eq!(names(&got), vec!["tun", "nvme_core", "nvme", "llc", "stp"]);
+        let got = db.select(&["tun"], &["drivers/nvme"], &["nvme"]).unwrap();
+        assert_eq!(names(&got), vec!["tun", "nvme_core"]);
+    }
+
+    #[test]
+    fn class_that_holds_no_module_is_an_error_naming_it() {
+        let (_dir, db) = db();
+        let err = db
+            .select(&["tun"], &["drivers/net/etherent"], &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "driver class drivers/net/etherent holds no module of kernel {VERSION}; expected \
+                 a directory of its module tree below kernel/, like drivers/net/ethernet"
+            )
+        );
+    }
+
+    #[test]
+    fn excluding_a_dependency_of_a_carried_module_is_an_error_naming_both() {
+        let (_dir, db) = db();
+        let err = db
+            .select(&["bridge"], &[], &["llc"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "module llc is excluded, but stp, which the image carries, needs it; exclude stp \
+             too or carry llc"
+        );
+        // A soft dependency is optional: excluding it leaves it out, the rest stays.
+        let got = db.select(&["btrfs"], &[], &["crc32c_generic"]).unwrap();
+        assert_eq!(names(&got), vec!["raid6_pq", "xor", "libcrc32c", "btrfs"]);
+        let err = db
+            .select(&["tun"], &[], &["brige"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("module brige is neither"), "{err}");
     }
 
     #[test]

@@ -145,6 +145,97 @@ pub fn matching<'a>(
     wanted
 }
 
+/// A PCI network or storage controller that no driver claimed after the modules step: the
+/// image carries no module for it (or its module failed), so its disks or its link never appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unclaimed {
+    /// The PCI address, like `0000:00:03.0`.
+    pub address: String,
+    /// `vendor:device` in lower-case hex, like `10ec:8139`, as `lspci -nn` shows it.
+    pub id: String,
+    /// The class code, six hex digits, like `020000`.
+    pub class: String,
+    pub modalias: String,
+    /// The image's modules whose aliases match it: none when the image has no driver for it,
+    /// else drivers that were loaded and did not bind (their failure is a problem of its own).
+    pub matching: Vec<String>,
+}
+
+impl Unclaimed {
+    /// What kind of controller the class code says this is.
+    fn kind(&self) -> &'static str {
+        if self.class.starts_with("02") {
+            "network"
+        } else {
+            "storage"
+        }
+    }
+
+    /// The problem line, for the console and the host-up mail.
+    pub fn problem(&self) -> String {
+        let why = if self.matching.is_empty() {
+            "the image carries no module whose modules.alias matches it; add its driver to the \
+             profile's modules"
+                .to_owned()
+        } else {
+            format!("{} matched it but did not bind", self.matching.join(", "))
+        };
+        format!(
+            "no driver for {} controller {} [{}] class {} ({}): {why}",
+            self.kind(),
+            self.address,
+            self.id,
+            self.class,
+            self.modalias
+        )
+    }
+}
+
+/// Every PCI device under `sys` (normally /sys) of class 01xxxx (storage) or 02xxxx
+/// (network) that has no `driver` link, by address. A value sysfs gives that is not what the
+/// kernel writes (a class that is not hex) is shown as read, never a reason to skip the device.
+pub fn unclaimed(sys: &Path, aliases: &Aliases) -> Vec<Unclaimed> {
+    let read = |dir: &Path, name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let hex = |text: String| text.trim_start_matches("0x").to_ascii_lowercase();
+    let mut found: Vec<Unclaimed> = entries(&sys.join("bus/pci/devices"))
+        .into_iter()
+        .filter_map(|dir| {
+            let class = hex(read(&dir, "class"));
+            let wanted = class.len() == 6 && (class.starts_with("01") || class.starts_with("02"));
+            // symlink_metadata: the link itself, so a driver whose directory went away still
+            // counts as a claim.
+            let claimed = std::fs::symlink_metadata(dir.join("driver")).is_ok();
+            (wanted && !claimed).then(|| {
+                let modalias = read(&dir, "modalias");
+                Unclaimed {
+                    address: dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    id: format!(
+                        "{}:{}",
+                        hex(read(&dir, "vendor")),
+                        hex(read(&dir, "device"))
+                    ),
+                    class,
+                    matching: aliases
+                        .modules_for(&modalias)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                    modalias,
+                }
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.address.cmp(&b.address));
+    found
+}
+
 /// How loading one module went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
@@ -168,6 +259,8 @@ pub struct Report {
     pub other_problems: Vec<String>,
     /// How long each module took, slowest first.
     pub timings: Vec<(std::time::Duration, String)>,
+    /// Network and storage controllers left without a driver once every driver was loaded.
+    pub unclaimed: Vec<Unclaimed>,
 }
 
 impl Report {
@@ -198,6 +291,7 @@ impl Report {
             })
             .collect();
         lines.extend(self.other_problems.iter().cloned());
+        lines.extend(self.unclaimed.iter().map(Unclaimed::problem));
         lines
     }
 
@@ -431,6 +525,9 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report
             .push(format!("cannot start a thread to load modules: {error}")),
     }
     report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+    // Every driver the devices asked for is loaded now: a network or storage controller left
+    // without one is hardware this image cannot use, and the operator hears which.
+    report.unclaimed = unclaimed(sys, &tables.aliases);
     Ok(report)
 }
 
@@ -535,6 +632,95 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
                 "crc32c_generic".to_owned(),
                 "kernel/crypto/crc32c_generic.ko".to_owned()
             )
+        );
+    }
+
+    /// A PCI device in a fake sysfs: its directory, the bus's link to it, and a driver link
+    /// when `driver` names one.
+    fn pci_device(sys: &Path, address: &str, ids: (&str, &str, &str), driver: Option<&str>) {
+        let dir = sys.join("devices/pci0000:00").join(address);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (vendor, device, class) = ids;
+        std::fs::write(dir.join("vendor"), format!("0x{vendor}\n")).unwrap();
+        std::fs::write(dir.join("device"), format!("0x{device}\n")).unwrap();
+        std::fs::write(dir.join("class"), format!("0x{class}\n")).unwrap();
+        std::fs::write(
+            dir.join("modalias"),
+            format!(
+                "pci:v0000{}d0000{}sv00001AF4sd00001100bc{}sc{}i{}\n",
+                vendor.to_uppercase(),
+                device.to_uppercase(),
+                &class[0..2],
+                &class[2..4],
+                &class[4..6]
+            ),
+        )
+        .unwrap();
+        if let Some(driver) = driver {
+            let target = sys.join("bus/pci/drivers").join(driver);
+            std::fs::create_dir_all(&target).unwrap();
+            std::os::unix::fs::symlink(&target, dir.join("driver")).unwrap();
+        }
+        let bus = sys.join("bus/pci/devices");
+        std::fs::create_dir_all(&bus).unwrap();
+        std::os::unix::fs::symlink(&dir, bus.join(address)).unwrap();
+    }
+
+    #[test]
+    fn network_and_storage_controllers_without_a_driver_are_reported() {
+        let sys = tempfile::tempdir().unwrap();
+        let sys = sys.path();
+        // Claimed: an e1000 and a virtio disk. Unclaimed: an RTL8139 NIC and a MegaRAID
+        // controller. Unclaimed but neither network nor storage: a VGA and a host bridge.
+        pci_device(
+            sys,
+            "0000:00:02.0",
+            ("8086", "100e", "020000"),
+            Some("e1000"),
+        );
+        pci_device(sys, "0000:00:03.0", ("10ec", "8139", "020000"), None);
+        pci_device(
+            sys,
+            "0000:00:04.0",
+            ("1af4", "1001", "010000"),
+            Some("virtio-pci"),
+        );
+        pci_device(sys, "0000:00:05.0", ("1000", "005b", "010400"), None);
+        pci_device(sys, "0000:00:01.0", ("1234", "1111", "030000"), None);
+        pci_device(sys, "0000:00:00.0", ("8086", "1237", "060000"), None);
+        let aliases = Aliases::parse(ALIAS);
+        let found = unclaimed(sys, &aliases);
+        assert_eq!(
+            found.iter().map(Unclaimed::problem).collect::<Vec<_>>(),
+            [
+                "no driver for network controller 0000:00:03.0 [10ec:8139] class 020000 \
+                 (pci:v000010ECd00008139sv00001AF4sd00001100bc02sc00i00): the image carries no \
+                 module whose modules.alias matches it; add its driver to the profile's modules",
+                "no driver for storage controller 0000:00:05.0 [1000:005b] class 010400 \
+                 (pci:v00001000d0000005Bsv00001AF4sd00001100bc01sc04i00): the image carries no \
+                 module whose modules.alias matches it; add its driver to the profile's modules",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_pci_bus_means_nothing_unclaimed() {
+        let sys = tempfile::tempdir().unwrap();
+        assert_eq!(unclaimed(sys.path(), &Aliases::parse(ALIAS)), []);
+    }
+
+    #[test]
+    fn controller_whose_driver_did_not_bind_names_the_driver() {
+        let sys = tempfile::tempdir().unwrap();
+        pci_device(sys.path(), "0000:00:02.0", ("8086", "100e", "020000"), None);
+        let found = unclaimed(sys.path(), &Aliases::parse(ALIAS));
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0]
+                .problem()
+                .ends_with(": e1000 matched it but did not bind"),
+            "{}",
+            found[0].problem()
         );
     }
 

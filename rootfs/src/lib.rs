@@ -150,13 +150,34 @@ pub struct Modules {
     /// Drivers carried in the image and loaded only when a device's modalias asks for them.
     #[serde(default)]
     pub hardware: Vec<String>,
+    /// Driver classes: directories of the kernel's module tree below `kernel/`, such as
+    /// `drivers/net/ethernet`; every module under one is carried like a `hardware` module.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Modules left out of the classes and the `hardware` list by name.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 impl Modules {
-    /// Every module the image carries (before the dependency closure).
+    /// Every module the image carries by name (before the classes and the dependency closure).
     pub fn carried(&self) -> Vec<String> {
         self.boot.iter().chain(&self.hardware).cloned().collect()
     }
+}
+
+/// Whether `class` is a well-formed driver class: a relative path of plain names, like
+/// `drivers/net/ethernet`.
+fn valid_class(class: &str) -> bool {
+    !class.is_empty()
+        && class.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        })
 }
 
 #[derive(Debug)]
@@ -336,6 +357,28 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
     if profile.modules.boot.is_empty() {
         return Err(invalid("modules.boot names no module".to_owned()));
     }
+    for class in &profile.modules.classes {
+        if !valid_class(class) {
+            return Err(invalid(format!(
+                "modules.classes entry {class:?} is not a directory of the kernel's module tree \
+                 below kernel/, like \"drivers/net/ethernet\""
+            )));
+        }
+    }
+    let normal = |name: &str| name.replace('-', "_");
+    for excluded in &profile.modules.exclude {
+        if let Some(boot) = profile
+            .modules
+            .boot
+            .iter()
+            .find(|b| normal(b) == normal(excluded))
+        {
+            return Err(invalid(format!(
+                "modules.exclude names {excluded:?}, which modules.boot loads on every host as \
+                 {boot:?}; remove it from one of the two"
+            )));
+        }
+    }
     Ok(profile)
 }
 
@@ -426,15 +469,9 @@ mod tests {
             "btrfs",
             "bridge",
             "tun",
-            "e1000",
-            "e1000e",
             "virtio_net",
             "virtio_blk",
-            "virtio_pci",
-            "ahci",
-            "ata_piix",
             "sd_mod",
-            "nvme",
             "nft_chain_nat",
             "nft_masq",
         ] {
@@ -451,17 +488,27 @@ mod tests {
         for module in ["btrfs", "ext4", "bridge", "tun", "nft_masq", "sd_mod"] {
             assert!(profile.modules.boot.iter().any(|m| m == module), "{module}");
         }
-        for module in [
-            "e1000",
-            "virtio_net",
-            "ahci",
-            "nvme",
-            "kvm_intel",
-            "usb_storage",
-        ] {
+        for module in ["virtio_net", "virtio_blk", "kvm_intel", "kvm_amd"] {
             assert!(
                 profile.modules.hardware.iter().any(|m| m == module),
                 "{module}"
+            );
+        }
+        for class in [
+            "drivers/net/ethernet",
+            "drivers/scsi",
+            "drivers/ata",
+            "drivers/nvme/host",
+            "drivers/mmc",
+            "drivers/usb/storage",
+            "drivers/virtio",
+            "drivers/hv",
+            "drivers/net/hyperv",
+            "drivers/net/vmxnet3",
+        ] {
+            assert!(
+                profile.modules.classes.iter().any(|c| c == class),
+                "{class}"
             );
         }
     }
@@ -646,6 +693,26 @@ mod tests {
         let error = parse("x", &bad).unwrap_err().to_string();
         assert!(
             error.contains("\"os-relase\" is not in rootfs/templates/"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_driver_class_and_excluded_boot_module_are_rejected_with_the_value() {
+        let text = include_str!("../profiles/debian.toml");
+        let bad = text.replace("\"drivers/ata\"", "\"/drivers/../ata\"");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "modules.classes entry \"/drivers/../ata\" is not a directory of the kernel's \
+                 module tree below kernel/"
+            ),
+            "{error}"
+        );
+        let bad = text.replace("[modules]\n", "[modules]\nexclude = [\"nf-tables\"]\n");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("modules.exclude names \"nf-tables\", which modules.boot loads"),
             "{error}"
         );
     }

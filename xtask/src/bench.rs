@@ -45,6 +45,7 @@ pub enum Only {
     Fuzz,
     Pxe,
     Compression,
+    Classes,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -60,6 +61,10 @@ pub fn run(only: Only) -> Result<()> {
         Only::Compression => {
             system::ensure(&[system::APT, system::QEMU, system::MMDEBSTRAP])?;
             return compression();
+        }
+        Only::Classes => {
+            system::ensure(&[system::APT, system::MMDEBSTRAP])?;
+            return driver_classes();
         }
         Only::All => {}
     }
@@ -186,6 +191,7 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (anchor: buildos.storage_wait, the default bound on waiting for disks)");
     println!("  (the figures above are of the minimal profile)");
     debian()?;
+    driver_classes()?;
     compression()?;
     monitor()?;
     fuzz()
@@ -570,6 +576,97 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The drivers the profiles carried by name before driver classes: the anchor of
+/// [`driver_classes`].
+const HAND_PICKED: &[&str] = &[
+    "ahci",
+    "ata_piix",
+    "nvme",
+    "virtio_blk",
+    "virtio_pci",
+    "xhci_pci",
+    "ehci_pci",
+    "usb_storage",
+    "uas",
+    "sdhci_pci",
+    "mmc_block",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "r8169",
+    "tg3",
+    "virtio_net",
+    "kvm_intel",
+    "kvm_amd",
+];
+
+/// The default profile's driver classes against the hand-picked list they replaced: the
+/// initrd's size and assembly time (best of two) with each, and what each class costs, as the
+/// initrd without it.
+pub fn driver_classes() -> Result<()> {
+    let out = crate::work_dir().join("bench-image-classes");
+    let mut inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
+    let profile = inputs.profile.clone();
+    let best = |inputs: &image::Inputs| -> Result<image::Built> {
+        let first = image::assemble(inputs, &out)?;
+        let second = image::assemble(inputs, &out)?;
+        Ok(if first.assembly < second.assembly {
+            first
+        } else {
+            second
+        })
+    };
+    let classes = best(&inputs)?;
+    inputs.profile.modules.classes.clear();
+    inputs.profile.modules.hardware = HAND_PICKED.iter().map(|m| m.to_string()).collect();
+    let anchor = best(&inputs)?;
+    let (size, anchor_size) = (classes.output.initrd_size, anchor.output.initrd_size);
+    println!();
+    println!(
+        "driver classes ({:<8})        classes      anchor       ratio   target",
+        profile.name
+    );
+    println!(
+        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB  {:>6.2}   < 1.3 ({})",
+        size as f64 / 1e6,
+        anchor_size as f64 / 1e6,
+        size as f64 / anchor_size as f64,
+        verdict((size as f64) < 1.3 * anchor_size as f64)
+    );
+    println!(
+        "image assembly time             {:>8.2} s   {:>8.2} s   {:>6.2}",
+        classes.assembly.as_secs_f64(),
+        anchor.assembly.as_secs_f64(),
+        classes.assembly.as_secs_f64() / anchor.assembly.as_secs_f64(),
+    );
+    println!(
+        "modules carried                 {:>8}     {:>8}",
+        classes.output.modules.len(),
+        anchor.output.modules.len()
+    );
+    println!(
+        "  (anchor: the same profile with the {} drivers it named before classes)",
+        HAND_PICKED.len()
+    );
+    for class in &profile.modules.classes {
+        inputs.profile = profile.clone();
+        inputs.profile.modules.classes.retain(|c| c != class);
+        let built = image::assemble(&inputs, &out)?;
+        println!(
+            "  class {class:<24}  {:>6.1} MB of the initrd, {:>4} modules",
+            size.saturating_sub(built.output.initrd_size) as f64 / 1e6,
+            classes
+                .output
+                .modules
+                .len()
+                .saturating_sub(built.output.modules.len())
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
 }
 
 /// The debian profile's figures.

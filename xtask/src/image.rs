@@ -191,6 +191,8 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     let mut spec = builder::ImageSpec::new(&inputs.kernel_deb, out, inputs.source_date_epoch);
     spec.compression = inputs.compression;
     spec.modules = inputs.profile.modules.carried();
+    spec.classes = inputs.profile.modules.classes.clone();
+    spec.exclude = inputs.profile.modules.exclude.clone();
     spec.entries = vec![
         InitrdEntry::File {
             path: "/init".into(),

@@ -83,6 +83,9 @@ enum Task {
         /// with iPXE and UEFI with Secure Boot
         #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only"])]
         pxe_only: bool,
+        /// Measure only the default image's driver classes against the hand-picked drivers
+        #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only", "pxe_only"])]
+        classes_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             compression_only,
             fuzz_only,
             pxe_only,
+            classes_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -142,6 +146,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Fuzz
         } else if pxe_only {
             xtask::bench::Only::Pxe
+        } else if classes_only {
+            xtask::bench::Only::Classes
         } else {
             xtask::bench::Only::All
         }),
