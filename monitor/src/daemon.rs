@@ -531,7 +531,6 @@ pub fn run(options: Options) -> String {
         });
     }
     drop(events);
-    console::idle(&config);
     console::polling(&watches, interval);
 
     let host = options.host.clone().unwrap_or_else(slices::detect_host);
@@ -605,6 +604,8 @@ pub fn run(options: Options) -> String {
                         .unwrap_or_default(),
                     agent_key: Some(agent_key.clone()),
                 }));
+                // After the host-up mail's line: with nothing to poll, the monitor's last.
+                console::idle(&config);
             }
         }
         write_status(&toolchains, &agents.supervisors, &watches);

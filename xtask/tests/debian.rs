@@ -51,11 +51,15 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     vm.wait_for("debug shell on the console", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     // With no toolchain URL the monitor says once that it is idle, and how to give it work; it
-    // is its last line, so the shell's output below is not interleaved with the monitor's.
+    // is its last line, after the host-up mail's, so the shell's output below is not
+    // interleaved with the monitor's. The shell's prompt may share its line.
     let idle = wait_until("the monitor's idle line", BOOT, || {
         vm.console()
             .lines()
-            .find(|l| l.starts_with("buildos-monitor: idle: "))
+            .find_map(|l| {
+                l.split_once("buildos-monitor: idle: ")
+                    .map(|(_, idle)| idle)
+            })
             .map(str::to_owned)
     });
     assert!(idle.contains("buildos.toolchain_url="), "{idle}");
