@@ -19,17 +19,7 @@ pub fn hostname_from_mac(mac: [u8; 6]) -> String {
 /// and `-`, each 1 to 63 long and not starting or ending with `-`, at most 64 in all (what
 /// sethostname and `buildos.hostname` accept).
 pub fn hostname_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    name.len() <= 64 && super::reply::domain_ok(name)
 }
 
 /// The addresses dnsmasq hands out on br1: the half of the subnet's host addresses that does
