@@ -71,14 +71,18 @@ enum Task {
     /// Measure image size, assembly and boot time, and the monitor, against their anchors
     Bench {
         /// Measure only the monitor's figures (no image, no QEMU)
-        #[arg(long, conflicts_with_all = ["fuzz_only", "compression_only"])]
+        #[arg(long, conflicts_with_all = ["fuzz_only", "compression_only", "agents_only"])]
         monitor_only: bool,
         /// Measure only the initrd's compressors on the default image
-        #[arg(long, conflicts_with = "fuzz_only")]
+        #[arg(long, conflicts_with_all = ["fuzz_only", "agents_only"])]
         compression_only: bool,
         /// Run only the property tests of the parsers of untrusted input, longer than the tests do
-        #[arg(long)]
+        #[arg(long, conflicts_with = "agents_only")]
         fuzz_only: bool,
+        /// Measure only agents that build: the compiler's image beside the profile without it,
+        /// and an agent's start to its machine's DHCP lease beside root's same boot
+        #[arg(long)]
+        agents_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -129,12 +133,15 @@ fn main() -> ExitCode {
             monitor_only,
             compression_only,
             fuzz_only,
+            agents_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
             xtask::bench::Only::Compression
         } else if fuzz_only {
             xtask::bench::Only::Fuzz
+        } else if agents_only {
+            xtask::bench::Only::Agents
         } else {
             xtask::bench::Only::All
         }),
