@@ -223,26 +223,25 @@ impl Drop for Devel {
 }
 
 /// The test machine's boot, sourced by the agent and by root on the console: the same QEMU
-/// command line either way. Defines `now` and `since` (seconds of /proc/uptime), and
+/// command line either way. Times are seconds of /proc/uptime, read with the shell's `read`
+/// (no process started, so taking a time costs none). Defines
 ///
 /// - `machine_start <toolchain> <suffix> <bridge> <mac>`: snapshots the bootstrapped machine
 ///   `tiny-<toolchain>` (made from `tiny-1` first, as manual 5 does) to
 ///   `tiny-<toolchain>-<suffix>` and starts QEMU from it on `<bridge>` through QEMU's bridge
 ///   helper, in the background: `$snap`, `$q` (QEMU's pid), `$accel`, `$booted` (its start);
 /// - `machine_lease <mac>`: waits for the host's dnsmasq to lease `<mac>` on br1, checking its
-///   leases file every 0.1 s, and prints the address;
+///   leases file every 0.1 s, and prints the address and the time it saw the lease;
 /// - `machine_stop`: stops QEMU and deletes the snapshot.
 pub const MACHINE: &str = r#"# The test machine: its boot, the same for the agent and for root.
 m=/build/machines/default/tiny
-now() { cut -d' ' -f1 /proc/uptime; }
-since() { awk "BEGIN { printf \"%.2f\", $(now) - $1 }"; }
 machine_start() {
     [ -d "$m/tiny-$1" ] || btrfs subvolume snapshot "$m/tiny-1" "$m/tiny-$1" || return 1
     snap="$m/tiny-$1-$2"
     btrfs subvolume snapshot "$m/tiny-$1" "$snap" || return 1
     accel=tcg; [ -r /dev/kvm ] && [ -w /dev/kvm ] && accel=kvm
     cd "$snap" || return 1
-    booted=$(now)
+    read booted _ < /proc/uptime
     qemu-system-x86_64 -nodefaults -no-user-config -display none -serial none -monitor none \
         -machine accel=$accel -m 32 -boot n \
         -netdev bridge,id=n0,br=$3 -device e1000,netdev=n0,mac=$4 &
@@ -250,11 +249,11 @@ machine_start() {
 }
 machine_lease() {
     i=0
-    until grep -q "$1" /run/buildos/dnsmasq-br1.leases 2>/dev/null; do
+    until read leased _ < /proc/uptime; grep -q "$1" /run/buildos/dnsmasq-br1.leases 2>/dev/null; do
         kill -0 $q 2>/dev/null || return 1
         i=$((i + 1)); [ $i -gt 6000 ] && return 2; sleep 0.1
     done
-    grep "$1" /run/buildos/dnsmasq-br1.leases | cut -d' ' -f3
+    echo "$(grep "$1" /run/buildos/dnsmasq-br1.leases | cut -d' ' -f3) $leased"
 }
 machine_stop() {
     kill $q; wait $q
@@ -263,15 +262,15 @@ machine_stop() {
 }
 "#;
 
-/// The test agent, run as build: reports what it is, waits for the machine, boots it from a
-/// snapshot on its bridge (`machine.sh`), reports the inner machine's lease on br1 with the
-/// seconds since the agent's start and since QEMU's, waits for the caller to have seen the
-/// inner machine's request, stops it, deletes the snapshot and reports each step to `$1` (the
-/// caller's HTTP server).
+/// The test agent, run as build: notes its start, reports what it is, waits for the machine,
+/// boots it from a snapshot on its bridge (`machine.sh`), reports the inner machine's lease on
+/// br1 with the times of the agent's start, QEMU's start and the lease ([`Lease`]), waits for
+/// the caller to have seen the inner machine's request, stops it, deletes the snapshot and
+/// reports each step to `$1` (the caller's HTTP server).
 pub const AGENT: &str = r#"#!/bin/sh
+read start _ < /proc/uptime
 R="$1"; name="$2"; instance="$3"; bridge="$4"; tftp="$5"; key="$6"; work="$7"
 . ./machine.sh
-start=$(now)
 report() { until busybox wget -q -O /dev/null "$R/agent/$name/$instance/$1"; do sleep 1; done; }
 fail() { report "failed/$1"; tail -n 5 "$work/agent.log" | tr -c 'A-Za-z0-9.:=-' _ | head -c 300 > "$work/why"; report "why/$(cat "$work/why")"; exit 1; }
 report "started/$(id -un)/$(id -Gn | tr ' ' ,)/$bridge/$tftp/$(stat -c %U:%a "$key")/$("$work/hello")"
@@ -284,8 +283,9 @@ case $bridge in br1) mac=52:54:00:b0:01:0$instance ;; *) mac=52:54:00:b0:02:0$in
 machine_start "$name" "$instance" "$bridge" "$mac" || fail start
 # On br1 the host's dnsmasq leases; on br0 the LAN's server does, out of the host's sight.
 if [ $bridge = br1 ]; then
-    ip=$(machine_lease "$mac") || fail no-lease
-    report "lease/$ip/$accel/$(since $start)/$(since $booted)"
+    lease=$(machine_lease "$mac") || fail no-lease
+    set -- $lease
+    report "lease/$1/$accel/$start/$booted/$2"
 fi
 i=0
 until busybox wget -q -O /dev/null "$R/control/inner-seen-$name"; do
@@ -405,37 +405,43 @@ pub fn inner_request(vm: &Vm, http: &HttpServer, bridge: &str, bound: Duration) 
     Ok(())
 }
 
-/// A br1 lease as the agent reports it:
-/// `<toolchain>/1/lease/<address>/<accel>/<since agent start>/<since QEMU start>`.
+/// A br1 lease as the agent reports it, `<toolchain>/1/lease/<address>/<accel>/<start>/<QEMU's
+/// start>/<lease>`, the times in seconds of the guest's /proc/uptime.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub address: String,
     /// `kvm` or `tcg`: how the inner machine ran.
     pub accel: String,
+    /// From the start (the agent's first line, or root's) to the lease.
     pub since_start: Duration,
+    /// From QEMU's start to the lease.
     pub since_qemu: Duration,
 }
 
 impl Lease {
-    /// Reads the fields after `lease/` of a report, or of root's `lease` line on the console
-    /// (the same fields, separated by spaces or slashes).
+    /// Reads the fields after `lease/` of a report, or of root's `root-lease` line on the
+    /// console (the same fields, separated by spaces or slashes). The start, QEMU's start and
+    /// the lease must come in that order.
     pub fn parse(fields: &str) -> Result<Lease> {
         let parts: Vec<&str> = fields.split(['/', ' ']).filter(|p| !p.is_empty()).collect();
-        let [address, accel, since_start, since_qemu] = parts[..] else {
-            bail!("a lease is <address> <accel> <seconds> <seconds>, not {fields:?}");
+        let [address, accel, start, qemu, leased] = parts[..] else {
+            bail!("a lease is <address> <accel> <start> <QEMU's start> <lease>, not {fields:?}");
         };
-        let seconds = |s: &str| {
+        let uptime = |s: &str| {
             s.parse::<f64>()
                 .ok()
                 .filter(|t| t.is_finite() && *t >= 0.0)
-                .map(Duration::from_secs_f64)
-                .with_context(|| format!("{s:?} in lease {fields:?} is not a number of seconds"))
+                .with_context(|| format!("{s:?} in lease {fields:?} is not an uptime in seconds"))
         };
+        let (start, qemu, leased) = (uptime(start)?, uptime(qemu)?, uptime(leased)?);
+        if !(start <= qemu && qemu <= leased) {
+            bail!("lease {fields:?}: the start, QEMU's start and the lease are out of order");
+        }
         Ok(Lease {
             address: address.to_owned(),
             accel: accel.to_owned(),
-            since_start: seconds(since_start)?,
-            since_qemu: seconds(since_qemu)?,
+            since_start: Duration::from_secs_f64(leased - start),
+            since_qemu: Duration::from_secs_f64(leased - qemu),
         })
     }
 }
@@ -446,9 +452,10 @@ impl Lease {
 /// bridge br1; the lease, then QEMU stopped and the snapshot deleted.
 pub fn root_boot(vm: &mut Vm, toolchain: &str, mac: &str, bound: Duration) -> Result<Lease> {
     let command = format!(
-        "(s=$(find /build/agents -name machine.sh | head -n 1); . \"$s\"; start=$(now); \
-         if machine_start {toolchain} root br1 {mac} && ip=$(machine_lease {mac}); then \
-         echo \"root-lease $ip $accel $(since $start) $(since $booted)\"; fi; \
+        "(read start _ < /proc/uptime; s=$(find /build/agents -name machine.sh | head -n 1); \
+         . \"$s\"; \
+         if machine_start {toolchain} root br1 {mac} && lease=$(machine_lease {mac}); then \
+         set -- $lease; echo \"root-lease $1 $accel $start $booted $2\"; fi; \
          machine_stop && echo root-stopped)"
     );
     let lines = vm.shell(&command, bound)?;
@@ -468,22 +475,25 @@ mod tests {
 
     #[test]
     fn lease_reads_the_agents_report_and_roots_line() {
-        let agent = Lease::parse("172.30.0.57/tcg/41.20/30.05").unwrap();
+        let agent = Lease::parse("172.30.0.57/tcg/100.50/111.25/141.75").unwrap();
         assert_eq!(agent.address, "172.30.0.57");
         assert_eq!(agent.accel, "tcg");
-        assert_eq!(agent.since_start, Duration::from_millis(41_200));
-        assert_eq!(agent.since_qemu, Duration::from_millis(30_050));
-        let root = Lease::parse("172.30.0.58 kvm 3.50 2.25").unwrap();
-        assert_eq!(root.since_qemu, Duration::from_millis(2_250));
+        assert_eq!(agent.since_start.as_millis(), 41_250);
+        assert_eq!(agent.since_qemu.as_millis(), 30_500);
+        let root = Lease::parse("172.30.0.58 kvm 200.00 200.50 203.50").unwrap();
+        assert_eq!(root.since_start.as_millis(), 3_500);
+        assert_eq!(root.since_qemu.as_millis(), 3_000);
     }
 
     #[test]
     fn lease_names_what_it_cannot_read() {
-        let error = Lease::parse("172.30.0.57/tcg/soon/1.0").unwrap_err();
+        let error = Lease::parse("172.30.0.57/tcg/1.0/soon/3.0").unwrap_err();
         assert!(
-            format!("{error:#}").contains("\"soon\" in lease \"172.30.0.57/tcg/soon/1.0\""),
+            format!("{error:#}").contains("\"soon\" in lease \"172.30.0.57/tcg/1.0/soon/3.0\""),
             "{error:#}"
         );
+        let error = Lease::parse("172.30.0.57/tcg/5.0/4.0/6.0").unwrap_err();
+        assert!(format!("{error:#}").contains("out of order"), "{error:#}");
         let error = Lease::parse("172.30.0.57/tcg").unwrap_err();
         assert!(
             format!("{error:#}").contains("not \"172.30.0.57/tcg\""),
