@@ -25,6 +25,14 @@
 //!   and whether the default is the one with the least unpack plus transfer at 100 MB/s.
 //! - the property tests of the parsers of untrusted input, each run alone for longer than
 //!   `cargo xtask test` runs it: cases per second.
+//! - the compiler the debian profile carries: its image's size, files in RAM and RAM used after
+//!   boot beside the same profile without gcc, g++, libc6-dev and make, built and booted in the
+//!   same run;
+//! - agents that build: in one booted debian host, the time from an agent's start (its own
+//!   first line, run by the monitor as `build`) to the DHCP lease of the machine it boots on
+//!   br1 (its MAC in the host's dnsmasq leases file), beside the same inner boot started by
+//!   root on the host's console (the same `machine.sh`: a snapshot of the same machine, the
+//!   same QEMU command line but the MAC, the same bridge).
 
 use std::path::Path;
 use std::process::Command;
@@ -35,7 +43,7 @@ use anyhow::{bail, Context, Result};
 use buildos_image_builder as builder;
 
 use crate::qemu::{Firmware, NetBoot, TempDir, Vm, VmConfig};
-use crate::{fuzz, image, system};
+use crate::{agents, fuzz, image, system};
 
 /// Which figures to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +54,8 @@ pub enum Only {
     Pxe,
     Compression,
     Classes,
+    /// The figures of agents that build: the compiler's image and the agent's inner boot.
+    Agents,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -66,6 +76,14 @@ pub fn run(only: Only) -> Result<()> {
             system::ensure(&[system::APT, system::MMDEBSTRAP])?;
             return driver_classes();
         }
+        Only::Agents => {
+            system::ensure(&AGENTS_NEED)?;
+            let out = debian_image_dir();
+            let built = image::assemble(&image::prepare("debian")?, &out)?;
+            let ram = ram_used(&out)?;
+            compiler(&built, &ram)?;
+            return agents(&out);
+        }
         Only::All => {}
     }
     system::ensure(&[
@@ -78,6 +96,7 @@ pub fn run(only: Only) -> Result<()> {
         system::MMDEBSTRAP,
         system::OVMF,
     ])?;
+    system::ensure(&AGENTS_NEED)?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare("minimal")?;
     // The best of three: the first run also warms the page cache the others read from.
@@ -192,6 +211,7 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (the figures above are of the minimal profile)");
     debian()?;
     driver_classes()?;
+    agents(&debian_image_dir())?;
     compression()?;
     monitor()?;
     fuzz()
@@ -669,9 +689,25 @@ pub fn driver_classes() -> Result<()> {
     Ok(())
 }
 
+/// Where the bench builds the default debian image: the debian figures, the compiler's and the
+/// agents' boot it.
+fn debian_image_dir() -> std::path::PathBuf {
+    crate::work_dir().join("bench-image-debian")
+}
+
+/// What the agents' figures need on this machine besides QEMU and the image's tools: the btrfs
+/// `buildos-machine add` sends from, and ssh for it.
+const AGENTS_NEED: [system::Need; 5] = [
+    system::APT,
+    system::QEMU,
+    system::MMDEBSTRAP,
+    system::MKFS_BTRFS,
+    system::SSH_KEYGEN,
+];
+
 /// The debian profile's figures.
 fn debian() -> Result<()> {
-    let out = crate::work_dir().join("bench-image-debian");
+    let out = debian_image_dir();
     // Make sure the cache holds the root filesystem, then time a warm rebuild.
     image::assemble(&image::prepare("debian")?, &out)?;
     let started = Instant::now();
@@ -703,22 +739,174 @@ fn debian() -> Result<()> {
         warm.as_secs_f64() / cold.as_secs_f64(),
         verdict(warm < Duration::from_secs(10))
     );
-    let used = ram_used(&out)?;
+    let ram = ram_used(&out)?;
     let reserved = 4u64 << 30;
     println!(
         "RAM used after boot (1.5 GiB VM){:>8.0} MiB {:>8.0} MiB {:>6.3}   <= 512 MiB ({})",
-        used as f64 / (1u64 << 20) as f64,
-        reserved as f64 / (1u64 << 20) as f64,
-        used as f64 / reserved as f64,
-        verdict(used <= 512 << 20)
+        mib(ram.used),
+        mib(reserved),
+        ram.used as f64 / reserved as f64,
+        verdict(ram.used <= 512 << 20)
     );
     println!("  (anchor: the 4 GiB the Build OS manual reserves for the OS, buildos.ram_reserved)");
+    compiler(&built, &ram)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// The packages the debian profile carries for toolchain bootstraps.
+const COMPILER: [&str; 4] = ["gcc", "g++", "libc6-dev", "make"];
+
+/// The compiler's cost: the default debian image (`built`, whose boot gave `ram`) beside the
+/// same profile with [`COMPILER`] removed from its packages, built (its root filesystem cached
+/// in a directory of its own, so neither evicts the other) and booted in this run the same way.
+fn compiler(built: &image::Built, ram: &Ram) -> Result<()> {
+    let mut profile = buildos_rootfs::load("debian")?;
+    let Some(debian) = profile.debian.as_mut() else {
+        bail!("the debian profile has no [debian] root filesystem");
+    };
+    let before = debian.packages.len();
+    debian.packages.retain(|p| {
+        let name = p.split('=').next().unwrap_or(p);
+        !COMPILER.contains(&name)
+    });
+    if debian.packages.len() != before - COMPILER.len() {
+        bail!(
+            "the debian profile's packages do not hold each of {COMPILER:?} once: {:?}",
+            debian.packages
+        );
+    }
+    profile.name = "debian-no-compiler".into();
+    let out = crate::work_dir().join("bench-image-debian-no-compiler");
+    let without = image::assemble(
+        &image::prepare_profile(profile, &crate::work_dir().join("rootfs-no-compiler"))?,
+        &out,
+    )?;
+    let without_ram = ram_used(&out)?;
+    println!();
+    println!("the compiler (debian profile)    with         without      ratio");
+    let row = |label: &str, with: f64, without: f64, unit: &str| {
+        println!(
+            "{label:<32} {with:>8.1} {unit:<3} {without:>8.1} {unit:<3} {:>6.2}",
+            with / without
+        );
+    };
+    row(
+        "initrd size (compressed)",
+        built.output.initrd_size as f64 / 1e6,
+        without.output.initrd_size as f64 / 1e6,
+        "MB",
+    );
+    row(
+        "files in RAM (Shmem after boot)",
+        mib(ram.files),
+        mib(without_ram.files),
+        "MiB",
+    );
+    row(
+        "RAM used after boot (1.5 GiB VM)",
+        mib(ram.used),
+        mib(without_ram.used),
+        "MiB",
+    );
+    println!(
+        "  (anchor: the same profile without {} in its packages, built and booted in this run; RAM used is MemTotal - MemAvailable after ready)",
+        COMPILER.join(", ")
+    );
     Ok(())
 }
 
+/// Bounds of the agents' boot: software emulation inside software emulation on a loaded
+/// machine, so generous; only ever failures.
+const AGENTS_BOOT: Duration = Duration::from_secs(420);
+const AGENTS_NESTED: Duration = Duration::from_secs(600);
+
+/// The MAC of root's inner machine: not the agent's, whose lease the leases file still holds.
+const ROOT_MAC: &str = "52:54:00:b0:01:09";
+
+/// Agents that build: boots the debian image in `image` once, adds a machine with
+/// `buildos-machine add`, and only then serves the toolchain whose agent boots that machine on
+/// br1 (so the agent finds it at its start and never waits for it). Its start to its inner
+/// machine's lease, beside root running the same boot on the console of the same host.
+fn agents(image: &Path) -> Result<()> {
+    let dir = TempDir::new("buildos-bench-agents")?;
+    let public = agents::keypair(&dir.0)?;
+    let disks = crate::qemu::host_disks(&dir.0)?;
+    let port = buildos_testpeers::free_port();
+    let http = buildos_testpeers::HttpServer::start(&dir.0.join("served"));
+    http.answer_under("agent/");
+    http.answer_under("inner/");
+    // QEMU's user network maps 10.0.2.2 to this machine's loopback.
+    let base = format!("http://10.0.2.2:{}", http.port());
+    let params = [
+        format!("buildos.toolchain_url={base}/default/toolchain.sha256"),
+        // Not served until the machine is there: a later poll installs it.
+        "buildos.poll_interval=10".into(),
+        "buildos.ram_total=2".into(),
+        "buildos.ram_reserved=1".into(),
+        "buildos.ram_auxiliary=0".into(),
+    ];
+    let mut vm = Vm::boot(&agents::host_config(image, &disks, port, &public, &params))?;
+    vm.wait_for("buildos-init: ready at ", AGENTS_BOOT)?;
+    agents::login(
+        &vm,
+        &dir.0,
+        port,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+        "true",
+        AGENTS_BOOT,
+    )?;
+    let devel = agents::Devel::new(&dir.0)?;
+    devel.add_tiny(&dir.0, port)?;
+    agents::publish(&http, "default", "br1", &base);
+
+    let report = agents::report(&vm, &http, "default", "lease", AGENTS_BOOT + AGENTS_NESTED)?;
+    let agent = agents::Lease::parse(report.trim_start_matches("default/1/lease/"))?;
+    agents::inner_request(&vm, &http, "br1", AGENTS_NESTED)?;
+    http.put("control/inner-seen-default", b"yes\n");
+    agents::report(&vm, &http, "default", "deleted", AGENTS_NESTED)?;
+    vm.wait_for("debug shell on the console", AGENTS_BOOT)?;
+    let root = agents::root_boot(&mut vm, "default", ROOT_MAC, AGENTS_NESTED)?;
+    drop(vm);
+    drop(devel);
+
+    println!();
+    println!(
+        "agents (debian profile, br1)     agent        root         ratio   inner machine: {} and {}",
+        agent.accel, root.accel
+    );
+    let row = |label: &str, agent: Duration, root: Duration| {
+        println!(
+            "{label:<32} {:>8.2} s   {:>8.2} s   {:>6.2}",
+            agent.as_secs_f64(),
+            root.as_secs_f64(),
+            agent.as_secs_f64() / root.as_secs_f64()
+        );
+    };
+    row("start to DHCP lease", agent.since_start, root.since_start);
+    row(
+        "  QEMU's start to the lease",
+        agent.since_qemu,
+        root.since_qemu,
+    );
+    println!("  (agent: from its first line, run by the monitor as build, through its snapshots and QEMU with the bridge helper, to its MAC in the host's dnsmasq leases file; anchor: root on the host's console sourcing the same machine.sh, the same boot from a snapshot of the same machine, QEMU command line but the MAC, and bridge, in the same boot of the host)");
+    println!("  (on br0 the lease comes from the LAN's DHCP server, QEMU's user network here, out of the host's sight: br1 only)");
+    Ok(())
+}
+
+/// RAM in a booted guest, in bytes.
+struct Ram {
+    /// MemTotal - MemAvailable.
+    used: u64,
+    /// Shmem: the files of the root filesystem, which lives in RAM, and anything else in tmpfs.
+    files: u64,
+}
+
 /// Boots the image in a 1.5 GiB guest (the compiler the debian profile carries leaves 1 GiB
-/// too little to unpack the initrd) and reads MemTotal - MemAvailable in it, in bytes.
-fn ram_used(image: &Path) -> Result<u64> {
+/// too little to unpack the initrd) and reads its RAM in /proc/meminfo after ready.
+fn ram_used(image: &Path) -> Result<Ram> {
     let mut config = VmConfig::new(image).append(&["buildos.debug_shell=1"]);
     config.memory_mib = 1536;
     let disks = TempDir::new("buildos-bench-ram-disks")?;
@@ -736,7 +924,10 @@ fn ram_used(image: &Path) -> Result<u64> {
             .map(|kib| kib * 1024)
             .with_context(|| format!("no {name} in the guest's /proc/meminfo: {lines:?}"))
     };
-    Ok(field("MemTotal:")? - field("MemAvailable:")?)
+    Ok(Ram {
+        used: field("MemTotal:")? - field("MemAvailable:")?,
+        files: field("Shmem:")?,
+    })
 }
 
 fn verdict(met: bool) -> &'static str {

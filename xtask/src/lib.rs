@@ -1,6 +1,7 @@
 //! The buildos workflow: one module per task of `cargo xtask`, plus the QEMU harness the VM
 //! tests share.
 
+pub mod agents;
 pub mod apt;
 pub mod bench;
 pub mod debian;

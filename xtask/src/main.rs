@@ -71,21 +71,25 @@ enum Task {
     /// Measure image size, assembly and boot time, and the monitor, against their anchors
     Bench {
         /// Measure only the monitor's figures (no image, no QEMU)
-        #[arg(long, conflicts_with_all = ["fuzz_only", "compression_only"])]
+        #[arg(long, group = "only")]
         monitor_only: bool,
         /// Measure only the initrd's compressors on the default image
-        #[arg(long, conflicts_with = "fuzz_only")]
+        #[arg(long, group = "only")]
         compression_only: bool,
         /// Run only the property tests of the parsers of untrusted input, longer than the tests do
-        #[arg(long)]
+        #[arg(long, group = "only")]
         fuzz_only: bool,
         /// Measure only the network boots: BIOS iPXE over HTTP and pxelinux over TFTP, UEFI
         /// with iPXE and UEFI with Secure Boot
-        #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only"])]
+        #[arg(long, group = "only")]
         pxe_only: bool,
         /// Measure only the default image's driver classes against the hand-picked drivers
-        #[arg(long, conflicts_with_all = ["monitor_only", "compression_only", "fuzz_only", "pxe_only"])]
+        #[arg(long, group = "only")]
         classes_only: bool,
+        /// Measure only agents that build: the compiler's image beside the profile without it,
+        /// and an agent's start to its machine's DHCP lease beside root's same boot
+        #[arg(long, group = "only")]
+        agents_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             fuzz_only,
             pxe_only,
             classes_only,
+            agents_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -148,6 +153,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Pxe
         } else if classes_only {
             xtask::bench::Only::Classes
+        } else if agents_only {
+            xtask::bench::Only::Agents
         } else {
             xtask::bench::Only::All
         }),

@@ -22,10 +22,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use buildos_testpeers::{sha256_hex, tar_gz, wait_until, HttpServer, Smtp};
-use xtask::qemu::{TempDir, Vm, VmConfig};
+use buildos_testpeers::{wait_until, HttpServer, Smtp};
+use xtask::agents::{self, text, Devel, Lease, HOST_BR0, HOST_BR1};
+use xtask::qemu::{TempDir, Vm};
 use xtask::test::DEBIAN_IMAGE_DIR_VAR;
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
@@ -52,95 +53,16 @@ fn free_port() -> u16 {
 }
 
 fn boot(disks: &[PathBuf], port: u16, key: &str, params: &[String]) -> Vm {
-    let param = format!("buildos.ssh_key=\"{key}\"");
-    // The console shell is root on the guest: it makes a machine stream only root can send.
-    let mut config = VmConfig::new(&image()).append(&[param.as_str(), "buildos.debug_shell=1"]);
-    config.append.extend(params.iter().cloned());
-    config.memory_mib = 1536;
-    for disk in disks {
-        config = config.disk(disk);
-    }
-    config.extra.extend([
-        "-netdev".to_owned(),
-        // The LAN's DHCP server tells network-booting machines on br0 to read the br0
-        // toolchain's pxe.ipxe from the host (QEMU's user network gives the host 10.0.2.15).
-        format!(
-            "user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22,\
-             bootfile=tftp://10.0.2.15/toolchains/pub/pxe.ipxe"
-        ),
-        "-device".to_owned(),
-        "e1000,netdev=n0".to_owned(),
-    ]);
-    Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"))
+    Vm::boot(&agents::host_config(&image(), disks, port, key, params))
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// `ssh` to the guest as `user` with `options`, running `command`.
 fn ssh(dir: &Path, port: u16, user: &str, options: &[&str], command: &str) -> Output {
-    Command::new("ssh")
-        .args([
-            "-p",
-            &port.to_string(),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=20",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            dir.join("known_hosts").display()
-        ))
-        .args(options)
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(command)
-        .output()
-        .unwrap()
+    agents::ssh(dir, port, user, options, command).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "status {}, stdout {:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Logs in as build with the key until sshd answers (it starts after init's ready line), within
-/// a bound. Returns the command's output.
 fn login(vm: &Vm, dir: &Path, port: u16, options: &[&str], command: &str) -> Output {
-    let key = dir.join("id_ed25519");
-    let key = key.to_str().unwrap();
-    let deadline = Instant::now() + LOGIN;
-    loop {
-        let mut all = vec!["-i", key];
-        all.extend_from_slice(options);
-        let output = ssh(dir, port, "build", &all, command);
-        if output.status.success() {
-            return output;
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        // Anything but "not up yet" is the answer.
-        let not_yet = stderr.contains("Connection refused")
-            || stderr.contains("Connection reset")
-            || stderr.contains("closed by remote host")
-            || stderr.contains("Connection closed")
-            || stderr.contains("timed out");
-        assert!(
-            not_yet,
-            "ssh as build failed: {}\n{}",
-            text(&output),
-            vm.console()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "sshd did not answer within {LOGIN:?}: {}\n{}",
-            text(&output),
-            vm.console()
-        );
-        // Pacing between attempts, not synchronisation: the loop ends on sshd's answer.
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    agents::login(vm, dir, port, options, command, LOGIN).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Every form of `sudo buildos-machine` that is not the host side, as build would try it;
@@ -267,150 +189,8 @@ fn host_key(vm: &mut Vm, how: &str) -> String {
 /// emulation inside software emulation.
 const NESTED: Duration = Duration::from_secs(600);
 
-/// The test agent, run as build: reports what it is, waits for the machine, snapshots it,
-/// starts QEMU from the snapshot on its bridge, waits for the inner machine's lease, then for
-/// the test to have seen the inner machine's request, stops it, deletes the snapshot and
-/// reports each step to `$1` (the test's HTTP server).
-const AGENT: &str = r#"#!/bin/sh
-R="$1"; name="$2"; instance="$3"; bridge="$4"; tftp="$5"; key="$6"; work="$7"
-report() { until busybox wget -q -O /dev/null "$R/agent/$name/$instance/$1"; do sleep 1; done; }
-fail() { report "failed/$1"; tail -n 5 "$work/agent.log" | tr -c 'A-Za-z0-9.:=-' _ | head -c 300 > "$work/why"; report "why/$(cat "$work/why")"; exit 1; }
-now() { cut -d' ' -f1 /proc/uptime; }
-since() { awk "BEGIN { printf \"%.1f\", $(now) - $1 }"; }
-start=$(now)
-report "started/$(id -un)/$(id -Gn | tr ' ' ,)/$bridge/$tftp/$(stat -c %U:%a "$key")/$("$work/hello")"
-m=/build/machines/default/tiny
-i=0
-until [ -e "$m/tiny-1" ]; do
-    i=$((i + 1)); [ $i -gt 900 ] && fail no-machine; sleep 1
-done
-exec >> "$work/agent.log" 2>&1
-[ -d "$m/tiny-$name" ] || btrfs subvolume snapshot "$m/tiny-1" "$m/tiny-$name" || fail bootstrap-snapshot
-snap="$m/tiny-$name-$instance"
-btrfs subvolume snapshot "$m/tiny-$name" "$snap" || fail snapshot
-accel=tcg; [ -r /dev/kvm ] && [ -w /dev/kvm ] && accel=kvm
-case $bridge in br1) mac=52:54:00:b0:01:0$instance ;; *) mac=52:54:00:b0:02:0$instance ;; esac
-cd "$snap" || fail cd
-booted=$(now)
-qemu-system-x86_64 -nodefaults -no-user-config -display none -serial none -monitor none \
-    -machine accel=$accel -m 32 -boot n \
-    -netdev bridge,id=n0,br=$bridge -device e1000,netdev=n0,mac=$mac &
-q=$!
-# On br1 the host's dnsmasq leases; on br0 the LAN's server does, out of the host's sight.
-if [ $bridge = br1 ]; then
-    i=0
-    until grep -q "$mac" /run/buildos/dnsmasq-br1.leases 2>/dev/null; do
-        kill -0 $q 2>/dev/null || fail qemu-exited
-        i=$((i + 1)); [ $i -gt 3000 ] && fail no-lease; sleep 0.2
-    done
-    report "lease/$(grep "$mac" /run/buildos/dnsmasq-br1.leases | cut -d' ' -f3)/$accel/$(since $start)/$(since $booted)"
-fi
-i=0
-until busybox wget -q -O /dev/null "$R/control/inner-seen-$name"; do
-    kill -0 $q 2>/dev/null || fail qemu-exited-before-tftp
-    i=$((i + 1)); [ $i -gt 600 ] && fail no-inner-request; sleep 1
-done
-kill $q; wait $q
-cd /
-btrfs subvolume delete "$snap" || fail delete
-[ -e "$snap" ] && fail still-there
-report "deleted/$(ls "$m" | tr '\n' ,)"
-trap 'exit 0' TERM
-while :; do sleep 3600; done
-"#;
-
-/// The toolchain archive: the agent, its declaration, and the source its bootstrap compiles.
-fn agent_archive(report_url: &str) -> Vec<u8> {
-    let declaration = format!(
-        "bootstrap = \"/bin/sh build.sh {{{{ work_dir }}}}\"\n\
-         command = \"/bin/sh agent.sh {report_url} {{{{ toolchain_name }}}} {{{{ instance }}}} \
-         {{{{ bridge }}}} {{{{ tftp_host }}}} {{{{ agent_key }}}} {{{{ work_dir }}}}\"\n"
-    );
-    tar_gz(&[
-        ("agent-1.0/agent.sh", AGENT.as_bytes(), 0o755),
-        (
-            "agent-1.0/build.sh",
-            b"set -e\ncc -O2 -o \"$1/hello\" hello.c\n",
-            0o644,
-        ),
-        (
-            "agent-1.0/hello.c",
-            b"#include <stdio.h>\nint main(void) { puts(\"built-here\"); return 0; }\n",
-            0o644,
-        ),
-        (
-            "agent-1.0/buildos-agent.toml",
-            declaration.as_bytes(),
-            0o644,
-        ),
-    ])
-}
-
-/// A btrfs on a loop device on this machine, the development machine's side of
-/// `buildos-machine add`; unmounted on drop.
-struct Devel {
-    mount: PathBuf,
-}
-
-impl Devel {
-    fn new(dir: &Path) -> Devel {
-        let image = dir.join("devel.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(160 << 20)
-            .unwrap();
-        run("mkfs.btrfs", &["-q", image.to_str().unwrap()]);
-        let mount = dir.join("devel");
-        std::fs::create_dir(&mount).unwrap();
-        run(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                image.to_str().unwrap(),
-                mount.to_str().unwrap(),
-            ],
-        );
-        Devel { mount }
-    }
-}
-
-impl Drop for Devel {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        text(&output)
-    );
-}
-
-/// The agent reports under `agent/<instance>/`.
-fn reports(http: &HttpServer) -> Vec<String> {
-    http.seen()
-        .iter()
-        .filter_map(|seen| seen.path.strip_prefix("agent/").map(str::to_owned))
-        .collect()
-}
-
 fn report(vm: &Vm, http: &HttpServer, toolchain: &str, what: &str, bound: Duration) -> String {
-    wait_until(
-        &format!("the {toolchain} agent's {what} report"),
-        bound,
-        || {
-            let all = reports(http);
-            if all.iter().any(|r| r.contains("/why/")) {
-                panic!("the agent failed: {all:?}\n{}", vm.console());
-            }
-            all.into_iter()
-                .find(|r| r.starts_with(&format!("{toolchain}/1/{what}/")))
-        },
-    )
+    agents::report(vm, http, toolchain, what, bound).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The acceptance scenario of agents that build, on a booted host; returns the agent key's
@@ -424,10 +204,7 @@ fn agents_build_in_machines(
 ) -> String {
     // Each agent started after its bootstrap compiled its helper with the image's compiler, as
     // build, in kvm, with the key on /state and the host's address on its bridge.
-    for (toolchain, bridge, tftp) in [
-        ("default", "br1", "172.30.0.1"),
-        ("pub", "br0", "10.0.2.15"),
-    ] {
+    for (toolchain, bridge, tftp) in [("default", "br1", HOST_BR1), ("pub", "br0", HOST_BR0)] {
         let started = report(vm, http, toolchain, "started", SETTLE);
         assert_eq!(
             started,
@@ -438,67 +215,24 @@ fn agents_build_in_machines(
     }
 
     // A machine from this machine, as an operator adds one.
-    let devel = Devel::new(dir);
-    let tiny = devel.mount.join("tiny");
-    run(
-        "btrfs",
-        &["-q", "subvolume", "create", tiny.to_str().unwrap()],
-    );
-    std::fs::write(tiny.join("README"), "the tiny test machine\n").unwrap();
-    run("chown", &["-R", "1000:1000", tiny.to_str().unwrap()]);
-    run(
-        "btrfs",
-        &[
-            "-q",
-            "subvolume",
-            "snapshot",
-            "-r",
-            tiny.to_str().unwrap(),
-            devel.mount.join("tiny-1.0").to_str().unwrap(),
-        ],
-    );
-    let key = dir.join("id_ed25519");
-    let known = dir.join("known_hosts");
-    let add = Command::new(xtask::image::build_binaries().unwrap().machine)
-        .current_dir(&devel.mount)
-        .args(["add", "tiny-1.0", "--host", "build@127.0.0.1"])
-        .args(["--ssh-option", &format!("Port={port}")])
-        .args(["--ssh-option", &format!("IdentityFile={}", key.display())])
-        .args([
-            "--ssh-option",
-            &format!("UserKnownHostsFile={}", known.display()),
-        ])
-        .args([
-            "--ssh-option",
-            "StrictHostKeyChecking=yes",
-            "--ssh-option",
-            "BatchMode=yes",
-        ])
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "buildos-machine add: {}", text(&add));
-    assert!(
-        String::from_utf8_lossy(&add.stdout).contains("tiny-1 -> tiny-1.0"),
-        "{}",
-        text(&add)
-    );
+    let devel = Devel::new(dir).unwrap_or_else(|e| panic!("{e:#}"));
+    devel
+        .add_tiny(dir, port)
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
     // The br1 machine got its lease from the host's dnsmasq...
     let lease = report(vm, http, "default", "lease", NESTED);
-    let fields: Vec<&str> = lease.split('/').collect();
-    assert!(fields[3].starts_with("172.30.0."), "{lease}");
+    let fields = Lease::parse(lease.trim_start_matches("default/1/lease/"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(fields.address.starts_with("172.30.0."), "{lease}");
     eprintln!(
-        "ssh: nested machine ({}) leased {} {} s after its agent started, {} s after its QEMU did",
-        fields[4], fields[3], fields[5], fields[6]
+        "ssh: nested machine ({}) leased {} {:?} after its agent started, {:?} after its QEMU did",
+        fields.accel, fields.address, fields.since_start, fields.since_qemu
     );
     // ...and each machine read its toolchain's pxe.ipxe over TFTP from the host's address on
     // its bridge: iPXE ran it, and it asks for this.
-    for (toolchain, asked) in [("default", "inner/ran-br1"), ("pub", "inner/ran-br0")] {
-        wait_until(
-            &format!("the {toolchain} machine's request"),
-            NESTED,
-            || http.seen().iter().any(|s| s.path == asked).then_some(()),
-        );
+    for (toolchain, bridge) in [("default", "br1"), ("pub", "br0")] {
+        agents::inner_request(vm, http, bridge, NESTED).unwrap_or_else(|e| panic!("{e:#}"));
         http.put(&format!("control/inner-seen-{toolchain}"), b"yes\n");
         // Stopped, and its snapshot deleted by build; the machine and its bootstrap stay.
         let deleted = report(vm, http, toolchain, "deleted", NESTED);
@@ -547,22 +281,7 @@ fn agents_build_in_machines(
 #[test]
 fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_survive_reboot() {
     let dir = TempDir::new("buildos-ssh-test").unwrap();
-    let status = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-N",
-            "",
-            "-t",
-            "ed25519",
-            "-C",
-            "tester@example.org",
-            "-f",
-        ])
-        .arg(dir.0.join("id_ed25519"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let public = std::fs::read_to_string(dir.0.join("id_ed25519.pub")).unwrap();
+    let public = agents::keypair(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
     let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
     let port = free_port();
 
@@ -571,23 +290,12 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
     http.answer_under("inner/");
     let smtp = Smtp::start(&dir.0.join("mail"), buildos_testpeers::free_port());
     // QEMU's user network maps 10.0.2.2 to this machine's loopback.
-    let guest = |path: &str| format!("http://10.0.2.2:{}/{path}", http.port());
-    let archive = agent_archive(&format!("http://10.0.2.2:{}", http.port()));
+    let base = format!("http://10.0.2.2:{}", http.port());
+    let guest = |path: &str| format!("{base}/{path}");
     // `default` on br1, `pub` on br0: the same agent; each machine's boot file asks the test
     // for its own path.
     for (toolchain, bridge) in [("default", "br1"), ("pub", "br0")] {
-        let pxe = format!("#!ipxe\nchain {}\n", guest(&format!("inner/ran-{bridge}")));
-        http.put(&format!("{toolchain}/agent-1.0.tar.gz"), &archive);
-        http.put(&format!("{toolchain}/pxe.ipxe"), pxe.as_bytes());
-        http.put(
-            &format!("{toolchain}/toolchain.sha256"),
-            format!(
-                "{} *agent-1.0.tar.gz\n{} *pxe.ipxe\n",
-                sha256_hex(&archive),
-                sha256_hex(pxe.as_bytes())
-            )
-            .as_bytes(),
-        );
+        agents::publish(&http, toolchain, bridge, &base);
     }
     let params: Vec<String> = vec![
         format!(
@@ -606,7 +314,7 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
         "buildos.admin_email=admin@example.org".into(),
     ];
 
-    let mut vm = boot(&disks, port, public.trim(), &params);
+    let mut vm = boot(&disks, port, &public, &params);
     let first = host_key(&mut vm, "made");
     vm.wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -685,7 +393,7 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
     vm.wait_exit(BOOT).unwrap_or_else(|e| panic!("{e:#}"));
     drop(vm);
 
-    let mut vm = boot(&disks, port, public.trim(), &[]);
+    let mut vm = boot(&disks, port, &public, &[]);
     vm.wait_for("random seed restored from /state/random-seed", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let second = host_key(&mut vm, "kept");
