@@ -36,7 +36,7 @@ pub fn host_config(
     let param = format!("buildos.ssh_key=\"{key}\"");
     let mut config = VmConfig::new(image).append(&[param.as_str(), "buildos.debug_shell=1"]);
     config.append.extend(params.iter().cloned());
-    config.memory_mib = 1536;
+    config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
     for disk in disks {
         config = config.disk(disk);
     }

@@ -908,7 +908,7 @@ struct Ram {
 /// too little to unpack the initrd) and reads its RAM in /proc/meminfo after ready.
 fn ram_used(image: &Path) -> Result<Ram> {
     let mut config = VmConfig::new(image).append(&["buildos.debug_shell=1"]);
-    config.memory_mib = 1536;
+    config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
     let disks = TempDir::new("buildos-bench-ram-disks")?;
     config = config.host_disks(&disks.0)?;
     let mut vm = Vm::boot(&config)?;

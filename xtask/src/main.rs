@@ -30,7 +30,7 @@ enum Task {
         #[arg(long, default_value = buildos_rootfs::DEFAULT_PROFILE)]
         profile: String,
         /// Guest RAM in MiB (the debian profile needs about 1.5 GiB to unpack its initrd)
-        #[arg(long, default_value_t = 1536)]
+        #[arg(long, default_value_t = xtask::qemu::DEBIAN_MEMORY_MIB)]
         memory: u32,
         #[arg(long, default_value_t = 2)]
         cpus: u32,

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The memory a guest of the debian image needs: its initrd and the files unpacked from it are
+/// in RAM at once, and with the compiler they no longer fit in 1 GiB.
+pub const DEBIAN_MEMORY_MIB: u32 = 1536;
+
 /// How a guest is started.
 #[derive(Clone, Debug)]
 pub struct VmConfig {

@@ -38,7 +38,7 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     let dir = image();
     let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
     // The compiler for bootstraps makes the initrd too big to unpack in 1 GiB.
-    config.memory_mib = 1536;
+    config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
     let disks = TempDir::new("buildos-debian-disks").unwrap();
     let config = config
         .host_disks(&disks.0)

@@ -96,6 +96,7 @@ fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controll
     let disks = TempDir::new("buildos-hardware-disks").unwrap_or_else(|e| panic!("{e:#}"));
     let paths = xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}"));
     let mut config = VmConfig::new(&image_dir(DEBIAN_IMAGE_DIR_VAR));
+    config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
     config.extra = vec![
         "-netdev".to_owned(),
         "user,id=net0".to_owned(),
