@@ -63,33 +63,17 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
     let smtp = Smtp::start(&root.path().join("smtp"), free_port());
 
-    let paths = Paths {
-        cmdline: root.path().join("cmdline"),
-        buildid: root.path().join("buildid"),
-        tftp_root: root.path().join("tftp"),
-        agents: root.path().join("agents"),
-        work: root.path().join("work"),
-        mail_queue: root.path().join("state/mail"),
-        run: root.path().join("run"),
-        mounts: root.path().join("mounts"),
-        fstab: root.path().join("fstab"),
-        machines: root.path().join("machines"),
-        state: root.path().join("state"),
-    };
-    fs::write(
-        &paths.cmdline,
-        format!(
-            "console=ttyS0 buildos.buildid_url={} buildos.toolchain_url={} buildos.instances=2 \
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.buildid_url={} buildos.toolchain_url={} buildos.instances=2 \
              buildos.nice=5 buildos.ram_total=12 buildos.smtp_relay=127.0.0.1:{} \
-             buildos.admin_email=admin@example.org\n",
+             buildos.admin_email=admin@example.org",
             server.url("buildos-buildid"),
             server.url("agent/toolchain.sha256"),
             smtp.port
         ),
-    )
-    .unwrap();
-    fs::write(&paths.buildid, format!("{RUNNING}\n")).unwrap();
-    fs::create_dir_all(&paths.run).unwrap();
+    );
     fs::write(paths.problems(), "no disk labeled buildos.state\n").unwrap();
     fs::write(
         &paths.mounts,
@@ -101,32 +85,10 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
     let online = slices::cpu_list(&host.cpus);
     let cpus_each = (host.cpus.len() as u32 / 2).max(1);
     let (rebooted, reboot) = mpsc::channel();
-    let options = Options {
-        paths: paths.clone(),
-        retry: Retry {
-            attempts: 2,
-            first_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            timeout: Duration::from_secs(5),
-            deadline: Duration::from_secs(60),
-        },
-        poll_interval: Some(Duration::from_millis(300)),
-        grace: Some(Duration::from_secs(5)),
-        policy: Policy {
-            quick: Duration::from_secs(1),
-            max_quick_deaths: 3,
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
-        },
-        agent_user: None,
-        agent_groups: Vec::new(),
-        host: Some(host),
-        mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
-        reboot: Box::new(move |reason| {
-            let _ = rebooted.send(reason.to_string());
-        }),
-    };
+    let mut options = quick_options(&paths, rebooted);
+    options.retry.timeout = Duration::from_secs(5);
+    options.retry.deadline = Duration::from_secs(60);
+    options.host = Some(host);
     let monitor = std::thread::spawn(move || daemon::run(options));
 
     // Both instances run on their slices, pinned and reniced.
