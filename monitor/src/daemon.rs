@@ -514,11 +514,19 @@ pub fn run(options: Options) -> String {
                 return;
             }
             let (state, installed, running) = installer.start(fetched);
+            let failed = match (&state, &running) {
+                (ToolchainState::Failed { .. }, Some(text)) => Some(text.clone()),
+                _ => None,
+            };
             watch.subject = Subject::Toolchain {
                 name: installer.name.clone(),
                 running,
                 installed: installed.is_some(),
             };
+            if let Some(text) = failed {
+                // The file was fetched but did not install: polls try it again.
+                watch.install_failed(&text);
+            }
             let started = Event::Started {
                 index,
                 state,

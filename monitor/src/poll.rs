@@ -8,7 +8,10 @@
 //!
 //! A toolchain that is not installed (its checksums file could not be fetched at start, or its
 //! install failed) is not a reason to reboot: the first poll that fetches a checksums file
-//! other than the one that failed asks the caller to install it ([`Action::Install`]).
+//! other than the one that failed asks the caller to install it ([`Action::Install`]). A failed
+//! install of the same file is tried again after 1, 2, 4 ... and at most [`MAX_RETRY_POLLS`]
+//! polls, so a download that broke once does not wait for the next publication, and a file
+//! that can never install (a hash mismatch) is not downloaded on every poll.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +68,16 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The most polls between two tries of an install that failed.
+pub const MAX_RETRY_POLLS: u32 = 32;
+
+/// When to try a failed install again: after `left` more polls; the wait doubles each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InstallRetry {
+    wait: u32,
+    left: u32,
+}
+
 /// One polled URL.
 #[derive(Debug, Clone)]
 pub struct Watch {
@@ -80,6 +93,8 @@ pub struct Watch {
     pub last: Option<(u64, Outcome)>,
     /// The checksums file an [`Outcome::Install`] found.
     fetched: Option<String>,
+    /// A failed install of the running (not installed) checksums file, to be tried again.
+    retry: Option<InstallRetry>,
 }
 
 /// What the caller should do after a poll.
@@ -109,6 +124,7 @@ impl Watch {
             mail_after: 3,
             last: None,
             fetched: None,
+            retry: None,
         }
     }
 
@@ -126,13 +142,53 @@ impl Watch {
             *running = Some(checksums.to_string());
             *installed = true;
         }
+        self.retry = None;
     }
 
-    /// Installing from `checksums` failed: later polls try again only when it changes.
+    /// Installing from `checksums` failed: a poll that fetches another file installs that;
+    /// the same file is tried again after a wait that doubles with each failure.
     pub fn install_failed(&mut self, checksums: &str) {
+        let same =
+            matches!(&self.subject, Subject::Toolchain { running: Some(r), .. } if r == checksums);
         if let Subject::Toolchain { running, .. } = &mut self.subject {
             *running = Some(checksums.to_string());
         }
+        let wait = match (same, self.retry) {
+            (true, Some(retry)) => (retry.wait * 2).min(MAX_RETRY_POLLS),
+            _ => 1,
+        };
+        self.retry = Some(InstallRetry { wait, left: wait });
+    }
+
+    /// `checksums` disables the toolchain: nothing to install, nothing to try again.
+    fn disabled(&mut self, checksums: &str) {
+        if let Subject::Toolchain { running, .. } = &mut self.subject {
+            *running = Some(checksums.to_string());
+        }
+        self.retry = None;
+    }
+
+    /// Counts an unchanged poll against a failed install's wait: the file to try again when
+    /// the wait is over.
+    fn retry_due(&mut self) -> Option<String> {
+        let Subject::Toolchain {
+            running: Some(text),
+            installed: false,
+            ..
+        } = &self.subject
+        else {
+            return None;
+        };
+        let retry = self.retry.as_mut()?;
+        retry.left = retry.left.saturating_sub(1);
+        if retry.left > 0 {
+            return None;
+        }
+        log::info!(
+            "poll {}: trying the install that failed again",
+            fetch::redact(&self.url)
+        );
+        Some(text.clone())
     }
 
     /// Polls once and says what to do.
@@ -146,7 +202,10 @@ impl Watch {
             Outcome::Unchanged => {
                 self.failures = 0;
                 self.mailed = false;
-                Action::None
+                match self.retry_due() {
+                    Some(text) => Action::Install(text),
+                    None => Action::None,
+                }
             }
             Outcome::Changed(reason) => Action::Reboot(reason),
             Outcome::Install(_) => {
@@ -225,7 +284,7 @@ impl Watch {
                     match &new {
                         Checksums::Disabled => {
                             // Nothing runs and nothing is to run: remember it, no reboot.
-                            self.install_failed(&text);
+                            self.disabled(&text);
                             Outcome::Unchanged
                         }
                         Checksums::Files { version, .. } => {
@@ -274,6 +333,34 @@ mod tests {
             parse_buildid("404\n").unwrap_err(),
             "\"404\": expected a build id of exactly 64 lower-case hex digits"
         );
+    }
+
+    #[test]
+    fn a_failed_install_is_tried_again_after_a_wait_that_doubles_up_to_its_bound() {
+        let mut watch = Watch::new(
+            "http://h/t.sha256",
+            Subject::Toolchain {
+                name: "default".into(),
+                running: None,
+                installed: false,
+            },
+        );
+        assert_eq!(watch.retry_due(), None, "nothing failed yet");
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            watch.install_failed("a *x.tar.gz\n");
+            let mut polls = 1;
+            while watch.retry_due().is_none() {
+                polls += 1;
+            }
+            waits.push(polls);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 32, 32]);
+        // Another file starts the waits over; an install ends them.
+        watch.install_failed("b *y.tar.gz\n");
+        assert_eq!(watch.retry_due().as_deref(), Some("b *y.tar.gz\n"));
+        watch.installed("b *y.tar.gz\n");
+        assert_eq!(watch.retry_due(), None);
     }
 
     proptest! {

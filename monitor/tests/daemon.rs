@@ -450,6 +450,55 @@ fn a_toolchain_missing_at_start_installs_on_its_first_good_poll_without_a_reboot
 }
 
 #[test]
+fn a_failed_install_of_an_unchanged_checksums_file_is_tried_again_without_a_reboot() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    // The checksums file is published, its archive not yet (a mirror still syncing, say).
+    let archive = agent_archive(&records);
+    server.put(
+        "agent/toolchain.sha256",
+        format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)).as_bytes(),
+    );
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.toolchain_url={} buildos.instances=1 buildos.ram_total=12 \
+             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org",
+            server.url("agent/toolchain.sha256"),
+            smtp.port
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    let monitor = std::thread::spawn(move || daemon::run(options));
+    wait_for("the failure mail", Duration::from_secs(60), || {
+        smtp.find("toolchain default failed", "was not installed")
+            .is_some()
+    });
+    // The archive arrives; the checksums file stays the same: a later poll installs it.
+    server.put("agent/agent-1.0.tar.gz", &archive);
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    wait_for("the install mail", Duration::from_secs(30), || {
+        smtp.find("toolchain default 1.0 installed", "").is_some()
+    });
+    assert!(
+        reboot.try_recv().is_err(),
+        "the host rebooted to install a toolchain"
+    );
+    // A change to it still reboots (which stops the agent, too).
+    server.put("agent/toolchain.sha256", b"disabled\n");
+    let reason = reboot.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(reason.contains("is now disabled"), "{reason}");
+    assert_eq!(monitor.join().unwrap(), reason);
+}
+
+#[test]
 fn a_slow_toolchain_holds_up_neither_the_others_nor_the_buildid_watch() {
     let root = tempfile::tempdir().unwrap();
     let server = HttpServer::start(&root.path().join("served"));
