@@ -514,17 +514,19 @@ impl Vm {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream);
                 let mut raw = Vec::new();
-                while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
-                    let line = String::from_utf8_lossy(&raw)
+                'read: while matches!(reader.read_until(b'\n', &mut raw), Ok(n) if n > 0) {
+                    let text = String::from_utf8_lossy(&raw)
                         .trim_end_matches(['\r', '\n'])
                         .to_owned();
                     raw.clear();
-                    if let Ok(mut console) = console.lock() {
-                        console.push_str(&line);
-                        console.push('\n');
-                    }
-                    if tx.send(line).is_err() {
-                        break;
+                    for line in split_kernel_messages(&text) {
+                        if let Ok(mut console) = console.lock() {
+                            console.push_str(line);
+                            console.push('\n');
+                        }
+                        if tx.send(line.to_owned()).is_err() {
+                            break 'read;
+                        }
                     }
                 }
             });
@@ -919,5 +921,58 @@ mod tests {
             "{demo}"
         );
         assert!(login_hint("minimal", &[]).contains("no sshd"));
+    }
+}
+
+/// A console line split where a kernel message (`[    5.960245] ...`) was printed into it: the
+/// kernel writes to the serial console directly, so its messages can land inside a line a
+/// program was writing, before that line's end. Each piece is a line of its own.
+pub fn split_kernel_messages(line: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let bytes = line.as_bytes();
+    for (at, _) in line.match_indices('[').filter(|(at, _)| *at > 0) {
+        let stamp = bytes[at + 1..]
+            .iter()
+            .skip_while(|b| **b == b' ')
+            .take_while(|b| **b != b']')
+            .copied()
+            .collect::<Vec<u8>>();
+        let is_stamp = stamp.len() >= 8
+            && matches!(stamp.iter().position(|b| *b == b'.'), Some(dot) if dot > 0
+                && stamp.len() - dot - 1 == 6
+                && stamp.iter().enumerate().all(|(i, b)| i == dot || b.is_ascii_digit()));
+        if is_stamp && at > start {
+            pieces.push(&line[start..at]);
+            start = at;
+        }
+    }
+    pieces.push(&line[start..]);
+    pieces
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_kernel_messages;
+
+    #[test]
+    fn a_kernel_message_printed_into_a_line_becomes_a_line_of_its_own() {
+        assert_eq!(
+            split_kernel_messages(
+                "buildos-init: ready at 5.9 s, 1 problem(s)[    5.960245] IPv6: br0: link becomes ready"
+            ),
+            [
+                "buildos-init: ready at 5.9 s, 1 problem(s)",
+                "[    5.960245] IPv6: br0: link becomes ready"
+            ]
+        );
+        for whole in [
+            "[    0.000000] Linux version 6.1.0",
+            "buildos-init: config: cpu_affinity: [0-3]",
+            "a [1.5] b",
+            "",
+        ] {
+            assert_eq!(split_kernel_messages(whole), [whole]);
+        }
     }
 }
