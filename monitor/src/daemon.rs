@@ -626,6 +626,8 @@ pub fn run(options: Options) -> String {
                 continue;
             }
         };
+        // A toolchain that has just started or installed: its agents start once there are slices.
+        let mut installed_now = None;
         match event {
             Event::Listed { index, counts } => toolchains[index].listed = Some(counts),
             Event::Started {
@@ -637,16 +639,7 @@ pub fn run(options: Options) -> String {
                 t.state = state;
                 t.installed = installed;
                 t.started = true;
-                if let Some(made) = &sliced {
-                    agents.start(toolchain_specs(
-                        &config,
-                        &options,
-                        index,
-                        made,
-                        &mut toolchains,
-                        (&key, &mailer),
-                    ));
-                }
+                installed_now = Some(index);
             }
             Event::Installed { index, installed } => {
                 let t = &mut toolchains[index];
@@ -659,16 +652,7 @@ pub fn run(options: Options) -> String {
                     version: installed.version.clone(),
                 };
                 t.installed = Some(installed);
-                if let Some(made) = &sliced {
-                    agents.start(toolchain_specs(
-                        &config,
-                        &options,
-                        index,
-                        made,
-                        &mut toolchains,
-                        (&key, &mailer),
-                    ));
-                }
+                installed_now = Some(index);
             }
             Event::Polled {
                 index,
@@ -700,6 +684,16 @@ pub fn run(options: Options) -> String {
                     }
                 }
             }
+        }
+        if let (Some(index), Some(made)) = (installed_now, &sliced) {
+            agents.start(toolchain_specs(
+                &config,
+                &options,
+                index,
+                made,
+                &mut toolchains,
+                (&key, &mailer),
+            ));
         }
     }
 }

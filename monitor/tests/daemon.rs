@@ -367,6 +367,33 @@ fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
     }
 }
 
+/// A monitor under `root` with one toolchain at `url`, one instance, mail to the relay on
+/// `smtp_port`: its paths, where its reboot requests arrive, and its thread.
+fn one_toolchain_monitor(
+    root: &Path,
+    url: &str,
+    smtp_port: u16,
+) -> (
+    Paths,
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    let paths = monitor_paths(
+        root,
+        &format!(
+            "buildos.toolchain_url={url} buildos.instances=1 buildos.ram_total=12 \
+             buildos.smtp_relay=127.0.0.1:{smtp_port} buildos.admin_email=admin@example.org"
+        ),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    (
+        paths,
+        reboot,
+        std::thread::spawn(move || daemon::run(options)),
+    )
+}
+
 /// Publishes a toolchain under `dir/` whose agent records itself in `records`.
 fn publish_agent(server: &HttpServer, dir: &str, records: &Path) {
     let archive = agent_archive(records);
@@ -388,17 +415,7 @@ fn a_toolchain_missing_at_start_installs_on_its_first_good_poll_without_a_reboot
     let url = server
         .url("agent/toolchain.sha256")
         .replace("http://", "http://ci:s3cret@");
-    let paths = monitor_paths(
-        root.path(),
-        &format!(
-            "buildos.toolchain_url={url} buildos.instances=1 buildos.ram_total=12 \
-             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org",
-            smtp.port
-        ),
-    );
-    let (rebooted, reboot) = mpsc::channel();
-    let options = quick_options(&paths, rebooted);
-    let monitor = std::thread::spawn(move || daemon::run(options));
+    let (paths, reboot, monitor) = one_toolchain_monitor(root.path(), &url, smtp.port);
 
     // Not published at start (a switch port still blocking, say): the host comes up without it.
     wait_for("the failure mail", Duration::from_secs(60), || {
@@ -462,18 +479,8 @@ fn a_failed_install_of_an_unchanged_checksums_file_is_tried_again_without_a_rebo
         "agent/toolchain.sha256",
         format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)).as_bytes(),
     );
-    let paths = monitor_paths(
-        root.path(),
-        &format!(
-            "buildos.toolchain_url={} buildos.instances=1 buildos.ram_total=12 \
-             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org",
-            server.url("agent/toolchain.sha256"),
-            smtp.port
-        ),
-    );
-    let (rebooted, reboot) = mpsc::channel();
-    let options = quick_options(&paths, rebooted);
-    let monitor = std::thread::spawn(move || daemon::run(options));
+    let url = server.url("agent/toolchain.sha256");
+    let (_paths, reboot, monitor) = one_toolchain_monitor(root.path(), &url, smtp.port);
     wait_for("the failure mail", Duration::from_secs(60), || {
         smtp.find("toolchain default failed", "was not installed")
             .is_some()
