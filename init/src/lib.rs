@@ -13,6 +13,7 @@ pub mod consoles;
 pub mod devices;
 pub mod firmware;
 pub mod hardware;
+pub mod host;
 pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
@@ -22,7 +23,6 @@ pub mod phases;
 pub mod services;
 pub mod state;
 pub mod storage;
-pub mod sys;
 
 use std::error::Error;
 use std::panic::{self, AssertUnwindSafe};
@@ -201,7 +201,7 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
 }
 
 fn step_mounts(_boot: &mut Boot) -> StepResult {
-    mounts::mount_all(&sys::Linux, mounts::EARLY)?;
+    mounts::mount_all(&host::Linux, mounts::EARLY)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::reboot::{reboot, set_cad_enabled, RebootMode};
+use nix::sys::reboot::set_cad_enabled;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{sync, Pid};
@@ -19,17 +19,14 @@ use std::os::fd::AsFd;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::host::{Host, Linux};
 use crate::services::{describe, Supervisor};
 use crate::{console, mounts, state};
 
 /// How long services get between SIGTERM and SIGKILL at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    Reboot,
-    Poweroff,
-}
+pub use crate::host::Shutdown;
 
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
@@ -220,16 +217,13 @@ pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
         }
     }
     sync();
-    for line in mounts::unmount_disks() {
+    let proc_mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for line in mounts::unmount_disks(&Linux, &proc_mounts) {
         console::info(&line);
     }
     sync();
     console::info(&format!("{verb} now"));
-    let mode = match kind {
-        Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
-        Shutdown::Poweroff => RebootMode::RB_POWER_OFF,
-    };
-    let Err(errno) = reboot(mode);
+    let errno = Linux.reboot(kind);
     console::error(&format!("{verb} failed: {}; halting here", errno.desc()));
     loop {
         let _ = handled().wait();
