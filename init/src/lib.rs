@@ -26,10 +26,11 @@ pub mod storage;
 
 use std::error::Error;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 
 use buildos_cmdline::{Config, FailureAction};
 
-use crate::lifecycle::Shutdown;
+use crate::host::{Host, Shutdown};
 use crate::phases::Clock;
 use crate::services::{Service, Supervisor};
 
@@ -47,7 +48,7 @@ pub struct Boot {
     pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
 }
 
-type StepResult = Result<Outcome, Box<dyn Error>>;
+pub type StepResult = Result<Outcome, Box<dyn Error>>;
 
 /// How a step that did not fail went.
 pub enum Outcome {
@@ -56,10 +57,12 @@ pub enum Outcome {
     Warnings(Vec<String>),
 }
 
-struct Step {
-    name: &'static str,
-    required: bool,
-    run: fn(&mut Boot) -> StepResult,
+/// One boot step: its name (in the phase lines), whether boot stops when it fails, and what
+/// it does, on the host it is given.
+pub struct Step {
+    pub name: &'static str,
+    pub required: bool,
+    pub run: fn(&mut Boot, &Arc<dyn Host>) -> StepResult,
 }
 
 const STEPS: &[Step] = &[
@@ -150,6 +153,7 @@ pub fn run() -> ! {
     ));
     console::info(&build_id_line(std::fs::read_to_string(BUILDID_FILE)));
 
+    let host: Arc<dyn Host> = Arc::new(host::Linux);
     let mut boot = Boot {
         clock,
         config: Config::default(),
@@ -157,7 +161,7 @@ pub fn run() -> ! {
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
     };
-    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(&mut boot)));
+    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(STEPS, &mut boot, &host)));
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
@@ -168,17 +172,31 @@ pub fn run() -> ! {
                     .ready_line(&mode.to_string(), boot.problems.len()),
             );
             write_report(&boot.problems);
-            lifecycle::serve(debug_shell(&boot.config), boot.services)
+            let shell = debug_shell(host.as_ref(), &boot.config);
+            lifecycle::serve(host.as_ref(), shell, boot.services)
         }
-        Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
-        Err(_) => fallback(on_failure, "init panicked during boot"),
+        Ok(Err(step)) => act(
+            host.as_ref(),
+            fallback(on_failure, &format!("required boot step {step} failed")),
+        ),
+        Err(_) => act(
+            host.as_ref(),
+            fallback(on_failure, "init panicked during boot"),
+        ),
     }
 }
 
-fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
-    for step in STEPS {
+/// Runs the steps in order on `host`, printing a phase line for each and keeping the problems
+/// of those that warned or failed without being required. Returns the name of the first
+/// required step that failed; the steps after it do not run.
+pub fn run_steps(
+    steps: &[Step],
+    boot: &mut Boot,
+    host: &Arc<dyn Host>,
+) -> Result<(), &'static str> {
+    for step in steps {
         let started = boot.clock.now();
-        match (step.run)(boot) {
+        match (step.run)(boot, host) {
             Ok(Outcome::Ok) => console::info(&boot.clock.phase_line(step.name, "ok", started)),
             Ok(Outcome::Warnings(lines)) => {
                 for line in &lines {
@@ -200,8 +218,8 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn step_mounts(_boot: &mut Boot) -> StepResult {
-    mounts::mount_all(&host::Linux, mounts::EARLY)?;
+fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    mounts::mount_all(host.as_ref(), mounts::EARLY)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
@@ -209,7 +227,7 @@ fn step_mounts(_boot: &mut Boot) -> StepResult {
     Ok(Outcome::Ok)
 }
 
-fn step_cmdline(boot: &mut Boot) -> StepResult {
+fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let cmdline = read_cmdline(std::path::Path::new("/proc/cmdline"))?;
     console::info(&format!("kernel command line: {}", cmdline.shown));
     boot.config = cmdline.parsed.config;
@@ -254,7 +272,7 @@ pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
     })
 }
 
-fn step_modules(_boot: &mut Boot) -> StepResult {
+fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let release = nix::sys::utsname::uname()
         .map_err(|errno| format!("uname failed: {}", errno.desc()))?
         .release()
@@ -272,7 +290,7 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys"))?;
+    let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
         "{} devices asked for {} drivers{}",
@@ -306,7 +324,7 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
     let mut problems = report.problems();
     // The modules made the nodes; now the build user may use them.
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let (lines, more) = devices::grant(std::path::Path::new("/dev"), &group);
+    let (lines, more) = devices::grant(host.as_ref(), std::path::Path::new("/dev"), &group);
     lines.iter().for_each(|line| console::info(line));
     problems.extend(more);
     Ok(if problems.is_empty() {
@@ -318,9 +336,9 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
 
 /// Ethernet, DHCP, br0, br1 with NAT, the host name; then a thread keeps the lease.
 /// br1's dnsmasq goes to the supervisor when br1 is up and the image has dnsmasq.
-fn step_network(boot: &mut Boot) -> StepResult {
+fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let paths = net::Paths::default();
-    let report = net::setup(&boot.config, &paths);
+    let report = net::setup(host.as_ref(), &boot.config, &paths);
     let mut problems = report.problems;
     if let Some(public) = &report.public {
         boot.dhcp_ntp = public.lease.ntp.clone();
@@ -369,7 +387,7 @@ fn step_network(boot: &mut Boot) -> StepResult {
 }
 
 /// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
-fn step_clock(boot: &mut Boot) -> StepResult {
+fn step_clock(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let (servers, source) = ntp::servers(&boot.dhcp_ntp, &boot.config.ntp_servers);
     console::info(&format!("clock: asking {} ({source})", servers.join(", ")));
     Ok(
@@ -401,7 +419,7 @@ fn write_report(problems: &[String]) {
     }
 }
 
-fn step_state(_boot: &mut Boot) -> StepResult {
+fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
         return Err(format!(
@@ -431,14 +449,14 @@ fn step_state(_boot: &mut Boot) -> StepResult {
     })
 }
 
-fn step_users(boot: &mut Boot) -> StepResult {
+fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let Some(user) = state::find_user(&passwd, "build") else {
         console::info("no user build in this image: no SSH logins");
         return Ok(Outcome::Ok);
     };
     for dir in [user.home.clone(), user.home.join("tftp")] {
-        root_only_dir(&dir)?;
+        root_only_dir(host.as_ref(), &dir)?;
     }
     let file = state::authorize(&user, &boot.config.ssh_keys)?;
     console::info(&format!(
@@ -454,20 +472,16 @@ fn step_users(boot: &mut Boot) -> StepResult {
 /// root, and `build` owning them could rename what root works in and put links in its place.
 /// `build` writes in its own `.ssh`, in the monitor's per-toolchain work directories and on the
 /// machine volumes. sshd's StrictModes accepts a home owned by root and not writable by others.
-fn root_only_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    nix::unistd::chown(
-        dir,
-        Some(nix::unistd::Uid::from_raw(0)),
-        Some(nix::unistd::Gid::from_raw(0)),
-    )
-    .map_err(|e| format!("cannot give {} to root: {}", dir.display(), e.desc()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), String> {
+    host.create_dir_all(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    host.chown(dir, 0, 0)
+        .map_err(|e| format!("cannot give {} to root: {}", dir.display(), e.desc()))?;
+    host.chmod(dir, 0o755)
         .map_err(|e| format!("cannot set the mode of {} to 0755: {e}", dir.display()))
 }
 
-fn step_services(boot: &mut Boot) -> StepResult {
+fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let now = std::time::Instant::now();
     // sshd's privilege separation directory.
     let _ = std::fs::create_dir_all("/run/sshd");
@@ -483,9 +497,13 @@ fn step_services(boot: &mut Boot) -> StepResult {
     Ok(Outcome::Ok)
 }
 
-fn step_storage(boot: &mut Boot) -> StepResult {
+fn step_storage(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let log = |line: &str| console::info(line);
-    let report = storage::setup(&boot.config, &storage::Environment::host(&log))?;
+    let report = storage::setup(
+        host.as_ref(),
+        &boot.config,
+        &storage::Environment::host(&log),
+    )?;
     for line in report.lines() {
         console::info(&line);
     }
@@ -498,12 +516,12 @@ fn step_storage(boot: &mut Boot) -> StepResult {
 
 /// `buildos.debug_shell=1`: a shell on the console after ready, for tests that run the guest's
 /// programs over the serial console. Leaving it reboots, as with the emergency shell.
-fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
+fn debug_shell(host: &dyn Host, config: &Config) -> Option<nix::unistd::Pid> {
     if !config.debug_shell {
         return None;
     }
     console::info("debug shell on the console (buildos.debug_shell=1); leave it to reboot");
-    match lifecycle::spawn_shell() {
+    match lifecycle::spawn_shell(host) {
         Ok(pid) => Some(pid),
         Err(error) => {
             console::error(&format!("cannot start the debug shell: {error}"));
@@ -512,19 +530,44 @@ fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
     }
 }
 
-/// What init does when boot cannot go on: the emergency shell on the console (leaving it
-/// reboots), a reboot, or a power-off. Never returns.
-fn fallback(action: FailureAction, why: &str) -> ! {
+/// What init does when boot cannot go on, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The emergency shell on the console; leaving it reboots.
+    Shell { why: String },
+    /// A reboot or a power-off.
+    Shutdown { kind: Shutdown, why: String },
+}
+
+/// What `buildos.on_failure` asks for when boot cannot go on for the reason `why`.
+pub fn fallback(action: FailureAction, why: &str) -> Decision {
+    let why = why.to_owned();
     match action {
-        FailureAction::Shell => {
+        FailureAction::Shell => Decision::Shell { why },
+        FailureAction::Reboot => Decision::Shutdown {
+            kind: Shutdown::Reboot,
+            why,
+        },
+        FailureAction::Poweroff => Decision::Shutdown {
+            kind: Shutdown::Poweroff,
+            why,
+        },
+    }
+}
+
+/// Carries out a [`Decision`] on `host`. Never returns.
+fn act(host: &dyn Host, decision: Decision) -> ! {
+    match decision {
+        Decision::Shell { why } => {
             console::error(&format!(
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
-            match lifecycle::spawn_shell() {
-                Ok(pid) => lifecycle::serve(Some(pid), Supervisor::new()),
+            match lifecycle::spawn_shell(host) {
+                Ok(pid) => lifecycle::serve(host, Some(pid), Supervisor::new()),
                 Err(error) => {
                     console::error(&format!("cannot start the emergency shell: {error}"));
                     lifecycle::shutdown(
+                        host,
                         Shutdown::Reboot,
                         "the emergency shell could not start",
                         &mut Supervisor::new(),
@@ -532,9 +575,8 @@ fn fallback(action: FailureAction, why: &str) -> ! {
                 }
             }
         }
-        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why, &mut Supervisor::new()),
-        FailureAction::Poweroff => {
-            lifecycle::shutdown(Shutdown::Poweroff, why, &mut Supervisor::new())
+        Decision::Shutdown { kind, why } => {
+            lifecycle::shutdown(host, kind, &why, &mut Supervisor::new())
         }
     }
 }
@@ -563,7 +605,7 @@ mod tests {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| e.to_string())?;
         for dir in [home.clone(), home.join("tftp")] {
-            root_only_dir(&dir)?;
+            root_only_dir(&host::Linux, &dir)?;
             let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
             assert_eq!(
                 (meta.uid(), meta.gid(), meta.mode() & 0o7777),

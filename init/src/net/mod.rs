@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use buildos_cmdline::{Config, Ipv4Net};
 
 use crate::console;
+use crate::host::Host;
 use dhcp::{Client, DhcpError, Lease};
 use netlink::{Link, Netlink, NetlinkError};
 pub use render::Public;
@@ -146,7 +147,7 @@ pub fn is_ethernet(link: &Link) -> bool {
 /// Brings up networking at boot. Never fails hard and never waits longer than
 /// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
 /// back in the report for the caller to print and keep.
-pub fn setup(config: &Config, paths: &Paths) -> NetReport {
+pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
     let mut problems = Vec::new();
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
     let mut netlink = Netlink::open();
@@ -228,7 +229,7 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
         public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
         mac_source,
     );
-    if let Err(error) = apply_hostname(&hostname, public.as_ref(), paths) {
+    if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
         problems.push(format!("hostname: {error}"));
     }
 
@@ -482,8 +483,13 @@ pub fn choose_hostname(
     }
 }
 
-fn apply_hostname(hostname: &str, public: Option<&Public>, paths: &Paths) -> Result<(), String> {
-    nix::unistd::sethostname(hostname)
+fn apply_hostname(
+    host: &dyn Host,
+    hostname: &str,
+    public: Option<&Public>,
+    paths: &Paths,
+) -> Result<(), String> {
+    host.sethostname(hostname)
         .map_err(|e| format!("cannot set the host name to {hostname}: {}", e.desc()))?;
     write_atomic(&paths.etc.join("hostname"), &format!("{hostname}\n"))?;
     let hosts = paths.etc.join("hosts");

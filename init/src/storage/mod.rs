@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use self::superblock::{FsType, Superblock};
+use crate::host::{Host, RegistryError};
 
 /// The label of the state disk.
 pub const STATE_LABEL: &str = "buildos.state";
@@ -461,10 +462,14 @@ impl fmt::Display for StorageError {
 impl std::error::Error for StorageError {}
 
 /// Finds, checks and mounts the host's disks; see the module documentation.
-pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, StorageError> {
+pub fn setup(
+    host: &dyn Host,
+    config: &Config,
+    env: &Environment,
+) -> Result<StorageReport, StorageError> {
     let started = Instant::now();
     let bound = Duration::from_secs(u64::from(config.storage_wait));
-    let mut kernel = Kernel::new();
+    let mut kernel = Kernel::new(host);
     let mut scanner = Scanner {
         hung: Vec::new(),
         warnings: Vec::new(),
@@ -514,7 +519,7 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         let Some(fs) = filesystems.first() else {
             continue;
         };
-        match mount(env, role, fs) {
+        match mount(host, env, role, fs) {
             Ok(m) => mounted.push(m),
             Err(problem) => problems.push(problem),
         }
@@ -523,7 +528,7 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         // All or nothing, like the checks: the shell starts with no half-made storage.
         for m in mounted.iter().rev() {
             let target = env.root.join(m.mount_point.trim_start_matches('/'));
-            let _ = nix::mount::umount(&target);
+            let _ = host.umount(&target);
         }
         return Err(StorageError {
             problems,
@@ -679,32 +684,20 @@ fn sysfs_size(entry: &Path) -> Option<u64> {
     Some(sectors * 512)
 }
 
-/// The kernel's btrfs device registry, reached through /dev/btrfs-control.
-struct Kernel {
-    control: Result<File, String>,
+/// The kernel's btrfs device registry, reached through the host.
+struct Kernel<'h> {
+    host: &'h dyn Host,
     registered: Vec<PathBuf>,
     warnings: Vec<String>,
 }
 
-impl Kernel {
-    fn new() -> Self {
+impl<'h> Kernel<'h> {
+    fn new(host: &'h dyn Host) -> Self {
         Kernel {
-            control: Err(String::new()),
+            host,
             registered: Vec::new(),
             warnings: Vec::new(),
         }
-    }
-
-    fn control(&mut self) -> Result<&File, String> {
-        if self.control.is_err() {
-            self.control = buildos_ioctl::open_btrfs_control().map_err(|error| {
-                format!(
-                    "cannot open {}: {error} (is the btrfs module loaded?)",
-                    buildos_ioctl::BTRFS_CONTROL
-                )
-            });
-        }
-        self.control.as_ref().map_err(String::clone)
     }
 
     /// Registers a btrfs device once.
@@ -712,10 +705,7 @@ impl Kernel {
         if self.registered.iter().any(|d| d == device) {
             return;
         }
-        let result = self
-            .control()
-            .and_then(|c| buildos_ioctl::btrfs_scan_dev(c, device).map_err(|e| e.to_string()));
-        match result {
+        match self.host.btrfs_register(device) {
             Ok(()) => self.registered.push(device.to_owned()),
             Err(error) => {
                 let line = format!("cannot register btrfs device {}: {error}", device.display());
@@ -743,9 +733,12 @@ impl Kernel {
 
     /// Whether the kernel knows every device of the filesystem `device` belongs to.
     fn ready(&mut self, device: &Path) -> Result<bool, String> {
-        let control = self.control()?;
-        buildos_ioctl::btrfs_devices_ready(control, device)
-            .map_err(|error| format!("the kernel cannot tell ({error})"))
+        self.host
+            .btrfs_devices_ready(device)
+            .map_err(|error| match error {
+                RegistryError::Control(_) => error.to_string(),
+                RegistryError::Call(error) => format!("the kernel cannot tell ({error})"),
+            })
     }
 }
 
@@ -901,16 +894,22 @@ impl Found {
     }
 }
 
-fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Problem> {
+fn mount(
+    host: &dyn Host,
+    env: &Environment,
+    role: &Role,
+    fs: &Filesystem,
+) -> Result<Mounted, Problem> {
     let mount_point = role.mount_point();
     let target = env.root.join(mount_point.trim_start_matches('/'));
-    std::fs::create_dir_all(&target).map_err(|error| Problem::CreateMountPoint {
-        path: target.clone(),
-        error,
-    })?;
+    host.create_dir_all(&target)
+        .map_err(|error| Problem::CreateMountPoint {
+            path: target.clone(),
+            error,
+        })?;
     // Any device of a btrfs filesystem mounts all of it once the kernel knows them all.
     let device = fs.device();
-    nix::mount::mount(
+    host.mount(
         Some(device),
         &target,
         Some(fs.fs_type.driver()),
