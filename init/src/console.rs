@@ -128,3 +128,20 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// An error and its causes on one line, `error: cause: cause`, for the problems file, which
+/// keeps one problem per line. Line breaks inside a message become `; `.
+pub fn oneline(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    parts
+        .join(": ")
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
 
+use crate::error::FileError;
 use crate::host::Host;
 
 /// The profile's modules that are loaded on every host, one name per line.
@@ -426,10 +427,9 @@ impl Tables {
     }
 }
 
-fn read_table(dir: &Path, name: &str) -> Result<String, String> {
+fn read_table(dir: &Path, name: &str) -> Result<String, FileError> {
     let path = dir.join(name);
-    std::fs::read_to_string(&path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+    std::fs::read_to_string(&path).map_err(FileError::on("read", &path))
 }
 
 /// Loads the fixed set on one thread while matching devices to drivers on this one, so that
@@ -440,7 +440,7 @@ pub fn load_modules(
     dir: &Path,
     fixed: Vec<String>,
     sys: &Path,
-) -> Result<Report, String> {
+) -> Result<Report, FileError> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
         &read_table(dir, "modules.dep")?,

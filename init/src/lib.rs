@@ -11,6 +11,7 @@
 pub mod console;
 pub mod consoles;
 pub mod devices;
+pub mod error;
 pub mod firmware;
 pub mod hardware;
 pub mod host;
@@ -24,12 +25,12 @@ pub mod services;
 pub mod state;
 pub mod storage;
 
-use std::error::Error;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use buildos_cmdline::{Config, FailureAction};
 
+use crate::error::{FileError, ModulesError, StepError};
 use crate::host::{Host, Shutdown};
 use crate::phases::Clock;
 use crate::services::{Service, Supervisor};
@@ -48,7 +49,7 @@ pub struct Boot {
     pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
 }
 
-pub type StepResult = Result<Outcome, Box<dyn Error>>;
+pub type StepResult = Result<Outcome, StepError>;
 
 /// How a step that did not fail went.
 pub enum Outcome {
@@ -206,12 +207,13 @@ pub fn run_steps(
                 console::info(&boot.clock.phase_line(step.name, "warnings", started));
             }
             Err(error) => {
-                console::error(&console::chain(error.as_ref()));
+                console::error(&console::chain(&error));
                 console::info(&boot.clock.phase_line(step.name, "failed", started));
                 if step.required {
                     return Err(step.name);
                 }
-                boot.problems.push(format!("{}: {error}", step.name));
+                boot.problems
+                    .push(format!("{}: {}", step.name, console::oneline(&error)));
             }
         }
     }
@@ -219,7 +221,7 @@ pub fn run_steps(
 }
 
 fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
-    mounts::mount_all(host.as_ref(), mounts::EARLY)?;
+    mounts::mount_all(host.as_ref(), mounts::EARLY).map_err(StepError::Mounts)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
@@ -228,7 +230,8 @@ fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
 }
 
 fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
-    let cmdline = read_cmdline(std::path::Path::new("/proc/cmdline"))?;
+    let cmdline =
+        read_cmdline(std::path::Path::new("/proc/cmdline")).map_err(StepError::Cmdline)?;
     console::info(&format!("kernel command line: {}", cmdline.shown));
     boot.config = cmdline.parsed.config;
     for line in buildos_cmdline::describe(&boot.config) {
@@ -255,9 +258,8 @@ pub struct Cmdline {
 
 /// Reads and parses the command line at `path` (`/proc/cmdline`) as bytes: the kernel does not
 /// promise UTF-8, and an argument that is not costs only itself.
-pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
-    let bytes =
-        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, FileError> {
+    let bytes = std::fs::read(path).map_err(FileError::on("read", path))?;
     let parsed = buildos_cmdline::parse_bytes(&bytes);
     let shown = buildos_cmdline::escaped(String::from_utf8_lossy(&bytes).trim_end());
     let problems = parsed
@@ -273,24 +275,28 @@ pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
 }
 
 fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    let fail = StepError::Modules;
     let release = nix::sys::utsname::uname()
-        .map_err(|errno| format!("uname failed: {}", errno.desc()))?
+        .map_err(|errno| fail(ModulesError::Uname(errno)))?
         .release()
         .to_string_lossy()
         .into_owned();
     let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
     if !dir.is_dir() {
-        return Err(format!("the image has no modules for kernel {release}").into());
+        return Err(fail(ModulesError::NoModules { release }));
     }
-    let fixed = std::fs::read_to_string(hardware::FIXED_MODULES)
-        .map_err(|error| format!("cannot read {}: {error}", hardware::FIXED_MODULES))?;
+    let fixed_path = std::path::Path::new(hardware::FIXED_MODULES);
+    let fixed = std::fs::read_to_string(fixed_path)
+        .map_err(FileError::on("read", fixed_path))
+        .map_err(|error| fail(ModulesError::Fixed(error)))?;
     let fixed: Vec<String> = fixed
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))?;
+    let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
+        .map_err(|error| fail(ModulesError::Tables(error)))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
         "{} devices asked for {} drivers{}",
@@ -360,7 +366,10 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
                 boot.services.add(service, std::time::Instant::now());
                 console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
             }
-            Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
+            Err(error) => problems.push(format!(
+                "network: br1's dnsmasq: {}",
+                console::oneline(&error)
+            )),
         }
     }
     if std::path::Path::new(net::DNSMASQ).is_file() {
@@ -376,7 +385,10 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
                 boot.services.add(service, std::time::Instant::now());
                 console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
             }
-            Err(error) => problems.push(format!("network: br0's TFTP server: {error}")),
+            Err(error) => problems.push(format!(
+                "network: br0's TFTP server: {}",
+                console::oneline(&error)
+            )),
         }
     }
     Ok(if problems.is_empty() {
@@ -422,22 +434,18 @@ fn write_report(problems: &[String]) {
 fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
-        return Err(format!(
-            "{} is not mounted; nothing survives a reboot",
-            state.display()
-        )
-        .into());
+        return Err(StepError::State);
     }
     let mut warnings = Vec::new();
     match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
         Ok(line) => console::info(&line),
-        Err(error) => warnings.push(format!("random seed: {error}")),
+        Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
     let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
     if keygen.is_file() {
         match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
-            Err(error) => warnings.push(format!("ssh host keys: {error}")),
+            Err(error) => warnings.push(format!("ssh host keys: {}", console::oneline(&error))),
         }
     } else {
         console::info("no ssh-keygen in this image: no SSH host keys");
@@ -456,9 +464,10 @@ fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         return Ok(Outcome::Ok);
     };
     for dir in [user.home.clone(), user.home.join("tftp")] {
-        root_only_dir(host.as_ref(), &dir)?;
+        root_only_dir(host.as_ref(), &dir).map_err(StepError::Users)?;
     }
-    let file = state::authorize(&user, &boot.config.ssh_keys)?;
+    let file =
+        state::authorize(host.as_ref(), &user, &boot.config.ssh_keys).map_err(StepError::Users)?;
     console::info(&format!(
         "{} SSH key(s) for user build in {}",
         boot.config.ssh_keys.len(),
@@ -472,13 +481,13 @@ fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
 /// root, and `build` owning them could rename what root works in and put links in its place.
 /// `build` writes in its own `.ssh`, in the monitor's per-toolchain work directories and on the
 /// machine volumes. sshd's StrictModes accepts a home owned by root and not writable by others.
-fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), String> {
+fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), FileError> {
     host.create_dir_all(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(FileError::on("create", dir))?;
     host.chown(dir, 0, 0)
-        .map_err(|e| format!("cannot give {} to root: {}", dir.display(), e.desc()))?;
+        .map_err(|e| FileError::new(format!("give {} to root", dir.display()), e))?;
     host.chmod(dir, 0o755)
-        .map_err(|e| format!("cannot set the mode of {} to 0755: {e}", dir.display()))
+        .map_err(|e| FileError::new(format!("set the mode of {} to 0755", dir.display()), e))
 }
 
 fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
@@ -503,7 +512,8 @@ fn step_storage(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         host.as_ref(),
         &boot.config,
         &storage::Environment::host(&log),
-    )?;
+    )
+    .map_err(StepError::Storage)?;
     for line in report.lines() {
         console::info(&line);
     }
@@ -586,7 +596,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builds_home_and_tftp_root_become_roots_and_closed_to_others() -> Result<(), String> {
+    fn builds_home_and_tftp_root_become_roots_and_closed_to_others(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         assert!(
             nix::unistd::Uid::effective().is_root(),
@@ -606,13 +617,13 @@ mod tests {
             .map_err(|e| e.to_string())?;
         for dir in [home.clone(), home.join("tftp")] {
             root_only_dir(&host::Linux, &dir)?;
-            let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
+            let meta = std::fs::metadata(&dir)?;
             assert_eq!(
                 (meta.uid(), meta.gid(), meta.mode() & 0o7777),
                 (0, 0, 0o755)
             );
         }
-        std::fs::remove_dir_all(&home).map_err(|e| e.to_string())
+        Ok(std::fs::remove_dir_all(&home)?)
     }
 
     #[test]
