@@ -162,29 +162,60 @@ pub fn run() -> ! {
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
     };
-    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(STEPS, &mut boot, &host)));
+    let decision = live(&host, STEPS, &mut boot, |host, boot| serve(host, boot));
+    conclude(host.as_ref(), decision, &mut boot)
+}
+
+/// After boot: the ready line, the boot report, the debug shell if asked for, then the main
+/// loop ([`lifecycle::serve`]), which never returns.
+fn serve(host: &Arc<dyn Host>, boot: &mut Boot) -> ! {
+    let mode = firmware::boot_mode(std::path::Path::new("/sys"));
+    console::info(
+        &boot
+            .clock
+            .ready_line(&mode.to_string(), boot.problems.len()),
+    );
+    write_report(&boot.problems);
+    let shell = debug_shell(host.as_ref(), &boot.config);
+    lifecycle::serve(host.as_ref(), shell, &mut boot.services)
+}
+
+/// The life of PID 1 from the first step on: runs `steps`, then `after` (on a host,
+/// [`serve`], which never returns). Returns only with what ends it: a required step that
+/// failed, or a panic anywhere in the steps or after them, ready or not. The panic guard
+/// covers it all, so a panic in the main loop ends in `buildos.on_failure` as one during boot
+/// does, instead of ending PID 1 (which the kernel answers with a panic of its own).
+pub fn live(
+    host: &Arc<dyn Host>,
+    steps: &[Step],
+    boot: &mut Boot,
+    after: impl FnOnce(&Arc<dyn Host>, &mut Boot) -> std::convert::Infallible,
+) -> Decision {
+    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(steps, boot, host)));
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
-            let mode = firmware::boot_mode(std::path::Path::new("/sys"));
-            console::info(
-                &boot
-                    .clock
-                    .ready_line(&mode.to_string(), boot.problems.len()),
-            );
-            write_report(&boot.problems);
-            let shell = debug_shell(host.as_ref(), &boot.config);
-            lifecycle::serve(host.as_ref(), shell, boot.services)
+            let Err(_) = panic::catch_unwind(AssertUnwindSafe(|| after(host, boot)));
+            fallback(on_failure, "init panicked after ready")
         }
-        Ok(Err(step)) => act(
-            host.as_ref(),
-            fallback(on_failure, &format!("required boot step {step} failed")),
-        ),
-        Err(_) => act(
-            host.as_ref(),
-            fallback(on_failure, "init panicked during boot"),
-        ),
+        Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
+        Err(_) => fallback(on_failure, "init panicked during boot"),
     }
+}
+
+/// Acts on what ended [`live`], guarded too: a panic while acting ends in a reboot, and one
+/// during that reboot in [`lifecycle::halt`]. Never returns.
+fn conclude(host: &dyn Host, decision: Decision, boot: &mut Boot) -> ! {
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| act(host, decision, &mut boot.services)));
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        lifecycle::shutdown(
+            host,
+            Shutdown::Reboot,
+            "init panicked while acting on buildos.on_failure",
+            &mut boot.services,
+        )
+    }));
+    lifecycle::halt()
 }
 
 /// Runs the steps in order on `host`, printing a phase line for each and keeping the problems
@@ -230,8 +261,13 @@ fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
 }
 
 fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
-    let cmdline =
-        read_cmdline(std::path::Path::new("/proc/cmdline")).map_err(StepError::Cmdline)?;
+    apply_cmdline(boot, std::path::Path::new("/proc/cmdline"))
+}
+
+/// The cmdline step on the command line at `path`: the configuration every later step and the
+/// fallback follow, and a problem per bad parameter (which keeps its default).
+fn apply_cmdline(boot: &mut Boot, path: &std::path::Path) -> StepResult {
+    let cmdline = read_cmdline(path).map_err(StepError::Cmdline)?;
     console::info(&format!("kernel command line: {}", cmdline.shown));
     boot.config = cmdline.parsed.config;
     for line in buildos_cmdline::describe(&boot.config) {
@@ -565,35 +601,222 @@ pub fn fallback(action: FailureAction, why: &str) -> Decision {
     }
 }
 
-/// Carries out a [`Decision`] on `host`. Never returns.
-fn act(host: &dyn Host, decision: Decision) -> ! {
+/// Carries out a [`Decision`] on `host`; `services` (none started when boot failed) keep
+/// being supervised under the shell and are stopped before a shutdown. Never returns.
+fn act(host: &dyn Host, decision: Decision, services: &mut Supervisor) -> ! {
     match decision {
         Decision::Shell { why } => {
             console::error(&format!(
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
             match lifecycle::spawn_shell(host) {
-                Ok(pid) => lifecycle::serve(host, Some(pid), Supervisor::new()),
+                Ok(pid) => lifecycle::serve(host, Some(pid), services),
                 Err(error) => {
                     console::error(&format!("cannot start the emergency shell: {error}"));
                     lifecycle::shutdown(
                         host,
                         Shutdown::Reboot,
                         "the emergency shell could not start",
-                        &mut Supervisor::new(),
+                        services,
                     )
                 }
             }
         }
-        Decision::Shutdown { kind, why } => {
-            lifecycle::shutdown(host, kind, &why, &mut Supervisor::new())
-        }
+        Decision::Shutdown { kind, why } => lifecycle::shutdown(host, kind, &why, services),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Recording;
+
+    fn boot(on_failure: FailureAction) -> Boot {
+        Boot {
+            clock: Clock::start(),
+            config: Config {
+                on_failure,
+                ..Config::default()
+            },
+            problems: Vec::new(),
+            services: Supervisor::new(),
+            dhcp_ntp: Vec::new(),
+        }
+    }
+
+    fn fine(_: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+        host.sethostname("fine")
+            .map_err(|e| StepError::Users(FileError::new("name", e)))?;
+        Ok(Outcome::Ok)
+    }
+
+    fn broken(_: &mut Boot, _: &Arc<dyn Host>) -> StepResult {
+        Err(StepError::Users(FileError::new(
+            "give /build to root",
+            nix::errno::Errno::EPERM,
+        )))
+    }
+
+    fn panics(_: &mut Boot, _: &Arc<dyn Host>) -> StepResult {
+        panic!("a bug in a step")
+    }
+
+    fn step(
+        name: &'static str,
+        required: bool,
+        run: fn(&mut Boot, &Arc<dyn Host>) -> StepResult,
+    ) -> Step {
+        Step {
+            name,
+            required,
+            run,
+        }
+    }
+
+    fn recording() -> (Arc<Recording>, Arc<dyn Host>) {
+        let recording = Arc::new(Recording::new());
+        let host: Arc<dyn Host> = recording.clone();
+        (recording, host)
+    }
+
+    #[test]
+    fn a_panic_in_the_main_loop_after_ready_ends_in_the_fallback_instead_of_ending_pid_1() {
+        for (action, want) in [
+            (
+                FailureAction::Reboot,
+                Decision::Shutdown {
+                    kind: Shutdown::Reboot,
+                    why: "init panicked after ready".into(),
+                },
+            ),
+            (
+                FailureAction::Poweroff,
+                Decision::Shutdown {
+                    kind: Shutdown::Poweroff,
+                    why: "init panicked after ready".into(),
+                },
+            ),
+            (
+                FailureAction::Shell,
+                Decision::Shell {
+                    why: "init panicked after ready".into(),
+                },
+            ),
+        ] {
+            let (recording, host) = recording();
+            let mut boot = boot(action);
+            let steps = [step("first", true, fine)];
+            let decision = live(&host, &steps, &mut boot, |_, _| {
+                panic!("a bug in the main loop")
+            });
+            assert_eq!(decision, want);
+            assert_eq!(recording.calls(), ["sethostname fine"]);
+        }
+    }
+
+    #[test]
+    fn a_required_step_that_fails_stops_boot_and_buildos_on_failure_decides_what_follows() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("storage", true, broken), step("after", false, fine)];
+        let decision = live(&host, &steps, &mut boot, |_, _| {
+            unreachable!("boot never ends")
+        });
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Reboot,
+                why: "required boot step storage failed".into()
+            }
+        );
+        // The steps after it never ran.
+        assert!(recording.calls().is_empty(), "{:?}", recording.calls());
+    }
+
+    #[test]
+    fn a_best_effort_step_that_fails_is_a_problem_with_its_causes_and_boot_goes_on() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("users", false, broken), step("after", true, fine)];
+        assert_eq!(run_steps(&steps, &mut boot, &host), Ok(()));
+        assert_eq!(
+            boot.problems,
+            [
+                "users: cannot set up the user build: cannot give /build to root: \
+              Operation not permitted (os error 1)"
+            ]
+        );
+        assert_eq!(recording.calls(), ["sethostname fine"]);
+    }
+
+    #[test]
+    fn bad_parameter_values_keep_their_defaults_and_on_failure_from_the_same_line_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "console=ttyS0 buildos.storage_wait=soon buildos.on_failure=poweroff\n",
+        )
+        .unwrap();
+        let mut boot = boot(FailureAction::Shell);
+        let Ok(Outcome::Warnings(problems)) = apply_cmdline(&mut boot, &cmdline) else {
+            panic!("a bad value is a warning")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("invalid parameter buildos.storage_wait")
+                && problems[0].contains("soon"),
+            "{problems:?}"
+        );
+        assert_eq!(boot.config.storage_wait, Config::default().storage_wait);
+        let (_, host) = recording();
+        let decision = live(
+            &host,
+            &[step("storage", true, broken)],
+            &mut boot,
+            |_, _| unreachable!("boot never ends"),
+        );
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Poweroff,
+                why: "required boot step storage failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_command_line_is_an_error_naming_the_file_and_why() {
+        let mut boot = boot(FailureAction::Shell);
+        let missing = std::path::Path::new("/nonexistent/cmdline");
+        let Err(error) = apply_cmdline(&mut boot, missing) else {
+            panic!("no command line to read")
+        };
+        assert_eq!(
+            console::chain(&error),
+            "cannot read the kernel command line\n  \
+             caused by: cannot read /nonexistent/cmdline\n  \
+             caused by: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_panic_in_a_boot_step_ends_in_the_fallback() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("first", false, panics), step("second", false, fine)];
+        let decision = live(&host, &steps, &mut boot, |_, _| {
+            unreachable!("boot never ends")
+        });
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Reboot,
+                why: "init panicked during boot".into()
+            }
+        );
+        assert!(recording.calls().is_empty());
+    }
 
     #[test]
     fn builds_home_and_tftp_root_become_roots_and_closed_to_others(

@@ -74,7 +74,7 @@ fn reap() {
 /// The main loop of a booted host: reaps children, restarts services when their back-off
 /// ends, and waits for a shutdown request. With an emergency shell running, its end reboots
 /// the host.
-pub fn serve(host: &dyn Host, shell: Option<Pid>, mut services: Supervisor) -> ! {
+pub fn serve(host: &dyn Host, shell: Option<Pid>, services: &mut Supervisor) -> ! {
     let set = handled();
     // A signalfd lets the loop wait for a signal or the next restart, whichever comes first.
     let signals = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
@@ -122,7 +122,7 @@ pub fn serve(host: &dyn Host, shell: Option<Pid>, mut services: Supervisor) -> !
                             host,
                             Shutdown::Reboot,
                             "the emergency shell exited",
-                            &mut services,
+                            services,
                         );
                     }
                     if let Some(line) = services.exited(pid, &describe(&status), Instant::now()) {
@@ -132,7 +132,7 @@ pub fn serve(host: &dyn Host, shell: Option<Pid>, mut services: Supervisor) -> !
                 continue;
             }
             if let Some(kind) = request(signal) {
-                shutdown(host, kind, &format!("requested by {signal}"), &mut services);
+                shutdown(host, kind, &format!("requested by {signal}"), services);
             }
         }
     }
@@ -226,6 +226,12 @@ pub fn shutdown(host: &dyn Host, kind: Shutdown, why: &str, services: &mut Super
     console::info(&format!("{verb} now"));
     let errno = host.reboot(kind);
     console::error(&format!("{verb} failed: {}; halting here", errno.desc()));
+    halt()
+}
+
+/// Where PID 1 ends when it can neither go on nor reboot: it waits for signals and reaps
+/// children, forever.
+pub fn halt() -> ! {
     loop {
         let _ = handled().wait();
         reap();
