@@ -17,6 +17,7 @@ use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
 use crate::report::{self, HostUp, Report, ToolchainState};
+use crate::secrets;
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
@@ -432,6 +433,13 @@ pub fn run(options: Options) -> String {
         ),
         Err(e) => log::error!("no agent key: {e}"),
     }
+    // Before any agent starts, so a secret can be put there as soon as the host is up, even
+    // for a toolchain that is not installed yet.
+    for name in config.toolchains.keys() {
+        if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
+            log::error!("toolchain {name}: no secrets directory: {e}");
+        }
+    }
 
     let buildid = std::fs::read_to_string(&paths.buildid)
         .map(|s| s.trim().to_string())
@@ -831,6 +839,9 @@ fn agent_specs(
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
             agent_key: agent_key.to_string(),
+            secrets_dir: secrets::toolchain_dir(&paths.state, &installed.name)
+                .display()
+                .to_string(),
         };
         if let Some((template, made @ None)) = &mut bootstrap {
             let mailer = Mutex::new(mailer.clone());
