@@ -619,6 +619,7 @@ pub fn run(options: Options) -> String {
                         })
                         .unwrap_or_default(),
                     agent_key: Some(agent_key.clone()),
+                    tunnel: tunnel_key(&config, paths),
                 }));
                 // After the host-up mail's line: with nothing to poll, the monitor's last.
                 console::idle(&config);
@@ -877,6 +878,17 @@ fn agent_specs(
         });
     }
     Ok(specs)
+}
+
+/// With `buildos.tunnel`, the bastion and the public half of the tunnel key init made on the
+/// state disk (`<state>/tunnel/id_ed25519.pub`).
+fn tunnel_key(config: &Config, paths: &Paths) -> Option<(String, Result<String, String>)> {
+    let target = config.tunnel.as_ref()?;
+    let public = paths.state.join("tunnel/id_ed25519.pub");
+    let key = std::fs::read_to_string(&public)
+        .map(|text| text.trim().to_string())
+        .map_err(|e| format!("cannot read {}: {e}", public.display()));
+    Some((target.to_string(), key))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
