@@ -11,6 +11,7 @@
 
 pub mod ntp;
 pub mod tftp;
+pub mod tier;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
