@@ -48,7 +48,10 @@ fn a_missing_precondition_skips_with_one_line_saying_why() {
     for all in [None, Some("0")] {
         let (passed, text) = probe(all);
         assert!(passed, "{text}");
-        let skips: Vec<&str> = text.lines().filter(|l| l.starts_with("skipped: ")).collect();
+        let skips: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("skipped: "))
+            .collect();
         assert_eq!(
             skips,
             [format!(
