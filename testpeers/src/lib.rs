@@ -34,15 +34,6 @@ impl Drop for Process {
     }
 }
 
-/// Fails the test with a clear message when it does not run as root.
-pub fn require_root(what: &str) {
-    let uid = nix::unistd::Uid::effective();
-    assert!(
-        uid.is_root(),
-        "needs root: {what} (run the tests as root, as CI does)"
-    );
-}
-
 /// Waits for `condition` up to `bound`, checking every 20 ms; the bound is a failure.
 pub fn wait_for(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) {
     wait_until(what, bound, || condition().then_some(()));
