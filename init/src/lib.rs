@@ -861,10 +861,9 @@ mod tests {
     fn builds_home_and_tftp_root_become_roots_and_closed_to_others(
     ) -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "giving directories away needs root (cargo xtask test runs as root)"
-        );
+        if !buildos_testpeers::tier::root("giving directories away") {
+            return Ok(());
+        }
         let home = std::env::temp_dir().join(format!("buildos-home-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         // As an earlier boot left it: build's, writable by everyone.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use buildos_monitor::secrets;
-use support::require_root;
+use support::tier;
 
 /// `nobody` stands in for `build`, which the test machine need not have.
 const AGENTS: u32 = 65534;
@@ -69,7 +69,9 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn a_secret_put_by_the_agents_user_is_readable_by_that_user_only() {
-    require_root("giving the secrets directory to another user");
+    if !tier::root("giving the secrets directory to another user") {
+        return;
+    }
     let root = tempfile::tempdir().unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state = root.path().join("state");

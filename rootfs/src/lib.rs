@@ -452,6 +452,8 @@ impl Profile {
 
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+
     use super::*;
 
     #[test]
@@ -634,38 +636,44 @@ mod tests {
             .find(|f| f.path == "/etc/sudoers.d/buildos-machine")
             .unwrap();
         assert_eq!(sudoers.mode, 0o440);
-        let rules: Vec<&str> = sudoers
-            .contents
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            rules,
-            [
-                "build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine receive *, \
-                 /usr/sbin/buildos-machine remove *, /usr/sbin/buildos-machine list, \
-                 /usr/sbin/buildos-machine list *, /usr/sbin/buildos-machine login *"
-            ]
-        );
+        expect![[r#"
+            # debian image of buildos 0.1.0: the build user may run the machine helper as
+            # root, and nothing else; only its host-side operations (receive, remove, list, login). The
+            # helper itself refuses every form of these that is not the host side (a remote command, ssh
+            # and its options, another machines root, owner or socket) when it runs for another user.
+            build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine receive *, /usr/sbin/buildos-machine remove *, /usr/sbin/buildos-machine list, /usr/sbin/buildos-machine list *, /usr/sbin/buildos-machine login *
+        "#]].assert_eq(&sudoers.contents);
     }
 
     #[test]
     fn sshd_template_forbids_passwords_and_root_logins() {
         let files = load("debian").unwrap().render_templates("1.2.3").unwrap();
-        let sshd = files
-            .iter()
-            .find(|f| f.path == "/etc/ssh/sshd_config.d/buildos.conf")
-            .unwrap();
-        assert!(sshd.contents.contains("\nPasswordAuthentication no\n"));
-        assert!(sshd.contents.contains("\nPermitRootLogin no\n"));
-        let release = files
-            .iter()
-            .find(|f| f.path == "/etc/buildos/os-release")
-            .unwrap();
-        assert!(release.contents.contains("VERSION_ID=\"1.2.3\"\n"));
-        assert!(release
-            .contents
-            .contains("BUILDOS_DEBIAN_RELEASE=\"bookworm\"\n"));
+        let file = |path: &str| {
+            files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("no {path}"))
+                .contents
+                .clone()
+        };
+        expect![[r#"
+            # Written by the buildos image (debian profile). Keys only: a build host accepts the
+            # key given with buildos.ssh_key and no password, and root does not log in over SSH.
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin no
+        "#]]
+        .assert_eq(&file("/etc/ssh/sshd_config.d/buildos.conf"));
+        expect![[r#"
+            NAME="buildos"
+            ID=buildos
+            VERSION_ID="1.2.3"
+            BUILDOS_PROFILE="debian"
+            BUILDOS_DEBIAN_RELEASE="bookworm"
+            BUILDOS_DEBIAN_MIRROR="http://deb.debian.org/debian"
+            PRETTY_NAME="buildos 1.2.3 (debian)"
+        "#]]
+        .assert_eq(&file("/etc/buildos/os-release"));
     }
 
     #[test]

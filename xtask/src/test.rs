@@ -72,6 +72,8 @@ pub fn run() -> Result<()> {
             (IMAGE_DIR_VAR, out.as_os_str()),
             (DEBIAN_IMAGE_DIR_VAR, debian_out.as_os_str()),
             (crate::fuzz::CASES_VAR, cases.as_ref()),
+            // Every tier runs: a test whose precondition is missing fails instead of skipping.
+            (buildos_testpeers::tier::ALL_VAR, "1".as_ref()),
         ],
     )
 }
