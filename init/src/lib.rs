@@ -201,12 +201,17 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
 }
 
 fn step_mounts(_boot: &mut Boot) -> StepResult {
+    // First, while nothing is mounted below `/`: a problem, not a failed boot, when it fails.
+    let root = mounts::root_on_a_mount(&sys::Linux);
     mounts::mount_all(&sys::Linux, mounts::EARLY)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
     }
-    Ok(Outcome::Ok)
+    Ok(match root {
+        Ok(()) => Outcome::Ok,
+        Err(error) => Outcome::Warnings(vec![error.to_string()]),
+    })
 }
 
 fn step_cmdline(boot: &mut Boot) -> StepResult {

@@ -6,7 +6,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use crate::sys::{Mount, Sys};
+use crate::sys::{Mount, RootCall, Sys};
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
@@ -70,6 +70,88 @@ pub const EARLY: &[Mount] = &[
         reason: "scratch space for every program",
     },
 ];
+
+/// Where the root is bound before it is moved onto `/`: a directory of the initramfs, removed
+/// again once the root is the bind mount.
+const ROOT_STAGING: &str = "/.buildos-root";
+
+/// The kernel unpacks the initrd into rootfs, the one mount with no parent, and
+/// pivot_root(2) refuses to move a root that is rootfs (EINVAL): Nix's sandbox, which
+/// pivot_roots into each build's tree, and every container runtime fail on it. So the root
+/// becomes a bind mount of itself, as switch_root does with a new root: the same files, now a
+/// mount on top of rootfs that pivot_root accepts. A call with the reason it is needed.
+pub const ROOT: &[(RootCall, &str)] = &[
+    (
+        RootCall::Bind {
+            source: "/",
+            target: ROOT_STAGING,
+        },
+        "a second mount of the same files, which has a parent",
+    ),
+    (RootCall::Chdir(ROOT_STAGING), "to stand in that mount"),
+    (
+        RootCall::Move {
+            source: ROOT_STAGING,
+            target: "/",
+        },
+        "to put it over rootfs's /",
+    ),
+    (
+        RootCall::Chroot("."),
+        "to make it init's root, which every process inherits",
+    ),
+    (RootCall::Chdir("/"), "to stand at the new root"),
+    (
+        RootCall::RemoveDir(ROOT_STAGING),
+        "the staging directory, empty again in the new root",
+    ),
+];
+
+/// A call of [`ROOT`] that failed.
+#[derive(Debug)]
+pub struct RootError {
+    pub call: RootCall,
+    pub reason: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for RootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): {:?} ({}) failed: {}",
+            self.call,
+            self.reason,
+            self.errno.desc()
+        )
+    }
+}
+
+impl std::error::Error for RootError {}
+
+/// Makes the root a bind mount of itself ([`ROOT`]), before any other mount (a bind without
+/// MS_REC carries no mounts below `/`). Stops at the first call that fails; the root is then
+/// rootfs still, and boot goes on.
+pub fn root_on_a_mount(sys: &dyn Sys) -> Result<(), RootError> {
+    let staging = Path::new(ROOT_STAGING);
+    sys.create_dir_all(staging).map_err(|e| RootError {
+        call: RootCall::Bind {
+            source: "/",
+            target: ROOT_STAGING,
+        },
+        reason: "its mount point",
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    })?;
+    for (call, reason) in ROOT {
+        sys.root_call(*call).map_err(|errno| RootError {
+            call: *call,
+            reason,
+            errno,
+        })?;
+    }
+    Ok(())
+}
 
 #[derive(Debug)]
 pub enum MountError {
@@ -231,6 +313,49 @@ mod tests {
                 _ => Ok(()),
             }
         }
+        fn root_call(&self, call: RootCall) -> nix::Result<()> {
+            let text = format!("{call:?}");
+            self.calls.borrow_mut().push(text.clone());
+            match self.fail_on {
+                Some((needle, errno)) if text.contains(needle) => Err(errno),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn root_becomes_a_bind_mount_of_itself_moved_over_rootfs() {
+        let sys = Recorder::default();
+        root_on_a_mount(&sys).unwrap();
+        assert_eq!(
+            *sys.calls.borrow(),
+            [
+                "mkdir /.buildos-root",
+                "Bind { source: \"/\", target: \"/.buildos-root\" }",
+                "Chdir(\"/.buildos-root\")",
+                "Move { source: \"/.buildos-root\", target: \"/\" }",
+                "Chroot(\".\")",
+                "Chdir(\"/\")",
+                "RemoveDir(\"/.buildos-root\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn root_left_on_rootfs_says_which_call_failed_and_what_it_costs() {
+        let sys = Recorder {
+            fail_on: Some(("Move", Errno::EINVAL)),
+            ..Recorder::default()
+        };
+        let error = root_on_a_mount(&sys).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): Move { source: \"/.buildos-root\", target: \"/\" } \
+             (to put it over rootfs's /) failed: Invalid argument"
+        );
+        // Nothing after the failed call ran.
+        assert!(!sys.calls.borrow().iter().any(|c| c.starts_with("Chroot")));
     }
 
     #[test]

@@ -18,9 +18,28 @@ pub struct Mount {
     pub reason: &'static str,
 }
 
+/// One call of the sequence that makes the root a mount of its own (`mounts::ROOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootCall {
+    /// `mount(source, target, MS_BIND)`.
+    Bind {
+        source: &'static str,
+        target: &'static str,
+    },
+    /// `mount(source, target, MS_MOVE)`.
+    Move {
+        source: &'static str,
+        target: &'static str,
+    },
+    Chdir(&'static str),
+    Chroot(&'static str),
+    RemoveDir(&'static str),
+}
+
 pub trait Sys {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     fn mount(&self, mount: &Mount) -> nix::Result<()>;
+    fn root_call(&self, call: RootCall) -> nix::Result<()>;
 }
 
 /// The running kernel.
@@ -34,5 +53,21 @@ impl Sys for Linux {
     fn mount(&self, m: &Mount) -> nix::Result<()> {
         let data = (!m.data.is_empty()).then_some(m.data);
         nix::mount::mount(Some(m.source), m.target, Some(m.fstype), m.flags, data)
+    }
+
+    fn root_call(&self, call: RootCall) -> nix::Result<()> {
+        let none = None::<&str>;
+        match call {
+            RootCall::Bind { source, target } => {
+                nix::mount::mount(Some(source), target, none, MsFlags::MS_BIND, none)
+            }
+            RootCall::Move { source, target } => {
+                nix::mount::mount(Some(source), target, none, MsFlags::MS_MOVE, none)
+            }
+            RootCall::Chdir(path) => nix::unistd::chdir(path),
+            RootCall::Chroot(path) => nix::unistd::chroot(path),
+            RootCall::RemoveDir(path) => std::fs::remove_dir(path)
+                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+        }
     }
 }
