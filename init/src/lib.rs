@@ -253,12 +253,17 @@ pub fn run_steps(
 }
 
 fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    // First, while nothing is mounted below `/`: a problem, not a failed boot, when it fails.
+    let root = mounts::root_on_a_mount(host.as_ref());
     mounts::mount_all(host.as_ref(), mounts::EARLY).map_err(StepError::Mounts)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
     }
-    Ok(Outcome::Ok)
+    Ok(match root {
+        Ok(()) => Outcome::Ok,
+        Err(error) => Outcome::Warnings(vec![error.to_string()]),
+    })
 }
 
 fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod fuzz;
 pub mod image;
 pub mod lan;
+pub mod nix;
 pub mod pxe;
 pub mod qemu;
 pub mod system;
