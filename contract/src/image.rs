@@ -120,7 +120,10 @@ mod tests {
     fn entries_are_absolute_unique_and_the_sbin_init_link_points_at_init() {
         for (i, entry) in ENTRIES.iter().enumerate() {
             assert!(entry.path.starts_with('/'), "{entry:?}");
-            assert!(ENTRIES[..i].iter().all(|e| e.path != entry.path), "{entry:?}");
+            assert!(
+                ENTRIES[..i].iter().all(|e| e.path != entry.path),
+                "{entry:?}"
+            );
         }
         let link = ENTRIES
             .iter()

@@ -51,7 +51,6 @@ macro_rules! sbin_dir {
         "/usr/sbin"
     };
 }
-pub(crate) use {build_dir, etc_dir, run_dir, sbin_dir, state_dir};
 
 /// What the image carries in `/etc/buildos/`. Written by the image builder (the build id) and
 /// by the image's own entries ([`crate::image`]); read by init and the monitor.
