@@ -220,11 +220,6 @@ fn mode() -> Result<&'static str> {
     )
 }
 
-/// Single-quotes `s` for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 /// The root filesystem of `profile`, from `cache` when it holds one with the same key, else
 /// made with mmdebstrap into it. `archives` is the apt download cache shared by every build.
 pub fn rootfs(
@@ -307,35 +302,9 @@ pub fn rootfs_with_release(
         "set -e; mkdir -p \"$1\"{OUT}/kernel; cd \"$1\"{OUT}/kernel; \
          k=$({apt} apt-cache depends {kernel} | sed -n 's/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p' | head -n 1); \
          {apt} apt-get download -q -o APT::Sandbox::User=root \"${{k:-{kernel}}}\"",
-        kernel = quote(&profile.kernel),
+        kernel = buildos_rootfs::shell_quote(&profile.kernel),
     );
-    let mut users_hook = String::from("set -e");
-    for user in &profile.users {
-        for group in &user.groups {
-            users_hook.push_str(&format!(
-                "; chroot \"$1\" getent group {group} >/dev/null || \
-                 chroot \"$1\" groupadd --system {group}",
-                group = quote(group),
-            ));
-        }
-        let groups = if user.groups.is_empty() {
-            String::new()
-        } else {
-            format!(" --groups {}", quote(&user.groups.join(",")))
-        };
-        users_hook.push_str(&format!(
-            "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
-             --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
-            gid = user.gid,
-            uid = user.uid,
-            name = quote(&user.name),
-            home = quote(&user.home),
-            shell = quote(&user.shell),
-        ));
-    }
-    for path in &debian.setuid {
-        users_hook.push_str(&format!("; chmod u+s \"$1\"{}", quote(path)));
-    }
+    let users_hook = profile.users_script();
     let mut command = Command::new("mmdebstrap");
     command
         .arg(format!("--mode={mode}"))
@@ -548,10 +517,5 @@ mod tests {
         assert_eq!(key, cache_key(&module, 0, b"Release A").unwrap());
         let minimal = buildos_rootfs::load("minimal").unwrap();
         assert!(cache_key(&minimal, 0, b"x").is_err());
-    }
-
-    #[test]
-    fn quote_survives_single_quotes() {
-        assert_eq!(quote("a'b"), "'a'\\''b'");
     }
 }
