@@ -92,6 +92,9 @@ pub mod etc {
 
 /// The build id's text, as [`etc::BUILDID`] and the toolchain server's `buildos-buildid` hold it.
 pub mod buildid {
+    /// A build id's length: a SHA-256 in hex.
+    pub const LEN: usize = 64;
+
     /// One line: the id and a newline.
     pub fn render(id: &str) -> String {
         format!("{id}\n")
@@ -99,7 +102,7 @@ pub mod buildid {
 
     /// Whether `id` (trimmed) is a build id: exactly 64 lower-case hex digits.
     pub fn is_valid(id: &str) -> bool {
-        id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        id.len() == LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     }
 }
 
@@ -116,6 +119,8 @@ pub mod run {
     pub const NETWORK: &str = "network";
     /// The monitor's status, JSON; `buildos-monitor status` reads it.
     pub const MONITOR_STATUS: &str = "monitor.json";
+    /// Agent and bootstrap logs (monitor), `<toolchain>-<instance>.log` each.
+    pub const AGENT_LOGS: &str = "agents";
     /// Service logs (init's supervisor), `<name>.log` each.
     pub const LOG: &str = "log";
     /// dnsmasq's configuration for br1.

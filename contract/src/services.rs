@@ -28,10 +28,10 @@ pub enum Grace {
 
 impl Grace {
     /// The grace in seconds, given `buildos.agent_grace`.
-    pub fn seconds(self, agent_grace: u32) -> u64 {
+    pub const fn seconds(self, agent_grace: u32) -> u64 {
         match self {
             Grace::Seconds(seconds) => seconds,
-            Grace::AgentGracePlus(extra) => u64::from(agent_grace) + extra,
+            Grace::AgentGracePlus(extra) => agent_grace as u64 + extra,
         }
     }
 }
@@ -50,7 +50,8 @@ pub struct Service {
     pub grace: Grace,
     /// A directory the service needs to exist before it starts.
     pub needs_dir: Option<&'static str>,
-    /// Why a build host runs it.
+    /// Why a build host runs it: init prints it beside the name when the service is added
+    /// during boot.
     pub why: &'static str,
 }
 
@@ -73,7 +74,7 @@ pub const SERVICES: &[Service] = &[
         start: Start::Br1Up,
         grace: DEFAULT_GRACE,
         needs_dir: None,
-        why: "DHCP and TFTP for the build machines on br1",
+        why: "DHCP and TFTP on br1",
     },
     Service {
         name: "dnsmasq-br0",
@@ -82,7 +83,7 @@ pub const SERVICES: &[Service] = &[
         start: Start::ToolchainOnBr0,
         grace: DEFAULT_GRACE,
         needs_dir: None,
-        why: "TFTP on br0, for the machines of toolchains on the public bridge",
+        why: "TFTP on br0, for its machines",
     },
     Service {
         name: "sshd",

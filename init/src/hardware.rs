@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
 
 /// The profile's modules that are loaded on every host, one name per line.
-pub const FIXED_MODULES: &str = "/etc/buildos/modules.boot";
+pub const FIXED_MODULES: &str = buildos_contract::etc::MODULES_BOOT;
 
 /// modules.alias: `alias <pattern> <module>` lines.
 #[derive(Debug, Default)]
@@ -435,10 +435,10 @@ fn read_table(dir: &Path, name: &str) -> Result<String, String> {
 pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report, String> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
-        &read_table(dir, "modules.dep")?,
-        &read_table(dir, "modules.softdep").unwrap_or_default(),
-        &read_table(dir, "modules.alias").unwrap_or_default(),
-        &read_table(dir, "modules.builtin").unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::DEP)?,
+        &read_table(dir, buildos_contract::modules::SOFTDEP).unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::ALIAS).unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::BUILTIN).unwrap_or_default(),
     ));
 
     let fixed_tables = std::sync::Arc::clone(&tables);

@@ -28,6 +28,7 @@ use std::error::Error;
 use std::panic::{self, AssertUnwindSafe};
 
 use buildos_cmdline::{Config, FailureAction};
+use buildos_contract as contract;
 
 use crate::lifecycle::Shutdown;
 use crate::phases::Clock;
@@ -117,10 +118,10 @@ pub fn steps() -> impl Iterator<Item = (&'static str, bool)> {
 }
 
 /// What init leaves for the monitor and for people in /run/buildos.
-pub const RUN_DIR: &str = "/run/buildos";
+pub const RUN_DIR: &str = contract::run::DIR;
 
 /// The running image's build id, written by the image builder in the initrd's last segment.
-pub const BUILDID_FILE: &str = "/etc/buildos/buildid";
+pub const BUILDID_FILE: &str = contract::etc::BUILDID;
 
 /// The console line naming the running build, so that an operator (or a test) sees which
 /// image a host booted: `build id <hex>`, or why it is unknown.
@@ -260,18 +261,13 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
         .release()
         .to_string_lossy()
         .into_owned();
-    let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
+    let dir = std::path::PathBuf::from(contract::modules::release_dir(&release));
     if !dir.is_dir() {
         return Err(format!("the image has no modules for kernel {release}").into());
     }
     let fixed = std::fs::read_to_string(hardware::FIXED_MODULES)
         .map_err(|error| format!("cannot read {}: {error}", hardware::FIXED_MODULES))?;
-    let fixed: Vec<String> = fixed
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
+    let fixed = contract::etc::parse_modules_boot(&fixed);
     let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys"))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
@@ -332,15 +328,8 @@ fn step_network(boot: &mut Boot) -> StepResult {
         console::info("no dnsmasq in this image: no DHCP or TFTP for build machines on br1");
     } else if report.private_ready {
         match net::dnsmasq_command(&boot.config, &paths) {
-            Ok(command) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
+            Ok(_) => {
+                add_services(boot, contract::services::Start::Br1Up, &paths);
             }
             Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
         }
@@ -348,15 +337,8 @@ fn step_network(boot: &mut Boot) -> StepResult {
     if std::path::Path::new(net::DNSMASQ).is_file() {
         match net::tftp_br0_command(&boot.config, &paths) {
             Ok(None) => {}
-            Ok(Some(command)) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq-br0", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
+            Ok(Some(_)) => {
+                add_services(boot, contract::services::Start::ToolchainOnBr0, &paths);
             }
             Err(error) => problems.push(format!("network: br0's TFTP server: {error}")),
         }
@@ -366,6 +348,17 @@ fn step_network(boot: &mut Boot) -> StepResult {
     } else {
         Outcome::Warnings(problems)
     })
+}
+
+/// Adds the contract's services that start at `start` to the supervisor, their files in
+/// `paths.run` (where the network step wrote their configuration), and says so.
+fn add_services(boot: &mut Boot, start: contract::services::Start, paths: &net::Paths) {
+    let run = paths.run.display().to_string();
+    for spec in contract::services::starting(start) {
+        let service = Service::from_contract(spec, boot.config.agent_grace, &run);
+        boot.services.add(service, std::time::Instant::now());
+        console::info(&format!("services to start: {} ({})", spec.name, spec.why));
+    }
 }
 
 /// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
@@ -392,8 +385,8 @@ fn write_report(problems: &[String]) {
         .map(|l| format!("{l}\n"))
         .collect();
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(dir.join("problems"), problems))
-        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+        .and_then(|()| std::fs::write(dir.join(contract::run::PROBLEMS), problems))
+        .and_then(|()| std::fs::write(dir.join(contract::run::BOOT_LOG), log));
     if let Err(error) = written {
         console::warn(&format!(
             "cannot write the boot report in {RUN_DIR}: {error}"
@@ -415,7 +408,7 @@ fn step_state(_boot: &mut Boot) -> StepResult {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {error}")),
     }
-    let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
+    let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
     if keygen.is_file() {
         match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
@@ -433,11 +426,14 @@ fn step_state(_boot: &mut Boot) -> StepResult {
 
 fn step_users(boot: &mut Boot) -> StepResult {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some(user) = state::find_user(&passwd, "build") else {
+    let Some(user) = state::find_user(&passwd, contract::build::USER) else {
         console::info("no user build in this image: no SSH logins");
         return Ok(Outcome::Ok);
     };
-    for dir in [user.home.clone(), user.home.join("tftp")] {
+    for dir in [
+        user.home.clone(),
+        std::path::PathBuf::from(contract::build::TFTP),
+    ] {
         root_only_dir(&dir)?;
     }
     let file = state::authorize(&user, &boot.config.ssh_keys)?;
@@ -469,16 +465,15 @@ fn root_only_dir(dir: &std::path::Path) -> Result<(), String> {
 
 fn step_services(boot: &mut Boot) -> StepResult {
     let now = std::time::Instant::now();
-    // sshd's privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    boot.services
-        .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
-    // The monitor stops its agents within buildos.agent_grace when asked to; it gets that
-    // long and a little more before init kills it.
-    let mut monitor = Service::new("monitor", "/usr/sbin/buildos-monitor", &[]);
-    monitor.grace = std::time::Duration::from_secs(u64::from(boot.config.agent_grace) + 5);
-    boot.services.add(monitor, now);
-    let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    let mut names = Vec::new();
+    for spec in contract::services::starting(contract::services::Start::AfterBoot) {
+        if let Some(dir) = spec.needs_dir {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let service = Service::from_contract(spec, boot.config.agent_grace, RUN_DIR);
+        boot.services.add(service, now);
+        names.push(spec.name);
+    }
     console::info(&format!("services to start: {}", names.join(", ")));
     Ok(Outcome::Ok)
 }
