@@ -154,10 +154,12 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
 }
 
 /// The code that makes the segment from the recipe, part of the cache key: this file, the
-/// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions of
-/// every dependency (the compressor among them). A change to any may change the bytes.
-const PIPELINE: [&[u8]; 6] = [
+/// profile crate (its `users_script` is the hook that makes users, groups and setuid bits), the
+/// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions
+/// of every dependency (the compressor among them). A change to any may change the bytes.
+const PIPELINE: [&[u8]; 7] = [
     include_bytes!("debian.rs"),
+    include_bytes!("../../rootfs/src/lib.rs"),
     include_bytes!("../../image-builder/src/compress.rs"),
     include_bytes!("../../image-builder/src/rootfs.rs"),
     include_bytes!("../../image-builder/src/cpio.rs"),
@@ -501,6 +503,15 @@ fn load(dir: &Path, key: String, build_time: Duration) -> Result<Rootfs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_key_covers_the_code_of_the_users_hook() {
+        let users_script: &[u8] = include_bytes!("../../rootfs/src/lib.rs");
+        assert!(std::str::from_utf8(users_script)
+            .unwrap()
+            .contains("pub fn users_script"));
+        assert!(PIPELINE.contains(&users_script));
+    }
 
     #[test]
     fn cache_key_follows_recipe_epoch_and_mirror_state_but_not_modules() {
