@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod apt;
+pub mod bastion;
 pub mod bench;
 pub mod debian;
 pub mod demo;
