@@ -5,8 +5,7 @@
 //! - `lib/modules/<version>/<path as in the package>` for every module of the closure;
 //! - beside them the generated `modules.dep`, `modules.alias` and `modules.softdep`, the
 //!   package's `modules.builtin` as shipped and its `modules.order` filtered to the closure
-//!   (see [`crate::kmod`] for their order);
-//! - [`MODULES_LIST`]: the closure's module names in load order, one per line, for init.
+//!   (see [`crate::kmod`] for their order).
 //!
 //! The initrd is up to four cpio segments, each compressed on its own in the spec's
 //! [`Compression`], one after the other (the kernel unpacks each over the previous ones):
@@ -29,6 +28,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use buildos_contract as contract;
 use sha2::{Digest, Sha256};
 
 use crate::compress::Compression;
@@ -42,10 +42,15 @@ pub const IMAGE_FILE: &str = "buildos-image";
 pub const INITRD_FILE: &str = "buildos-initrd";
 /// The buildid's file name in the output directory.
 pub const BUILDID_FILE: &str = "buildos-buildid";
-/// Where the initrd lists the modules init loads, in load order, one name per line.
-pub const MODULES_LIST: &str = "etc/buildos/modules";
-/// Where the initrd's last segment holds the buildid, one line of lower-case hex.
-pub const BUILDID_PATH: &str = "etc/buildos/buildid";
+/// Where the initrd's last segment holds the buildid ([`buildos_contract::etc::BUILDID`]
+/// without its leading `/`), one line of lower-case hex.
+pub const BUILDID_PATH: &str = {
+    let (_, relative) = contract::etc::BUILDID.as_bytes().split_at(1);
+    match std::str::from_utf8(relative) {
+        Ok(path) => path,
+        Err(_) => panic!("the build id path is ASCII"),
+    }
+};
 /// Separates the buildid hash from any other use of SHA-256 over the same bytes.
 const BUILDID_DOMAIN: &[u8] = b"buildos-buildid-v1\n";
 
@@ -83,6 +88,51 @@ pub enum InitrdEntry {
         path: String,
         target: String,
     },
+}
+
+/// What the image's own entries ([`buildos_contract::image::ENTRIES`]) hold: the static
+/// binaries the caller built and the parts of the profile init reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnContents {
+    pub init: Vec<u8>,
+    pub monitor: Vec<u8>,
+    pub machine: Vec<u8>,
+    /// The modules init loads on every host.
+    pub modules_boot: Vec<String>,
+    /// The profile's name.
+    pub profile: String,
+    /// `package<TAB>version` lines.
+    pub packages: String,
+}
+
+/// The image's own entries, laid out as the host contract says, in its order.
+pub fn own_entries(contents: &OwnContents) -> Vec<InitrdEntry> {
+    use contract::image::{Content, Kind};
+    contract::image::ENTRIES
+        .iter()
+        .map(|entry| match entry.kind {
+            Kind::Symlink { target } => InitrdEntry::Symlink {
+                path: entry.path.to_owned(),
+                target: target.to_owned(),
+            },
+            Kind::File { mode, content } => InitrdEntry::File {
+                path: entry.path.to_owned(),
+                mode,
+                contents: match content {
+                    Content::Init => contents.init.clone(),
+                    Content::Monitor => contents.monitor.clone(),
+                    Content::Machine => contents.machine.clone(),
+                    Content::ModulesBoot => {
+                        contract::etc::render_modules_boot(&contents.modules_boot).into_bytes()
+                    }
+                    Content::Profile => {
+                        contract::etc::render_profile(&contents.profile).into_bytes()
+                    }
+                    Content::Packages => contents.packages.clone().into_bytes(),
+                },
+            },
+        })
+        .collect()
 }
 
 /// A root filesystem segment that goes first in the initrd.
@@ -156,7 +206,7 @@ pub struct ImageOutput {
     pub initrd_uncompressed_size: u64,
     /// Size of the base segment in the initrd (0 without a base).
     pub base_size: u64,
-    /// Module names in load order (what [`MODULES_LIST`] holds).
+    /// Module names in load order.
     pub modules: Vec<String>,
     /// Bytes of module files in the initrd.
     pub module_bytes: u64,
@@ -292,7 +342,8 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             source: Box::new(source),
         })
     };
-    let base = format!("lib/modules/{version}");
+    let base = contract::modules::release_dir(&version);
+    let base = base.trim_start_matches('/');
     let mut module_bytes = 0u64;
     for m in &closure {
         let bytes = package
@@ -306,19 +357,20 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         add(&path, modules.add_file(&path, 0o644, bytes))?;
     }
     let generated = [
-        ("modules.dep", db.render_modules_dep(&closure)),
-        ("modules.alias", db.render_modules_alias(&closure)),
-        ("modules.softdep", db.render_modules_softdep(&closure)),
-        ("modules.builtin", db.modules_builtin().to_string()),
-        ("modules.order", db.render_modules_order(&closure)),
+        (contract::modules::DEP, db.render_modules_dep(&closure)),
+        (contract::modules::ALIAS, db.render_modules_alias(&closure)),
+        (
+            contract::modules::SOFTDEP,
+            db.render_modules_softdep(&closure),
+        ),
+        (contract::modules::BUILTIN, db.modules_builtin().to_string()),
+        (contract::modules::ORDER, db.render_modules_order(&closure)),
     ];
     for (name, text) in generated {
         let path = format!("{base}/{name}");
         add(&path, modules.add_file(&path, 0o644, text))?;
     }
     let names: Vec<String> = closure.iter().map(|m| m.name.clone()).collect();
-    let list: String = names.iter().map(|n| format!("{n}\n")).collect();
-    add(MODULES_LIST, archive.add_file(MODULES_LIST, 0o644, list))?;
 
     for extra in &spec.extra_debs {
         add_from_deb(&mut archive, extra)?;
@@ -406,7 +458,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     let mut last = Archive::new();
     add(
         BUILDID_PATH,
-        last.add_file(&place(BUILDID_PATH), 0o644, format!("{id}\n")),
+        last.add_file(&place(BUILDID_PATH), 0o644, contract::buildid::render(&id)),
     )?;
     let last = last
         .to_bytes(spec.source_date_epoch)
@@ -627,10 +679,8 @@ mod tests {
 
         let entries = read_initrd(&out.initrd_path);
         let base = format!("lib/modules/{VERSION}");
-        assert_eq!(
-            file(&entries, "etc/buildos/modules"),
-            b"crc32c_generic\nraid6_pq\nxor\nlibcrc32c\nbtrfs\nllc\nstp\nbridge\n"
-        );
+        // Nothing reads a list of the closure: init loads modules.boot and what devices ask for.
+        assert!(entries.iter().all(|(e, _)| e.path != "etc/buildos/modules"));
         assert_eq!(file(&entries, "bin/busybox"), b"\x7fELF static busybox");
         assert_eq!(file(&entries, "init"), b"\x7fELF init");
         let dep =
@@ -822,17 +872,57 @@ mod tests {
     }
 
     #[test]
-    fn extra_entry_clashing_with_a_module_list_is_an_error_naming_the_path() {
+    fn extra_entry_clashing_with_a_package_file_is_an_error_naming_the_path() {
         let inputs = Inputs::new(b"k");
         let mut spec = inputs.spec("out");
         spec.entries.push(InitrdEntry::File {
-            path: "/etc/buildos/modules".into(),
-            mode: 0o644,
-            contents: b"tun\n".to_vec(),
+            path: "/bin/busybox".into(),
+            mode: 0o755,
+            contents: b"another busybox".to_vec(),
         });
         let err = build(&spec).unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.contains("etc/buildos/modules"), "{chain}");
+        assert!(chain.contains("bin/busybox"), "{chain}");
+    }
+
+    #[test]
+    fn own_entries_put_init_the_monitor_and_etc_buildos_where_the_contract_says() {
+        let entries = own_entries(&OwnContents {
+            init: b"init".to_vec(),
+            monitor: b"monitor".to_vec(),
+            machine: b"machine".to_vec(),
+            modules_boot: vec!["btrfs".into(), "tun".into()],
+            profile: "minimal".into(),
+            packages: "busybox-static\t1\n".into(),
+        });
+        let file = |path: &str| {
+            entries.iter().find_map(|e| match e {
+                InitrdEntry::File {
+                    path: p,
+                    mode,
+                    contents,
+                } if p == path => Some((*mode, contents.clone())),
+                _ => None,
+            })
+        };
+        assert_eq!(file("/init"), Some((0o755, b"init".to_vec())));
+        assert_eq!(
+            file("/usr/sbin/buildos-monitor"),
+            Some((0o755, b"monitor".to_vec()))
+        );
+        assert_eq!(
+            file("/etc/buildos/modules.boot"),
+            Some((0o644, b"btrfs\ntun\n".to_vec()))
+        );
+        assert_eq!(
+            file("/etc/buildos/profile"),
+            Some((0o644, b"minimal\n".to_vec()))
+        );
+        assert!(entries.contains(&InitrdEntry::Symlink {
+            path: "/usr/sbin/sendmail".into(),
+            target: "buildos-monitor".into()
+        }));
+        assert_eq!(entries.len(), contract::image::ENTRIES.len());
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use buildos_cmdline::{Config, FailureAction};
+use buildos_contract as contract;
 
 use crate::error::{FileError, ModulesError, StepError};
 use crate::host::{Host, Shutdown};
@@ -122,10 +123,10 @@ pub fn steps() -> impl Iterator<Item = (&'static str, bool)> {
 }
 
 /// What init leaves for the monitor and for people in /run/buildos.
-pub const RUN_DIR: &str = "/run/buildos";
+pub const RUN_DIR: &str = contract::run::DIR;
 
 /// The running image's build id, written by the image builder in the initrd's last segment.
-pub const BUILDID_FILE: &str = "/etc/buildos/buildid";
+pub const BUILDID_FILE: &str = contract::etc::BUILDID;
 
 /// The console line naming the running build, so that an operator (or a test) sees which
 /// image a host booted: `build id <hex>`, or why it is unknown.
@@ -323,7 +324,7 @@ fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .release()
         .to_string_lossy()
         .into_owned();
-    let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
+    let dir = std::path::PathBuf::from(contract::modules::release_dir(&release));
     if !dir.is_dir() {
         return Err(fail(ModulesError::NoModules { release }));
     }
@@ -331,12 +332,7 @@ fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let fixed = std::fs::read_to_string(fixed_path)
         .map_err(FileError::on("read", fixed_path))
         .map_err(|error| fail(ModulesError::Fixed(error)))?;
-    let fixed: Vec<String> = fixed
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
+    let fixed = contract::etc::parse_modules_boot(&fixed);
     let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
         .map_err(|error| fail(ModulesError::Tables(error)))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
@@ -398,15 +394,8 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         console::info("no dnsmasq in this image: no DHCP or TFTP for build machines on br1");
     } else if report.private_ready {
         match net::dnsmasq_command(&boot.config, &paths) {
-            Ok(command) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
+            Ok(_) => {
+                add_services(boot, contract::services::Start::Br1Up, &paths);
             }
             Err(error) => problems.push(format!(
                 "network: br1's dnsmasq: {}",
@@ -417,15 +406,8 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     if std::path::Path::new(net::DNSMASQ).is_file() {
         match net::tftp_br0_command(&boot.config, &paths) {
             Ok(None) => {}
-            Ok(Some(command)) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq-br0", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
+            Ok(Some(_)) => {
+                add_services(boot, contract::services::Start::ToolchainOnBr0, &paths);
             }
             Err(error) => problems.push(format!(
                 "network: br0's TFTP server: {}",
@@ -438,6 +420,17 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     } else {
         Outcome::Warnings(problems)
     })
+}
+
+/// Adds the contract's services that start at `start` to the supervisor, their files in
+/// `paths.run` (where the network step wrote their configuration), and says so.
+fn add_services(boot: &mut Boot, start: contract::services::Start, paths: &net::Paths) {
+    let run = paths.run.display().to_string();
+    for spec in contract::services::starting(start) {
+        let service = Service::from_contract(spec, boot.config.agent_grace, &run);
+        boot.services.add(service, std::time::Instant::now());
+        console::info(&format!("services to start: {} ({})", spec.name, spec.why));
+    }
 }
 
 /// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
@@ -464,8 +457,8 @@ fn write_report(problems: &[String]) {
         .map(|l| format!("{l}\n"))
         .collect();
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(dir.join("problems"), problems))
-        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+        .and_then(|()| std::fs::write(dir.join(contract::run::PROBLEMS), problems))
+        .and_then(|()| std::fs::write(dir.join(contract::run::BOOT_LOG), log));
     if let Err(error) = written {
         console::warn(&format!(
             "cannot write the boot report in {RUN_DIR}: {error}"
@@ -483,7 +476,7 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
-    let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
+    let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
     if keygen.is_file() {
         match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
@@ -512,7 +505,7 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
 
 fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some(user) = state::find_user(&passwd, "build") else {
+    let Some(user) = state::find_user(&passwd, contract::build::USER) else {
         console::info("no user build in this image: no SSH logins");
         return Ok(Outcome::Ok);
     };
@@ -545,16 +538,15 @@ fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), FileError
 
 fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let now = std::time::Instant::now();
-    // sshd's privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    boot.services
-        .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
-    // The monitor stops its agents within buildos.agent_grace when asked to; it gets that
-    // long and a little more before init kills it.
-    let mut monitor = Service::new("monitor", "/usr/sbin/buildos-monitor", &[]);
-    monitor.grace = std::time::Duration::from_secs(u64::from(boot.config.agent_grace) + 5);
-    boot.services.add(monitor, now);
-    let mut names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    let mut names = Vec::new();
+    for spec in contract::services::starting(contract::services::Start::AfterBoot) {
+        if let Some(dir) = spec.needs_dir {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let service = Service::from_contract(spec, boot.config.agent_grace, RUN_DIR);
+        boot.services.add(service, now);
+        names.push(spec.name.to_owned());
+    }
     let mut warnings = Vec::new();
     if let Some(target) = &boot.config.tunnel {
         let state = std::path::Path::new(state::STATE);

@@ -306,7 +306,7 @@ pub fn is_mount_point(path: &Path) -> bool {
 pub fn disks_to_unmount(proc_mounts: &str) -> Vec<String> {
     let mut points: Vec<String> = mount_points(proc_mounts)
         .into_iter()
-        .filter(|m| m == "/state" || m.starts_with("/state/") || m.starts_with("/build/"))
+        .filter(|m| buildos_contract::state::holds(m) || buildos_contract::build::holds(m))
         .collect();
     points.reverse();
     points

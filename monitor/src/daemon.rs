@@ -23,7 +23,7 @@ use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
 
 /// Makes and reads the agent key.
-const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+const SSH_KEYGEN: &str = buildos_contract::programs::SSH_KEYGEN;
 
 /// What to do to reboot the host; given the reason.
 pub type RebootAction = Box<dyn Fn(&str) + Send>;
@@ -51,15 +51,15 @@ pub struct Options {
 impl Options {
     /// The options of the monitor on a host.
     pub fn host() -> Options {
-        // The image's contract: user and group `build` are 1000:1000.
+        use buildos_contract::build;
         let agent_user = nix::unistd::Uid::effective().is_root().then(|| {
-            agents::passwd_entry("/etc/passwd", |name, _| name == "build")
-                .map_or((1000, 1000), |user| (user.uid, user.gid))
+            agents::passwd_entry("/etc/passwd", |name, _| name == build::USER)
+                .map_or((build::UID, build::GID), |user| (user.uid, user.gid))
         });
         let agent_groups = match agent_user {
             Some(_) => agents::supplementary_groups(
                 &std::fs::read_to_string("/etc/group").unwrap_or_default(),
-                "build",
+                build::USER,
             ),
             None => Vec::new(),
         };
@@ -74,7 +74,7 @@ impl Options {
                 first_delay: Duration::from_secs(5),
                 max_delay: Duration::from_secs(300),
                 launcher: std::env::current_exe()
-                    .unwrap_or_else(|_| PathBuf::from("/usr/sbin/buildos-monitor")),
+                    .unwrap_or_else(|_| PathBuf::from(buildos_contract::programs::MONITOR)),
             },
             agent_user,
             agent_groups,
@@ -808,7 +808,7 @@ fn agent_specs(
     let mut bootstrap = bootstrap.map(|template| (template, None));
     let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
     let served = agents::user_dir(
-        &paths.tftp_root.join("agents"),
+        &paths.tftp_root.join(buildos_contract::build::SERVED_AGENTS),
         &installed.name,
         options.agent_user,
         0o755,
@@ -851,7 +851,7 @@ fn agent_specs(
                 agents::command(template, &variables, &dir)?,
                 paths
                     .run
-                    .join("agents")
+                    .join(buildos_contract::run::AGENT_LOGS)
                     .join(format!("{}-bootstrap.log", installed.name)),
                 paths
                     .agents
@@ -873,7 +873,7 @@ fn agent_specs(
             home: Some(work.clone()),
             log: paths
                 .run
-                .join("agents")
+                .join(buildos_contract::run::AGENT_LOGS)
                 .join(format!("{}-{}.log", installed.name, slice.instance)),
         });
     }
@@ -898,8 +898,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The disks init mounted: `/state` and `/build/machines/*` from `/proc/mounts`, else the
 /// same from `/etc/fstab`.
 fn disks(paths: &Paths) -> Vec<String> {
-    let wanted =
-        |mountpoint: &str| mountpoint == "/state" || mountpoint.starts_with("/build/machines/");
+    let wanted = |mountpoint: &str| {
+        mountpoint == buildos_contract::state::DIR
+            || buildos_contract::build::is_machine_volume(mountpoint)
+    };
     for source in [&paths.mounts, &paths.fstab] {
         let Ok(text) = std::fs::read_to_string(source) else {
             continue;

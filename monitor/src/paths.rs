@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use buildos_contract as contract;
+
 /// Where things are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -39,16 +41,16 @@ impl Default for Paths {
     fn default() -> Paths {
         Paths {
             cmdline: "/proc/cmdline".into(),
-            buildid: "/etc/buildos/buildid".into(),
-            tftp_root: "/build/tftp".into(),
-            agents: "/build/agents".into(),
-            work: "/build/work".into(),
-            mail_queue: "/state/mail".into(),
-            run: "/run/buildos".into(),
+            buildid: contract::etc::BUILDID.into(),
+            tftp_root: contract::build::TFTP.into(),
+            agents: contract::build::AGENTS.into(),
+            work: contract::build::WORK.into(),
+            mail_queue: contract::state::MAIL.into(),
+            run: contract::run::DIR.into(),
             mounts: "/proc/mounts".into(),
             fstab: "/etc/fstab".into(),
-            machines: "/build/machines".into(),
-            state: "/state".into(),
+            machines: contract::build::MACHINES.into(),
+            state: contract::state::DIR.into(),
         }
     }
 }
@@ -79,17 +81,17 @@ impl Paths {
 
     /// The status file `buildos-monitor status` reads.
     pub fn status(&self) -> PathBuf {
-        self.run.join("monitor.json")
+        self.run.join(contract::run::MONITOR_STATUS)
     }
 
     /// init's problems at boot, one per line.
     pub fn problems(&self) -> PathBuf {
-        self.run.join("problems")
+        self.run.join(contract::run::PROBLEMS)
     }
 
     /// The public side's `hostname=` line and others, written by init.
     pub fn network(&self) -> PathBuf {
-        self.run.join("network")
+        self.run.join(contract::run::NETWORK)
     }
 }
 

@@ -504,6 +504,50 @@ impl Profile {
         .ok()
     }
 
+    /// The shell script mmdebstrap runs in a customize hook (`$1` is the root filesystem):
+    /// each user's supplementary groups made as system groups where the packages did not make
+    /// them, the user and its group of the same name, then the setuid bits. Every value is
+    /// quoted; the profile's checks already keep names to plain characters.
+    pub fn users_script(&self) -> String {
+        let mut script = String::from("set -e");
+        for user in &self.users {
+            for group in &user.groups {
+                script.push_str(&format!(
+                    "; chroot \"$1\" getent group {group} >/dev/null || \
+                     chroot \"$1\" groupadd --system {group}",
+                    group = shell_quote(group),
+                ));
+            }
+            let groups = if user.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" --groups {}", shell_quote(&user.groups.join(",")))
+            };
+            script.push_str(&format!(
+                "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
+                 --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
+                gid = user.gid,
+                uid = user.uid,
+                name = shell_quote(&user.name),
+                home = shell_quote(&user.home),
+                shell = shell_quote(&user.shell),
+            ));
+        }
+        for dir in self.debian.iter().flat_map(|d| &d.directories) {
+            script.push_str(&format!(
+                "; mkdir -p \"$1\"{path}; chroot \"$1\" chown {owner}: {path}; \
+                 chmod {mode:o} \"$1\"{path}",
+                path = shell_quote(&dir.path),
+                owner = shell_quote(&dir.owner),
+                mode = dir.mode,
+            ));
+        }
+        for path in self.debian.iter().flat_map(|d| &d.setuid) {
+            script.push_str(&format!("; chmod u+s \"$1\"{}", shell_quote(path)));
+        }
+        script
+    }
+
     /// Renders the profile's templates with tera. The context: `profile` (name),
     /// `description`, `version` (the buildos version the caller gives), `release` and
     /// `mirror` (empty without a Debian root filesystem) and `users` (each with `name`, `uid`,
@@ -553,11 +597,34 @@ impl Profile {
     }
 }
 
+/// Single-quotes `s` for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 #[cfg(test)]
 mod tests {
     use expect_test::expect;
 
     use super::*;
+
+    #[test]
+    fn shell_quote_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn debian_users_script_makes_kvm_then_build_then_the_setuid_helper() {
+        let script = load("debian").unwrap().users_script();
+        assert_eq!(
+            script,
+            "set -e; chroot \"$1\" getent group 'kvm' >/dev/null || chroot \"$1\" groupadd \
+             --system 'kvm'; chroot \"$1\" groupadd --gid 1000 'build'; chroot \"$1\" useradd \
+             --uid 1000 --gid 1000 --groups 'kvm' --home-dir '/build' --no-create-home --shell \
+             '/bin/bash' 'build'; chmod u+s \"$1\"'/usr/lib/qemu/qemu-bridge-helper'"
+        );
+        assert_eq!(load("minimal").unwrap().users_script(), "set -e");
+    }
 
     #[test]
     fn every_shipped_profile_parses() {
@@ -673,10 +740,10 @@ mod tests {
         assert_eq!(
             profile.users,
             vec![User {
-                name: "build".into(),
-                uid: 1000,
-                gid: 1000,
-                home: "/build".into(),
+                name: buildos_contract::build::USER.into(),
+                uid: buildos_contract::build::UID,
+                gid: buildos_contract::build::GID,
+                home: buildos_contract::build::HOME.into(),
                 shell: "/bin/bash".into(),
                 groups: vec!["kvm".into()],
             }]

@@ -40,8 +40,6 @@ pub struct Built {
 
 /// The manifest's file name in the output directory.
 pub const MANIFEST_FILE: &str = "buildos-packages";
-/// Where the image holds its manifest.
-pub const MANIFEST_PATH: &str = "/etc/buildos/packages";
 
 /// The static binaries an image carries.
 pub struct Binaries {
@@ -193,54 +191,14 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     spec.modules = inputs.profile.modules.carried();
     spec.classes = inputs.profile.modules.classes.clone();
     spec.exclude = inputs.profile.modules.exclude.clone();
-    spec.entries = vec![
-        InitrdEntry::File {
-            path: "/init".into(),
-            mode: 0o755,
-            contents: read(&inputs.init)?,
-        },
-        InitrdEntry::Symlink {
-            path: "/sbin/init".into(),
-            target: "/init".into(),
-        },
-        InitrdEntry::File {
-            path: "/usr/sbin/buildos-monitor".into(),
-            mode: 0o755,
-            contents: read(&inputs.monitor)?,
-        },
-        InitrdEntry::File {
-            path: "/usr/sbin/buildos-machine".into(),
-            mode: 0o755,
-            contents: read(&inputs.machine)?,
-        },
-        InitrdEntry::Symlink {
-            path: "/usr/sbin/sendmail".into(),
-            target: "buildos-monitor".into(),
-        },
-        // The modules init loads on every host; drivers come by the devices' modaliases.
-        InitrdEntry::File {
-            path: "/etc/buildos/modules.boot".into(),
-            mode: 0o644,
-            contents: inputs
-                .profile
-                .modules
-                .boot
-                .iter()
-                .map(|name| format!("{name}\n"))
-                .collect::<String>()
-                .into_bytes(),
-        },
-        InitrdEntry::File {
-            path: "/etc/buildos/profile".into(),
-            mode: 0o644,
-            contents: format!("{}\n", inputs.profile.name).into_bytes(),
-        },
-        InitrdEntry::File {
-            path: MANIFEST_PATH.into(),
-            mode: 0o644,
-            contents: inputs.manifest.clone().into_bytes(),
-        },
-    ];
+    spec.entries = builder::image::own_entries(&builder::image::OwnContents {
+        init: read(&inputs.init)?,
+        monitor: read(&inputs.monitor)?,
+        machine: read(&inputs.machine)?,
+        modules_boot: inputs.profile.modules.boot.clone(),
+        profile: inputs.profile.name.clone(),
+        packages: inputs.manifest.clone(),
+    });
     for file in inputs.profile.render_templates(env!("CARGO_PKG_VERSION"))? {
         spec.entries.push(InitrdEntry::File {
             path: file.path,

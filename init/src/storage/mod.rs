@@ -222,8 +222,8 @@ impl Role {
     /// The mount point as the host sees it.
     pub fn mount_point(&self) -> String {
         match self {
-            Role::State => "/state".into(),
-            Role::Machines(volume) => format!("/build/machines/{volume}"),
+            Role::State => buildos_contract::state::DIR.into(),
+            Role::Machines(volume) => buildos_contract::build::machine_volume(volume),
         }
     }
 }
