@@ -23,6 +23,8 @@ pub struct Inputs {
     pub machine: PathBuf,
     pub kernel_deb: PathBuf,
     pub package_debs: Vec<PathBuf>,
+    /// The profile's firmware packages, in its order (none when it carries no firmware).
+    pub firmware_debs: Vec<PathBuf>,
     pub source_date_epoch: u64,
     /// The profile's Debian root filesystem, when it has one.
     pub rootfs: Option<debian::Rootfs>,
@@ -139,11 +141,15 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         let kernel_package = apt.resolve_kernel(&profile.kernel)?;
         (apt.fetch(&kernel_package)?, None)
     };
+    let firmware_debs = firmware_debs(&profile)?;
     let mut manifest: Vec<String> = match &rootfs {
         Some(rootfs) => rootfs.manifest.lines().map(str::to_owned).collect(),
         None => Vec::new(),
     };
-    for deb in std::iter::once(&kernel).chain(&package_debs) {
+    for deb in std::iter::once(&kernel)
+        .chain(&package_debs)
+        .chain(&firmware_debs)
+    {
         let control = builder::deb::Deb::open(deb)?.control()?;
         manifest.push(format!("{}\t{}", control.package, control.version));
     }
@@ -152,6 +158,10 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
     Ok(Inputs {
         kernel_deb: uncompressed(&kernel)?,
         package_debs: package_debs
+            .iter()
+            .map(|d| uncompressed(d))
+            .collect::<Result<Vec<_>>>()?,
+        firmware_debs: firmware_debs
             .iter()
             .map(|d| uncompressed(d))
             .collect::<Result<Vec<_>>>()?,
@@ -164,6 +174,39 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
         compression: builder::Compression::default(),
     })
+}
+
+/// The profile's firmware packages, fetched as its kernel is: from the `non-free-firmware`
+/// component of its own mirror and release, with an apt of their own whose lists live in the
+/// work directory, so the host's apt sources need not name that component.
+fn firmware_debs(profile: &Profile) -> Result<Vec<PathBuf>> {
+    let packages = profile.firmware_packages();
+    let Some(debian) = &profile.debian else {
+        return Ok(Vec::new());
+    };
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let component = buildos_rootfs::FIRMWARE_COMPONENT;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{} {} {component}", debian.mirror, debian.release));
+    let state = crate::work_dir().join("apt-firmware").join(format!(
+        "{}-{}",
+        debian.release,
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let apt = Apt::for_component(
+        &crate::work_dir().join("debs"),
+        &state,
+        &debian.mirror,
+        &debian.release,
+        component,
+    )?;
+    apt.update()?;
+    packages.iter().map(|p| apt.fetch(p)).collect()
 }
 
 /// A copy of a downloaded package with its data uncompressed, made once and kept beside the
@@ -193,6 +236,7 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     spec.modules = inputs.profile.modules.carried();
     spec.classes = inputs.profile.modules.classes.clone();
     spec.exclude = inputs.profile.modules.exclude.clone();
+    spec.firmware_debs = inputs.firmware_debs.clone();
     spec.entries = vec![
         InitrdEntry::File {
             path: "/init".into(),
@@ -305,13 +349,25 @@ pub fn run(profile: &str, out: &Path, compression: builder::Compression) -> Resu
         ),
         None => String::new(),
     };
+    let firmware = &o.firmware;
+    let missing = firmware.missing().count();
     eprintln!(
         "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB ({compression}) with \
-         {} modules{rootfs}, buildid {}, assembled in {:.2} s",
+         {} modules, {} firmware files ({:.1} MB; {}){rootfs}, buildid {}, assembled in {:.2} s",
         out.display(),
         o.kernel_version,
         o.initrd_size as f64 / 1e6,
         o.modules.len(),
+        firmware.files.len(),
+        firmware.bytes() as f64 / 1e6,
+        if missing == 0 {
+            "every declared file found".to_owned()
+        } else {
+            format!(
+                "{missing} declared files no firmware package holds, listed in {}",
+                out.join(builder::image::FIRMWARE_FILE).display()
+            )
+        },
         o.buildid,
         built.assembly.as_secs_f64()
     );
@@ -329,3 +385,4 @@ pub fn list(initrd: &Path) -> Result<()> {
     }
     Ok(())
 }
+
