@@ -33,6 +33,9 @@ pub struct Inputs {
     pub manifest: String,
     /// How the initrd's segments are compressed (`--compression`).
     pub compression: builder::Compression,
+    /// PEM certificates of certificate authorities the monitor trusts besides the built-in
+    /// roots (`--ca-certificates`), written to [`CA_CERTIFICATES_PATH`]; empty for none.
+    pub ca_certificates: Vec<u8>,
 }
 
 pub struct Built {
@@ -44,6 +47,47 @@ pub struct Built {
 pub const MANIFEST_FILE: &str = "buildos-packages";
 /// Where the image holds its manifest.
 pub const MANIFEST_PATH: &str = "/etc/buildos/packages";
+
+/// Where the image holds the CA certificates the monitor trusts besides the built-in roots.
+pub const CA_CERTIFICATES_PATH: &str = "/etc/buildos/ca-certificates.pem";
+
+/// The PEM files `--ca-certificates` names, checked and joined: each must hold certificates
+/// and nothing else (a private key in one is refused, so it never lands in an image).
+pub fn ca_certificates(files: &[PathBuf]) -> Result<Vec<u8>> {
+    let mut bundle = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the CA certificates file {} (--ca-certificates)",
+                file.display()
+            )
+        })?;
+        let blocks: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("-----BEGIN "))
+            .map(|rest| rest.trim_end_matches('-'))
+            .collect();
+        if blocks.is_empty() {
+            bail!(
+                "{} (--ca-certificates) holds no PEM certificate; expected \
+                 -----BEGIN CERTIFICATE----- blocks of certificate authorities",
+                file.display()
+            );
+        }
+        if let Some(other) = blocks.iter().find(|b| **b != "CERTIFICATE") {
+            bail!(
+                "{} (--ca-certificates) holds a {other} block; expected only \
+                 -----BEGIN CERTIFICATE----- blocks (the image is readable by every user)",
+                file.display()
+            );
+        }
+        bundle.extend_from_slice(text.as_bytes());
+        if !text.ends_with('\n') {
+            bundle.push(b'\n');
+        }
+    }
+    Ok(bundle)
+}
 
 /// The static binaries an image carries.
 pub struct Binaries {
@@ -173,6 +217,7 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         rootfs,
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
         compression: builder::Compression::default(),
+        ca_certificates: Vec::new(),
     })
 }
 
@@ -285,6 +330,13 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
             contents: inputs.manifest.clone().into_bytes(),
         },
     ];
+    if !inputs.ca_certificates.is_empty() {
+        spec.entries.push(InitrdEntry::File {
+            path: CA_CERTIFICATES_PATH.into(),
+            mode: 0o644,
+            contents: inputs.ca_certificates.clone(),
+        });
+    }
     for file in inputs.profile.render_templates(env!("CARGO_PKG_VERSION"))? {
         spec.entries.push(InitrdEntry::File {
             path: file.path,
@@ -331,9 +383,16 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
 }
 
 /// `cargo xtask image`.
-pub fn run(profile: &str, out: &Path, compression: builder::Compression) -> Result<Built> {
+pub fn run(
+    profile: &str,
+    out: &Path,
+    compression: builder::Compression,
+    ca: &[PathBuf],
+) -> Result<Built> {
+    let ca_certificates = ca_certificates(ca)?;
     let mut inputs = prepare(profile)?;
     inputs.compression = compression;
+    inputs.ca_certificates = ca_certificates;
     let built = assemble(&inputs, out)?;
     let o = &built.output;
     let rootfs = match &inputs.rootfs {
@@ -386,3 +445,40 @@ pub fn list(initrd: &Path) -> Result<()> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_certificates_are_joined_and_anything_but_certificates_is_refused_by_name() {
+        let dir = crate::qemu::TempDir::new("xtask-ca").unwrap();
+        let a = dir.0.join("a.pem");
+        let b = dir.0.join("b.pem");
+        std::fs::write(&a, CERT.trim_end()).unwrap();
+        std::fs::write(&b, CERT).unwrap();
+        let bundle = ca_certificates(&[a.clone(), b]).unwrap();
+        assert_eq!(String::from_utf8(bundle).unwrap(), format!("{CERT}{CERT}"));
+        assert!(ca_certificates(&[]).unwrap().is_empty());
+
+        let key = dir.0.join("key.pem");
+        std::fs::write(
+            &key,
+            format!("{CERT}-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let error = ca_certificates(&[a, key.clone()]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "{} (--ca-certificates) holds a PRIVATE KEY block",
+                key.display()
+            )),
+            "{error}"
+        );
+        let text = dir.0.join("text.pem");
+        std::fs::write(&text, "not a certificate\n").unwrap();
+        let error = ca_certificates(&[text]).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+    }
+}

@@ -24,6 +24,10 @@ enum Task {
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
+        /// A PEM file of CA certificates the monitor trusts besides the built-in roots, for
+        /// toolchains served from an internal CA (repeatable; see docs/image.md)
+        #[arg(long, value_name = "FILE")]
+        ca_certificates: Vec<PathBuf>,
     },
     /// Build the image and boot it in QEMU on this terminal (Ctrl-A X quits)
     Qemu {
@@ -104,7 +108,8 @@ fn main() -> ExitCode {
             profile,
             out,
             compression,
-        } => xtask::image::run(&profile, &out, compression).map(|_| ()),
+            ca_certificates,
+        } => xtask::image::run(&profile, &out, compression, &ca_certificates).map(|_| ()),
         Task::Qemu {
             profile,
             memory,
