@@ -623,9 +623,10 @@ const HAND_PICKED: &[&str] = &[
     "kvm_amd",
 ];
 
-/// The default profile's driver classes against the hand-picked list they replaced: the
-/// initrd's size and assembly time (best of two) with each, and what each class costs, as the
-/// initrd without it.
+/// The default profile's driver classes and firmware against the hand-picked list without
+/// firmware they replaced: the initrd's size and assembly time (best of two) with each, what
+/// each class costs, as the initrd without it; then the firmware: with it beside without it
+/// (best of two each), and what each firmware package costs, as the initrd without it.
 pub fn driver_classes() -> Result<()> {
     let out = crate::work_dir().join("bench-image-classes");
     let mut inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
@@ -640,9 +641,11 @@ pub fn driver_classes() -> Result<()> {
         })
     };
     let classes = best(&inputs)?;
+    let firmware_debs = std::mem::take(&mut inputs.firmware_debs);
     inputs.profile.modules.classes.clear();
     inputs.profile.modules.hardware = HAND_PICKED.iter().map(|m| m.to_string()).collect();
     let anchor = best(&inputs)?;
+    inputs.firmware_debs = firmware_debs.clone();
     let (size, anchor_size) = (classes.output.initrd_size, anchor.output.initrd_size);
     println!();
     println!(
@@ -668,7 +671,8 @@ pub fn driver_classes() -> Result<()> {
         anchor.output.modules.len()
     );
     println!(
-        "  (anchor: the same profile with the {} drivers it named before classes)",
+        "  (classes: the profile as it is, with its firmware; anchor: the same profile with the \
+         {} drivers it named before classes, and no firmware)",
         HAND_PICKED.len()
     );
     for class in &profile.modules.classes {
@@ -683,6 +687,48 @@ pub fn driver_classes() -> Result<()> {
                 .modules
                 .len()
                 .saturating_sub(built.output.modules.len())
+        );
+    }
+
+    inputs.profile = profile.clone();
+    inputs.firmware_debs.clear();
+    let without = best(&inputs)?;
+    let firmware = &classes.output.firmware;
+    println!();
+    println!(
+        "firmware ({:<8})              with         without      ratio",
+        profile.name
+    );
+    println!(
+        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB  {:>6.2}",
+        size as f64 / 1e6,
+        without.output.initrd_size as f64 / 1e6,
+        size as f64 / without.output.initrd_size as f64,
+    );
+    println!(
+        "image assembly time             {:>8.2} s   {:>8.2} s   {:>6.2}",
+        classes.assembly.as_secs_f64(),
+        without.assembly.as_secs_f64(),
+        classes.assembly.as_secs_f64() / without.assembly.as_secs_f64(),
+    );
+    println!(
+        "firmware files carried          {:>8}     {:>8}     ({:.1} MB uncompressed; {} declared \
+         files no package holds)",
+        firmware.files.len(),
+        0,
+        firmware.bytes() as f64 / 1e6,
+        firmware.missing().count()
+    );
+    for (package, deb) in profile.firmware_packages().iter().zip(&firmware_debs) {
+        inputs.firmware_debs = firmware_debs.iter().filter(|d| *d != deb).cloned().collect();
+        let built = image::assemble(&inputs, &out)?;
+        println!(
+            "  package {package:<22}  {:>6.1} MB of the initrd, {:>4} files",
+            size.saturating_sub(built.output.initrd_size) as f64 / 1e6,
+            firmware
+                .files
+                .len()
+                .saturating_sub(built.output.firmware.files.len())
         );
     }
     let _ = std::fs::remove_dir_all(&out);
