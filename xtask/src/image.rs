@@ -224,7 +224,7 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
 /// The profile's firmware packages, fetched as its kernel is: from the `non-free-firmware`
 /// component of its own mirror and release, with an apt of their own whose lists live in the
 /// work directory, so the host's apt sources need not name that component.
-fn firmware_debs(profile: &Profile) -> Result<Vec<PathBuf>> {
+pub fn firmware_debs(profile: &Profile) -> Result<Vec<PathBuf>> {
     let packages = profile.firmware_packages();
     let Some(debian) = &profile.debian else {
         return Ok(Vec::new());
