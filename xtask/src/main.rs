@@ -87,7 +87,8 @@ enum Task {
         /// with iPXE and UEFI with Secure Boot
         #[arg(long, group = "only")]
         pxe_only: bool,
-        /// Measure only the default image's driver classes against the hand-picked drivers
+        /// Measure only the default image's driver classes and firmware against the hand-picked
+        /// drivers, and its modules step on the hardware device matrix
         #[arg(long, group = "only")]
         classes_only: bool,
         /// Measure only agents that build: the compiler's image beside the profile without it,
