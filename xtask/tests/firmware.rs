@@ -15,7 +15,8 @@ fn fail(e: anyhow::Error) -> ! {
 
 #[test]
 fn manifest_names_the_files_bnx2x_and_r8169_declare_from_their_packages() {
-    xtask::system::ensure(&[xtask::system::APT, xtask::system::MODINFO]).unwrap_or_else(|e| fail(e));
+    xtask::system::ensure(&[xtask::system::APT, xtask::system::MODINFO])
+        .unwrap_or_else(|e| fail(e));
     let profile = buildos_rootfs::load("debian").unwrap_or_else(|e| panic!("{e}"));
     let debs = xtask::image::firmware_debs(&profile).unwrap_or_else(|e| fail(e));
     let apt = Apt::new(&xtask::work_dir().join("debs"));
@@ -35,14 +36,20 @@ fn manifest_names_the_files_bnx2x_and_r8169_declare_from_their_packages() {
         let files = Deb::open(&kernel)
             .and_then(|d| d.read_files(&[&path]))
             .unwrap_or_else(|e| panic!("{e}"));
-        let file = scratch.0.join(module.path.rsplit('/').next().unwrap_or(name));
+        let file = scratch
+            .0
+            .join(module.path.rsplit('/').next().unwrap_or(name));
         std::fs::write(&file, &files[&path].contents).unwrap();
         let output = Command::new("modinfo")
             .args(["-F", "firmware"])
             .arg(&file)
             .output()
             .unwrap();
-        assert!(output.status.success(), "modinfo {}: {output:?}", file.display());
+        assert!(
+            output.status.success(),
+            "modinfo {}: {output:?}",
+            file.display()
+        );
         let declared: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
             .lines()
             .map(str::to_owned)
