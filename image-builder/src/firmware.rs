@@ -110,14 +110,13 @@ fn below_firmware(path: &str) -> Option<&str> {
 /// `target` of a symlink at `link` (both below the firmware directory), as a path below it;
 /// `None` when it leaves the directory or is absolute outside it.
 fn resolve_link(link: &str, target: &str) -> Option<String> {
-    let mut parts: Vec<&str> = if let Some(absolute) = target.strip_prefix('/') {
-        let inner = below_firmware(absolute)?;
-        return resolve_link("", inner);
-    } else {
-        link.split('/').collect()
-    };
-    parts.pop();
-    for part in target.split('/') {
+    if let Some(absolute) = target.strip_prefix('/') {
+        return resolve_link("", below_firmware(absolute)?);
+    }
+    // The link's directory, then the target's components, each `..` taking one back.
+    let mut parts: Vec<&str> = Vec::new();
+    let directory = link.rsplit_once('/').map_or("", |(dir, _)| dir);
+    for part in directory.split('/').chain(target.split('/')) {
         match part {
             "" | "." => {}
             ".." => {
@@ -360,6 +359,43 @@ mod tests {
                 package: None
             }]
         );
+    }
+
+    fn segments() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            prop_oneof![
+                Just(".."),
+                Just("."),
+                Just(""),
+                Just("lib"),
+                Just("firmware"),
+                Just("usr"),
+                Just("rtl_nic"),
+                Just("a.fw"),
+            ],
+            0..8,
+        )
+        .prop_map(|parts| parts.join("/"))
+    }
+
+    proptest::proptest! {
+        /// A package's symlink, whatever its target, resolves to a plain path below the
+        /// firmware directory or to nothing: the image never takes a file from outside it.
+        #[test]
+        fn fuzz_symlink_targets(link in segments(), target in segments(), absolute: bool) {
+            let target = if absolute { format!("/{target}") } else { target };
+            if let Some(resolved) = resolve_link(&link, &target) {
+                proptest::prop_assert!(!resolved.starts_with('/'), "{resolved}");
+                proptest::prop_assert!(
+                    resolved.split('/').all(|p| !p.is_empty() && p != "." && p != ".."),
+                    "{link} -> {target} gave {resolved}"
+                );
+            }
+            // A relative target that stays put resolves beside the link.
+            let beside = resolve_link("rtl_nic/x.fw", "a.fw");
+            proptest::prop_assert_eq!(beside.as_deref(), Some("rtl_nic/a.fw"));
+        }
     }
 
     #[test]
