@@ -68,6 +68,10 @@ pub mod etc {
     pub const PROFILE: &str = concat!(etc_dir!(), "/profile");
     /// Every package version the image holds, `package<TAB>version` lines, sorted.
     pub const PACKAGES: &str = concat!(etc_dir!(), "/packages");
+    /// CA certificates (PEM) the monitor trusts besides the built-in roots, for a farm's
+    /// internal toolchain server; in the image only when `cargo xtask image --ca-certificates`
+    /// gave some.
+    pub const CA_CERTIFICATES: &str = concat!(etc_dir!(), "/ca-certificates.pem");
 
     /// The text of [`MODULES_BOOT`]: one module name per line.
     pub fn render_modules_boot(names: &[String]) -> String {

@@ -5,7 +5,9 @@
 //! - `lib/modules/<version>/<path as in the package>` for every module of the closure;
 //! - beside them the generated `modules.dep`, `modules.alias` and `modules.softdep`, the
 //!   package's `modules.builtin` as shipped and its `modules.order` filtered to the closure
-//!   (see [`crate::kmod`] for their order).
+//!   (see [`crate::kmod`] for their order);
+//! - `lib/firmware/<file>` for every firmware file the closure's modules declare that one of
+//!   the spec's firmware packages holds (see [`crate::firmware`]).
 //!
 //! The initrd is up to four cpio segments, each compressed on its own in the spec's
 //! [`Compression`], one after the other (the kernel unpacks each over the previous ones):
@@ -34,6 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::compress::Compression;
 use crate::cpio::{Archive, CpioError};
 use crate::deb::{Deb, DebError, EntryKind};
+use crate::firmware::{self, Firmware};
 use crate::kmod::{KernelPackage, KmodError};
 
 /// The kernel's file name in the output directory.
@@ -42,6 +45,8 @@ pub const IMAGE_FILE: &str = "buildos-image";
 pub const INITRD_FILE: &str = "buildos-initrd";
 /// The buildid's file name in the output directory.
 pub const BUILDID_FILE: &str = "buildos-buildid";
+/// The firmware manifest's file name in the output directory: module, file, package.
+pub const FIRMWARE_FILE: &str = "buildos-firmware";
 /// Where the initrd's last segment holds the buildid ([`buildos_contract::etc::BUILDID`]
 /// without its leading `/`), one line of lower-case hex.
 pub const BUILDID_PATH: &str = {
@@ -159,6 +164,9 @@ pub struct ImageSpec {
     pub classes: Vec<String>,
     /// Modules left out of `modules` and `classes` by name.
     pub exclude: Vec<String>,
+    /// Firmware packages the modules' declared files are taken from, first match first; none
+    /// carries no firmware (the manifest still lists what the modules declare).
+    pub firmware_debs: Vec<PathBuf>,
     /// Entries added as given (e.g. `/init`).
     pub entries: Vec<InitrdEntry>,
     /// Every mtime in the initrd.
@@ -184,6 +192,7 @@ impl ImageSpec {
             modules: Vec::new(),
             classes: Vec::new(),
             exclude: Vec::new(),
+            firmware_debs: Vec::new(),
             entries: Vec::new(),
             source_date_epoch,
             compression: Compression::default(),
@@ -210,6 +219,8 @@ pub struct ImageOutput {
     pub modules: Vec<String>,
     /// Bytes of module files in the initrd.
     pub module_bytes: u64,
+    /// The firmware carried and what each module declares.
+    pub firmware: Firmware,
     /// Lower-case hex SHA-256, as in the buildid file without its newline.
     pub buildid: String,
 }
@@ -224,6 +235,7 @@ pub struct Assembled {
     pub kernel_version: String,
     pub modules: Vec<String>,
     pub module_bytes: u64,
+    pub firmware: Firmware,
     pub buildid: String,
 }
 
@@ -245,6 +257,12 @@ pub enum ImageError {
     },
     #[error("kernel package {deb} lists module {module} but its file was not kept")]
     ModuleFile { deb: PathBuf, module: String },
+    #[error("cannot read the firmware packages ({})", .debs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Firmware {
+        debs: Vec<PathBuf>,
+        #[source]
+        source: Box<DebError>,
+    },
     #[error("cannot take {files} from package {deb}")]
     ExtraDeb {
         deb: PathBuf,
@@ -370,6 +388,20 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         let path = format!("{base}/{name}");
         add(&path, modules.add_file(&path, 0o644, text))?;
     }
+    let firmware = firmware::collect(&closure, &spec.firmware_debs).map_err(|source| {
+        ImageError::Firmware {
+            debs: spec.firmware_debs.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    for (file, item) in &firmware.files {
+        let path = format!("{}/{file}", firmware::FIRMWARE_DIR);
+        let result = match item {
+            firmware::Item::File(bytes) => modules.add_file(&path, 0o644, bytes.clone()),
+            firmware::Item::Symlink(target) => modules.add_symlink(&path, target),
+        };
+        add(&path, result)?;
+    }
     let names: Vec<String> = closure.iter().map(|m| m.name.clone()).collect();
 
     for extra in &spec.extra_debs {
@@ -475,6 +507,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         kernel_version: version,
         modules: names,
         module_bytes,
+        firmware,
         buildid: id,
     })
 }
@@ -554,6 +587,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
     })?;
     let kernel_path = write_atomically(dir, IMAGE_FILE, &image.kernel)?;
     let initrd_path = write_atomically(dir, INITRD_FILE, &image.initrd)?;
+    write_atomically(dir, FIRMWARE_FILE, image.firmware.manifest().as_bytes())?;
     let buildid_path =
         write_atomically(dir, BUILDID_FILE, format!("{}\n", image.buildid).as_bytes())?;
     // Make the renames durable; a directory that can't be opened for this is no reason to fail.
@@ -571,6 +605,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         base_size: image.base_size,
         modules: image.modules,
         module_bytes: image.module_bytes,
+        firmware: image.firmware,
         buildid: image.buildid,
     })
 }
@@ -700,7 +735,52 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(on_disk.len(), 3, "no temporary files are left: {on_disk:?}");
+        assert_eq!(on_disk.len(), 4, "no temporary files are left: {on_disk:?}");
+    }
+
+    #[test]
+    fn declared_firmware_is_carried_and_the_manifest_names_its_package_or_its_absence() {
+        let inputs = Inputs::new(b"k");
+        let realtek = inputs.dir.path().join("firmware-realtek.deb");
+        std::fs::write(
+            &realtek,
+            testdeb::build(
+                "Package: firmware-realtek\nVersion: 20230210-5\n",
+                &[
+                    Item::File("lib/firmware/rtl_nic/rtl8168d-1.fw", 0o644, b"8168d"),
+                    Item::File("lib/firmware/rtl_nic/rtl8402-1.fw", 0o644, b"8402"),
+                ],
+                ".xz",
+            ),
+        )
+        .unwrap();
+        let mut spec = inputs.spec("out");
+        spec.modules.push("r8169".into());
+        spec.firmware_debs = vec![realtek];
+        let out = build(&spec).unwrap();
+        let entries = read_initrd(&out.initrd_path);
+        assert_eq!(
+            file(&entries, "lib/firmware/rtl_nic/rtl8168d-1.fw"),
+            b"8168d"
+        );
+        assert!(entries.iter().all(|(e, _)| !e.path.contains("rtl8402")));
+        let manifest =
+            std::fs::read_to_string(inputs.dir.path().join("out").join(FIRMWARE_FILE)).unwrap();
+        assert!(
+            manifest.ends_with(
+                "r8169\trtl_nic/rtl8125b-2.fw\t-\nr8169\trtl_nic/rtl8168d-1.fw\tfirmware-realtek\n"
+            ),
+            "{manifest}"
+        );
+        // Without the package nothing is carried, and the manifest says what is missing.
+        spec.firmware_debs.clear();
+        spec.out_dir = inputs.dir.path().join("off");
+        let off = build(&spec).unwrap();
+        assert!(read_initrd(&off.initrd_path)
+            .iter()
+            .all(|(e, _)| !e.path.starts_with("lib/firmware")));
+        assert_eq!(off.firmware.missing().count(), 2);
+        assert_ne!(off.buildid, out.buildid);
     }
 
     #[test]

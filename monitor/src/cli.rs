@@ -124,6 +124,9 @@ fn fetch(args: &[String]) -> u8 {
             return 64;
         }
     };
+    if let Err(e) = fetch::trust_also(&Paths::from_env().ca_certificates) {
+        eprintln!("buildos-monitor fetch: {e}");
+    }
     match fetch::download(
         url,
         Path::new(file),

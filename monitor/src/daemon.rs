@@ -414,6 +414,14 @@ pub fn run(options: Options) -> String {
         log::warn!("{diagnostic}");
     }
     let config = parsed.config;
+    match fetch::trust_also(&paths.ca_certificates) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "HTTPS trusts {n} CA certificate(s) of {} besides the built-in roots",
+            paths.ca_certificates.display()
+        ),
+        Err(e) => log::error!("{e}"),
+    }
     let hostname = paths::hostname(paths);
     let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
 

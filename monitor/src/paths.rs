@@ -35,6 +35,10 @@ pub struct Paths {
     pub machines: PathBuf,
     /// The state disk: the agent key lives in `agent/` on it (`/state`; `BUILDOS_STATE`).
     pub state: PathBuf,
+    /// Certificate authorities HTTPS fetches trust besides the built-in roots, PEM, put there
+    /// by `cargo xtask image --ca-certificates` (`/etc/buildos/ca-certificates.pem`;
+    /// `BUILDOS_CA_CERTIFICATES`).
+    pub ca_certificates: PathBuf,
 }
 
 impl Default for Paths {
@@ -51,6 +55,7 @@ impl Default for Paths {
             fstab: "/etc/fstab".into(),
             machines: contract::build::MACHINES.into(),
             state: contract::state::DIR.into(),
+            ca_certificates: contract::etc::CA_CERTIFICATES.into(),
         }
     }
 }
@@ -71,6 +76,7 @@ impl Paths {
             ("BUILDOS_FSTAB", &mut paths.fstab),
             ("BUILDOS_MACHINES", &mut paths.machines),
             ("BUILDOS_STATE", &mut paths.state),
+            ("BUILDOS_CA_CERTIFICATES", &mut paths.ca_certificates),
         ] {
             if let Some(value) = std::env::var_os(var) {
                 *field = value.into();

@@ -132,6 +132,7 @@ fn guix_build_coordinator_agents_get_their_slice_uuid_and_password_file_from_sec
         mounts: root.path().join("mounts"),
         fstab: root.path().join("fstab"),
         machines: root.path().join("machines"),
+        ca_certificates: root.path().join("ca-certificates.pem"),
     };
     // Two instances on one CPU: one CPU each.
     fs::write(

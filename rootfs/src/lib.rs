@@ -58,6 +58,51 @@ pub struct Profile {
     #[serde(default, rename = "symlink")]
     pub symlinks: Vec<Symlink>,
     pub modules: Modules,
+    /// Firmware files the carried modules declare, taken from Debian's firmware packages.
+    pub firmware: Option<Firmware>,
+}
+
+/// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
+/// component of the profile's own mirror and release.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    /// `false` carries no firmware file (for images that must not hold non-free files); the
+    /// manifest still lists what the modules declare.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The packages firmware files are taken from, in order: a file two provide comes from the
+    /// first.
+    pub packages: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The Debian component firmware packages are fetched from.
+pub const FIRMWARE_COMPONENT: &str = "non-free-firmware";
+
+impl Profile {
+    /// The firmware packages to fetch: none when the profile has no `[firmware]` table or turns
+    /// it off.
+    pub fn firmware_packages(&self) -> &[String] {
+        match &self.firmware {
+            Some(firmware) if firmware.enabled => &firmware.packages,
+            _ => &[],
+        }
+    }
+}
+
+/// Whether `package` is a Debian package name, optionally with `=version`.
+fn valid_package(package: &str) -> bool {
+    let name = package.split('=').next().unwrap_or_default();
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && !package.ends_with('=')
 }
 
 /// The Debian root filesystem: what mmdebstrap installs and what the image leaves out.
@@ -364,13 +409,7 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
             return Err(invalid("debian.packages names no package".to_owned()));
         }
         for package in &debian.packages {
-            let name = package.split('=').next().unwrap_or_default();
-            let valid = name.len() >= 2
-                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-            if !valid || package.ends_with('=') {
+            if !valid_package(package) {
                 return Err(invalid(format!(
                     "debian.packages entry {package:?} is not a Debian package name, optionally \
                      with =version, like \"openssh-server\" or \"socat=1.7.4.4-2\""
@@ -428,6 +467,22 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                 "debian.mirror {:?} must be an http:// or https:// URL",
                 debian.mirror
             )));
+        }
+    }
+    if let Some(firmware) = &profile.firmware {
+        if profile.debian.is_none() {
+            return Err(invalid(format!(
+                "[firmware] needs a [debian] table: its packages come from the {FIRMWARE_COMPONENT} \
+                 component of that mirror and release"
+            )));
+        }
+        for package in &firmware.packages {
+            if !valid_package(package) || package.contains('=') {
+                return Err(invalid(format!(
+                    "firmware.packages entry {package:?} is not a Debian package name, like \
+                     \"firmware-realtek\""
+                )));
+            }
         }
     }
     for user in &profile.users {
@@ -873,6 +928,36 @@ mod tests {
             error.contains("\"os-relase\" is not in rootfs/templates/"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn firmware_packages_are_checked_and_need_a_debian_mirror() {
+        let text = include_str!("../profiles/debian.toml");
+        let debian = parse("x", text).unwrap();
+        assert!(debian
+            .firmware_packages()
+            .iter()
+            .any(|p| p == "firmware-realtek"));
+        let off = parse("x", &text.replace("enabled = true", "enabled = false")).unwrap();
+        assert!(off.firmware_packages().is_empty());
+        let bad = text.replace("\"firmware-realtek\"", "\"firmware-realtek=1\"");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("firmware.packages entry \"firmware-realtek=1\" is not"),
+            "{error}"
+        );
+        let minimal = include_str!("../profiles/minimal.toml");
+        let error = parse(
+            "x",
+            &format!("{minimal}\n[firmware]\npackages = [\"firmware-realtek\"]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("[firmware] needs a [debian] table"),
+            "{error}"
+        );
+        assert!(load("minimal").unwrap().firmware_packages().is_empty());
     }
 
     #[test]

@@ -634,9 +634,10 @@ const HAND_PICKED: &[&str] = &[
     "kvm_amd",
 ];
 
-/// The default profile's driver classes against the hand-picked list they replaced: the
-/// initrd's size and assembly time (best of two) with each, and what each class costs, as the
-/// initrd without it.
+/// The default profile's driver classes and firmware against the hand-picked list without
+/// firmware they replaced: the initrd's size and assembly time (best of two) with each, what
+/// each class costs, as the initrd without it; then the firmware: with it beside without it
+/// (best of two each), and what each firmware package costs, as the initrd without it.
 pub fn driver_classes() -> Result<()> {
     let out = crate::work_dir().join("bench-image-classes");
     let mut inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
@@ -651,9 +652,11 @@ pub fn driver_classes() -> Result<()> {
         })
     };
     let classes = best(&inputs)?;
+    let firmware_debs = std::mem::take(&mut inputs.firmware_debs);
     inputs.profile.modules.classes.clear();
     inputs.profile.modules.hardware = HAND_PICKED.iter().map(|m| m.to_string()).collect();
     let anchor = best(&inputs)?;
+    inputs.firmware_debs = firmware_debs.clone();
     let (size, anchor_size) = (classes.output.initrd_size, anchor.output.initrd_size);
     println!();
     println!(
@@ -679,7 +682,8 @@ pub fn driver_classes() -> Result<()> {
         anchor.output.modules.len()
     );
     println!(
-        "  (anchor: the same profile with the {} drivers it named before classes)",
+        "  (classes: the profile as it is, with its firmware; anchor: the same profile with the \
+         {} drivers it named before classes, and no firmware)",
         HAND_PICKED.len()
     );
     for class in &profile.modules.classes {
@@ -696,7 +700,109 @@ pub fn driver_classes() -> Result<()> {
                 .saturating_sub(built.output.modules.len())
         );
     }
+
+    inputs.profile = profile.clone();
+    inputs.firmware_debs.clear();
+    let without = best(&inputs)?;
+    let firmware = &classes.output.firmware;
+    println!();
+    println!(
+        "firmware ({:<8})              with         without      ratio",
+        profile.name
+    );
+    println!(
+        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB  {:>6.2}",
+        size as f64 / 1e6,
+        without.output.initrd_size as f64 / 1e6,
+        size as f64 / without.output.initrd_size as f64,
+    );
+    println!(
+        "image assembly time             {:>8.2} s   {:>8.2} s   {:>6.2}",
+        classes.assembly.as_secs_f64(),
+        without.assembly.as_secs_f64(),
+        classes.assembly.as_secs_f64() / without.assembly.as_secs_f64(),
+    );
+    println!(
+        "firmware files carried          {:>8}     {:>8}     ({:.1} MB uncompressed; {} declared \
+         files no package holds)",
+        firmware.files.len(),
+        0,
+        firmware.bytes() as f64 / 1e6,
+        firmware.missing().count()
+    );
+    for (package, deb) in profile.firmware_packages().iter().zip(&firmware_debs) {
+        inputs.firmware_debs = firmware_debs
+            .iter()
+            .filter(|d| *d != deb)
+            .cloned()
+            .collect();
+        let built = image::assemble(&inputs, &out)?;
+        println!(
+            "  package {package:<22}  {:>6.1} MB of the initrd, {:>4} files",
+            size.saturating_sub(built.output.initrd_size) as f64 / 1e6,
+            firmware
+                .files
+                .len()
+                .saturating_sub(built.output.firmware.files.len())
+        );
+    }
+
+    // The default image as it is, booted on each case of the device matrix.
+    inputs.firmware_debs = firmware_debs;
+    image::assemble(&inputs, &out)?;
+    matrix_modules(&out)?;
     let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// The modules step on each case of the device matrix (`hardware::MATRIX`, the hardware VM
+/// tests' boots), and on the slowest beside the kernel loading the same modules for one
+/// `busybox modprobe -a` with the same devices.
+fn matrix_modules(image: &Path) -> Result<()> {
+    let config = |case: &crate::hardware::Case, disks: &TempDir| -> Result<VmConfig> {
+        let paths = crate::qemu::host_disks(&disks.0)?;
+        let mut config = VmConfig::new(image);
+        config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
+        config.extra = case.args(&paths);
+        Ok(config)
+    };
+    let mut slowest: Option<(crate::hardware::Case, Boot)> = None;
+    println!();
+    println!("modules step on the device matrix (default image)");
+    for case in crate::hardware::MATRIX {
+        let disks = TempDir::new("buildos-bench-matrix-disks")?;
+        let boot = boot_config_times(config(&case, &disks)?, &case.name(), true)?;
+        println!(
+            "  {:<40} {:>8.3} s, {:>3} modules",
+            case.name(),
+            boot.phase("modules").as_secs_f64(),
+            boot.modules.len()
+        );
+        if slowest
+            .as_ref()
+            .is_none_or(|(_, s)| boot.phase("modules") > s.phase("modules"))
+        {
+            slowest = Some((case, boot));
+        }
+    }
+    let Some((case, boot)) = slowest else {
+        bail!("the device matrix has no case")
+    };
+    let disks = TempDir::new("buildos-bench-matrix-disks")?;
+    let modprobe = modprobe_config_time(config(&case, &disks)?, &boot.modules)?;
+    let modules = boot.phase("modules");
+    println!("                                buildos      anchor       ratio");
+    println!(
+        "modules step, slowest case      {:>8.3} s   {:>8.3} s   {:>6.2}   none: the kernel's own cost",
+        modules.as_secs_f64(),
+        modprobe.as_secs_f64(),
+        modules.as_secs_f64() / modprobe.as_secs_f64(),
+    );
+    println!(
+        "  (slowest case: {}; anchor: the kernel loading the same {} modules for one `busybox modprobe -a`, in init's order, same image, disks and devices, booted with rdinit=/bin/sh)",
+        case.name(),
+        boot.modules.len()
+    );
     Ok(())
 }
 
@@ -1120,16 +1226,20 @@ impl Boot {
 /// With `read_modules`, it then reads the loaded modules in the debug shell (which starts
 /// after ready, so it costs the boot nothing).
 fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
-    let started = Instant::now();
-    let mut config = VmConfig::new(image);
-    if read_modules {
-        config = config.append(&["buildos.debug_shell=1"]);
-    }
     let disks = TempDir::new("buildos-bench-disks")?;
-    config = config.host_disks(&disks.0)?;
+    let mut config = VmConfig::new(image).host_disks(&disks.0)?;
     config
         .extra
         .extend(nic.qemu_args().iter().map(|a| a.to_string()));
+    boot_config_times(config, &format!("{nic:?}"), read_modules)
+}
+
+/// [`boot_times`] of a configuration the caller made (image, disks, devices).
+fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Result<Boot> {
+    let started = Instant::now();
+    if read_modules {
+        config = config.append(&["buildos.debug_shell=1"]);
+    }
     let mut vm = Vm::boot(&config)?;
     let first = vm.wait_for("buildos-init: ", Duration::from_secs(120))?;
     let mut phases = Vec::new();
@@ -1170,7 +1280,7 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
         Vec::new()
     };
     eprintln!(
-        "xtask: boot to ready ({nic:?}) took {:.1} s of wall time",
+        "xtask: boot to ready ({what}) took {:.1} s of wall time",
         started.elapsed().as_secs_f64()
     );
     Ok(Boot {
@@ -1186,11 +1296,30 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
 /// `busybox modprobe -a` loads them one after another. Timed in the guest with /proc/uptime.
 fn modprobe_time(image: &Path, modules: &[String]) -> Result<Duration> {
     let disks = TempDir::new("buildos-bench-modprobe-disks")?;
-    let config = VmConfig::new(image)
-        .append(&["rdinit=/bin/sh"])
-        .host_disks(&disks.0)?;
+    let config = VmConfig::new(image).host_disks(&disks.0)?;
+    modprobe_config_time(config, modules)
+}
+
+/// [`modprobe_time`] in a configuration the caller made (image, disks, devices).
+fn modprobe_config_time(config: VmConfig, modules: &[String]) -> Result<Duration> {
+    let config = config.append(&["rdinit=/bin/sh"]);
     let mut vm = Vm::boot(&config)?;
-    vm.wait_for("job control turned off", Duration::from_secs(180))?;
+    // busybox's ash (minimal) or dash (debian): neither says when it reads, so ask until one
+    // answers.
+    vm.wait_for("Run /bin/sh as init process", Duration::from_secs(180))?;
+    let mut answered = false;
+    for _ in 0..10 {
+        if vm.shell("true", Duration::from_secs(15)).is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    if !answered {
+        bail!(
+            "the shell started with rdinit=/bin/sh never answered; console:\n{}",
+            vm.console()
+        );
+    }
     let bound = Duration::from_secs(300);
     vm.shell(
         "busybox mkdir -p /proc /sys && busybox mount -t proc proc /proc \

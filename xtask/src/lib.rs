@@ -9,6 +9,7 @@ pub mod debian;
 pub mod demo;
 pub mod docs;
 pub mod fuzz;
+pub mod hardware;
 pub mod image;
 pub mod lan;
 pub mod nix;

@@ -24,6 +24,10 @@ enum Task {
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
+        /// A PEM file of CA certificates the monitor trusts besides the built-in roots, for
+        /// toolchains served from an internal CA (repeatable; see docs/image.md)
+        #[arg(long, value_name = "FILE")]
+        ca_certificates: Vec<PathBuf>,
     },
     /// Build the image and boot it in QEMU on this terminal (Ctrl-A X quits)
     Qemu {
@@ -83,7 +87,8 @@ enum Task {
         /// with iPXE and UEFI with Secure Boot
         #[arg(long, group = "only")]
         pxe_only: bool,
-        /// Measure only the default image's driver classes against the hand-picked drivers
+        /// Measure only the default image's driver classes and firmware against the hand-picked
+        /// drivers, and its modules step on the hardware device matrix
         #[arg(long, group = "only")]
         classes_only: bool,
         /// Measure only agents that build: the compiler's image beside the profile without it,
@@ -108,7 +113,8 @@ fn main() -> ExitCode {
             profile,
             out,
             compression,
-        } => xtask::image::run(&profile, &out, compression).map(|_| ()),
+            ca_certificates,
+        } => xtask::image::run(&profile, &out, compression, &ca_certificates).map(|_| ()),
         Task::Qemu {
             profile,
             memory,

@@ -62,6 +62,11 @@ pub const NEWGIDMAP: Need = Need {
     package: "uidmap",
     why: "maps the user's subordinate group ids for mmdebstrap's unshare mode",
 };
+pub const MODINFO: Need = Need {
+    command: "modinfo",
+    package: "kmod",
+    why: "reads the firmware kernel modules declare, the oracle of the firmware manifest's test",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
@@ -297,8 +302,9 @@ mod tests {
     use super::*;
 
     /// Every package xtask may install, alone and all together.
-    const ALL: [Need; 21] = [
+    const ALL: [Need; 22] = [
         APT,
+        MODINFO,
         QEMU,
         SSHD,
         SSH_KEYGEN,

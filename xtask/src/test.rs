@@ -45,6 +45,7 @@ pub fn run() -> Result<()> {
         system::OPENSSL,
         system::MMDEBSTRAP,
         system::NIX_BUILD,
+        system::MODINFO,
     ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 

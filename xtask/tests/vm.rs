@@ -76,14 +76,45 @@ fn boot_config(mut config: VmConfig, dir: TempDir, disks: &[PathBuf]) -> Booted 
     Booted { vm, _disks: dir }
 }
 
-/// Shares its boot with two more checks: the clock of an RTC set years back is set from the
-/// harness's NTP server before ready; and with `console=tty0` last (serial and screen, so
-/// /dev/console is the screen) init's lines still reach ttyS0, which the harness reads.
+/// The test image with `ca` added as `cargo xtask image --ca-certificates` adds it, built in
+/// `out`.
+fn image_with_ca(ca: &std::path::Path, out: &std::path::Path) {
+    let fail = |e: anyhow::Error| -> ! { panic!("{e:#}") };
+    let mut inputs = xtask::image::prepare("minimal").unwrap_or_else(|e| fail(e));
+    inputs.ca_certificates =
+        xtask::image::ca_certificates(&[ca.to_owned()]).unwrap_or_else(|e| fail(e));
+    xtask::image::assemble(&inputs, out).unwrap_or_else(|e| fail(e));
+}
+
+/// Shares its boot with more checks: the clock of an RTC set years back is set from the
+/// harness's NTP server before ready, and before the monitor's first HTTPS fetch, which
+/// succeeds against a server whose certificate, issued today by a CA the image carries
+/// (`--ca-certificates`), a 2019 clock would refuse; and with `console=tty0` last (serial and
+/// screen, so /dev/console is the screen) init's lines still reach ttyS0, which the harness
+/// reads.
 #[test]
 fn boot_parses_the_manual_command_line_and_reaches_ready() {
-    let Some(image) = image() else {
+    // Like every VM test, it runs where `cargo xtask test` built the images; it boots the same
+    // minimal image with a CA added.
+    if image().is_none() {
         return;
-    };
+    }
+    let work = TempDir::new("buildos-vm-ca").unwrap_or_else(|e| panic!("{e:#}"));
+    let served = work.0.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    // A certificate for the address the guest reaches the host's loopback at.
+    let https = buildos_testpeers::TlsRedirect::serve(&work.0.join("tls"), &served, &["10.0.2.2"]);
+    let ca = work.0.join("farm-ca.pem");
+    std::fs::write(&ca, https.ca_pem()).unwrap();
+    let image = work.0.join("image");
+    image_with_ca(&ca, &image);
+    // The monitor fetches a toolchain's checksums file first thing; `disabled` asks for no
+    // install.
+    std::fs::write(served.join("toolchain.sha256"), "disabled\n").unwrap();
+    let toolchain_url = format!(
+        "buildos.toolchain_url=https://10.0.2.2:{}/toolchain.sha256",
+        https.port
+    );
     let mut config = VmConfig::new(&image);
     config
         .extra
@@ -92,7 +123,7 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
         "buildos.smtp_relay=example.org",
         "buildos.admin_email=admin@example.org",
         "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid",
-        "buildos.toolchain_url=https://example.org/toolchain.sha256",
+        &toolchain_url,
         "buildos.toolchain_url.gcc=https://example.org/gcc/toolchain.sha256",
         "buildos.instances.gcc=3",
         "buildos.controller_url.gcc=https://ci.example.org/a",
@@ -123,12 +154,31 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     assert!(set.contains(&format!("; now {this_year}-")), "{set}");
     let at = |needle: &str| console.find(needle).unwrap_or(usize::MAX);
     assert!(at("clock: set from") < at("phase services "), "{console}");
+    // The monitor starts after ready: its first fetch, the checksums file over HTTPS, completed
+    // a handshake with a certificate valid only from today, from the image's own CA.
+    let deadline = std::time::Instant::now() + BOOT;
+    while !https.requests().iter().any(|p| p == "/toolchain.sha256") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTPS fetch of the checksums file within {BOOT:?}:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let console = vm.console();
+    assert!(
+        !console.contains("not valid at this host's clock") && !console.contains("UnknownIssuer"),
+        "{console}"
+    );
     for expected in [
         "config: smtp_relay: example.org",
         "config: admin_email: admin@example.org",
         "config: cpu_overcommit: 3/2",
         "config: ssh_key: ssh-ed25519 AAAAC3Nz...GxwdHh8g user@host",
-        "config: toolchain default: url=https://example.org/toolchain.sha256",
+        &format!(
+            "config: toolchain default: url=https://10.0.2.2:{}/toolchain.sha256",
+            https.port
+        ),
         "config: toolchain gcc: url=https://example.org/gcc/toolchain.sha256",
         "instances=3",
         "https://ci.example.org/a",
