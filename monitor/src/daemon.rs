@@ -12,7 +12,7 @@ use crate::agentkey;
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
 use crate::checksums;
 use crate::console;
-use crate::fetch::{self, Retry};
+use crate::fetch::{self, Fetch, Retry};
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
@@ -30,6 +30,8 @@ pub type RebootAction = Box<dyn Fn(&str) + Send>;
 /// How the monitor runs; [`Options::host`] is the real host's, tests change the rest.
 pub struct Options {
     pub paths: Paths,
+    /// How checksums files, build ids and toolchain files are fetched.
+    pub fetch: Arc<dyn Fetch>,
     pub retry: Retry,
     /// `None` is `buildos.poll_interval`.
     pub poll_interval: Option<Duration>,
@@ -64,6 +66,7 @@ impl Options {
         };
         Options {
             paths: Paths::from_env(),
+            fetch: Arc::new(fetch::Network),
             retry: Retry::default(),
             poll_interval: None,
             grace: None,
@@ -288,6 +291,7 @@ struct Installer {
     name: String,
     url: String,
     trust: String,
+    fetch: Arc<dyn Fetch>,
     retry: Retry,
     mailer: Mailer,
 }
@@ -295,7 +299,7 @@ struct Installer {
 impl Installer {
     /// The start-up fetch of the checksums file; a failure is mailed.
     fn fetch(&self) -> Result<String, toolchain::InstallError> {
-        toolchain::fetch_checksums(&self.url, &self.retry).inspect_err(|e| {
+        toolchain::fetch_checksums(&*self.fetch, &self.url, &self.retry).inspect_err(|e| {
             let shown = fetch::redact(&self.url);
             self.mailer
                 .send(&report::toolchain_failed(&self.name, &shown, e));
@@ -339,6 +343,7 @@ impl Installer {
     fn install(&self, text: &str) -> Result<Outcome, toolchain::InstallError> {
         let shown = fetch::redact(&self.url);
         let result = toolchain::install_from(
+            &*self.fetch,
             &self.tftp_root,
             &self.name,
             &self.url,
@@ -366,6 +371,7 @@ impl Installer {
 fn poll_loop(
     index: usize,
     mut watch: Watch,
+    fetch: &dyn Fetch,
     interval: Duration,
     timeout: Duration,
     installer: Option<(usize, &Installer)>,
@@ -373,7 +379,7 @@ fn poll_loop(
 ) {
     loop {
         std::thread::sleep(interval);
-        let action = watch.poll(timeout);
+        let action = watch.poll(fetch, timeout);
         if let (Action::Install(text), Some((toolchain, installer))) = (&action, installer) {
             match installer.install(text) {
                 Ok(Outcome::Installed(installed)) => {
@@ -453,9 +459,11 @@ pub fn run(options: Options) -> String {
                 running: buildid.clone(),
             },
         );
-        let (index, events) = (watches.len(), events.clone());
+        let (index, events, fetch) = (watches.len(), events.clone(), options.fetch.clone());
         watches.push(watch.clone());
-        std::thread::spawn(move || poll_loop(index, watch, interval, timeout, None, &events));
+        std::thread::spawn(move || {
+            poll_loop(index, watch, &*fetch, interval, timeout, None, &events)
+        });
     }
     let mut names: Vec<&String> = config.toolchains.keys().collect();
     names.sort_by_key(|n| (n.as_str() != DEFAULT_TOOLCHAIN, n.as_str()));
@@ -477,6 +485,7 @@ pub fn run(options: Options) -> String {
             name: name.clone(),
             url: url.clone(),
             trust: tc.trust_file().to_string(),
+            fetch: options.fetch.clone(),
             retry: options.retry,
             mailer: mailer.clone(),
         };
@@ -533,8 +542,17 @@ pub fn run(options: Options) -> String {
                 installed,
             };
             if events.send(started).is_ok() {
+                let fetch = installer.fetch.clone();
                 let installer = Some((index, &installer));
-                poll_loop(watch_index, watch, interval, timeout, installer, &events);
+                poll_loop(
+                    watch_index,
+                    watch,
+                    &*fetch,
+                    interval,
+                    timeout,
+                    installer,
+                    &events,
+                );
             }
         });
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use buildos_monitor::agents::Policy;
 use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::Retry;
+use buildos_monitor::fetch::{Network, Retry};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::slices;
@@ -253,11 +253,11 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     // Not there (404), then malformed: failures, one mail after three.
     let mut actions = Vec::new();
     for _ in 0..3 {
-        actions.push(watch.poll(timeout));
+        actions.push(watch.poll(&Network, timeout));
     }
     server.put("buildos-buildid", b"<html>not a build id</html>\n");
     for _ in 0..3 {
-        actions.push(watch.poll(timeout));
+        actions.push(watch.poll(&Network, timeout));
     }
     let mails: Vec<&Action> = actions
         .iter()
@@ -270,12 +270,12 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     assert!(!actions.iter().any(|a| matches!(a, Action::Reboot(_))));
     // The same build id: no reboot, and the failure count starts over.
     server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
-    assert_eq!(watch.poll(timeout), Action::None);
+    assert_eq!(watch.poll(&Network, timeout), Action::None);
     assert_eq!(watch.failures, 0);
-    assert_eq!(watch.poll(timeout), Action::None);
+    assert_eq!(watch.poll(&Network, timeout), Action::None);
     // A different one: reboot.
     server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
-    assert!(matches!(watch.poll(timeout), Action::Reboot(r) if r.contains(NEW)));
+    assert!(matches!(watch.poll(&Network, timeout), Action::Reboot(r) if r.contains(NEW)));
 }
 
 #[test]
@@ -295,7 +295,9 @@ fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
         &format!("{}\n", RUNNING.to_uppercase()),
     ] {
         server.put("buildos-buildid", body.as_bytes());
-        let actions: Vec<Action> = (0..5).map(|_| watch.poll(Duration::from_secs(5))).collect();
+        let actions: Vec<Action> = (0..5)
+            .map(|_| watch.poll(&Network, Duration::from_secs(5)))
+            .collect();
         assert!(
             !actions.iter().any(|a| matches!(a, Action::Reboot(_))),
             "{actions:?}"
@@ -312,7 +314,7 @@ fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
         );
         // Back to the running id: the run of failures ends, and the next run mails again.
         server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
-        assert_eq!(watch.poll(Duration::from_secs(5)), Action::None);
+        assert_eq!(watch.poll(&Network, Duration::from_secs(5)), Action::None);
     }
 }
 
@@ -341,6 +343,7 @@ fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
 fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
     Options {
         paths: paths.clone(),
+        fetch: std::sync::Arc::new(Network),
         retry: Retry {
             attempts: 2,
             first_delay: Duration::from_millis(10),
