@@ -933,23 +933,10 @@ fn snapshot(
         buildid: buildid.unwrap_or("unknown").to_string(),
         toolchains: toolchains
             .iter()
-            .map(|t| {
-                let (state, version, detail) = match &t.state {
-                    ToolchainState::Installing => ("installing", None, None),
-                    ToolchainState::Installed { version } => {
-                        ("installed", Some(version.clone()), None)
-                    }
-                    ToolchainState::Disabled => ("disabled", None, None),
-                    ToolchainState::Failed { reason } => ("failed", None, Some(reason.clone())),
-                    ToolchainState::NoUrl => ("no url", None, None),
-                };
-                ToolchainStatus {
-                    name: t.name.clone(),
-                    url: fetch::redact(&t.url),
-                    state: state.to_string(),
-                    version,
-                    detail,
-                }
+            .map(|t| ToolchainStatus {
+                name: t.name.clone(),
+                url: fetch::redact(&t.url),
+                state: t.state.clone(),
             })
             .collect(),
         instances: supervisors
