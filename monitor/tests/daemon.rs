@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use buildos_monitor::agents::Policy;
 use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::{Network, Retry};
+use buildos_monitor::fetch::{Memory, Network, Retry};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::slices;
@@ -628,4 +628,54 @@ fn the_whole_monitor_mails_once_about_a_404_build_id_then_reboots_for_a_new_one(
     let reason = reboot.recv_timeout(Duration::from_secs(60)).unwrap();
     assert!(reason.contains(NEW), "{reason}");
     assert_eq!(monitor.join().unwrap(), reason);
+}
+
+#[test]
+fn the_monitor_runs_its_steps_on_bytes_from_memory_and_reboots_for_a_new_toolchain() {
+    let root = tempfile::tempdir().unwrap();
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    let served = Memory::new();
+    let url = "http://toolchains.example/agent/toolchain.sha256";
+    let archive = agent_archive(&records);
+    served.put(
+        "http://toolchains.example/agent/agent-1.0.tar.gz",
+        archive.clone(),
+    );
+    served.put(url, format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)));
+    let paths = monitor_paths(
+        root.path(),
+        &format!("buildos.toolchain_url={url} buildos.instances=1 buildos.ram_total=12"),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let mut options = quick_options(&paths, rebooted);
+    options.fetch = std::sync::Arc::new(served.clone());
+    let monitor = std::thread::spawn(move || daemon::run(options));
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    let mut status = Status::default();
+    wait_for("the host-up mail queued", Duration::from_secs(30), || {
+        status = Status::read(&paths.status()).unwrap_or_default();
+        status.mail_queue == 2
+    });
+    assert_eq!(
+        status.toolchains[0].state,
+        ToolchainState::Installed {
+            version: "1.0".into()
+        }
+    );
+    // A changed checksums file (in memory only): the reboot step, for that reason.
+    served.put(url, format!("{} *agent-1.1.tar.gz\n", sha256_hex(b"1.1")));
+    let reason = reboot.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        reason,
+        format!("toolchain default changed (version 1.1) at {url}")
+    );
+    assert_eq!(monitor.join().unwrap(), reason);
+    assert_eq!(
+        served.requests()[..2],
+        [url, "http://toolchains.example/agent/agent-1.0.tar.gz"]
+    );
 }
