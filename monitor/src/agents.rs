@@ -28,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -649,7 +650,7 @@ fn supervise(
         }
     }
     let mut quick_deaths = 0;
-    let mut delay = policy.first_delay;
+    let mut waits = Backoff::new(policy.first_delay, policy.max_delay);
     loop {
         if *lock(stopping) {
             lock(state).state = "stopped".to_string();
@@ -684,19 +685,19 @@ fn supervise(
             quick_deaths += 1;
         } else {
             quick_deaths = 1;
-            delay = policy.first_delay;
+            waits.reset();
         }
         if quick_deaths >= policy.max_quick_deaths {
             lock(state).state = format!("given up after {quick_deaths} quick deaths: {exit}");
             on_give_up(spec, quick_deaths, &exit);
             return;
         }
+        let delay = waits.next_wait();
         lock(state).state = format!("restarting in {delay:?}");
         let until = Instant::now() + delay;
         while Instant::now() < until && !*lock(stopping) {
             std::thread::sleep(Duration::from_millis(50).min(delay));
         }
-        delay = (delay * 2).min(policy.max_delay);
     }
 }
 

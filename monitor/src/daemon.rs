@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use buildos_backoff::Backoff;
 use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
 use crate::agentkey;
@@ -185,7 +186,7 @@ impl Mailer {
 }
 
 fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
-    let mut wait = delay.0;
+    let mut waits = Backoff::new(delay.0, delay.1);
     loop {
         let pending = queue.has_work();
         if pending {
@@ -194,16 +195,14 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
                     if sent > 0 {
                         console::mail_sent(sent, &relay.relay);
                     }
-                    wait = delay.0;
+                    waits.reset();
                 }
                 Err(e) => {
+                    let wait = waits.next_wait();
                     log::warn!("mail: {e}; next try in {wait:?}");
                     match woken.recv_timeout(wait) {
                         Err(RecvTimeoutError::Disconnected) => return,
-                        _ => {
-                            wait = (wait * 2).min(delay.1);
-                            continue;
-                        }
+                        _ => continue,
                     }
                 }
             }

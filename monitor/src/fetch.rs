@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::checksums::Algorithm;
@@ -54,8 +55,7 @@ impl Default for Retry {
 impl Retry {
     /// The wait before attempt `attempt + 1` (attempt counts from 1).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.first_delay.saturating_mul(factor).min(self.max_delay)
+        Backoff::new(self.first_delay, self.max_delay).nth(attempt)
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use buildos_backoff::Backoff;
 use serde::Serialize;
 
 use crate::checksums::{self, Checksums};
@@ -71,10 +72,11 @@ pub enum Outcome {
 /// The most polls between two tries of an install that failed.
 pub const MAX_RETRY_POLLS: u32 = 32;
 
-/// When to try a failed install again: after `left` more polls; the wait doubles each time.
+/// When to try a failed install again: after `left` more polls; the wait, in polls, doubles
+/// with each failure of the same file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InstallRetry {
-    wait: u32,
+    waits: Backoff<u32>,
     left: u32,
 }
 
@@ -153,11 +155,12 @@ impl Watch {
         if let Subject::Toolchain { running, .. } = &mut self.subject {
             *running = Some(checksums.to_string());
         }
-        let wait = match (same, self.retry) {
-            (true, Some(retry)) => (retry.wait * 2).min(MAX_RETRY_POLLS),
-            _ => 1,
+        let mut waits = match (same, self.retry) {
+            (true, Some(retry)) => retry.waits,
+            _ => Backoff::new(1, MAX_RETRY_POLLS),
         };
-        self.retry = Some(InstallRetry { wait, left: wait });
+        let left = waits.next_wait();
+        self.retry = Some(InstallRetry { waits, left });
     }
 
     /// `checksums` disables the toolchain: nothing to install, nothing to try again.
