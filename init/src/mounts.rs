@@ -6,7 +6,19 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use crate::sys::{Mount, Sys};
+use crate::host::Host;
+
+/// One mount of the early table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: &'static str,
+    /// Why the host needs it, printed when it fails.
+    pub reason: &'static str,
+}
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
@@ -102,14 +114,21 @@ impl std::error::Error for MountError {}
 
 /// Mounts the table in order; a mount already in place (the kernel may have mounted devtmpfs
 /// itself) counts as done.
-pub fn mount_all(sys: &dyn Sys, table: &[Mount]) -> Result<(), MountError> {
+pub fn mount_all(host: &dyn Host, table: &[Mount]) -> Result<(), MountError> {
     for mount in table {
-        sys.create_dir_all(Path::new(mount.target))
+        host.create_dir_all(Path::new(mount.target))
             .map_err(|error| MountError::CreateTarget {
                 mount: *mount,
                 error,
             })?;
-        match sys.mount(mount) {
+        let data = (!mount.data.is_empty()).then_some(mount.data);
+        match host.mount(
+            Some(Path::new(mount.source)),
+            Path::new(mount.target),
+            Some(mount.fstype),
+            mount.flags,
+            data,
+        ) {
             Ok(()) | Err(Errno::EBUSY) => {}
             Err(errno) => {
                 return Err(MountError::Mount {
@@ -171,21 +190,20 @@ pub fn disks_to_unmount(proc_mounts: &str) -> Vec<String> {
     points
 }
 
-/// Unmounts the disks; one that is still busy is remounted read-only so that nothing is lost.
-/// Returns a line per disk.
-pub fn unmount_disks() -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    disks_to_unmount(&text)
+/// Unmounts the disks of a /proc/mounts text; one that is still busy is remounted read-only
+/// so that nothing is lost. Returns a line per disk.
+pub fn unmount_disks(host: &dyn Host, proc_mounts: &str) -> Vec<String> {
+    disks_to_unmount(proc_mounts)
         .into_iter()
-        .map(|point| match nix::mount::umount(point.as_str()) {
+        .map(|point| match host.umount(Path::new(&point)) {
             Ok(()) => format!("unmounted {point}"),
             Err(errno) => {
-                let remount = nix::mount::mount(
-                    None::<&str>,
-                    point.as_str(),
-                    None::<&str>,
+                let remount = host.mount(
+                    None,
+                    Path::new(&point),
+                    None,
                     MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                    None::<&str>,
+                    None,
                 );
                 match remount {
                     Ok(()) => format!(
@@ -206,32 +224,7 @@ pub fn unmount_disks() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::io;
-
-    #[derive(Default)]
-    struct Recorder {
-        calls: RefCell<Vec<String>>,
-        fail_on: Option<(&'static str, Errno)>,
-    }
-
-    impl Sys for Recorder {
-        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            self.calls
-                .borrow_mut()
-                .push(format!("mkdir {}", path.display()));
-            Ok(())
-        }
-        fn mount(&self, m: &Mount) -> nix::Result<()> {
-            self.calls
-                .borrow_mut()
-                .push(format!("mount {} {}", m.fstype, m.target));
-            match self.fail_on {
-                Some((target, errno)) if target == m.target => Err(errno),
-                _ => Ok(()),
-            }
-        }
-    }
+    use crate::host::Recording;
 
     #[test]
     fn disks_unmount_innermost_first_and_kernel_mounts_stay() {
@@ -253,45 +246,49 @@ mod tests {
 
     #[test]
     fn early_mounts_come_in_dependency_order() {
-        let sys = Recorder::default();
-        mount_all(&sys, EARLY).unwrap();
-        let mounts: Vec<String> = sys
-            .calls
-            .borrow()
+        let host = Recording::new();
+        mount_all(&host, EARLY).unwrap();
+        let mounts: Vec<String> = host
+            .calls_of("mount")
             .iter()
-            .filter(|c| c.starts_with("mount"))
-            .cloned()
+            .map(|c| c.split(" on ").next().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(
             mounts,
             [
-                "mount proc /proc",
-                "mount sysfs /sys",
-                "mount devtmpfs /dev",
-                "mount devpts /dev/pts",
-                "mount tmpfs /dev/shm",
-                "mount tmpfs /run",
-                "mount tmpfs /tmp",
+                "mount proc proc",
+                "mount sysfs sysfs",
+                "mount devtmpfs devtmpfs",
+                "mount devpts devpts",
+                "mount tmpfs tmpfs",
+                "mount tmpfs tmpfs",
+                "mount tmpfs tmpfs",
             ]
+        );
+        let targets: Vec<String> = host
+            .calls_of("mount")
+            .iter()
+            .filter_map(|c| c.split(" on ").nth(1)?.split(' ').next().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            targets,
+            ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp"]
         );
     }
 
     #[test]
     fn mount_already_in_place_is_not_an_error() {
-        let sys = Recorder {
-            fail_on: Some(("/dev", Errno::EBUSY)),
-            ..Recorder::default()
-        };
-        assert!(mount_all(&sys, EARLY).is_ok());
+        let host = Recording::new();
+        host.fail("mount devtmpfs devtmpfs on /dev ", Errno::EBUSY);
+        assert!(mount_all(&host, EARLY).is_ok());
+        assert_eq!(host.calls_of("mount").len(), EARLY.len());
     }
 
     #[test]
     fn failed_mount_names_source_target_type_and_reason() {
-        let sys = Recorder {
-            fail_on: Some(("/sys", Errno::ENODEV)),
-            ..Recorder::default()
-        };
-        let error = mount_all(&sys, EARLY).unwrap_err().to_string();
+        let host = Recording::new();
+        host.fail("mount sysfs sysfs on /sys ", Errno::ENODEV);
+        let error = mount_all(&host, EARLY).unwrap_err().to_string();
         assert!(
             error.contains("cannot mount sysfs on /sys (type sysfs"),
             "{error}"
@@ -299,6 +296,33 @@ mod tests {
         assert!(error.contains("needed for devices"), "{error}");
         assert!(error.contains("No such device"), "{error}");
         // Nothing after the failed mount was attempted.
-        assert!(!sys.calls.borrow().iter().any(|c| c.contains("/dev")));
+        assert!(!host.calls().iter().any(|c| c.contains("/dev")));
+    }
+
+    #[test]
+    fn a_busy_disk_is_remounted_read_only_at_shutdown_and_the_others_unmounted() {
+        let host = Recording::new();
+        host.fail("umount /state", Errno::EBUSY);
+        let lines = unmount_disks(
+            &host,
+            "/dev/vda /state ext4 rw 0 0
+/dev/vdb /build/machines/default btrfs rw 0 0
+",
+        );
+        assert_eq!(
+            lines,
+            [
+                "unmounted /build/machines/default",
+                "cannot unmount /state (Device or resource busy); remounted it read-only",
+            ]
+        );
+        assert_eq!(
+            host.calls(),
+            [
+                "umount /build/machines/default",
+                "umount /state",
+                "mount none none on /state MS_RDONLY|MS_REMOUNT",
+            ]
+        );
     }
 }

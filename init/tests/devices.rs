@@ -28,7 +28,8 @@ fn kvm_is_the_kvm_groups_and_tun_everyones_after_modules_load() {
     node(&dev.path().join("kvm"), 10, 232);
     node(&dev.path().join("net/tun"), 10, 200);
     let group = "root:x:0:\nkvm:x:4242:build\nbuild:x:1000:\n";
-    let (lines, problems) = buildos_init::devices::grant(dev.path(), group);
+    let (lines, problems) =
+        buildos_init::devices::grant(&buildos_init::host::Linux, dev.path(), group);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(lines.len(), 2, "{lines:?}");
     let kvm = std::fs::metadata(dev.path().join("kvm")).unwrap();
@@ -49,7 +50,8 @@ fn a_missing_node_and_a_missing_group_are_said_and_leave_the_node_roots() {
     let dev = tempfile::tempdir().unwrap();
     node(&dev.path().join("kvm"), 10, 232);
     // No /dev/net/tun, and no group kvm (the minimal image).
-    let (lines, problems) = buildos_init::devices::grant(dev.path(), "root:x:0:\n");
+    let (lines, problems) =
+        buildos_init::devices::grant(&buildos_init::host::Linux, dev.path(), "root:x:0:\n");
     assert_eq!(problems, Vec::<String>::new());
     assert!(
         lines

@@ -303,7 +303,7 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
     let report = {
         let paths = paths.clone();
         client.enter(move || {
-            let report = net::setup(&config(10), &paths);
+            let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             let hostname = nix::unistd::gethostname().expect("gethostname");
             (
                 report.attempts,
@@ -389,7 +389,7 @@ fn setup_without_an_answering_server_gives_up_within_its_bound_and_still_makes_b
     let (attempts, public, problems, private_ready, hostname) = {
         let paths = paths.clone();
         client.enter(move || {
-            let r = net::setup(&config(3), &paths);
+            let r = net::setup(&buildos_init::host::Linux, &config(3), &paths);
             (
                 r.attempts,
                 r.public,
@@ -446,7 +446,7 @@ fn keeper_renews_a_short_lease_with_the_server() {
     let log = {
         let dnsmasq = Arc::clone(&dnsmasq);
         client.enter(move || {
-            let report = net::setup(&config(10), &paths);
+            let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             let lease = report.public.clone().expect("a lease at boot").lease;
             // dnsmasq's minimum lease is two minutes; its T1 and T2 options of 2 and 4 s make
             // the renewal due at the client's minimum T1, 10 s.
@@ -485,7 +485,7 @@ fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
     let paths = dir.paths();
     let public = {
         let paths = paths.clone();
-        client.enter(move || net::setup(&config(10), &paths).public)
+        client.enter(move || net::setup(&buildos_init::host::Linux, &config(10), &paths).public)
     };
     let br0_address = public.as_ref().expect("no lease for br0").lease.address;
 
@@ -679,7 +679,7 @@ fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
     let (report, old) = {
         let paths = paths.clone();
         client.enter(move || {
-            let report = net::setup(&config(10), &paths);
+            let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             let old = report
                 .public
                 .clone()
@@ -741,7 +741,7 @@ fn keeper_makes_br0_when_a_server_answers_after_boot_gave_up() {
     let paths = dir.paths();
     let report = {
         let paths = paths.clone();
-        client.enter(move || net::setup(&config(2), &paths))
+        client.enter(move || net::setup(&buildos_init::host::Linux, &config(2), &paths))
     };
     assert!(report.public.is_none(), "a lease without a server?");
     let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
@@ -972,7 +972,7 @@ fn setup_leaves_out_dhcp_names_that_are_not_names_and_says_so() {
     let (public, hostname, problems) = {
         let paths = paths.clone();
         client.enter(move || {
-            let report = net::setup(&config(10), &paths);
+            let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             (report.public, report.hostname, report.problems)
         })
     };
@@ -1030,7 +1030,7 @@ fn keeper_with_a_lease_time_of_zero_waits_before_renewing_and_keeps_br0() {
     let (acquired, times, first_renewal, rediscovered) = {
         let forger = Arc::clone(&forger);
         client.enter(move || {
-            let report = net::setup(&config(10), &paths);
+            let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             let lease = report.public.clone().expect("a lease at boot").lease;
             let at_boot = forger.requests().len();
             let stop = Arc::new(AtomicBool::new(false));

@@ -174,7 +174,7 @@ impl Scratch {
             read_bound: Duration::from_secs(2),
             log,
         };
-        storage::setup(&config, &env)
+        storage::setup(&buildos_init::host::Linux, &config, &env)
     }
 
     /// The mounts under this scratch root: (mount point relative to it, fs type, options).
