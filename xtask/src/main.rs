@@ -90,6 +90,10 @@ enum Task {
         /// and an agent's start to its machine's DHCP lease beside root's same boot
         #[arg(long, group = "only")]
         agents_only: bool,
+        /// Measure only the Nix remote builder: a small derivation's round trip built on a host
+        /// of the nix profile over SSH, beside the same build run here
+        #[arg(long, group = "only")]
+        nix_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             pxe_only,
             classes_only,
             agents_only,
+            nix_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -155,6 +160,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Classes
         } else if agents_only {
             xtask::bench::Only::Agents
+        } else if nix_only {
+            xtask::bench::Only::Nix
         } else {
             xtask::bench::Only::All
         }),
