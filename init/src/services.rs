@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -77,8 +78,7 @@ pub const DEFAULT_GRACE: Duration =
 /// How long to wait before the `deaths`-th quick restart in a row: 1 s, 2 s, 4 s, ... up to
 /// [`MAX_BACKOFF`].
 pub fn backoff(deaths: u32) -> Duration {
-    let shift = deaths.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << shift).min(MAX_BACKOFF)
+    Backoff::new(Duration::from_secs(1), MAX_BACKOFF).nth(deaths)
 }
 
 #[derive(Debug)]

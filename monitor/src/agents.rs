@@ -28,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -516,10 +517,14 @@ pub struct InstanceState {
     pub last_exit: Option<String>,
 }
 
-/// Runs instances, each in a thread that restarts it.
+/// Runs a toolchain's instances and restarts them, as init runs its services: one thread
+/// starts what is due, then waits until a child exits, [`Supervisor::stop`] wakes it, or the
+/// next restart is due, whichever comes first (each child's pidfd and a wake pipe in one
+/// `poll`, the next due restart as its timeout). Restarts follow a [`Schedule`].
 pub struct Supervisor {
     instances: Vec<(Spec, Arc<Mutex<InstanceState>>)>,
     stopping: Arc<Mutex<bool>>,
+    wake: Mutex<Option<std::io::PipeWriter>>,
 }
 
 /// Called with (spec, deaths, last exit) when an instance keeps dying.
@@ -528,24 +533,30 @@ pub type OnGiveUp = Arc<dyn Fn(&Spec, u32, &str) + Send + Sync>;
 impl Supervisor {
     pub fn start(specs: Vec<Spec>, policy: Policy, on_give_up: OnGiveUp) -> Supervisor {
         let stopping = Arc::new(Mutex::new(false));
-        let mut instances = Vec::new();
-        for spec in specs {
-            let state = Arc::new(Mutex::new(InstanceState::default()));
-            let (spec2, state2, stopping2, on_give_up, policy) = (
-                spec.clone(),
-                state.clone(),
-                stopping.clone(),
-                on_give_up.clone(),
-                policy.clone(),
-            );
-            std::thread::spawn(move || {
-                supervise(&spec2, &policy, &state2, &stopping2, &on_give_up)
-            });
-            instances.push((spec, state));
-        }
+        let instances: Vec<(Spec, Arc<Mutex<InstanceState>>)> = specs
+            .into_iter()
+            .map(|spec| (spec, Arc::new(Mutex::new(InstanceState::default()))))
+            .collect();
+        let wake = match std::io::pipe() {
+            Ok((woken, wake)) => {
+                let (instances, stopping) = (instances.clone(), stopping.clone());
+                std::thread::spawn(move || {
+                    supervise(&instances, &policy, &stopping, &woken, &on_give_up)
+                });
+                Some(wake)
+            }
+            Err(e) => {
+                log::error!("agents not started: no pipe to wake their supervisor: {e}");
+                for (_, state) in &instances {
+                    lock(state).state = format!("stopped: cannot supervise: {e}");
+                }
+                None
+            }
+        };
         Supervisor {
             instances,
             stopping,
+            wake: Mutex::new(wake),
         }
     }
 
@@ -561,6 +572,9 @@ impl Supervisor {
     /// `grace`.
     pub fn stop(&self, grace: Duration) {
         *lock(&self.stopping) = true;
+        if let Some(wake) = lock(&self.wake).as_mut() {
+            let _ = std::io::Write::write_all(wake, b"s");
+        }
         let pids = || -> Vec<u32> {
             self.instances
                 .iter()
@@ -636,70 +650,262 @@ fn spawn(spec: &Spec, policy: &Policy) -> io::Result<Child> {
         .spawn()
 }
 
-fn supervise(
-    spec: &Spec,
-    policy: &Policy,
-    state: &Mutex<InstanceState>,
-    stopping: &Mutex<bool>,
-    on_give_up: &OnGiveUp,
-) {
-    let name = format!("{}/{}", spec.slice.toolchain, spec.slice.instance);
-    if let Some(bootstrap) = &spec.bootstrap {
-        lock(state).state = "bootstrapping".to_string();
-        if let Err(why) = bootstrap.run(spec, policy, state) {
-            lock(state).state = format!("stopped: bootstrap failed: {why}");
-            return;
+/// When each instance starts next, after how many quick deaths in a row: the restart
+/// decisions, without processes or clocks of their own.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    policy: Policy,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// When to start it next; `None` while it runs, once given up, or never to start.
+    due: Option<Instant>,
+    quick_deaths: u32,
+    waits: Backoff,
+}
+
+/// What to do after an instance exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Start it again after this wait.
+    Restart(Duration),
+    /// It died this many times in a row, each shortly after starting: leave it stopped.
+    GiveUp(u32),
+}
+
+impl Schedule {
+    /// `due` says, per instance, whether it is to start now.
+    pub fn new(policy: &Policy, due: &[bool], now: Instant) -> Schedule {
+        let entries = due
+            .iter()
+            .map(|due| Entry {
+                due: due.then_some(now),
+                quick_deaths: 0,
+                waits: Backoff::new(policy.first_delay, policy.max_delay),
+            })
+            .collect();
+        Schedule {
+            policy: policy.clone(),
+            entries,
         }
     }
-    let mut quick_deaths = 0;
-    let mut delay = policy.first_delay;
-    loop {
-        if *lock(stopping) {
-            lock(state).state = "stopped".to_string();
-            return;
+
+    /// The instances due to start at `now`; they count as started (no longer due).
+    pub fn take_due(&mut self, now: Instant) -> Vec<usize> {
+        let mut due = Vec::new();
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            if entry.due.is_some_and(|at| at <= now) {
+                entry.due = None;
+                due.push(index);
+            }
         }
-        let started = Instant::now();
-        let exit = match spawn(spec, policy) {
-            Ok(mut child) => {
-                {
-                    let mut s = lock(state);
-                    s.pid = Some(child.id());
-                    s.starts += 1;
-                    s.state = "running".to_string();
+        due
+    }
+
+    /// Instance `index` exited after running for `ran`, at `now`: a run shorter than the
+    /// policy's `quick` is a quick death; a long one starts the back-off over.
+    pub fn exited(&mut self, index: usize, ran: Duration, now: Instant) -> Option<Next> {
+        let max_quick_deaths = self.policy.max_quick_deaths;
+        let quick = self.policy.quick;
+        let entry = self.entries.get_mut(index)?;
+        if ran < quick {
+            entry.quick_deaths += 1;
+        } else {
+            entry.quick_deaths = 1;
+            entry.waits.reset();
+        }
+        if entry.quick_deaths >= max_quick_deaths {
+            return Some(Next::GiveUp(entry.quick_deaths));
+        }
+        let wait = entry.waits.next_wait();
+        entry.due = Some(now + wait);
+        Some(Next::Restart(wait))
+    }
+
+    /// When the next start is due, if any is scheduled.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.iter().filter_map(|e| e.due).min()
+    }
+
+    /// Nothing starts any more: the instances that were due (to start or restart).
+    pub fn cancel(&mut self) -> Vec<usize> {
+        let mut cancelled = Vec::new();
+        for (index, entry) in self.entries.iter_mut().enumerate() {
+            if entry.due.take().is_some() {
+                cancelled.push(index);
+            }
+        }
+        cancelled
+    }
+}
+
+/// A running instance: its process, the pidfd that becomes readable when it exits (`None`
+/// when the kernel gave none: then the wait is cut to [`NO_PIDFD_WAIT`]), and its start.
+struct Running {
+    child: Child,
+    pidfd: Option<std::os::fd::OwnedFd>,
+    started: Instant,
+}
+
+/// How long the supervisor waits between looks at a child it has no pidfd for.
+const NO_PIDFD_WAIT: Duration = Duration::from_millis(100);
+
+fn supervise(
+    instances: &[(Spec, Arc<Mutex<InstanceState>>)],
+    policy: &Policy,
+    stopping: &Mutex<bool>,
+    woken: &std::io::PipeReader,
+    on_give_up: &OnGiveUp,
+) {
+    for (spec, state) in instances {
+        if spec.bootstrap.is_some() {
+            lock(state).state = "bootstrapping".to_string();
+        }
+    }
+    // The bootstrap runs once for the toolchain (the first asks, the others get its answer);
+    // an instance whose bootstrap failed never starts.
+    let due: Vec<bool> = instances
+        .iter()
+        .map(|(spec, state)| match &spec.bootstrap {
+            Some(bootstrap) => bootstrap
+                .run(spec, policy, state)
+                .map_err(|why| lock(state).state = format!("stopped: bootstrap failed: {why}"))
+                .is_ok(),
+            None => true,
+        })
+        .collect();
+    let mut schedule = Schedule::new(policy, &due, Instant::now());
+    let mut running: Vec<Option<Running>> = instances.iter().map(|_| None).collect();
+    loop {
+        let stop = *lock(stopping);
+        if stop {
+            for index in schedule.cancel() {
+                lock(&instances[index].1).state = "stopped".to_string();
+            }
+            if running.iter().all(Option::is_none) {
+                return;
+            }
+        }
+        for index in schedule.take_due(Instant::now()) {
+            let (spec, state) = &instances[index];
+            match spawn(spec, policy) {
+                Ok(child) => {
+                    {
+                        let mut s = lock(state);
+                        s.pid = Some(child.id());
+                        s.starts += 1;
+                        s.state = "running".to_string();
+                    }
+                    log::info!(
+                        "agent {}/{} started, pid {}",
+                        spec.slice.toolchain,
+                        spec.slice.instance,
+                        child.id()
+                    );
+                    let pidfd = rustix::process::Pid::from_raw(child.id() as i32).and_then(|pid| {
+                        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                    });
+                    running[index] = Some(Running {
+                        child,
+                        pidfd,
+                        started: Instant::now(),
+                    });
                 }
-                log::info!("agent {name} started, pid {}", child.id());
-                let status = child.wait();
-                lock(state).pid = None;
-                match status {
-                    Ok(status) => status.to_string(),
-                    Err(e) => format!("wait failed: {e}"),
+                Err(e) => {
+                    let exit = format!("cannot start {}: {e}", policy.launcher.display());
+                    exited(
+                        instances,
+                        index,
+                        &exit,
+                        Duration::ZERO,
+                        stopping,
+                        &mut schedule,
+                        on_give_up,
+                    );
                 }
             }
-            Err(e) => format!("cannot start {}: {e}", policy.launcher.display()),
-        };
-        log::warn!("agent {name}: {exit}");
-        lock(state).last_exit = Some(exit.clone());
-        if *lock(stopping) {
-            lock(state).state = "stopped".to_string();
-            return;
         }
-        if started.elapsed() < policy.quick {
-            quick_deaths += 1;
-        } else {
-            quick_deaths = 1;
-            delay = policy.first_delay;
+        wait(&running, woken, schedule.next_due());
+        for index in 0..running.len() {
+            let Some(run) = &mut running[index] else {
+                continue;
+            };
+            let exit = match run.child.try_wait() {
+                Ok(None) => continue,
+                Ok(Some(status)) => status.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let ran = run.started.elapsed();
+            running[index] = None;
+            lock(&instances[index].1).pid = None;
+            exited(
+                instances,
+                index,
+                &exit,
+                ran,
+                stopping,
+                &mut schedule,
+                on_give_up,
+            );
         }
-        if quick_deaths >= policy.max_quick_deaths {
-            lock(state).state = format!("given up after {quick_deaths} quick deaths: {exit}");
-            on_give_up(spec, quick_deaths, &exit);
-            return;
+    }
+}
+
+/// Records that instance `index` exited (`exit` says how) after running for `ran`: stopped
+/// when the supervisor is stopping, else restarting or given up as the schedule says.
+fn exited(
+    instances: &[(Spec, Arc<Mutex<InstanceState>>)],
+    index: usize,
+    exit: &str,
+    ran: Duration,
+    stopping: &Mutex<bool>,
+    schedule: &mut Schedule,
+    on_give_up: &OnGiveUp,
+) {
+    let (spec, state) = &instances[index];
+    log::warn!(
+        "agent {}/{}: {exit}",
+        spec.slice.toolchain,
+        spec.slice.instance
+    );
+    lock(state).last_exit = Some(exit.to_string());
+    if *lock(stopping) {
+        lock(state).state = "stopped".to_string();
+        return;
+    }
+    match schedule.exited(index, ran, Instant::now()) {
+        Some(Next::Restart(wait)) => lock(state).state = format!("restarting in {wait:?}"),
+        Some(Next::GiveUp(deaths)) => {
+            lock(state).state = format!("given up after {deaths} quick deaths: {exit}");
+            on_give_up(spec, deaths, exit);
         }
-        lock(state).state = format!("restarting in {delay:?}");
-        let until = Instant::now() + delay;
-        while Instant::now() < until && !*lock(stopping) {
-            std::thread::sleep(Duration::from_millis(50).min(delay));
+        None => {}
+    }
+}
+
+/// Waits until a running instance exits, the wake pipe is written, or `due`, whichever comes
+/// first; without a `due` and with every child's pidfd, as long as that takes.
+fn wait(running: &[Option<Running>], woken: &std::io::PipeReader, due: Option<Instant>) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use std::os::fd::AsFd;
+    let mut timeout = due.map(|due| due.saturating_duration_since(Instant::now()));
+    let mut fds = vec![PollFd::new(woken, PollFlags::IN)];
+    for run in running.iter().flatten() {
+        match &run.pidfd {
+            Some(pidfd) => fds.push(PollFd::from_borrowed_fd(pidfd.as_fd(), PollFlags::IN)),
+            None => timeout = Some(timeout.map_or(NO_PIDFD_WAIT, |t| t.min(NO_PIDFD_WAIT))),
         }
-        delay = (delay * 2).min(policy.max_delay);
+    }
+    let timespec = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    if poll(&mut fds, timespec.as_ref()).is_ok() && fds[0].revents().contains(PollFlags::IN) {
+        // Drain what `stop` wrote, so the next wait waits again.
+        let mut buffer = [0u8; 64];
+        let _ = std::io::Read::read(&mut &*woken, &mut buffer);
     }
 }
 
@@ -946,6 +1152,53 @@ pub fn passwd_entry(path: &str, matches: impl Fn(&str, u32) -> bool) -> Option<U
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_double_their_wait_give_up_after_quick_deaths_and_start_over_after_a_long_run() {
+        let policy = Policy {
+            quick: Duration::from_secs(60),
+            max_quick_deaths: 4,
+            first_delay: Duration::from_secs(5),
+            max_delay: Duration::from_secs(12),
+            launcher: PathBuf::from("/bin/true"),
+        };
+        let t0 = Instant::now();
+        let mut schedule = Schedule::new(&policy, &[true, false], t0);
+        assert_eq!(schedule.next_due(), Some(t0));
+        assert_eq!(schedule.take_due(t0), [0], "the second never starts");
+        assert_eq!(schedule.next_due(), None, "nothing due while it runs");
+        let quick = Duration::from_secs(1);
+        let mut nexts = Vec::new();
+        for _ in 0..4 {
+            nexts.push(schedule.exited(0, quick, t0).unwrap());
+            schedule.take_due(t0 + Duration::from_secs(60));
+        }
+        let secs = Duration::from_secs;
+        assert_eq!(
+            nexts,
+            [
+                Next::Restart(secs(5)),
+                Next::Restart(secs(10)),
+                Next::Restart(secs(12)),
+                Next::GiveUp(4)
+            ]
+        );
+        assert_eq!(schedule.next_due(), None, "given up: never due again");
+        // A run longer than `quick` starts over: one death, the first wait.
+        let mut schedule = Schedule::new(&policy, &[true], t0);
+        schedule.take_due(t0);
+        schedule.exited(0, quick, t0);
+        schedule.take_due(t0 + secs(5));
+        assert_eq!(
+            schedule.exited(0, secs(3600), t0),
+            Some(Next::Restart(secs(5)))
+        );
+        assert_eq!(schedule.next_due(), Some(t0 + secs(5)));
+        assert_eq!(schedule.take_due(t0 + secs(4)), Vec::<usize>::new());
+        assert_eq!(schedule.cancel(), [0]);
+        assert_eq!(schedule.next_due(), None);
+        assert_eq!(schedule.exited(7, quick, t0), None, "no such instance");
+    }
 
     fn variables() -> Variables {
         Variables {

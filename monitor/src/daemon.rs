@@ -1,18 +1,20 @@
 //! The monitor's run: clean up, install toolchains, start agents, mail the admin, then poll for
 //! changes until one calls for a reboot.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use buildos_backoff::Backoff;
 use buildos_cmdline::{Config, DEFAULT_TOOLCHAIN};
 
 use crate::agentkey;
 use crate::agents::{self, Policy, Spec, Supervisor, Variables};
 use crate::checksums;
 use crate::console;
-use crate::fetch::{self, Retry};
+use crate::fetch::{self, Fetch, Retry};
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
@@ -31,6 +33,8 @@ pub type RebootAction = Box<dyn Fn(&str) + Send>;
 /// How the monitor runs; [`Options::host`] is the real host's, tests change the rest.
 pub struct Options {
     pub paths: Paths,
+    /// How checksums files, build ids and toolchain files are fetched.
+    pub fetch: Arc<dyn Fetch>,
     pub retry: Retry,
     /// `None` is `buildos.poll_interval`.
     pub poll_interval: Option<Duration>,
@@ -65,6 +69,7 @@ impl Options {
         };
         Options {
             paths: Paths::from_env(),
+            fetch: Arc::new(fetch::Network),
             retry: Retry::default(),
             poll_interval: None,
             grace: None,
@@ -182,7 +187,7 @@ impl Mailer {
 }
 
 fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duration, Duration)) {
-    let mut wait = delay.0;
+    let mut waits = Backoff::new(delay.0, delay.1);
     loop {
         let pending = queue.has_work();
         if pending {
@@ -191,16 +196,14 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
                     if sent > 0 {
                         console::mail_sent(sent, &relay.relay);
                     }
-                    wait = delay.0;
+                    waits.reset();
                 }
                 Err(e) => {
+                    let wait = waits.next_wait();
                     log::warn!("mail: {e}; next try in {wait:?}");
                     match woken.recv_timeout(wait) {
                         Err(RecvTimeoutError::Disconnected) => return,
-                        _ => {
-                            wait = (wait * 2).min(delay.1);
-                            continue;
-                        }
+                        _ => continue,
                     }
                 }
             }
@@ -213,14 +216,25 @@ fn run_queue(queue: &Queue, relay: &Relay, woken: &Receiver<()>, delay: (Duratio
     }
 }
 
-/// Removes stray per-build snapshots and bootstrapped machines an earlier run left in
-/// `/build/machines/*/` (manual 5.3), never the current machine revisions or their symlinks.
-///
-/// The `machines` crate implements this; the lead connects it here.
-pub fn cleanup_machine_volumes(paths: &Paths) {
+/// What the clean-up step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanUp {
+    /// The machine volumes looked at.
+    pub volumes: usize,
+    /// The stray entries removed from them.
+    pub removed: usize,
+    /// The volumes or entries that could not be cleaned (logged).
+    pub problems: usize,
+}
+
+/// The clean-up step: removes stray per-build snapshots and bootstrapped machines an earlier
+/// run left in `/build/machines/*/` (manual 5.3), never the current machine revisions or their
+/// symlinks (`buildos_machines::cleanup_stale`).
+pub fn cleanup_machine_volumes(paths: &Paths) -> CleanUp {
+    let mut done = CleanUp::default();
     let Ok(entries) = std::fs::read_dir(&paths.machines) else {
         log::info!("machine volumes: none under {}", paths.machines.display());
-        return;
+        return done;
     };
     let mut volumes: Vec<std::path::PathBuf> = entries
         .flatten()
@@ -229,6 +243,7 @@ pub fn cleanup_machine_volumes(paths: &Paths) {
         .collect();
     volumes.sort();
     for volume in volumes {
+        done.volumes += 1;
         match buildos_machines::cleanup_stale(&volume) {
             Ok(report) => {
                 for removed in &report.removed {
@@ -242,10 +257,16 @@ pub fn cleanup_machine_volumes(paths: &Paths) {
                     volume.display(),
                     report.removed.len()
                 );
+                done.removed += report.removed.len();
+                done.problems += report.problems.len();
             }
-            Err(error) => log::warn!("machine volumes: {}: {error}", volume.display()),
+            Err(error) => {
+                log::warn!("machine volumes: {}: {error}", volume.display());
+                done.problems += 1;
+            }
         }
     }
+    done
 }
 
 /// A toolchain as the monitor knows it.
@@ -282,6 +303,14 @@ enum Event {
     },
 }
 
+/// How a toolchain's start-up install ended.
+struct StartUp {
+    state: ToolchainState,
+    installed: Option<Installed>,
+    /// The checksums file it was installed (or tried) from; `None` when none was fetched.
+    checksums: Option<String>,
+}
+
 /// What a toolchain's thread needs: where to install, how to fetch, whom to mail.
 #[derive(Clone)]
 struct Installer {
@@ -289,6 +318,7 @@ struct Installer {
     name: String,
     url: String,
     trust: String,
+    fetch: Arc<dyn Fetch>,
     retry: Retry,
     mailer: Mailer,
 }
@@ -296,43 +326,82 @@ struct Installer {
 impl Installer {
     /// The start-up fetch of the checksums file; a failure is mailed.
     fn fetch(&self) -> Result<String, toolchain::InstallError> {
-        toolchain::fetch_checksums(&self.url, &self.retry).inspect_err(|e| {
+        toolchain::fetch_checksums(&*self.fetch, &self.url, &self.retry).inspect_err(|e| {
             let shown = fetch::redact(&self.url);
             self.mailer
                 .send(&report::toolchain_failed(&self.name, &shown, e));
         })
     }
 
-    /// The start-up install from what [`Installer::fetch`] got: the state, the install, and the
-    /// checksums file it was installed (or tried) from.
-    fn start(
-        &self,
-        fetched: Result<String, toolchain::InstallError>,
-    ) -> (ToolchainState, Option<Installed>, Option<String>) {
+    /// The start-up fetch and install, told to the main loop (`Listed`, then `Started`);
+    /// returns `watch` ready to poll what was installed or tried, or `None` when the main loop
+    /// is gone.
+    fn start(&self, index: usize, mut watch: Watch, events: &Sender<Event>) -> Option<Watch> {
+        let fetched = self.fetch();
+        let disabled = fetched.as_deref().is_ok_and(|text| {
+            matches!(
+                checksums::parse(&self.url, text),
+                Ok(checksums::Checksums::Disabled)
+            )
+        });
+        let listed = Event::Listed {
+            index,
+            counts: !disabled,
+        };
+        events.send(listed).ok()?;
+        let started = self.install_at_start(fetched);
+        watch.subject = Subject::Toolchain {
+            name: self.name.clone(),
+            running: started.checksums.clone(),
+            installed: started.installed.is_some(),
+        };
+        if let (ToolchainState::Failed { .. }, Some(text)) = (&started.state, &started.checksums) {
+            // The file was fetched but did not install: polls try it again.
+            watch.install_failed(text);
+        }
+        let event = Event::Started {
+            index,
+            state: started.state,
+            installed: started.installed,
+        };
+        events.send(event).ok()?;
+        Some(watch)
+    }
+
+    /// The start-up install from what [`Installer::fetch`] got.
+    fn install_at_start(&self, fetched: Result<String, toolchain::InstallError>) -> StartUp {
         let text = match fetched {
             Ok(text) => text,
             Err(e) => {
                 let state = ToolchainState::Failed {
                     reason: e.to_string(),
                 };
-                return (state, None, None);
+                return StartUp {
+                    state,
+                    installed: None,
+                    checksums: None,
+                };
             }
         };
-        match self.install(&text) {
-            Ok(Outcome::Disabled) => (ToolchainState::Disabled, None, Some(text)),
+        let (state, installed) = match self.install(&text) {
+            Ok(Outcome::Disabled) => (ToolchainState::Disabled, None),
             Ok(Outcome::Installed(installed)) => (
                 ToolchainState::Installed {
                     version: installed.version.clone(),
                 },
                 Some(installed),
-                Some(text),
             ),
             Err(e) => {
                 let state = ToolchainState::Failed {
                     reason: e.to_string(),
                 };
-                (state, None, Some(text))
+                (state, None)
             }
+        };
+        StartUp {
+            state,
+            installed,
+            checksums: Some(text),
         }
     }
 
@@ -340,6 +409,7 @@ impl Installer {
     fn install(&self, text: &str) -> Result<Outcome, toolchain::InstallError> {
         let shown = fetch::redact(&self.url);
         let result = toolchain::install_from(
+            &*self.fetch,
             &self.tftp_root,
             &self.name,
             &self.url,
@@ -367,6 +437,7 @@ impl Installer {
 fn poll_loop(
     index: usize,
     mut watch: Watch,
+    fetch: &dyn Fetch,
     interval: Duration,
     timeout: Duration,
     installer: Option<(usize, &Installer)>,
@@ -374,7 +445,7 @@ fn poll_loop(
 ) {
     loop {
         std::thread::sleep(interval);
-        let action = watch.poll(timeout);
+        let action = watch.poll(fetch, timeout);
         if let (Action::Install(text), Some((toolchain, installer))) = (&action, installer) {
             match installer.install(text) {
                 Ok(Outcome::Installed(installed)) => {
@@ -403,75 +474,146 @@ fn poll_loop(
 
 /// Runs the monitor until a change calls for a reboot; returns the reason after asking for it.
 ///
-/// Each toolchain is fetched, installed and then polled on a thread of its own, and the build
-/// id on another, so a slow server holds up only what it serves. Slices are made once every
-/// toolchain's start-up fetch is over (they must know which toolchains are disabled), for the
-/// toolchains installed and those that failed, which keep their slices for when they install.
+/// The steps, in order: [`cleanup_machine_volumes`], [`install`], [`slices`], [`agents`],
+/// [`host_up`], [`poll`], then [`reboot`]. From [`install`] on, the toolchains and watches run
+/// on threads of their own and report over a channel; the steps that wait ([`slices`],
+/// [`host_up`], [`poll`]) handle every event as it comes ([`Running::step`]), so a change seen
+/// early reboots at once.
 pub fn run(options: Options) -> String {
-    let paths = &options.paths;
-    let parsed = paths::read_config(paths);
-    for diagnostic in &parsed.diagnostics {
-        log::warn!("{diagnostic}");
-    }
-    let config = parsed.config;
-    match fetch::trust_also(&paths.ca_certificates) {
-        Ok(0) => {}
-        Ok(n) => log::info!(
-            "HTTPS trusts {n} CA certificate(s) of {} besides the built-in roots",
-            paths.ca_certificates.display()
-        ),
-        Err(e) => log::error!("{e}"),
-    }
-    let hostname = paths::hostname(paths);
-    let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
+    let daemon = Daemon::start(options);
+    cleanup_machine_volumes(&daemon.options.paths);
+    let mut running = install(&daemon);
+    let reboot_for = match until_up(&daemon, &mut running) {
+        ControlFlow::Continue(()) => poll(&daemon, &mut running),
+        ControlFlow::Break(reboot_for) => reboot_for,
+    };
+    reboot(&daemon, &running, reboot_for)
+}
 
-    cleanup_machine_volumes(paths);
-    let agent_key = agentkey::ensure(
-        &paths.state,
-        options.agent_user,
-        std::path::Path::new(SSH_KEYGEN),
-        &hostname,
-    );
-    match &agent_key {
-        Ok(key) => log::info!(
-            "agent key {} {}: {}",
-            key.path,
-            if key.made { "made" } else { "kept" },
-            key.fingerprint
-        ),
-        Err(e) => log::error!("no agent key: {e}"),
-    }
-    // Before any agent starts, so a secret can be put there as soon as the host is up, even
-    // for a toolchain that is not installed yet.
-    for name in config.toolchains.keys() {
-        if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
-            log::error!("toolchain {name}: no secrets directory: {e}");
+/// The steps between install and polling: slices, agents and the host-up mail.
+fn until_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot> {
+    let sliced = slices(daemon, running)?;
+    agents(daemon, running, sliced);
+    host_up(daemon, running)?;
+    ControlFlow::Continue(())
+}
+
+/// What every step reads: the options, the configuration, the mailer and the agent key.
+pub struct Daemon {
+    options: Options,
+    config: Config,
+    mailer: Mailer,
+    /// The build id the host runs, when known.
+    buildid: Option<String>,
+    agent_key: Result<agentkey::AgentKey, String>,
+    host: Host,
+}
+
+impl Daemon {
+    /// Reads the configuration, starts the mail queue runner and makes (or reads) the agent key.
+    pub fn start(options: Options) -> Daemon {
+        let paths = &options.paths;
+        let parsed = paths::read_config(paths);
+        for diagnostic in &parsed.diagnostics {
+            log::warn!("{diagnostic}");
+        }
+        let config = parsed.config;
+        match fetch::trust_also(&paths.ca_certificates) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "HTTPS trusts {n} CA certificate(s) of {} besides the built-in roots",
+                paths.ca_certificates.display()
+            ),
+            Err(e) => log::error!("{e}"),
+        }
+        let hostname = paths::hostname(paths);
+        let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
+        let agent_key = agentkey::ensure(
+            &paths.state,
+            options.agent_user,
+            std::path::Path::new(SSH_KEYGEN),
+            &hostname,
+        );
+        match &agent_key {
+            Ok(key) => log::info!(
+                "agent key {} {}: {}",
+                key.path,
+                if key.made { "made" } else { "kept" },
+                key.fingerprint
+            ),
+            Err(e) => log::error!("no agent key: {e}"),
+        }
+        // Before any agent starts, so a secret can be put there as soon as the host is up, even
+        // for a toolchain that is not installed yet.
+        for name in config.toolchains.keys() {
+            if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
+                log::error!("toolchain {name}: no secrets directory: {e}");
+            }
+        }
+        let buildid = std::fs::read_to_string(&paths.buildid)
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty());
+        let host = options.host.clone().unwrap_or_else(slices::detect_host);
+        Daemon {
+            options,
+            config,
+            mailer,
+            buildid,
+            agent_key,
+            host,
         }
     }
 
-    let buildid = std::fs::read_to_string(&paths.buildid)
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty());
+    /// The agent key's path for agents' commands; empty when there is none.
+    fn key_path(&self) -> String {
+        self.agent_key
+            .as_ref()
+            .map(|k| k.path.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A change calls for a reboot: the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reboot(pub String);
+
+/// The slices, or why there are none.
+type Sliced = Result<Vec<slices::Slice>, String>;
+
+/// Everything that runs once the install step started it: the toolchains and their watches as
+/// the threads last reported them, the agents, and the slices once made.
+struct Running {
+    toolchains: Vec<Toolchain>,
+    watches: Vec<Watch>,
+    incoming: Receiver<Event>,
+    agents: Agents,
+    sliced: Option<Sliced>,
+}
+
+/// The install step: starts the build id's watch, then each toolchain (`default` first) on a
+/// thread that fetches its checksums file, installs, and then polls.
+fn install(daemon: &Daemon) -> Running {
+    let (config, options) = (&daemon.config, &daemon.options);
     let interval = options
         .poll_interval
         .unwrap_or_else(|| Duration::from_secs(u64::from(config.poll_interval.max(1))));
     let timeout = options.retry.timeout;
     let (events, incoming) = mpsc::channel::<Event>();
-
-    // The build id watch, then toolchains, `default` first, each with its watch.
     let mut toolchains = Vec::new();
     let mut watches = Vec::new();
     if let Some(url) = &config.buildid_url {
         let watch = Watch::new(
             url,
             Subject::BuildId {
-                running: buildid.clone(),
+                running: daemon.buildid.clone(),
             },
         );
-        let (index, events) = (watches.len(), events.clone());
+        let (index, events, fetch) = (watches.len(), events.clone(), options.fetch.clone());
         watches.push(watch.clone());
-        std::thread::spawn(move || poll_loop(index, watch, interval, timeout, None, &events));
+        std::thread::spawn(move || {
+            poll_loop(index, watch, &*fetch, interval, timeout, None, &events)
+        });
     }
     let mut names: Vec<&String> = config.toolchains.keys().collect();
     names.sort_by_key(|n| (n.as_str() != DEFAULT_TOOLCHAIN, n.as_str()));
@@ -489,14 +631,15 @@ pub fn run(options: Options) -> String {
             continue;
         };
         let installer = Installer {
-            tftp_root: paths.tftp_root.clone(),
+            tftp_root: options.paths.tftp_root.clone(),
             name: name.clone(),
             url: url.clone(),
             trust: tc.trust_file().to_string(),
+            fetch: options.fetch.clone(),
             retry: options.retry,
-            mailer: mailer.clone(),
+            mailer: daemon.mailer.clone(),
         };
-        let mut watch = Watch::new(
+        let watch = Watch::new(
             &url,
             Subject::Toolchain {
                 name: name.clone(),
@@ -515,151 +658,172 @@ pub fn run(options: Options) -> String {
             started: false,
         });
         std::thread::spawn(move || {
-            let fetched = installer.fetch();
-            let disabled = fetched.as_deref().is_ok_and(|text| {
-                matches!(
-                    checksums::parse(&installer.url, text),
-                    Ok(checksums::Checksums::Disabled)
-                )
-            });
-            let listed = Event::Listed {
-                index,
-                counts: !disabled,
-            };
-            if events.send(listed).is_err() {
+            let Some(watch) = installer.start(index, watch, &events) else {
                 return;
-            }
-            let (state, installed, running) = installer.start(fetched);
-            let failed = match (&state, &running) {
-                (ToolchainState::Failed { .. }, Some(text)) => Some(text.clone()),
-                _ => None,
             };
-            watch.subject = Subject::Toolchain {
-                name: installer.name.clone(),
-                running,
-                installed: installed.is_some(),
-            };
-            if let Some(text) = failed {
-                // The file was fetched but did not install: polls try it again.
-                watch.install_failed(&text);
-            }
-            let started = Event::Started {
-                index,
-                state,
-                installed,
-            };
-            if events.send(started).is_ok() {
-                let installer = Some((index, &installer));
-                poll_loop(watch_index, watch, interval, timeout, installer, &events);
-            }
+            let fetch = installer.fetch.clone();
+            let installer = Some((index, &installer));
+            poll_loop(
+                watch_index,
+                watch,
+                &*fetch,
+                interval,
+                timeout,
+                installer,
+                &events,
+            );
         });
     }
     drop(events);
     console::polling(&watches, interval);
-
-    let host = options.host.clone().unwrap_or_else(slices::detect_host);
-    let give_up_mailer = Arc::new(Mutex::new(mailer.clone()));
+    let mailer = Mutex::new(daemon.mailer.clone());
     let on_give_up: agents::OnGiveUp = Arc::new(move |spec: &Spec, deaths, last: &str| {
         let report = report::agent_dying(&spec.slice.toolchain, spec.slice.instance, deaths, last);
-        give_up_mailer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(&report);
+        lock(&mailer).send(&report);
     });
-    let mut agents = Agents {
-        supervisors: Vec::new(),
-        policy: options.policy.clone(),
-        on_give_up,
-    };
-    let key = agent_key
-        .as_ref()
-        .map(|k| k.path.clone())
-        .unwrap_or_default();
-    // The slices (or why there are none), once every toolchain's checksums file is in.
-    let mut sliced: Option<Result<Vec<slices::Slice>, String>> = None;
-    let write_status = |toolchains: &[Toolchain], supervisors: &[Supervisor], watches: &[Watch]| {
-        let mut status = snapshot(
-            buildid.as_deref(),
-            toolchains,
-            supervisors,
-            watches,
-            &mailer,
-        );
-        status.agent_key = agent_key.as_ref().ok().cloned();
-        if let Err(e) = status.write(&paths.status()) {
-            log::warn!("status {}: {e}", paths.status().display());
-        }
-    };
-    let mut host_up_sent = false;
+    Running {
+        toolchains,
+        watches,
+        incoming,
+        agents: Agents {
+            supervisors: Vec::new(),
+            policy: options.policy.clone(),
+            on_give_up,
+        },
+        sliced: None,
+    }
+}
+
+/// The slices step: waits until every toolchain's start-up fetch is over (the slices must know
+/// which toolchains are disabled), then makes the slices of those that count.
+fn slices(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Sliced> {
+    while !running.toolchains.iter().all(|t| t.listed.is_some()) {
+        running.step(daemon)?;
+    }
+    ControlFlow::Continue(make_slices(
+        &daemon.config,
+        &daemon.host,
+        &running.toolchains,
+    ))
+}
+
+/// The agents step: keeps the slices and starts the agents of every toolchain installed so
+/// far; those that install later start as they do ([`Running::step`]). Returns how many
+/// instances started.
+fn agents(daemon: &Daemon, running: &mut Running, sliced: Sliced) -> usize {
+    let made = running.sliced.insert(sliced);
+    let mut started = 0;
+    for index in 0..running.toolchains.len() {
+        let specs = toolchain_specs(daemon, index, made, &mut running.toolchains);
+        started += specs.len();
+        running.agents.start(specs);
+    }
+    started
+}
+
+/// The host-up step: waits until every toolchain's start-up install is over, then mails the
+/// admin how the host stands. Returns the mail.
+fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report> {
+    while !running.toolchains.iter().all(|t| t.started) {
+        running.step(daemon)?;
+    }
+    let paths = &daemon.options.paths;
+    let made = running.sliced.as_ref();
+    let report = report::host_up(&HostUp {
+        buildid: daemon
+            .buildid
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string()),
+        toolchains: running
+            .toolchains
+            .iter()
+            .map(|t| (t.name.clone(), t.state.clone()))
+            .collect(),
+        slices: made
+            .and_then(|m| m.as_ref().ok())
+            .cloned()
+            .unwrap_or_default(),
+        slice_error: made.and_then(|m| m.as_ref().err()).cloned(),
+        disks: disks(paths),
+        problems: std::fs::read_to_string(paths.problems())
+            .map(|text| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        agent_key: Some(daemon.agent_key.clone()),
+        tunnel: tunnel_key(&daemon.config, paths),
+    });
+    daemon.mailer.send(&report);
+    // After the host-up mail's line: with nothing to poll, the monitor's last.
+    console::idle(&daemon.config);
+    ControlFlow::Continue(report)
+}
+
+/// The poll step: handles what the watches report (installs after a poll, failures mailed)
+/// until a change calls for a reboot.
+fn poll(daemon: &Daemon, running: &mut Running) -> Reboot {
     loop {
-        if sliced.is_none() && toolchains.iter().all(|t| t.listed.is_some()) {
-            let made = make_slices(&config, &host, &toolchains);
-            for index in 0..toolchains.len() {
-                agents.start(toolchain_specs(
-                    &config,
-                    &options,
-                    index,
-                    &made,
-                    &mut toolchains,
-                    (&key, &mailer),
-                ));
-            }
-            sliced = Some(made);
+        if let ControlFlow::Break(reboot) = running.step(daemon) {
+            return reboot;
         }
-        if let (false, Some(made)) = (host_up_sent, &sliced) {
-            if toolchains.iter().all(|t| t.started) {
-                host_up_sent = true;
-                mailer.send(&report::host_up(&HostUp {
-                    buildid: buildid.clone().unwrap_or_else(|| "unknown".to_string()),
-                    toolchains: toolchains
-                        .iter()
-                        .map(|t| (t.name.clone(), t.state.clone()))
-                        .collect(),
-                    slices: made.as_ref().map_or_else(|_| Vec::new(), Clone::clone),
-                    slice_error: made.as_ref().err().cloned(),
-                    disks: disks(paths),
-                    problems: std::fs::read_to_string(paths.problems())
-                        .map(|text| {
-                            text.lines()
-                                .filter(|l| !l.trim().is_empty())
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    agent_key: Some(agent_key.clone()),
-                    tunnel: tunnel_key(&config, paths),
-                }));
-                // After the host-up mail's line: with nothing to poll, the monitor's last.
-                console::idle(&config);
-            }
+    }
+}
+
+/// The last step: mails why, stops the agents, writes the status and asks for the reboot.
+fn reboot(daemon: &Daemon, running: &Running, Reboot(reason): Reboot) -> String {
+    let mailer = &daemon.mailer;
+    console::change_seen(&reason);
+    mailer.send(&report::reboot(&reason));
+    mailer.flush_now();
+    let grace = daemon
+        .options
+        .grace
+        .unwrap_or_else(|| Duration::from_secs(u64::from(daemon.config.agent_grace)));
+    std::thread::scope(|scope| {
+        for supervisor in &running.agents.supervisors {
+            scope.spawn(move || supervisor.stop(grace));
         }
-        write_status(&toolchains, &agents.supervisors, &watches);
-        let event = match incoming.recv_timeout(Duration::from_secs(1)) {
+    });
+    running.write_status(daemon);
+    (daemon.options.reboot)(&reason);
+    reason
+}
+
+impl Running {
+    /// Writes the status, then waits up to a second for one event and handles it: a toolchain
+    /// listed, started or installed (its agents start when there are slices), a poll's result
+    /// (a failure mailed once, a change breaks with the reboot's reason).
+    fn step(&mut self, daemon: &Daemon) -> ControlFlow<Reboot> {
+        self.write_status(daemon);
+        let event = match self.incoming.recv_timeout(Duration::from_secs(1)) {
             Ok(event) => event,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => return ControlFlow::Continue(()),
             Err(RecvTimeoutError::Disconnected) => {
                 // No URL to poll at all: only the agents to keep.
                 std::thread::sleep(Duration::from_secs(1));
-                continue;
+                return ControlFlow::Continue(());
             }
         };
         // A toolchain that has just started or installed: its agents start once there are slices.
         let mut installed_now = None;
         match event {
-            Event::Listed { index, counts } => toolchains[index].listed = Some(counts),
+            Event::Listed { index, counts } => self.toolchains[index].listed = Some(counts),
             Event::Started {
                 index,
                 state,
                 installed,
             } => {
-                let t = &mut toolchains[index];
+                let t = &mut self.toolchains[index];
                 t.state = state;
                 t.installed = installed;
                 t.started = true;
                 installed_now = Some(index);
             }
             Event::Installed { index, installed } => {
-                let t = &mut toolchains[index];
+                let t = &mut self.toolchains[index];
                 log::info!(
                     "toolchain {} {} installed after a poll; starting its agents",
                     t.name,
@@ -676,41 +840,38 @@ pub fn run(options: Options) -> String {
                 watch,
                 action,
             } => {
-                watches[index] = *watch;
+                self.watches[index] = *watch;
                 match action {
                     Action::None | Action::Install(_) => {}
                     Action::MailFailing { failures, error } => {
-                        let url = watches[index].shown_url();
-                        mailer.send(&report::fetch_failing(&url, failures, &error));
+                        let url = self.watches[index].shown_url();
+                        daemon
+                            .mailer
+                            .send(&report::fetch_failing(&url, failures, &error));
                     }
-                    Action::Reboot(reason) => {
-                        console::change_seen(&reason);
-                        mailer.send(&report::reboot(&reason));
-                        mailer.flush_now();
-                        let grace = options
-                            .grace
-                            .unwrap_or_else(|| Duration::from_secs(u64::from(config.agent_grace)));
-                        std::thread::scope(|scope| {
-                            for supervisor in &agents.supervisors {
-                                scope.spawn(move || supervisor.stop(grace));
-                            }
-                        });
-                        write_status(&toolchains, &agents.supervisors, &watches);
-                        (options.reboot)(&reason);
-                        return reason;
-                    }
+                    Action::Reboot(reason) => return ControlFlow::Break(Reboot(reason)),
                 }
             }
         }
-        if let (Some(index), Some(made)) = (installed_now, &sliced) {
-            agents.start(toolchain_specs(
-                &config,
-                &options,
-                index,
-                made,
-                &mut toolchains,
-                (&key, &mailer),
-            ));
+        if let (Some(index), Some(made)) = (installed_now, &self.sliced) {
+            let specs = toolchain_specs(daemon, index, made, &mut self.toolchains);
+            self.agents.start(specs);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn write_status(&self, daemon: &Daemon) {
+        let mut status = snapshot(
+            daemon.buildid.as_deref(),
+            &self.toolchains,
+            &self.agents.supervisors,
+            &self.watches,
+            &daemon.mailer,
+        );
+        status.agent_key = daemon.agent_key.as_ref().ok().cloned();
+        let path = daemon.options.paths.status();
+        if let Err(e) = status.write(&path) {
+            log::warn!("status {}: {e}", path.display());
         }
     }
 }
@@ -755,12 +916,10 @@ fn make_slices(
 /// The specs of toolchain `index`'s instances on its slices, when it is installed; a failure is
 /// mailed and marks the toolchain failed.
 fn toolchain_specs(
-    config: &Config,
-    options: &Options,
+    daemon: &Daemon,
     index: usize,
-    made: &Result<Vec<slices::Slice>, String>,
+    made: &Sliced,
     toolchains: &mut [Toolchain],
-    (agent_key, mailer): (&str, &Mailer),
 ) -> Vec<Spec> {
     let Ok(made) = made else {
         return Vec::new();
@@ -773,19 +932,11 @@ fn toolchain_specs(
     if mine.is_empty() {
         return Vec::new();
     }
-    match agent_specs(
-        config,
-        &options.paths,
-        options,
-        index as u32 + 1,
-        installed,
-        &mine,
-        (agent_key, mailer),
-    ) {
+    match agent_specs(daemon, index as u32 + 1, installed, &mine) {
         Ok(specs) => specs,
         Err(e) => {
             log::error!("toolchain {}: {e}", t.name);
-            mailer.send(&Report {
+            daemon.mailer.send(&Report {
                 subject: format!("toolchain {} agents not started", t.name),
                 body: format!("The agents of toolchain {} cannot start:\n  {e}\n", t.name),
             });
@@ -799,14 +950,13 @@ fn toolchain_specs(
 
 /// The specs of one toolchain's instances: its archive unpacked and its command rendered.
 fn agent_specs(
-    config: &Config,
-    paths: &Paths,
-    options: &Options,
+    daemon: &Daemon,
     num: u32,
     installed: &Installed,
     slices: &[&slices::Slice],
-    (agent_key, mailer): (&str, &Mailer),
 ) -> Result<Vec<Spec>, agents::AgentError> {
+    let (config, options, paths) = (&daemon.config, &daemon.options, &daemon.options.paths);
+    let agent_key = daemon.key_path();
     let tc = &config.toolchains[&installed.name];
     let dir = agents::unpack(&installed.archive(), &paths.agents.join(&installed.name))?;
     let (template, bootstrap) = match agents::declaration(&dir)? {
@@ -847,13 +997,13 @@ fn agent_specs(
             toolchain_trust: tc.trust_file().to_string(),
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
-            agent_key: agent_key.to_string(),
+            agent_key: agent_key.clone(),
             secrets_dir: secrets::toolchain_dir(&paths.state, &installed.name)
                 .display()
                 .to_string(),
         };
         if let Some((template, made @ None)) = &mut bootstrap {
-            let mailer = Mutex::new(mailer.clone());
+            let mailer = Mutex::new(daemon.mailer.clone());
             *made = Some(Arc::new(agents::Bootstrap::new(
                 &installed.name,
                 agents::command(template, &variables, &dir)?,
@@ -948,23 +1098,10 @@ fn snapshot(
         buildid: buildid.unwrap_or("unknown").to_string(),
         toolchains: toolchains
             .iter()
-            .map(|t| {
-                let (state, version, detail) = match &t.state {
-                    ToolchainState::Installing => ("installing", None, None),
-                    ToolchainState::Installed { version } => {
-                        ("installed", Some(version.clone()), None)
-                    }
-                    ToolchainState::Disabled => ("disabled", None, None),
-                    ToolchainState::Failed { reason } => ("failed", None, Some(reason.clone())),
-                    ToolchainState::NoUrl => ("no url", None, None),
-                };
-                ToolchainStatus {
-                    name: t.name.clone(),
-                    url: fetch::redact(&t.url),
-                    state: state.to_string(),
-                    version,
-                    detail,
-                }
+            .map(|t| ToolchainStatus {
+                name: t.name.clone(),
+                url: fetch::redact(&t.url),
+                state: t.state.clone(),
             })
             .collect(),
         instances: supervisors

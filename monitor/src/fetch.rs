@@ -8,6 +8,7 @@
 //! by [`Retry::deadline`] per attempt. An `https://` URL is never followed to `http://`. URLs
 //! are shown with their password replaced ([`redact`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::checksums::Algorithm;
@@ -53,8 +55,7 @@ impl Default for Retry {
 impl Retry {
     /// The wait before attempt `attempt + 1` (attempt counts from 1).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.first_delay.saturating_mul(factor).min(self.max_delay)
+        Backoff::new(self.first_delay, self.max_delay).nth(attempt)
     }
 }
 
@@ -147,6 +148,143 @@ impl fmt::Display for FetchError {
 }
 
 impl std::error::Error for FetchError {}
+
+/// How the monitor gets its files: the small ones it decides on (checksums files, build ids)
+/// and the toolchain files it installs. [`Network`] is the real one; [`Memory`] serves bytes
+/// from memory, so install and change decisions are tested on bytes without a server.
+pub trait Fetch: Send + Sync {
+    /// A small file, conditionally when `validators` are given (see [`fetch`]).
+    fn small(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError>;
+
+    /// A toolchain file into `dest`, verified against `expected` (see [`download`]).
+    fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        algorithm: Algorithm,
+        expected: &str,
+        retry: &Retry,
+    ) -> Result<u64, FetchError>;
+}
+
+/// Fetches over http, https and tftp: [`fetch`] and [`download`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Network;
+
+impl Fetch for Network {
+    fn small(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        fetch(url, validators, timeout)
+    }
+
+    fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        algorithm: Algorithm,
+        expected: &str,
+        retry: &Retry,
+    ) -> Result<u64, FetchError> {
+        download(url, dest, algorithm, expected, retry)
+    }
+}
+
+/// Files in memory by URL, for tests. A small file carries an ETag made from its bytes and is
+/// `NotModified` to a request that sends it back; a URL it does not hold is an HTTP 404; the
+/// size bound and the hash check are the real ones. Clones share the files.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Memory {
+    pub fn new() -> Memory {
+        Memory::default()
+    }
+
+    /// Serves `bytes` at `url` from now on.
+    pub fn put(&self, url: &str, bytes: impl Into<Vec<u8>>) {
+        lock(&self.files).insert(url.to_string(), bytes.into());
+    }
+
+    /// Stops serving `url`: it is a 404 from now on.
+    pub fn remove(&self, url: &str) {
+        lock(&self.files).remove(url);
+    }
+
+    /// The URLs asked for so far, in order.
+    pub fn requests(&self) -> Vec<String> {
+        lock(&self.requests).clone()
+    }
+
+    fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        lock(&self.requests).push(url.to_string());
+        lock(&self.files)
+            .get(url)
+            .cloned()
+            .ok_or_else(|| transfer(url, "HTTP 404 Not Found"))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Fetch for Memory {
+    fn small(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+        _timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
+        source(url)?;
+        let bytes = self.get(url)?;
+        let mut hasher = Hasher::new(Algorithm::Sha256);
+        hasher.update(&bytes);
+        let etag = format!("\"{}\"", hasher.hex());
+        if validators.and_then(|v| v.etag.as_ref()) == Some(&etag) {
+            return Ok(Fetched::NotModified);
+        }
+        check_small(url, &bytes, None)?;
+        Ok(Fetched::Body {
+            bytes,
+            validators: Validators {
+                etag: Some(etag),
+                last_modified: None,
+            },
+        })
+    }
+
+    fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        algorithm: Algorithm,
+        expected: &str,
+        _retry: &Retry,
+    ) -> Result<u64, FetchError> {
+        source(url)?;
+        let bytes = self.get(url)?;
+        std::fs::write(dest, &bytes).map_err(|e| FetchError::Io {
+            path: dest.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut hasher = Hasher::new(algorithm);
+        hasher.update(&bytes);
+        verify(url, dest, algorithm, expected, hasher.hex())?;
+        Ok(bytes.len() as u64)
+    }
+}
 
 /// A URL we can fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -690,19 +828,30 @@ pub fn download(
     }
     partial.file.sync_all().map_err(io_error)?;
     let written = partial.written;
-    let actual = partial.hasher.hex();
-    if actual != expected.to_ascii_lowercase() {
-        let file = dest
-            .file_name()
-            .map_or_else(|| redact(url), |n| n.to_string_lossy().into_owned());
-        return Err(FetchError::Mismatch {
-            file,
-            algorithm: algorithm.name(),
-            expected: expected.to_string(),
-            actual,
-        });
-    }
+    verify(url, dest, algorithm, expected, partial.hasher.hex())?;
     Ok(written)
+}
+
+/// Whether the hash of what was written to `dest` is the listed one.
+fn verify(
+    url: &str,
+    dest: &Path,
+    algorithm: Algorithm,
+    expected: &str,
+    actual: String,
+) -> Result<(), FetchError> {
+    if actual == expected.to_ascii_lowercase() {
+        return Ok(());
+    }
+    let file = dest
+        .file_name()
+        .map_or_else(|| redact(url), |n| n.to_string_lossy().into_owned());
+    Err(FetchError::Mismatch {
+        file,
+        algorithm: algorithm.name(),
+        expected: expected.to_string(),
+        actual,
+    })
 }
 
 /// Copies with a large buffer: fewer, larger writes and hash updates than `io::copy`'s 8 KiB.

@@ -15,10 +15,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use buildos_backoff::Backoff;
 use serde::Serialize;
 
 use crate::checksums::{self, Checksums};
-use crate::fetch::{self, Fetched, Validators};
+use crate::fetch::{self, Fetch, Fetched, Validators};
 
 /// What is being watched and what runs now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +69,11 @@ pub enum Outcome {
 /// The most polls between two tries of an install that failed.
 pub const MAX_RETRY_POLLS: u32 = 32;
 
-/// When to try a failed install again: after `left` more polls; the wait doubles each time.
+/// When to try a failed install again: after `left` more polls; the wait, in polls, doubles
+/// with each failure of the same file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct InstallRetry {
-    wait: u32,
+    waits: Backoff<u32>,
     left: u32,
 }
 
@@ -150,11 +152,12 @@ impl Watch {
         if let Subject::Toolchain { running, .. } = &mut self.subject {
             *running = Some(checksums.to_string());
         }
-        let wait = match (same, self.retry) {
-            (true, Some(retry)) => (retry.wait * 2).min(MAX_RETRY_POLLS),
-            _ => 1,
+        let mut waits = match (same, self.retry) {
+            (true, Some(retry)) => retry.waits,
+            _ => Backoff::new(1, MAX_RETRY_POLLS),
         };
-        self.retry = Some(InstallRetry { wait, left: wait });
+        let left = waits.next_wait();
+        self.retry = Some(InstallRetry { waits, left });
     }
 
     /// `checksums` disables the toolchain: nothing to install, nothing to try again.
@@ -188,9 +191,9 @@ impl Watch {
         Some(text.clone())
     }
 
-    /// Polls once and says what to do.
-    pub fn poll(&mut self, timeout: Duration) -> Action {
-        let outcome = self.check(timeout);
+    /// Polls once through `fetch` and says what to do.
+    pub fn poll(&mut self, fetch: &dyn Fetch, timeout: Duration) -> Action {
+        let outcome = self.check(fetch, timeout);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -235,9 +238,9 @@ impl Watch {
         }
     }
 
-    fn check(&mut self, timeout: Duration) -> Outcome {
+    fn check(&mut self, fetch: &dyn Fetch, timeout: Duration) -> Outcome {
         let url = self.shown_url();
-        let (bytes, validators) = match fetch::fetch(&self.url, self.validators.as_ref(), timeout) {
+        let (bytes, validators) = match fetch.small(&self.url, self.validators.as_ref(), timeout) {
             Ok(Fetched::NotModified) => return Outcome::Unchanged,
             Ok(Fetched::Body { bytes, validators }) => (bytes, validators),
             Err(e) => return Outcome::Failed(e.to_string()),
@@ -358,6 +361,130 @@ mod tests {
         assert_eq!(watch.retry_due().as_deref(), Some("b *y.tar.gz\n"));
         watch.installed("b *y.tar.gz\n");
         assert_eq!(watch.retry_due(), None);
+    }
+
+    use crate::fetch::Memory;
+
+    const URL: &str = "http://h/toolchain.sha256";
+    const A: &str =
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef *0.4.0/t-0.4.0.tar.gz\n";
+    const B: &str =
+        "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210 *0.5.0/t-0.5.0.tar.gz\n";
+
+    fn toolchain_watch(running: Option<&str>, installed: bool) -> Watch {
+        Watch::new(
+            URL,
+            Subject::Toolchain {
+                name: "default".into(),
+                running: running.map(str::to_string),
+                installed,
+            },
+        )
+    }
+
+    fn poll(watch: &mut Watch, served: &Memory) -> Action {
+        watch.poll(served, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn an_installed_toolchain_reboots_only_for_a_well_formed_different_checksums_file() {
+        let served = Memory::new();
+        let mut watch = toolchain_watch(Some(A), true);
+        served.put(URL, A);
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        assert_eq!(watch.last.as_ref().unwrap().1, Outcome::Unchanged);
+        // The same bytes again: a conditional request, answered 304.
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        served.put(URL, "not a checksums file\n");
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        assert!(
+            matches!(&watch.last, Some((_, Outcome::Failed(why))) if why.starts_with("malformed")),
+            "{:?}",
+            watch.last
+        );
+        served.remove(URL);
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        let mail = poll(&mut watch, &served);
+        assert!(
+            matches!(&mail, Action::MailFailing { failures: 3, error } if error.contains("404")),
+            "{mail:?}"
+        );
+        served.put(URL, B);
+        assert_eq!(
+            poll(&mut watch, &served),
+            Action::Reboot(format!(
+                "toolchain default changed (version 0.5.0) at {URL}"
+            ))
+        );
+        served.put(URL, "disabled\n");
+        assert_eq!(
+            poll(&mut watch, &served),
+            Action::Reboot(format!("toolchain default is now disabled at {URL}"))
+        );
+    }
+
+    #[test]
+    fn a_toolchain_not_installed_installs_the_first_good_file_and_never_reboots() {
+        let served = Memory::new();
+        let mut watch = toolchain_watch(None, false);
+        assert_eq!(
+            poll(&mut watch, &served),
+            Action::None,
+            "404: nothing to do"
+        );
+        served.put(URL, "disabled\n");
+        assert_eq!(poll(&mut watch, &served), Action::None, "disabled: nothing");
+        served.put(URL, A);
+        assert_eq!(poll(&mut watch, &served), Action::Install(A.to_string()));
+        watch.install_failed(A);
+        // The same file that failed: tried again after one unchanged poll.
+        assert_eq!(poll(&mut watch, &served), Action::Install(A.to_string()));
+        watch.install_failed(A);
+        assert_eq!(poll(&mut watch, &served), Action::None, "now after two");
+        served.put(URL, B);
+        assert_eq!(poll(&mut watch, &served), Action::Install(B.to_string()));
+        watch.installed(B);
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        served.put(URL, A);
+        assert!(matches!(poll(&mut watch, &served), Action::Reboot(_)));
+    }
+
+    #[test]
+    fn a_build_id_reboots_only_for_a_valid_different_id() {
+        let url = "http://h/buildos-buildid";
+        let served = Memory::new();
+        let mut watch = Watch::new(
+            url,
+            Subject::BuildId {
+                running: Some(ID.to_string()),
+            },
+        );
+        served.put(url, format!("{ID}\n"));
+        assert_eq!(poll(&mut watch, &served), Action::None);
+        for bad in ["404\n", "<html>", &ID.to_uppercase()] {
+            served.put(url, bad);
+            assert!(!matches!(poll(&mut watch, &served), Action::Reboot(_)));
+            assert!(
+                matches!(&watch.last, Some((_, Outcome::Failed(why))) if why.contains("expected a build id")),
+                "{bad:?}: {:?}",
+                watch.last
+            );
+        }
+        served.put(url, vec![0xff, 0xfe]);
+        poll(&mut watch, &served);
+        assert!(
+            matches!(&watch.last, Some((_, Outcome::Failed(why))) if why.contains("expected UTF-8 text")),
+            "{:?}",
+            watch.last
+        );
+        let new = ID.replace('f', "e");
+        served.put(url, new.clone());
+        assert_eq!(
+            poll(&mut watch, &served),
+            Action::Reboot(format!(
+                "a new OS build {new} is published at {url} (running {ID})"
+            ))
+        );
     }
 
     proptest! {

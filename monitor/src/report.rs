@@ -10,32 +10,7 @@ pub struct Report {
     pub body: String,
 }
 
-/// How one toolchain stands, for the host-up mail and the status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolchainState {
-    /// Its start-up fetch and install are under way.
-    Installing,
-    Installed {
-        version: String,
-    },
-    Disabled,
-    Failed {
-        reason: String,
-    },
-    NoUrl,
-}
-
-impl std::fmt::Display for ToolchainState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ToolchainState::Installing => write!(f, "being installed"),
-            ToolchainState::Installed { version } => write!(f, "{version}"),
-            ToolchainState::Disabled => write!(f, "disabled"),
-            ToolchainState::Failed { reason } => write!(f, "failed: {reason}"),
-            ToolchainState::NoUrl => write!(f, "no buildos.toolchain_url"),
-        }
-    }
-}
+pub use crate::status::ToolchainState;
 
 /// Everything the host-up mail says.
 #[derive(Debug, Clone, Default)]

@@ -23,14 +23,58 @@ pub struct Status {
     pub agent_key: Option<crate::agentkey::AgentKey>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolchainStatus {
     pub name: String,
     pub url: String,
-    /// `installing`, `installed`, `disabled`, `failed`, `no url`.
-    pub state: String,
-    pub version: Option<String>,
-    pub detail: Option<String>,
+    /// As it is: `"state"` (`installing`, `installed`, `disabled`, `failed`, `no url`) and
+    /// the state's `version` or `detail`.
+    #[serde(flatten)]
+    pub state: ToolchainState,
+}
+
+/// How one toolchain stands: the one type the daemon keeps, the host-up mail words
+/// ([`std::fmt::Display`]) and the status file holds as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ToolchainState {
+    /// Its start-up fetch and install are under way.
+    Installing,
+    Installed {
+        version: String,
+    },
+    Disabled,
+    Failed {
+        #[serde(rename = "detail")]
+        reason: String,
+    },
+    #[serde(rename = "no url")]
+    NoUrl,
+}
+
+impl ToolchainState {
+    /// The state's word in the status.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ToolchainState::Installing => "installing",
+            ToolchainState::Installed { .. } => "installed",
+            ToolchainState::Disabled => "disabled",
+            ToolchainState::Failed { .. } => "failed",
+            ToolchainState::NoUrl => "no url",
+        }
+    }
+}
+
+impl std::fmt::Display for ToolchainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolchainState::Installing => write!(f, "being installed"),
+            ToolchainState::Installed { version } => write!(f, "{version}"),
+            ToolchainState::Disabled => write!(f, "disabled"),
+            ToolchainState::Failed { reason } => write!(f, "failed: {reason}"),
+            ToolchainState::NoUrl => write!(f, "no buildos.toolchain_url"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,13 +143,13 @@ impl Status {
             let _ = writeln!(out, "  none");
         }
         for t in &self.toolchains {
-            let _ = write!(out, "  {}: {}", t.name, t.state);
-            if let Some(version) = &t.version {
+            let _ = write!(out, "  {}: {}", t.name, t.state.word());
+            if let ToolchainState::Installed { version } = &t.state {
                 let _ = write!(out, " {version}");
             }
             let _ = writeln!(out, " ({})", t.url);
-            if let Some(detail) = &t.detail {
-                let _ = writeln!(out, "    {detail}");
+            if let ToolchainState::Failed { reason } = &t.state {
+                let _ = writeln!(out, "    {reason}");
             }
         }
         let _ = writeln!(out, "\ninstances:");
@@ -159,13 +203,27 @@ mod tests {
         let status = Status {
             updated: 100,
             buildid: "ab12".into(),
-            toolchains: vec![ToolchainStatus {
-                name: "default".into(),
-                url: "http://h/t.sha256".into(),
-                state: "installed".into(),
-                version: Some("0.4.0".into()),
-                detail: None,
-            }],
+            toolchains: vec![
+                ToolchainStatus {
+                    name: "default".into(),
+                    url: "http://h/t.sha256".into(),
+                    state: ToolchainState::Installed {
+                        version: "0.4.0".into(),
+                    },
+                },
+                ToolchainStatus {
+                    name: "b".into(),
+                    url: "http://h/b.sha256".into(),
+                    state: ToolchainState::Failed {
+                        reason: "downloading: HTTP 404".into(),
+                    },
+                },
+                ToolchainStatus {
+                    name: "c".into(),
+                    url: String::new(),
+                    state: ToolchainState::NoUrl,
+                },
+            ],
             instances: vec![InstanceStatus {
                 toolchain: "default".into(),
                 instance: 1,
@@ -217,5 +275,34 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mail queue: 2 message(s)\n"), "{text}");
+        assert!(
+            text.contains("  b: failed (http://h/b.sha256)\n    downloading: HTTP 404\n"),
+            "{text}"
+        );
+        assert!(text.contains("  c: no url ()\n"), "{text}");
+    }
+
+    #[test]
+    fn toolchain_states_are_written_with_their_words() {
+        let cases = [
+            (ToolchainState::Installing, r#"{"state":"installing"}"#),
+            (
+                ToolchainState::Installed {
+                    version: "0.4.0".into(),
+                },
+                r#"{"state":"installed","version":"0.4.0"}"#,
+            ),
+            (ToolchainState::Disabled, r#"{"state":"disabled"}"#),
+            (
+                ToolchainState::Failed { reason: "x".into() },
+                r#"{"state":"failed","detail":"x"}"#,
+            ),
+            (ToolchainState::NoUrl, r#"{"state":"no url"}"#),
+        ];
+        for (state, json) in cases {
+            assert_eq!(serde_json::to_string(&state).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ToolchainState>(json).unwrap(), state);
+            assert!(json.contains(&format!(r#""state":"{}""#, state.word())));
+        }
     }
 }

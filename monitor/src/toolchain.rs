@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::checksums::{self, Checksums, ChecksumsError, Entry};
-use crate::fetch::{self, FetchError, Fetched, Retry};
+use crate::fetch::{self, Fetch, FetchError, Fetched, Retry};
 
 /// A toolchain as installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -91,21 +91,26 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> InstallError + '_ {
 
 /// Fetches the checksums file at `url` and installs toolchain `name` from it.
 pub fn install(
+    fetch: &dyn Fetch,
     tftp_root: &Path,
     name: &str,
     url: &str,
     trust: &str,
     retry: &Retry,
 ) -> Result<Outcome, InstallError> {
-    let text = fetch_checksums(url, retry)?;
-    install_from(tftp_root, name, url, &text, trust, retry)
+    let text = fetch_checksums(fetch, url, retry)?;
+    install_from(fetch, tftp_root, name, url, &text, trust, retry)
 }
 
 /// Fetches a checksums file, retrying transfer failures like a download.
-pub fn fetch_checksums(url: &str, retry: &Retry) -> Result<String, InstallError> {
+pub fn fetch_checksums(
+    fetch: &dyn Fetch,
+    url: &str,
+    retry: &Retry,
+) -> Result<String, InstallError> {
     let mut attempt = 1;
     loop {
-        match fetch::fetch(url, None, retry.timeout) {
+        match fetch.small(url, None, retry.timeout) {
             Ok(Fetched::Body { bytes, .. }) => {
                 return String::from_utf8(bytes).map_err(|_| {
                     InstallError::Malformed(ChecksumsError {
@@ -134,6 +139,7 @@ pub fn fetch_checksums(url: &str, retry: &Retry) -> Result<String, InstallError>
 
 /// Installs toolchain `name` from the checksums file `text` fetched from `url`.
 pub fn install_from(
+    fetch: &dyn Fetch,
     tftp_root: &Path,
     name: &str,
     url: &str,
@@ -154,7 +160,7 @@ pub fn install_from(
     let staging = toolchains.join(format!(".{name}.staging.{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir(&staging).map_err(io_error(&staging))?;
-    let result = fill(&staging, url, &version, &entries, trust, retry)
+    let result = fill(fetch, &staging, url, &version, &entries, trust, retry)
         .and_then(|()| switch(&toolchains, name, &version, &staging));
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
@@ -176,6 +182,7 @@ const RESERVED: [&str; 2] = ["version", "trust"];
 /// Downloads and verifies every file into `staging`, then writes the symlinks, `version` and
 /// `trust`.
 fn fill(
+    fetch: &dyn Fetch,
     staging: &Path,
     url: &str,
     version: &str,
@@ -186,7 +193,8 @@ fn fill(
     for entry in entries {
         let file_url = fetch::join(url, &entry.path);
         let dest = staging.join(&entry.file_name);
-        let bytes = fetch::download(&file_url, &dest, entry.algorithm, &entry.hash, retry)
+        let bytes = fetch
+            .download(&file_url, &dest, entry.algorithm, &entry.hash, retry)
             .map_err(InstallError::File)?;
         log::info!(
             "{}: {bytes} bytes, {} verified",
@@ -302,5 +310,124 @@ fn remove_stale_staging(toolchains: &Path, name: &str) {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // A failed step should stop the test there, with its error.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::fetch::Memory;
+    use sha2::{Digest, Sha256};
+
+    const URL: &str = "http://h/tc/toolchain.sha256";
+
+    fn quick() -> Retry {
+        Retry {
+            attempts: 1,
+            ..Retry::default()
+        }
+    }
+
+    /// Serves version `version` of a two-file toolchain; returns its checksums file.
+    fn publish(served: &Memory, version: &str) -> String {
+        let mut text = String::new();
+        for name in [
+            format!("t-{version}.tar.gz"),
+            format!("extra-{version}.zip"),
+        ] {
+            let bytes = format!("{name} content").repeat(100).into_bytes();
+            let hash: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            served.put(&format!("http://h/tc/{version}/{name}"), bytes);
+            text.push_str(&format!("{hash} *{version}/{name}\n"));
+        }
+        served.put(URL, text.clone());
+        text
+    }
+
+    fn install(served: &Memory, root: &Path) -> Result<Outcome, InstallError> {
+        super::install(served, root, "default", URL, "no", &quick())
+    }
+
+    #[test]
+    fn an_install_from_bytes_lists_its_files_and_switches_the_link() {
+        let served = Memory::new();
+        let root = tempfile::tempdir().unwrap();
+        let text = publish(&served, "0.4.0");
+        let Outcome::Installed(installed) = install(&served, root.path()).unwrap() else {
+            panic!("not installed");
+        };
+        assert_eq!(installed.version, "0.4.0");
+        assert_eq!(installed.checksums, text);
+        assert_eq!(
+            installed.archive(),
+            root.path().join("toolchains/default/t-0.4.0.tar.gz")
+        );
+        let dir = root.path().join("toolchains/default");
+        assert_eq!(fs::read_to_string(dir.join("version")).unwrap(), "0.4.0\n");
+        assert_eq!(fs::read_to_string(dir.join("trust")).unwrap(), "no\n");
+        assert_eq!(
+            fs::read_link(dir.join("t-tar.gz")).unwrap(),
+            Path::new("t-0.4.0.tar.gz")
+        );
+        assert_eq!(
+            served.requests(),
+            [
+                URL,
+                "http://h/tc/0.4.0/t-0.4.0.tar.gz",
+                "http://h/tc/0.4.0/extra-0.4.0.zip"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_mismatch_or_missing_file_keeps_the_previous_install_from_bytes() {
+        let served = Memory::new();
+        let root = tempfile::tempdir().unwrap();
+        publish(&served, "0.4.0");
+        install(&served, root.path()).unwrap();
+        publish(&served, "0.5.0");
+        served.put("http://h/tc/0.5.0/extra-0.5.0.zip", "tampered");
+        let error = install(&served, root.path()).unwrap_err();
+        assert!(
+            matches!(&error, InstallError::File(FetchError::Mismatch { file, .. }) if file == "extra-0.5.0.zip"),
+            "{error}"
+        );
+        served.remove("http://h/tc/0.5.0/t-0.5.0.tar.gz");
+        let error = install(&served, root.path()).unwrap_err().to_string();
+        assert!(error.contains("t-0.5.0.tar.gz: HTTP 404"), "{error}");
+        let toolchains = root.path().join("toolchains");
+        let version = fs::read_to_string(toolchains.join("default/version")).unwrap();
+        assert_eq!(version, "0.4.0\n");
+        let mut left: Vec<String> = fs::read_dir(&toolchains)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 2, "no staging left: {left:?}");
+        assert!(left[0].starts_with(".default.0.4.0."), "{left:?}");
+    }
+
+    #[test]
+    fn a_disabled_or_malformed_checksums_file_downloads_nothing() {
+        let served = Memory::new();
+        let root = tempfile::tempdir().unwrap();
+        served.put(URL, "disabled\n");
+        assert_eq!(install(&served, root.path()), Ok(Outcome::Disabled));
+        served.put(URL, "0123 *x.tar.gz\n");
+        assert!(matches!(
+            install(&served, root.path()),
+            Err(InstallError::Malformed(_))
+        ));
+        served.put(URL, vec![0xff, 0xfe]);
+        let error = install(&served, root.path()).unwrap_err().to_string();
+        assert!(error.contains("UTF-8"), "{error}");
+        assert_eq!(served.requests(), [URL, URL, URL]);
+        assert!(!root.path().join("toolchains/default").exists());
     }
 }

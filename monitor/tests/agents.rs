@@ -452,3 +452,33 @@ fn failed_bootstrap_starts_no_instance_mails_its_logs_tail_and_others_go_on() {
     assert!(!dir.path().join("broken.bootstrapped").exists());
     supervisor.stop(Duration::from_secs(5));
 }
+
+#[test]
+fn stopping_ends_a_long_restart_wait_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = Policy {
+        first_delay: Duration::from_secs(600),
+        max_delay: Duration::from_secs(600),
+        ..policy()
+    };
+    let supervisor = Supervisor::start(
+        vec![spec(
+            dir.path(),
+            &["/bin/sh", "-c", "exit 1"],
+            vec![0],
+            None,
+        )],
+        policy,
+        Arc::new(|_: &Spec, _, _: &str| {}),
+    );
+    wait_for("the restart wait", Duration::from_secs(30), || {
+        supervisor.states()[0].1.state == "restarting in 600s"
+    });
+    supervisor.stop(Duration::from_secs(5));
+    wait_for("the instance stopped", Duration::from_secs(5), || {
+        supervisor.states()[0].1.state == "stopped"
+    });
+    let (_, state) = supervisor.states().remove(0);
+    assert_eq!(state.starts, 1);
+    assert_eq!(state.last_exit.as_deref(), Some("exit status: 1"));
+}

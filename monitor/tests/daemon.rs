@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use buildos_monitor::agents::Policy;
 use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::Retry;
+use buildos_monitor::fetch::{Memory, Network, Retry};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::slices;
-use buildos_monitor::status::Status;
+use buildos_monitor::status::{Status, ToolchainState};
 use support::{free_port, sha256_hex, tar_gz, wait_for, HttpServer, Made, Smtp};
 
 /// The build id the host runs, and a new one.
@@ -122,7 +122,12 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         },
     );
     assert_eq!(status.buildid, RUNNING);
-    assert_eq!(status.toolchains[0].version.as_deref(), Some("1.0"));
+    assert_eq!(
+        status.toolchains[0].state,
+        ToolchainState::Installed {
+            version: "1.0".into()
+        }
+    );
     let pids: Vec<u32> = status.instances.iter().map(|i| i.pid.unwrap()).collect();
     // And `buildos-monitor status` prints it for a person.
     let printed = std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
@@ -253,11 +258,11 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     // Not there (404), then malformed: failures, one mail after three.
     let mut actions = Vec::new();
     for _ in 0..3 {
-        actions.push(watch.poll(timeout));
+        actions.push(watch.poll(&Network, timeout));
     }
     server.put("buildos-buildid", b"<html>not a build id</html>\n");
     for _ in 0..3 {
-        actions.push(watch.poll(timeout));
+        actions.push(watch.poll(&Network, timeout));
     }
     let mails: Vec<&Action> = actions
         .iter()
@@ -270,12 +275,12 @@ fn failing_or_malformed_polls_never_reboot_and_mail_once() {
     assert!(!actions.iter().any(|a| matches!(a, Action::Reboot(_))));
     // The same build id: no reboot, and the failure count starts over.
     server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
-    assert_eq!(watch.poll(timeout), Action::None);
+    assert_eq!(watch.poll(&Network, timeout), Action::None);
     assert_eq!(watch.failures, 0);
-    assert_eq!(watch.poll(timeout), Action::None);
+    assert_eq!(watch.poll(&Network, timeout), Action::None);
     // A different one: reboot.
     server.put("buildos-buildid", format!("{NEW}\n").as_bytes());
-    assert!(matches!(watch.poll(timeout), Action::Reboot(r) if r.contains(NEW)));
+    assert!(matches!(watch.poll(&Network, timeout), Action::Reboot(r) if r.contains(NEW)));
 }
 
 #[test]
@@ -295,7 +300,9 @@ fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
         &format!("{}\n", RUNNING.to_uppercase()),
     ] {
         server.put("buildos-buildid", body.as_bytes());
-        let actions: Vec<Action> = (0..5).map(|_| watch.poll(Duration::from_secs(5))).collect();
+        let actions: Vec<Action> = (0..5)
+            .map(|_| watch.poll(&Network, Duration::from_secs(5)))
+            .collect();
         assert!(
             !actions.iter().any(|a| matches!(a, Action::Reboot(_))),
             "{actions:?}"
@@ -312,7 +319,7 @@ fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
         );
         // Back to the running id: the run of failures ends, and the next run mails again.
         server.put("buildos-buildid", format!("{RUNNING}\n").as_bytes());
-        assert_eq!(watch.poll(Duration::from_secs(5)), Action::None);
+        assert_eq!(watch.poll(&Network, Duration::from_secs(5)), Action::None);
     }
 }
 
@@ -342,6 +349,7 @@ fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
 fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
     Options {
         paths: paths.clone(),
+        fetch: std::sync::Arc::new(Network),
         retry: Retry {
             attempts: 2,
             first_delay: Duration::from_millis(10),
@@ -455,7 +463,10 @@ fn a_toolchain_missing_at_start_installs_on_its_first_good_poll_without_a_reboot
     let json = fs::read_to_string(paths.status()).unwrap();
     assert!(!json.contains("s3cret"), "{json}");
     assert!(json.contains("ci:***@"), "{json}");
-    assert_eq!(status.toolchains[0].state, "installed", "{status:?}");
+    assert!(
+        matches!(status.toolchains[0].state, ToolchainState::Installed { .. }),
+        "{status:?}"
+    );
     // Once installed, a change to it reboots as ever (which stops the agent, too).
     server.put("agent/toolchain.sha256", b"disabled\n");
     let reason = reboot.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -618,4 +629,54 @@ fn the_whole_monitor_mails_once_about_a_404_build_id_then_reboots_for_a_new_one(
     let reason = reboot.recv_timeout(Duration::from_secs(60)).unwrap();
     assert!(reason.contains(NEW), "{reason}");
     assert_eq!(monitor.join().unwrap(), reason);
+}
+
+#[test]
+fn the_monitor_runs_its_steps_on_bytes_from_memory_and_reboots_for_a_new_toolchain() {
+    let root = tempfile::tempdir().unwrap();
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    let served = Memory::new();
+    let url = "http://toolchains.example/agent/toolchain.sha256";
+    let archive = agent_archive(&records);
+    served.put(
+        "http://toolchains.example/agent/agent-1.0.tar.gz",
+        archive.clone(),
+    );
+    served.put(url, format!("{} *agent-1.0.tar.gz\n", sha256_hex(&archive)));
+    let paths = monitor_paths(
+        root.path(),
+        &format!("buildos.toolchain_url={url} buildos.instances=1 buildos.ram_total=12"),
+    );
+    let (rebooted, reboot) = mpsc::channel();
+    let mut options = quick_options(&paths, rebooted);
+    options.fetch = std::sync::Arc::new(served.clone());
+    let monitor = std::thread::spawn(move || daemon::run(options));
+    let record = records.join("instance-1");
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        record.exists()
+    });
+    let mut status = Status::default();
+    wait_for("the host-up mail queued", Duration::from_secs(30), || {
+        status = Status::read(&paths.status()).unwrap_or_default();
+        status.mail_queue == 2
+    });
+    assert_eq!(
+        status.toolchains[0].state,
+        ToolchainState::Installed {
+            version: "1.0".into()
+        }
+    );
+    // A changed checksums file (in memory only): the reboot step, for that reason.
+    served.put(url, format!("{} *agent-1.1.tar.gz\n", sha256_hex(b"1.1")));
+    let reason = reboot.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        reason,
+        format!("toolchain default changed (version 1.1) at {url}")
+    );
+    assert_eq!(monitor.join().unwrap(), reason);
+    assert_eq!(
+        served.requests()[..2],
+        [url, "http://toolchains.example/agent/agent-1.0.tar.gz"]
+    );
 }

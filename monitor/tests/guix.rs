@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use buildos_monitor::agents::Policy;
 use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::Retry;
+use buildos_monitor::fetch::{Network, Retry};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::slices;
 use support::tier;
@@ -148,6 +148,7 @@ fn guix_build_coordinator_agents_get_their_slice_uuid_and_password_file_from_sec
     let (rebooted, reboot) = mpsc::channel();
     let options = Options {
         paths: paths.clone(),
+        fetch: std::sync::Arc::new(Network),
         retry: Retry {
             attempts: 2,
             first_delay: Duration::from_millis(10),

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use buildos_monitor::agents;
-use buildos_monitor::fetch::Retry;
+use buildos_monitor::fetch::{Network, Retry};
 use buildos_monitor::toolchain::{self, InstallError, Outcome};
 use support::{sha256_hex, tier, HttpServer};
 
@@ -39,7 +39,7 @@ fn publish(server: &HttpServer, version: &str, files: &[(&str, &[u8])]) -> Strin
 }
 
 fn install(tftp_root: &Path, url: &str) -> Result<Outcome, InstallError> {
-    toolchain::install(tftp_root, "default", url, "no", &quick())
+    toolchain::install(&Network, tftp_root, "default", url, "no", &quick())
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use buildos_monitor::fetch::Retry;
+use buildos_monitor::fetch::{Network, Retry};
 use buildos_monitor::report;
 use buildos_monitor::toolchain::{self, InstallError, Outcome};
 use support::{sha256_hex, tier, Fault, HttpServer, Tftp};
@@ -63,7 +63,7 @@ fn listing(dir: &Path) -> Vec<String> {
 }
 
 fn install(tftp_root: &Path, url: &str, trust: &str) -> Result<Outcome, InstallError> {
-    toolchain::install(tftp_root, "default", url, trust, &quick())
+    toolchain::install(&Network, tftp_root, "default", url, trust, &quick())
 }
 
 /// The toolchains directory holds only the `default` link and its one versioned directory.

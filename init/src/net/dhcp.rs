@@ -12,6 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use buildos_backoff::Backoff;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::Encodable;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
@@ -112,7 +113,7 @@ fn later(from: Instant, by: Duration) -> Instant {
 /// 32, then 64 s. RFC 2131 suggests starting at 4 s; starting at 1 s lets several tries fit
 /// in the boot bound, and the doubling keeps a busy network quiet.
 pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(6))
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(64)).nth(attempt.saturating_add(1))
 }
 
 /// While renewing or rebinding, RFC 2131 section 4.4.5: wait half the time left until the
