@@ -167,7 +167,7 @@ pub fn run() -> ! {
                     .clock
                     .ready_line(&mode.to_string(), boot.problems.len()),
             );
-            write_report(&boot.problems);
+            write_report(&boot.problems, &mode);
             lifecycle::serve(debug_shell(&boot.config), boot.services)
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
@@ -383,8 +383,9 @@ fn step_clock(boot: &mut Boot) -> StepResult {
     )
 }
 
-/// /run/buildos/problems (one per line) and /run/buildos/boot.log (init's lines so far).
-fn write_report(problems: &[String]) {
+/// /run/buildos/problems (one per line), /run/buildos/boot.log (init's lines so far) and
+/// /run/buildos/firmware (how the host booted, for the monitor's host record).
+fn write_report(problems: &[String], mode: &firmware::BootMode) {
     let dir = std::path::Path::new(RUN_DIR);
     let problems: String = problems.iter().map(|p| format!("{p}\n")).collect();
     let log: String = console::take_boot_log()
@@ -393,7 +394,8 @@ fn write_report(problems: &[String]) {
         .collect();
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(dir.join("problems"), problems))
-        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+        .and_then(|()| std::fs::write(dir.join("boot.log"), log))
+        .and_then(|()| std::fs::write(dir.join(firmware::FILE), mode.file_text()));
     if let Err(error) = written {
         console::warn(&format!(
             "cannot write the boot report in {RUN_DIR}: {error}"
