@@ -761,7 +761,10 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
                 "http://10.0.0.5:8080/register"
             ]
         );
-        assert_eq!(parsed.config.register_interval, 600, "a bad value keeps the default");
+        assert_eq!(
+            parsed.config.register_interval, 600,
+            "a bad value keeps the default"
+        );
         let parsed = parse("buildos.register_interval=60");
         assert_eq!(parsed.config.register_interval, 60);
     }

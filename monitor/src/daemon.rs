@@ -16,6 +16,7 @@ use crate::fetch::{self, Retry};
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
+use crate::register::{self, Registrar};
 use crate::report::{self, HostUp, Report, ToolchainState};
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
@@ -44,6 +45,8 @@ pub struct Options {
     pub host: Option<Host>,
     /// The first and the longest wait between tries of the mail relay.
     pub mail_delay: (Duration, Duration),
+    /// How the host record is kept and registered with the hubs.
+    pub register: register::Options,
     pub reboot: RebootAction,
 }
 
@@ -79,6 +82,7 @@ impl Options {
             agent_groups,
             host: None,
             mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
+            register: register::Options::default(),
             reboot: Box::new(|reason| {
                 console::rebooting(reason);
                 // init's convention (busybox's): SIGTERM to PID 1 reboots.
@@ -550,6 +554,14 @@ pub fn run(options: Options) -> String {
             .unwrap_or_else(|p| p.into_inner())
             .send(&report);
     });
+    let hub_mailer = Mutex::new(mailer.clone());
+    let registrar = Registrar::start(
+        &config,
+        paths,
+        &host,
+        options.register.clone(),
+        Arc::new(move |report| lock(&hub_mailer).send(report)),
+    );
     let mut agents = Agents {
         supervisors: Vec::new(),
         policy: options.policy.clone(),
@@ -573,6 +585,7 @@ pub fn run(options: Options) -> String {
         if let Err(e) = status.write(&paths.status()) {
             log::warn!("status {}: {e}", paths.status().display());
         }
+        registrar.update(&status);
     };
     let mut host_up_sent = false;
     loop {
