@@ -43,7 +43,7 @@ pub struct Record {
     pub system: String,
     /// The network interfaces other than loopback, by name.
     pub interfaces: Vec<Interface>,
-    /// The running OS build's id, or `unknown`.
+    /// The running OS build's id (64 hex digits), or `unknown`.
     pub buildid: String,
     pub os: Os,
     pub boot: Boot,
@@ -194,7 +194,9 @@ impl Facts {
             interfaces: interfaces(),
             buildid: read(&paths.buildid)
                 .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
+                .filter(|s| {
+                    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
                 .unwrap_or_else(|| "unknown".to_string()),
             os: Os {
                 buildos: env!("CARGO_PKG_VERSION").to_string(),
@@ -684,6 +686,148 @@ mod tests {
             slices: Vec::new(),
         });
         assert!(!a.same_as(&b));
+    }
+
+    fn schema() -> &'static jsonschema::Validator {
+        static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+        SCHEMA.get_or_init(|| {
+            let text = include_str!("../../docs/host-record.schema.json");
+            jsonschema::validator_for(&serde_json::from_str(text).unwrap()).unwrap()
+        })
+    }
+
+    /// The states and slices a status can hold, and the facts a host can have.
+    fn status_and_facts() -> impl proptest::strategy::Strategy<Value = (Status, Facts)> {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        let toolchain = (
+            "[A-Za-z0-9_]{1,12}",
+            "(installing|installed|disabled|failed|no url)",
+            proptest::option::of("[0-9]{1,2}(\\.[0-9]{1,3}){0,2}"),
+            vec((1u32..9, 1u32..256, 0u64..1 << 20, 0u64..1 << 20, vec(0u32..512, 1..6)), 0..4),
+        );
+        let interface = (
+            "(br0|br1|eth[0-9]|enp[0-9]s[0-9])",
+            proptest::option::of(any::<[u8; 6]>()),
+            vec((any::<[u8; 4]>(), 0u32..=32), 0..3),
+            vec((any::<[u8; 16]>(), 0u32..=128), 0..3),
+        );
+        let key_line = (
+            "(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa|sk-ssh-ed25519@openssh\\.com)",
+            vec(any::<u8>(), 1..128),
+            "( [ -~]{0,20})?",
+        );
+        (
+            vec(toolchain, 0..5),
+            vec(interface, 0..4),
+            vec(key_line.clone(), 0..3),
+            proptest::option::of(key_line),
+            (
+                "[a-z0-9][a-z0-9-]{0,20}",
+                proptest::option::of("[0-9a-f]{64}"),
+                "(bios|uefi|amiga|)",
+                "(on|off|unknown|)",
+                1u32..1024,
+                proptest::option::of(0u64..1 << 24),
+                any::<bool>(),
+                proptest::option::of("[ -~]{1,40}"),
+            ),
+        )
+            .prop_map(|(toolchains, interfaces, host_keys, agent_key, host)| {
+                let (hostname, buildid, firmware, secure_boot, cpus, ram_mib, kvm, model) = host;
+                let encode = |(kind, blob, comment): (String, Vec<u8>, String)| {
+                    let blob = base64::engine::general_purpose::STANDARD.encode(blob);
+                    format!("{kind} {blob}{comment}")
+                };
+                let mut status = Status::default();
+                for (name, state, version, instances) in toolchains {
+                    for (i, (cpus, _, ram, aux, affinity)) in instances.into_iter().enumerate() {
+                        status.instances.push(crate::status::InstanceStatus {
+                            toolchain: name.clone(),
+                            instance: i as u32 + 1,
+                            cpus,
+                            affinity: crate::slices::cpu_list(&{
+                                let mut a = affinity;
+                                a.sort_unstable();
+                                a.dedup();
+                                a
+                            }),
+                            ram_mib: ram,
+                            ram_auxiliary_mib: aux,
+                            ..Default::default()
+                        });
+                    }
+                    status.toolchains.push(crate::status::ToolchainStatus {
+                        name,
+                        url: "http://h/t.sha256".into(),
+                        state,
+                        version,
+                        detail: None,
+                    });
+                }
+                status.agent_key = agent_key.map(|k| {
+                    let public = encode(k);
+                    crate::agentkey::AgentKey {
+                        path: "/state/agent/id_ed25519".into(),
+                        fingerprint: key(&public).map(|k| k.fingerprint).unwrap_or_default(),
+                        public,
+                        made: false,
+                    }
+                });
+                let facts = Facts {
+                    hostname,
+                    system: system("x86_64"),
+                    interfaces: interfaces
+                        .into_iter()
+                        .map(|(name, mac, v4, v6)| Interface {
+                            name,
+                            mac: mac.map(|m| {
+                                m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+                            }),
+                            addresses: v4
+                                .into_iter()
+                                .map(|(a, p)| format!("{}/{p}", std::net::Ipv4Addr::from(a)))
+                                .chain(v6.into_iter().map(|(a, p)| {
+                                    format!("{}/{p}", std::net::Ipv6Addr::from(a))
+                                }))
+                                .collect(),
+                        })
+                        .collect(),
+                    buildid: buildid.unwrap_or_else(|| "unknown".into()),
+                    os: Os {
+                        buildos: "0.1.0".into(),
+                        kernel: None,
+                        distribution: model.clone(),
+                    },
+                    boot: boot(&format!("firmware={firmware}\nsecure_boot={secure_boot}\n")),
+                    cpu: Cpu { model, count: cpus },
+                    ram_mib,
+                    kvm,
+                    machine_volumes: Vec::new(),
+                    ssh_host_keys: host_keys.into_iter().filter_map(|k| key(&encode(k))).collect(),
+                };
+                (status, facts)
+            })
+    }
+
+    proptest::proptest! {
+        /// Every record the monitor can make from a status and a host's facts is one the
+        /// schema in docs/ accepts, reads back the same, and gives a Nix line of 8 fields and
+        /// a balanced Guix entry.
+        #[test]
+        fn fuzz_host_records_validate_against_the_schema((status, facts) in status_and_facts()) {
+            let instances = status.toolchains.iter().map(|t| (t.name.clone(), 2)).collect();
+            let record = Record::new(&facts, &status, &instances, 1_700_000_000);
+            let value = serde_json::to_value(&record).unwrap();
+            let errors: Vec<String> =
+                schema().iter_errors(&value).map(|e| e.to_string()).collect();
+            proptest::prop_assert!(errors.is_empty(), "{errors:?} in {value:#}");
+            let back: Record = serde_json::from_value(value).unwrap();
+            proptest::prop_assert_eq!(&back, &record);
+            proptest::prop_assert_eq!(record.nix_machine().split(' ').count(), 8);
+            let guix = record.guix_machine();
+            proptest::prop_assert_eq!(guix.matches('(').count(), guix.matches(')').count());
+        }
     }
 
     #[test]

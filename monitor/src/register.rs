@@ -204,6 +204,8 @@ impl Hub {
                 None => woken.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(wait) => woken.recv_timeout(wait),
             };
+            // Changes that came together are one registration, of the latest record.
+            while got.is_ok() && woken.try_recv().is_ok() {}
             match got {
                 // A change: now, unless a failure's back-off is running.
                 Ok(()) if failures > 0 && due.is_some_and(|at| at > Instant::now()) => continue,
