@@ -110,6 +110,8 @@ pub enum Made {
     Zeros { len: u64, announced: bool },
     /// This status with an empty body (a hub that is down behind its proxy: 503).
     Status(u16),
+    /// `302 Found` to this location.
+    Redirect(&'static str),
 }
 
 /// One request as the server saw it.
@@ -124,6 +126,8 @@ pub struct Seen {
     pub method: String,
     /// The request's body (a POST's, as its Content-Length said, at most [`BODY_MAX`]).
     pub body: Vec<u8>,
+    /// When its head and body had arrived.
+    pub at: Instant,
 }
 
 /// The largest request body the HTTP server reads.
@@ -270,6 +274,7 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         body.resize(length.min(BODY_MAX), 0);
         reader.read_exact(&mut body)?;
     }
+    let at = Instant::now();
     let relative = path.trim_start_matches('/').to_string();
     let record = |status: u16| {
         shared.seen.lock().unwrap().push(Seen {
@@ -279,10 +284,19 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
             status,
             method: method.clone(),
             body: body.clone(),
+            at,
         })
     };
     let made = shared.made.lock().unwrap().get(&relative).copied();
     match made {
+        Some(Made::Redirect(location)) => {
+            record(302);
+            writer.write_all(
+                format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            return writer.flush();
+        }
         Some(Made::Status(status)) => {
             record(status);
             writer.write_all(
