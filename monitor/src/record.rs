@@ -704,7 +704,16 @@ mod tests {
             "[A-Za-z0-9_]{1,12}",
             "(installing|installed|disabled|failed|no url)",
             proptest::option::of("[0-9]{1,2}(\\.[0-9]{1,3}){0,2}"),
-            vec((1u32..9, 1u32..256, 0u64..1 << 20, 0u64..1 << 20, vec(0u32..512, 1..6)), 0..4),
+            vec(
+                (
+                    1u32..9,
+                    1u32..256,
+                    0u64..1 << 20,
+                    0u64..1 << 20,
+                    vec(0u32..512, 1..6),
+                ),
+                0..4,
+            ),
         );
         let interface = (
             "(br0|br1|eth[0-9]|enp[0-9]s[0-9])",
@@ -774,38 +783,45 @@ mod tests {
                         made: false,
                     }
                 });
-                let facts = Facts {
-                    hostname,
-                    system: system("x86_64"),
-                    interfaces: interfaces
-                        .into_iter()
-                        .map(|(name, mac, v4, v6)| Interface {
-                            name,
-                            mac: mac.map(|m| {
-                                m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-                            }),
-                            addresses: v4
-                                .into_iter()
-                                .map(|(a, p)| format!("{}/{p}", std::net::Ipv4Addr::from(a)))
-                                .chain(v6.into_iter().map(|(a, p)| {
-                                    format!("{}/{p}", std::net::Ipv6Addr::from(a))
-                                }))
-                                .collect(),
-                        })
-                        .collect(),
-                    buildid: buildid.unwrap_or_else(|| "unknown".into()),
-                    os: Os {
-                        buildos: "0.1.0".into(),
-                        kernel: None,
-                        distribution: model.clone(),
-                    },
-                    boot: boot(&format!("firmware={firmware}\nsecure_boot={secure_boot}\n")),
-                    cpu: Cpu { model, count: cpus },
-                    ram_mib,
-                    kvm,
-                    machine_volumes: Vec::new(),
-                    ssh_host_keys: host_keys.into_iter().filter_map(|k| key(&encode(k))).collect(),
-                };
+                let facts =
+                    Facts {
+                        hostname,
+                        system: system("x86_64"),
+                        interfaces: interfaces
+                            .into_iter()
+                            .map(|(name, mac, v4, v6)| Interface {
+                                name,
+                                mac: mac.map(|m| {
+                                    m.iter()
+                                        .map(|b| format!("{b:02x}"))
+                                        .collect::<Vec<_>>()
+                                        .join(":")
+                                }),
+                                addresses: v4
+                                    .into_iter()
+                                    .map(|(a, p)| format!("{}/{p}", std::net::Ipv4Addr::from(a)))
+                                    .chain(v6.into_iter().map(|(a, p)| {
+                                        format!("{}/{p}", std::net::Ipv6Addr::from(a))
+                                    }))
+                                    .collect(),
+                            })
+                            .collect(),
+                        buildid: buildid.unwrap_or_else(|| "unknown".into()),
+                        os: Os {
+                            buildos: "0.1.0".into(),
+                            kernel: None,
+                            distribution: model.clone(),
+                        },
+                        boot: boot(&format!("firmware={firmware}\nsecure_boot={secure_boot}\n")),
+                        cpu: Cpu { model, count: cpus },
+                        ram_mib,
+                        kvm,
+                        machine_volumes: Vec::new(),
+                        ssh_host_keys: host_keys
+                            .into_iter()
+                            .filter_map(|k| key(&encode(k)))
+                            .collect(),
+                    };
                 (status, facts)
             })
     }
