@@ -90,6 +90,10 @@ enum Task {
         /// and an agent's start to its machine's DHCP lease beside root's same boot
         #[arg(long, group = "only")]
         agents_only: bool,
+        /// Measure only registration: ready to the first record a hub accepts, and the
+        /// record's size with 4 toolchains
+        #[arg(long, group = "only")]
+        register_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
             pxe_only,
             classes_only,
             agents_only,
+            register_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -155,6 +160,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Classes
         } else if agents_only {
             xtask::bench::Only::Agents
+        } else if register_only {
+            xtask::bench::Only::Register
         } else {
             xtask::bench::Only::All
         }),
