@@ -712,7 +712,9 @@ fn the_host_registers_its_record_at_start_again_when_a_toolchain_installs_and_at
             .is_some_and(|k| k.fingerprint.starts_with("SHA256:")),
         "{installed:?}"
     );
-    assert!(records.join("instance-1").exists(), "the agent runs");
+    wait_for("the agent to run", Duration::from_secs(30), || {
+        records.join("instance-1").exists()
+    });
 
     // The file says the same, atomically replaced; `status --host` prints it, and the
     // Nix and Guix lines come from it.
