@@ -2,8 +2,9 @@
 //! kernel's devtmpfs leaves every node root's 0600; init sets these once the modules are
 //! loaded, as Debian's udev rules do.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use crate::host::Host;
 
 /// A device node, the group it gets (`None`: root's), its mode, and why.
 pub struct Grant {
@@ -44,7 +45,7 @@ pub fn group_id(group: &str, name: &str) -> Option<u32> {
 /// line per node for the console; a node that is not there (no KVM on this CPU) or a group the
 /// image does not have is said, not an error; what cannot be set is an error naming the node
 /// and what was wanted.
-pub fn grant(dev: &Path, group: &str) -> (Vec<String>, Vec<String>) {
+pub fn grant(host: &dyn Host, dev: &Path, group: &str) -> (Vec<String>, Vec<String>) {
     let (mut lines, mut problems) = (Vec::new(), Vec::new());
     for grant in GRANTS {
         let path = dev.join(grant.path);
@@ -72,16 +73,10 @@ pub fn grant(dev: &Path, group: &str) -> (Vec<String>, Vec<String>) {
                 }
             },
         };
-        let set = nix::unistd::chown(
-            &path,
-            Some(nix::unistd::Uid::from_raw(0)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .map_err(|e| e.desc().to_string())
-        .and_then(|()| {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(grant.mode))
-                .map_err(|e| e.to_string())
-        });
+        let set = host
+            .chown(&path, 0, gid)
+            .map_err(|e| e.desc().to_string())
+            .and_then(|()| host.chmod(&path, grant.mode).map_err(|e| e.to_string()));
         match set {
             Ok(()) => lines.push(format!(
                 "{} is root:{} {:04o}: {}",

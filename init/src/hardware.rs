@@ -7,8 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
+
+use crate::error::FileError;
+use crate::host::Host;
 
 /// The profile's modules that are loaded on every host, one name per line.
 pub const FIXED_MODULES: &str = "/etc/buildos/modules.boot";
@@ -403,12 +407,12 @@ impl Tables {
 
     /// Loads `names` and what they need, skipping modules this report already has. Returns
     /// the names the image does not have.
-    fn load(&self, names: &[String], report: &mut Report) -> Vec<String> {
+    fn load(&self, host: &dyn Host, names: &[String], report: &mut Report) -> Vec<String> {
         let done: BTreeSet<String> = report.modules.keys().cloned().collect();
         let (order, unknown) = self.plan(names, &done);
         for (name, path) in order {
             let began = std::time::Instant::now();
-            let outcome = match crate::kmod::load(&self.dir.join(&path)) {
+            let outcome = match crate::kmod::load(host, &self.dir.join(&path)) {
                 Ok(()) => Loaded::Yes,
                 Err(crate::kmod::LoadError::Init {
                     errno: nix::errno::Errno::ENODEV,
@@ -423,16 +427,20 @@ impl Tables {
     }
 }
 
-fn read_table(dir: &Path, name: &str) -> Result<String, String> {
+fn read_table(dir: &Path, name: &str) -> Result<String, FileError> {
     let path = dir.join(name);
-    std::fs::read_to_string(&path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))
+    std::fs::read_to_string(&path).map_err(FileError::on("read", &path))
 }
 
 /// Loads the fixed set on one thread while matching devices to drivers on this one, so that
 /// slow module initialisation (btrfs's RAID checksum benchmarks) overlaps with device probes
 /// that wait for hardware. `sys` is normally /sys.
-pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report, String> {
+pub fn load_modules(
+    host: &Arc<dyn Host>,
+    dir: &Path,
+    fixed: Vec<String>,
+    sys: &Path,
+) -> Result<Report, FileError> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
         &read_table(dir, "modules.dep")?,
@@ -442,11 +450,12 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report
     ));
 
     let fixed_tables = std::sync::Arc::clone(&tables);
+    let fixed_host = Arc::clone(host);
     let fixed_thread = std::thread::Builder::new()
         .name("modules".to_owned())
         .spawn(move || {
             let mut report = Report::default();
-            let unknown = fixed_tables.load(&fixed, &mut report);
+            let unknown = fixed_tables.load(fixed_host.as_ref(), &fixed, &mut report);
             report.other_problems = unknown
                 .into_iter()
                 .map(|name| format!("module {name} is not in this image"))
@@ -482,7 +491,7 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report
                 let spawned = std::thread::Builder::new()
                     .name(format!("driver {name}"))
                     .spawn_scoped(scope, move || {
-                        tables.load(std::slice::from_ref(name), &mut own);
+                        tables.load(host.as_ref(), std::slice::from_ref(name), &mut own);
                         own
                     });
                 match spawned {
@@ -493,7 +502,7 @@ pub fn load_modules(dir: &Path, fixed: Vec<String>, sys: &Path) -> Result<Report
                             modules: report.modules.clone(),
                             ..Report::default()
                         };
-                        tables.load(std::slice::from_ref(name), &mut own);
+                        tables.load(host.as_ref(), std::slice::from_ref(name), &mut own);
                         parts.push(own);
                     }
                 }

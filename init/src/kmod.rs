@@ -7,7 +7,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::kmod::{finit_module, ModuleInitFlags};
+
+use crate::host::Host;
 
 /// A module's name as the kernel knows it, from its path in modules.dep or a bare name as the
 /// profile gives it: `-` folded to `_`.
@@ -108,12 +109,12 @@ impl fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 /// Loads one module file; a module already loaded counts as loaded.
-pub fn load(path: &Path) -> Result<(), LoadError> {
+pub fn load(host: &dyn Host, path: &Path) -> Result<(), LoadError> {
     let file = File::open(path).map_err(|error| LoadError::Open {
         path: path.to_owned(),
         error,
     })?;
-    match finit_module(&file, c"", ModuleInitFlags::empty()) {
+    match host.load_module(&file) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
         Err(errno) => Err(LoadError::Init {
             path: path.to_owned(),

@@ -11,8 +11,10 @@
 pub mod console;
 pub mod consoles;
 pub mod devices;
+pub mod error;
 pub mod firmware;
 pub mod hardware;
+pub mod host;
 pub mod kmod;
 pub mod lifecycle;
 pub mod mounts;
@@ -22,14 +24,15 @@ pub mod phases;
 pub mod services;
 pub mod state;
 pub mod storage;
-pub mod sys;
+pub mod tunnel;
 
-use std::error::Error;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 
 use buildos_cmdline::{Config, FailureAction};
 
-use crate::lifecycle::Shutdown;
+use crate::error::{FileError, ModulesError, StepError};
+use crate::host::{Host, Shutdown};
 use crate::phases::Clock;
 use crate::services::{Service, Supervisor};
 
@@ -47,7 +50,7 @@ pub struct Boot {
     pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
 }
 
-type StepResult = Result<Outcome, Box<dyn Error>>;
+pub type StepResult = Result<Outcome, StepError>;
 
 /// How a step that did not fail went.
 pub enum Outcome {
@@ -56,10 +59,12 @@ pub enum Outcome {
     Warnings(Vec<String>),
 }
 
-struct Step {
-    name: &'static str,
-    required: bool,
-    run: fn(&mut Boot) -> StepResult,
+/// One boot step: its name (in the phase lines), whether boot stops when it fails, and what
+/// it does, on the host it is given.
+pub struct Step {
+    pub name: &'static str,
+    pub required: bool,
+    pub run: fn(&mut Boot, &Arc<dyn Host>) -> StepResult,
 }
 
 const STEPS: &[Step] = &[
@@ -150,6 +155,7 @@ pub fn run() -> ! {
     ));
     console::info(&build_id_line(std::fs::read_to_string(BUILDID_FILE)));
 
+    let host: Arc<dyn Host> = Arc::new(host::Linux);
     let mut boot = Boot {
         clock,
         config: Config::default(),
@@ -157,28 +163,73 @@ pub fn run() -> ! {
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
     };
-    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(&mut boot)));
+    let decision = live(&host, STEPS, &mut boot, |host, boot| serve(host, boot));
+    conclude(host.as_ref(), decision, &mut boot)
+}
+
+/// After boot: the ready line, the boot report, the debug shell if asked for, then the main
+/// loop ([`lifecycle::serve`]), which never returns.
+fn serve(host: &Arc<dyn Host>, boot: &mut Boot) -> ! {
+    let mode = firmware::boot_mode(std::path::Path::new("/sys"));
+    console::info(
+        &boot
+            .clock
+            .ready_line(&mode.to_string(), boot.problems.len()),
+    );
+    write_report(&boot.problems, &mode);
+    let shell = debug_shell(host.as_ref(), &boot.config);
+    lifecycle::serve(host.as_ref(), shell, &mut boot.services)
+}
+
+/// The life of PID 1 from the first step on: runs `steps`, then `after` (on a host,
+/// [`serve`], which never returns). Returns only with what ends it: a required step that
+/// failed, or a panic anywhere in the steps or after them, ready or not. The panic guard
+/// covers it all, so a panic in the main loop ends in `buildos.on_failure` as one during boot
+/// does, instead of ending PID 1 (which the kernel answers with a panic of its own).
+pub fn live(
+    host: &Arc<dyn Host>,
+    steps: &[Step],
+    boot: &mut Boot,
+    after: impl FnOnce(&Arc<dyn Host>, &mut Boot) -> std::convert::Infallible,
+) -> Decision {
+    let booted = panic::catch_unwind(AssertUnwindSafe(|| run_steps(steps, boot, host)));
     let on_failure = boot.config.on_failure;
     match booted {
         Ok(Ok(())) => {
-            let mode = firmware::boot_mode(std::path::Path::new("/sys"));
-            console::info(
-                &boot
-                    .clock
-                    .ready_line(&mode.to_string(), boot.problems.len()),
-            );
-            write_report(&boot.problems, &mode);
-            lifecycle::serve(debug_shell(&boot.config), boot.services)
+            let Err(_) = panic::catch_unwind(AssertUnwindSafe(|| after(host, boot)));
+            fallback(on_failure, "init panicked after ready")
         }
         Ok(Err(step)) => fallback(on_failure, &format!("required boot step {step} failed")),
         Err(_) => fallback(on_failure, "init panicked during boot"),
     }
 }
 
-fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
-    for step in STEPS {
+/// Acts on what ended [`live`], guarded too: a panic while acting ends in a reboot, and one
+/// during that reboot in [`lifecycle::halt`]. Never returns.
+fn conclude(host: &dyn Host, decision: Decision, boot: &mut Boot) -> ! {
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| act(host, decision, &mut boot.services)));
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        lifecycle::shutdown(
+            host,
+            Shutdown::Reboot,
+            "init panicked while acting on buildos.on_failure",
+            &mut boot.services,
+        )
+    }));
+    lifecycle::halt()
+}
+
+/// Runs the steps in order on `host`, printing a phase line for each and keeping the problems
+/// of those that warned or failed without being required. Returns the name of the first
+/// required step that failed; the steps after it do not run.
+pub fn run_steps(
+    steps: &[Step],
+    boot: &mut Boot,
+    host: &Arc<dyn Host>,
+) -> Result<(), &'static str> {
+    for step in steps {
         let started = boot.clock.now();
-        match (step.run)(boot) {
+        match (step.run)(boot, host) {
             Ok(Outcome::Ok) => console::info(&boot.clock.phase_line(step.name, "ok", started)),
             Ok(Outcome::Warnings(lines)) => {
                 for line in &lines {
@@ -188,29 +239,41 @@ fn run_steps(boot: &mut Boot) -> Result<(), &'static str> {
                 console::info(&boot.clock.phase_line(step.name, "warnings", started));
             }
             Err(error) => {
-                console::error(&console::chain(error.as_ref()));
+                console::error(&console::chain(&error));
                 console::info(&boot.clock.phase_line(step.name, "failed", started));
                 if step.required {
                     return Err(step.name);
                 }
-                boot.problems.push(format!("{}: {error}", step.name));
+                boot.problems
+                    .push(format!("{}: {}", step.name, console::oneline(&error)));
             }
         }
     }
     Ok(())
 }
 
-fn step_mounts(_boot: &mut Boot) -> StepResult {
-    mounts::mount_all(&sys::Linux, mounts::EARLY)?;
+fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    // First, while nothing is mounted below `/`: a problem, not a failed boot, when it fails.
+    let root = mounts::root_on_a_mount(host.as_ref());
+    mounts::mount_all(host.as_ref(), mounts::EARLY).map_err(StepError::Mounts)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
     }
-    Ok(Outcome::Ok)
+    Ok(match root {
+        Ok(()) => Outcome::Ok,
+        Err(error) => Outcome::Warnings(vec![error.to_string()]),
+    })
 }
 
-fn step_cmdline(boot: &mut Boot) -> StepResult {
-    let cmdline = read_cmdline(std::path::Path::new("/proc/cmdline"))?;
+fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
+    apply_cmdline(boot, std::path::Path::new("/proc/cmdline"))
+}
+
+/// The cmdline step on the command line at `path`: the configuration every later step and the
+/// fallback follow, and a problem per bad parameter (which keeps its default).
+fn apply_cmdline(boot: &mut Boot, path: &std::path::Path) -> StepResult {
+    let cmdline = read_cmdline(path).map_err(StepError::Cmdline)?;
     console::info(&format!("kernel command line: {}", cmdline.shown));
     boot.config = cmdline.parsed.config;
     for line in buildos_cmdline::describe(&boot.config) {
@@ -237,9 +300,8 @@ pub struct Cmdline {
 
 /// Reads and parses the command line at `path` (`/proc/cmdline`) as bytes: the kernel does not
 /// promise UTF-8, and an argument that is not costs only itself.
-pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
-    let bytes =
-        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, FileError> {
+    let bytes = std::fs::read(path).map_err(FileError::on("read", path))?;
     let parsed = buildos_cmdline::parse_bytes(&bytes);
     let shown = buildos_cmdline::escaped(String::from_utf8_lossy(&bytes).trim_end());
     let problems = parsed
@@ -254,25 +316,29 @@ pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, String> {
     })
 }
 
-fn step_modules(_boot: &mut Boot) -> StepResult {
+fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    let fail = StepError::Modules;
     let release = nix::sys::utsname::uname()
-        .map_err(|errno| format!("uname failed: {}", errno.desc()))?
+        .map_err(|errno| fail(ModulesError::Uname(errno)))?
         .release()
         .to_string_lossy()
         .into_owned();
     let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
     if !dir.is_dir() {
-        return Err(format!("the image has no modules for kernel {release}").into());
+        return Err(fail(ModulesError::NoModules { release }));
     }
-    let fixed = std::fs::read_to_string(hardware::FIXED_MODULES)
-        .map_err(|error| format!("cannot read {}: {error}", hardware::FIXED_MODULES))?;
+    let fixed_path = std::path::Path::new(hardware::FIXED_MODULES);
+    let fixed = std::fs::read_to_string(fixed_path)
+        .map_err(FileError::on("read", fixed_path))
+        .map_err(|error| fail(ModulesError::Fixed(error)))?;
     let fixed: Vec<String> = fixed
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_owned)
         .collect();
-    let report = hardware::load_modules(&dir, fixed, std::path::Path::new("/sys"))?;
+    let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
+        .map_err(|error| fail(ModulesError::Tables(error)))?;
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
         "{} devices asked for {} drivers{}",
@@ -306,7 +372,7 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
     let mut problems = report.problems();
     // The modules made the nodes; now the build user may use them.
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let (lines, more) = devices::grant(std::path::Path::new("/dev"), &group);
+    let (lines, more) = devices::grant(host.as_ref(), std::path::Path::new("/dev"), &group);
     lines.iter().for_each(|line| console::info(line));
     problems.extend(more);
     Ok(if problems.is_empty() {
@@ -318,9 +384,9 @@ fn step_modules(_boot: &mut Boot) -> StepResult {
 
 /// Ethernet, DHCP, br0, br1 with NAT, the host name; then a thread keeps the lease.
 /// br1's dnsmasq goes to the supervisor when br1 is up and the image has dnsmasq.
-fn step_network(boot: &mut Boot) -> StepResult {
+fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let paths = net::Paths::default();
-    let report = net::setup(&boot.config, &paths);
+    let report = net::setup(host.as_ref(), &boot.config, &paths);
     let mut problems = report.problems;
     if let Some(public) = &report.public {
         boot.dhcp_ntp = public.lease.ntp.clone();
@@ -342,7 +408,10 @@ fn step_network(boot: &mut Boot) -> StepResult {
                 boot.services.add(service, std::time::Instant::now());
                 console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
             }
-            Err(error) => problems.push(format!("network: br1's dnsmasq: {error}")),
+            Err(error) => problems.push(format!(
+                "network: br1's dnsmasq: {}",
+                console::oneline(&error)
+            )),
         }
     }
     if std::path::Path::new(net::DNSMASQ).is_file() {
@@ -358,7 +427,10 @@ fn step_network(boot: &mut Boot) -> StepResult {
                 boot.services.add(service, std::time::Instant::now());
                 console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
             }
-            Err(error) => problems.push(format!("network: br0's TFTP server: {error}")),
+            Err(error) => problems.push(format!(
+                "network: br0's TFTP server: {}",
+                console::oneline(&error)
+            )),
         }
     }
     Ok(if problems.is_empty() {
@@ -369,7 +441,7 @@ fn step_network(boot: &mut Boot) -> StepResult {
 }
 
 /// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
-fn step_clock(boot: &mut Boot) -> StepResult {
+fn step_clock(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let (servers, source) = ntp::servers(&boot.dhcp_ntp, &boot.config.ntp_servers);
     console::info(&format!("clock: asking {} ({source})", servers.join(", ")));
     Ok(
@@ -403,28 +475,35 @@ fn write_report(problems: &[String], mode: &firmware::BootMode) {
     }
 }
 
-fn step_state(_boot: &mut Boot) -> StepResult {
+fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
-        return Err(format!(
-            "{} is not mounted; nothing survives a reboot",
-            state.display()
-        )
-        .into());
+        return Err(StepError::State);
     }
     let mut warnings = Vec::new();
     match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
         Ok(line) => console::info(&line),
-        Err(error) => warnings.push(format!("random seed: {error}")),
+        Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
     let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
     if keygen.is_file() {
         match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
-            Err(error) => warnings.push(format!("ssh host keys: {error}")),
+            Err(error) => warnings.push(format!("ssh host keys: {}", console::oneline(&error))),
         }
     } else {
         console::info("no ssh-keygen in this image: no SSH host keys");
+    }
+    if boot.config.tunnel.is_some() {
+        // On the console as one line, for whoever adds it to the bastion's authorized_keys;
+        // the monitor puts it in the host-up mail.
+        match tunnel::key(state, keygen) {
+            Ok((line, fingerprint, made)) => console::info(&format!(
+                "tunnel key {}: {line} ({fingerprint})",
+                if made { "made" } else { "kept" }
+            )),
+            Err(error) => warnings.push(format!("tunnel key: {error}")),
+        }
     }
     Ok(if warnings.is_empty() {
         Outcome::Ok
@@ -433,16 +512,17 @@ fn step_state(_boot: &mut Boot) -> StepResult {
     })
 }
 
-fn step_users(boot: &mut Boot) -> StepResult {
+fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let Some(user) = state::find_user(&passwd, "build") else {
         console::info("no user build in this image: no SSH logins");
         return Ok(Outcome::Ok);
     };
     for dir in [user.home.clone(), user.home.join("tftp")] {
-        root_only_dir(&dir)?;
+        root_only_dir(host.as_ref(), &dir).map_err(StepError::Users)?;
     }
-    let file = state::authorize(&user, &boot.config.ssh_keys)?;
+    let file =
+        state::authorize(host.as_ref(), &user, &boot.config.ssh_keys).map_err(StepError::Users)?;
     console::info(&format!(
         "{} SSH key(s) for user build in {}",
         boot.config.ssh_keys.len(),
@@ -456,20 +536,16 @@ fn step_users(boot: &mut Boot) -> StepResult {
 /// root, and `build` owning them could rename what root works in and put links in its place.
 /// `build` writes in its own `.ssh`, in the monitor's per-toolchain work directories and on the
 /// machine volumes. sshd's StrictModes accepts a home owned by root and not writable by others.
-fn root_only_dir(dir: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    nix::unistd::chown(
-        dir,
-        Some(nix::unistd::Uid::from_raw(0)),
-        Some(nix::unistd::Gid::from_raw(0)),
-    )
-    .map_err(|e| format!("cannot give {} to root: {}", dir.display(), e.desc()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("cannot set the mode of {} to 0755: {e}", dir.display()))
+fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), FileError> {
+    host.create_dir_all(dir)
+        .map_err(FileError::on("create", dir))?;
+    host.chown(dir, 0, 0)
+        .map_err(|e| FileError::new(format!("give {} to root", dir.display()), e))?;
+    host.chmod(dir, 0o755)
+        .map_err(|e| FileError::new(format!("set the mode of {} to 0755", dir.display()), e))
 }
 
-fn step_services(boot: &mut Boot) -> StepResult {
+fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let now = std::time::Instant::now();
     // sshd's privilege separation directory.
     let _ = std::fs::create_dir_all("/run/sshd");
@@ -480,14 +556,46 @@ fn step_services(boot: &mut Boot) -> StepResult {
     let mut monitor = Service::new("monitor", "/usr/sbin/buildos-monitor", &[]);
     monitor.grace = std::time::Duration::from_secs(u64::from(boot.config.agent_grace) + 5);
     boot.services.add(monitor, now);
-    let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    let mut warnings = Vec::new();
+    if let Some(target) = &boot.config.tunnel {
+        let state = std::path::Path::new(state::STATE);
+        let pinned = boot.config.tunnel_host_key.as_deref();
+        match tunnel::host_key_check(pinned, state, std::path::Path::new(RUN_DIR)) {
+            Ok(check) => {
+                let key = tunnel::dir(state).join("id_ed25519");
+                let args = tunnel::args(target, &key, &check);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                boot.services
+                    .add(Service::new(tunnel::SERVICE, tunnel::SSH, &args), now);
+                names.push(format!(
+                    "tunnel (to {target}, the bastion's host key {})",
+                    if pinned.is_some() {
+                        "from buildos.tunnel_host_key".to_string()
+                    } else {
+                        format!("kept in {} on first use", check.known_hosts.display())
+                    }
+                ));
+            }
+            Err(error) => warnings.push(format!("tunnel: {error}")),
+        }
+    }
     console::info(&format!("services to start: {}", names.join(", ")));
-    Ok(Outcome::Ok)
+    Ok(if warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(warnings)
+    })
 }
 
-fn step_storage(boot: &mut Boot) -> StepResult {
+fn step_storage(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let log = |line: &str| console::info(line);
-    let report = storage::setup(&boot.config, &storage::Environment::host(&log))?;
+    let report = storage::setup(
+        host.as_ref(),
+        &boot.config,
+        &storage::Environment::host(&log),
+    )
+    .map_err(StepError::Storage)?;
     for line in report.lines() {
         console::info(&line);
     }
@@ -500,12 +608,12 @@ fn step_storage(boot: &mut Boot) -> StepResult {
 
 /// `buildos.debug_shell=1`: a shell on the console after ready, for tests that run the guest's
 /// programs over the serial console. Leaving it reboots, as with the emergency shell.
-fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
+fn debug_shell(host: &dyn Host, config: &Config) -> Option<nix::unistd::Pid> {
     if !config.debug_shell {
         return None;
     }
     console::info("debug shell on the console (buildos.debug_shell=1); leave it to reboot");
-    match lifecycle::spawn_shell() {
+    match lifecycle::spawn_shell(host) {
         Ok(pid) => Some(pid),
         Err(error) => {
             console::error(&format!("cannot start the debug shell: {error}"));
@@ -514,44 +622,255 @@ fn debug_shell(config: &Config) -> Option<nix::unistd::Pid> {
     }
 }
 
-/// What init does when boot cannot go on: the emergency shell on the console (leaving it
-/// reboots), a reboot, or a power-off. Never returns.
-fn fallback(action: FailureAction, why: &str) -> ! {
+/// What init does when boot cannot go on, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The emergency shell on the console; leaving it reboots.
+    Shell { why: String },
+    /// A reboot or a power-off.
+    Shutdown { kind: Shutdown, why: String },
+}
+
+/// What `buildos.on_failure` asks for when boot cannot go on for the reason `why`.
+pub fn fallback(action: FailureAction, why: &str) -> Decision {
+    let why = why.to_owned();
     match action {
-        FailureAction::Shell => {
+        FailureAction::Shell => Decision::Shell { why },
+        FailureAction::Reboot => Decision::Shutdown {
+            kind: Shutdown::Reboot,
+            why,
+        },
+        FailureAction::Poweroff => Decision::Shutdown {
+            kind: Shutdown::Poweroff,
+            why,
+        },
+    }
+}
+
+/// Carries out a [`Decision`] on `host`; `services` (none started when boot failed) keep
+/// being supervised under the shell and are stopped before a shutdown. Never returns.
+fn act(host: &dyn Host, decision: Decision, services: &mut Supervisor) -> ! {
+    match decision {
+        Decision::Shell { why } => {
             console::error(&format!(
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
-            match lifecycle::spawn_shell() {
-                Ok(pid) => lifecycle::serve(Some(pid), Supervisor::new()),
+            match lifecycle::spawn_shell(host) {
+                Ok(pid) => lifecycle::serve(host, Some(pid), services),
                 Err(error) => {
                     console::error(&format!("cannot start the emergency shell: {error}"));
                     lifecycle::shutdown(
+                        host,
                         Shutdown::Reboot,
                         "the emergency shell could not start",
-                        &mut Supervisor::new(),
+                        services,
                     )
                 }
             }
         }
-        FailureAction::Reboot => lifecycle::shutdown(Shutdown::Reboot, why, &mut Supervisor::new()),
-        FailureAction::Poweroff => {
-            lifecycle::shutdown(Shutdown::Poweroff, why, &mut Supervisor::new())
-        }
+        Decision::Shutdown { kind, why } => lifecycle::shutdown(host, kind, &why, services),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Recording;
+
+    fn boot(on_failure: FailureAction) -> Boot {
+        Boot {
+            clock: Clock::start(),
+            config: Config {
+                on_failure,
+                ..Config::default()
+            },
+            problems: Vec::new(),
+            services: Supervisor::new(),
+            dhcp_ntp: Vec::new(),
+        }
+    }
+
+    fn fine(_: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+        host.sethostname("fine")
+            .map_err(|e| StepError::Users(FileError::new("name", e)))?;
+        Ok(Outcome::Ok)
+    }
+
+    fn broken(_: &mut Boot, _: &Arc<dyn Host>) -> StepResult {
+        Err(StepError::Users(FileError::new(
+            "give /build to root",
+            nix::errno::Errno::EPERM,
+        )))
+    }
+
+    fn panics(_: &mut Boot, _: &Arc<dyn Host>) -> StepResult {
+        panic!("a bug in a step")
+    }
+
+    fn step(
+        name: &'static str,
+        required: bool,
+        run: fn(&mut Boot, &Arc<dyn Host>) -> StepResult,
+    ) -> Step {
+        Step {
+            name,
+            required,
+            run,
+        }
+    }
+
+    fn recording() -> (Arc<Recording>, Arc<dyn Host>) {
+        let recording = Arc::new(Recording::new());
+        let host: Arc<dyn Host> = recording.clone();
+        (recording, host)
+    }
 
     #[test]
-    fn builds_home_and_tftp_root_become_roots_and_closed_to_others() -> Result<(), String> {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "giving directories away needs root (cargo xtask test runs as root)"
+    fn a_panic_in_the_main_loop_after_ready_ends_in_the_fallback_instead_of_ending_pid_1() {
+        for (action, want) in [
+            (
+                FailureAction::Reboot,
+                Decision::Shutdown {
+                    kind: Shutdown::Reboot,
+                    why: "init panicked after ready".into(),
+                },
+            ),
+            (
+                FailureAction::Poweroff,
+                Decision::Shutdown {
+                    kind: Shutdown::Poweroff,
+                    why: "init panicked after ready".into(),
+                },
+            ),
+            (
+                FailureAction::Shell,
+                Decision::Shell {
+                    why: "init panicked after ready".into(),
+                },
+            ),
+        ] {
+            let (recording, host) = recording();
+            let mut boot = boot(action);
+            let steps = [step("first", true, fine)];
+            let decision = live(&host, &steps, &mut boot, |_, _| {
+                panic!("a bug in the main loop")
+            });
+            assert_eq!(decision, want);
+            assert_eq!(recording.calls(), ["sethostname fine"]);
+        }
+    }
+
+    #[test]
+    fn a_required_step_that_fails_stops_boot_and_buildos_on_failure_decides_what_follows() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("storage", true, broken), step("after", false, fine)];
+        let decision = live(&host, &steps, &mut boot, |_, _| {
+            unreachable!("boot never ends")
+        });
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Reboot,
+                why: "required boot step storage failed".into()
+            }
         );
+        // The steps after it never ran.
+        assert!(recording.calls().is_empty(), "{:?}", recording.calls());
+    }
+
+    #[test]
+    fn a_best_effort_step_that_fails_is_a_problem_with_its_causes_and_boot_goes_on() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("users", false, broken), step("after", true, fine)];
+        assert_eq!(run_steps(&steps, &mut boot, &host), Ok(()));
+        assert_eq!(
+            boot.problems,
+            [
+                "users: cannot set up the user build: cannot give /build to root: \
+              Operation not permitted (os error 1)"
+            ]
+        );
+        assert_eq!(recording.calls(), ["sethostname fine"]);
+    }
+
+    #[test]
+    fn bad_parameter_values_keep_their_defaults_and_on_failure_from_the_same_line_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "console=ttyS0 buildos.storage_wait=soon buildos.on_failure=poweroff\n",
+        )
+        .unwrap();
+        let mut boot = boot(FailureAction::Shell);
+        let Ok(Outcome::Warnings(problems)) = apply_cmdline(&mut boot, &cmdline) else {
+            panic!("a bad value is a warning")
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("invalid parameter buildos.storage_wait")
+                && problems[0].contains("soon"),
+            "{problems:?}"
+        );
+        assert_eq!(boot.config.storage_wait, Config::default().storage_wait);
+        let (_, host) = recording();
+        let decision = live(
+            &host,
+            &[step("storage", true, broken)],
+            &mut boot,
+            |_, _| unreachable!("boot never ends"),
+        );
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Poweroff,
+                why: "required boot step storage failed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_command_line_is_an_error_naming_the_file_and_why() {
+        let mut boot = boot(FailureAction::Shell);
+        let missing = std::path::Path::new("/nonexistent/cmdline");
+        let Err(error) = apply_cmdline(&mut boot, missing) else {
+            panic!("no command line to read")
+        };
+        assert_eq!(
+            console::chain(&error),
+            "cannot read the kernel command line\n  \
+             caused by: cannot read /nonexistent/cmdline\n  \
+             caused by: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_panic_in_a_boot_step_ends_in_the_fallback() {
+        let (recording, host) = recording();
+        let mut boot = boot(FailureAction::Reboot);
+        let steps = [step("first", false, panics), step("second", false, fine)];
+        let decision = live(&host, &steps, &mut boot, |_, _| {
+            unreachable!("boot never ends")
+        });
+        assert_eq!(
+            decision,
+            Decision::Shutdown {
+                kind: Shutdown::Reboot,
+                why: "init panicked during boot".into()
+            }
+        );
+        assert!(recording.calls().is_empty());
+    }
+
+    #[test]
+    fn builds_home_and_tftp_root_become_roots_and_closed_to_others(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if !buildos_testpeers::tier::root("giving directories away") {
+            return Ok(());
+        }
         let home = std::env::temp_dir().join(format!("buildos-home-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         // As an earlier boot left it: build's, writable by everyone.
@@ -565,14 +884,14 @@ mod tests {
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| e.to_string())?;
         for dir in [home.clone(), home.join("tftp")] {
-            root_only_dir(&dir)?;
-            let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
+            root_only_dir(&host::Linux, &dir)?;
+            let meta = std::fs::metadata(&dir)?;
             assert_eq!(
                 (meta.uid(), meta.gid(), meta.mode() & 0o7777),
                 (0, 0, 0o755)
             );
         }
-        std::fs::remove_dir_all(&home).map_err(|e| e.to_string())
+        Ok(std::fs::remove_dir_all(&home)?)
     }
 
     #[test]

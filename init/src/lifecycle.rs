@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::reboot::{reboot, set_cad_enabled, RebootMode};
+use nix::sys::reboot::set_cad_enabled;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{sync, Pid};
@@ -19,17 +19,14 @@ use std::os::fd::AsFd;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use crate::host::Host;
 use crate::services::{describe, Supervisor};
 use crate::{console, mounts, state};
 
 /// How long services get between SIGTERM and SIGKILL at shutdown.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    Reboot,
-    Poweroff,
-}
+pub use crate::host::Shutdown;
 
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
@@ -77,7 +74,7 @@ fn reap() {
 /// The main loop of a booted host: reaps children, restarts services when their back-off
 /// ends, and waits for a shutdown request. With an emergency shell running, its end reboots
 /// the host.
-pub fn serve(shell: Option<Pid>, mut services: Supervisor) -> ! {
+pub fn serve(host: &dyn Host, shell: Option<Pid>, services: &mut Supervisor) -> ! {
     let set = handled();
     // A signalfd lets the loop wait for a signal or the next restart, whichever comes first.
     let signals = match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
@@ -91,7 +88,7 @@ pub fn serve(shell: Option<Pid>, mut services: Supervisor) -> ! {
         }
     };
     loop {
-        for line in services.start_due(Instant::now()) {
+        for line in services.start_due(host, Instant::now()) {
             console::info(&line);
         }
         let mut received = Vec::new();
@@ -122,9 +119,10 @@ pub fn serve(shell: Option<Pid>, mut services: Supervisor) -> ! {
                 for (pid, status) in reap_with_status() {
                     if Some(pid) == shell {
                         shutdown(
+                            host,
                             Shutdown::Reboot,
                             "the emergency shell exited",
-                            &mut services,
+                            services,
                         );
                     }
                     if let Some(line) = services.exited(pid, &describe(&status), Instant::now()) {
@@ -134,7 +132,7 @@ pub fn serve(shell: Option<Pid>, mut services: Supervisor) -> ! {
                 continue;
             }
             if let Some(kind) = request(signal) {
-                shutdown(kind, &format!("requested by {signal}"), &mut services);
+                shutdown(host, kind, &format!("requested by {signal}"), services);
             }
         }
     }
@@ -159,7 +157,7 @@ fn reap_with_status() -> Vec<(Pid, WaitStatus)> {
 
 /// Starts busybox's shell on the console's terminal, as the session leader with the terminal
 /// as its controlling tty so that Ctrl-C and job control work.
-pub fn spawn_shell() -> std::io::Result<Pid> {
+pub fn spawn_shell(host: &dyn Host) -> std::io::Result<Pid> {
     for dir in ["/bin", "/sbin", "/usr/bin", "/usr/sbin"] {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -169,18 +167,18 @@ pub fn spawn_shell() -> std::io::Result<Pid> {
         .status();
     let tty = console_tty();
     let terminal = OpenOptions::new().read(true).write(true).open(&tty)?;
-    let child = unblocked(std::path::Path::new("/bin/busybox"))
-        .args(["setsid", "-c", "/bin/busybox", "sh", "-l"])
-        .env_clear()
-        .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
-        .env("HOME", "/root")
-        .env("TERM", "linux")
-        .env("PS1", "buildos-emergency# ")
-        .stdin(terminal.try_clone()?)
-        .stdout(terminal.try_clone()?)
-        .stderr(terminal)
-        .spawn()?;
-    Ok(Pid::from_raw(child.id() as i32))
+    host.spawn(
+        unblocked(std::path::Path::new("/bin/busybox"))
+            .args(["setsid", "-c", "/bin/busybox", "sh", "-l"])
+            .env_clear()
+            .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
+            .env("HOME", "/root")
+            .env("TERM", "linux")
+            .env("PS1", "buildos-emergency# ")
+            .stdin(terminal.try_clone()?)
+            .stdout(terminal.try_clone()?)
+            .stderr(terminal),
+    )
 }
 
 /// The device behind /dev/console: the last console the kernel lists as active.
@@ -194,7 +192,7 @@ fn console_tty() -> String {
 
 /// Stops the services, then every other process, saves the random seed, unmounts the disks,
 /// syncs and reboots or powers off. Never returns.
-pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
+pub fn shutdown(host: &dyn Host, kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
     let verb = match kind {
         Shutdown::Reboot => "rebooting",
         Shutdown::Poweroff => "powering off",
@@ -220,17 +218,20 @@ pub fn shutdown(kind: Shutdown, why: &str, services: &mut Supervisor) -> ! {
         }
     }
     sync();
-    for line in mounts::unmount_disks() {
+    let proc_mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for line in mounts::unmount_disks(host, &proc_mounts) {
         console::info(&line);
     }
     sync();
     console::info(&format!("{verb} now"));
-    let mode = match kind {
-        Shutdown::Reboot => RebootMode::RB_AUTOBOOT,
-        Shutdown::Poweroff => RebootMode::RB_POWER_OFF,
-    };
-    let Err(errno) = reboot(mode);
+    let errno = host.reboot(kind);
     console::error(&format!("{verb} failed: {}; halting here", errno.desc()));
+    halt()
+}
+
+/// Where PID 1 ends when it can neither go on nor reboot: it waits for signals and reaps
+/// children, forever.
+pub fn halt() -> ! {
     loop {
         let _ = handled().wait();
         reap();

@@ -6,7 +6,19 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
-use crate::sys::{Mount, Sys};
+use crate::host::Host;
+
+/// One mount of the early table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: &'static str,
+    /// Why the host needs it, printed when it fails.
+    pub reason: &'static str,
+}
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
@@ -71,6 +83,128 @@ pub const EARLY: &[Mount] = &[
     },
 ];
 
+/// Where the root is bound before it is moved onto `/`: a directory of the initramfs, removed
+/// again once the root is the bind mount.
+const ROOT_STAGING: &str = "/.buildos-root";
+
+/// One call of the sequence that makes the root a mount of its own ([`ROOT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootCall {
+    /// `mount(source, target, MS_BIND)`.
+    Bind {
+        source: &'static str,
+        target: &'static str,
+    },
+    /// `mount(source, target, MS_MOVE)`.
+    Move {
+        source: &'static str,
+        target: &'static str,
+    },
+    Chdir(&'static str),
+    Chroot(&'static str),
+    RemoveDir(&'static str),
+}
+
+impl RootCall {
+    fn make(self, host: &dyn Host) -> nix::Result<()> {
+        let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
+        match self {
+            RootCall::Bind { source, target } => host.mount(
+                Some(Path::new(source)),
+                Path::new(target),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            ),
+            RootCall::Move { source, target } => host.mount(
+                Some(Path::new(source)),
+                Path::new(target),
+                None,
+                MsFlags::MS_MOVE,
+                None,
+            ),
+            RootCall::Chdir(path) => host.chdir(Path::new(path)),
+            RootCall::Chroot(path) => host.chroot(Path::new(path)),
+            RootCall::RemoveDir(path) => host.remove_dir(Path::new(path)).map_err(errno),
+        }
+    }
+}
+
+/// The kernel unpacks the initrd into rootfs, the one mount with no parent, and
+/// pivot_root(2) refuses to move a root that is rootfs (EINVAL): Nix's sandbox, which
+/// pivot_roots into each build's tree, and every container runtime fail on it. So the root
+/// becomes a bind mount of itself, as switch_root does with a new root: the same files, now a
+/// mount on top of rootfs that pivot_root accepts. A call with the reason it is needed.
+pub const ROOT: &[(RootCall, &str)] = &[
+    (
+        RootCall::Bind {
+            source: "/",
+            target: ROOT_STAGING,
+        },
+        "a second mount of the same files, which has a parent",
+    ),
+    (RootCall::Chdir(ROOT_STAGING), "to stand in that mount"),
+    (
+        RootCall::Move {
+            source: ROOT_STAGING,
+            target: "/",
+        },
+        "to put it over rootfs's /",
+    ),
+    (
+        RootCall::Chroot("."),
+        "to make it init's root, which every process inherits",
+    ),
+    (RootCall::Chdir("/"), "to stand at the new root"),
+    (
+        RootCall::RemoveDir(ROOT_STAGING),
+        "the staging directory, empty again in the new root",
+    ),
+];
+
+/// A call of [`ROOT`] that failed.
+#[derive(Debug)]
+pub struct RootError {
+    pub call: RootCall,
+    pub reason: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for RootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): {:?} ({}) failed: {}",
+            self.call,
+            self.reason,
+            self.errno.desc()
+        )
+    }
+}
+
+impl std::error::Error for RootError {}
+
+/// Makes the root a bind mount of itself ([`ROOT`]), before any other mount (a bind without
+/// MS_REC carries no mounts below `/`). Stops at the first call that fails; the root is then
+/// rootfs still, and boot goes on.
+pub fn root_on_a_mount(host: &dyn Host) -> Result<(), RootError> {
+    host.create_dir_all(Path::new(ROOT_STAGING))
+        .map_err(|e| RootError {
+            call: ROOT[0].0,
+            reason: "its mount point",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })?;
+    for (call, reason) in ROOT {
+        call.make(host).map_err(|errno| RootError {
+            call: *call,
+            reason,
+            errno,
+        })?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub enum MountError {
     CreateTarget { mount: Mount, error: std::io::Error },
@@ -102,14 +236,21 @@ impl std::error::Error for MountError {}
 
 /// Mounts the table in order; a mount already in place (the kernel may have mounted devtmpfs
 /// itself) counts as done.
-pub fn mount_all(sys: &dyn Sys, table: &[Mount]) -> Result<(), MountError> {
+pub fn mount_all(host: &dyn Host, table: &[Mount]) -> Result<(), MountError> {
     for mount in table {
-        sys.create_dir_all(Path::new(mount.target))
+        host.create_dir_all(Path::new(mount.target))
             .map_err(|error| MountError::CreateTarget {
                 mount: *mount,
                 error,
             })?;
-        match sys.mount(mount) {
+        let data = (!mount.data.is_empty()).then_some(mount.data);
+        match host.mount(
+            Some(Path::new(mount.source)),
+            Path::new(mount.target),
+            Some(mount.fstype),
+            mount.flags,
+            data,
+        ) {
             Ok(()) | Err(Errno::EBUSY) => {}
             Err(errno) => {
                 return Err(MountError::Mount {
@@ -171,21 +312,20 @@ pub fn disks_to_unmount(proc_mounts: &str) -> Vec<String> {
     points
 }
 
-/// Unmounts the disks; one that is still busy is remounted read-only so that nothing is lost.
-/// Returns a line per disk.
-pub fn unmount_disks() -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    disks_to_unmount(&text)
+/// Unmounts the disks of a /proc/mounts text; one that is still busy is remounted read-only
+/// so that nothing is lost. Returns a line per disk.
+pub fn unmount_disks(host: &dyn Host, proc_mounts: &str) -> Vec<String> {
+    disks_to_unmount(proc_mounts)
         .into_iter()
-        .map(|point| match nix::mount::umount(point.as_str()) {
+        .map(|point| match host.umount(Path::new(&point)) {
             Ok(()) => format!("unmounted {point}"),
             Err(errno) => {
-                let remount = nix::mount::mount(
-                    None::<&str>,
-                    point.as_str(),
-                    None::<&str>,
+                let remount = host.mount(
+                    None,
+                    Path::new(&point),
+                    None,
                     MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                    None::<&str>,
+                    None,
                 );
                 match remount {
                     Ok(()) => format!(
@@ -206,31 +346,39 @@ pub fn unmount_disks() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-    use std::io;
+    use crate::host::Recording;
 
-    #[derive(Default)]
-    struct Recorder {
-        calls: RefCell<Vec<String>>,
-        fail_on: Option<(&'static str, Errno)>,
+    #[test]
+    fn root_becomes_a_bind_mount_of_itself_moved_over_rootfs() {
+        let host = Recording::new();
+        root_on_a_mount(&host).unwrap();
+        assert_eq!(
+            host.calls(),
+            [
+                "mkdir /.buildos-root",
+                "mount none / on /.buildos-root MS_BIND",
+                "chdir /.buildos-root",
+                "mount none /.buildos-root on / MS_MOVE",
+                "chroot .",
+                "chdir /",
+                "rmdir /.buildos-root",
+            ]
+        );
     }
 
-    impl Sys for Recorder {
-        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            self.calls
-                .borrow_mut()
-                .push(format!("mkdir {}", path.display()));
-            Ok(())
-        }
-        fn mount(&self, m: &Mount) -> nix::Result<()> {
-            self.calls
-                .borrow_mut()
-                .push(format!("mount {} {}", m.fstype, m.target));
-            match self.fail_on {
-                Some((target, errno)) if target == m.target => Err(errno),
-                _ => Ok(()),
-            }
-        }
+    #[test]
+    fn root_left_on_rootfs_says_which_call_failed_and_what_it_costs() {
+        let host = Recording::new();
+        host.fail("mount none /.buildos-root on / ", Errno::EINVAL);
+        let error = root_on_a_mount(&host).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): Move { source: \"/.buildos-root\", target: \"/\" } \
+             (to put it over rootfs's /) failed: Invalid argument"
+        );
+        // Nothing after the failed call ran.
+        assert!(host.calls_of("chroot").is_empty());
     }
 
     #[test]
@@ -253,45 +401,49 @@ mod tests {
 
     #[test]
     fn early_mounts_come_in_dependency_order() {
-        let sys = Recorder::default();
-        mount_all(&sys, EARLY).unwrap();
-        let mounts: Vec<String> = sys
-            .calls
-            .borrow()
+        let host = Recording::new();
+        mount_all(&host, EARLY).unwrap();
+        let mounts: Vec<String> = host
+            .calls_of("mount")
             .iter()
-            .filter(|c| c.starts_with("mount"))
-            .cloned()
+            .map(|c| c.split(" on ").next().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(
             mounts,
             [
-                "mount proc /proc",
-                "mount sysfs /sys",
-                "mount devtmpfs /dev",
-                "mount devpts /dev/pts",
-                "mount tmpfs /dev/shm",
-                "mount tmpfs /run",
-                "mount tmpfs /tmp",
+                "mount proc proc",
+                "mount sysfs sysfs",
+                "mount devtmpfs devtmpfs",
+                "mount devpts devpts",
+                "mount tmpfs tmpfs",
+                "mount tmpfs tmpfs",
+                "mount tmpfs tmpfs",
             ]
+        );
+        let targets: Vec<String> = host
+            .calls_of("mount")
+            .iter()
+            .filter_map(|c| c.split(" on ").nth(1)?.split(' ').next().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            targets,
+            ["/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp"]
         );
     }
 
     #[test]
     fn mount_already_in_place_is_not_an_error() {
-        let sys = Recorder {
-            fail_on: Some(("/dev", Errno::EBUSY)),
-            ..Recorder::default()
-        };
-        assert!(mount_all(&sys, EARLY).is_ok());
+        let host = Recording::new();
+        host.fail("mount devtmpfs devtmpfs on /dev ", Errno::EBUSY);
+        assert!(mount_all(&host, EARLY).is_ok());
+        assert_eq!(host.calls_of("mount").len(), EARLY.len());
     }
 
     #[test]
     fn failed_mount_names_source_target_type_and_reason() {
-        let sys = Recorder {
-            fail_on: Some(("/sys", Errno::ENODEV)),
-            ..Recorder::default()
-        };
-        let error = mount_all(&sys, EARLY).unwrap_err().to_string();
+        let host = Recording::new();
+        host.fail("mount sysfs sysfs on /sys ", Errno::ENODEV);
+        let error = mount_all(&host, EARLY).unwrap_err().to_string();
         assert!(
             error.contains("cannot mount sysfs on /sys (type sysfs"),
             "{error}"
@@ -299,6 +451,33 @@ mod tests {
         assert!(error.contains("needed for devices"), "{error}");
         assert!(error.contains("No such device"), "{error}");
         // Nothing after the failed mount was attempted.
-        assert!(!sys.calls.borrow().iter().any(|c| c.contains("/dev")));
+        assert!(!host.calls().iter().any(|c| c.contains("/dev")));
+    }
+
+    #[test]
+    fn a_busy_disk_is_remounted_read_only_at_shutdown_and_the_others_unmounted() {
+        let host = Recording::new();
+        host.fail("umount /state", Errno::EBUSY);
+        let lines = unmount_disks(
+            &host,
+            "/dev/vda /state ext4 rw 0 0
+/dev/vdb /build/machines/default btrfs rw 0 0
+",
+        );
+        assert_eq!(
+            lines,
+            [
+                "unmounted /build/machines/default",
+                "cannot unmount /state (Device or resource busy); remounted it read-only",
+            ]
+        );
+        assert_eq!(
+            host.calls(),
+            [
+                "umount /build/machines/default",
+                "umount /state",
+                "mount none none on /state MS_RDONLY|MS_REMOUNT",
+            ]
+        );
     }
 }

@@ -219,30 +219,42 @@ pub struct Sample {
     pub offset: i128,
 }
 
+/// Why one address gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot open a UDP socket")]
+    Socket(#[source] std::io::Error),
+    #[error("cannot reach it")]
+    Connect(#[source] std::io::Error),
+    #[error("cannot send")]
+    Send(#[source] std::io::Error),
+    #[error("cannot receive")]
+    Receive(#[source] std::io::Error),
+    /// Nothing, or nothing usable (`last` says which), before the wait ended.
+    #[error("{last} within {} s", wait.as_secs())]
+    NoAnswer { last: String, wait: Duration },
+}
+
 /// Asks one address, waiting at most `wait`; datagrams that are not the answer are skipped.
-pub fn query(address: SocketAddr, wait: Duration) -> Result<i128, String> {
+pub fn query(address: SocketAddr, wait: Duration) -> Result<i128, QueryError> {
     let bind: SocketAddr = match address {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-    socket
-        .connect(address)
-        .map_err(|e| format!("cannot reach it: {e}"))?;
+    let socket = UdpSocket::bind(bind).map_err(QueryError::Socket)?;
+    socket.connect(address).map_err(QueryError::Connect)?;
     let mut nonce = [0u8; 8];
     random_nonce(&mut nonce);
     let nonce = u64::from_be_bytes(nonce);
     let deadline = Instant::now() + wait;
     let sent = now_nanos();
-    socket
-        .send(&request(nonce))
-        .map_err(|e| format!("cannot send: {e}"))?;
+    socket.send(&request(nonce)).map_err(QueryError::Send)?;
     let mut last = String::from("no answer");
     let mut buf = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("{last} within {} s", wait.as_secs()));
+            return Err(QueryError::NoAnswer { last, wait });
         }
         // A connected UDP socket receives only from the address it asked.
         let _ = socket.set_read_timeout(Some(left));
@@ -259,7 +271,7 @@ pub fn query(address: SocketAddr, wait: Duration) -> Result<i128, String> {
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
-            Err(e) => return Err(format!("{e}")),
+            Err(e) => return Err(QueryError::Receive(e)),
         }
     }
 }
@@ -320,7 +332,7 @@ pub fn first_answer(
                         offset,
                     })
                 }
-                Err(e) => failures.push(format!("{address}: {e}")),
+                Err(e) => failures.push(format!("{address}: {}", crate::console::oneline(&e))),
             }
         }
         note(format!("{server} ({})", failures.join("; ")));
@@ -329,7 +341,7 @@ pub fn first_answer(
 }
 
 /// What one round did, for the console.
-pub fn adjust(sample: &Sample, set: &mut dyn FnMut(i128) -> Result<(), String>) -> String {
+pub fn adjust(sample: &Sample, set: &mut dyn FnMut(i128) -> nix::Result<()>) -> String {
     let off = sample.offset;
     let address = sample.address.to_string();
     let server = if address == sample.server || sample.address.ip().to_string() == sample.server {
@@ -349,20 +361,23 @@ pub fn adjust(sample: &Sample, set: &mut dyn FnMut(i128) -> Result<(), String>) 
             utc(now_nanos())
         ),
         Err(e) => {
-            format!("clock: {server} says the clock is off by {shown}, but it cannot be set: {e}")
+            format!(
+                "clock: {server} says the clock is off by {shown}, but it cannot be set: {}",
+                e.desc()
+            )
         }
     }
 }
 
 /// Steps the system clock by `offset` nanoseconds.
-pub fn step_clock(offset: i128) -> Result<(), String> {
+pub fn step_clock(offset: i128) -> nix::Result<()> {
     use nix::time::{clock_settime, ClockId};
     let target = now_nanos() + offset;
     let spec = nix::sys::time::TimeSpec::new(
         target.div_euclid(NANOS) as i64,
         target.rem_euclid(NANOS) as i64,
     );
-    clock_settime(ClockId::CLOCK_REALTIME, spec).map_err(|e| e.desc().to_string())
+    clock_settime(ClockId::CLOCK_REALTIME, spec)
 }
 
 /// The problem line when no server answered.
@@ -387,7 +402,7 @@ pub fn start(
     servers: Vec<String>,
     source: &'static str,
     wait: Duration,
-    set: fn(i128) -> Result<(), String>,
+    set: fn(i128) -> nix::Result<()>,
 ) -> Result<String, String> {
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -412,7 +427,7 @@ pub fn start(
 fn keep(
     servers: &[String],
     wait: Duration,
-    mut set: fn(i128) -> Result<(), String>,
+    mut set: fn(i128) -> nix::Result<()>,
     attempts: &Mutex<Vec<String>>,
     first: std::sync::mpsc::Sender<Result<String, Vec<String>>>,
 ) {

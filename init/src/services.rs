@@ -14,6 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::host::Host;
+
 /// Where service output goes, one file per service.
 pub const LOG_DIR: &str = "/run/buildos/log";
 
@@ -99,7 +101,7 @@ impl Supervisor {
     }
 
     /// Starts every service whose time has come; returns what to print.
-    pub fn start_due(&mut self, now: Instant) -> Vec<String> {
+    pub fn start_due(&mut self, host: &dyn Host, now: Instant) -> Vec<String> {
         let mut lines = Vec::new();
         if self.stopping {
             return lines;
@@ -117,7 +119,7 @@ impl Supervisor {
                 ));
                 continue;
             }
-            match spawn(&entry.service) {
+            match spawn(host, &entry.service) {
                 Ok(pid) => {
                     entry.pid = Some(pid);
                     entry.started = Some(now);
@@ -258,7 +260,7 @@ pub fn describe(status: &WaitStatus) -> String {
     }
 }
 
-fn spawn(service: &Service) -> std::io::Result<Pid> {
+fn spawn(host: &dyn Host, service: &Service) -> std::io::Result<Pid> {
     let mut command = match &service.trampoline {
         Some(trampoline) => {
             let mut command = Command::new(trampoline);
@@ -280,13 +282,13 @@ fn spawn(service: &Service) -> std::io::Result<Pid> {
         let file = buildos_logcap::open(log, buildos_logcap::DEFAULT_BOUND)?;
         command.stdout(file.try_clone()?).stderr(file);
     }
-    let child = command.spawn()?;
-    Ok(Pid::from_raw(child.id() as i32))
+    host.spawn(&mut command)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Linux;
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
@@ -313,7 +315,7 @@ mod tests {
         let t0 = Instant::now();
         supervisor.add(service, t0);
 
-        let lines = supervisor.start_due(t0);
+        let lines = supervisor.start_due(&Linux, t0);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("flaky started, pid "), "{lines:?}");
         let (_, pid) = supervisor.running()[0];
@@ -329,11 +331,11 @@ mod tests {
         );
         // Not before its time.
         assert!(supervisor
-            .start_due(t0 + Duration::from_millis(500))
+            .start_due(&Linux, t0 + Duration::from_millis(500))
             .is_empty());
 
         let t1 = t0 + Duration::from_millis(1100);
-        let lines = supervisor.start_due(t1);
+        let lines = supervisor.start_due(&Linux, t1);
         assert!(lines[0].starts_with("flaky restarted, pid "), "{lines:?}");
         let (_, pid) = supervisor.running()[0];
         let status = wait(pid);
@@ -342,7 +344,7 @@ mod tests {
 
         // A run longer than a minute resets the back-off.
         let t2 = t1 + Duration::from_secs(2);
-        supervisor.start_due(t2);
+        supervisor.start_due(&Linux, t2);
         let (_, pid) = supervisor.running()[0];
         let status = wait(pid);
         let line = supervisor
@@ -368,11 +370,11 @@ mod tests {
         let now = Instant::now();
         supervisor.add(Service::new("sshd", "/nonexistent/sbin/sshd", &["-D"]), now);
         assert_eq!(
-            supervisor.start_due(now),
+            supervisor.start_due(&Linux, now),
             ["sshd not started: /nonexistent/sbin/sshd is not in this image"]
         );
         assert!(supervisor
-            .start_due(now + Duration::from_secs(100))
+            .start_due(&Linux, now + Duration::from_secs(100))
             .is_empty());
         assert_eq!(supervisor.next_due(), None);
     }
@@ -398,7 +400,7 @@ mod tests {
         stubborn.grace = Duration::from_millis(500);
         supervisor.add(polite, now);
         supervisor.add(stubborn, now);
-        supervisor.start_due(now);
+        supervisor.start_due(&Linux, now);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready.exists() {
             assert!(
@@ -419,7 +421,7 @@ mod tests {
         assert!(supervisor.running().is_empty());
         // Nothing restarts once stopping.
         assert!(supervisor
-            .start_due(Instant::now() + MAX_BACKOFF)
+            .start_due(&Linux, Instant::now() + MAX_BACKOFF)
             .is_empty());
     }
 }

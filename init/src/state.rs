@@ -11,6 +11,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::error::FileError;
+use crate::host::Host;
+
 /// Where the state disk is mounted.
 pub const STATE: &str = "/state";
 
@@ -21,29 +24,42 @@ const SEED_BYTES: usize = 512;
 /// emulation takes long and every current client speaks Ed25519 or ECDSA.
 pub const HOST_KEY_TYPES: &[&str] = &["ed25519", "ecdsa"];
 
-fn io(what: &str, path: &Path, error: std::io::Error) -> String {
-    format!("cannot {what} {}: {error}", path.display())
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
+    FileError::on(what, path)
+}
+
+/// Why the host keys could not be made or linked.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{} could not make the {kind} host key: {stderr}", program.display())]
+    Keygen {
+        program: PathBuf,
+        kind: &'static str,
+        stderr: String,
+    },
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, with `mode`.
-pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(|e| io("create", &tmp, e))?;
+        .map_err(io("create", &tmp))?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io("set the mode of", &tmp, e))?;
-    file.write_all(data).map_err(|e| io("write", &tmp, e))?;
-    file.sync_all().map_err(|e| io("sync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename into", path, e))
+        .map_err(io("set the mode of", &tmp))?;
+    file.write_all(data).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename into", path))
 }
 
 /// Mixes the saved seed (if any) into the kernel's pool via `urandom`, then saves a fresh one.
 /// Returns a line for the console.
-pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, String> {
+pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, FileError> {
     let seed_path = state.join("random-seed");
     let said = match std::fs::read(&seed_path) {
         Ok(seed) if !seed.is_empty() => {
@@ -51,7 +67,7 @@ pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, String> {
                 .write(true)
                 .open(urandom)
                 .and_then(|mut pool| pool.write_all(&seed))
-                .map_err(|e| io("write the seed to", urandom, e))?;
+                .map_err(io("write the seed to", urandom))?;
             format!(
                 "random seed restored from {} ({} bytes)",
                 seed_path.display(),
@@ -65,36 +81,36 @@ pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, String> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             format!("no random seed in {} yet; made one", seed_path.display())
         }
-        Err(error) => return Err(io("read", &seed_path, error)),
+        Err(error) => return Err(io("read", &seed_path)(error)),
     };
     save_seed(state)?;
     Ok(said)
 }
 
 /// Saves fresh bytes from the kernel as the next boot's seed.
-pub fn save_seed(state: &Path) -> Result<(), String> {
+pub fn save_seed(state: &Path) -> Result<(), FileError> {
     let mut seed = vec![0u8; SEED_BYTES];
     getrandom(&mut seed)?;
     write_atomically(&state.join("random-seed"), &seed, 0o600)
 }
 
-fn getrandom(buffer: &mut [u8]) -> Result<(), String> {
+fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
     use std::io::Read;
     // /dev/urandom never blocks; early in boot it may not be fully seeded, which is why the
     // saved seed is mixed in first.
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buffer))
-        .map_err(|e| io("read", Path::new("/dev/urandom"), e))
+        .map_err(io("read", Path::new("/dev/urandom")))
 }
 
 /// Makes any missing host key under `state/ssh` with `ssh_keygen`, links each key pair into
 /// `etc_ssh`, and returns a line per key with its fingerprint.
-pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<String>, String> {
+pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<String>, KeyError> {
     let dir = state.join("ssh");
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io("set the mode of", &dir, e))?;
-    std::fs::create_dir_all(etc_ssh).map_err(|e| io("create", etc_ssh, e))?;
+        .map_err(io("set the mode of", &dir))?;
+    std::fs::create_dir_all(etc_ssh).map_err(io("create", etc_ssh))?;
     let mut lines = Vec::new();
     for kind in HOST_KEY_TYPES {
         let name = format!("ssh_host_{kind}_key");
@@ -109,13 +125,13 @@ pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<
                 .args(["-q", "-N", "", "-t", kind, "-C", "buildos host key", "-f"])
                 .arg(&key)
                 .output()
-                .map_err(|e| format!("cannot run {}: {e}", ssh_keygen.display()))?;
+                .map_err(io("run", ssh_keygen))?;
             if !output.status.success() {
-                return Err(format!(
-                    "{} could not make the {kind} host key: {}",
-                    ssh_keygen.display(),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ));
+                return Err(KeyError::Keygen {
+                    program: ssh_keygen.to_owned(),
+                    kind,
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                });
             }
             "made"
         };
@@ -124,7 +140,7 @@ pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<
             (&public, etc_ssh.join(format!("{name}.pub"))),
         ] {
             let _ = std::fs::remove_file(&to);
-            symlink(from, &to).map_err(|e| io("link", &to, e))?;
+            symlink(from, &to).map_err(io("link", &to))?;
         }
         lines.push(format!(
             "ssh host key {kind} {made}: {}",
@@ -171,35 +187,21 @@ pub fn find_user(passwd: &str, name: &str) -> Option<User> {
 
 /// Writes `keys` as the user's authorized_keys (owned by the user, mode 0600 in a 0700
 /// `.ssh`). With no keys the file is empty: nobody can log in.
-pub fn authorize(user: &User, keys: &[String]) -> Result<PathBuf, String> {
+pub fn authorize(host: &dyn Host, user: &User, keys: &[String]) -> Result<PathBuf, FileError> {
     let dir = user.home.join(".ssh");
-    std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
-    let owner = (
-        Some(nix::unistd::Uid::from_raw(user.uid)),
-        Some(nix::unistd::Gid::from_raw(user.gid)),
-    );
+    host.create_dir_all(&dir).map_err(io("create", &dir))?;
+    let give = |path: &Path| {
+        host.chown(path, user.uid, user.gid)
+            .map_err(|e| FileError::new(format!("give {} to uid {}", path.display(), user.uid), e))
+    };
     // Only `.ssh`: the home itself stays root's (see the users step).
-    nix::unistd::chown(&dir, owner.0, owner.1).map_err(|e| {
-        format!(
-            "cannot give {} to uid {}: {}",
-            dir.display(),
-            user.uid,
-            e.desc()
-        )
-    })?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io("set the mode of", &dir, e))?;
+    give(&dir)?;
+    host.chmod(&dir, 0o700)
+        .map_err(io("set the mode of", &dir))?;
     let file = dir.join("authorized_keys");
     let text: String = keys.iter().map(|key| format!("{key}\n")).collect();
     write_atomically(&file, text.as_bytes(), 0o600)?;
-    nix::unistd::chown(&file, owner.0, owner.1).map_err(|e| {
-        format!(
-            "cannot give {} to uid {}: {}",
-            file.display(),
-            user.uid,
-            e.desc()
-        )
-    })?;
+    give(&file)?;
     Ok(file)
 }
 
@@ -299,7 +301,7 @@ mod tests {
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOw3 alice@example.org".to_owned(),
             "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ bob@example.org".to_owned(),
         ];
-        let file = authorize(&me, &keys).unwrap();
+        let file = authorize(&crate::host::Linux, &me, &keys).unwrap();
         assert_eq!(file, home.join(".ssh/authorized_keys"));
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),

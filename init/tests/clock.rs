@@ -18,7 +18,7 @@ const ONE_YEAR: i64 = 365 * 86400;
 /// The steps the client asked for, by the tests in this file.
 static STEPS: Mutex<Vec<i128>> = Mutex::new(Vec::new());
 
-fn record(offset: i128) -> Result<(), String> {
+fn record(offset: i128) -> nix::Result<()> {
     STEPS.lock().unwrap().push(offset);
     Ok(())
 }

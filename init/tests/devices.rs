@@ -21,14 +21,15 @@ fn node(path: &Path, major: u64, minor: u64) {
 
 #[test]
 fn kvm_is_the_kvm_groups_and_tun_everyones_after_modules_load() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test makes device nodes and gives them away: run it as root");
+    if !buildos_testpeers::tier::root("making device nodes and giving them away") {
+        return;
     }
     let dev = tempfile::tempdir().unwrap();
     node(&dev.path().join("kvm"), 10, 232);
     node(&dev.path().join("net/tun"), 10, 200);
     let group = "root:x:0:\nkvm:x:4242:build\nbuild:x:1000:\n";
-    let (lines, problems) = buildos_init::devices::grant(dev.path(), group);
+    let (lines, problems) =
+        buildos_init::devices::grant(&buildos_init::host::Linux, dev.path(), group);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(lines.len(), 2, "{lines:?}");
     let kvm = std::fs::metadata(dev.path().join("kvm")).unwrap();
@@ -43,13 +44,14 @@ fn kvm_is_the_kvm_groups_and_tun_everyones_after_modules_load() {
 
 #[test]
 fn a_missing_node_and_a_missing_group_are_said_and_leave_the_node_roots() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!("this test makes device nodes: run it as root");
+    if !buildos_testpeers::tier::root("making device nodes and giving them away") {
+        return;
     }
     let dev = tempfile::tempdir().unwrap();
     node(&dev.path().join("kvm"), 10, 232);
     // No /dev/net/tun, and no group kvm (the minimal image).
-    let (lines, problems) = buildos_init::devices::grant(dev.path(), "root:x:0:\n");
+    let (lines, problems) =
+        buildos_init::devices::grant(&buildos_init::host::Linux, dev.path(), "root:x:0:\n");
     assert_eq!(problems, Vec::<String>::new());
     assert!(
         lines

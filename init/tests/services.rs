@@ -19,7 +19,7 @@ fn blocked_mask(trampoline: Option<PathBuf>, dir: &std::path::Path, name: &str) 
     let mut supervisor = Supervisor::new();
     let now = Instant::now();
     supervisor.add(service, now);
-    let lines = supervisor.start_due(now);
+    let lines = supervisor.start_due(&buildos_init::host::Linux, now);
     assert!(lines[0].contains("started, pid"), "{lines:?}");
     let (_, pid) = supervisor.running()[0];
     waitpid(pid, None).unwrap();

@@ -18,6 +18,7 @@ use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
 use crate::register::{self, Registrar};
 use crate::report::{self, HostUp, Report, ToolchainState};
+use crate::secrets;
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
@@ -436,6 +437,13 @@ pub fn run(options: Options) -> String {
         ),
         Err(e) => log::error!("no agent key: {e}"),
     }
+    // Before any agent starts, so a secret can be put there as soon as the host is up, even
+    // for a toolchain that is not installed yet.
+    for name in config.toolchains.keys() {
+        if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
+            log::error!("toolchain {name}: no secrets directory: {e}");
+        }
+    }
 
     let buildid = std::fs::read_to_string(&paths.buildid)
         .map(|s| s.trim().to_string())
@@ -624,6 +632,7 @@ pub fn run(options: Options) -> String {
                         })
                         .unwrap_or_default(),
                     agent_key: Some(agent_key.clone()),
+                    tunnel: tunnel_key(&config, paths),
                 }));
                 // After the host-up mail's line: with nothing to poll, the monitor's last.
                 console::idle(&config);
@@ -844,6 +853,9 @@ fn agent_specs(
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
             agent_key: agent_key.to_string(),
+            secrets_dir: secrets::toolchain_dir(&paths.state, &installed.name)
+                .display()
+                .to_string(),
         };
         if let Some((template, made @ None)) = &mut bootstrap {
             let mailer = Mutex::new(mailer.clone());
@@ -879,6 +891,17 @@ fn agent_specs(
         });
     }
     Ok(specs)
+}
+
+/// With `buildos.tunnel`, the bastion and the public half of the tunnel key init made on the
+/// state disk (`<state>/tunnel/id_ed25519.pub`).
+fn tunnel_key(config: &Config, paths: &Paths) -> Option<(String, Result<String, String>)> {
+    let target = config.tunnel.as_ref()?;
+    let public = paths.state.join("tunnel/id_ed25519.pub");
+    let key = std::fs::read_to_string(&public)
+        .map(|text| text.trim().to_string())
+        .map_err(|e| format!("cannot read {}: {e}", public.display()));
+    Some((target.to_string(), key))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

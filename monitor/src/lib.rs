@@ -25,6 +25,7 @@ pub mod poll;
 pub mod record;
 pub mod register;
 pub mod report;
+pub mod secrets;
 pub use buildos_resolve as resolve;
 pub mod sendmail;
 pub mod slices;

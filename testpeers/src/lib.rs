@@ -11,6 +11,7 @@
 
 pub mod ntp;
 pub mod tftp;
+pub mod tier;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,15 +32,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Fails the test with a clear message when it does not run as root.
-pub fn require_root(what: &str) {
-    let uid = nix::unistd::Uid::effective();
-    assert!(
-        uid.is_root(),
-        "needs root: {what} (run the tests as root, as CI does)"
-    );
 }
 
 /// Waits for `condition` up to `bound`, checking every 20 ms; the bound is a failure.

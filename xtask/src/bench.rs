@@ -33,6 +33,9 @@
 //!   br1 (its MAC in the host's dnsmasq leases file), beside the same inner boot started by
 //!   root on the host's console (the same `machine.sh`: a snapshot of the same machine, the
 //!   same QEMU command line but the MAC, the same bridge).
+//! - the Nix remote builder: a small derivation's round trip, `nix-build` on this machine with
+//!   `--max-jobs 0` and the host of the nix profile as its builder over SSH (the output back in
+//!   the client's store), beside the same build run by the same client here.
 //! - registration: in a minimal host of the demo's farm with 4 toolchains, the time from
 //!   init's ready marker to the first record a hub (the farm's HTTP server) accepts, beside the
 //!   time to the monitor's first fetch of a toolchain's checksums file from the same server
@@ -48,7 +51,7 @@ use anyhow::{bail, Context, Result};
 use buildos_image_builder as builder;
 
 use crate::qemu::{Firmware, NetBoot, TempDir, Vm, VmConfig};
-use crate::{agents, fuzz, image, system};
+use crate::{agents, fuzz, image, nix, system};
 
 /// Which figures to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub enum Only {
     Classes,
     /// The figures of agents that build: the compiler's image and the agent's inner boot.
     Agents,
+    /// The Nix remote builder's round trip beside the same build run locally.
+    Nix,
     /// Registration with a hub: ready to the first record, and the record's size.
     Register,
 }
@@ -97,6 +102,10 @@ pub fn run(only: Only) -> Result<()> {
             compiler(&built, &ram)?;
             return agents(&out);
         }
+        Only::Nix => {
+            system::ensure(&NIX_NEED)?;
+            return nix_builds();
+        }
         Only::All => {}
     }
     system::ensure(&[
@@ -110,6 +119,7 @@ pub fn run(only: Only) -> Result<()> {
         system::OVMF,
     ])?;
     system::ensure(&AGENTS_NEED)?;
+    system::ensure(&NIX_NEED)?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare("minimal")?;
     // The best of three: the first run also warms the page cache the others read from.
@@ -226,6 +236,7 @@ pub fn run(only: Only) -> Result<()> {
     debian()?;
     driver_classes()?;
     agents(&debian_image_dir())?;
+    nix_builds()?;
     compression()?;
     monitor()?;
     fuzz()
@@ -1028,6 +1039,79 @@ fn agents(image: &Path) -> Result<()> {
     );
     println!("  (agent: from its first line, run by the monitor as build, through its snapshots and QEMU with the bridge helper, to its MAC in the host's dnsmasq leases file; anchor: root on the host's console sourcing the same machine.sh, the same boot from a snapshot of the same machine, QEMU command line but the MAC, and bridge, in the same boot of the host)");
     println!("  (on br0 the lease comes from the LAN's DHCP server, QEMU's user network here, out of the host's sight: br1 only)");
+    Ok(())
+}
+
+/// What the Nix figures need on this machine: QEMU, mmdebstrap for the nix profile's root
+/// filesystem, and the Nix client.
+const NIX_NEED: [system::Need; 5] = [
+    system::APT,
+    system::QEMU,
+    system::MMDEBSTRAP,
+    system::SSH_KEYGEN,
+    system::NIX_BUILD,
+];
+
+/// Builds of the small derivation, each of a new derivation (its own nonce) so the store
+/// never answers one: the first remote build, when the host's store is made, is shown apart.
+const NIX_RUNS: usize = 5;
+
+/// The Nix remote builder: boots the nix profile's image once, then builds the small
+/// derivation from this machine's Nix client with the host as its only builder (`--max-jobs
+/// 0`, over SSH on QEMU's loopback forward) and the same derivation with the same client here,
+/// alternately, [`NIX_RUNS`] times each.
+fn nix_builds() -> Result<()> {
+    let out = crate::work_dir().join("bench-image-nix");
+    image::assemble(&image::prepare("nix")?, &out)?;
+    let dir = TempDir::new("buildos-bench-nix")?;
+    let public = agents::keypair(&dir.0)?;
+    let disks = crate::qemu::host_disks(&dir.0)?;
+    let port = buildos_testpeers::free_port();
+    let client = nix::Client::new(&dir.0)?;
+    let mut vm = Vm::boot(&agents::host_config(&out, &disks, port, &public, &[]))?;
+    let line = vm.wait_for("ssh host key ed25519 made: ", AGENTS_BOOT)?;
+    let fingerprint = line.rsplit(": ").next().unwrap_or_default().to_owned();
+    vm.wait_for("buildos-init: ready at ", AGENTS_BOOT)?;
+    agents::login(
+        &vm,
+        &dir.0,
+        port,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+        "true",
+        AGENTS_BOOT,
+    )?;
+    let host_key = nix::host_key(&dir.0, port, &fingerprint)?;
+    let machines = nix::machines_line("127.0.0.1", &dir.0.join("id_ed25519"), &host_key);
+    let mut remote = Vec::new();
+    let mut local = Vec::new();
+    for run in 0..NIX_RUNS {
+        let built = client
+            .build_remote(&format!("bench-remote-{run}"), &machines, port)
+            .map_err(|e| e.context(vm.console()))?;
+        remote.push(built.took);
+        local.push(client.build_local(&format!("bench-local-{run}"))?.took);
+    }
+    drop(vm);
+    let first = remote.remove(0);
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (remote, local) = (median(&mut remote), median(&mut local));
+    println!();
+    println!("nix remote builder (nix profile) remote       local        ratio");
+    println!(
+        "small derivation, round trip     {:>8.2} s   {:>8.2} s   {:>6.2}",
+        remote.as_secs_f64(),
+        local.as_secs_f64(),
+        remote.as_secs_f64() / local.as_secs_f64()
+    );
+    println!(
+        "  first remote build             {:>8.2} s                {:>6.2}",
+        first.as_secs_f64(),
+        first.as_secs_f64() / local.as_secs_f64()
+    );
+    println!("  (remote: `nix-build --max-jobs 0 --builders <the host's machines line>` on this machine, the host reached over SSH through QEMU's loopback forward, the output copied back into the client's store; anchor: the same client building the same derivation here, in its own sandbox; medians of {} builds after the first, which also makes the host's store; each build a new derivation)", NIX_RUNS - 1);
     Ok(())
 }
 

@@ -333,6 +333,15 @@ pub fn rootfs_with_release(
             shell = quote(&user.shell),
         ));
     }
+    for dir in &debian.directories {
+        users_hook.push_str(&format!(
+            "; mkdir -p \"$1\"{path}; chroot \"$1\" chown {owner}: {path}; \
+             chmod {mode:o} \"$1\"{path}",
+            path = quote(&dir.path),
+            owner = quote(&dir.owner),
+            mode = dir.mode,
+        ));
+    }
     for path in &debian.setuid {
         users_hook.push_str(&format!("; chmod u+s \"$1\"{}", quote(path)));
     }

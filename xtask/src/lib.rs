@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod apt;
+pub mod bastion;
 pub mod bench;
 pub mod debian;
 pub mod demo;
@@ -10,6 +11,7 @@ pub mod docs;
 pub mod fuzz;
 pub mod image;
 pub mod lan;
+pub mod nix;
 pub mod pxe;
 pub mod qemu;
 pub mod system;

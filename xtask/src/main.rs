@@ -90,6 +90,10 @@ enum Task {
         /// and an agent's start to its machine's DHCP lease beside root's same boot
         #[arg(long, group = "only")]
         agents_only: bool,
+        /// Measure only the Nix remote builder: a small derivation's round trip built on a host
+        /// of the nix profile over SSH, beside the same build run here
+        #[arg(long, group = "only")]
+        nix_only: bool,
         /// Measure only registration: ready to the first record a hub accepts, and the
         /// record's size with 4 toolchains
         #[arg(long, group = "only")]
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             pxe_only,
             classes_only,
             agents_only,
+            nix_only,
             register_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
@@ -160,6 +165,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Classes
         } else if agents_only {
             xtask::bench::Only::Agents
+        } else if nix_only {
+            xtask::bench::Only::Nix
         } else if register_only {
             xtask::bench::Only::Register
         } else {

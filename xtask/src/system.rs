@@ -97,6 +97,12 @@ pub const CURL: Need = Need {
     package: "curl",
     why: "fetches a file over TFTP from br1's dnsmasq in init's network tests, and with sha256sum is the anchor of the monitor's fetch-and-verify bench",
 };
+pub const NIX_BUILD: Need = Need {
+    command: "nix-build",
+    package: "nix-bin",
+    why:
+        "the Nix client that builds on a host of the nix profile over SSH in its VM test and bench",
+};
 pub const PING: Need = Need {
     command: "ping",
     package: "iputils-ping",
@@ -291,7 +297,7 @@ mod tests {
     use super::*;
 
     /// Every package xtask may install, alone and all together.
-    const ALL: [Need; 20] = [
+    const ALL: [Need; 21] = [
         APT,
         QEMU,
         SSHD,
@@ -308,6 +314,7 @@ mod tests {
         OPENSSL,
         CURL,
         PING,
+        NIX_BUILD,
         MKFS_EXT4,
         MKFS_BTRFS,
         MKFS_XFS,

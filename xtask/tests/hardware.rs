@@ -16,14 +16,15 @@ use xtask::test::{DEBIAN_IMAGE_DIR_VAR, IMAGE_DIR_VAR};
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(300);
 
-fn image_dir(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "this VM test boots an image `cargo xtask test` builds; run it through that, or set \
-             {var} to a directory holding buildos-image and buildos-initrd"
-        ),
-    }
+/// The image `cargo xtask test` built that `var` names; None, after saying why, when it is not
+/// given.
+fn image_dir(var: &str) -> Option<PathBuf> {
+    let what = if var == DEBIAN_IMAGE_DIR_VAR {
+        "the debian image `cargo xtask test` builds (buildos-image, buildos-initrd)"
+    } else {
+        "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd)"
+    };
+    buildos_testpeers::tier::dir(var, what)
 }
 
 /// A disk controller of the matrix: QEMU's device, and the Linux driver that must claim it.
@@ -92,10 +93,10 @@ impl Controller {
 /// network, the state disk behind `state` and the machines disk behind `machines`, and checks
 /// that the drivers of all three were chosen, that the NIC got its DHCP lease, and that the
 /// host is ready with 0 problems.
-fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controller) {
+fn boots_with(image: &Path, nic: &str, nic_driver: &str, state: Controller, machines: Controller) {
     let disks = TempDir::new("buildos-hardware-disks").unwrap_or_else(|e| panic!("{e:#}"));
     let paths = xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut config = VmConfig::new(&image_dir(DEBIAN_IMAGE_DIR_VAR));
+    let mut config = VmConfig::new(image);
     config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
     config.extra = vec![
         "-netdev".to_owned(),
@@ -128,12 +129,25 @@ fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controll
 
 #[test]
 fn e1000e_nic_with_disks_behind_nvme_and_ahci() {
-    boots_with("e1000e", "e1000e", Controller::Nvme, Controller::Ahci);
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
+    boots_with(
+        &image,
+        "e1000e",
+        "e1000e",
+        Controller::Nvme,
+        Controller::Ahci,
+    );
 }
 
 #[test]
 fn rtl8139_nic_with_disks_behind_megaraid_and_lsi53c895a() {
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
     boots_with(
+        &image,
         "rtl8139",
         "8139too",
         Controller::MegasasGen2,
@@ -145,7 +159,11 @@ fn rtl8139_nic_with_disks_behind_megaraid_and_lsi53c895a() {
 // eight phys, but no SAS end device (no disk) appears within 60 s.
 #[test]
 fn vmxnet3_nic_with_disks_behind_virtio_scsi_and_ahci() {
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
     boots_with(
+        &image,
         "vmxnet3",
         "vmxnet3",
         Controller::VirtioScsi,
@@ -155,7 +173,11 @@ fn vmxnet3_nic_with_disks_behind_virtio_scsi_and_ahci() {
 
 #[test]
 fn pcnet_nic_with_disks_behind_pvscsi_and_a_usb_stick_on_xhci() {
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
     boots_with(
+        &image,
         "pcnet",
         "pcnet32",
         Controller::Pvscsi,
@@ -165,7 +187,11 @@ fn pcnet_nic_with_disks_behind_pvscsi_and_a_usb_stick_on_xhci() {
 
 #[test]
 fn virtio_net_nic_with_virtio_disks() {
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
     boots_with(
+        &image,
         "virtio-net-pci",
         "virtio_net",
         Controller::VirtioBlk,
@@ -175,9 +201,12 @@ fn virtio_net_nic_with_virtio_disks() {
 
 #[test]
 fn nic_without_a_driver_in_the_image_is_named_on_the_console_and_in_the_problems() {
+    let Some(image) = image_dir(IMAGE_DIR_VAR) else {
+        return;
+    };
     // The minimal image carries its hand-picked drivers only, and none for an RTL8139.
     let disks = TempDir::new("buildos-hardware-disks").unwrap_or_else(|e| panic!("{e:#}"));
-    let mut config = VmConfig::new(&image_dir(IMAGE_DIR_VAR)).append(&["buildos.debug_shell=1"]);
+    let mut config = VmConfig::new(&image).append(&["buildos.debug_shell=1"]);
     config.extra = vec![
         "-netdev".to_owned(),
         "user,id=net0".to_owned(),

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use buildos_cmdline::{Config, Ipv4Net};
 
 use crate::console;
+use crate::error::FileError;
+use crate::host::Host;
 use dhcp::{Client, DhcpError, Lease};
 use netlink::{Link, Netlink, NetlinkError};
 pub use render::Public;
@@ -146,7 +148,7 @@ pub fn is_ethernet(link: &Link) -> bool {
 /// Brings up networking at boot. Never fails hard and never waits longer than
 /// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
 /// back in the report for the caller to print and keep.
-pub fn setup(config: &Config, paths: &Paths) -> NetReport {
+pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
     let mut problems = Vec::new();
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
     let mut netlink = Netlink::open();
@@ -228,34 +230,38 @@ pub fn setup(config: &Config, paths: &Paths) -> NetReport {
         public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
         mac_source,
     );
-    if let Err(error) = apply_hostname(&hostname, public.as_ref(), paths) {
-        problems.push(format!("hostname: {error}"));
+    if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
+        problems.push(format!("hostname: {}", console::oneline(&error)));
     }
 
-    let private_ready = match netlink
-        .as_mut()
-        .map_err(|e| e.to_string())
-        .and_then(|n| make_private(n, config.br1_address))
-    {
-        Ok(Ok(())) => {
+    let private = match netlink.as_mut() {
+        Ok(netlink) => make_private(netlink, config.br1_address),
+        // Said once already, with the public side.
+        Err(error) => Err(PrivateError::Bridge(NetlinkError {
+            what: error.what.clone(),
+            error: io::Error::new(error.error.kind(), error.error.to_string()),
+        })),
+    };
+    let private_ready = match private {
+        Ok(()) => {
             console::info(&format!(
                 "network: br1 at {}, NATed through br0",
                 config.br1_address
             ));
             true
         }
-        Ok(Err(nat)) => {
-            problems.push(format!("network: br1: {nat}"));
+        Err(PrivateError::Nat(nat)) => {
+            problems.push(format!("network: br1: {}", console::oneline(&nat)));
             true
         }
         Err(error) => {
-            problems.push(format!("network: br1: {error}"));
+            problems.push(format!("network: br1: {}", console::oneline(&error)));
             false
         }
     };
 
     if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
-        problems.push(format!("network: {error}"));
+        problems.push(format!("network: {}", console::oneline(&error)));
     }
     let keeper = Keeper {
         paths: paths.clone(),
@@ -418,21 +424,52 @@ fn remove_lease(netlink: &mut Netlink, link: &Link, lease: &Lease) -> Result<(),
     netlink.delete_address(link, lease.address, lease.prefix)
 }
 
-/// br1 up with its address (the outer error when it cannot be), then IP forwarding and the NAT
-/// ruleset (the inner one): without NAT, br1 still serves its build machines.
-fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<Result<(), String>, String> {
-    let bridge = netlink.bridge(BR1).map_err(|e| e.to_string())?;
-    netlink.set_up(&bridge).map_err(|e| e.to_string())?;
-    netlink
-        .add_address(&bridge, br1.addr(), br1.prefix())
-        .map_err(|e| e.to_string())?;
-    Ok(std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")
-        .map_err(|e| format!("cannot turn IP forwarding on: {e}"))
-        .and_then(|()| load_nft(&render::nft_ruleset(br1))))
+/// Why br1 is not all it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateError {
+    /// br1 is not up with its address: nothing can be served on it.
+    #[error(transparent)]
+    Bridge(#[from] NetlinkError),
+    /// br1 is up, but its machines cannot reach beyond the host.
+    #[error(transparent)]
+    Nat(#[from] NatError),
+}
+
+/// Why br1's machines have no NAT.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("cannot turn IP forwarding on")]
+    Forwarding(#[source] io::Error),
+    #[error(
+        "no NAT: nft is not in this image (Debian package nftables); br1 has its address but \
+         its machines cannot reach beyond the host"
+    )]
+    NoNft,
+    #[error("cannot run nft")]
+    Run(#[source] io::Error),
+    #[error("cannot give nft the NAT ruleset")]
+    Write(#[source] io::Error),
+    #[error("cannot wait for nft")]
+    Wait(#[source] io::Error),
+    #[error("nft refused the NAT ruleset ({status}): {stderr}")]
+    Refused {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// br1 up with its address ([`PrivateError::Bridge`] when it cannot be), then IP forwarding and
+/// the NAT ruleset ([`PrivateError::Nat`]): without NAT, br1 still serves its build machines.
+fn make_private(netlink: &mut Netlink, br1: Ipv4Net) -> Result<(), PrivateError> {
+    let bridge = netlink.bridge(BR1)?;
+    netlink.set_up(&bridge)?;
+    netlink.add_address(&bridge, br1.addr(), br1.prefix())?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n").map_err(NatError::Forwarding)?;
+    Ok(load_nft(&render::nft_ruleset(br1))?)
 }
 
 /// Loads a ruleset with `nft -f -`.
-pub fn load_nft(ruleset: &str) -> Result<(), String> {
+pub fn load_nft(ruleset: &str) -> Result<(), NatError> {
     let mut child = Command::new(NFT)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -440,26 +477,20 @@ pub fn load_nft(ruleset: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => "no NAT: nft is not in this image (Debian package \
-                                        nftables); br1 has its address but its machines \
-                                        cannot reach beyond the host"
-                .to_owned(),
-            _ => format!("cannot run nft: {e}"),
+            io::ErrorKind::NotFound => NatError::NoNft,
+            _ => NatError::Run(e),
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(ruleset.as_bytes())
-            .map_err(|e| format!("cannot give nft the NAT ruleset: {e}"))?;
+            .map_err(NatError::Write)?;
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("cannot wait for nft: {e}"))?;
+    let output = child.wait_with_output().map_err(NatError::Wait)?;
     if !output.status.success() {
-        return Err(format!(
-            "nft refused the NAT ruleset ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+        return Err(NatError::Refused {
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
     }
     Ok(())
 }
@@ -482,9 +513,14 @@ pub fn choose_hostname(
     }
 }
 
-fn apply_hostname(hostname: &str, public: Option<&Public>, paths: &Paths) -> Result<(), String> {
-    nix::unistd::sethostname(hostname)
-        .map_err(|e| format!("cannot set the host name to {hostname}: {}", e.desc()))?;
+fn apply_hostname(
+    host: &dyn Host,
+    hostname: &str,
+    public: Option<&Public>,
+    paths: &Paths,
+) -> Result<(), FileError> {
+    host.sethostname(hostname)
+        .map_err(|e| FileError::new(format!("set the host name to {hostname}"), e))?;
     write_atomic(&paths.etc.join("hostname"), &format!("{hostname}\n"))?;
     let hosts = paths.etc.join("hosts");
     let existing = std::fs::read_to_string(&hosts).unwrap_or_default();
@@ -507,7 +543,7 @@ fn write_files(
     public: Option<&Public>,
     hostname: &str,
     br1: Ipv4Net,
-) -> Result<(), String> {
+) -> Result<(), FileError> {
     if let Some(public) = public {
         write_atomic(&paths.resolv_conf(), &render::resolv_conf(&public.lease))?;
     }
@@ -516,14 +552,13 @@ fn write_files(
 }
 
 /// Writes through a temporary file and a rename, so readers never see half a file.
-fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    let fail = |e: io::Error| format!("cannot write {}: {e}", path.display());
+fn write_atomic(path: &Path, text: &str) -> Result<(), FileError> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::create_dir_all(dir).map_err(FileError::on("write", path))?;
     }
     let temporary = path.with_extension("buildos-new");
-    std::fs::write(&temporary, text).map_err(fail)?;
-    std::fs::rename(&temporary, path).map_err(fail)
+    std::fs::write(&temporary, text).map_err(FileError::on("write", path))?;
+    std::fs::rename(&temporary, path).map_err(FileError::on("write", path))
 }
 
 /// The user dnsmasq drops to: its own, else nobody.
@@ -538,7 +573,7 @@ fn dnsmasq_user(paths: &Paths) -> &'static str {
 /// Writes the configuration of dnsmasq serving TFTP alone on br0 and returns the command that
 /// runs it, when a toolchain's machines are on br0 (`None` otherwise: br0 is the LAN, and
 /// nothing is served there that no machine needs).
-pub fn tftp_br0_command(config: &Config, paths: &Paths) -> Result<Option<Command>, String> {
+pub fn tftp_br0_command(config: &Config, paths: &Paths) -> Result<Option<Command>, FileError> {
     let wanted = config
         .toolchains
         .values()
@@ -560,7 +595,7 @@ pub fn tftp_br0_command(config: &Config, paths: &Paths) -> Result<Option<Command
 
 /// Writes dnsmasq's configuration for br1 and returns the command that runs it in the
 /// foreground; init's supervision starts it, and restarts it when it dies.
-pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String> {
+pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, FileError> {
     let user = dnsmasq_user(paths);
     let conf = paths.dnsmasq_conf();
     write_atomic(
@@ -577,6 +612,15 @@ pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, String
         .arg("--keep-in-foreground")
         .arg(format!("--conf-file={}", conf.display()));
     Ok(command)
+}
+
+/// Why a lease could not be put on br0.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("br0 is gone")]
+    NoBr0,
 }
 
 /// Keeps the public lease for as long as the host runs: renews at T1 with the server that
@@ -674,7 +718,9 @@ impl Keeper {
                             renewed.times.expire.as_secs(),
                             renewed.server
                         )),
-                        Err(error) => console::warn(&format!("network: {error}")),
+                        Err(error) => {
+                            console::warn(&format!("network: {}", console::oneline(&error)))
+                        }
                     }
                     let changed = public.lease.address != renewed.address
                         || public.lease.prefix != renewed.prefix
@@ -715,13 +761,10 @@ impl Keeper {
     }
 
     /// Puts a new or renewed lease on br0 and rewrites the files that show it.
-    fn apply(&self, previous: Option<&Lease>, lease: &Lease) -> Result<(), String> {
-        let mut netlink = Netlink::open().map_err(|e| e.to_string())?;
-        let br0 = netlink
-            .link(BR0)
-            .map_err(|e| e.to_string())?
-            .ok_or("br0 is gone")?;
-        apply_lease(&mut netlink, &br0, previous, lease).map_err(|e| e.to_string())
+    fn apply(&self, previous: Option<&Lease>, lease: &Lease) -> Result<(), ApplyError> {
+        let mut netlink = Netlink::open()?;
+        let br0 = netlink.link(BR0)?.ok_or(ApplyError::NoBr0)?;
+        Ok(apply_lease(&mut netlink, &br0, previous, lease)?)
     }
 
     fn write_public(&self, public: &Public) {
@@ -740,7 +783,7 @@ impl Keeper {
             ),
         ] {
             if let Err(error) = result {
-                console::warn(&format!("network: {error}"));
+                console::warn(&format!("network: {}", console::oneline(&error)));
             }
         }
     }
@@ -784,7 +827,7 @@ impl Keeper {
                         self.public = Some(public);
                     }
                     Err(error) => {
-                        console::warn(&format!("network: {error}"));
+                        console::warn(&format!("network: {}", console::oneline(&error)));
                         pause(BACKGROUND_PAUSE, stop);
                     }
                 },

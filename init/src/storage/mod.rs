@@ -26,6 +26,7 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use self::superblock::{FsType, Superblock};
+use crate::host::{Host, RegistryError};
 
 /// The label of the state disk.
 pub const STATE_LABEL: &str = "buildos.state";
@@ -461,10 +462,14 @@ impl fmt::Display for StorageError {
 impl std::error::Error for StorageError {}
 
 /// Finds, checks and mounts the host's disks; see the module documentation.
-pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, StorageError> {
+pub fn setup(
+    host: &dyn Host,
+    config: &Config,
+    env: &Environment,
+) -> Result<StorageReport, StorageError> {
     let started = Instant::now();
     let bound = Duration::from_secs(u64::from(config.storage_wait));
-    let mut kernel = Kernel::new();
+    let mut kernel = Kernel::new(host);
     let mut scanner = Scanner {
         hung: Vec::new(),
         warnings: Vec::new(),
@@ -514,7 +519,7 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         let Some(fs) = filesystems.first() else {
             continue;
         };
-        match mount(env, role, fs) {
+        match mount(host, env, role, fs) {
             Ok(m) => mounted.push(m),
             Err(problem) => problems.push(problem),
         }
@@ -523,7 +528,7 @@ pub fn setup(config: &Config, env: &Environment) -> Result<StorageReport, Storag
         // All or nothing, like the checks: the shell starts with no half-made storage.
         for m in mounted.iter().rev() {
             let target = env.root.join(m.mount_point.trim_start_matches('/'));
-            let _ = nix::mount::umount(&target);
+            let _ = host.umount(&target);
         }
         return Err(StorageError {
             problems,
@@ -679,32 +684,20 @@ fn sysfs_size(entry: &Path) -> Option<u64> {
     Some(sectors * 512)
 }
 
-/// The kernel's btrfs device registry, reached through /dev/btrfs-control.
-struct Kernel {
-    control: Result<File, String>,
+/// The kernel's btrfs device registry, reached through the host.
+struct Kernel<'h> {
+    host: &'h dyn Host,
     registered: Vec<PathBuf>,
     warnings: Vec<String>,
 }
 
-impl Kernel {
-    fn new() -> Self {
+impl<'h> Kernel<'h> {
+    fn new(host: &'h dyn Host) -> Self {
         Kernel {
-            control: Err(String::new()),
+            host,
             registered: Vec::new(),
             warnings: Vec::new(),
         }
-    }
-
-    fn control(&mut self) -> Result<&File, String> {
-        if self.control.is_err() {
-            self.control = buildos_ioctl::open_btrfs_control().map_err(|error| {
-                format!(
-                    "cannot open {}: {error} (is the btrfs module loaded?)",
-                    buildos_ioctl::BTRFS_CONTROL
-                )
-            });
-        }
-        self.control.as_ref().map_err(String::clone)
     }
 
     /// Registers a btrfs device once.
@@ -712,10 +705,7 @@ impl Kernel {
         if self.registered.iter().any(|d| d == device) {
             return;
         }
-        let result = self
-            .control()
-            .and_then(|c| buildos_ioctl::btrfs_scan_dev(c, device).map_err(|e| e.to_string()));
-        match result {
+        match self.host.btrfs_register(device) {
             Ok(()) => self.registered.push(device.to_owned()),
             Err(error) => {
                 let line = format!("cannot register btrfs device {}: {error}", device.display());
@@ -743,9 +733,12 @@ impl Kernel {
 
     /// Whether the kernel knows every device of the filesystem `device` belongs to.
     fn ready(&mut self, device: &Path) -> Result<bool, String> {
-        let control = self.control()?;
-        buildos_ioctl::btrfs_devices_ready(control, device)
-            .map_err(|error| format!("the kernel cannot tell ({error})"))
+        self.host
+            .btrfs_devices_ready(device)
+            .map_err(|error| match error {
+                RegistryError::Control(_) => error.to_string(),
+                RegistryError::Call(error) => format!("the kernel cannot tell ({error})"),
+            })
     }
 }
 
@@ -901,16 +894,22 @@ impl Found {
     }
 }
 
-fn mount(env: &Environment, role: &Role, fs: &Filesystem) -> Result<Mounted, Problem> {
+fn mount(
+    host: &dyn Host,
+    env: &Environment,
+    role: &Role,
+    fs: &Filesystem,
+) -> Result<Mounted, Problem> {
     let mount_point = role.mount_point();
     let target = env.root.join(mount_point.trim_start_matches('/'));
-    std::fs::create_dir_all(&target).map_err(|error| Problem::CreateMountPoint {
-        path: target.clone(),
-        error,
-    })?;
+    host.create_dir_all(&target)
+        .map_err(|error| Problem::CreateMountPoint {
+            path: target.clone(),
+            error,
+        })?;
     // Any device of a btrfs filesystem mounts all of it once the kernel knows them all.
     let device = fs.device();
-    nix::mount::mount(
+    host.mount(
         Some(device),
         &target,
         Some(fs.fs_type.driver()),
@@ -988,7 +987,211 @@ fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+
     use super::*;
+    use crate::host::Recording;
+
+    /// Disks as files in a scratch directory: `dev/<name>` holds a superblock, `sys/<name>`
+    /// is its sysfs entry; mounts go to the recording host under `root`.
+    struct Disks {
+        dir: tempfile::TempDir,
+    }
+
+    impl Disks {
+        fn new() -> Disks {
+            let dir = tempfile::tempdir().unwrap();
+            for sub in ["dev", "sys", "root"] {
+                std::fs::create_dir(dir.path().join(sub)).unwrap();
+            }
+            Disks { dir }
+        }
+
+        fn add(&self, name: &str, bytes: Vec<u8>) -> PathBuf {
+            std::fs::create_dir(self.dir.path().join("sys").join(name)).unwrap();
+            let path = self.dir.path().join("dev").join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::canonicalize(path).unwrap()
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+
+        fn setup(&self, host: &Recording) -> Result<StorageReport, StorageError> {
+            let config = Config {
+                storage_wait: 0,
+                ..Config::default()
+            };
+            let quiet = |_: &str| {};
+            let env = Environment {
+                sys_block: self.dir.path().join("sys"),
+                dev: self.dir.path().join("dev"),
+                root: self.root(),
+                poll: Duration::from_millis(10),
+                read_bound: Duration::from_secs(5),
+                log: &quiet,
+            };
+            setup(host, &config, &env)
+        }
+    }
+
+    fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+        buf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn ext4(label: &str, uuid: u8) -> Vec<u8> {
+        let mut buf = vec![0u8; superblock::PROBE_LEN];
+        let sb = 1024;
+        put(&mut buf, sb + 0x38, &0xEF53u16.to_le_bytes());
+        put(&mut buf, sb + 0x60, &0x40u32.to_le_bytes());
+        put(&mut buf, sb + 0x68, &[uuid; 16]);
+        put(&mut buf, sb + 0x78, label.as_bytes());
+        buf
+    }
+
+    fn btrfs(label: &str, uuid: u8, num_devices: u64, devid: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; superblock::PROBE_LEN];
+        let sb = 0x1_0000;
+        put(&mut buf, sb + 0x20, &[uuid; 16]);
+        put(&mut buf, sb + 0x40, b"_BHRfS_M");
+        put(&mut buf, sb + 0x88, &num_devices.to_le_bytes());
+        put(&mut buf, sb + 0xc9, &devid.to_le_bytes());
+        put(&mut buf, sb + 0x12b, label.as_bytes());
+        buf
+    }
+
+    fn problems(error: &StorageError) -> Vec<String> {
+        error.problems.iter().map(Problem::to_string).collect()
+    }
+
+    #[test]
+    fn disks_by_label_mount_state_and_machines_nosuid_nodev_through_the_host() {
+        let disks = Disks::new();
+        let state = disks.add("vda", ext4("buildos.state", 1));
+        let machines = disks.add("vdb", btrfs("buildos.machines", 2, 1, 1));
+        let host = Recording::new();
+        let report = disks.setup(&host).unwrap();
+        let root = disks.root();
+        assert_eq!(
+            host.calls_of("mount"),
+            [
+                format!(
+                    "mount ext4 {} on {} MS_NOATIME",
+                    state.display(),
+                    root.join("state").display()
+                ),
+                format!(
+                    "mount btrfs {} on {} MS_NOSUID|MS_NODEV|MS_NOATIME user_subvol_rm_allowed",
+                    machines.display(),
+                    root.join("build/machines/default").display()
+                ),
+            ]
+        );
+        assert_eq!(
+            host.calls_of("btrfs_register"),
+            [format!("btrfs_register {}", machines.display())]
+        );
+        assert_eq!(report.mounted.len(), 2);
+        let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+        assert!(
+            fstab.contains("LABEL=buildos.state\t/state\text4"),
+            "{fstab}"
+        );
+    }
+
+    #[test]
+    fn missing_state_disk_is_an_error_with_the_mkfs_advice_and_nothing_is_mounted() {
+        let disks = Disks::new();
+        disks.add("vda", btrfs("buildos.machines", 2, 1, 1));
+        let host = Recording::new();
+        let error = disks.setup(&host).unwrap_err();
+        assert_eq!(
+            problems(&error),
+            [Problem::MissingState { waited: 0 }.to_string()]
+        );
+        assert!(
+            error.to_string().contains("mkfs.ext4 -L buildos.state"),
+            "{error}"
+        );
+        assert!(host.calls_of("mount").is_empty(), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn no_machines_disk_at_all_is_an_error_with_the_btrfs_advice() {
+        let disks = Disks::new();
+        disks.add("vda", ext4("buildos.state", 1));
+        let host = Recording::new();
+        let error = disks.setup(&host).unwrap_err();
+        assert_eq!(
+            problems(&error),
+            [Problem::MissingMachines { waited: 0 }.to_string()]
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("mkfs.btrfs -L buildos.machines -m single /dev/sdX"),
+            "{error}"
+        );
+        assert!(host.calls_of("mount").is_empty(), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn duplicate_labels_are_an_error_naming_both_devices_and_nothing_is_mounted() {
+        let disks = Disks::new();
+        let a = disks.add("vda", ext4("buildos.state", 1));
+        let b = disks.add("vdb", ext4("buildos.state", 3));
+        disks.add("vdc", btrfs("buildos.machines", 2, 1, 1));
+        let host = Recording::new();
+        let error = disks.setup(&host).unwrap_err();
+        let problems = problems(&error);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("2 filesystems labeled buildos.state would all be mounted on /state")
+                && problems[0].contains(&a.display().to_string())
+                && problems[0].contains(&b.display().to_string()),
+            "{problems:?}"
+        );
+        assert!(host.calls_of("mount").is_empty(), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn btrfs_the_kernel_has_not_all_devices_of_is_an_error_naming_label_uuid_and_count() {
+        let disks = Disks::new();
+        disks.add("vda", ext4("buildos.state", 1));
+        let first = disks.add("vdb", btrfs("buildos.machines", 2, 2, 1));
+        let host = Recording::new();
+        host.not_ready(&first);
+        let error = disks.setup(&host).unwrap_err();
+        let problems = problems(&error);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("labeled buildos.machines (uuid")
+                && problems[0].contains("has 1 of its 2 devices"),
+            "{problems:?}"
+        );
+        assert!(host.calls_of("mount").is_empty(), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn a_mount_the_kernel_refuses_undoes_the_mounts_before_it() {
+        let disks = Disks::new();
+        disks.add("vda", ext4("buildos.state", 1));
+        disks.add("vdb", btrfs("buildos.machines", 2, 1, 1));
+        let host = Recording::new();
+        host.fail("mount btrfs", Errno::EINVAL);
+        let error = disks.setup(&host).unwrap_err();
+        let problems = problems(&error);
+        assert!(
+            problems.len() == 1 && problems[0].contains("Invalid argument"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            host.calls_of("umount"),
+            [format!("umount {}", disks.root().join("state").display())]
+        );
+    }
 
     #[test]
     fn labels_give_roles_and_mount_points() {
@@ -1037,17 +1240,14 @@ mod tests {
                 size: Some(1 << 40),
             },
         ];
-        let text = fstab(&mounted);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            lines,
-            [
-                "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
-                 noatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
-            ]
-        );
-        assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
+        expect![[r#"
+            # Written by buildos-init at boot from the disks' labels; changes are lost at reboot.
+            # <file system>	<mount point>	<type>	<options>	<dump>	<pass>
+            # /dev/sdc uuid u1
+            LABEL=buildos.state	/state	ext4	noatime	0	0
+            # /dev/sda, /dev/sdb uuid u2
+            LABEL=buildos.machines	/build/machines/default	btrfs	noatime,nosuid,nodev,user_subvol_rm_allowed	0	0
+        "#]].assert_eq(&fstab(&mounted));
     }
 
     #[test]

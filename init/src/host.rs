@@ -1,0 +1,364 @@
+//! The system calls init makes that change the machine, behind one trait: [`Linux`] makes
+//! them, [`Recording`] writes them down and answers as a test tells it to. Every decision
+//! boot makes before or after such a call (which mounts, which disks, what a failure means)
+//! can so be tested on the host in milliseconds, without root.
+//!
+//! Reading files, netlink and DHCP stay outside: tests point those at their own directories
+//! and network namespaces.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use nix::unistd::Pid;
+
+/// What ends a host's life: a reboot or a power-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Reboot,
+    Poweroff,
+}
+
+/// The kernel as init uses it. `Send + Sync`: module loading calls it from several threads.
+pub trait Host: Send + Sync {
+    /// Creates a directory and its parents (a mount point, a home).
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// mount(2).
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    /// umount(2).
+    fn umount(&self, target: &Path) -> nix::Result<()>;
+    /// finit_module(2) on a module file with no parameters.
+    fn load_module(&self, module: &File) -> nix::Result<()>;
+    /// Registers a btrfs device with the kernel's registry (`BTRFS_IOC_SCAN_DEV`).
+    fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError>;
+    /// Whether the kernel knows every device of the btrfs `device` belongs to.
+    fn btrfs_devices_ready(&self, device: &Path) -> Result<bool, RegistryError>;
+    /// sethostname(2).
+    fn sethostname(&self, name: &str) -> nix::Result<()>;
+    /// chown(2) by numeric ids.
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()>;
+    /// chmod(2), the permission bits of `mode`.
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Starts a child and returns its pid; init reaps it.
+    fn spawn(&self, command: &mut Command) -> io::Result<Pid>;
+    /// chdir(2): init's own working directory.
+    fn chdir(&self, path: &Path) -> nix::Result<()>;
+    /// chroot(2): init's root, which every process it starts inherits.
+    fn chroot(&self, path: &Path) -> nix::Result<()>;
+    /// rmdir(2).
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// reboot(2): returns only when the kernel refused, with why.
+    fn reboot(&self, kind: Shutdown) -> Errno;
+}
+
+/// Why the kernel's btrfs registry could not answer.
+#[derive(Debug)]
+pub enum RegistryError {
+    /// `/dev/btrfs-control` could not be opened.
+    Control(io::Error),
+    /// The ioctl failed.
+    Call(io::Error),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::Control(error) => write!(
+                f,
+                "cannot open {}: {error} (is the btrfs module loaded?)",
+                buildos_ioctl::BTRFS_CONTROL
+            ),
+            RegistryError::Call(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+/// The running kernel.
+pub struct Linux;
+
+impl Host for Linux {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount(&self, target: &Path) -> nix::Result<()> {
+        nix::mount::umount(target)
+    }
+
+    fn load_module(&self, module: &File) -> nix::Result<()> {
+        nix::kmod::finit_module(module, c"", nix::kmod::ModuleInitFlags::empty())
+    }
+
+    fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError> {
+        let control = buildos_ioctl::open_btrfs_control().map_err(RegistryError::Control)?;
+        buildos_ioctl::btrfs_scan_dev(&control, device).map_err(RegistryError::Call)
+    }
+
+    fn btrfs_devices_ready(&self, device: &Path) -> Result<bool, RegistryError> {
+        let control = buildos_ioctl::open_btrfs_control().map_err(RegistryError::Control)?;
+        buildos_ioctl::btrfs_devices_ready(&control, device).map_err(RegistryError::Call)
+    }
+
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    fn spawn(&self, command: &mut Command) -> io::Result<Pid> {
+        let child = command.spawn()?;
+        Ok(Pid::from_raw(child.id() as i32))
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn chroot(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chroot(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    fn reboot(&self, kind: Shutdown) -> Errno {
+        let mode = match kind {
+            Shutdown::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+            Shutdown::Poweroff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+        };
+        let Err(errno) = nix::sys::reboot::reboot(mode);
+        errno
+    }
+}
+
+/// A host for tests: every call becomes one line in [`Recording::calls`] (`mount ext4
+/// /dev/vda on /state noatime`, `chown /build 0:0`, ...) and succeeds, unless a failure was
+/// asked for with [`Recording::fail`]. btrfs devices are ready unless [`Recording::not_ready`]
+/// named them. Nothing on the machine changes.
+#[derive(Default)]
+pub struct Recording {
+    calls: Mutex<Vec<String>>,
+    failures: Mutex<Vec<(String, Errno)>>,
+    not_ready: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    pub fn new() -> Recording {
+        Recording::default()
+    }
+
+    /// Makes every call whose line starts with `prefix` fail with `errno` (its line is still
+    /// recorded).
+    pub fn fail(&self, prefix: &str, errno: Errno) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.push((prefix.to_owned(), errno));
+        }
+    }
+
+    /// Makes the kernel say the btrfs filesystem of `device` still misses devices.
+    pub fn not_ready(&self, device: &Path) {
+        if let Ok(mut not_ready) = self.not_ready.lock() {
+            not_ready.push(device.display().to_string());
+        }
+    }
+
+    /// The calls so far, one line each, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The calls so far that start with `prefix`.
+    pub fn calls_of(&self, prefix: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with(prefix))
+            .collect()
+    }
+
+    fn record(&self, line: String) -> Result<(), Errno> {
+        let failure = self.failures.lock().ok().and_then(|failures| {
+            failures
+                .iter()
+                .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, errno)| *errno)
+        });
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(line);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+fn shown(path: Option<&Path>) -> String {
+    path.map_or("none".to_owned(), |p| p.display().to_string())
+}
+
+impl Host for Recording {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.record(format!("mkdir {}", path.display()))
+            .map_err(io::Error::from)
+    }
+
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        let mut line = format!(
+            "mount {} {} on {}",
+            fstype.unwrap_or("none"),
+            shown(source),
+            target.display()
+        );
+        let names: Vec<String> = flags.iter_names().map(|(n, _)| n.to_owned()).collect();
+        if !names.is_empty() {
+            line.push_str(&format!(" {}", names.join("|")));
+        }
+        if let Some(data) = data {
+            line.push_str(&format!(" {data}"));
+        }
+        self.record(line)
+    }
+
+    fn umount(&self, target: &Path) -> nix::Result<()> {
+        self.record(format!("umount {}", target.display()))
+    }
+
+    fn load_module(&self, _module: &File) -> nix::Result<()> {
+        self.record("load_module".to_owned())
+    }
+
+    fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError> {
+        self.record(format!("btrfs_register {}", device.display()))
+            .map_err(|errno| RegistryError::Call(errno.into()))
+    }
+
+    fn btrfs_devices_ready(&self, device: &Path) -> Result<bool, RegistryError> {
+        self.record(format!("btrfs_devices_ready {}", device.display()))
+            .map_err(|errno| RegistryError::Call(errno.into()))?;
+        let shown = device.display().to_string();
+        Ok(!self
+            .not_ready
+            .lock()
+            .map(|n| n.contains(&shown))
+            .unwrap_or(false))
+    }
+
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        self.record(format!("sethostname {name}"))
+    }
+
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> nix::Result<()> {
+        self.record(format!("chown {} {uid}:{gid}", path.display()))
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.record(format!("chmod {} {mode:04o}", path.display()))
+            .map_err(io::Error::from)
+    }
+
+    fn spawn(&self, command: &mut Command) -> io::Result<Pid> {
+        let mut line = format!("spawn {}", command.get_program().to_string_lossy());
+        for arg in command.get_args() {
+            line.push(' ');
+            line.push_str(&arg.to_string_lossy());
+        }
+        self.record(line).map_err(io::Error::from)?;
+        // A pid that is no process of this test: nothing will ever be reaped for it.
+        Ok(Pid::from_raw(i32::MAX))
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        self.record(format!("chdir {}", path.display()))
+    }
+
+    fn chroot(&self, path: &Path) -> nix::Result<()> {
+        self.record(format!("chroot {}", path.display()))
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.record(format!("rmdir {}", path.display()))
+            .map_err(io::Error::from)
+    }
+
+    fn reboot(&self, kind: Shutdown) -> Errno {
+        let verb = match kind {
+            Shutdown::Reboot => "reboot",
+            Shutdown::Poweroff => "poweroff",
+        };
+        // Recorded, and said not to have happened: the test goes on.
+        self.record(verb.to_owned()).err().unwrap_or(Errno::ENOSYS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recording_host_writes_each_call_down_and_fails_those_it_was_told_to() {
+        let host = Recording::new();
+        host.fail("umount /busy", Errno::EBUSY);
+        assert_eq!(
+            host.mount(
+                Some(Path::new("/dev/vda")),
+                Path::new("/state"),
+                Some("ext4"),
+                MsFlags::MS_NOATIME,
+                None,
+            ),
+            Ok(())
+        );
+        assert_eq!(host.umount(Path::new("/busy")), Err(Errno::EBUSY));
+        assert_eq!(host.chown(Path::new("/build"), 0, 0), Ok(()));
+        assert_eq!(host.reboot(Shutdown::Poweroff), Errno::ENOSYS);
+        assert_eq!(
+            host.calls(),
+            [
+                "mount ext4 /dev/vda on /state MS_NOATIME",
+                "umount /busy",
+                "chown /build 0:0",
+                "poweroff"
+            ]
+        );
+    }
+}
