@@ -49,6 +49,10 @@ pub struct Config {
     pub ntp_servers: Vec<String>,
     /// `buildos.poll_interval`, seconds, default 300.
     pub poll_interval: u32,
+    /// Every `buildos.register_url`, in order.
+    pub register_urls: Vec<String>,
+    /// `buildos.register_interval`, seconds, default 600.
+    pub register_interval: u32,
     /// `buildos.agent_grace`, seconds, default 30.
     pub agent_grace: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
@@ -84,6 +88,8 @@ impl Default for Config {
             dhcp_wait: 15,
             ntp_servers: Vec::new(),
             poll_interval: 300,
+            register_urls: Vec::new(),
+            register_interval: 600,
             agent_grace: 30,
             br1_address: DEFAULT_BR1,
             tunnel: None,
@@ -130,6 +136,22 @@ impl Toolchain {
     /// What the toolchain's `trust` file holds: the fingerprint, or `no`.
     pub fn trust_file(&self) -> &str {
         self.trust.as_deref().unwrap_or("no")
+    }
+}
+
+/// `url` with the password of its `user:password@` replaced by `***`, as the monitor shows it.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
     }
 }
 
@@ -196,6 +218,16 @@ pub fn describe(config: &Config) -> Vec<String> {
                 continue;
             }
             ParamId::PollInterval => format!("{} s", config.poll_interval),
+            ParamId::RegisterUrl => {
+                if config.register_urls.is_empty() {
+                    lines.push(format!("{name}: none (the host registers nowhere)"));
+                }
+                for url in &config.register_urls {
+                    lines.push(format!("{name}: {}", redact_password(url)));
+                }
+                continue;
+            }
+            ParamId::RegisterInterval => format!("{} s", config.register_interval),
             ParamId::AgentGrace => format!("{} s", config.agent_grace),
             ParamId::OnFailure => config.on_failure.to_string(),
             ParamId::Tunnel => config
@@ -321,6 +353,8 @@ mod tests {
             "dhcp_wait: 15 s",
             "ntp_server: from DHCP, else Debian's pool",
             "poll_interval: 300 s",
+            "register_url: none (the host registers nowhere)",
+            "register_interval: 600 s",
             "agent_grace: 30 s",
             "on_failure: shell",
             "tunnel: none",
@@ -329,6 +363,26 @@ mod tests {
         ];
         assert_eq!(describe(&Config::default()), expect);
         assert_eq!(Config::default().to_string(), expect.join("\n") + "\n");
+    }
+
+    #[test]
+    fn describe_shows_register_urls_without_their_password() {
+        let config = Config {
+            register_urls: vec![
+                "https://farm:s3cret@hub.example.org/hosts?x=1".into(),
+                "http://10.0.0.1:8080/".into(),
+            ],
+            register_interval: 60,
+            ..Config::default()
+        };
+        let lines = describe(&config);
+        assert!(
+            lines.contains(&"register_url: https://farm:***@hub.example.org/hosts?x=1".to_string()),
+            "{lines:?}"
+        );
+        assert!(lines.contains(&"register_url: http://10.0.0.1:8080/".to_string()));
+        assert!(lines.contains(&"register_interval: 60 s".to_string()));
+        assert!(!lines.join("\n").contains("s3cret"));
     }
 
     #[test]

@@ -386,6 +386,10 @@ impl Parser {
                 config.ntp_servers.push(value.to_string());
             }
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
+            ParamId::RegisterUrl => config
+                .register_urls
+                .push(checked(value, |v| url_ok(v, &["http", "https"]))?),
+            ParamId::RegisterInterval => config.register_interval = seconds(value, 10, 86400)?,
             ParamId::AgentGrace => config.agent_grace = seconds(value, 1, 3600)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
             ParamId::Tunnel => config.tunnel = Some(crate::values::Tunnel::parse(value)?),
@@ -747,6 +751,36 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
         );
         assert_eq!(config.toolchains.len(), 1);
         assert_eq!(toolchain(&config, "default").nice, 2);
+    }
+
+    #[test]
+    fn parse_register_urls_repeat_and_a_bad_one_is_named() {
+        let parsed = parse(
+            "buildos.register_url=https://hub.example.org/hosts \
+             buildos.register_url=http://10.0.0.5:8080/register \
+             buildos.register_url=tftp://hub/x buildos.register_interval=9",
+        );
+        let shown: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "buildos.register_url=tftp://hub/x: expected an http:// or https:// URL with a host",
+                "buildos.register_interval=9: expected a whole number of seconds from 10 to 86400",
+            ]
+        );
+        assert_eq!(
+            parsed.config.register_urls,
+            [
+                "https://hub.example.org/hosts",
+                "http://10.0.0.5:8080/register"
+            ]
+        );
+        assert_eq!(
+            parsed.config.register_interval, 600,
+            "a bad value keeps the default"
+        );
+        let parsed = parse("buildos.register_interval=60");
+        assert_eq!(parsed.config.register_interval, 60);
     }
 
     #[test]

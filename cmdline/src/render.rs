@@ -96,6 +96,11 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.poll_interval != defaults.poll_interval,
             config.poll_interval.to_string(),
         ),
+        ParamId::RegisterUrl => config.register_urls.clone(),
+        ParamId::RegisterInterval => changed(
+            config.register_interval != defaults.register_interval,
+            config.register_interval.to_string(),
+        ),
         ParamId::AgentGrace => changed(
             config.agent_grace != defaults.agent_grace,
             config.agent_grace.to_string(),

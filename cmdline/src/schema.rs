@@ -42,6 +42,8 @@ pub enum ParamId {
     DhcpWait,
     NtpServer,
     PollInterval,
+    RegisterUrl,
+    RegisterInterval,
     AgentGrace,
     OnFailure,
     Tunnel,
@@ -429,6 +431,35 @@ the problem line names the servers tried and the clock's value.",
         origin: Origin::Buildos,
     },
     Param {
+        id: ParamId::RegisterUrl,
+        name: "buildos.register_url",
+        value: "<url>",
+        per_toolchain: false,
+        repeatable: true,
+        expected: "an http:// or https:// URL with a host",
+        default: None,
+        example: "https://hub.example.org/hosts",
+        doc: "A hub the monitor registers this host with: it POSTs the host's record \
+(`/run/buildos/host.json`, docs/farm.md) as JSON at boot, whenever the record changes, and \
+every `buildos.register_interval`; repeat it for more hubs. A hub that is down is tried again \
+with back-off and is mailed to the admin once, never holding up boot or the agents. A password \
+in the URL is shown as `***`.",
+        origin: Origin::Buildos,
+    },
+    Param {
+        id: ParamId::RegisterInterval,
+        name: "buildos.register_interval",
+        value: "<seconds>",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "a whole number of seconds from 10 to 86400",
+        default: Some("600"),
+        example: "300",
+        doc: "How often, in seconds, the monitor registers the host again with every \
+`buildos.register_url` when nothing changed, so that a hub that lost its list learns it back.",
+        origin: Origin::Buildos,
+    },
+    Param {
         id: ParamId::AgentGrace,
         name: "buildos.agent_grace",
         value: "<seconds>",
@@ -569,7 +600,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 28);
+        assert_eq!(PARAMS.len(), 30);
     }
 
     #[test]

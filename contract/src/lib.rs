@@ -123,6 +123,12 @@ pub mod run {
     pub const NETWORK: &str = "network";
     /// The monitor's status, JSON; `buildos-monitor status` reads it.
     pub const MONITOR_STATUS: &str = "monitor.json";
+    /// How the host booted, `key=value` lines (`firmware=bios|uefi`, `secure_boot=`), written
+    /// by init at ready; the monitor puts it in the host record.
+    pub const FIRMWARE: &str = "firmware";
+    /// The host record, JSON (docs/host-record.schema.json), written by the monitor;
+    /// `buildos-monitor status --host` prints it and registration POSTs it.
+    pub const HOST_RECORD: &str = "host.json";
     /// Agent and bootstrap logs (monitor), `<toolchain>-<instance>.log` each.
     pub const AGENT_LOGS: &str = "agents";
     /// Service logs (init's supervisor), `<name>.log` each.

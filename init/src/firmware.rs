@@ -40,6 +40,26 @@ impl fmt::Display for BootMode {
     }
 }
 
+impl BootMode {
+    /// What `/run/buildos/firmware` (`buildos_contract::run::FIRMWARE`) holds, for the
+    /// monitor's host record (which runs after ready and reads no boot parameters itself):
+    /// `firmware=bios` or `firmware=uefi`, then for UEFI `secure_boot=on`, `off` or `unknown`,
+    /// one per line.
+    pub fn file_text(&self) -> String {
+        match self {
+            BootMode::Bios => "firmware=bios\n".to_string(),
+            BootMode::Uefi { secure_boot } => format!(
+                "firmware=uefi\nsecure_boot={}\n",
+                match secure_boot {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "unknown",
+                }
+            ),
+        }
+    }
+}
+
 /// Secure Boot's state from the bytes of `/sys/kernel/boot_params/data`: the kernel's
 /// `efi_secureboot_mode` (0 unset, 1 unknown, 2 disabled, 3 enabled).
 pub fn secure_boot(boot_params: &[u8]) -> Option<bool> {
@@ -69,6 +89,15 @@ mod tests {
         let mut data = vec![0u8; 4096];
         data[SECURE_BOOT_OFFSET] = secure_boot;
         data
+    }
+
+    #[test]
+    fn file_text_says_firmware_and_secure_boot() {
+        assert_eq!(BootMode::Bios.file_text(), "firmware=bios\n");
+        let uefi = |secure_boot| BootMode::Uefi { secure_boot }.file_text();
+        assert_eq!(uefi(Some(true)), "firmware=uefi\nsecure_boot=on\n");
+        assert_eq!(uefi(Some(false)), "firmware=uefi\nsecure_boot=off\n");
+        assert_eq!(uefi(None), "firmware=uefi\nsecure_boot=unknown\n");
     }
 
     #[test]

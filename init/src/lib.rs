@@ -177,7 +177,7 @@ fn serve(host: &Arc<dyn Host>, boot: &mut Boot) -> ! {
             .clock
             .ready_line(&mode.to_string(), boot.problems.len()),
     );
-    write_report(&boot.problems);
+    write_report(&boot.problems, &mode);
     let shell = debug_shell(host.as_ref(), &boot.config);
     lifecycle::serve(host.as_ref(), shell, &mut boot.services)
 }
@@ -448,8 +448,9 @@ fn step_clock(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     )
 }
 
-/// /run/buildos/problems (one per line) and /run/buildos/boot.log (init's lines so far).
-fn write_report(problems: &[String]) {
+/// /run/buildos/problems (one per line), /run/buildos/boot.log (init's lines so far) and
+/// /run/buildos/firmware (how the host booted, for the monitor's host record).
+fn write_report(problems: &[String], mode: &firmware::BootMode) {
     let dir = std::path::Path::new(RUN_DIR);
     let problems: String = problems.iter().map(|p| format!("{p}\n")).collect();
     let log: String = console::take_boot_log()
@@ -458,7 +459,8 @@ fn write_report(problems: &[String]) {
         .collect();
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(dir.join(contract::run::PROBLEMS), problems))
-        .and_then(|()| std::fs::write(dir.join(contract::run::BOOT_LOG), log));
+        .and_then(|()| std::fs::write(dir.join(contract::run::BOOT_LOG), log))
+        .and_then(|()| std::fs::write(dir.join(contract::run::FIRMWARE), mode.file_text()));
     if let Err(error) = written {
         console::warn(&format!(
             "cannot write the boot report in {RUN_DIR}: {error}"

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::paths::Paths;
+use crate::record::{self, Record};
 use crate::status::Status;
 use crate::{agents, checksums, console, daemon, fetch, sendmail};
 
@@ -12,6 +13,9 @@ const USAGE: &str = "usage:
   buildos-monitor [run]        run the monitor (init starts it at boot)
   buildos-monitor status [--json]
                                what the monitor is doing, from /run/buildos/monitor.json
+  buildos-monitor status --host | --nix-machine | --guix-machine
+                               the host record, /run/buildos/host.json, or the host's
+                               line for a Nix machines file or Guix build-machine entry
   buildos-monitor fetch <url> <sha256 or sha512 hash> <file>
                                download and verify one file as toolchains are
   buildos-monitor sendmail [-t] [-i] [-f from] [recipient...]
@@ -76,7 +80,21 @@ pub fn main(args: &[String]) -> u8 {
         }
         Some("fetch") => fetch(rest),
         Some("secret") => secret(rest),
-        Some("status") => status(rest.iter().any(|a| a == "--json")),
+        Some("status") => match rest {
+            [] => status(false),
+            [flag] if flag == "--json" => status(true),
+            [flag] if flag == "--host" || flag == "--nix-machine" || flag == "--guix-machine" => {
+                host(flag)
+            }
+            _ => {
+                eprintln!(
+                    "buildos-monitor status: {:?}: expected nothing, --json, --host, \
+                     --nix-machine or --guix-machine\n{USAGE}",
+                    rest.join(" ")
+                );
+                64
+            }
+        },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             0
@@ -178,6 +196,33 @@ fn status(json: bool) -> u8 {
             1
         }
     }
+}
+
+/// The host record (`--host`), or the Nix or Guix machine line made from it.
+fn host(flag: &str) -> u8 {
+    let path = Paths::from_env().run.join(record::FILE);
+    let record = match Record::read(&path) {
+        Ok(record) => record,
+        Err(e) => {
+            eprintln!(
+                "buildos-monitor status: cannot read {}: {e}; is the monitor running?",
+                path.display()
+            );
+            return 1;
+        }
+    };
+    match flag {
+        "--nix-machine" => println!("{}", record.nix_machine()),
+        "--guix-machine" => print!("{}", record.guix_machine()),
+        _ => match serde_json::to_string_pretty(&record) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("buildos-monitor status: {e}");
+                return 1;
+            }
+        },
+    }
+    0
 }
 
 /// Log lines on standard error, which init keeps with the service's output.

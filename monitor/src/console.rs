@@ -85,6 +85,20 @@ pub fn polling(watches: &[Watch], interval: Duration) {
     }
 }
 
+/// A hub accepted the host record: the first time, or again after it was down.
+pub fn registered(url: &str, toolchains: usize, bytes: usize) {
+    say(&format!(
+        "registered with {url}: {toolchains} toolchain(s), {bytes} bytes"
+    ));
+}
+
+/// A hub refused or missed the record `failures` times in a row; said once per run of failures.
+pub fn hub_down(url: &str, failures: u32) {
+    say(&format!(
+        "cannot register with {url}: {failures} tries in a row failed; trying on (mail sent once)"
+    ));
+}
+
 /// A poll saw a change that calls for a reboot.
 pub fn change_seen(reason: &str) {
     say(&format!("change seen: {reason}"));

@@ -18,6 +18,7 @@ use crate::fetch::{self, Fetch, Retry};
 use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
+use crate::register::{self, Registrar};
 use crate::report::{self, HostUp, Report, ToolchainState};
 use crate::secrets;
 use crate::slices::{self, Host};
@@ -49,6 +50,8 @@ pub struct Options {
     pub host: Option<Host>,
     /// The first and the longest wait between tries of the mail relay.
     pub mail_delay: (Duration, Duration),
+    /// How the host record is kept and registered with the hubs.
+    pub register: register::Options,
     pub reboot: RebootAction,
 }
 
@@ -85,6 +88,7 @@ impl Options {
             agent_groups,
             host: None,
             mail_delay: (Duration::from_secs(10), Duration::from_secs(600)),
+            register: register::Options::default(),
             reboot: Box::new(|reason| {
                 console::rebooting(reason);
                 // init's convention (busybox's): SIGTERM to PID 1 reboots.
@@ -587,6 +591,8 @@ struct Running {
     toolchains: Vec<Toolchain>,
     watches: Vec<Watch>,
     incoming: Receiver<Event>,
+    /// Keeps the host record and registers it with the hubs.
+    registrar: Registrar,
     agents: Agents,
     sliced: Option<Sliced>,
 }
@@ -681,10 +687,19 @@ fn install(daemon: &Daemon) -> Running {
         let report = report::agent_dying(&spec.slice.toolchain, spec.slice.instance, deaths, last);
         lock(&mailer).send(&report);
     });
+    let hub_mailer = Mutex::new(daemon.mailer.clone());
+    let registrar = Registrar::start(
+        config,
+        &options.paths,
+        &daemon.host,
+        options.register.clone(),
+        Arc::new(move |report| lock(&hub_mailer).send(report)),
+    );
     Running {
         toolchains,
         watches,
         incoming,
+        registrar,
         agents: Agents {
             supervisors: Vec::new(),
             policy: options.policy.clone(),
@@ -873,6 +888,7 @@ impl Running {
         if let Err(e) = status.write(&path) {
             log::warn!("status {}: {e}", path.display());
         }
+        self.registrar.update(&status);
     }
 }
 

@@ -609,6 +609,60 @@ pub fn fetch(
     }
 }
 
+/// POSTs `body` as `application/json` to an `http://` or `https://` `url`, bounded by
+/// `timeout` for the whole request (connect, headers, the answer's first [`SMALL_MAX`]
+/// bytes); returns the HTTP status of a 2xx answer. Redirects are not followed: a POST
+/// answered with one is an error naming where it pointed, so nothing is sent where the URL did
+/// not say.
+pub fn post_json(url: &str, body: &[u8], timeout: Duration) -> Result<u16, FetchError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(FetchError::BadUrl {
+            url: redact(url),
+            expected: "an http:// or https:// URL".to_string(),
+        });
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(timeout)
+        .timeout(timeout)
+        .redirects(0)
+        .user_agent(concat!("buildos-monitor/", env!("CARGO_PKG_VERSION")))
+        .resolver(|target: &str| crate::resolve::resolve_host_port(target));
+    let agent = match TRUSTED.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        Some(config) => agent.tls_config(config),
+        None => agent,
+    }
+    .build();
+    let response = match agent
+        .post(url)
+        .set("Content-Type", "application/json")
+        .send_bytes(body)
+    {
+        Ok(response) => response,
+        Err(ureq::Error::Status(code, response)) => {
+            return Err(transfer(
+                url,
+                format!("HTTP {code} {}", response.status_text()),
+            ))
+        }
+        Err(e) => return Err(failed(url, e)),
+    };
+    let code = response.status();
+    if !(200..300).contains(&code) {
+        let to = response.header("Location").unwrap_or("nowhere").to_string();
+        return Err(transfer(
+            url,
+            format!(
+                "HTTP {code} {}: a redirect to {}; expected a 2xx answer at the URL itself",
+                response.status_text(),
+                redact(&to)
+            ),
+        ));
+    }
+    // Read (a bounded part of) the answer so the connection ends cleanly; its content is unused.
+    let _ = io::copy(&mut response.into_reader().take(SMALL_MAX), &mut io::sink());
+    Ok(code)
+}
+
 fn check_small(url: &str, bytes: &[u8], expected: Option<u64>) -> Result<(), FetchError> {
     if bytes.len() as u64 > SMALL_MAX {
         return Err(transfer(url, format!("larger than {SMALL_MAX} bytes")));

@@ -22,6 +22,8 @@ pub mod fetch;
 pub mod mail;
 pub mod paths;
 pub mod poll;
+pub mod record;
+pub mod register;
 pub mod report;
 pub mod secrets;
 pub use buildos_resolve as resolve;

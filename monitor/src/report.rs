@@ -156,6 +156,18 @@ pub fn fetch_failing(url: &str, failures: u32, error: &str) -> Report {
     }
 }
 
+/// A hub of `buildos.register_url` that stays down; mailed once per run of failures.
+pub fn hub_down(url: &str, failures: u32, error: &str) -> Report {
+    Report {
+        subject: format!("cannot register with {url}"),
+        body: format!(
+            "{failures} tries in a row to register this host with {url} failed; the host runs on \
+             and keeps trying with back-off. This mail is sent once until the hub accepts the \
+             record again.\nlast error: {error}\n"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

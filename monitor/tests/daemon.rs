@@ -16,9 +16,11 @@ use buildos_monitor::daemon::{self, Options};
 use buildos_monitor::fetch::{Memory, Network, Retry};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
+use buildos_monitor::record::Record;
+use buildos_monitor::register;
 use buildos_monitor::slices;
 use buildos_monitor::status::{Status, ToolchainState};
-use support::{free_port, sha256_hex, tar_gz, wait_for, HttpServer, Made, Smtp};
+use support::{free_port, sha256_hex, tar_gz, wait_for, wait_until, HttpServer, Made, Smtp};
 
 /// The build id the host runs, and a new one.
 const RUNNING: &str = "5e1b5c2b1e8e6b1f6d7e2c9a4b3a1f0e9d8c7b6a5f4e3d2c1b0a99887766554a";
@@ -370,6 +372,15 @@ fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
         agent_groups: Vec::new(),
         host: Some(slices::detect_host()),
         mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
+        register: register::Options {
+            timeout: Duration::from_secs(2),
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            report_after: 3,
+            facts_every: Duration::from_millis(200),
+            interval: Some(Duration::from_secs(1)),
+            ..register::Options::default()
+        },
         reboot: Box::new(move |reason| {
             let _ = rebooted.send(reason.to_string());
         }),
@@ -679,4 +690,198 @@ fn the_monitor_runs_its_steps_on_bytes_from_memory_and_reboots_for_a_new_toolcha
         served.requests()[..2],
         [url, "http://toolchains.example/agent/agent-1.0.tar.gz"]
     );
+}
+
+/// docs/host-record.schema.json, compiled.
+fn host_record_schema() -> jsonschema::Validator {
+    let text = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/host-record.schema.json"),
+    )
+    .unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+/// Asserts that `body` is a host record the schema accepts; returns it.
+fn valid_record(schema: &jsonschema::Validator, body: &[u8]) -> Record {
+    let value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?} in\n{value:#}");
+    serde_json::from_value(value).unwrap()
+}
+
+#[test]
+fn the_host_registers_its_record_at_start_again_when_a_toolchain_installs_and_at_the_interval() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    server.answer_under("hub/");
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.toolchain_url={} buildos.instances=1 buildos.ram_total=12 \
+             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org \
+             buildos.register_url={}",
+            server.url("agent/toolchain.sha256"),
+            smtp.port,
+            server.url("hub/hosts"),
+        ),
+    );
+    fs::write(
+        paths.run.join("firmware"),
+        "firmware=uefi\nsecure_boot=on\n",
+    )
+    .unwrap();
+    let (rebooted, _reboot) = mpsc::channel();
+    let options = quick_options(&paths, rebooted);
+    let cpus = options.host.as_ref().unwrap().cpus.len() as u32;
+    std::thread::spawn(move || daemon::run(options));
+    let schema = host_record_schema();
+
+    // At start, with the toolchain not yet published: a record that says so.
+    wait_for("a first registration", Duration::from_secs(60), || {
+        !server.posted("hub/hosts").is_empty()
+    });
+    let first = valid_record(&schema, &server.posted("hub/hosts")[0]);
+    assert_eq!(first.buildid, RUNNING);
+    assert_eq!(first.cpu.count, cpus);
+    assert_eq!(first.boot.firmware.as_deref(), Some("uefi"));
+    assert_eq!(first.boot.secure_boot, Some(true));
+    assert_eq!(first.toolchains.len(), 1);
+    assert_ne!(first.toolchains[0].state, "installed", "{first:?}");
+    assert_eq!(first.toolchains[0].instances, 1);
+
+    // Published: installed on a poll; the hub hears of it, with the agent's slice.
+    publish_agent(&server, "agent", &records);
+    let installed = wait_until(
+        "a record with the toolchain installed",
+        Duration::from_secs(60),
+        || {
+            server
+                .posted("hub/hosts")
+                .iter()
+                .map(|body| valid_record(&schema, body))
+                .find(|r| r.toolchains[0].state == "installed" && r.toolchains[0].slices.len() == 1)
+        },
+    );
+    assert_eq!(installed.toolchains[0].version.as_deref(), Some("1.0"));
+    assert_eq!(installed.toolchains[0].slices[0].instance, 1);
+    assert!(
+        installed
+            .agent_key
+            .as_ref()
+            .is_some_and(|k| k.fingerprint.starts_with("SHA256:")),
+        "{installed:?}"
+    );
+    wait_for("the agent to run", Duration::from_secs(30), || {
+        records.join("instance-1").exists()
+    });
+
+    // The file says the same, atomically replaced; `status --host` prints it, and the
+    // Nix and Guix lines come from it.
+    let file = Record::read(&paths.run.join("host.json")).unwrap();
+    assert!(file.same_as(&installed), "{file:?}\n{installed:?}");
+    let run = |flag: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_buildos-monitor"))
+            .args(["status", flag])
+            .env("BUILDOS_RUN", &paths.run)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let printed: Record = serde_json::from_str(&run("--host")).unwrap();
+    assert!(printed.same_as(&installed));
+    assert_eq!(run("--nix-machine").trim_end(), printed.nix_machine());
+    assert_eq!(run("--guix-machine"), printed.guix_machine());
+
+    // Nothing changes: the interval (1 s here) registers again all the same.
+    let count = server.posted("hub/hosts").len();
+    wait_for(
+        "a registration at the interval",
+        Duration::from_secs(30),
+        || server.posted("hub/hosts").len() >= count + 2,
+    );
+}
+
+#[test]
+fn a_hub_that_stays_down_is_mailed_once_and_holds_up_neither_agents_nor_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(&root.path().join("served"));
+    server.answer_under("hub/");
+    server.make("hub/down", Made::Status(503));
+    let records = root.path().join("records");
+    fs::create_dir_all(&records).unwrap();
+    publish_agent(&server, "agent", &records);
+    let smtp = Smtp::start(&root.path().join("smtp"), free_port());
+    // Credentials in the down hub's URL: nothing shown may carry the password.
+    let down = server
+        .url("hub/down")
+        .replace("http://", "http://farm:s3cret@");
+    let shown = server
+        .url("hub/down")
+        .replace("http://", "http://farm:***@");
+    let paths = monitor_paths(
+        root.path(),
+        &format!(
+            "buildos.toolchain_url={} buildos.instances=1 buildos.ram_total=12 \
+             buildos.smtp_relay=127.0.0.1:{} buildos.admin_email=admin@example.org \
+             buildos.register_url={down} buildos.register_url={}",
+            server.url("agent/toolchain.sha256"),
+            smtp.port,
+            server.url("hub/up"),
+        ),
+    );
+    let (rebooted, _reboot) = mpsc::channel();
+    std::thread::spawn(move || daemon::run(quick_options(&paths, rebooted)));
+
+    // The agent runs and the other hub has the record while the first answers 503.
+    wait_for("the agent to start", Duration::from_secs(60), || {
+        records.join("instance-1").exists()
+    });
+    wait_for(
+        "the other hub's registration",
+        Duration::from_secs(30),
+        || !server.posted("hub/up").is_empty(),
+    );
+    wait_for("the mail about the hub", Duration::from_secs(30), || {
+        smtp.received().iter().any(|m| {
+            m.subject()
+                .contains(&format!("cannot register with {shown}"))
+                && m.message.contains("HTTP 503")
+        })
+    });
+    // Tries go on with back-off (0.1 s doubling to 0.4 s here); still one mail.
+    let tries = |server: &HttpServer| {
+        server
+            .seen()
+            .iter()
+            .filter(|s| s.path == "hub/down" && s.method == "POST")
+            .count()
+    };
+    let seen = tries(&server);
+    wait_for("more tries", Duration::from_secs(30), || {
+        tries(&server) >= seen + 3
+    });
+    let about_hub = |smtp: &Smtp| {
+        smtp.received()
+            .into_iter()
+            .filter(|m| m.subject().contains("cannot register"))
+            .count()
+    };
+    assert_eq!(about_hub(&smtp), 1);
+    for mail in smtp.received() {
+        assert!(!mail.message.contains("s3cret"), "{}", mail.message);
+    }
+    // The hub comes back: it gets the record.
+    server.clear_faults();
+    wait_for(
+        "the hub back up to have the record",
+        Duration::from_secs(30),
+        || !server.posted("hub/down").is_empty(),
+    );
+    let schema = host_record_schema();
+    valid_record(&schema, &server.posted("hub/down")[0]);
+    assert_eq!(about_hub(&smtp), 1);
 }

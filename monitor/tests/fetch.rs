@@ -177,6 +177,43 @@ fn a_redirect_from_https_to_http_is_refused() {
 }
 
 #[test]
+fn a_post_is_bounded_and_never_follows_a_redirect() {
+    let served = tempfile::tempdir().unwrap();
+    let server = HttpServer::start(served.path());
+    server.answer_under("hub/");
+    assert_eq!(
+        fetch::post_json(
+            &server.url("hub/hosts"),
+            b"{\"a\":1}",
+            Duration::from_secs(5)
+        ),
+        Ok(200)
+    );
+    assert_eq!(server.posted("hub/hosts"), [b"{\"a\":1}".to_vec()]);
+
+    // A hub that redirects: an error naming where to, and nothing sent there.
+    server.make("hub/moved", Made::Redirect("/hub/elsewhere"));
+    let error = fetch::post_json(&server.url("hub/moved"), b"{}", Duration::from_secs(5))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("a redirect to /hub/elsewhere"), "{error}");
+    assert!(server.posted("hub/elsewhere").is_empty());
+
+    // A hub that takes the connection and never answers: the bound ends it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = format!("http://{}/hub", listener.local_addr().unwrap());
+    let started = Instant::now();
+    let error = fetch::post_json(&silent, b"{}", Duration::from_secs(1)).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+    assert!(matches!(error, FetchError::Transfer { .. }), "{error}");
+
+    assert!(matches!(
+        fetch::post_json("tftp://hub/x", b"{}", Duration::from_secs(1)),
+        Err(FetchError::BadUrl { .. })
+    ));
+}
+
+#[test]
 fn passwords_in_urls_are_not_shown_in_errors() {
     let port = support::free_port();
     let url = format!("http://ci:s3cret@127.0.0.1:{port}/toolchain.sha256");

@@ -169,6 +169,7 @@ fn guix_build_coordinator_agents_get_their_slice_uuid_and_password_file_from_sec
         agent_groups: Vec::new(),
         host: Some(slices::detect_host()),
         mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
+        register: buildos_monitor::register::Options::default(),
         reboot: Box::new(move |reason| {
             let _ = rebooted.send(reason.to_string());
         }),

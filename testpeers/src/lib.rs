@@ -14,7 +14,7 @@ pub mod tftp;
 pub mod tier;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -100,6 +100,10 @@ pub enum Made {
     Trickle { every: Duration },
     /// `len` zero bytes, with a Content-Length when `announced`, else ended by closing.
     Zeros { len: u64, announced: bool },
+    /// This status with an empty body (a hub that is down behind its proxy: 503).
+    Status(u16),
+    /// `302 Found` to this location.
+    Redirect(&'static str),
 }
 
 /// One request as the server saw it.
@@ -110,7 +114,16 @@ pub struct Seen {
     pub range: Option<String>,
     pub if_none_match: Option<String>,
     pub status: u16,
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The request's body (a POST's, as its Content-Length said, at most [`BODY_MAX`]).
+    pub body: Vec<u8>,
+    /// When its head and body had arrived.
+    pub at: Instant,
 }
+
+/// The largest request body the HTTP server reads.
+pub const BODY_MAX: usize = 16 << 20;
 
 #[derive(Default)]
 struct Shared {
@@ -185,7 +198,8 @@ impl HttpServer {
     }
 
     /// Answers `200 ok` for every path under `prefix` (no leading `/`), so that a client can
-    /// report by asking for a path; [`HttpServer::seen`] has what it asked.
+    /// report by asking for a path, or POST to it (a hub a host registers with);
+    /// [`HttpServer::seen`] has what it asked and [`HttpServer::posted`] what it POSTed.
     pub fn answer_under(&self, prefix: &str) {
         self.shared
             .answered
@@ -196,6 +210,16 @@ impl HttpServer {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies of the POSTs to `path` (no leading `/`) that were answered with success, in
+    /// the order they came.
+    pub fn posted(&self, path: &str) -> Vec<Vec<u8>> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == "POST" && s.path == path && s.status == 200)
+            .map(|s| s.body)
+            .collect()
     }
 
     /// Writes a file under the served root, atomically as a real server publishes: a client
@@ -222,6 +246,7 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
     let mut writer = stream;
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let method = line.split_whitespace().next().unwrap_or("GET").to_string();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let mut headers = HashMap::new();
     loop {
@@ -233,6 +258,15 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
             headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
+    let mut body = Vec::new();
+    if let Some(length) = headers
+        .get("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        body.resize(length.min(BODY_MAX), 0);
+        reader.read_exact(&mut body)?;
+    }
+    let at = Instant::now();
     let relative = path.trim_start_matches('/').to_string();
     let record = |status: u16| {
         shared.seen.lock().unwrap().push(Seen {
@@ -240,10 +274,31 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
             range: headers.get("range").cloned(),
             if_none_match: headers.get("if-none-match").cloned(),
             status,
+            method: method.clone(),
+            body: body.clone(),
+            at,
         })
     };
     let made = shared.made.lock().unwrap().get(&relative).copied();
     match made {
+        Some(Made::Redirect(location)) => {
+            record(302);
+            writer.write_all(
+                format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            return writer.flush();
+        }
+        Some(Made::Status(status)) => {
+            record(status);
+            writer.write_all(
+                format!(
+                    "HTTP/1.1 {status} Made Up\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )?;
+            return writer.flush();
+        }
         Some(Made::Zeros { len, announced }) => {
             record(200);
             let length = if announced {
@@ -295,7 +350,7 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
         .all(|c| matches!(c, std::path::Component::Normal(_)));
     let content = if answered {
         Ok(b"ok\n".to_vec())
-    } else if !inside {
+    } else if !inside || method == "POST" {
         Err(std::io::ErrorKind::NotFound.into())
     } else {
         std::fs::read(root.join(&relative))

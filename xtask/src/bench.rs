@@ -36,6 +36,11 @@
 //! - the Nix remote builder: a small derivation's round trip, `nix-build` on this machine with
 //!   `--max-jobs 0` and the host of the nix profile as its builder over SSH (the output back in
 //!   the client's store), beside the same build run by the same client here.
+//! - registration: in a minimal host of the demo's farm with 4 toolchains, the time from
+//!   init's ready marker to the first record a hub (the farm's HTTP server) accepts, beside the
+//!   time to the monitor's first fetch of a toolchain's checksums file from the same server
+//!   (target: within 2 s of it); and the record's size beside the host-up mail's (target:
+//!   under 16 KiB).
 
 use std::path::Path;
 use std::process::Command;
@@ -61,6 +66,8 @@ pub enum Only {
     Agents,
     /// The Nix remote builder's round trip beside the same build run locally.
     Nix,
+    /// Registration with a hub: ready to the first record, and the record's size.
+    Register,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -80,6 +87,12 @@ pub fn run(only: Only) -> Result<()> {
         Only::Classes => {
             system::ensure(&[system::APT, system::MMDEBSTRAP])?;
             return driver_classes();
+        }
+        Only::Register => {
+            system::ensure(&REGISTER_NEED)?;
+            let out = crate::work_dir().join("bench-image");
+            image::assemble(&image::prepare("minimal")?, &out)?;
+            return register(&out);
         }
         Only::Agents => {
             system::ensure(&AGENTS_NEED)?;
@@ -219,6 +232,7 @@ pub fn run(only: Only) -> Result<()> {
     );
     println!("  (anchor: buildos.storage_wait, the default bound on waiting for disks)");
     println!("  (the figures above are of the minimal profile)");
+    register(&out)?;
     debian()?;
     driver_classes()?;
     agents(&debian_image_dir())?;
@@ -226,6 +240,127 @@ pub fn run(only: Only) -> Result<()> {
     compression()?;
     monitor()?;
     fuzz()
+}
+
+/// What [`register`] needs besides the image.
+const REGISTER_NEED: [system::Need; 6] = [
+    system::APT,
+    system::QEMU,
+    system::MKFS_EXT4,
+    system::MKFS_BTRFS,
+    system::PYTHON3,
+    system::AIOSMTPD,
+];
+
+/// Registration: the minimal image in `image` booted in the demo's farm with 4 toolchains (the
+/// sample toolchain under four names, one instance each on 4 CPUs) and the farm's HTTP server
+/// as its hub. From init's ready marker (its console line arriving here) to the first POST the
+/// hub answered, beside the first fetch of a checksums file from the same server; and the size
+/// of the record once all 4 are installed, beside the host-up mail's.
+fn register(image: &Path) -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(300);
+    let work = TempDir::new("buildos-bench-register")?;
+    let farm = crate::demo::Farm::start(&work.0.join("farm"), image)?;
+    farm.http.answer_under("hub/");
+    let checksums = crate::demo::guest_url(&farm.http, "toolchain/toolchain.sha256");
+    let mut params: Vec<String> = farm
+        .params()
+        .into_iter()
+        .filter(|p| !p.starts_with("buildos.instances="))
+        .collect();
+    for name in ["b", "c", "d"] {
+        params.push(format!("buildos.toolchain_url.{name}={checksums}"));
+    }
+    params.push(format!(
+        "buildos.register_url={}",
+        crate::demo::guest_url(&farm.http, "hub/hosts")
+    ));
+    let disks = crate::qemu::host_disks(&work.0.join("disks"))?;
+    let mut config = VmConfig::new(image);
+    config.append = params;
+    config.cpus = 4;
+    for disk in &disks {
+        config = config.disk(disk);
+    }
+    let mut vm = Vm::boot(&config)?;
+    vm.wait_for("buildos-init: ready at ", BOUND)?;
+    let ready = Instant::now();
+    let deadline = ready + BOUND;
+    let first = |path: &str, method: &str| {
+        farm.http
+            .seen()
+            .into_iter()
+            .find(|s| s.path == path && s.method == method && s.status == 200)
+            .map(|s| s.at)
+    };
+    let (registered, fetched) = loop {
+        if let (Some(r), Some(f)) = (
+            first("hub/hosts", "POST"),
+            first("toolchain/toolchain.sha256", "GET"),
+        ) {
+            break (r, f);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no registration and first fetch within {BOUND:?} of ready; console:\n{}",
+                vm.console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let installed = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|r| {
+            r["toolchains"]
+                .as_array()
+                .is_some_and(|t| t.len() == 4 && t.iter().all(|t| t["state"] == "installed"))
+        })
+    };
+    let (record, mail) = loop {
+        let record = farm
+            .http
+            .posted("hub/hosts")
+            .into_iter()
+            .rev()
+            .find(|b| installed(b));
+        let mail = farm
+            .smtp
+            .received()
+            .into_iter()
+            .find(|m| m.subject().contains("host up"));
+        if let (Some(record), Some(mail)) = (record, mail) {
+            break (record, mail);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no record with 4 toolchains installed and no host-up mail within {BOUND:?}; \
+                 console:\n{}",
+                vm.console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(vm);
+    let to_register = registered.saturating_duration_since(ready);
+    let to_fetch = fetched.saturating_duration_since(ready);
+    println!();
+    println!(
+        "ready to first registration     {:>8.3} s   {:>8.3} s   {:>6.2}   within 2 s of the first fetch ({})",
+        to_register.as_secs_f64(),
+        to_fetch.as_secs_f64(),
+        to_register.as_secs_f64() / to_fetch.as_secs_f64().max(0.001),
+        verdict(to_register <= to_fetch + Duration::from_secs(2))
+    );
+    println!("  (anchor: ready to the monitor's first fetch of a toolchain's checksums file from the same server; minimal image, software emulation)");
+    let size = record.len();
+    println!(
+        "host record, 4 toolchains       {:>8} B   {:>8} B   {:>6.2}   < 16 KiB ({})",
+        size,
+        mail.message.len(),
+        size as f64 / mail.message.len().max(1) as f64,
+        verdict(size < 16 * 1024)
+    );
+    println!("  (the JSON body of the POST, compact; anchor: the host-up mail of the same boot)");
+    Ok(())
 }
 
 /// Each property test of a parser of untrusted input, run alone for [`fuzz::BENCH_CASES`]

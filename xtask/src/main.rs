@@ -99,6 +99,10 @@ enum Task {
         /// of the nix profile over SSH, beside the same build run here
         #[arg(long, group = "only")]
         nix_only: bool,
+        /// Measure only registration: ready to the first record a hub accepts, and the
+        /// record's size with 4 toolchains
+        #[arg(long, group = "only")]
+        register_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -154,6 +158,7 @@ fn main() -> ExitCode {
             classes_only,
             agents_only,
             nix_only,
+            register_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -168,6 +173,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Agents
         } else if nix_only {
             xtask::bench::Only::Nix
+        } else if register_only {
+            xtask::bench::Only::Register
         } else {
             xtask::bench::Only::All
         }),

@@ -6,11 +6,14 @@
 //! file that says `404` makes it mail once and not reboot. Then a new build is assembled into the image directory the farm serves, as `cargo xtask image` does:
 //! the host mails why, stops its agents and reboots, and the demo's next boot, of the new
 //! image on the same disks, reports the new build id on the console and in its host-up mail.
+//! The host also registers with two hubs of the farm's HTTP server: one has its record (which
+//! the schema in docs/ accepts) at boot and again once the toolchain is installed, the other
+//! answers 503 throughout, which costs one mail and holds up neither ready nor the agents.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use buildos_testpeers::wait_until;
+use buildos_testpeers::{wait_until, Made};
 use xtask::demo::{Farm, ADMIN, SAMPLE_VERSION};
 use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::IMAGE_DIR_VAR;
@@ -24,6 +27,23 @@ const SETTLE: Duration = Duration::from_secs(180);
 /// The minimal image `cargo xtask test` built; None, after saying why, when it is not given.
 fn image() -> Option<PathBuf> {
     buildos_testpeers::tier::dir(IMAGE_DIR_VAR, "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd, buildos-buildid)")
+}
+
+/// The record `body` as JSON, asserted to be one docs/host-record.schema.json accepts.
+fn valid_record(schema: &jsonschema::Validator, body: &[u8]) -> serde_json::Value {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("a registration that is not JSON: {e}"));
+    let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?} in\n{value:#}");
+    value
+}
+
+fn host_record_schema() -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/host-record.schema.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn fail(e: anyhow::Error) -> ! {
@@ -91,7 +111,15 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     let first_id = read_buildid(&out);
 
     let farm = Farm::start(&work.0.join("farm"), &out).unwrap_or_else(|e| fail(e));
-    let params = farm.params();
+    let mut params = farm.params();
+    farm.http.answer_under("hub/");
+    farm.http.make("hub/down", Made::Status(503));
+    for hub in ["hub/hosts", "hub/down"] {
+        params.push(format!(
+            "buildos.register_url={}",
+            xtask::demo::guest_url(&farm.http, hub)
+        ));
+    }
     let disks = xtask::qemu::host_disks(&work.0.join("disks")).unwrap_or_else(|e| fail(e));
 
     // First boot.
@@ -154,6 +182,62 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
     );
     eprintln!(
         "acceptance: agents and host-up mail after {:.0?}",
+        started.elapsed()
+    );
+
+    // The hub has the host's record, valid by the schema: at boot, and again once the
+    // toolchain installed, with both slices.
+    let schema = host_record_schema();
+    let posted = || farm.http.posted("hub/hosts");
+    let installed = wait_until(
+        "a registration with the toolchain installed",
+        SETTLE,
+        || {
+            posted()
+                .iter()
+                .map(|body| valid_record(&schema, body))
+                .find(|r| {
+                    r["toolchains"][0]["state"] == "installed"
+                        && r["toolchains"][0]["slices"]
+                            .as_array()
+                            .is_some_and(|s| s.len() == 2)
+                })
+        },
+    );
+    let first = valid_record(&schema, &posted()[0]);
+    assert_ne!(
+        first["toolchains"][0]["state"], "installed",
+        "the first registration, at boot, is before the install: {first:#}"
+    );
+    assert_eq!(installed["buildid"], first_id.as_str(), "{installed:#}");
+    assert_eq!(installed["cpu"]["count"], 2, "{installed:#}");
+    assert_eq!(installed["boot"]["firmware"], "bios", "{installed:#}");
+    assert_eq!(
+        installed["toolchains"][0]["version"], "1.0",
+        "{installed:#}"
+    );
+    assert_eq!(
+        installed["machine_volumes"][0]["name"], "default",
+        "{installed:#}"
+    );
+    assert!(
+        installed["interfaces"]
+            .as_array()
+            .is_some_and(|i| i
+                .iter()
+                .any(|i| i["name"] == "br0"
+                    && i["addresses"].as_array().is_some_and(|a| !a.is_empty()))),
+        "no br0 with an address: {installed:#}"
+    );
+    // The other hub answered 503 all along: one mail; ready and the agents came all the same.
+    let down = xtask::demo::guest_url(&farm.http, "hub/down");
+    wait_until("the mail about the hub that is down", SETTLE, || {
+        farm.smtp
+            .find(&format!("cannot register with {down}"), "HTTP 503")
+    });
+    assert_console_line(&vm, "trying on (mail sent once)");
+    eprintln!(
+        "acceptance: registered, and the hub that is down mailed once, after {:.0?}",
         started.elapsed()
     );
 
@@ -256,6 +340,14 @@ fn host_installs_runs_agents_on_slices_mails_and_reboots_into_a_new_build() {
         "acceptance: a build id of 404 mailed once, no reboot, after {:.0?}",
         started.elapsed()
     );
+
+    let about_down_hub = farm
+        .smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject().contains("cannot register with"))
+        .count();
+    assert_eq!(about_down_hub, 1, "one mail per run of failures of a hub");
 
     let built = Instant::now();
     let second_id = new_build(&out);
