@@ -329,7 +329,9 @@ impl Record {
         self.cpu.count.max(1)
     }
 
-    /// The host's line for a Nix `machines` file (`nix.conf`'s `builders`): store URI, system,
+    /// The host's line for a Nix `machines` file (`nix.conf`'s `builders`): store URI (`ssh://`,
+    /// the `nix-store --serve` protocol a single-user store answers with no daemon, as the nix
+    /// profile has it; docs/nix.md), system,
     /// SSH identity (`-`: the client's default), jobs, speed factor, supported features,
     /// mandatory features, and the host key in base64.
     pub fn nix_machine(&self) -> String {
@@ -344,7 +346,7 @@ impl Record {
             |k| base64::engine::general_purpose::STANDARD.encode(format!("{}\n", k.public)),
         );
         format!(
-            "ssh-ng://{BUILD_USER}@{} {} - {} 1 {features} - {host_key}",
+            "ssh://{BUILD_USER}@{} {} - {} 1 {features} - {host_key}",
             self.hostname,
             self.system,
             self.jobs()
@@ -632,7 +634,7 @@ mod tests {
         let host_key = base64::engine::general_purpose::STANDARD.encode(format!("{ED25519}\n"));
         assert_eq!(
             line,
-            format!("ssh-ng://build@build7 x86_64-linux - 32 1 kvm,big-parallel - {host_key}")
+            format!("ssh://build@build7 x86_64-linux - 32 1 kvm,big-parallel - {host_key}")
         );
         assert_eq!(
             record(BIG_PARALLEL_CPUS - 1, false)
