@@ -71,11 +71,20 @@ pub enum CpioError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, data: Vec<u8> },
-    Symlink { target: String },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        target: String,
+    },
     /// Another name of the regular file at `target` (a normalized path of a `File` node).
-    Hardlink { target: String },
+    Hardlink {
+        target: String,
+    },
 }
 
 impl Node {
@@ -348,8 +357,7 @@ impl Archive {
                 Node::File { .. } if names.contains_key(path) => Some(path),
                 _ => None,
             };
-            let (ino, mode, nlink, data, owner): (u32, u32, u32, &[u8], &str) = match (file, node)
-            {
+            let (ino, mode, nlink, data, owner): (u32, u32, u32, &[u8], &str) = match (file, node) {
                 (Some(file), _) => {
                     let (Some(Node::File { mode, data }), Some(group)) =
                         (self.nodes.get(file), names.get(file))
@@ -863,8 +871,12 @@ mod tests {
     fn cpio_hard_links_share_one_inode_and_store_the_data_once() {
         let data = vec![7u8; 10_000];
         let mut linked = Archive::new();
-        linked.add_file("usr/bin/perl5.36.0", 0o755, data.clone()).unwrap();
-        linked.add_hardlink("usr/bin/perl", "usr/bin/perl5.36.0").unwrap();
+        linked
+            .add_file("usr/bin/perl5.36.0", 0o755, data.clone())
+            .unwrap();
+        linked
+            .add_hardlink("usr/bin/perl", "usr/bin/perl5.36.0")
+            .unwrap();
         // A link to a link names the file.
         linked.add_hardlink("/a/perl", "usr/bin/perl").unwrap();
         linked.set_owner("usr/bin/perl5.36.0", 0, 42).unwrap();
