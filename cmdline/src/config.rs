@@ -53,6 +53,10 @@ pub struct Config {
     pub agent_grace: u32,
     /// `buildos.br1_address`, default 172.30.0.1/24.
     pub br1_address: Ipv4Net,
+    /// `buildos.tunnel`: the bastion of the reverse SSH tunnel; `None` is no tunnel.
+    pub tunnel: Option<crate::values::Tunnel>,
+    /// `buildos.tunnel_host_key`: the bastion's host key; `None` is trust on first use.
+    pub tunnel_host_key: Option<String>,
     /// `buildos.debug_shell`, default off: a console shell after ready, for tests.
     pub debug_shell: bool,
 }
@@ -82,6 +86,8 @@ impl Default for Config {
             poll_interval: 300,
             agent_grace: 30,
             br1_address: DEFAULT_BR1,
+            tunnel: None,
+            tunnel_host_key: None,
             debug_shell: false,
         }
     }
@@ -192,6 +198,14 @@ pub fn describe(config: &Config) -> Vec<String> {
             ParamId::PollInterval => format!("{} s", config.poll_interval),
             ParamId::AgentGrace => format!("{} s", config.agent_grace),
             ParamId::OnFailure => config.on_failure.to_string(),
+            ParamId::Tunnel => config
+                .tunnel
+                .as_ref()
+                .map_or_else(|| "none".to_string(), ToString::to_string),
+            ParamId::TunnelHostKey => config.tunnel_host_key.as_deref().map_or_else(
+                || "none (the first key the bastion shows is kept)".to_string(),
+                abbreviate_key,
+            ),
             ParamId::DebugShell => u8::from(config.debug_shell).to_string(),
             ParamId::ToolchainUrl
             | ParamId::ToolchainTrust
@@ -309,6 +323,8 @@ mod tests {
             "poll_interval: 300 s",
             "agent_grace: 30 s",
             "on_failure: shell",
+            "tunnel: none",
+            "tunnel_host_key: none (the first key the bastion shows is kept)",
             "debug_shell: 0",
         ];
         assert_eq!(describe(&Config::default()), expect);

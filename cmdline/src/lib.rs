@@ -45,7 +45,7 @@ pub use schema::{find_param, Origin, Param, ParamId, PARAMS, PREFIX};
 pub use split::{split, Arg, SplitError};
 pub use values::{
     split_host_port, toolchain_name_ok, Bridge, CpuList, CpuRange, FailureAction, Ipv4Net, Ratio,
-    MAX_CPU, SSH_KEY_TYPES,
+    Tunnel, MAX_CPU, SSH_KEY_TYPES,
 };
 
 /// The size of the kernel's command line buffer on x86 (`COMMAND_LINE_SIZE`), including the

@@ -388,6 +388,8 @@ impl Parser {
             ParamId::PollInterval => config.poll_interval = seconds(value, 10, 86400)?,
             ParamId::AgentGrace => config.agent_grace = seconds(value, 1, 3600)?,
             ParamId::OnFailure => config.on_failure = FailureAction::parse(value)?,
+            ParamId::Tunnel => config.tunnel = Some(crate::values::Tunnel::parse(value)?),
+            ParamId::TunnelHostKey => config.tunnel_host_key = Some(ssh_key(value)?),
             ParamId::DebugShell => {
                 config.debug_shell = match value {
                     "0" => false,
@@ -449,6 +451,18 @@ impl Parser {
                     offset,
                 });
             }
+        }
+        if let (Some(key), None) = (&config.tunnel_host_key, &config.tunnel) {
+            let offset = self.offset_of(ParamId::TunnelHostKey);
+            self.diagnostics.push(Diagnostic {
+                param: "buildos.tunnel_host_key".to_string(),
+                value: key.clone(),
+                expected: "buildos.tunnel as well: the key is the tunnel's bastion's, and \
+                           there is no tunnel"
+                    .to_string(),
+                problem: Problem::Conflict,
+                offset,
+            });
         }
         Parsed {
             config: self.config,
@@ -1126,6 +1140,31 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
     }
 
     #[test]
+    fn a_bad_tunnel_or_a_host_key_without_one_is_said() {
+        let parsed = parse(
+            "buildos.tunnel=bastion:22 buildos.tunnel_host_key=\"ssh-ed25519 \
+             AAAAC3NzaC1lZDI1NTE5AAAAIIkSecsMYNwYMkYmJR7ptVqX4ybIX/1N6edn3o3L4cyb\"",
+        );
+        let said: Vec<String> = parsed.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with(
+                "buildos.tunnel=bastion:22: expected <user>@<host>:<port>:<remote port>, like \
+                 tunnel@bastion.example.org:22:2201"
+            ),
+            "{said:?}"
+        );
+        assert!(
+            said[1].ends_with(
+                "expected buildos.tunnel as well: the key is the tunnel's \
+                 bastion's, and there is no tunnel"
+            ),
+            "{said:?}"
+        );
+        assert_eq!(parsed.config.tunnel, None);
+    }
+
+    #[test]
     fn parse_handles_every_param_id() {
         // Each parameter's example is accepted and changes the configuration, with and
         // without a toolchain name where one is allowed.
@@ -1137,6 +1176,9 @@ C6:2F:90:B4:5D:17:E8:6A:33:CF:08:91:BA:4E:72:D5";
                     line.push_str(" buildos.toolchain_url=https://h/t");
                     line.push_str(" buildos.toolchain_url.gcc=https://h/g");
                 }
+            }
+            if param.id == ParamId::TunnelHostKey {
+                line.push_str(" buildos.tunnel=t@bastion:22:2201");
             }
             let parsed = parse(&line);
             assert_eq!(parsed.diagnostics, [], "{line}");

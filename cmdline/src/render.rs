@@ -104,6 +104,8 @@ fn host_values(id: ParamId, config: &Config, defaults: &Config) -> Vec<String> {
             config.on_failure != defaults.on_failure,
             config.on_failure.to_string(),
         ),
+        ParamId::Tunnel => config.tunnel.iter().map(|t| t.to_string()).collect(),
+        ParamId::TunnelHostKey => config.tunnel_host_key.iter().cloned().collect(),
         ParamId::DebugShell => changed(
             config.debug_shell != defaults.debug_shell,
             u8::from(config.debug_shell).to_string(),

@@ -44,6 +44,8 @@ pub enum ParamId {
     PollInterval,
     AgentGrace,
     OnFailure,
+    Tunnel,
+    TunnelHostKey,
     DebugShell,
 }
 
@@ -454,6 +456,45 @@ shell on the console (leaving it reboots), `reboot` reboots the host, `poweroff`
         origin: Origin::Buildos,
     },
     Param {
+        id: ParamId::Tunnel,
+        name: "buildos.tunnel",
+        value: "<user>@<host>:<port>:<remote port>",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "<user>@<host>:<port>:<remote port>, like tunnel@bastion.example.org:22:2201: a \
+user name of letters, digits, _, - and . (not starting with -), a host name or an IPv4 address, \
+and two ports from 1 to 65535",
+        default: None,
+        example: "tunnel@bastion.example.org:22:2201",
+        doc: "Keep a reverse SSH tunnel to a bastion, for a host behind NAT or a firewall: init \
+runs OpenSSH's `ssh` as a service that logs in to `<host>` on `<port>` as `<user>` with the \
+host's tunnel key (made once on `/state`, shown on the console and in the host-up mail) and \
+asks the bastion to forward its loopback `<remote port>` to the host's sshd, so `ssh -J \
+<you>@<host> -p <remote port> build@localhost` reaches the host. A broken connection \
+is noticed within 45 s and made again with init's back-off (1 s, doubling up to 60 s). Unset, \
+there is no tunnel. See [network.md](network.md#reverse-tunnel).",
+        origin: Origin::Buildos,
+    },
+    Param {
+        id: ParamId::TunnelHostKey,
+        name: "buildos.tunnel_host_key",
+        value: "\"<type> <base64> [<comment>]\"",
+        per_toolchain: false,
+        repeatable: false,
+        expected: "an OpenSSH public key \"<type> <base64> [comment]\" of type ssh-ed25519, \
+ecdsa-sha2-nistp256/384/521, ssh-rsa or ssh-dss, like a line of the bastion's \
+/etc/ssh/ssh_host_ed25519_key.pub, and buildos.tunnel set",
+        default: None,
+        example:
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkSecsMYNwYMkYmJR7ptVqX4ybIX/1N6edn3o3L4cyb \
+root@bastion",
+        doc: "The bastion's SSH host key for `buildos.tunnel`: the tunnel connects only to a \
+server holding it. Unset, the first key the bastion shows is kept on `/state` and required \
+from then on (trust on first use); the tunnel's log, `/run/buildos/log/tunnel.log`, says when \
+it was added. Quote the value, since it contains spaces.",
+        origin: Origin::Buildos,
+    },
+    Param {
         id: ParamId::DebugShell,
         name: "buildos.debug_shell",
         value: "0|1",
@@ -528,7 +569,7 @@ mod tests {
         let names: BTreeSet<&str> = PARAMS.iter().map(|p| p.name).collect();
         assert_eq!(ids.len(), PARAMS.len());
         assert_eq!(names.len(), PARAMS.len());
-        assert_eq!(PARAMS.len(), 26);
+        assert_eq!(PARAMS.len(), 28);
     }
 
     #[test]

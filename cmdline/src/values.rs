@@ -408,6 +408,59 @@ fn dns_name_ok(name: &str, underscore: bool) -> bool {
         && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
+/// `buildos.tunnel`: where the host keeps its reverse SSH tunnel, `<user>@<host>:<port>:<remote
+/// port>`: it logs in to `host` on `port` as `user` and asks the bastion to forward its
+/// loopback `remote port` to the host's sshd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// A POSIX user name on the bastion: letters, digits, `_`, `-` and `.`, not `-`-first.
+    pub user: String,
+    /// A DNS name or an IPv4 address.
+    pub host: String,
+    pub port: u16,
+    pub remote_port: u16,
+}
+
+impl Tunnel {
+    /// `tunnel@bastion.example.org:22:2201`; every part is required.
+    pub fn parse(text: &str) -> Option<Tunnel> {
+        let (user, rest) = text.split_once('@')?;
+        let mut parts = rest.split(':');
+        let (host, port, remote) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let user_ok = (1..=32).contains(&user.len())
+            && !user.starts_with('-')
+            && user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        let host_ok = dns_name_ok(host, false) || host.parse::<Ipv4Addr>().is_ok();
+        // Written as printed (no leading zeros), so the value renders back the same.
+        let number = |p: &str| {
+            let n = u16::try_from(parse_u32(p)?).ok().filter(|&n| n > 0)?;
+            (n.to_string() == p).then_some(n)
+        };
+        (user_ok && host_ok).then_some(())?;
+        Some(Tunnel {
+            user: user.to_string(),
+            host: host.to_string(),
+            port: number(port)?,
+            remote_port: number(remote)?,
+        })
+    }
+}
+
+impl fmt::Display for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}:{}",
+            self.user, self.host, self.port, self.remote_port
+        )
+    }
+}
+
 /// A host name (RFC 1123): DNS labels of letters, digits and `-`, at most 64 bytes in all (the
 /// kernel's limit for the host name).
 pub(crate) fn hostname_ok(name: &str) -> bool {
@@ -720,6 +773,67 @@ pub(crate) mod tests {
             format!("{ED25519} a\nb"),
         ] {
             assert_eq!(ssh_key(&bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tunnels_need_a_user_a_host_and_two_ports() {
+        let tunnel = Tunnel::parse("tunnel@bastion.example.org:22:2201").unwrap();
+        assert_eq!(
+            tunnel,
+            Tunnel {
+                user: "tunnel".into(),
+                host: "bastion.example.org".into(),
+                port: 22,
+                remote_port: 2201,
+            }
+        );
+        assert_eq!(tunnel.to_string(), "tunnel@bastion.example.org:22:2201");
+        assert!(Tunnel::parse("build-01.t_x@10.0.2.2:2222:65535").is_some());
+        for bad in [
+            "",
+            "bastion.example.org:22:2201",
+            "tunnel@bastion.example.org:2201",
+            "tunnel@bastion.example.org",
+            "@bastion:22:2201",
+            "-oProxyCommand=x@bastion:22:2201",
+            "a b@bastion:22:2201",
+            "tunnel@bastion:0:2201",
+            "tunnel@bastion:22:65536",
+            "tunnel@bastion:22:2201:1",
+            "tunnel@-bastion:22:2201",
+            "tunnel@[::1]:22:2201",
+            "tunnel@bastion:+22:2201",
+            "tunnel@bastion:22:",
+            "tunnel@bastion:022:2201",
+        ] {
+            assert_eq!(Tunnel::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Mutations of a valid value: whatever parses is printed back as the same value, and
+        /// nothing of it can be taken by ssh for an option.
+        #[test]
+        fn fuzz_tunnel(
+            user in "[a-z_][a-z0-9_.-]{0,33}",
+            host in "[a-z0-9][a-z0-9.-]{0,20}",
+            port in 0u32..70000,
+            remote in 0u32..70000,
+            at in 0usize..60,
+            insert in prop::sample::select(vec!["", "@", ":", "-", " ", "[", "]", "0", "\n", "é"]),
+        ) {
+            let mut text = format!("{user}@{host}:{port}:{remote}");
+            let at = (0..=at.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text.insert_str(at, insert);
+            if let Some(tunnel) = Tunnel::parse(&text) {
+                prop_assert_eq!(tunnel.to_string(), text);
+                prop_assert!(!tunnel.user.starts_with('-') && !tunnel.host.starts_with('-'));
+                prop_assert!(tunnel.port > 0 && tunnel.remote_port > 0);
+                prop_assert_eq!(Tunnel::parse(&tunnel.to_string()), Some(tunnel));
+            }
         }
     }
 }

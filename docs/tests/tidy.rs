@@ -109,3 +109,33 @@ fn every_test_security_md_names_exists() {
         "docs/security.md names tests that do not exist: {missing:?}"
     );
 }
+
+#[test]
+fn every_test_and_file_architecture_md_points_an_invariant_at_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut names = std::collections::BTreeSet::new();
+    function_names(&root, &mut names);
+    let rows = table_rows(&repo_file("ARCHITECTURE.md"), "| invariant | tests |");
+    assert!(
+        rows.len() > 10,
+        "ARCHITECTURE.md's Testing section has no table of invariants and their tests"
+    );
+    let mut missing = Vec::new();
+    for row in &rows {
+        for named in row[row.len() - 1].split('`').skip(1).step_by(2) {
+            if named.contains('/') || named.ends_with(".rs") || named.ends_with(".toml") {
+                if !root.join(named).exists() {
+                    missing.push(format!("file {named}"));
+                }
+            } else if named.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !names.contains(named)
+            {
+                missing.push(format!("test {named}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's Testing section points at what does not exist: {missing:?}"
+    );
+}

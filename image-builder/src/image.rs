@@ -6,7 +6,8 @@
 //! - beside them the generated `modules.dep`, `modules.alias` and `modules.softdep`, the
 //!   package's `modules.builtin` as shipped and its `modules.order` filtered to the closure
 //!   (see [`crate::kmod`] for their order);
-//! - [`MODULES_LIST`]: the closure's module names in load order, one per line, for init.
+//! - `lib/firmware/<file>` for every firmware file the closure's modules declare that one of
+//!   the spec's firmware packages holds (see [`crate::firmware`]).
 //!
 //! The initrd is up to four cpio segments, each compressed on its own in the spec's
 //! [`Compression`], one after the other (the kernel unpacks each over the previous ones):
@@ -29,11 +30,13 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use buildos_contract as contract;
 use sha2::{Digest, Sha256};
 
 use crate::compress::Compression;
 use crate::cpio::{Archive, CpioError};
 use crate::deb::{Deb, DebError, EntryKind};
+use crate::firmware::{self, Firmware};
 use crate::kmod::{KernelPackage, KmodError};
 
 /// The kernel's file name in the output directory.
@@ -42,10 +45,17 @@ pub const IMAGE_FILE: &str = "buildos-image";
 pub const INITRD_FILE: &str = "buildos-initrd";
 /// The buildid's file name in the output directory.
 pub const BUILDID_FILE: &str = "buildos-buildid";
-/// Where the initrd lists the modules init loads, in load order, one name per line.
-pub const MODULES_LIST: &str = "etc/buildos/modules";
-/// Where the initrd's last segment holds the buildid, one line of lower-case hex.
-pub const BUILDID_PATH: &str = "etc/buildos/buildid";
+/// The firmware manifest's file name in the output directory: module, file, package.
+pub const FIRMWARE_FILE: &str = "buildos-firmware";
+/// Where the initrd's last segment holds the buildid ([`buildos_contract::etc::BUILDID`]
+/// without its leading `/`), one line of lower-case hex.
+pub const BUILDID_PATH: &str = {
+    let (_, relative) = contract::etc::BUILDID.as_bytes().split_at(1);
+    match std::str::from_utf8(relative) {
+        Ok(path) => path,
+        Err(_) => panic!("the build id path is ASCII"),
+    }
+};
 /// Separates the buildid hash from any other use of SHA-256 over the same bytes.
 const BUILDID_DOMAIN: &[u8] = b"buildos-buildid-v1\n";
 
@@ -85,6 +95,51 @@ pub enum InitrdEntry {
     },
 }
 
+/// What the image's own entries ([`buildos_contract::image::ENTRIES`]) hold: the static
+/// binaries the caller built and the parts of the profile init reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnContents {
+    pub init: Vec<u8>,
+    pub monitor: Vec<u8>,
+    pub machine: Vec<u8>,
+    /// The modules init loads on every host.
+    pub modules_boot: Vec<String>,
+    /// The profile's name.
+    pub profile: String,
+    /// `package<TAB>version` lines.
+    pub packages: String,
+}
+
+/// The image's own entries, laid out as the host contract says, in its order.
+pub fn own_entries(contents: &OwnContents) -> Vec<InitrdEntry> {
+    use contract::image::{Content, Kind};
+    contract::image::ENTRIES
+        .iter()
+        .map(|entry| match entry.kind {
+            Kind::Symlink { target } => InitrdEntry::Symlink {
+                path: entry.path.to_owned(),
+                target: target.to_owned(),
+            },
+            Kind::File { mode, content } => InitrdEntry::File {
+                path: entry.path.to_owned(),
+                mode,
+                contents: match content {
+                    Content::Init => contents.init.clone(),
+                    Content::Monitor => contents.monitor.clone(),
+                    Content::Machine => contents.machine.clone(),
+                    Content::ModulesBoot => {
+                        contract::etc::render_modules_boot(&contents.modules_boot).into_bytes()
+                    }
+                    Content::Profile => {
+                        contract::etc::render_profile(&contents.profile).into_bytes()
+                    }
+                    Content::Packages => contents.packages.clone().into_bytes(),
+                },
+            },
+        })
+        .collect()
+}
+
 /// A root filesystem segment that goes first in the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Base {
@@ -109,6 +164,9 @@ pub struct ImageSpec {
     pub classes: Vec<String>,
     /// Modules left out of `modules` and `classes` by name.
     pub exclude: Vec<String>,
+    /// Firmware packages the modules' declared files are taken from, first match first; none
+    /// carries no firmware (the manifest still lists what the modules declare).
+    pub firmware_debs: Vec<PathBuf>,
     /// Entries added as given (e.g. `/init`).
     pub entries: Vec<InitrdEntry>,
     /// Every mtime in the initrd.
@@ -134,6 +192,7 @@ impl ImageSpec {
             modules: Vec::new(),
             classes: Vec::new(),
             exclude: Vec::new(),
+            firmware_debs: Vec::new(),
             entries: Vec::new(),
             source_date_epoch,
             compression: Compression::default(),
@@ -156,10 +215,12 @@ pub struct ImageOutput {
     pub initrd_uncompressed_size: u64,
     /// Size of the base segment in the initrd (0 without a base).
     pub base_size: u64,
-    /// Module names in load order (what [`MODULES_LIST`] holds).
+    /// Module names in load order.
     pub modules: Vec<String>,
     /// Bytes of module files in the initrd.
     pub module_bytes: u64,
+    /// The firmware carried and what each module declares.
+    pub firmware: Firmware,
     /// Lower-case hex SHA-256, as in the buildid file without its newline.
     pub buildid: String,
 }
@@ -174,6 +235,7 @@ pub struct Assembled {
     pub kernel_version: String,
     pub modules: Vec<String>,
     pub module_bytes: u64,
+    pub firmware: Firmware,
     pub buildid: String,
 }
 
@@ -195,6 +257,12 @@ pub enum ImageError {
     },
     #[error("kernel package {deb} lists module {module} but its file was not kept")]
     ModuleFile { deb: PathBuf, module: String },
+    #[error("cannot read the firmware packages ({})", .debs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Firmware {
+        debs: Vec<PathBuf>,
+        #[source]
+        source: Box<DebError>,
+    },
     #[error("cannot take {files} from package {deb}")]
     ExtraDeb {
         deb: PathBuf,
@@ -292,7 +360,8 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             source: Box::new(source),
         })
     };
-    let base = format!("lib/modules/{version}");
+    let base = contract::modules::release_dir(&version);
+    let base = base.trim_start_matches('/');
     let mut module_bytes = 0u64;
     for m in &closure {
         let bytes = package
@@ -306,19 +375,34 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         add(&path, modules.add_file(&path, 0o644, bytes))?;
     }
     let generated = [
-        ("modules.dep", db.render_modules_dep(&closure)),
-        ("modules.alias", db.render_modules_alias(&closure)),
-        ("modules.softdep", db.render_modules_softdep(&closure)),
-        ("modules.builtin", db.modules_builtin().to_string()),
-        ("modules.order", db.render_modules_order(&closure)),
+        (contract::modules::DEP, db.render_modules_dep(&closure)),
+        (contract::modules::ALIAS, db.render_modules_alias(&closure)),
+        (
+            contract::modules::SOFTDEP,
+            db.render_modules_softdep(&closure),
+        ),
+        (contract::modules::BUILTIN, db.modules_builtin().to_string()),
+        (contract::modules::ORDER, db.render_modules_order(&closure)),
     ];
     for (name, text) in generated {
         let path = format!("{base}/{name}");
         add(&path, modules.add_file(&path, 0o644, text))?;
     }
+    let firmware = firmware::collect(&closure, &spec.firmware_debs).map_err(|source| {
+        ImageError::Firmware {
+            debs: spec.firmware_debs.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    for (file, item) in &firmware.files {
+        let path = format!("{}/{file}", firmware::FIRMWARE_DIR);
+        let result = match item {
+            firmware::Item::File(bytes) => modules.add_file(&path, 0o644, bytes.clone()),
+            firmware::Item::Symlink(target) => modules.add_symlink(&path, target),
+        };
+        add(&path, result)?;
+    }
     let names: Vec<String> = closure.iter().map(|m| m.name.clone()).collect();
-    let list: String = names.iter().map(|n| format!("{n}\n")).collect();
-    add(MODULES_LIST, archive.add_file(MODULES_LIST, 0o644, list))?;
 
     for extra in &spec.extra_debs {
         add_from_deb(&mut archive, extra)?;
@@ -406,7 +490,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     let mut last = Archive::new();
     add(
         BUILDID_PATH,
-        last.add_file(&place(BUILDID_PATH), 0o644, format!("{id}\n")),
+        last.add_file(&place(BUILDID_PATH), 0o644, contract::buildid::render(&id)),
     )?;
     let last = last
         .to_bytes(spec.source_date_epoch)
@@ -423,6 +507,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         kernel_version: version,
         modules: names,
         module_bytes,
+        firmware,
         buildid: id,
     })
 }
@@ -502,6 +587,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
     })?;
     let kernel_path = write_atomically(dir, IMAGE_FILE, &image.kernel)?;
     let initrd_path = write_atomically(dir, INITRD_FILE, &image.initrd)?;
+    write_atomically(dir, FIRMWARE_FILE, image.firmware.manifest().as_bytes())?;
     let buildid_path =
         write_atomically(dir, BUILDID_FILE, format!("{}\n", image.buildid).as_bytes())?;
     // Make the renames durable; a directory that can't be opened for this is no reason to fail.
@@ -519,6 +605,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         base_size: image.base_size,
         modules: image.modules,
         module_bytes: image.module_bytes,
+        firmware: image.firmware,
         buildid: image.buildid,
     })
 }
@@ -627,10 +714,8 @@ mod tests {
 
         let entries = read_initrd(&out.initrd_path);
         let base = format!("lib/modules/{VERSION}");
-        assert_eq!(
-            file(&entries, "etc/buildos/modules"),
-            b"crc32c_generic\nraid6_pq\nxor\nlibcrc32c\nbtrfs\nllc\nstp\nbridge\n"
-        );
+        // Nothing reads a list of the closure: init loads modules.boot and what devices ask for.
+        assert!(entries.iter().all(|(e, _)| e.path != "etc/buildos/modules"));
         assert_eq!(file(&entries, "bin/busybox"), b"\x7fELF static busybox");
         assert_eq!(file(&entries, "init"), b"\x7fELF init");
         let dep =
@@ -650,7 +735,52 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(on_disk.len(), 3, "no temporary files are left: {on_disk:?}");
+        assert_eq!(on_disk.len(), 4, "no temporary files are left: {on_disk:?}");
+    }
+
+    #[test]
+    fn declared_firmware_is_carried_and_the_manifest_names_its_package_or_its_absence() {
+        let inputs = Inputs::new(b"k");
+        let realtek = inputs.dir.path().join("firmware-realtek.deb");
+        std::fs::write(
+            &realtek,
+            testdeb::build(
+                "Package: firmware-realtek\nVersion: 20230210-5\n",
+                &[
+                    Item::File("lib/firmware/rtl_nic/rtl8168d-1.fw", 0o644, b"8168d"),
+                    Item::File("lib/firmware/rtl_nic/rtl8402-1.fw", 0o644, b"8402"),
+                ],
+                ".xz",
+            ),
+        )
+        .unwrap();
+        let mut spec = inputs.spec("out");
+        spec.modules.push("r8169".into());
+        spec.firmware_debs = vec![realtek];
+        let out = build(&spec).unwrap();
+        let entries = read_initrd(&out.initrd_path);
+        assert_eq!(
+            file(&entries, "lib/firmware/rtl_nic/rtl8168d-1.fw"),
+            b"8168d"
+        );
+        assert!(entries.iter().all(|(e, _)| !e.path.contains("rtl8402")));
+        let manifest =
+            std::fs::read_to_string(inputs.dir.path().join("out").join(FIRMWARE_FILE)).unwrap();
+        assert!(
+            manifest.ends_with(
+                "r8169\trtl_nic/rtl8125b-2.fw\t-\nr8169\trtl_nic/rtl8168d-1.fw\tfirmware-realtek\n"
+            ),
+            "{manifest}"
+        );
+        // Without the package nothing is carried, and the manifest says what is missing.
+        spec.firmware_debs.clear();
+        spec.out_dir = inputs.dir.path().join("off");
+        let off = build(&spec).unwrap();
+        assert!(read_initrd(&off.initrd_path)
+            .iter()
+            .all(|(e, _)| !e.path.starts_with("lib/firmware")));
+        assert_eq!(off.firmware.missing().count(), 2);
+        assert_ne!(off.buildid, out.buildid);
     }
 
     #[test]
@@ -822,17 +952,57 @@ mod tests {
     }
 
     #[test]
-    fn extra_entry_clashing_with_a_module_list_is_an_error_naming_the_path() {
+    fn extra_entry_clashing_with_a_package_file_is_an_error_naming_the_path() {
         let inputs = Inputs::new(b"k");
         let mut spec = inputs.spec("out");
         spec.entries.push(InitrdEntry::File {
-            path: "/etc/buildos/modules".into(),
-            mode: 0o644,
-            contents: b"tun\n".to_vec(),
+            path: "/bin/busybox".into(),
+            mode: 0o755,
+            contents: b"another busybox".to_vec(),
         });
         let err = build(&spec).unwrap_err();
         let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
-        assert!(chain.contains("etc/buildos/modules"), "{chain}");
+        assert!(chain.contains("bin/busybox"), "{chain}");
+    }
+
+    #[test]
+    fn own_entries_put_init_the_monitor_and_etc_buildos_where_the_contract_says() {
+        let entries = own_entries(&OwnContents {
+            init: b"init".to_vec(),
+            monitor: b"monitor".to_vec(),
+            machine: b"machine".to_vec(),
+            modules_boot: vec!["btrfs".into(), "tun".into()],
+            profile: "minimal".into(),
+            packages: "busybox-static\t1\n".into(),
+        });
+        let file = |path: &str| {
+            entries.iter().find_map(|e| match e {
+                InitrdEntry::File {
+                    path: p,
+                    mode,
+                    contents,
+                } if p == path => Some((*mode, contents.clone())),
+                _ => None,
+            })
+        };
+        assert_eq!(file("/init"), Some((0o755, b"init".to_vec())));
+        assert_eq!(
+            file("/usr/sbin/buildos-monitor"),
+            Some((0o755, b"monitor".to_vec()))
+        );
+        assert_eq!(
+            file("/etc/buildos/modules.boot"),
+            Some((0o644, b"btrfs\ntun\n".to_vec()))
+        );
+        assert_eq!(
+            file("/etc/buildos/profile"),
+            Some((0o644, b"minimal\n".to_vec()))
+        );
+        assert!(entries.contains(&InitrdEntry::Symlink {
+            path: "/usr/sbin/sendmail".into(),
+            target: "buildos-monitor".into()
+        }));
+        assert_eq!(entries.len(), contract::image::ENTRIES.len());
     }
 
     #[test]

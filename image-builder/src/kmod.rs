@@ -125,6 +125,9 @@ pub struct Module {
     pub softdeps_post: Vec<String>,
     /// `alias=` patterns, in the order listed.
     pub aliases: Vec<String>,
+    /// `firmware=` files (paths below `/lib/firmware`, some with `*` or `?` patterns), in the
+    /// order listed, as `modinfo -F firmware` prints them.
+    pub firmware: Vec<String>,
     /// Size of the module file in bytes (as stored, compressed or not).
     pub size: u64,
 }
@@ -166,6 +169,7 @@ impl Module {
             softdeps_pre: Vec::new(),
             softdeps_post: Vec::new(),
             aliases: Vec::new(),
+            firmware: Vec::new(),
             size: bytes.len() as u64,
         };
         for (key, value) in elf::modinfo_pairs(section) {
@@ -179,6 +183,7 @@ impl Module {
                         .map(normalize_name),
                 ),
                 "alias" => module.aliases.push(value),
+                "firmware" if !value.is_empty() => module.firmware.push(value),
                 "softdep" => {
                     let mut post = false;
                     for word in value.split_whitespace() {
@@ -901,6 +906,16 @@ pub(crate) mod testkernel {
             (
                 "kernel/drivers/net/tun.ko",
                 vec![("alias", "devname:net/tun"), ("name", "tun")],
+            ),
+            (
+                "kernel/drivers/net/ethernet/realtek/r8169.ko",
+                vec![
+                    ("firmware", "rtl_nic/rtl8168d-1.fw"),
+                    ("firmware", "rtl_nic/rtl8125b-2.fw"),
+                    ("alias", "pci:v000010ECd00008168sv*sd*bc*sc*i*"),
+                    ("depends", ""),
+                    ("name", "r8169"),
+                ],
             ),
         ]
     }

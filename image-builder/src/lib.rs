@@ -8,6 +8,8 @@
 //! - [`deb`]: reads `.deb` files (ar + tar, xz/zstd/gzip) without extracting them.
 //! - [`kmod`]: the module database (names, dependencies, aliases from each module's
 //!   `.modinfo`), closure in load order, and the `modules.*` files for the initrd.
+//! - [`firmware`]: the firmware files the modules declare, from Debian's firmware packages,
+//!   and the manifest saying which module needs which file from which package.
 //! - [`compress`]: the initrd's compressors (gzip, zstd, xz, legacy lz4), fixed settings,
 //!   one reader for all.
 //! - [`cpio`]: reproducible newc writer and a reader that lists initrds.
@@ -32,6 +34,7 @@ pub mod compress;
 pub mod cpio;
 pub mod deb;
 mod elf;
+pub mod firmware;
 pub mod image;
 pub mod kmod;
 pub mod rootfs;

@@ -15,7 +15,7 @@ use crate::error::FileError;
 use crate::host::Host;
 
 /// The profile's modules that are loaded on every host, one name per line.
-pub const FIXED_MODULES: &str = "/etc/buildos/modules.boot";
+pub const FIXED_MODULES: &str = buildos_contract::etc::MODULES_BOOT;
 
 /// Modules that neither storage nor the network needs, only the build machines that start
 /// after ready: they load on a thread of their own while storage, state and the network do
@@ -556,10 +556,10 @@ pub fn load_modules(
 ) -> Result<(Report, Deferred), FileError> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
-        &read_table(dir, "modules.dep")?,
-        &read_table(dir, "modules.softdep").unwrap_or_default(),
-        &read_table(dir, "modules.alias").unwrap_or_default(),
-        &read_table(dir, "modules.builtin").unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::DEP)?,
+        &read_table(dir, buildos_contract::modules::SOFTDEP).unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::ALIAS).unwrap_or_default(),
+        &read_table(dir, buildos_contract::modules::BUILTIN).unwrap_or_default(),
     ));
 
     let (mut late, fixed): (Vec<String>, Vec<String>) =

@@ -53,6 +53,12 @@ pub trait Host: Send + Sync {
     fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Starts a child and returns its pid; init reaps it.
     fn spawn(&self, command: &mut Command) -> io::Result<Pid>;
+    /// chdir(2): init's own working directory.
+    fn chdir(&self, path: &Path) -> nix::Result<()>;
+    /// chroot(2): init's root, which every process it starts inherits.
+    fn chroot(&self, path: &Path) -> nix::Result<()>;
+    /// rmdir(2).
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// reboot(2): returns only when the kernel refused, with why.
     fn reboot(&self, kind: Shutdown) -> Errno;
 }
@@ -137,6 +143,18 @@ impl Host for Linux {
     fn spawn(&self, command: &mut Command) -> io::Result<Pid> {
         let child = command.spawn()?;
         Ok(Pid::from_raw(child.id() as i32))
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn chroot(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chroot(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
     }
 
     fn reboot(&self, kind: Shutdown) -> Errno {
@@ -287,6 +305,19 @@ impl Host for Recording {
         self.record(line).map_err(io::Error::from)?;
         // A pid that is no process of this test: nothing will ever be reaped for it.
         Ok(Pid::from_raw(i32::MAX))
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        self.record(format!("chdir {}", path.display()))
+    }
+
+    fn chroot(&self, path: &Path) -> nix::Result<()> {
+        self.record(format!("chroot {}", path.display()))
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        self.record(format!("rmdir {}", path.display()))
+            .map_err(io::Error::from)
     }
 
     fn reboot(&self, kind: Shutdown) -> Errno {

@@ -24,11 +24,13 @@ pub mod phases;
 pub mod services;
 pub mod state;
 pub mod storage;
+pub mod tunnel;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use buildos_cmdline::{Config, FailureAction};
+use buildos_contract as contract;
 
 use crate::error::{FileError, ModulesError, StepError};
 use crate::host::{Host, Shutdown};
@@ -129,10 +131,10 @@ pub fn steps() -> impl Iterator<Item = (&'static str, bool)> {
 }
 
 /// What init leaves for the monitor and for people in /run/buildos.
-pub const RUN_DIR: &str = "/run/buildos";
+pub const RUN_DIR: &str = contract::run::DIR;
 
 /// The running image's build id, written by the image builder in the initrd's last segment.
-pub const BUILDID_FILE: &str = "/etc/buildos/buildid";
+pub const BUILDID_FILE: &str = contract::etc::BUILDID;
 
 /// The console line naming the running build, so that an operator (or a test) sees which
 /// image a host booted: `build id <hex>`, or why it is unknown.
@@ -261,12 +263,17 @@ pub fn run_steps(
 }
 
 fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    // First, while nothing is mounted below `/`: a problem, not a failed boot, when it fails.
+    let root = mounts::root_on_a_mount(host.as_ref());
     mounts::mount_all(host.as_ref(), mounts::EARLY).map_err(StepError::Mounts)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
         console::info(&line);
     }
-    Ok(Outcome::Ok)
+    Ok(match root {
+        Ok(()) => Outcome::Ok,
+        Err(error) => Outcome::Warnings(vec![error.to_string()]),
+    })
 }
 
 fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
@@ -326,7 +333,7 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .release()
         .to_string_lossy()
         .into_owned();
-    let dir = std::path::PathBuf::from(format!("/lib/modules/{release}"));
+    let dir = std::path::PathBuf::from(contract::modules::release_dir(&release));
     if !dir.is_dir() {
         return Err(fail(ModulesError::NoModules { release }));
     }
@@ -334,12 +341,7 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let fixed = std::fs::read_to_string(fixed_path)
         .map_err(FileError::on("read", fixed_path))
         .map_err(|error| fail(ModulesError::Fixed(error)))?;
-    let fixed: Vec<String> = fixed
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
+    let fixed = contract::etc::parse_modules_boot(&fixed);
     let (report, deferred) =
         hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
             .map_err(|error| fail(ModulesError::Tables(error)))?;
@@ -443,15 +445,8 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         console::info("no dnsmasq in this image: no DHCP or TFTP for build machines on br1");
     } else if report.private_ready {
         match net::dnsmasq_command(&boot.config, &paths) {
-            Ok(command) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq (DHCP and TFTP on br1)");
+            Ok(_) => {
+                add_services(boot, contract::services::Start::Br1Up, &paths);
             }
             Err(error) => problems.push(format!(
                 "network: br1's dnsmasq: {}",
@@ -462,15 +457,8 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     if std::path::Path::new(net::DNSMASQ).is_file() {
         match net::tftp_br0_command(&boot.config, &paths) {
             Ok(None) => {}
-            Ok(Some(command)) => {
-                let args: Vec<String> = command
-                    .get_args()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let service = Service::new("dnsmasq-br0", net::DNSMASQ, &args);
-                boot.services.add(service, std::time::Instant::now());
-                console::info("services to start: dnsmasq-br0 (TFTP on br0, for its machines)");
+            Ok(Some(_)) => {
+                add_services(boot, contract::services::Start::ToolchainOnBr0, &paths);
             }
             Err(error) => problems.push(format!(
                 "network: br0's TFTP server: {}",
@@ -483,6 +471,17 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     } else {
         Outcome::Warnings(problems)
     })
+}
+
+/// Adds the contract's services that start at `start` to the supervisor, their files in
+/// `paths.run` (where the network step wrote their configuration), and says so.
+fn add_services(boot: &mut Boot, start: contract::services::Start, paths: &net::Paths) {
+    let run = paths.run.display().to_string();
+    for spec in contract::services::starting(start) {
+        let service = Service::from_contract(spec, boot.config.agent_grace, &run);
+        boot.services.add(service, std::time::Instant::now());
+        console::info(&format!("services to start: {} ({})", spec.name, spec.why));
+    }
 }
 
 /// The clock from NTP before the monitor's first fetch, then kept in sync (see [`ntp`]).
@@ -509,8 +508,8 @@ fn write_report(problems: &[String]) {
         .map(|l| format!("{l}\n"))
         .collect();
     let written = std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(dir.join("problems"), problems))
-        .and_then(|()| std::fs::write(dir.join("boot.log"), log));
+        .and_then(|()| std::fs::write(dir.join(contract::run::PROBLEMS), problems))
+        .and_then(|()| std::fs::write(dir.join(contract::run::BOOT_LOG), log));
     if let Err(error) = written {
         console::warn(&format!(
             "cannot write the boot report in {RUN_DIR}: {error}"
@@ -518,7 +517,7 @@ fn write_report(problems: &[String]) {
     }
 }
 
-fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
+fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
         return Err(StepError::State);
@@ -528,7 +527,7 @@ fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
-    let keygen = std::path::Path::new("/usr/bin/ssh-keygen");
+    let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
     if keygen.is_file() {
         match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
@@ -536,6 +535,17 @@ fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
         }
     } else {
         console::info("no ssh-keygen in this image: no SSH host keys");
+    }
+    if boot.config.tunnel.is_some() {
+        // On the console as one line, for whoever adds it to the bastion's authorized_keys;
+        // the monitor puts it in the host-up mail.
+        match tunnel::key(state, keygen) {
+            Ok((line, fingerprint, made)) => console::info(&format!(
+                "tunnel key {}: {line} ({fingerprint})",
+                if made { "made" } else { "kept" }
+            )),
+            Err(error) => warnings.push(format!("tunnel key: {error}")),
+        }
     }
     Ok(if warnings.is_empty() {
         Outcome::Ok
@@ -546,7 +556,7 @@ fn step_state(_boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
 
 fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let Some(user) = state::find_user(&passwd, "build") else {
+    let Some(user) = state::find_user(&passwd, contract::build::USER) else {
         console::info("no user build in this image: no SSH logins");
         return Ok(Outcome::Ok);
     };
@@ -579,18 +589,44 @@ fn root_only_dir(host: &dyn Host, dir: &std::path::Path) -> Result<(), FileError
 
 fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
     let now = std::time::Instant::now();
-    // sshd's privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    boot.services
-        .add(Service::new("sshd", "/usr/sbin/sshd", &["-D", "-e"]), now);
-    // The monitor stops its agents within buildos.agent_grace when asked to; it gets that
-    // long and a little more before init kills it.
-    let mut monitor = Service::new("monitor", "/usr/sbin/buildos-monitor", &[]);
-    monitor.grace = std::time::Duration::from_secs(u64::from(boot.config.agent_grace) + 5);
-    boot.services.add(monitor, now);
-    let names: Vec<String> = ["sshd", "monitor"].iter().map(|s| s.to_string()).collect();
+    let mut names = Vec::new();
+    for spec in contract::services::starting(contract::services::Start::AfterBoot) {
+        if let Some(dir) = spec.needs_dir {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let service = Service::from_contract(spec, boot.config.agent_grace, RUN_DIR);
+        boot.services.add(service, now);
+        names.push(spec.name.to_owned());
+    }
+    let mut warnings = Vec::new();
+    if let Some(target) = &boot.config.tunnel {
+        let state = std::path::Path::new(state::STATE);
+        let pinned = boot.config.tunnel_host_key.as_deref();
+        match tunnel::host_key_check(pinned, state, std::path::Path::new(RUN_DIR)) {
+            Ok(check) => {
+                let key = tunnel::dir(state).join("id_ed25519");
+                let args = tunnel::args(target, &key, &check);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                boot.services
+                    .add(Service::new(tunnel::SERVICE, tunnel::SSH, &args), now);
+                names.push(format!(
+                    "tunnel (to {target}, the bastion's host key {})",
+                    if pinned.is_some() {
+                        "from buildos.tunnel_host_key".to_string()
+                    } else {
+                        format!("kept in {} on first use", check.known_hosts.display())
+                    }
+                ));
+            }
+            Err(error) => warnings.push(format!("tunnel: {error}")),
+        }
+    }
     console::info(&format!("services to start: {}", names.join(", ")));
-    Ok(Outcome::Ok)
+    Ok(if warnings.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(warnings)
+    })
 }
 
 fn step_storage(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
@@ -874,10 +910,9 @@ mod tests {
     fn builds_home_and_tftp_root_become_roots_and_closed_to_others(
     ) -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        assert!(
-            nix::unistd::Uid::effective().is_root(),
-            "giving directories away needs root (cargo xtask test runs as root)"
-        );
+        if !buildos_testpeers::tier::root("giving directories away") {
+            return Ok(());
+        }
         let home = std::env::temp_dir().join(format!("buildos-home-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&home);
         // As an earlier boot left it: build's, writable by everyone.

@@ -162,14 +162,20 @@ pub fn spawn_shell(host: &dyn Host) -> std::io::Result<Pid> {
         let _ = std::fs::create_dir_all(dir);
     }
     // The applets as commands, so the operator can type `mkfs.ext4`'s neighbours, `ls`, `ip`.
-    let _ = Command::new("/bin/busybox")
+    let _ = Command::new(buildos_contract::programs::BUSYBOX)
         .args(["--install", "-s"])
         .status();
     let tty = console_tty();
     let terminal = OpenOptions::new().read(true).write(true).open(&tty)?;
     host.spawn(
-        unblocked(std::path::Path::new("/bin/busybox"))
-            .args(["setsid", "-c", "/bin/busybox", "sh", "-l"])
+        unblocked(std::path::Path::new(buildos_contract::programs::BUSYBOX))
+            .args([
+                "setsid",
+                "-c",
+                buildos_contract::programs::BUSYBOX,
+                "sh",
+                "-l",
+            ])
             .env_clear()
             .env("PATH", "/sbin:/usr/sbin:/bin:/usr/bin")
             .env("HOME", "/root")

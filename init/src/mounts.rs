@@ -83,6 +83,128 @@ pub const EARLY: &[Mount] = &[
     },
 ];
 
+/// Where the root is bound before it is moved onto `/`: a directory of the initramfs, removed
+/// again once the root is the bind mount.
+const ROOT_STAGING: &str = "/.buildos-root";
+
+/// One call of the sequence that makes the root a mount of its own ([`ROOT`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootCall {
+    /// `mount(source, target, MS_BIND)`.
+    Bind {
+        source: &'static str,
+        target: &'static str,
+    },
+    /// `mount(source, target, MS_MOVE)`.
+    Move {
+        source: &'static str,
+        target: &'static str,
+    },
+    Chdir(&'static str),
+    Chroot(&'static str),
+    RemoveDir(&'static str),
+}
+
+impl RootCall {
+    fn make(self, host: &dyn Host) -> nix::Result<()> {
+        let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(0));
+        match self {
+            RootCall::Bind { source, target } => host.mount(
+                Some(Path::new(source)),
+                Path::new(target),
+                None,
+                MsFlags::MS_BIND,
+                None,
+            ),
+            RootCall::Move { source, target } => host.mount(
+                Some(Path::new(source)),
+                Path::new(target),
+                None,
+                MsFlags::MS_MOVE,
+                None,
+            ),
+            RootCall::Chdir(path) => host.chdir(Path::new(path)),
+            RootCall::Chroot(path) => host.chroot(Path::new(path)),
+            RootCall::RemoveDir(path) => host.remove_dir(Path::new(path)).map_err(errno),
+        }
+    }
+}
+
+/// The kernel unpacks the initrd into rootfs, the one mount with no parent, and
+/// pivot_root(2) refuses to move a root that is rootfs (EINVAL): Nix's sandbox, which
+/// pivot_roots into each build's tree, and every container runtime fail on it. So the root
+/// becomes a bind mount of itself, as switch_root does with a new root: the same files, now a
+/// mount on top of rootfs that pivot_root accepts. A call with the reason it is needed.
+pub const ROOT: &[(RootCall, &str)] = &[
+    (
+        RootCall::Bind {
+            source: "/",
+            target: ROOT_STAGING,
+        },
+        "a second mount of the same files, which has a parent",
+    ),
+    (RootCall::Chdir(ROOT_STAGING), "to stand in that mount"),
+    (
+        RootCall::Move {
+            source: ROOT_STAGING,
+            target: "/",
+        },
+        "to put it over rootfs's /",
+    ),
+    (
+        RootCall::Chroot("."),
+        "to make it init's root, which every process inherits",
+    ),
+    (RootCall::Chdir("/"), "to stand at the new root"),
+    (
+        RootCall::RemoveDir(ROOT_STAGING),
+        "the staging directory, empty again in the new root",
+    ),
+];
+
+/// A call of [`ROOT`] that failed.
+#[derive(Debug)]
+pub struct RootError {
+    pub call: RootCall,
+    pub reason: &'static str,
+    pub errno: Errno,
+}
+
+impl fmt::Display for RootError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): {:?} ({}) failed: {}",
+            self.call,
+            self.reason,
+            self.errno.desc()
+        )
+    }
+}
+
+impl std::error::Error for RootError {}
+
+/// Makes the root a bind mount of itself ([`ROOT`]), before any other mount (a bind without
+/// MS_REC carries no mounts below `/`). Stops at the first call that fails; the root is then
+/// rootfs still, and boot goes on.
+pub fn root_on_a_mount(host: &dyn Host) -> Result<(), RootError> {
+    host.create_dir_all(Path::new(ROOT_STAGING))
+        .map_err(|e| RootError {
+            call: ROOT[0].0,
+            reason: "its mount point",
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })?;
+    for (call, reason) in ROOT {
+        call.make(host).map_err(|errno| RootError {
+            call: *call,
+            reason,
+            errno,
+        })?;
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub enum MountError {
     CreateTarget { mount: Mount, error: std::io::Error },
@@ -184,7 +306,7 @@ pub fn is_mount_point(path: &Path) -> bool {
 pub fn disks_to_unmount(proc_mounts: &str) -> Vec<String> {
     let mut points: Vec<String> = mount_points(proc_mounts)
         .into_iter()
-        .filter(|m| m == "/state" || m.starts_with("/state/") || m.starts_with("/build/"))
+        .filter(|m| buildos_contract::state::holds(m) || buildos_contract::build::holds(m))
         .collect();
     points.reverse();
     points
@@ -225,6 +347,39 @@ pub fn unmount_disks(host: &dyn Host, proc_mounts: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::host::Recording;
+
+    #[test]
+    fn root_becomes_a_bind_mount_of_itself_moved_over_rootfs() {
+        let host = Recording::new();
+        root_on_a_mount(&host).unwrap();
+        assert_eq!(
+            host.calls(),
+            [
+                "mkdir /.buildos-root",
+                "mount none / on /.buildos-root MS_BIND",
+                "chdir /.buildos-root",
+                "mount none /.buildos-root on / MS_MOVE",
+                "chroot .",
+                "chdir /",
+                "rmdir /.buildos-root",
+            ]
+        );
+    }
+
+    #[test]
+    fn root_left_on_rootfs_says_which_call_failed_and_what_it_costs() {
+        let host = Recording::new();
+        host.fail("mount none /.buildos-root on / ", Errno::EINVAL);
+        let error = root_on_a_mount(&host).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "the root stays the initramfs's rootfs, where pivot_root(2) fails (Nix's sandbox and \
+             container runtimes cannot run): Move { source: \"/.buildos-root\", target: \"/\" } \
+             (to put it over rootfs's /) failed: Invalid argument"
+        );
+        // Nothing after the failed call ran.
+        assert!(host.calls_of("chroot").is_empty());
+    }
 
     #[test]
     fn disks_unmount_innermost_first_and_kernel_mounts_stay() {

@@ -3,7 +3,9 @@
 //! Each service is started once boot is done, restarted with a doubling back-off when it dies
 //! (reset once it has run for a minute), and stopped at shutdown with SIGTERM, a grace period,
 //! then SIGKILL. Output goes to `/run/buildos/log/<name>.log`, kept under 1 MiB (then `<name>.log.1`). A program the image does not
-//! carry is reported once and left out, so a minimal image boots without sshd.
+//! carry is reported once and left out, so a minimal image boots without sshd. Which services
+//! there are, with their programs, arguments and graces, is the host contract's table
+//! ([`buildos_contract::services::SERVICES`]); [`Service::from_contract`] makes one of an entry.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -17,7 +19,7 @@ use nix::unistd::Pid;
 use crate::host::Host;
 
 /// Where service output goes, one file per service.
-pub const LOG_DIR: &str = "/run/buildos/log";
+pub const LOG_DIR: &str = buildos_contract::run::LOG_DIR;
 
 /// A service that has run this long before dying starts its back-off from the beginning.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -52,10 +54,25 @@ impl Service {
             trampoline: std::env::current_exe().ok(),
         }
     }
+
+    /// The contract's service `spec`, its arguments reading their files from `run`, its grace
+    /// given `buildos.agent_grace`.
+    pub fn from_contract(
+        spec: &buildos_contract::services::Service,
+        agent_grace: u32,
+        run: &str,
+    ) -> Service {
+        let args = spec.args_in(run);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut service = Service::new(spec.name, spec.program, &args);
+        service.grace = Duration::from_secs(spec.grace.seconds(agent_grace));
+        service
+    }
 }
 
 /// What a service gets between SIGTERM and SIGKILL unless it says otherwise.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_GRACE: Duration =
+    Duration::from_secs(buildos_contract::services::DEFAULT_GRACE.seconds(0));
 
 /// How long to wait before the `deaths`-th quick restart in a row: 1 s, 2 s, 4 s, ... up to
 /// [`MAX_BACKOFF`].
@@ -289,6 +306,31 @@ fn spawn(host: &dyn Host, service: &Service) -> std::io::Result<Pid> {
 mod tests {
     use super::*;
     use crate::host::Linux;
+
+    #[test]
+    fn services_from_the_contract_log_in_run_and_the_monitor_outwaits_its_agents() {
+        let table = |name| buildos_contract::services::named(name).unwrap();
+        let monitor = Service::from_contract(table("monitor"), 30, "/run/buildos");
+        assert_eq!(monitor.program, PathBuf::from("/usr/sbin/buildos-monitor"));
+        assert_eq!(monitor.grace, Duration::from_secs(35));
+        assert_eq!(
+            monitor.log,
+            Some(PathBuf::from("/run/buildos/log/monitor.log"))
+        );
+        let sshd = Service::from_contract(table("sshd"), 30, "/run/buildos");
+        assert_eq!(
+            (sshd.args.as_slice(), sshd.grace),
+            (&["-D".to_owned(), "-e".to_owned()][..], DEFAULT_GRACE)
+        );
+        let dnsmasq = Service::from_contract(table("dnsmasq"), 30, "/tmp/run");
+        assert_eq!(
+            dnsmasq.args,
+            [
+                "--keep-in-foreground",
+                "--conf-file=/tmp/run/dnsmasq-br1.conf"
+            ]
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

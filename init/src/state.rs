@@ -15,7 +15,7 @@ use crate::error::FileError;
 use crate::host::Host;
 
 /// Where the state disk is mounted.
-pub const STATE: &str = "/state";
+pub const STATE: &str = buildos_contract::state::DIR;
 
 /// Bytes of seed kept: the size of the kernel's input pool.
 const SEED_BYTES: usize = 512;
@@ -60,7 +60,7 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), FileE
 /// Mixes the saved seed (if any) into the kernel's pool via `urandom`, then saves a fresh one.
 /// Returns a line for the console.
 pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, FileError> {
-    let seed_path = state.join("random-seed");
+    let seed_path = state.join(buildos_contract::state::RANDOM_SEED);
     let said = match std::fs::read(&seed_path) {
         Ok(seed) if !seed.is_empty() => {
             std::fs::OpenOptions::new()
@@ -91,7 +91,11 @@ pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, FileError> {
 pub fn save_seed(state: &Path) -> Result<(), FileError> {
     let mut seed = vec![0u8; SEED_BYTES];
     getrandom(&mut seed)?;
-    write_atomically(&state.join("random-seed"), &seed, 0o600)
+    write_atomically(
+        &state.join(buildos_contract::state::RANDOM_SEED),
+        &seed,
+        0o600,
+    )
 }
 
 fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
@@ -106,7 +110,7 @@ fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
 /// Makes any missing host key under `state/ssh` with `ssh_keygen`, links each key pair into
 /// `etc_ssh`, and returns a line per key with its fingerprint.
 pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<String>, KeyError> {
-    let dir = state.join("ssh");
+    let dir = state.join(buildos_contract::state::SSH);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("set the mode of", &dir))?;

@@ -1,4 +1,5 @@
-//! Host-level tests of init's network set-up, as root, in network namespaces each test makes
+//! Host-level tests of init's network set-up, as root (as a normal user each says it was
+//! skipped), in network namespaces each test makes
 //! and removes: veth pairs for wires, a real dnsmasq as the DHCP server, nft and ping.
 //!
 //! The library runs on a thread that has entered the client's namespace (and a UTS namespace
@@ -24,13 +25,12 @@ use dhcproto::{Decodable, Encodable};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 
-fn need_root() {
-    let uid = nix::unistd::geteuid();
-    assert!(
-        uid.is_root(),
-        "this test needs root (network namespaces, veth pairs, dnsmasq); run it as root, \
-         as CI does (uid is {uid})"
-    );
+/// False, after saying why, when the test cannot run here (not root).
+#[must_use]
+fn need_root() -> bool {
+    if !buildos_testpeers::tier::root("network namespaces, veth pairs, dnsmasq") {
+        return false;
+    }
     for program in ["ip", "dnsmasq", "nft", "ping", "curl"] {
         assert!(
             ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
@@ -39,6 +39,7 @@ fn need_root() {
             "this test needs {program}; `cargo xtask test` installs it"
         );
     }
+    true
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -247,7 +248,9 @@ fn config(dhcp_wait: u32) -> Config {
 
 #[test]
 fn dhcp_client_gets_address_router_dns_and_ntp_servers_from_dnsmasq() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:01");
     // dnsmasq sends option 42 only to a client that asks for it.
@@ -283,7 +286,9 @@ fn dhcp_client_gets_address_router_dns_and_ntp_servers_from_dnsmasq() {
 
 #[test]
 fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carrier() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:02");
     // c1's far end stays down: no carrier on c1.
@@ -381,7 +386,9 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
 
 #[test]
 fn setup_without_an_answering_server_gives_up_within_its_bound_and_still_makes_br1() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, _server) = client_and_server("02:00:00:77:00:04");
     let paths = dir.paths();
@@ -431,7 +438,9 @@ fn setup_without_an_answering_server_gives_up_within_its_bound_and_still_makes_b
 
 #[test]
 fn keeper_renews_a_short_lease_with_the_server() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:05");
     let dnsmasq = Dnsmasq::start(
@@ -478,7 +487,9 @@ fn keeper_renews_a_short_lease_with_the_server() {
 
 #[test]
 fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:06");
     let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
@@ -665,7 +676,9 @@ fn private_bridge_serves_dhcp_and_tftp_and_nats_a_machine_out_through_br0() {
 
 #[test]
 fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:08");
     let first = Dnsmasq::start(
@@ -735,7 +748,9 @@ fn keeper_goes_back_to_discovery_when_the_server_refuses_the_renewal() {
 
 #[test]
 fn keeper_makes_br0_when_a_server_answers_after_boot_gave_up() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:09");
     let paths = dir.paths();
@@ -907,7 +922,9 @@ fn bytes(message: &Message) -> Vec<u8> {
 
 #[test]
 fn dhcp_client_drops_a_forged_reply_with_a_long_hardware_length_and_takes_the_real_one() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let (client, server) = client_and_server("02:00:00:77:00:0a");
     // Anyone on the LAN sees the transaction id of the broadcast DISCOVER; this one answers
     // every request first with hlen 200, which dhcproto's chaddr() slices by, then truthfully.
@@ -946,7 +963,9 @@ fn dhcp_client_drops_a_forged_reply_with_a_long_hardware_length_and_takes_the_re
 
 #[test]
 fn setup_leaves_out_dhcp_names_that_are_not_names_and_says_so() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:0b");
     // A newline in the domain once added an /etc/hosts line for a toolchain server, and the
@@ -1014,7 +1033,9 @@ fn setup_leaves_out_dhcp_names_that_are_not_names_and_says_so() {
 
 #[test]
 fn keeper_with_a_lease_time_of_zero_waits_before_renewing_and_keeps_br0() {
-    need_root();
+    if !need_root() {
+        return;
+    }
     let dir = TempDir::new();
     let (client, server) = client_and_server("02:00:00:77:00:0c");
     let forger = Arc::new(ForgingServer::start(

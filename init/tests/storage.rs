@@ -1,6 +1,7 @@
 //! Host-level tests of disks by label: loop devices on sparse files, real mkfs, real mounts
 //! under a scratch root. Each test scans a directory that exposes only its own loop devices,
-//! so the machine's disks and the other tests' devices are never seen. Needs root.
+//! so the machine's disks and the other tests' devices are never seen. Needs root: as a normal
+//! user each test says it was skipped.
 
 // Test helpers outside `#[test]` functions: a failed step is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -13,18 +14,6 @@ use std::time::{Duration, Instant};
 
 use buildos_cmdline::Config;
 use buildos_init::storage::{self, Environment, StorageError, StorageReport};
-
-fn require_root() {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective user of this process.
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid());
-    if euid.ok() != Some(0) {
-        panic!(
-            "needs root: these tests make loop devices, filesystems and mounts \
-             (run `cargo xtask test` or `cargo test -p buildos-init --test storage` as root)"
-        );
-    }
-}
 
 fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -75,8 +64,11 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new() -> Scratch {
-        require_root();
+    /// None, after saying why, when the test cannot run here (not root).
+    fn new() -> Option<Scratch> {
+        if !buildos_testpeers::tier::root("loop devices, filesystems and mounts") {
+            return None;
+        }
         let dir = tempfile::Builder::new()
             .prefix("buildos-storage-")
             .tempdir()
@@ -84,10 +76,10 @@ impl Scratch {
         for sub in ["sys", "dev", "root", "images"] {
             std::fs::create_dir(dir.path().join(sub)).unwrap();
         }
-        Scratch {
+        Some(Scratch {
             loops: Vec::new(),
             dir,
-        }
+        })
     }
 
     fn root(&self) -> PathBuf {
@@ -227,7 +219,9 @@ fn forget(device: &Path) {
 
 #[test]
 fn state_and_machine_volumes_are_mounted_by_label_machines_nosuid_nodev_and_written_to_fstab() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     let state = s.ext4("buildos.state");
     let default = s.btrfs("buildos.machines", 1)[0];
     s.expose(default);
@@ -292,7 +286,9 @@ fn state_and_machine_volumes_are_mounted_by_label_machines_nosuid_nodev_and_writ
 
 #[test]
 fn state_may_be_any_filesystem_and_is_mounted_with_the_type_its_superblock_names() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     let state = s.btrfs("buildos.state", 1)[0];
     s.expose(state);
     let machines = s.btrfs("buildos.machines", 1)[0];
@@ -318,7 +314,9 @@ fn state_may_be_any_filesystem_and_is_mounted_with_the_type_its_superblock_names
 
 #[test]
 fn two_device_btrfs_mounts_once_its_second_device_appears() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let disks = s.btrfs("buildos.machines", 2);
     // mkfs registered both devices; start from a kernel that knows neither, as at boot.
@@ -367,7 +365,9 @@ fn two_device_btrfs_mounts_once_its_second_device_appears() {
 
 #[test]
 fn btrfs_missing_a_device_is_an_error_naming_label_uuid_and_count() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let disks = s.btrfs("buildos.machines.wide", 2);
     forget(s.device(disks[0]));
@@ -397,7 +397,9 @@ fn btrfs_missing_a_device_is_an_error_naming_label_uuid_and_count() {
 
 #[test]
 fn duplicate_labels_are_an_error_naming_both_devices() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     let first = s.ext4("buildos.state");
     let second = s.ext4("buildos.state");
     let machines = s.btrfs("buildos.machines", 1)[0];
@@ -421,7 +423,9 @@ fn duplicate_labels_are_an_error_naming_both_devices() {
 
 #[test]
 fn missing_state_label_is_an_error_with_the_mkfs_advice() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     let machines = s.btrfs("buildos.machines", 1)[0];
     s.expose(machines);
 
@@ -444,7 +448,9 @@ fn missing_state_label_is_an_error_with_the_mkfs_advice() {
 
 #[test]
 fn no_machines_disk_at_all_is_an_error_with_the_btrfs_advice() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let text = s.setup(0, &quiet).unwrap_err().to_string();
     for want in [
@@ -458,7 +464,9 @@ fn no_machines_disk_at_all_is_an_error_with_the_btrfs_advice() {
 
 #[test]
 fn non_btrfs_machine_disk_is_an_error_naming_device_and_type() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let machines = s.ext4("buildos.machines");
 
@@ -476,7 +484,9 @@ fn non_btrfs_machine_disk_is_an_error_naming_device_and_type() {
 
 #[test]
 fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let good = s.btrfs("buildos.machines.a", 1)[0];
     s.expose(good);
@@ -511,7 +521,9 @@ fn a_filesystem_the_kernel_refuses_is_an_error_and_nothing_stays_mounted() {
 
 #[test]
 fn a_device_whose_read_hangs_is_skipped_after_its_bound_and_named() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     s.ext4("buildos.state");
     let machines = s.btrfs("buildos.machines", 1)[0];
     s.expose(machines);
@@ -557,7 +569,9 @@ fn btrfs_as(uid: u32, gid: u32, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn build_snapshots_and_deletes_its_machines_on_a_volume_mounted_with_inits_options() {
-    let mut s = Scratch::new();
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
     let state = s.ext4("buildos.state");
     let _ = state;
     let machines = s.btrfs("buildos.machines", 1)[0];

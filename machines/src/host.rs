@@ -16,12 +16,12 @@ use crate::volume;
 
 /// User and group `build`, the owner of machine directories and subvolumes on a host.
 pub const BUILD_OWNER: Owner = Owner {
-    uid: 1000,
-    gid: 1000,
+    uid: buildos_contract::build::UID,
+    gid: buildos_contract::build::GID,
 };
 
 /// Where a host mounts its machine volumes.
-pub const MACHINES_ROOT: &str = "/build/machines";
+pub const MACHINES_ROOT: &str = buildos_contract::build::MACHINES;
 
 /// Numeric owner of a machine's files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 /// The key's file name under `<state>/agent/`.
-pub const KEY_FILE: &str = "id_ed25519";
+pub const KEY_FILE: &str = buildos_contract::state::AGENT_KEY;
 
 /// The agent key as the mail and the status show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub fn ensure(
     ssh_keygen: &Path,
     hostname: &str,
 ) -> Result<AgentKey, String> {
-    let dir = state.join("agent");
+    let dir = state.join(buildos_contract::state::AGENT);
     crate::paths::private_dir(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;

@@ -101,6 +101,9 @@ pub struct Variables {
     /// The host's agent key on the state disk (private, the agents' user's), empty when there
     /// is none.
     pub agent_key: String,
+    /// The toolchain's secrets, `/state/secrets/<name>`: the agents' user's (0700), one file
+    /// per secret (0600); see [`crate::secrets`].
+    pub secrets_dir: String,
 }
 
 /// An agent step that failed.
@@ -968,6 +971,7 @@ mod tests {
             trust: vec!["AA:BB".into(), "CC:DD".into()],
             controller_urls: vec!["https://ci.example.org/".into(), "https://c2/".into()],
             agent_key: "/state/agent/id_ed25519".into(),
+            secrets_dir: "/state/secrets/default".into(),
         }
     }
 

@@ -17,8 +17,11 @@ const USAGE: &str = "usage:
   buildos-monitor sendmail [-t] [-i] [-f from] [recipient...]
                                queue the mail on standard input for the admin
                                (also when invoked as `sendmail`)
+  buildos-monitor secret <toolchain> <name>
+                               store standard input as a secret of the toolchain's agents
+                               (run it as build: /state/secrets/<toolchain>/<name>, 0600)
 environment: BUILDOS_CMDLINE, BUILDOS_BUILDID, BUILDOS_TFTP_ROOT, BUILDOS_AGENTS, BUILDOS_WORK,
-  BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB move the files it uses;
+  BUILDOS_MAIL_QUEUE, BUILDOS_RUN, BUILDOS_MOUNTS, BUILDOS_FSTAB, BUILDOS_STATE move the files it uses;
   BUILDOS_NO_REBOOT=1 makes a change stop the agents and mail, but not reboot";
 
 /// Runs the command line `args` (with the program name first); returns the exit code.
@@ -72,6 +75,7 @@ pub fn main(args: &[String]) -> u8 {
             126
         }
         Some("fetch") => fetch(rest),
+        Some("secret") => secret(rest),
         Some("status") => status(rest.iter().any(|a| a == "--json")),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
@@ -80,6 +84,27 @@ pub fn main(args: &[String]) -> u8 {
         Some(other) => {
             eprintln!("buildos-monitor: unknown command {other:?}\n{USAGE}");
             64
+        }
+    }
+}
+
+fn secret(args: &[String]) -> u8 {
+    let [toolchain, name] = args else {
+        eprintln!("buildos-monitor secret: expected <toolchain> <name>\n{USAGE}");
+        return 64;
+    };
+    let state = Paths::from_env().state;
+    match crate::secrets::put(&state, toolchain, name, &mut std::io::stdin()) {
+        Ok(path) => {
+            println!("{}: stored, readable only by you", path.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("buildos-monitor secret: {e}");
+            match e {
+                crate::secrets::SecretError::Io { .. } => 74,
+                _ => 65,
+            }
         }
     }
 }
@@ -99,6 +124,9 @@ fn fetch(args: &[String]) -> u8 {
             return 64;
         }
     };
+    if let Err(e) = fetch::trust_also(&Paths::from_env().ca_certificates) {
+        eprintln!("buildos-monitor fetch: {e}");
+    }
     match fetch::download(
         url,
         Path::new(file),

@@ -17,12 +17,13 @@ use crate::mail::{self, Queue, Relay};
 use crate::paths::{self, Paths};
 use crate::poll::{self, Action, Subject, Watch};
 use crate::report::{self, HostUp, Report, ToolchainState};
+use crate::secrets;
 use crate::slices::{self, Host};
 use crate::status::{InstanceStatus, PollStatus, Status, ToolchainStatus};
 use crate::toolchain::{self, Installed, Outcome};
 
 /// Makes and reads the agent key.
-const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+const SSH_KEYGEN: &str = buildos_contract::programs::SSH_KEYGEN;
 
 /// What to do to reboot the host; given the reason.
 pub type RebootAction = Box<dyn Fn(&str) + Send>;
@@ -50,15 +51,15 @@ pub struct Options {
 impl Options {
     /// The options of the monitor on a host.
     pub fn host() -> Options {
-        // The image's contract: user and group `build` are 1000:1000.
+        use buildos_contract::build;
         let agent_user = nix::unistd::Uid::effective().is_root().then(|| {
-            agents::passwd_entry("/etc/passwd", |name, _| name == "build")
-                .map_or((1000, 1000), |user| (user.uid, user.gid))
+            agents::passwd_entry("/etc/passwd", |name, _| name == build::USER)
+                .map_or((build::UID, build::GID), |user| (user.uid, user.gid))
         });
         let agent_groups = match agent_user {
             Some(_) => agents::supplementary_groups(
                 &std::fs::read_to_string("/etc/group").unwrap_or_default(),
-                "build",
+                build::USER,
             ),
             None => Vec::new(),
         };
@@ -73,7 +74,7 @@ impl Options {
                 first_delay: Duration::from_secs(5),
                 max_delay: Duration::from_secs(300),
                 launcher: std::env::current_exe()
-                    .unwrap_or_else(|_| PathBuf::from("/usr/sbin/buildos-monitor")),
+                    .unwrap_or_else(|_| PathBuf::from(buildos_contract::programs::MONITOR)),
             },
             agent_user,
             agent_groups,
@@ -413,6 +414,14 @@ pub fn run(options: Options) -> String {
         log::warn!("{diagnostic}");
     }
     let config = parsed.config;
+    match fetch::trust_also(&paths.ca_certificates) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "HTTPS trusts {n} CA certificate(s) of {} besides the built-in roots",
+            paths.ca_certificates.display()
+        ),
+        Err(e) => log::error!("{e}"),
+    }
     let hostname = paths::hostname(paths);
     let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
 
@@ -431,6 +440,13 @@ pub fn run(options: Options) -> String {
             key.fingerprint
         ),
         Err(e) => log::error!("no agent key: {e}"),
+    }
+    // Before any agent starts, so a secret can be put there as soon as the host is up, even
+    // for a toolchain that is not installed yet.
+    for name in config.toolchains.keys() {
+        if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
+            log::error!("toolchain {name}: no secrets directory: {e}");
+        }
     }
 
     let buildid = std::fs::read_to_string(&paths.buildid)
@@ -611,6 +627,7 @@ pub fn run(options: Options) -> String {
                         })
                         .unwrap_or_default(),
                     agent_key: Some(agent_key.clone()),
+                    tunnel: tunnel_key(&config, paths),
                 }));
                 // After the host-up mail's line: with nothing to poll, the monitor's last.
                 console::idle(&config);
@@ -799,7 +816,7 @@ fn agent_specs(
     let mut bootstrap = bootstrap.map(|template| (template, None));
     let work = agents::user_dir(&paths.work, &installed.name, options.agent_user, 0o700)?;
     let served = agents::user_dir(
-        &paths.tftp_root.join("agents"),
+        &paths.tftp_root.join(buildos_contract::build::SERVED_AGENTS),
         &installed.name,
         options.agent_user,
         0o755,
@@ -831,6 +848,9 @@ fn agent_specs(
             trust: tc.controller_trusts.clone(),
             controller_urls: tc.controller_urls.clone(),
             agent_key: agent_key.to_string(),
+            secrets_dir: secrets::toolchain_dir(&paths.state, &installed.name)
+                .display()
+                .to_string(),
         };
         if let Some((template, made @ None)) = &mut bootstrap {
             let mailer = Mutex::new(mailer.clone());
@@ -839,7 +859,7 @@ fn agent_specs(
                 agents::command(template, &variables, &dir)?,
                 paths
                     .run
-                    .join("agents")
+                    .join(buildos_contract::run::AGENT_LOGS)
                     .join(format!("{}-bootstrap.log", installed.name)),
                 paths
                     .agents
@@ -861,11 +881,22 @@ fn agent_specs(
             home: Some(work.clone()),
             log: paths
                 .run
-                .join("agents")
+                .join(buildos_contract::run::AGENT_LOGS)
                 .join(format!("{}-{}.log", installed.name, slice.instance)),
         });
     }
     Ok(specs)
+}
+
+/// With `buildos.tunnel`, the bastion and the public half of the tunnel key init made on the
+/// state disk (`<state>/tunnel/id_ed25519.pub`).
+fn tunnel_key(config: &Config, paths: &Paths) -> Option<(String, Result<String, String>)> {
+    let target = config.tunnel.as_ref()?;
+    let public = paths.state.join("tunnel/id_ed25519.pub");
+    let key = std::fs::read_to_string(&public)
+        .map(|text| text.trim().to_string())
+        .map_err(|e| format!("cannot read {}: {e}", public.display()));
+    Some((target.to_string(), key))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -875,8 +906,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The disks init mounted: `/state` and `/build/machines/*` from `/proc/mounts`, else the
 /// same from `/etc/fstab`.
 fn disks(paths: &Paths) -> Vec<String> {
-    let wanted =
-        |mountpoint: &str| mountpoint == "/state" || mountpoint.starts_with("/build/machines/");
+    let wanted = |mountpoint: &str| {
+        mountpoint == buildos_contract::state::DIR
+            || buildos_contract::build::is_machine_volume(mountpoint)
+    };
     for source in [&paths.mounts, &paths.fstab] {
         let Ok(text) = std::fs::read_to_string(source) else {
             continue;

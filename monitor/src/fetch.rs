@@ -256,6 +256,78 @@ pub fn trust_only(certificates: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
+/// The built-in roots and the image's own CA certificates; see [`trust_also`].
+static ALSO_TRUSTED: Mutex<Option<Arc<ureq::rustls::ClientConfig>>> = Mutex::new(None);
+
+/// What [`trust_also`] found wrong with a CA certificates file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for TrustError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot trust the CA certificates of {}: {}; expected PEM \
+             (-----BEGIN CERTIFICATE-----) certificates of certificate authorities",
+            self.path, self.reason
+        )
+    }
+}
+
+/// The certificates of a PEM file's text, in DER; an error when it holds none or a block
+/// that is not one.
+pub fn pem_certificates(text: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use ureq::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut certificates = Vec::new();
+    for (index, item) in CertificateDer::pem_slice_iter(text).enumerate() {
+        let der = item.map_err(|e| format!("certificate {}: {e}", index + 1))?;
+        certificates.push(der.as_ref().to_vec());
+    }
+    if certificates.is_empty() {
+        return Err("it holds no certificate".to_owned());
+    }
+    Ok(certificates)
+}
+
+/// Makes every later HTTPS fetch of this process trust the certificate authorities in the PEM
+/// file `path` as well as the Mozilla roots built in: a farm that serves its toolchains from
+/// an internal CA puts that CA in the image (`cargo xtask image --ca-certificates`). A missing
+/// file changes nothing and returns 0; otherwise returns how many certificates were added. A
+/// file that is there but unusable is an error naming it, and the built-in roots stay.
+pub fn trust_also(path: &std::path::Path) -> Result<usize, TrustError> {
+    use ureq::rustls;
+    let error = |reason: String| TrustError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(error(e.to_string())),
+    };
+    let certificates = pem_certificates(&text).map_err(error)?;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for (index, der) in certificates.iter().enumerate() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| error(format!("certificate {}: {e}", index + 1)))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+    .map_err(|e| error(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    *ALSO_TRUSTED.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
+    Ok(certificates.len())
+}
+
 /// The HTTP client of one request to `url`: `deadline` bounds the whole request (connect,
 /// redirects, headers, body), `connect` the connection; from an `https://` URL only `https://`
 /// redirects are followed.
@@ -266,7 +338,14 @@ fn agent(url: &str, connect: Duration, deadline: Duration) -> ureq::Agent {
         .https_only(url.starts_with("https://"))
         .user_agent(concat!("buildos-monitor/", env!("CARGO_PKG_VERSION")))
         .resolver(|target: &str| crate::resolve::resolve_host_port(target));
-    if let Some(config) = TRUSTED.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    let only = TRUSTED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let also = || {
+        ALSO_TRUSTED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    };
+    if let Some(config) = only.or_else(also) {
         builder = builder.tls_config(config);
     }
     builder.build()

@@ -23,6 +23,7 @@ pub mod mail;
 pub mod paths;
 pub mod poll;
 pub mod report;
+pub mod secrets;
 pub use buildos_resolve as resolve;
 pub mod sendmail;
 pub mod slices;

@@ -121,7 +121,7 @@ impl fmt::Display for QueueError {
                  (at most {MAX_MESSAGES} and {MAX_QUEUE_BYTES} bytes); the relay must take some, \
                  or the admin remove dead letters from {}",
                 dir.display(),
-                dir.join("dead").display()
+                dir.join(buildos_contract::mail::DEAD).display()
             ),
             QueueError::Io { path, error } => write!(f, "{}: {error}", path.display()),
         }
@@ -162,7 +162,7 @@ fn unique_name() -> String {
 /// `dir/<name>.mail`.
 fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, QueueError> {
     let temporary = dir.join(format!(".{name}.tmp"));
-    let path = dir.join(format!("{name}.mail"));
+    let path = dir.join(format!("{name}.{}", buildos_contract::mail::EXTENSION));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -219,12 +219,12 @@ impl Queue {
 
     /// Where other users hand mail in.
     pub fn drop_dir(&self) -> PathBuf {
-        self.dir.join("drop")
+        self.dir.join(buildos_contract::mail::DROP)
     }
 
     /// Where refused messages are kept for the admin.
     pub fn dead_dir(&self) -> PathBuf {
-        self.dir.join("dead")
+        self.dir.join(buildos_contract::mail::DEAD)
     }
 
     /// Sets the queue up for root: the directories with their modes (a queue an older
@@ -378,7 +378,7 @@ impl Queue {
 
     /// One flusher at a time (the monitor, `sendmail`), so no message is sent twice.
     fn flush_locked(&self, relay: &Relay, how: FlockArg) -> Result<Option<usize>, SendError> {
-        let lock_path = self.dir.join(".lock");
+        let lock_path = self.dir.join(buildos_contract::mail::LOCK);
         let failed = |reason: String| SendError {
             file: lock_path.clone(),
             reason,
@@ -612,7 +612,10 @@ fn mail_files(dir: &Path) -> Vec<PathBuf> {
             entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "mail"))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|e| e == buildos_contract::mail::EXTENSION)
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use buildos_contract as contract;
+
 /// Where things are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
@@ -33,22 +35,27 @@ pub struct Paths {
     pub machines: PathBuf,
     /// The state disk: the agent key lives in `agent/` on it (`/state`; `BUILDOS_STATE`).
     pub state: PathBuf,
+    /// Certificate authorities HTTPS fetches trust besides the built-in roots, PEM, put there
+    /// by `cargo xtask image --ca-certificates` (`/etc/buildos/ca-certificates.pem`;
+    /// `BUILDOS_CA_CERTIFICATES`).
+    pub ca_certificates: PathBuf,
 }
 
 impl Default for Paths {
     fn default() -> Paths {
         Paths {
             cmdline: "/proc/cmdline".into(),
-            buildid: "/etc/buildos/buildid".into(),
-            tftp_root: "/build/tftp".into(),
-            agents: "/build/agents".into(),
-            work: "/build/work".into(),
-            mail_queue: "/state/mail".into(),
-            run: "/run/buildos".into(),
+            buildid: contract::etc::BUILDID.into(),
+            tftp_root: contract::build::TFTP.into(),
+            agents: contract::build::AGENTS.into(),
+            work: contract::build::WORK.into(),
+            mail_queue: contract::state::MAIL.into(),
+            run: contract::run::DIR.into(),
             mounts: "/proc/mounts".into(),
             fstab: "/etc/fstab".into(),
-            machines: "/build/machines".into(),
-            state: "/state".into(),
+            machines: contract::build::MACHINES.into(),
+            state: contract::state::DIR.into(),
+            ca_certificates: contract::etc::CA_CERTIFICATES.into(),
         }
     }
 }
@@ -69,6 +76,7 @@ impl Paths {
             ("BUILDOS_FSTAB", &mut paths.fstab),
             ("BUILDOS_MACHINES", &mut paths.machines),
             ("BUILDOS_STATE", &mut paths.state),
+            ("BUILDOS_CA_CERTIFICATES", &mut paths.ca_certificates),
         ] {
             if let Some(value) = std::env::var_os(var) {
                 *field = value.into();
@@ -79,17 +87,17 @@ impl Paths {
 
     /// The status file `buildos-monitor status` reads.
     pub fn status(&self) -> PathBuf {
-        self.run.join("monitor.json")
+        self.run.join(contract::run::MONITOR_STATUS)
     }
 
     /// init's problems at boot, one per line.
     pub fn problems(&self) -> PathBuf {
-        self.run.join("problems")
+        self.run.join(contract::run::PROBLEMS)
     }
 
     /// The public side's `hostname=` line and others, written by init.
     pub fn network(&self) -> PathBuf {
-        self.run.join("network")
+        self.run.join(contract::run::NETWORK)
     }
 }
 

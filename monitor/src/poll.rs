@@ -35,16 +35,13 @@ pub enum Subject {
 }
 
 /// The length of a build id: a SHA-256 in hex.
-pub const BUILDID_LEN: usize = 64;
+pub const BUILDID_LEN: usize = buildos_contract::buildid::LEN;
 
 /// The build id in the text of a build id file: exactly [`BUILDID_LEN`] lower-case hex digits,
 /// with white space around; anything else is an error naming what was found.
 pub fn parse_buildid(text: &str) -> Result<&str, String> {
     let id = text.trim();
-    let hex = id
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if id.len() == BUILDID_LEN && hex {
+    if buildos_contract::buildid::is_valid(id) {
         return Ok(id);
     }
     let shown: String = id.chars().take(80).collect();

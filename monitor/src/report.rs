@@ -51,6 +51,9 @@ pub struct HostUp {
     pub problems: Vec<String>,
     /// The agent key, or why there is none.
     pub agent_key: Option<Result<crate::agentkey::AgentKey, String>>,
+    /// With `buildos.tunnel`: the bastion (`user@host:port:remote port`) and the tunnel key's
+    /// public line init made on the state disk, or why there is none.
+    pub tunnel: Option<(String, Result<String, String>)>,
 }
 
 pub fn host_up(up: &HostUp) -> Report {
@@ -94,6 +97,15 @@ pub fn host_up(up: &HostUp) -> Report {
             } else {
                 body.push_str("  kept from the state disk\n");
             }
+        }
+    }
+    if let Some((target, key)) = &up.tunnel {
+        body.push_str(&format!(
+            "\ntunnel to {target} (the bastion's authorized_keys needs this key):\n"
+        ));
+        match key {
+            Ok(line) => body.push_str(&format!("  {line}\n")),
+            Err(error) => body.push_str(&format!("  none: {error}\n")),
         }
     }
     body.push_str("\nproblems at boot:\n");
@@ -166,5 +178,46 @@ pub fn fetch_failing(url: &str, failures: u32, error: &str) -> Report {
         body: format!(
             "{failures} polls of {url} in a row failed; the host keeps running what it has and keeps polling. This mail is sent once until a poll succeeds again.\nlast error: {error}\n"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_up_mail_gives_the_tunnel_key_for_the_bastion() {
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkSecsMYNwYMkYmJR7ptVqX4ybIX/1N6edn3o3L4cyb buildos tunnel key";
+        let mail = host_up(&HostUp {
+            tunnel: Some((
+                "tunnel@bastion.example.org:22:2201".to_string(),
+                Ok(key.to_string()),
+            )),
+            ..HostUp::default()
+        });
+        assert!(
+            mail.body.contains(&format!(
+                "\ntunnel to tunnel@bastion.example.org:22:2201 (the bastion's authorized_keys \
+                 needs this key):\n  {key}\n"
+            )),
+            "{}",
+            mail.body
+        );
+        let without = host_up(&HostUp::default());
+        assert!(!without.body.contains("tunnel"), "{}", without.body);
+        let missing = host_up(&HostUp {
+            tunnel: Some((
+                "t@b:22:2201".to_string(),
+                Err("cannot read /state/tunnel/id_ed25519.pub: No such file".to_string()),
+            )),
+            ..HostUp::default()
+        });
+        assert!(
+            missing
+                .body
+                .contains("  none: cannot read /state/tunnel/id_ed25519.pub: No such file\n"),
+            "{}",
+            missing.body
+        );
     }
 }

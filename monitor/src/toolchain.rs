@@ -145,7 +145,7 @@ pub fn install_from(
         Checksums::Disabled => return Ok(Outcome::Disabled),
         Checksums::Files { version, entries } => (version, entries),
     };
-    let toolchains = tftp_root.join("toolchains");
+    let toolchains = tftp_root.join(buildos_contract::build::TOOLCHAINS);
     crate::paths::private_dir(&toolchains).map_err(|reason| InstallError::Io {
         path: toolchains.clone(),
         reason,

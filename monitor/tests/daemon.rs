@@ -330,6 +330,7 @@ fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
         mounts: root.join("mounts"),
         fstab: root.join("fstab"),
         machines: root.join("machines"),
+        ca_certificates: root.join("ca-certificates.pem"),
     };
     fs::write(&paths.cmdline, format!("console=ttyS0 {cmdline}\n")).unwrap();
     fs::write(&paths.buildid, format!("{RUNNING}\n")).unwrap();

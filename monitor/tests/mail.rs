@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use buildos_monitor::mail::{compose, Queue, Relay};
-use support::{free_port, Smtp};
+use support::{free_port, tier, Smtp};
 
 fn relay(port: u16) -> Relay {
     Relay {
@@ -81,6 +81,11 @@ fn relay_down_then_up_delivers_every_queued_mail_once() {
 
 #[test]
 fn sendmail_command_queues_mail_to_root_for_the_admin() {
+    if !tier::root(
+        "root's sendmail writes the queue itself; other users hand mail in through drop/",
+    ) {
+        return;
+    }
     let state = tempfile::tempdir().unwrap();
     let received = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(received.path(), free_port());
@@ -123,6 +128,11 @@ fn sendmail_command_queues_mail_to_root_for_the_admin() {
 
 #[test]
 fn invoked_as_sendmail_it_queues_until_the_relay_is_there() {
+    if !tier::root(
+        "root's sendmail writes the queue itself; other users hand mail in through drop/",
+    ) {
+        return;
+    }
     let state = tempfile::tempdir().unwrap();
     let queue_dir = state.path().join("mail");
     let cmdline = state.path().join("cmdline");
@@ -307,6 +317,12 @@ fn a_full_queue_refuses_new_mail_with_an_error_that_says_so() {
     );
     assert_eq!(queue.len(), buildos_monitor::mail::MAX_MESSAGES);
 
+    // The rest runs sendmail on the queue, which only root's sendmail writes.
+    if !tier::root(
+        "root's sendmail writes the queue itself; other users hand mail in through drop/",
+    ) {
+        return;
+    }
     // sendmail says so and exits with EX_TEMPFAIL, so its caller keeps the message.
     let cmdline = state.path().join("cmdline");
     std::fs::write(&cmdline, "").unwrap();
@@ -370,7 +386,9 @@ fn shell_as(uid: u32, script: &str) -> String {
 
 #[test]
 fn build_hands_mail_in_but_cannot_read_or_touch_queued_mail() {
-    support::require_root("running sendmail as another user");
+    if !tier::root("running sendmail as another user") {
+        return;
+    }
     const BUILD: u32 = 1000;
     let state = tempfile::tempdir().unwrap();
     // Like /state: others may pass through to the queue.

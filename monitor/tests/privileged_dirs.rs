@@ -15,7 +15,7 @@ use std::time::Duration;
 use buildos_monitor::agents;
 use buildos_monitor::fetch::Retry;
 use buildos_monitor::toolchain::{self, InstallError, Outcome};
-use support::{require_root, sha256_hex, HttpServer};
+use support::{sha256_hex, tier, HttpServer};
 
 fn quick() -> Retry {
     Retry {
@@ -71,7 +71,9 @@ fn switching_toolchains_never_removes_what_a_planted_link_points_to() {
 
 #[test]
 fn toolchains_are_not_installed_where_another_user_can_write() {
-    require_root("giving the TFTP root to another user");
+    if !tier::root("giving the TFTP root to another user") {
+        return;
+    }
     let served = tempfile::tempdir().unwrap();
     let host = tempfile::tempdir().unwrap();
     let server = HttpServer::start(served.path());
@@ -240,7 +242,9 @@ fn device_nodes_in_a_toolchain_archive_are_refused() {
 
 #[test]
 fn agents_are_not_unpacked_where_another_user_can_write() {
-    require_root("giving the agents directory to another user");
+    if !tier::root("giving the agents directory to another user") {
+        return;
+    }
     let work = tempfile::tempdir().unwrap();
     let archive = work.path().join("tc-1.0.tar");
     fs::write(
@@ -265,7 +269,9 @@ fn agents_are_not_unpacked_where_another_user_can_write() {
 
 #[test]
 fn agents_run_as_build_in_roots_tree_and_write_in_their_own_work_dir() {
-    require_root("running an agent as the build user");
+    if !tier::root("running an agent as the build user") {
+        return;
+    }
     const BUILD: (u32, u32) = (1000, 1000);
     let host = tempfile::tempdir().unwrap();
     // Like `/`: others may pass through.

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use buildos_pxe::{load, write_tree, Loaders};
+use expect_test::expect;
 
 struct Dir(PathBuf);
 
@@ -49,6 +50,33 @@ fn read(path: PathBuf) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Every file and symlink of the tree under `out`, one per line, sorted, with each build id
+/// given as `<name>`, so the snapshot shows exactly what the tree holds and where.
+fn listing(out: &Path, ids: &[(&str, &str)]) -> String {
+    fn walk(dir: &Path, prefix: &str, into: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &format!("{name}/"), into);
+            } else {
+                into.push(name);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(out, "", &mut files);
+    let mut text: Vec<String> = files
+        .into_iter()
+        .map(|f| {
+            ids.iter()
+                .fold(f, |f, (id, name)| f.replace(id, &format!("<{name}>")))
+        })
+        .collect();
+    text.sort();
+    text.join("\n") + "\n"
+}
+
 #[test]
 fn tree_versions_images_and_prunes_all_but_the_previous() {
     let work = Dir::new("tree");
@@ -63,6 +91,33 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     let a = image(&work.0.join("a"), 'a');
     let written = write_tree(&out, &two_hosts, &work.0.join("a"), &loaders).unwrap();
     assert_eq!(written.buildid, a);
+    expect![[r#"
+        buildos/<a>/buildos-buildid
+        buildos/<a>/buildos-image
+        buildos/<a>/buildos-initrd
+        buildos/buildos-buildid
+        buildos/buildos-image
+        buildos/buildos-initrd
+        dnsmasq.conf
+        grub/grub.cfg
+        grub/grub.cfg-01-de-ad-be-ef-b8-da
+        grub/grub.cfg-01-de-ad-be-ef-b8-db
+        grub/grub.cfg-default
+        grubx64.efi
+        ipxe.efi
+        ipxe/boot.ipxe
+        ipxe/de-ad-be-ef-b8-da.ipxe
+        ipxe/de-ad-be-ef-b8-db.ipxe
+        ipxe/default.ipxe
+        ldlinux.c32
+        pxelinux.0
+        pxelinux.cfg/01-de-ad-be-ef-b8-da
+        pxelinux.cfg/01-de-ad-be-ef-b8-db
+        pxelinux.cfg/default
+        shimx64.efi
+        snponly.efi
+    "#]]
+    .assert_eq(&listing(&out, &[(&a, "a")]));
     for (path, content) in [
         ("pxelinux.0", "pxelinux"),
         ("ldlinux.c32", "ldlinux"),
@@ -136,7 +191,34 @@ fn tree_versions_images_and_prunes_all_but_the_previous() {
     // A third: the first goes, the second stays beside it.
     let c = image(&work.0.join("c"), 'c');
     let written = write_tree(&out, &one_host, &work.0.join("c"), &loaders).unwrap();
-    assert_eq!(written.pruned, [a]);
+    assert_eq!(written.pruned, std::slice::from_ref(&a));
+    expect![[r#"
+        buildos/<b>/buildos-buildid
+        buildos/<b>/buildos-image
+        buildos/<b>/buildos-initrd
+        buildos/<c>/buildos-buildid
+        buildos/<c>/buildos-image
+        buildos/<c>/buildos-initrd
+        buildos/buildos-buildid
+        buildos/buildos-image
+        buildos/buildos-initrd
+        dnsmasq.conf
+        grub/grub.cfg
+        grub/grub.cfg-01-de-ad-be-ef-b8-da
+        grub/grub.cfg-default
+        grubx64.efi
+        ipxe.efi
+        ipxe/boot.ipxe
+        ipxe/de-ad-be-ef-b8-da.ipxe
+        ipxe/default.ipxe
+        ldlinux.c32
+        pxelinux.0
+        pxelinux.cfg/01-de-ad-be-ef-b8-da
+        pxelinux.cfg/default
+        shimx64.efi
+        snponly.efi
+    "#]]
+    .assert_eq(&listing(&out, &[(&a, "a"), (&b, "b"), (&c, "c")]));
     assert!(out.join("buildos").join(&b).is_dir());
     assert!(out.join("buildos").join(&c).is_dir());
     // Nothing is left under a temporary name.

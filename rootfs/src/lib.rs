@@ -17,10 +17,12 @@ pub const DEFAULT_PROFILE: &str = "debian";
 const PROFILES: &[(&str, &str)] = &[
     ("debian", include_str!("../profiles/debian.toml")),
     ("minimal", include_str!("../profiles/minimal.toml")),
+    ("nix", include_str!("../profiles/nix.toml")),
 ];
 
 /// The templates a profile's `[[template]]` entries may name.
 const TEMPLATES: &[(&str, &str)] = &[
+    ("nix.conf", include_str!("../templates/nix.conf")),
     ("os-release", include_str!("../templates/os-release")),
     (
         "qemu-bridge.conf",
@@ -56,6 +58,51 @@ pub struct Profile {
     #[serde(default, rename = "symlink")]
     pub symlinks: Vec<Symlink>,
     pub modules: Modules,
+    /// Firmware files the carried modules declare, taken from Debian's firmware packages.
+    pub firmware: Option<Firmware>,
+}
+
+/// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
+/// component of the profile's own mirror and release.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    /// `false` carries no firmware file (for images that must not hold non-free files); the
+    /// manifest still lists what the modules declare.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The packages firmware files are taken from, in order: a file two provide comes from the
+    /// first.
+    pub packages: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The Debian component firmware packages are fetched from.
+pub const FIRMWARE_COMPONENT: &str = "non-free-firmware";
+
+impl Profile {
+    /// The firmware packages to fetch: none when the profile has no `[firmware]` table or turns
+    /// it off.
+    pub fn firmware_packages(&self) -> &[String] {
+        match &self.firmware {
+            Some(firmware) if firmware.enabled => &firmware.packages,
+            _ => &[],
+        }
+    }
+}
+
+/// Whether `package` is a Debian package name, optionally with `=version`.
+fn valid_package(package: &str) -> bool {
+    let name = package.split('=').next().unwrap_or_default();
+    name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+        && !package.ends_with('=')
 }
 
 /// The Debian root filesystem: what mmdebstrap installs and what the image leaves out.
@@ -82,6 +129,22 @@ pub struct Debian {
     /// which Debian ships without it.
     #[serde(default)]
     pub setuid: Vec<String>,
+    /// Directories made after the users, owned by one of them (Nix's `/nix`, owned by build).
+    /// Left out of the recipe's text when empty, so profiles without any keep their cache key.
+    #[serde(default, rename = "directory", skip_serializing_if = "Vec::is_empty")]
+    pub directories: Vec<Directory>,
+}
+
+/// A directory of the root filesystem owned by a profile's user and that user's group.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// Absolute path; its parents are made too, owned by root.
+    pub path: String,
+    /// A `[[user]]` of the profile.
+    pub owner: String,
+    /// Permission bits, at most 0o777.
+    pub mode: u32,
 }
 
 /// A user and its group of the same name, made in the root filesystem.
@@ -243,13 +306,65 @@ pub fn load(name: &str) -> Result<Profile, ProfileError> {
     parse(name, text)
 }
 
-/// Parses and checks one profile's text.
+/// A profile's TOML table with the profile it `extends` (a shipped one, by name) under it,
+/// recursively: the parent's table with the child's merged over it ([`merge`]). `chain` holds
+/// the profiles read so far, so a loop is an error rather than a recursion without end.
+fn resolve(name: &str, text: &str, chain: &mut Vec<String>) -> Result<toml::Table, ProfileError> {
+    let invalid = |message: String| ProfileError::Invalid {
+        name: name.to_owned(),
+        message,
+    };
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let Some(extends) = table.remove("extends") else {
+        return Ok(table);
+    };
+    let Some(parent) = extends.as_str() else {
+        return Err(invalid(format!(
+            "extends = {extends} is not a profile's name, like \"debian\""
+        )));
+    };
+    if chain.iter().any(|n| n == parent) {
+        return Err(invalid(format!(
+            "extends {parent:?}, which extends it in turn: {} -> {parent}",
+            chain.join(" -> ")
+        )));
+    }
+    let Some((_, parent_text)) = PROFILES.iter().find(|(n, _)| *n == parent) else {
+        return Err(invalid(format!(
+            "extends {parent:?}, which is not a profile; expected one of: {}",
+            names().join(", ")
+        )));
+    };
+    chain.push(parent.to_owned());
+    let mut base = resolve(parent, parent_text, chain)?;
+    merge(&mut base, table);
+    Ok(base)
+}
+
+/// Merges `child` over `parent`: a table merges key by key, an array is appended to the
+/// parent's (packages, templates, files and modules add up), any other value replaces the
+/// parent's.
+fn merge(parent: &mut toml::Table, child: toml::Table) {
+    for (key, value) in child {
+        match (parent.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (Some(toml::Value::Array(base)), toml::Value::Array(more)) => base.extend(more),
+            (_, value) => {
+                parent.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses and checks one profile's text. With `extends = "<profile>"` it is read over that
+/// shipped profile ([`merge`]).
 pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
     let invalid = |message: String| ProfileError::Invalid {
         name: name.to_owned(),
         message,
     };
-    let mut profile: Profile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let table = resolve(name, text, &mut vec![name.to_owned()])?;
+    let mut profile: Profile = table.try_into().map_err(|e| invalid(format!("{e}")))?;
     profile.name = name.to_owned();
     for file in profile.packages.iter().flat_map(|p| &p.files) {
         if !file.to.starts_with('/') {
@@ -294,13 +409,7 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
             return Err(invalid("debian.packages names no package".to_owned()));
         }
         for package in &debian.packages {
-            let name = package.split('=').next().unwrap_or_default();
-            let valid = name.len() >= 2
-                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-            if !valid || package.ends_with('=') {
+            if !valid_package(package) {
                 return Err(invalid(format!(
                     "debian.packages entry {package:?} is not a Debian package name, optionally \
                      with =version, like \"openssh-server\" or \"socat=1.7.4.4-2\""
@@ -320,11 +429,60 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                 )));
             }
         }
+        for dir in &debian.directories {
+            let valid = dir.path.starts_with('/')
+                && dir.path.len() > 1
+                && !dir.path.contains("..")
+                && dir
+                    .path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c));
+            if !valid {
+                return Err(invalid(format!(
+                    "debian.directory path {:?} is not an absolute path of letters, digits and \
+                     /._-+ below /",
+                    dir.path
+                )));
+            }
+            if !profile.users.iter().any(|u| u.name == dir.owner) {
+                let users: Vec<&str> = profile.users.iter().map(|u| u.name.as_str()).collect();
+                return Err(invalid(format!(
+                    "debian.directory {}: owner {:?} is not a [[user]] of the profile; expected \
+                     one of: {}",
+                    dir.path,
+                    dir.owner,
+                    users.join(", ")
+                )));
+            }
+            if dir.mode > 0o777 {
+                return Err(invalid(format!(
+                    "debian.directory {}: mode {:#o} has bits above 0o777 (setuid, setgid or \
+                     sticky); expected permission bits only, like 0o755",
+                    dir.path, dir.mode
+                )));
+            }
+        }
         if !debian.mirror.starts_with("http://") && !debian.mirror.starts_with("https://") {
             return Err(invalid(format!(
                 "debian.mirror {:?} must be an http:// or https:// URL",
                 debian.mirror
             )));
+        }
+    }
+    if let Some(firmware) = &profile.firmware {
+        if profile.debian.is_none() {
+            return Err(invalid(format!(
+                "[firmware] needs a [debian] table: its packages come from the {FIRMWARE_COMPONENT} \
+                 component of that mirror and release"
+            )));
+        }
+        for package in &firmware.packages {
+            if !valid_package(package) || package.contains('=') {
+                return Err(invalid(format!(
+                    "firmware.packages entry {package:?} is not a Debian package name, like \
+                     \"firmware-realtek\""
+                )));
+            }
         }
     }
     for user in &profile.users {
@@ -401,6 +559,50 @@ impl Profile {
         .ok()
     }
 
+    /// The shell script mmdebstrap runs in a customize hook (`$1` is the root filesystem):
+    /// each user's supplementary groups made as system groups where the packages did not make
+    /// them, the user and its group of the same name, then the setuid bits. Every value is
+    /// quoted; the profile's checks already keep names to plain characters.
+    pub fn users_script(&self) -> String {
+        let mut script = String::from("set -e");
+        for user in &self.users {
+            for group in &user.groups {
+                script.push_str(&format!(
+                    "; chroot \"$1\" getent group {group} >/dev/null || \
+                     chroot \"$1\" groupadd --system {group}",
+                    group = shell_quote(group),
+                ));
+            }
+            let groups = if user.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" --groups {}", shell_quote(&user.groups.join(",")))
+            };
+            script.push_str(&format!(
+                "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
+                 --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
+                gid = user.gid,
+                uid = user.uid,
+                name = shell_quote(&user.name),
+                home = shell_quote(&user.home),
+                shell = shell_quote(&user.shell),
+            ));
+        }
+        for dir in self.debian.iter().flat_map(|d| &d.directories) {
+            script.push_str(&format!(
+                "; mkdir -p \"$1\"{path}; chroot \"$1\" chown {owner}: {path}; \
+                 chmod {mode:o} \"$1\"{path}",
+                path = shell_quote(&dir.path),
+                owner = shell_quote(&dir.owner),
+                mode = dir.mode,
+            ));
+        }
+        for path in self.debian.iter().flat_map(|d| &d.setuid) {
+            script.push_str(&format!("; chmod u+s \"$1\"{}", shell_quote(path)));
+        }
+        script
+    }
+
     /// Renders the profile's templates with tera. The context: `profile` (name),
     /// `description`, `version` (the buildos version the caller gives), `release` and
     /// `mirror` (empty without a Debian root filesystem) and `users` (each with `name`, `uid`,
@@ -450,9 +652,34 @@ impl Profile {
     }
 }
 
+/// Single-quotes `s` for sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+
     use super::*;
+
+    #[test]
+    fn shell_quote_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), "'a'\\''b'");
+    }
+
+    #[test]
+    fn debian_users_script_makes_kvm_then_build_then_the_setuid_helper() {
+        let script = load("debian").unwrap().users_script();
+        assert_eq!(
+            script,
+            "set -e; chroot \"$1\" getent group 'kvm' >/dev/null || chroot \"$1\" groupadd \
+             --system 'kvm'; chroot \"$1\" groupadd --gid 1000 'build'; chroot \"$1\" useradd \
+             --uid 1000 --gid 1000 --groups 'kvm' --home-dir '/build' --no-create-home --shell \
+             '/bin/bash' 'build'; chmod u+s \"$1\"'/usr/lib/qemu/qemu-bridge-helper'"
+        );
+        assert_eq!(load("minimal").unwrap().users_script(), "set -e");
+    }
 
     #[test]
     fn every_shipped_profile_parses() {
@@ -518,7 +745,7 @@ mod tests {
         let error = load("fancy").unwrap_err().to_string();
         assert_eq!(
             error,
-            "no profile named \"fancy\"; expected one of: debian, minimal"
+            "no profile named \"fancy\"; expected one of: debian, minimal, nix"
         );
     }
 
@@ -568,10 +795,10 @@ mod tests {
         assert_eq!(
             profile.users,
             vec![User {
-                name: "build".into(),
-                uid: 1000,
-                gid: 1000,
-                home: "/build".into(),
+                name: buildos_contract::build::USER.into(),
+                uid: buildos_contract::build::UID,
+                gid: buildos_contract::build::GID,
+                home: buildos_contract::build::HOME.into(),
                 shell: "/bin/bash".into(),
                 groups: vec!["kvm".into()],
             }]
@@ -634,38 +861,44 @@ mod tests {
             .find(|f| f.path == "/etc/sudoers.d/buildos-machine")
             .unwrap();
         assert_eq!(sudoers.mode, 0o440);
-        let rules: Vec<&str> = sudoers
-            .contents
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            rules,
-            [
-                "build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine receive *, \
-                 /usr/sbin/buildos-machine remove *, /usr/sbin/buildos-machine list, \
-                 /usr/sbin/buildos-machine list *, /usr/sbin/buildos-machine login *"
-            ]
-        );
+        expect![[r#"
+            # debian image of buildos 0.1.0: the build user may run the machine helper as
+            # root, and nothing else; only its host-side operations (receive, remove, list, login). The
+            # helper itself refuses every form of these that is not the host side (a remote command, ssh
+            # and its options, another machines root, owner or socket) when it runs for another user.
+            build ALL=(root) NOPASSWD: /usr/sbin/buildos-machine receive *, /usr/sbin/buildos-machine remove *, /usr/sbin/buildos-machine list, /usr/sbin/buildos-machine list *, /usr/sbin/buildos-machine login *
+        "#]].assert_eq(&sudoers.contents);
     }
 
     #[test]
     fn sshd_template_forbids_passwords_and_root_logins() {
         let files = load("debian").unwrap().render_templates("1.2.3").unwrap();
-        let sshd = files
-            .iter()
-            .find(|f| f.path == "/etc/ssh/sshd_config.d/buildos.conf")
-            .unwrap();
-        assert!(sshd.contents.contains("\nPasswordAuthentication no\n"));
-        assert!(sshd.contents.contains("\nPermitRootLogin no\n"));
-        let release = files
-            .iter()
-            .find(|f| f.path == "/etc/buildos/os-release")
-            .unwrap();
-        assert!(release.contents.contains("VERSION_ID=\"1.2.3\"\n"));
-        assert!(release
-            .contents
-            .contains("BUILDOS_DEBIAN_RELEASE=\"bookworm\"\n"));
+        let file = |path: &str| {
+            files
+                .iter()
+                .find(|f| f.path == path)
+                .unwrap_or_else(|| panic!("no {path}"))
+                .contents
+                .clone()
+        };
+        expect![[r#"
+            # Written by the buildos image (debian profile). Keys only: a build host accepts the
+            # key given with buildos.ssh_key and no password, and root does not log in over SSH.
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PermitRootLogin no
+        "#]]
+        .assert_eq(&file("/etc/ssh/sshd_config.d/buildos.conf"));
+        expect![[r#"
+            NAME="buildos"
+            ID=buildos
+            VERSION_ID="1.2.3"
+            BUILDOS_PROFILE="debian"
+            BUILDOS_DEBIAN_RELEASE="bookworm"
+            BUILDOS_DEBIAN_MIRROR="http://deb.debian.org/debian"
+            PRETTY_NAME="buildos 1.2.3 (debian)"
+        "#]]
+        .assert_eq(&file("/etc/buildos/os-release"));
     }
 
     #[test]
@@ -698,6 +931,36 @@ mod tests {
     }
 
     #[test]
+    fn firmware_packages_are_checked_and_need_a_debian_mirror() {
+        let text = include_str!("../profiles/debian.toml");
+        let debian = parse("x", text).unwrap();
+        assert!(debian
+            .firmware_packages()
+            .iter()
+            .any(|p| p == "firmware-realtek"));
+        let off = parse("x", &text.replace("enabled = true", "enabled = false")).unwrap();
+        assert!(off.firmware_packages().is_empty());
+        let bad = text.replace("\"firmware-realtek\"", "\"firmware-realtek=1\"");
+        let error = parse("x", &bad).unwrap_err().to_string();
+        assert!(
+            error.contains("firmware.packages entry \"firmware-realtek=1\" is not"),
+            "{error}"
+        );
+        let minimal = include_str!("../profiles/minimal.toml");
+        let error = parse(
+            "x",
+            &format!("{minimal}\n[firmware]\npackages = [\"firmware-realtek\"]\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("[firmware] needs a [debian] table"),
+            "{error}"
+        );
+        assert!(load("minimal").unwrap().firmware_packages().is_empty());
+    }
+
+    #[test]
     fn bad_driver_class_and_excluded_boot_module_are_rejected_with_the_value() {
         let text = include_str!("../profiles/debian.toml");
         let bad = text.replace("\"drivers/ata\"", "\"/drivers/../ata\"");
@@ -713,6 +976,140 @@ mod tests {
         let error = parse("x", &bad).unwrap_err().to_string();
         assert!(
             error.contains("modules.exclude names \"nf-tables\", which modules.boot loads"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn nix_profile_is_the_debian_profile_with_nix_and_a_store_owned_by_build() {
+        let debian = load("debian").unwrap();
+        let nix = load("nix").unwrap();
+        let (d, n) = (
+            debian.debian.as_ref().unwrap(),
+            nix.debian.as_ref().unwrap(),
+        );
+        // Everything of debian's, in its order, then Nix.
+        assert_eq!(n.packages[..d.packages.len()], d.packages[..]);
+        assert_eq!(n.packages[d.packages.len()..], ["nix-bin"]);
+        assert_eq!(
+            (&n.release, &n.mirror, &n.variant),
+            (&d.release, &d.mirror, &d.variant)
+        );
+        assert_eq!(n.path_exclude, d.path_exclude);
+        assert_eq!(n.remove, d.remove);
+        assert_eq!(n.setuid, d.setuid);
+        assert_eq!(nix.users, debian.users);
+        assert_eq!(nix.modules, debian.modules);
+        assert_eq!(nix.kernel, debian.kernel);
+        assert_eq!(
+            n.directories,
+            [Directory {
+                path: "/nix".into(),
+                owner: "build".into(),
+                mode: 0o755
+            }]
+        );
+        assert!(d.directories.is_empty());
+        // The debian profile's recipe, its cache key's text, has no trace of the new field.
+        assert!(!debian.rootfs_recipe().unwrap().contains("directory"));
+        assert!(nix.rootfs_recipe().unwrap().contains("path = \"/nix\""));
+        let templates: Vec<&str> = nix.templates.iter().map(|t| t.path.as_str()).collect();
+        let mut expected: Vec<&str> = debian.templates.iter().map(|t| t.path.as_str()).collect();
+        expected.push("/etc/nix/nix.conf");
+        assert_eq!(templates, expected);
+        assert_eq!(nix.symlinks, debian.symlinks);
+        assert_eq!(nix.packages.len(), 1);
+        assert_eq!(nix.packages[0].name, "busybox-static");
+        assert_eq!(
+            nix.packages[0].files[0].to,
+            "/usr/libexec/buildos/nix-sandbox-sh"
+        );
+    }
+
+    #[test]
+    fn nix_conf_builds_as_build_in_the_sandbox_or_not_at_all() {
+        let files = load("nix").unwrap().render_templates("0.1.0").unwrap();
+        let conf = files
+            .iter()
+            .find(|f| f.path == "/etc/nix/nix.conf")
+            .unwrap();
+        let settings: Vec<&str> = conf
+            .contents
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            settings,
+            [
+                "build-users-group =",
+                "sandbox = true",
+                "sandbox-fallback = false",
+                "sandbox-paths = /bin/sh=/usr/libexec/buildos/nix-sandbox-sh",
+            ]
+        );
+        assert!(conf.contents.starts_with("# nix image of buildos 0.1.0"));
+    }
+
+    #[test]
+    fn extends_names_an_existing_profile_and_never_itself() {
+        let error = parse("x", "extends = \"debain\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "profile x (rootfs/profiles/x.toml) is invalid: extends \"debain\", which is not a \
+             profile; expected one of: debian, minimal, nix"
+        );
+        let error = parse("debian", "extends = \"debian\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("extends \"debian\", which extends it in turn: debian -> debian"),
+            "{error}"
+        );
+        let error = parse("x", "extends = [\"debian\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("extends = [\"debian\"] is not a profile's name"),
+            "{error}"
+        );
+        // A value over the parent's replaces it; a misspelled key is still refused.
+        let profile = parse("x", "extends = \"minimal\"\ndescription = \"mine\"\n").unwrap();
+        assert_eq!(profile.description, "mine");
+        assert_eq!(profile.modules, load("minimal").unwrap().modules);
+        let error = parse("x", "extends = \"minimal\"\ndescripton = \"mine\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("descripton"), "{error}");
+    }
+
+    #[test]
+    fn directory_owner_path_and_mode_are_checked() {
+        let with = |table: &str| {
+            parse(
+                "x",
+                &format!("extends = \"debian\"\n[[debian.directory]]\n{table}\n"),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let error = with("path = \"/nix\"\nowner = \"nobody\"\nmode = 0o755");
+        assert!(
+            error.contains(
+                "debian.directory /nix: owner \"nobody\" is not a [[user]] of the profile; \
+                 expected one of: build"
+            ),
+            "{error}"
+        );
+        let error = with("path = \"nix/../etc\"\nowner = \"build\"\nmode = 0o755");
+        assert!(
+            error.contains("debian.directory path \"nix/../etc\" is not an absolute path"),
+            "{error}"
+        );
+        let error = with("path = \"/nix\"\nowner = \"build\"\nmode = 0o4755");
+        assert!(
+            error.contains("debian.directory /nix: mode 0o4755 has bits above 0o777"),
             "{error}"
         );
     }

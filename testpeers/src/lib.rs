@@ -1,7 +1,7 @@
 //! Real peers for the tests of the monitor and of the whole host in QEMU: a small HTTP/1.1
 //! server over a directory (ranges, ETags, injected faults, made-up responses such as a
 //! trickle or an endless body, and paths it answers for agents to report on), an HTTPS server
-//! that redirects to plain HTTP ([`TlsRedirect`]), a TFTP server that misbehaves on purpose
+//! of a test CA that redirects to plain HTTP or serves a directory ([`TlsRedirect`]), a TFTP server that misbehaves on purpose
 //! ([`tftp::TftpPeer`]), an SNTP server whose clock is off by what a test says
 //! ([`ntp::NtpPeer`]), Debian's aiosmtpd writing each mail it accepts to a directory, and the
 //! small helpers around them. A test dependency only: nothing here ships in an image.
@@ -11,6 +11,7 @@
 
 pub mod ntp;
 pub mod tftp;
+pub mod tier;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -31,15 +32,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Fails the test with a clear message when it does not run as root.
-pub fn require_root(what: &str) {
-    let uid = nix::unistd::Uid::effective();
-    assert!(
-        uid.is_root(),
-        "needs root: {what} (run the tests as root, as CI does)"
-    );
 }
 
 /// Waits for `condition` up to `bound`, checking every 20 ms; the bound is a failure.
@@ -373,8 +365,16 @@ fn serve(stream: TcpStream, root: &Path, shared: &Shared) -> std::io::Result<()>
 }
 
 const TLS_REDIRECT: &str = r#"
-import http.server, ssl, sys
+import functools, http.server, os, ssl, sys
 cert, key, to = sys.argv[1], sys.argv[2], sys.argv[3]
+class Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        # Recorded after the TLS handshake: a client that refused the certificate never gets here.
+        with open(os.path.join(os.path.dirname(cert), "requests"), "a") as log:
+            log.write(self.path + "\n")
+        super().do_GET()
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(302)
@@ -383,6 +383,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
     def log_message(self, *args):
         pass
+if not to.startswith("http"):
+    Handler = functools.partial(Files, directory=to)
 httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(cert, key)
@@ -399,22 +401,46 @@ pub struct TlsRedirect {
     /// The certificate authority that signed the server's certificate, in DER, for a client
     /// to trust.
     pub ca_der: Vec<u8>,
+    /// Where its keys, certificates and request log are.
+    dir: PathBuf,
 }
 
 impl TlsRedirect {
     /// Starts the server; its files (keys, certificates) go to `dir`. `to` is the base the
     /// redirects point to, like `http://127.0.0.1:8080`.
     pub fn start(dir: &Path, to: &str) -> TlsRedirect {
-        TlsRedirect::start_with(dir, to, "1")
+        TlsRedirect::start_with(dir, to, "1", &["127.0.0.1"])
+    }
+
+    /// An HTTPS server that serves the files of `root` instead of redirecting, with a
+    /// certificate for the IP addresses `ips` (a guest of QEMU's user network reaches the
+    /// host's loopback as 10.0.2.2), valid from now for a day. [`TlsRedirect::requests`] lists
+    /// the paths asked for over a completed handshake.
+    pub fn serve(dir: &Path, root: &Path, ips: &[&str]) -> TlsRedirect {
+        TlsRedirect::start_with(dir, &root.display().to_string(), "1", ips)
+    }
+
+    /// The paths asked for so far ([`TlsRedirect::serve`] only).
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("requests"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The certificate authority's certificate in PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.pem")).unwrap()
     }
 
     /// As [`TlsRedirect::start`], with a server certificate that expired a day before it was
     /// made: what a client whose clock is years ahead sees.
     pub fn start_expired(dir: &Path, to: &str) -> TlsRedirect {
-        TlsRedirect::start_with(dir, to, "-1")
+        TlsRedirect::start_with(dir, to, "-1", &["127.0.0.1"])
     }
 
-    fn start_with(dir: &Path, to: &str, days: &str) -> TlsRedirect {
+    fn start_with(dir: &Path, to: &str, days: &str, ips: &[&str]) -> TlsRedirect {
         std::fs::create_dir_all(dir).unwrap();
         let openssl = |args: &[&str]| {
             let status = Command::new("openssl")
@@ -467,7 +493,13 @@ impl TlsRedirect {
         );
         std::fs::write(
             dir.join("cert.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\n",
+                ips.iter()
+                    .map(|ip| format!("IP:{ip}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         )
         .unwrap();
         openssl(&[
@@ -509,6 +541,7 @@ impl TlsRedirect {
             child,
             port,
             ca_der: std::fs::read(dir.join("ca.der")).unwrap(),
+            dir: dir.to_owned(),
         }
     }
 

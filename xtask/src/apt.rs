@@ -11,6 +11,10 @@ use crate::system;
 
 pub struct Apt {
     cache: PathBuf,
+    /// `-o` options that point apt at a private configuration; empty for the host's.
+    options: Vec<String>,
+    /// What the sources are, for errors: the host's apt, or a mirror's component.
+    sources: String,
 }
 
 /// One package's fields as `apt-cache show` prints them.
@@ -23,10 +27,106 @@ fn field<'a>(control: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Apt {
+    /// The host's apt, with its own sources.
     pub fn new(cache: &Path) -> Apt {
         Apt {
             cache: cache.to_owned(),
+            options: Vec::new(),
+            sources: "the host's apt sources".to_owned(),
         }
+    }
+
+    /// An apt of its own for one component of a mirror and release, with its lists in `state`
+    /// (made when missing), signed by Debian's archive keyring like the host's sources; the host's
+    /// sources, preferences and installed packages play no part. Packages go to `cache`.
+    pub fn for_component(
+        cache: &Path,
+        state: &Path,
+        mirror: &str,
+        release: &str,
+        component: &str,
+    ) -> Result<Apt> {
+        let line = format!(
+            "deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             {mirror} {release} {component}\n"
+        );
+        for dir in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "preferences.d",
+        ] {
+            let dir = state.join(dir);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let write = |name: &str, text: &str| {
+            let path = state.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        };
+        write("sources.list", &line)?;
+        write("status", "")?;
+        let at = |name: &str| state.join(name).display().to_string();
+        let mut options = vec![
+            format!("Dir::Etc::SourceList={}", at("sources.list")),
+            format!("Dir::Etc::SourceParts={}", at("sources.list.d")),
+            format!("Dir::Etc::Preferences={}", at("preferences")),
+            format!("Dir::Etc::PreferencesParts={}", at("preferences.d")),
+            format!("Dir::State::Lists={}", at("lists")),
+            format!("Dir::State::status={}", at("status")),
+            format!("Dir::Cache={}", at("cache")),
+            "Acquire::Languages=none".to_owned(),
+        ];
+        if system::is_root() {
+            // apt's download user may not write to this user's directories.
+            options.push("APT::Sandbox::User=root".to_owned());
+        }
+        Ok(Apt {
+            cache: cache.to_owned(),
+            options: options
+                .into_iter()
+                .flat_map(|o| ["-o".to_owned(), o])
+                .collect(),
+            sources: format!("{mirror} {release} {component}"),
+        })
+    }
+
+    /// Updates a private apt's lists (see [`Apt::for_component`]). When the mirror cannot be
+    /// reached and lists from an earlier update are there, they are used with a warning.
+    pub fn update(&self) -> Result<()> {
+        let output = Command::new("apt-get")
+            .args(&self.options)
+            .args(["update", "-q"])
+            .output()
+            .context("cannot run apt-get")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("E:")).collect();
+        if output.status.success() && errors.is_empty() {
+            return Ok(());
+        }
+        let why = if errors.is_empty() {
+            stderr.trim().to_owned()
+        } else {
+            errors.join(" ")
+        };
+        let fallback = Command::new("apt-cache")
+            .args(&self.options)
+            .arg("pkgnames")
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+        if fallback {
+            eprintln!(
+                "xtask: warning: cannot update the package lists of {}: {why}; using the lists \
+                 of an earlier update",
+                self.sources
+            );
+            return Ok(());
+        }
+        bail!(
+            "cannot update the package lists of {}: {why}; check the profile's debian.mirror and \
+             debian.release and the network",
+            self.sources
+        )
     }
 
     /// `apt-cache show` of the candidate version; updates the lists once when apt does not know
@@ -34,6 +134,7 @@ impl Apt {
     fn show(&self, package: &str) -> Result<String> {
         for attempt in 0..2 {
             let output = Command::new("apt-cache")
+                .args(&self.options)
                 .args(["show", "--no-all-versions", package])
                 .output()
                 .context("cannot run apt-cache; is this a Debian system with apt?")?;
@@ -41,15 +142,20 @@ impl Apt {
             if output.status.success() && field(&text, "Version").is_some() {
                 return Ok(text);
             }
-            if attempt == 0 && system::can_update_apt() {
+            if attempt == 0 && self.options.is_empty() && system::can_update_apt() {
                 eprintln!("xtask: apt does not know {package}; updating the package lists");
                 system::run_apt(&["update", "-q"])?;
                 continue;
             }
             bail!(
-                "apt knows no package {package:?}: {}; run `apt-get update` as root, \
-                 or check the profile's package name",
-                String::from_utf8_lossy(&output.stderr).trim()
+                "{} hold no package {package:?}: {}; {}",
+                self.sources,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                if self.options.is_empty() {
+                    "run `apt-get update` as root, or check the profile's package name"
+                } else {
+                    "check the profile's package name"
+                }
             );
         }
         unreachable!("the loop returns or bails")
@@ -89,6 +195,7 @@ impl Apt {
             .with_context(|| format!("cannot create the package cache {}", staging.display()))?;
         eprintln!("xtask: downloading {package} {version}");
         let output = Command::new("apt-get")
+            .args(&self.options)
             .args(["download", "-q", &format!("{package}={version}")])
             .current_dir(&staging)
             .output()

@@ -35,6 +35,9 @@
 //!   br1 (its MAC in the host's dnsmasq leases file), beside the same inner boot started by
 //!   root on the host's console (the same `machine.sh`: a snapshot of the same machine, the
 //!   same QEMU command line but the MAC, the same bridge).
+//! - the Nix remote builder: a small derivation's round trip, `nix-build` on this machine with
+//!   `--max-jobs 0` and the host of the nix profile as its builder over SSH (the output back in
+//!   the client's store), beside the same build run by the same client here.
 
 use std::path::Path;
 use std::process::Command;
@@ -45,7 +48,7 @@ use anyhow::{bail, Context, Result};
 use buildos_image_builder as builder;
 
 use crate::qemu::{Firmware, NetBoot, TempDir, Vm, VmConfig};
-use crate::{agents, fuzz, image, system};
+use crate::{agents, fuzz, image, nix, system};
 
 /// Which figures to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub enum Only {
     Classes,
     /// The figures of agents that build: the compiler's image and the agent's inner boot.
     Agents,
+    /// The Nix remote builder's round trip beside the same build run locally.
+    Nix,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -88,6 +93,10 @@ pub fn run(only: Only) -> Result<()> {
             compiler(&built, &ram)?;
             return agents(&out);
         }
+        Only::Nix => {
+            system::ensure(&NIX_NEED)?;
+            return nix_builds();
+        }
         Only::All => {}
     }
     system::ensure(&[
@@ -101,6 +110,7 @@ pub fn run(only: Only) -> Result<()> {
         system::OVMF,
     ])?;
     system::ensure(&AGENTS_NEED)?;
+    system::ensure(&NIX_NEED)?;
     let out = crate::work_dir().join("bench-image");
     let inputs = image::prepare("minimal")?;
     // The best of three: the first run also warms the page cache the others read from.
@@ -218,6 +228,7 @@ pub fn run(only: Only) -> Result<()> {
     debian()?;
     driver_classes()?;
     agents(&debian_image_dir())?;
+    nix_builds()?;
     compression()?;
     monitor()?;
     fuzz()
@@ -652,9 +663,10 @@ const HAND_PICKED: &[&str] = &[
     "kvm_amd",
 ];
 
-/// The default profile's driver classes against the hand-picked list they replaced: the
-/// initrd's size and assembly time (best of two) with each, and what each class costs, as the
-/// initrd without it.
+/// The default profile's driver classes and firmware against the hand-picked list without
+/// firmware they replaced: the initrd's size and assembly time (best of two) with each, what
+/// each class costs, as the initrd without it; then the firmware: with it beside without it
+/// (best of two each), and what each firmware package costs, as the initrd without it.
 pub fn driver_classes() -> Result<()> {
     let out = crate::work_dir().join("bench-image-classes");
     let mut inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
@@ -669,9 +681,11 @@ pub fn driver_classes() -> Result<()> {
         })
     };
     let classes = best(&inputs)?;
+    let firmware_debs = std::mem::take(&mut inputs.firmware_debs);
     inputs.profile.modules.classes.clear();
     inputs.profile.modules.hardware = HAND_PICKED.iter().map(|m| m.to_string()).collect();
     let anchor = best(&inputs)?;
+    inputs.firmware_debs = firmware_debs.clone();
     let (size, anchor_size) = (classes.output.initrd_size, anchor.output.initrd_size);
     println!();
     println!(
@@ -697,7 +711,8 @@ pub fn driver_classes() -> Result<()> {
         anchor.output.modules.len()
     );
     println!(
-        "  (anchor: the same profile with the {} drivers it named before classes)",
+        "  (classes: the profile as it is, with its firmware; anchor: the same profile with the \
+         {} drivers it named before classes, and no firmware)",
         HAND_PICKED.len()
     );
     for class in &profile.modules.classes {
@@ -714,7 +729,109 @@ pub fn driver_classes() -> Result<()> {
                 .saturating_sub(built.output.modules.len())
         );
     }
+
+    inputs.profile = profile.clone();
+    inputs.firmware_debs.clear();
+    let without = best(&inputs)?;
+    let firmware = &classes.output.firmware;
+    println!();
+    println!(
+        "firmware ({:<8})              with         without      ratio",
+        profile.name
+    );
+    println!(
+        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB  {:>6.2}",
+        size as f64 / 1e6,
+        without.output.initrd_size as f64 / 1e6,
+        size as f64 / without.output.initrd_size as f64,
+    );
+    println!(
+        "image assembly time             {:>8.2} s   {:>8.2} s   {:>6.2}",
+        classes.assembly.as_secs_f64(),
+        without.assembly.as_secs_f64(),
+        classes.assembly.as_secs_f64() / without.assembly.as_secs_f64(),
+    );
+    println!(
+        "firmware files carried          {:>8}     {:>8}     ({:.1} MB uncompressed; {} declared \
+         files no package holds)",
+        firmware.files.len(),
+        0,
+        firmware.bytes() as f64 / 1e6,
+        firmware.missing().count()
+    );
+    for (package, deb) in profile.firmware_packages().iter().zip(&firmware_debs) {
+        inputs.firmware_debs = firmware_debs
+            .iter()
+            .filter(|d| *d != deb)
+            .cloned()
+            .collect();
+        let built = image::assemble(&inputs, &out)?;
+        println!(
+            "  package {package:<22}  {:>6.1} MB of the initrd, {:>4} files",
+            size.saturating_sub(built.output.initrd_size) as f64 / 1e6,
+            firmware
+                .files
+                .len()
+                .saturating_sub(built.output.firmware.files.len())
+        );
+    }
+
+    // The default image as it is, booted on each case of the device matrix.
+    inputs.firmware_debs = firmware_debs;
+    image::assemble(&inputs, &out)?;
+    matrix_modules(&out)?;
     let _ = std::fs::remove_dir_all(&out);
+    Ok(())
+}
+
+/// The modules step on each case of the device matrix (`hardware::MATRIX`, the hardware VM
+/// tests' boots), and on the slowest beside the kernel loading the same modules for one
+/// `busybox modprobe -a` with the same devices.
+fn matrix_modules(image: &Path) -> Result<()> {
+    let config = |case: &crate::hardware::Case, disks: &TempDir| -> Result<VmConfig> {
+        let paths = crate::qemu::host_disks(&disks.0)?;
+        let mut config = VmConfig::new(image);
+        config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
+        config.extra = case.args(&paths);
+        Ok(config)
+    };
+    let mut slowest: Option<(crate::hardware::Case, Boot)> = None;
+    println!();
+    println!("modules step on the device matrix (default image)");
+    for case in crate::hardware::MATRIX {
+        let disks = TempDir::new("buildos-bench-matrix-disks")?;
+        let boot = boot_config_times(config(&case, &disks)?, &case.name(), true)?;
+        println!(
+            "  {:<40} {:>8.3} s, {:>3} modules",
+            case.name(),
+            boot.phase("modules").as_secs_f64(),
+            boot.modules.len()
+        );
+        if slowest
+            .as_ref()
+            .is_none_or(|(_, s)| boot.phase("modules") > s.phase("modules"))
+        {
+            slowest = Some((case, boot));
+        }
+    }
+    let Some((case, boot)) = slowest else {
+        bail!("the device matrix has no case")
+    };
+    let disks = TempDir::new("buildos-bench-matrix-disks")?;
+    let modprobe = modprobe_config_time(config(&case, &disks)?, &boot.modules)?;
+    let modules = boot.phase("modules");
+    println!("                                buildos      anchor       ratio");
+    println!(
+        "modules step, slowest case      {:>8.3} s   {:>8.3} s   {:>6.2}   none: the kernel's own cost",
+        modules.as_secs_f64(),
+        modprobe.as_secs_f64(),
+        modules.as_secs_f64() / modprobe.as_secs_f64(),
+    );
+    println!(
+        "  (slowest case: {}; anchor: the kernel loading the same {} modules for one `busybox modprobe -a`, in init's order, same image, disks and devices, booted with rdinit=/bin/sh)",
+        case.name(),
+        boot.modules.len()
+    );
     Ok(())
 }
 
@@ -925,6 +1042,79 @@ fn agents(image: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the Nix figures need on this machine: QEMU, mmdebstrap for the nix profile's root
+/// filesystem, and the Nix client.
+const NIX_NEED: [system::Need; 5] = [
+    system::APT,
+    system::QEMU,
+    system::MMDEBSTRAP,
+    system::SSH_KEYGEN,
+    system::NIX_BUILD,
+];
+
+/// Builds of the small derivation, each of a new derivation (its own nonce) so the store
+/// never answers one: the first remote build, when the host's store is made, is shown apart.
+const NIX_RUNS: usize = 5;
+
+/// The Nix remote builder: boots the nix profile's image once, then builds the small
+/// derivation from this machine's Nix client with the host as its only builder (`--max-jobs
+/// 0`, over SSH on QEMU's loopback forward) and the same derivation with the same client here,
+/// alternately, [`NIX_RUNS`] times each.
+fn nix_builds() -> Result<()> {
+    let out = crate::work_dir().join("bench-image-nix");
+    image::assemble(&image::prepare("nix")?, &out)?;
+    let dir = TempDir::new("buildos-bench-nix")?;
+    let public = agents::keypair(&dir.0)?;
+    let disks = crate::qemu::host_disks(&dir.0)?;
+    let port = buildos_testpeers::free_port();
+    let client = nix::Client::new(&dir.0)?;
+    let mut vm = Vm::boot(&agents::host_config(&out, &disks, port, &public, &[]))?;
+    let line = vm.wait_for("ssh host key ed25519 made: ", AGENTS_BOOT)?;
+    let fingerprint = line.rsplit(": ").next().unwrap_or_default().to_owned();
+    vm.wait_for("buildos-init: ready at ", AGENTS_BOOT)?;
+    agents::login(
+        &vm,
+        &dir.0,
+        port,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+        "true",
+        AGENTS_BOOT,
+    )?;
+    let host_key = nix::host_key(&dir.0, port, &fingerprint)?;
+    let machines = nix::machines_line("127.0.0.1", &dir.0.join("id_ed25519"), &host_key);
+    let mut remote = Vec::new();
+    let mut local = Vec::new();
+    for run in 0..NIX_RUNS {
+        let built = client
+            .build_remote(&format!("bench-remote-{run}"), &machines, port)
+            .map_err(|e| e.context(vm.console()))?;
+        remote.push(built.took);
+        local.push(client.build_local(&format!("bench-local-{run}"))?.took);
+    }
+    drop(vm);
+    let first = remote.remove(0);
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (remote, local) = (median(&mut remote), median(&mut local));
+    println!();
+    println!("nix remote builder (nix profile) remote       local        ratio");
+    println!(
+        "small derivation, round trip     {:>8.2} s   {:>8.2} s   {:>6.2}",
+        remote.as_secs_f64(),
+        local.as_secs_f64(),
+        remote.as_secs_f64() / local.as_secs_f64()
+    );
+    println!(
+        "  first remote build             {:>8.2} s                {:>6.2}",
+        first.as_secs_f64(),
+        first.as_secs_f64() / local.as_secs_f64()
+    );
+    println!("  (remote: `nix-build --max-jobs 0 --builders <the host's machines line>` on this machine, the host reached over SSH through QEMU's loopback forward, the output copied back into the client's store; anchor: the same client building the same derivation here, in its own sandbox; medians of {} builds after the first, which also makes the host's store; each build a new derivation)", NIX_RUNS - 1);
+    Ok(())
+}
+
 /// RAM in a booted guest, in bytes.
 struct Ram {
     /// MemTotal - MemAvailable.
@@ -1065,16 +1255,20 @@ impl Boot {
 /// With `read_modules`, it then reads the loaded modules in the debug shell (which starts
 /// after ready, so it costs the boot nothing).
 fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
-    let started = Instant::now();
-    let mut config = VmConfig::new(image);
-    if read_modules {
-        config = config.append(&["buildos.debug_shell=1"]);
-    }
     let disks = TempDir::new("buildos-bench-disks")?;
-    config = config.host_disks(&disks.0)?;
+    let mut config = VmConfig::new(image).host_disks(&disks.0)?;
     config
         .extra
         .extend(nic.qemu_args().iter().map(|a| a.to_string()));
+    boot_config_times(config, &format!("{nic:?}"), read_modules)
+}
+
+/// [`boot_times`] of a configuration the caller made (image, disks, devices).
+fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Result<Boot> {
+    let started = Instant::now();
+    if read_modules {
+        config = config.append(&["buildos.debug_shell=1"]);
+    }
     let mut vm = Vm::boot(&config)?;
     let first = vm.wait_for("buildos-init: ", Duration::from_secs(120))?;
     let mut phases = Vec::new();
@@ -1115,7 +1309,7 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
         Vec::new()
     };
     eprintln!(
-        "xtask: boot to ready ({nic:?}) took {:.1} s of wall time",
+        "xtask: boot to ready ({what}) took {:.1} s of wall time",
         started.elapsed().as_secs_f64()
     );
     Ok(Boot {
@@ -1131,11 +1325,30 @@ fn boot_times(image: &Path, nic: Nic, read_modules: bool) -> Result<Boot> {
 /// `busybox modprobe -a` loads them one after another. Timed in the guest with /proc/uptime.
 fn modprobe_time(image: &Path, modules: &[String]) -> Result<Duration> {
     let disks = TempDir::new("buildos-bench-modprobe-disks")?;
-    let config = VmConfig::new(image)
-        .append(&["rdinit=/bin/sh"])
-        .host_disks(&disks.0)?;
+    let config = VmConfig::new(image).host_disks(&disks.0)?;
+    modprobe_config_time(config, modules)
+}
+
+/// [`modprobe_time`] in a configuration the caller made (image, disks, devices).
+fn modprobe_config_time(config: VmConfig, modules: &[String]) -> Result<Duration> {
+    let config = config.append(&["rdinit=/bin/sh"]);
     let mut vm = Vm::boot(&config)?;
-    vm.wait_for("job control turned off", Duration::from_secs(180))?;
+    // busybox's ash (minimal) or dash (debian): neither says when it reads, so ask until one
+    // answers.
+    vm.wait_for("Run /bin/sh as init process", Duration::from_secs(180))?;
+    let mut answered = false;
+    for _ in 0..10 {
+        if vm.shell("true", Duration::from_secs(15)).is_ok() {
+            answered = true;
+            break;
+        }
+    }
+    if !answered {
+        bail!(
+            "the shell started with rdinit=/bin/sh never answered; console:\n{}",
+            vm.console()
+        );
+    }
     let bound = Duration::from_secs(300);
     vm.shell(
         "busybox mkdir -p /proc /sys && busybox mount -t proc proc /proc \

@@ -160,10 +160,12 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
 }
 
 /// The code that makes the segment from the recipe, part of the cache key: this file, the
-/// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions of
-/// every dependency (the compressor among them). A change to any may change the bytes.
-const PIPELINE: [&[u8]; 6] = [
+/// profile crate (its `users_script` is the hook that makes users, groups and setuid bits), the
+/// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions
+/// of every dependency (the compressor among them). A change to any may change the bytes.
+const PIPELINE: [&[u8]; 7] = [
     include_bytes!("debian.rs"),
+    include_bytes!("../../rootfs/src/lib.rs"),
     include_bytes!("../../image-builder/src/compress.rs"),
     include_bytes!("../../image-builder/src/rootfs.rs"),
     include_bytes!("../../image-builder/src/cpio.rs"),
@@ -224,11 +226,6 @@ fn mode() -> Result<&'static str> {
             "`unshare --user --map-root-user` fails here".to_owned()
         }
     )
-}
-
-/// Single-quotes `s` for sh.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The root filesystem of `profile`, from `cache` when it holds one with the same key, else
@@ -319,35 +316,9 @@ pub fn rootfs_with_release(
         "set -e; mkdir -p \"$1\"{OUT}/kernel; cd \"$1\"{OUT}/kernel; \
          k=$({apt} apt-cache depends {kernel} | sed -n 's/^ *Depends: \\(linux-image-[^ ]*\\).*/\\1/p' | head -n 1); \
          {apt} apt-get download -q -o APT::Sandbox::User=root \"${{k:-{kernel}}}\"",
-        kernel = quote(&profile.kernel),
+        kernel = buildos_rootfs::shell_quote(&profile.kernel),
     );
-    let mut users_hook = String::from("set -e");
-    for user in &profile.users {
-        for group in &user.groups {
-            users_hook.push_str(&format!(
-                "; chroot \"$1\" getent group {group} >/dev/null || \
-                 chroot \"$1\" groupadd --system {group}",
-                group = quote(group),
-            ));
-        }
-        let groups = if user.groups.is_empty() {
-            String::new()
-        } else {
-            format!(" --groups {}", quote(&user.groups.join(",")))
-        };
-        users_hook.push_str(&format!(
-            "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
-             --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
-            gid = user.gid,
-            uid = user.uid,
-            name = quote(&user.name),
-            home = quote(&user.home),
-            shell = quote(&user.shell),
-        ));
-    }
-    for path in &debian.setuid {
-        users_hook.push_str(&format!("; chmod u+s \"$1\"{}", quote(path)));
-    }
+    let users_hook = profile.users_script();
     let mut command = Command::new("mmdebstrap");
     command
         .arg(format!("--mode={mode}"))
@@ -547,6 +518,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cache_key_covers_the_code_of_the_users_hook() {
+        let users_script: &[u8] = include_bytes!("../../rootfs/src/lib.rs");
+        assert!(std::str::from_utf8(users_script)
+            .unwrap()
+            .contains("pub fn users_script"));
+        assert!(PIPELINE.contains(&users_script));
+    }
+
+    #[test]
     fn cache_key_follows_recipe_epoch_and_mirror_state_but_not_modules() {
         let profile = buildos_rootfs::load("debian").unwrap();
         let key = cache_key(&profile, 0, b"Release A").unwrap();
@@ -561,10 +541,5 @@ mod tests {
         assert_eq!(key, cache_key(&module, 0, b"Release A").unwrap());
         let minimal = buildos_rootfs::load("minimal").unwrap();
         assert!(cache_key(&minimal, 0, b"x").is_err());
-    }
-
-    #[test]
-    fn quote_survives_single_quotes() {
-        assert_eq!(quote("a'b"), "'a'\\''b'");
     }
 }

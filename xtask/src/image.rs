@@ -1,6 +1,7 @@
 //! `cargo xtask image`: compile the static init and monitor, fetch the profile's Debian packages, and let
 //! the image builder assemble kernel, initrd and buildid.
 
+use buildos_contract as contract;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub struct Inputs {
     pub machine: PathBuf,
     pub kernel_deb: PathBuf,
     pub package_debs: Vec<PathBuf>,
+    /// The profile's firmware packages, in its order (none when it carries no firmware).
+    pub firmware_debs: Vec<PathBuf>,
     pub source_date_epoch: u64,
     /// The profile's Debian root filesystem, when it has one.
     pub rootfs: Option<debian::Rootfs>,
@@ -31,6 +34,9 @@ pub struct Inputs {
     pub manifest: String,
     /// How the initrd's segments are compressed (`--compression`).
     pub compression: builder::Compression,
+    /// PEM certificates of certificate authorities the monitor trusts besides the built-in
+    /// roots (`--ca-certificates`), written to `buildos_contract::etc::CA_CERTIFICATES`; empty for none.
+    pub ca_certificates: Vec<u8>,
 }
 
 pub struct Built {
@@ -40,8 +46,44 @@ pub struct Built {
 
 /// The manifest's file name in the output directory.
 pub const MANIFEST_FILE: &str = "buildos-packages";
-/// Where the image holds its manifest.
-pub const MANIFEST_PATH: &str = "/etc/buildos/packages";
+
+/// The PEM files `--ca-certificates` names, checked and joined: each must hold certificates
+/// and nothing else (a private key in one is refused, so it never lands in an image).
+pub fn ca_certificates(files: &[PathBuf]) -> Result<Vec<u8>> {
+    let mut bundle = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the CA certificates file {} (--ca-certificates)",
+                file.display()
+            )
+        })?;
+        let blocks: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("-----BEGIN "))
+            .map(|rest| rest.trim_end_matches('-'))
+            .collect();
+        if blocks.is_empty() {
+            bail!(
+                "{} (--ca-certificates) holds no PEM certificate; expected \
+                 -----BEGIN CERTIFICATE----- blocks of certificate authorities",
+                file.display()
+            );
+        }
+        if let Some(other) = blocks.iter().find(|b| **b != "CERTIFICATE") {
+            bail!(
+                "{} (--ca-certificates) holds a {other} block; expected only \
+                 -----BEGIN CERTIFICATE----- blocks (the image is readable by every user)",
+                file.display()
+            );
+        }
+        bundle.extend_from_slice(text.as_bytes());
+        if !text.ends_with('\n') {
+            bundle.push(b'\n');
+        }
+    }
+    Ok(bundle)
+}
 
 /// The static binaries an image carries.
 pub struct Binaries {
@@ -139,11 +181,15 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         let kernel_package = apt.resolve_kernel(&profile.kernel)?;
         (apt.fetch(&kernel_package)?, None)
     };
+    let firmware_debs = firmware_debs(&profile)?;
     let mut manifest: Vec<String> = match &rootfs {
         Some(rootfs) => rootfs.manifest.lines().map(str::to_owned).collect(),
         None => Vec::new(),
     };
-    for deb in std::iter::once(&kernel).chain(&package_debs) {
+    for deb in std::iter::once(&kernel)
+        .chain(&package_debs)
+        .chain(&firmware_debs)
+    {
         let control = builder::deb::Deb::open(deb)?.control()?;
         manifest.push(format!("{}\t{}", control.package, control.version));
     }
@@ -155,6 +201,10 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
             .iter()
             .map(|d| uncompressed(d))
             .collect::<Result<Vec<_>>>()?,
+        firmware_debs: firmware_debs
+            .iter()
+            .map(|d| uncompressed(d))
+            .collect::<Result<Vec<_>>>()?,
         profile,
         init,
         monitor,
@@ -163,7 +213,41 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         rootfs,
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
         compression: builder::Compression::default(),
+        ca_certificates: Vec::new(),
     })
+}
+
+/// The profile's firmware packages, fetched as its kernel is: from the `non-free-firmware`
+/// component of its own mirror and release, with an apt of their own whose lists live in the
+/// work directory, so the host's apt sources need not name that component.
+pub fn firmware_debs(profile: &Profile) -> Result<Vec<PathBuf>> {
+    let packages = profile.firmware_packages();
+    let Some(debian) = &profile.debian else {
+        return Ok(Vec::new());
+    };
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let component = buildos_rootfs::FIRMWARE_COMPONENT;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{} {} {component}", debian.mirror, debian.release));
+    let state = crate::work_dir().join("apt-firmware").join(format!(
+        "{}-{}",
+        debian.release,
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let apt = Apt::for_component(
+        &crate::work_dir().join("debs"),
+        &state,
+        &debian.mirror,
+        &debian.release,
+        component,
+    )?;
+    apt.update()?;
+    packages.iter().map(|p| apt.fetch(p)).collect()
 }
 
 /// A copy of a downloaded package with its data uncompressed, made once and kept beside the
@@ -193,54 +277,22 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     spec.modules = inputs.profile.modules.carried();
     spec.classes = inputs.profile.modules.classes.clone();
     spec.exclude = inputs.profile.modules.exclude.clone();
-    spec.entries = vec![
-        InitrdEntry::File {
-            path: "/init".into(),
-            mode: 0o755,
-            contents: read(&inputs.init)?,
-        },
-        InitrdEntry::Symlink {
-            path: "/sbin/init".into(),
-            target: "/init".into(),
-        },
-        InitrdEntry::File {
-            path: "/usr/sbin/buildos-monitor".into(),
-            mode: 0o755,
-            contents: read(&inputs.monitor)?,
-        },
-        InitrdEntry::File {
-            path: "/usr/sbin/buildos-machine".into(),
-            mode: 0o755,
-            contents: read(&inputs.machine)?,
-        },
-        InitrdEntry::Symlink {
-            path: "/usr/sbin/sendmail".into(),
-            target: "buildos-monitor".into(),
-        },
-        // The modules init loads on every host; drivers come by the devices' modaliases.
-        InitrdEntry::File {
-            path: "/etc/buildos/modules.boot".into(),
+    spec.firmware_debs = inputs.firmware_debs.clone();
+    spec.entries = builder::image::own_entries(&builder::image::OwnContents {
+        init: read(&inputs.init)?,
+        monitor: read(&inputs.monitor)?,
+        machine: read(&inputs.machine)?,
+        modules_boot: inputs.profile.modules.boot.clone(),
+        profile: inputs.profile.name.clone(),
+        packages: inputs.manifest.clone(),
+    });
+    if !inputs.ca_certificates.is_empty() {
+        spec.entries.push(InitrdEntry::File {
+            path: contract::etc::CA_CERTIFICATES.into(),
             mode: 0o644,
-            contents: inputs
-                .profile
-                .modules
-                .boot
-                .iter()
-                .map(|name| format!("{name}\n"))
-                .collect::<String>()
-                .into_bytes(),
-        },
-        InitrdEntry::File {
-            path: "/etc/buildos/profile".into(),
-            mode: 0o644,
-            contents: format!("{}\n", inputs.profile.name).into_bytes(),
-        },
-        InitrdEntry::File {
-            path: MANIFEST_PATH.into(),
-            mode: 0o644,
-            contents: inputs.manifest.clone().into_bytes(),
-        },
-    ];
+            contents: inputs.ca_certificates.clone(),
+        });
+    }
     for file in inputs.profile.render_templates(env!("CARGO_PKG_VERSION"))? {
         spec.entries.push(InitrdEntry::File {
             path: file.path,
@@ -287,9 +339,16 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
 }
 
 /// `cargo xtask image`.
-pub fn run(profile: &str, out: &Path, compression: builder::Compression) -> Result<Built> {
+pub fn run(
+    profile: &str,
+    out: &Path,
+    compression: builder::Compression,
+    ca: &[PathBuf],
+) -> Result<Built> {
+    let ca_certificates = ca_certificates(ca)?;
     let mut inputs = prepare(profile)?;
     inputs.compression = compression;
+    inputs.ca_certificates = ca_certificates;
     let built = assemble(&inputs, out)?;
     let o = &built.output;
     let rootfs = match &inputs.rootfs {
@@ -305,13 +364,25 @@ pub fn run(profile: &str, out: &Path, compression: builder::Compression) -> Resu
         ),
         None => String::new(),
     };
+    let firmware = &o.firmware;
+    let missing = firmware.missing().count();
     eprintln!(
         "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB ({compression}) with \
-         {} modules{rootfs}, buildid {}, assembled in {:.2} s",
+         {} modules, {} firmware files ({:.1} MB; {}){rootfs}, buildid {}, assembled in {:.2} s",
         out.display(),
         o.kernel_version,
         o.initrd_size as f64 / 1e6,
         o.modules.len(),
+        firmware.files.len(),
+        firmware.bytes() as f64 / 1e6,
+        if missing == 0 {
+            "every declared file found".to_owned()
+        } else {
+            format!(
+                "{missing} declared files no firmware package holds, listed in {}",
+                out.join(builder::image::FIRMWARE_FILE).display()
+            )
+        },
         o.buildid,
         built.assembly.as_secs_f64()
     );
@@ -328,4 +399,42 @@ pub fn list(initrd: &Path) -> Result<()> {
         println!("{}", entry);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn ca_certificates_are_joined_and_anything_but_certificates_is_refused_by_name() {
+        let dir = crate::qemu::TempDir::new("xtask-ca").unwrap();
+        let a = dir.0.join("a.pem");
+        let b = dir.0.join("b.pem");
+        std::fs::write(&a, CERT.trim_end()).unwrap();
+        std::fs::write(&b, CERT).unwrap();
+        let bundle = ca_certificates(&[a.clone(), b]).unwrap();
+        assert_eq!(String::from_utf8(bundle).unwrap(), format!("{CERT}{CERT}"));
+        assert!(ca_certificates(&[]).unwrap().is_empty());
+
+        let key = dir.0.join("key.pem");
+        std::fs::write(
+            &key,
+            format!("{CERT}-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let error = ca_certificates(&[a, key.clone()]).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!(
+                "{} (--ca-certificates) holds a PRIVATE KEY block",
+                key.display()
+            )),
+            "{error}"
+        );
+        let text = dir.0.join("text.pem");
+        std::fs::write(&text, "not a certificate\n").unwrap();
+        let error = ca_certificates(&[text]).unwrap_err().to_string();
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+    }
 }

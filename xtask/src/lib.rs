@@ -3,13 +3,16 @@
 
 pub mod agents;
 pub mod apt;
+pub mod bastion;
 pub mod bench;
 pub mod debian;
 pub mod demo;
 pub mod docs;
 pub mod fuzz;
+pub mod hardware;
 pub mod image;
 pub mod lan;
+pub mod nix;
 pub mod pxe;
 pub mod qemu;
 pub mod system;

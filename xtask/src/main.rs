@@ -24,6 +24,10 @@ enum Task {
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
+        /// A PEM file of CA certificates the monitor trusts besides the built-in roots, for
+        /// toolchains served from an internal CA (repeatable; see docs/image.md)
+        #[arg(long, value_name = "FILE")]
+        ca_certificates: Vec<PathBuf>,
     },
     /// Build the image and boot it in QEMU on this terminal (Ctrl-A X quits)
     Qemu {
@@ -83,13 +87,18 @@ enum Task {
         /// with iPXE and UEFI with Secure Boot
         #[arg(long, group = "only")]
         pxe_only: bool,
-        /// Measure only the default image's driver classes against the hand-picked drivers
+        /// Measure only the default image's driver classes and firmware against the hand-picked
+        /// drivers, and its modules step on the hardware device matrix
         #[arg(long, group = "only")]
         classes_only: bool,
         /// Measure only agents that build: the compiler's image beside the profile without it,
         /// and an agent's start to its machine's DHCP lease beside root's same boot
         #[arg(long, group = "only")]
         agents_only: bool,
+        /// Measure only the Nix remote builder: a small derivation's round trip built on a host
+        /// of the nix profile over SSH, beside the same build run here
+        #[arg(long, group = "only")]
+        nix_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -104,7 +113,8 @@ fn main() -> ExitCode {
             profile,
             out,
             compression,
-        } => xtask::image::run(&profile, &out, compression).map(|_| ()),
+            ca_certificates,
+        } => xtask::image::run(&profile, &out, compression, &ca_certificates).map(|_| ()),
         Task::Qemu {
             profile,
             memory,
@@ -143,6 +153,7 @@ fn main() -> ExitCode {
             pxe_only,
             classes_only,
             agents_only,
+            nix_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -155,6 +166,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Classes
         } else if agents_only {
             xtask::bench::Only::Agents
+        } else if nix_only {
+            xtask::bench::Only::Nix
         } else {
             xtask::bench::Only::All
         }),

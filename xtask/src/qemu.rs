@@ -704,7 +704,7 @@ pub fn run(options: &Options) -> Result<()> {
     }
     crate::system::ensure(&needs)?;
     let out = crate::root().join("out");
-    crate::image::run(&options.profile, &out, options.compression)?;
+    crate::image::run(&options.profile, &out, options.compression, &[])?;
     // Kept between runs, like a real host's disks: what init stores on /state survives.
     let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out).host_disks(&disks)?;

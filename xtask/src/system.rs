@@ -62,6 +62,11 @@ pub const NEWGIDMAP: Need = Need {
     package: "uidmap",
     why: "maps the user's subordinate group ids for mmdebstrap's unshare mode",
 };
+pub const MODINFO: Need = Need {
+    command: "modinfo",
+    package: "kmod",
+    why: "reads the firmware kernel modules declare, the oracle of the firmware manifest's test",
+};
 pub const MKINITRAMFS: Need = Need {
     command: "mkinitramfs",
     package: "initramfs-tools",
@@ -96,6 +101,12 @@ pub const CURL: Need = Need {
     command: "curl",
     package: "curl",
     why: "fetches a file over TFTP from br1's dnsmasq in init's network tests, and with sha256sum is the anchor of the monitor's fetch-and-verify bench",
+};
+pub const NIX_BUILD: Need = Need {
+    command: "nix-build",
+    package: "nix-bin",
+    why:
+        "the Nix client that builds on a host of the nix profile over SSH in its VM test and bench",
 };
 pub const PING: Need = Need {
     command: "ping",
@@ -291,8 +302,9 @@ mod tests {
     use super::*;
 
     /// Every package xtask may install, alone and all together.
-    const ALL: [Need; 20] = [
+    const ALL: [Need; 22] = [
         APT,
+        MODINFO,
         QEMU,
         SSHD,
         SSH_KEYGEN,
@@ -308,6 +320,7 @@ mod tests {
         OPENSSL,
         CURL,
         PING,
+        NIX_BUILD,
         MKFS_EXT4,
         MKFS_BTRFS,
         MKFS_XFS,

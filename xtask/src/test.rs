@@ -44,6 +44,8 @@ pub fn run() -> Result<()> {
         system::AIOSMTPD,
         system::OPENSSL,
         system::MMDEBSTRAP,
+        system::NIX_BUILD,
+        system::MODINFO,
     ])?;
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
 
@@ -60,6 +62,8 @@ pub fn run() -> Result<()> {
 
     let debian_out = crate::work_dir().join("test-image-debian");
     check_debian(&debian_out)?;
+    let nix_out = crate::work_dir().join("test-image-nix");
+    build_nix(&nix_out)?;
 
     cargo(
         &["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"],
@@ -71,7 +75,10 @@ pub fn run() -> Result<()> {
         &[
             (IMAGE_DIR_VAR, out.as_os_str()),
             (DEBIAN_IMAGE_DIR_VAR, debian_out.as_os_str()),
+            (NIX_IMAGE_DIR_VAR, nix_out.as_os_str()),
             (crate::fuzz::CASES_VAR, cases.as_ref()),
+            // Every tier runs: a test whose precondition is missing fails instead of skipping.
+            (buildos_testpeers::tier::ALL_VAR, "1".as_ref()),
         ],
     )
 }
@@ -96,6 +103,25 @@ pub const NO_NTP: &str = "clock: no NTP server answered";
 
 /// The variable the VM tests read to find the debian profile's image this command built.
 pub const DEBIAN_IMAGE_DIR_VAR: &str = "BUILDOS_DEBIAN_IMAGE_DIR";
+
+/// The variable the nix VM test reads to find the nix profile's image this command built.
+pub const NIX_IMAGE_DIR_VAR: &str = "BUILDOS_NIX_IMAGE_DIR";
+
+/// The nix profile's image, once: its root filesystem is the debian profile's recipe and
+/// nix-bin, cached like debian's (one mmdebstrap run when the recipe or the mirror changes);
+/// the reproducibility and cache checks of the debian profile cover the same code.
+fn build_nix(out: &Path) -> Result<()> {
+    let started = std::time::Instant::now();
+    let built = image::assemble(&image::prepare("nix")?, out)?;
+    eprintln!(
+        "xtask: test image (nix): initrd {:.1} MB ({:.1} MB root filesystem), buildid {}, {:.0} s",
+        built.output.initrd_size as f64 / 1e6,
+        built.output.base_size as f64 / 1e6,
+        built.output.buildid,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 /// The debian profile: built (its root filesystem from the cache when current), then built
 /// again with a root filesystem made afresh in an empty cache, byte for byte the same; then a

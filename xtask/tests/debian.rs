@@ -14,15 +14,12 @@ use xtask::test::DEBIAN_IMAGE_DIR_VAR;
 const BOOT: Duration = Duration::from_secs(300);
 const COMMAND: Duration = Duration::from_secs(120);
 
-fn image() -> PathBuf {
-    match std::env::var_os(DEBIAN_IMAGE_DIR_VAR) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "this VM test boots the debian image `cargo xtask test` builds; run it through \
-             that, or set {DEBIAN_IMAGE_DIR_VAR} to a directory holding buildos-image and \
-             buildos-initrd of the debian profile"
-        ),
-    }
+/// The debian image `cargo xtask test` built; None, after saying why, when it is not given.
+fn image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        DEBIAN_IMAGE_DIR_VAR,
+        "the debian image `cargo xtask test` builds (buildos-image, buildos-initrd)",
+    )
 }
 
 /// The output of `command` in the guest, failing the test with the console when it does not
@@ -35,7 +32,9 @@ fn run(vm: &mut Vm, command: &str) -> String {
 
 #[test]
 fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
-    let dir = image();
+    let Some(dir) = image() else {
+        return;
+    };
     let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
     // The compiler for bootstraps makes the initrd too big to unpack in 1 GiB.
     config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;

@@ -7,105 +7,40 @@
 //! And the report of unknown hardware: the minimal image, whose hand-picked drivers have none
 //! for an RTL8139, names that NIC on the console and in the problems file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use xtask::hardware::{Case, MATRIX};
 use xtask::qemu::{TempDir, Vm, VmConfig};
 use xtask::test::{DEBIAN_IMAGE_DIR_VAR, IMAGE_DIR_VAR};
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(300);
 
-fn image_dir(var: &str) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "this VM test boots an image `cargo xtask test` builds; run it through that, or set \
-             {var} to a directory holding buildos-image and buildos-initrd"
-        ),
-    }
+/// The image `cargo xtask test` built that `var` names; None, after saying why, when it is not
+/// given.
+fn image_dir(var: &str) -> Option<PathBuf> {
+    let what = if var == DEBIAN_IMAGE_DIR_VAR {
+        "the debian image `cargo xtask test` builds (buildos-image, buildos-initrd)"
+    } else {
+        "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd)"
+    };
+    buildos_testpeers::tier::dir(var, what)
 }
 
-/// A disk controller of the matrix: QEMU's device, and the Linux driver that must claim it.
-#[derive(Clone, Copy)]
-enum Controller {
-    Nvme,
-    Ahci,
-    MegasasGen2,
-    Lsi53c895a,
-    VirtioScsi,
-    Pvscsi,
-    UsbStorage,
-    VirtioBlk,
-}
-
-impl Controller {
-    fn driver(self) -> &'static str {
-        match self {
-            Controller::Nvme => "nvme",
-            Controller::Ahci => "ahci",
-            Controller::MegasasGen2 => "megaraid_sas",
-            Controller::Lsi53c895a => "sym53c8xx",
-            Controller::VirtioScsi => "virtio_scsi",
-            Controller::Pvscsi => "vmw_pvscsi",
-            Controller::UsbStorage => "usb_storage",
-            Controller::VirtioBlk => "virtio_blk",
-        }
-    }
-
-    /// QEMU arguments attaching `disk` behind this controller, its ids made from `n`.
-    fn args(self, disk: &Path, n: usize) -> Vec<String> {
-        let drive = format!("file={},format=raw,if=none,id=disk{n}", disk.display());
-        let bus = format!("ctl{n}");
-        let scsi = |device: &str| {
-            vec![
-                format!("{device},id={bus}"),
-                format!("scsi-hd,drive=disk{n},bus={bus}.0"),
-            ]
-        };
-        let devices = match self {
-            Controller::Nvme => vec![format!("nvme,drive=disk{n},serial=buildos{n}")],
-            Controller::Ahci => vec![
-                format!("ahci,id={bus}"),
-                format!("ide-hd,drive=disk{n},bus={bus}.0"),
-            ],
-            Controller::MegasasGen2 => scsi("megasas-gen2"),
-            Controller::Lsi53c895a => scsi("lsi53c895a"),
-            Controller::VirtioScsi => scsi("virtio-scsi-pci"),
-            Controller::Pvscsi => scsi("pvscsi"),
-            Controller::UsbStorage => vec![
-                format!("qemu-xhci,id={bus}"),
-                format!("usb-storage,drive=disk{n},bus={bus}.0"),
-            ],
-            Controller::VirtioBlk => vec![format!("virtio-blk-pci,drive=disk{n}")],
-        };
-        let mut args = vec!["-drive".to_owned(), drive];
-        for device in devices {
-            args.push("-device".to_owned());
-            args.push(device);
-        }
-        args
-    }
-}
-
-/// Boots the debian image with `nic` (QEMU's model) as its only NIC on QEMU's user-mode
-/// network, the state disk behind `state` and the machines disk behind `machines`, and checks
-/// that the drivers of all three were chosen, that the NIC got its DHCP lease, and that the
-/// host is ready with 0 problems.
-fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controller) {
+/// Boots the debian image with the case's NIC as its only NIC on QEMU's user-mode network,
+/// the state disk behind its `state` controller and the machines disk behind `machines`, and
+/// checks that the drivers of all three were chosen, that the NIC got its DHCP lease, and that
+/// the host is ready with 0 problems.
+fn boots_with(case: Case) {
+    let Some(image) = image_dir(DEBIAN_IMAGE_DIR_VAR) else {
+        return;
+    };
     let disks = TempDir::new("buildos-hardware-disks").unwrap_or_else(|e| panic!("{e:#}"));
     let paths = xtask::qemu::host_disks(&disks.0).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut config = VmConfig::new(&image_dir(DEBIAN_IMAGE_DIR_VAR));
+    let mut config = VmConfig::new(&image);
     config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
-    config.extra = vec![
-        "-netdev".to_owned(),
-        "user,id=net0".to_owned(),
-        "-device".to_owned(),
-        format!("{nic},netdev=net0"),
-    ];
-    for (n, (controller, disk)) in [state, machines].into_iter().zip(&paths).enumerate() {
-        config.extra.extend(controller.args(disk, n));
-    }
+    config.extra = case.args(&paths);
     let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
     let ready = vm
         .wait_for("buildos-init: ready at", BOOT)
@@ -115,7 +50,8 @@ fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controll
         .lines()
         .find(|l| l.contains("devices asked for"))
         .unwrap_or_default();
-    for driver in [nic_driver, state.driver(), machines.driver()] {
+    let nic = case.nic;
+    for driver in [case.nic_driver, case.state.driver(), case.machines.driver()] {
         let named = drivers.split([' ', ',', ':']).any(|word| word == driver);
         assert!(named, "{driver} not chosen for {nic}: {console}");
     }
@@ -126,58 +62,47 @@ fn boots_with(nic: &str, nic_driver: &str, state: Controller, machines: Controll
     assert!(ready.ends_with(", 0 problem(s)"), "{console}");
 }
 
+/// The matrix's case whose NIC is `nic`.
+fn case(nic: &str) -> Case {
+    MATRIX
+        .into_iter()
+        .find(|c| c.nic == nic)
+        .unwrap_or_else(|| panic!("no case with {nic} in the matrix"))
+}
+
 #[test]
 fn e1000e_nic_with_disks_behind_nvme_and_ahci() {
-    boots_with("e1000e", "e1000e", Controller::Nvme, Controller::Ahci);
+    boots_with(case("e1000e"));
 }
 
 #[test]
 fn rtl8139_nic_with_disks_behind_megaraid_and_lsi53c895a() {
-    boots_with(
-        "rtl8139",
-        "8139too",
-        Controller::MegasasGen2,
-        Controller::Lsi53c895a,
-    );
+    boots_with(case("rtl8139"));
 }
 
-// QEMU's mptsas1068 is left out: with Debian's 6.1 kernel, mptsas registers the host and its
-// eight phys, but no SAS end device (no disk) appears within 60 s.
 #[test]
 fn vmxnet3_nic_with_disks_behind_virtio_scsi_and_ahci() {
-    boots_with(
-        "vmxnet3",
-        "vmxnet3",
-        Controller::VirtioScsi,
-        Controller::Ahci,
-    );
+    boots_with(case("vmxnet3"));
 }
 
 #[test]
 fn pcnet_nic_with_disks_behind_pvscsi_and_a_usb_stick_on_xhci() {
-    boots_with(
-        "pcnet",
-        "pcnet32",
-        Controller::Pvscsi,
-        Controller::UsbStorage,
-    );
+    boots_with(case("pcnet"));
 }
 
 #[test]
 fn virtio_net_nic_with_virtio_disks() {
-    boots_with(
-        "virtio-net-pci",
-        "virtio_net",
-        Controller::VirtioBlk,
-        Controller::VirtioBlk,
-    );
+    boots_with(case("virtio-net-pci"));
 }
 
 #[test]
 fn nic_without_a_driver_in_the_image_is_named_on_the_console_and_in_the_problems() {
+    let Some(image) = image_dir(IMAGE_DIR_VAR) else {
+        return;
+    };
     // The minimal image carries its hand-picked drivers only, and none for an RTL8139.
     let disks = TempDir::new("buildos-hardware-disks").unwrap_or_else(|e| panic!("{e:#}"));
-    let mut config = VmConfig::new(&image_dir(IMAGE_DIR_VAR)).append(&["buildos.debug_shell=1"]);
+    let mut config = VmConfig::new(&image).append(&["buildos.debug_shell=1"]);
     config.extra = vec![
         "-netdev".to_owned(),
         "user,id=net0".to_owned(),

@@ -53,14 +53,12 @@ instances = 3
 controller_url = ["https://ci.example.org/a", "https://ci.example.org/b"]
 "#;
 
-fn image() -> PathBuf {
-    match std::env::var_os(IMAGE_DIR_VAR) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "the VM tests boot the image `cargo xtask test` builds; run them through it, or set \
-             {IMAGE_DIR_VAR} to a directory holding buildos-image and buildos-initrd"
-        ),
-    }
+/// The minimal image `cargo xtask test` built; None, after saying why, when it is not given.
+fn image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        IMAGE_DIR_VAR,
+        "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd)",
+    )
 }
 
 /// The UEFI hosts: one without Secure Boot, one with.
@@ -78,13 +76,9 @@ firmware = "uefi-secure-boot"
 hostname = "secure1"
 "#;
 
-/// Writes the inventory and its tree into `dir`, with `http_url` for the iPXE scripts.
-fn tree(dir: &Path, http_url: Option<&str>) -> (PathBuf, Farm) {
-    tree_of(dir, &image(), http_url)
-}
-
-/// Writes the inventory with the UEFI hosts and the tree of the image in `image_dir`.
-fn tree_of(dir: &Path, image_dir: &Path, http_url: Option<&str>) -> (PathBuf, Farm) {
+/// Writes the inventory with the UEFI hosts and the tree of the image in `image_dir` into
+/// `dir`, with `http_url` for the iPXE scripts.
+fn tree(dir: &Path, image_dir: &Path, http_url: Option<&str>) -> (PathBuf, Farm) {
     let inventory = dir.join("farm.toml");
     std::fs::write(&inventory, format!("{INVENTORY}{UEFI_HOSTS}")).unwrap();
     let out = dir.join("tree");
@@ -101,14 +95,20 @@ struct Booted {
 /// Boots with the disks a host needs (or init stops at the emergency shell), waits for init's
 /// ready marker without problems (but the minimal image's missing nft), and checks that init's
 /// configuration lines are exactly those of the configuration the inventory gives `mac`.
-fn boot_and_check(farm: &Farm, netboot: NetBoot) -> Booted {
+fn boot_and_check(image: &Path, farm: &Farm, netboot: NetBoot) -> Booted {
     let mac = Mac::parse(&netboot.mac).unwrap();
-    boot_config_and_check(farm, mac, VmConfig::netboot(&image(), netboot))
+    boot_config_and_check(farm, mac, VmConfig::netboot(image, netboot))
 }
 
 /// Boots `mac` from `lan` with `firmware`, and checks as [`boot_and_check`] does.
-fn boot_lan_and_check(farm: &Farm, lan: &Lan, mac: &str, firmware: Firmware) -> Booted {
-    let mut config = VmConfig::new(&image()).firmware(firmware);
+fn boot_lan_and_check(
+    image: &Path,
+    farm: &Farm,
+    lan: &Lan,
+    mac: &str,
+    firmware: Firmware,
+) -> Booted {
+    let mut config = VmConfig::new(image).firmware(firmware);
     config.lan = Some(lan.boot(mac));
     boot_config_and_check(farm, Mac::parse(mac).unwrap(), config)
 }
@@ -139,9 +139,13 @@ fn boot_config_and_check(farm: &Farm, mac: Mac, config: VmConfig) -> Booted {
 
 #[test]
 fn pxelinux_host_boots_its_own_config_over_tftp() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-pxe-host").unwrap();
-    let (tree, farm) = tree(&dir.0, None);
+    let (tree, farm) = tree(&dir.0, &image, None);
     let booted = boot_and_check(
+        &image,
         &farm,
         NetBoot {
             tftp: tree,
@@ -164,10 +168,14 @@ fn pxelinux_host_boots_its_own_config_over_tftp() {
 
 #[test]
 fn pxelinux_other_mac_boots_the_default_config() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-pxe-default").unwrap();
-    let (tree, farm) = tree(&dir.0, None);
+    let (tree, farm) = tree(&dir.0, &image, None);
     assert_eq!(farm.boot_for(Mac::parse(OTHER).unwrap()), &farm.default);
     let booted = boot_and_check(
+        &image,
         &farm,
         NetBoot {
             tftp: tree,
@@ -188,12 +196,16 @@ fn pxelinux_other_mac_boots_the_default_config() {
 
 #[test]
 fn ipxe_over_http_boots_the_host_script() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-pxe-http").unwrap();
     std::fs::create_dir_all(dir.0.join("tree")).unwrap();
     let server = HttpServer::start(&dir.0.join("tree")).unwrap_or_else(|e| panic!("{e:#}"));
     let base = format!("http://10.0.2.2:{}/", server.port);
-    let (tree, farm) = tree(&dir.0, Some(&base));
+    let (tree, farm) = tree(&dir.0, &image, Some(&base));
     let booted = boot_and_check(
+        &image,
         &farm,
         NetBoot {
             tftp: tree.clone(),
@@ -214,11 +226,15 @@ fn ipxe_over_http_boots_the_host_script() {
 
 #[test]
 fn ipxe_over_tftp_falls_back_to_the_default_script() {
+    let Some(image) = image() else {
+        return;
+    };
     // No http_url: the scripts name the image relative to themselves, here over TFTP, and the
     // dispatcher finds no script for this MAC address.
     let dir = TempDir::new("buildos-pxe-ipxe-tftp").unwrap();
-    let (tree, farm) = tree(&dir.0, None);
+    let (tree, farm) = tree(&dir.0, &image, None);
     let booted = boot_and_check(
+        &image,
         &farm,
         NetBoot {
             tftp: tree,
@@ -248,12 +264,15 @@ fn refused_modules(console: &str) -> Vec<&str> {
 
 #[test]
 fn uefi_ipxe_efi_boots_the_host_script_from_the_tree() {
+    let Some(image) = image() else {
+        return;
+    };
     // OVMF's own PXE gets ipxe.efi over TFTP from dnsmasq; iPXE asks again, is known by
     // option 175, and gets the dispatcher script over HTTP.
     let dir = TempDir::new("buildos-pxe-uefi").unwrap();
-    let (tree, farm) = tree(&dir.0, Some(lan::HTTP_URL));
+    let (tree, farm) = tree(&dir.0, &image, Some(lan::HTTP_URL));
     let lan = Lan::start(&tree).unwrap_or_else(|e| panic!("{e:#}"));
-    let booted = boot_lan_and_check(&farm, &lan, UEFI_HOST, Firmware::Uefi);
+    let booted = boot_lan_and_check(&image, &farm, &lan, UEFI_HOST, Firmware::Uefi);
     let console = booted.vm.console();
     for line in [
         "NBP filename is ipxe.efi",
@@ -268,11 +287,14 @@ fn uefi_ipxe_efi_boots_the_host_script_from_the_tree() {
 
 #[test]
 fn uefi_http_boot_takes_ipxe_efi_by_url_without_tftp() {
+    let Some(image) = image() else {
+        return;
+    };
     // OVMF with PXE off: it asks DHCP as an HTTP client and fetches ipxe.efi by URL.
     let dir = TempDir::new("buildos-pxe-http-boot").unwrap();
-    let (tree, farm) = tree(&dir.0, Some(lan::HTTP_URL));
+    let (tree, farm) = tree(&dir.0, &image, Some(lan::HTTP_URL));
     let lan = Lan::start(&tree).unwrap_or_else(|e| panic!("{e:#}"));
-    let booted = boot_lan_and_check(&farm, &lan, UEFI_HOST, Firmware::UefiHttpBoot);
+    let booted = boot_lan_and_check(&image, &farm, &lan, UEFI_HOST, Firmware::UefiHttpBoot);
     let console = booted.vm.console();
     for line in [
         "URI: http://10.0.3.1:8080/ipxe.efi",
@@ -291,10 +313,13 @@ fn uefi_http_boot_takes_ipxe_efi_by_url_without_tftp() {
 
 #[test]
 fn uefi_secure_boot_boots_shim_grub_and_the_signed_kernel_locked_down() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-pxe-secure").unwrap();
-    let (tree, farm) = tree(&dir.0, Some(lan::HTTP_URL));
+    let (tree, farm) = tree(&dir.0, &image, Some(lan::HTTP_URL));
     let lan = Lan::start(&tree).unwrap_or_else(|e| panic!("{e:#}"));
-    let booted = boot_lan_and_check(&farm, &lan, SECURE_HOST, Firmware::UefiSecureBoot);
+    let booted = boot_lan_and_check(&image, &farm, &lan, SECURE_HOST, Firmware::UefiSecureBoot);
     let console = booted.vm.console();
     for line in [
         "NBP filename is shimx64.efi",
@@ -333,18 +358,21 @@ fn unsigned(kernel: &[u8]) -> Vec<u8> {
 
 #[test]
 fn uefi_secure_boot_refuses_an_unsigned_kernel() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-pxe-unsigned").unwrap();
     let image_dir = dir.0.join("image");
     std::fs::create_dir_all(&image_dir).unwrap();
-    let kernel = std::fs::read(image().join("buildos-image")).unwrap();
+    let kernel = std::fs::read(image.join("buildos-image")).unwrap();
     std::fs::write(image_dir.join("buildos-image"), unsigned(&kernel)).unwrap();
     for name in ["buildos-initrd", "buildos-buildid"] {
-        std::fs::copy(image().join(name), image_dir.join(name)).unwrap();
+        std::fs::copy(image.join(name), image_dir.join(name)).unwrap();
     }
-    let (tree, _) = tree_of(&dir.0, &image_dir, Some(lan::HTTP_URL));
+    let (tree, _) = tree(&dir.0, &image_dir, Some(lan::HTTP_URL));
     let lan = Lan::start(&tree).unwrap_or_else(|e| panic!("{e:#}"));
     let disks = TempDir::new("buildos-pxe-disks").unwrap();
-    let mut config = VmConfig::new(&image()).firmware(Firmware::UefiSecureBoot);
+    let mut config = VmConfig::new(&image).firmware(Firmware::UefiSecureBoot);
     config.lan = Some(lan.boot(SECURE_HOST));
     let config = config.host_disks(&disks.0).unwrap();
     let mut vm = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));

@@ -4,6 +4,9 @@
 //! passwords and root are refused, `sudo buildos-machine` runs only the host side (no form
 //! runs a command of build's choosing, and a machine stream carrying a set-user-ID file is
 //! refused), and the host keys and the agent key survive a reboot because they live on /state.
+//! The host keeps a reverse tunnel (`buildos.tunnel`) to this machine's own sshd as the
+//! bastion: the test logs in through the bastion's port, kills the bastion's side, and logs in
+//! through it again once init has started the tunnel anew.
 //!
 //! Between the two boots, the acceptance scenario of agents that build (manual 2, 4.6, 5):
 //! `buildos-machine add` sends a machine from this machine; two toolchains, `default` on br1
@@ -22,10 +25,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use buildos_testpeers::{wait_until, HttpServer, Smtp};
 use xtask::agents::{self, text, Devel, Lease, HOST_BR0, HOST_BR1};
+use xtask::bastion::Bastion;
 use xtask::qemu::{TempDir, Vm};
 use xtask::test::DEBIAN_IMAGE_DIR_VAR;
 
@@ -35,15 +39,12 @@ const LOGIN: Duration = Duration::from_secs(180);
 /// From ready to the agent's first report: fetch, verify, unpack, bootstrap (a compile).
 const SETTLE: Duration = Duration::from_secs(420);
 
-fn image() -> PathBuf {
-    match std::env::var_os(DEBIAN_IMAGE_DIR_VAR) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "this VM test boots the debian image `cargo xtask test` builds; run it through \
-             that, or set {DEBIAN_IMAGE_DIR_VAR} to a directory holding the debian profile's \
-             buildos-image and buildos-initrd"
-        ),
-    }
+/// The debian image `cargo xtask test` built; None, after saying why, when it is not given.
+fn image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        DEBIAN_IMAGE_DIR_VAR,
+        "the debian image `cargo xtask test` builds (buildos-image, buildos-initrd)",
+    )
 }
 
 /// A loopback port nobody listens on now.
@@ -52,8 +53,8 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn boot(disks: &[PathBuf], port: u16, key: &str, params: &[String]) -> Vm {
-    Vm::boot(&agents::host_config(&image(), disks, port, key, params))
+fn boot(image: &Path, disks: &[PathBuf], port: u16, key: &str, params: &[String]) -> Vm {
+    Vm::boot(&agents::host_config(image, disks, port, key, params))
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
@@ -177,6 +178,60 @@ fn sudo_runs_only_the_host_side(vm: &mut Vm, dir: &Path, port: u16) {
     assert_eq!(after, "", "left on the volume, or a command ran: {after}");
 }
 
+/// From killing the bastion's side of the tunnel to a login through it again: ssh notices at
+/// once (the connection is closed), and init starts it again within its back-off (at most
+/// 60 s); the rest is a loaded machine's slack.
+const TUNNEL_BACK: Duration = Duration::from_secs(150);
+
+/// Whether `$SSH_CONNECTION` names a client on the guest's own loopback (the tunnel's ssh
+/// connects to `localhost`, `::1` or `127.0.0.1`).
+fn loopback(said: &str) -> bool {
+    said.starts_with("::1 ") || said.starts_with("127.0.0.1 ")
+}
+
+/// Logs in as build through the bastion's end of the tunnel: says what sshd on the guest saw.
+fn through_tunnel(vm: &Vm, dir: &Path, remote: u16, bound: Duration) -> String {
+    let output = agents::login(
+        vm,
+        dir,
+        remote,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+        "echo $SSH_CONNECTION; id -un",
+        bound,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The tunnel made at boot reaches the guest's sshd, and comes back by itself after the
+/// bastion's side is killed.
+fn tunnel_reaches_the_host_and_comes_back(vm: &Vm, dir: &Path, bastion: &Bastion, remote: u16) {
+    // Through the tunnel the guest's sshd sees the tunnel's ssh on its own loopback, not
+    // QEMU's 10.0.2.2 that its forwarded port shows.
+    let said = through_tunnel(vm, dir, remote, LOGIN);
+    assert!(loopback(&said) && said.ends_with("\nbuild\n"), "{said}");
+    let restarts = |vm: &Vm| vm.console().matches("tunnel restarted, pid").count();
+    let before = restarts(vm);
+    let killed = Instant::now();
+    let connections = bastion.kill_connections().unwrap();
+    assert!(
+        connections >= 1,
+        "no tunnel at the bastion: {}",
+        bastion.log()
+    );
+    let said = through_tunnel(vm, dir, remote, TUNNEL_BACK);
+    eprintln!(
+        "ssh: the tunnel was back {:.1} s after the bastion's side was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(loopback(&said), "{said}");
+    assert!(
+        restarts(vm) > before,
+        "init did not start the tunnel again: {}",
+        vm.console()
+    );
+}
+
 /// The `ssh host key ed25519 <made|kept>: SHA256:...` line's fingerprint.
 fn host_key(vm: &mut Vm, how: &str) -> String {
     let line = vm
@@ -280,6 +335,9 @@ fn agents_build_in_machines(
 
 #[test]
 fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_survive_reboot() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-ssh-test").unwrap();
     let public = agents::keypair(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
     let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
@@ -314,8 +372,25 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
         "buildos.admin_email=admin@example.org".into(),
     ];
 
-    let mut vm = boot(&disks, port, &public, &params);
+    // The reverse tunnel's bastion: this machine's own sshd, its host key pinned.
+    let bastion = Bastion::start(&dir.0.join("bastion")).unwrap_or_else(|e| panic!("{e:#}"));
+    let remote = free_port();
+    let mut params = params;
+    params.push(format!(
+        "buildos.tunnel={}@10.0.2.2:{}:{remote}",
+        bastion.user, bastion.port
+    ));
+    params.push(format!("buildos.tunnel_host_key=\"{}\"", bastion.host_key));
+
+    let mut vm = boot(&image, &disks, port, &public, &params);
     let first = host_key(&mut vm, "made");
+    // Init shows the tunnel key made on /state; the bastion's admin authorizes it.
+    let line = vm
+        .wait_for("tunnel key made: ", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let tunnel_key = line.split("tunnel key made: ").nth(1).unwrap();
+    let tunnel_key = tunnel_key.rsplit_once(" (SHA256:").unwrap().0;
+    bastion.authorize(tunnel_key, remote).unwrap();
     vm.wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     vm.wait_for("sshd started, pid", BOOT)
@@ -353,6 +428,8 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
     let learnt = String::from_utf8_lossy(&learnt.stdout).into_owned();
     assert!(learnt.contains(&first), "{learnt} lacks {first}");
 
+    tunnel_reaches_the_host_and_comes_back(&vm, &dir.0, &bastion, remote);
+
     sudo_runs_only_the_host_side(&mut vm, &dir.0, port);
 
     // No passwords: the server offers public keys only.
@@ -385,6 +462,19 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
     );
 
     let agent_key = agents_build_in_machines(&vm, &dir.0, port, &http, &smtp);
+    // The host-up mail gives the bastion's admin the tunnel key init showed.
+    let up = wait_until("the host-up mail with the tunnel key", SETTLE, || {
+        smtp.find("host up", tunnel_key)
+            .or_else(|| smtp.find("host up with problems", tunnel_key))
+    });
+    assert!(
+        up.message.contains(&format!(
+            "tunnel to {}@10.0.2.2:{}:{remote} (the bastion's authorized_keys needs this key):\n  {tunnel_key}",
+            bastion.user, bastion.port
+        )),
+        "{}",
+        up.message
+    );
 
     // A clean reboot (QEMU runs with -no-reboot and exits), then the same disks again.
     vm.monitor("sendkey ctrl-alt-delete").unwrap();
@@ -393,7 +483,7 @@ fn build_logs_in_sudo_runs_only_the_host_side_agents_build_in_machines_keys_surv
     vm.wait_exit(BOOT).unwrap_or_else(|e| panic!("{e:#}"));
     drop(vm);
 
-    let mut vm = boot(&disks, port, &public, &[]);
+    let mut vm = boot(&image, &disks, port, &public, &[]);
     vm.wait_for("random seed restored from /state/random-seed", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let second = host_key(&mut vm, "kept");

@@ -2,7 +2,7 @@
 //! guest prints on its serial console. QEMU is always killed when a test ends.
 
 use std::ops::{Deref, DerefMut};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xtask::qemu::{TempDir, Vm, VmConfig};
@@ -20,14 +20,12 @@ fn xtask_utc_year() -> String {
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(180);
 
-fn image() -> PathBuf {
-    match std::env::var_os(IMAGE_DIR_VAR) {
-        Some(dir) => PathBuf::from(dir),
-        None => panic!(
-            "the VM tests boot the image `cargo xtask test` builds; run them through it, or set \
-             {IMAGE_DIR_VAR} to a directory holding buildos-image and buildos-initrd"
-        ),
-    }
+/// The minimal image `cargo xtask test` built; None, after saying why, when it is not given.
+fn image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        IMAGE_DIR_VAR,
+        "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd)",
+    )
 }
 
 /// A booted guest and the disk images it was given, removed when it is dropped.
@@ -50,14 +48,14 @@ impl DerefMut for Booted {
 }
 
 /// Boots with the disks a host needs: state on /dev/vda, machines on /dev/vdb.
-fn boot(params: &[&str]) -> Booted {
+fn boot(image: &Path, params: &[&str]) -> Booted {
     let dir = TempDir::new("buildos-vm-disks").unwrap_or_else(|e| panic!("{e:#}"));
     let disks = xtask::qemu::host_disks(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
-    boot_with_disks(params, dir, &disks)
+    boot_with_disks(image, params, dir, &disks)
 }
 
-fn boot_with_disks(params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
-    boot_config(VmConfig::new(&image()).append(params), dir, disks)
+fn boot_with_disks(image: &Path, params: &[&str], dir: TempDir, disks: &[PathBuf]) -> Booted {
+    boot_config(VmConfig::new(image).append(params), dir, disks)
 }
 
 /// Boots `config` with the disks a host needs.
@@ -78,12 +76,46 @@ fn boot_config(mut config: VmConfig, dir: TempDir, disks: &[PathBuf]) -> Booted 
     Booted { vm, _disks: dir }
 }
 
-/// Shares its boot with two more checks: the clock of an RTC set years back is set from the
-/// harness's NTP server before ready; and with `console=tty0` last (serial and screen, so
-/// /dev/console is the screen) init's lines still reach ttyS0, which the harness reads.
+/// The test image with `ca` added as `cargo xtask image --ca-certificates` adds it, built in
+/// `out`.
+fn image_with_ca(ca: &std::path::Path, out: &std::path::Path) {
+    let fail = |e: anyhow::Error| -> ! { panic!("{e:#}") };
+    let mut inputs = xtask::image::prepare("minimal").unwrap_or_else(|e| fail(e));
+    inputs.ca_certificates =
+        xtask::image::ca_certificates(&[ca.to_owned()]).unwrap_or_else(|e| fail(e));
+    xtask::image::assemble(&inputs, out).unwrap_or_else(|e| fail(e));
+}
+
+/// Shares its boot with more checks: the clock of an RTC set years back is set from the
+/// harness's NTP server before ready, and before the monitor's first HTTPS fetch, which
+/// succeeds against a server whose certificate, issued today by a CA the image carries
+/// (`--ca-certificates`), a 2019 clock would refuse; and with `console=tty0` last (serial and
+/// screen, so /dev/console is the screen) init's lines still reach ttyS0, which the harness
+/// reads.
 #[test]
 fn boot_parses_the_manual_command_line_and_reaches_ready() {
-    let mut config = VmConfig::new(&image());
+    // Like every VM test, it runs where `cargo xtask test` built the images; it boots the same
+    // minimal image with a CA added.
+    if image().is_none() {
+        return;
+    }
+    let work = TempDir::new("buildos-vm-ca").unwrap_or_else(|e| panic!("{e:#}"));
+    let served = work.0.join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    // A certificate for the address the guest reaches the host's loopback at.
+    let https = buildos_testpeers::TlsRedirect::serve(&work.0.join("tls"), &served, &["10.0.2.2"]);
+    let ca = work.0.join("farm-ca.pem");
+    std::fs::write(&ca, https.ca_pem()).unwrap();
+    let image = work.0.join("image");
+    image_with_ca(&ca, &image);
+    // The monitor fetches a toolchain's checksums file first thing; `disabled` asks for no
+    // install.
+    std::fs::write(served.join("toolchain.sha256"), "disabled\n").unwrap();
+    let toolchain_url = format!(
+        "buildos.toolchain_url=https://10.0.2.2:{}/toolchain.sha256",
+        https.port
+    );
+    let mut config = VmConfig::new(&image);
     config
         .extra
         .extend(["-rtc".to_string(), RTC_2019.to_string()]);
@@ -91,7 +123,7 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
         "buildos.smtp_relay=example.org",
         "buildos.admin_email=admin@example.org",
         "buildos.buildid_url=tftp://10.0.2.2/buildos/buildos-buildid",
-        "buildos.toolchain_url=https://example.org/toolchain.sha256",
+        &toolchain_url,
         "buildos.toolchain_url.gcc=https://example.org/gcc/toolchain.sha256",
         "buildos.instances.gcc=3",
         "buildos.controller_url.gcc=https://ci.example.org/a",
@@ -122,12 +154,31 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
     assert!(set.contains(&format!("; now {this_year}-")), "{set}");
     let at = |needle: &str| console.find(needle).unwrap_or(usize::MAX);
     assert!(at("clock: set from") < at("phase services "), "{console}");
+    // The monitor starts after ready: its first fetch, the checksums file over HTTPS, completed
+    // a handshake with a certificate valid only from today, from the image's own CA.
+    let deadline = std::time::Instant::now() + BOOT;
+    while !https.requests().iter().any(|p| p == "/toolchain.sha256") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTPS fetch of the checksums file within {BOOT:?}:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let console = vm.console();
+    assert!(
+        !console.contains("not valid at this host's clock") && !console.contains("UnknownIssuer"),
+        "{console}"
+    );
     for expected in [
         "config: smtp_relay: example.org",
         "config: admin_email: admin@example.org",
         "config: cpu_overcommit: 3/2",
         "config: ssh_key: ssh-ed25519 AAAAC3Nz...GxwdHh8g user@host",
-        "config: toolchain default: url=https://example.org/toolchain.sha256",
+        &format!(
+            "config: toolchain default: url=https://10.0.2.2:{}/toolchain.sha256",
+            https.port
+        ),
         "config: toolchain gcc: url=https://example.org/gcc/toolchain.sha256",
         "instances=3",
         "https://ci.example.org/a",
@@ -150,12 +201,15 @@ fn boot_parses_the_manual_command_line_and_reaches_ready() {
 /// documented 10 s, and the problem names the server tried and the clock's (2019) value.
 #[test]
 fn bad_values_are_reported_and_boot_goes_on() {
+    let Some(image) = image() else {
+        return;
+    };
     let silent = buildos_testpeers::ntp::NtpPeer::start(buildos_testpeers::ntp::Script {
         silent: true,
         ..Default::default()
     });
     let ntp = format!("buildos.ntp_server=10.0.2.2:{}", silent.addr.port());
-    let mut config = VmConfig::new(&image());
+    let mut config = VmConfig::new(&image);
     config
         .extra
         .extend(["-rtc".to_string(), RTC_2019.to_string()]);
@@ -208,7 +262,10 @@ fn bad_values_are_reported_and_boot_goes_on() {
 
 #[test]
 fn drivers_load_for_the_devices_present_with_their_dependencies() {
-    let mut vm = boot(&[]);
+    let Some(image) = image() else {
+        return;
+    };
+    let mut vm = boot(&image, &[]);
     // QEMU's default machine has an e1000 NIC and a PIIX IDE controller, and no NVMe or virtio
     // devices: their drivers load from the devices' modaliases, the others stay out.
     let drivers = vm.wait_for("devices asked for", BOOT).unwrap();
@@ -242,7 +299,10 @@ fn drivers_load_for_the_devices_present_with_their_dependencies() {
 
 #[test]
 fn ctrl_alt_del_reboots_cleanly() {
-    let mut vm = boot(&[]);
+    let Some(image) = image() else {
+        return;
+    };
+    let mut vm = boot(&image, &[]);
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     vm.monitor("sendkey ctrl-alt-delete").unwrap();
     vm.wait_for("buildos-init: rebooting: requested by SIGINT", BOOT)
@@ -255,7 +315,10 @@ fn ctrl_alt_del_reboots_cleanly() {
 
 #[test]
 fn disks_are_mounted_by_label() {
-    let mut vm = boot(&[]);
+    let Some(image) = image() else {
+        return;
+    };
+    let mut vm = boot(&image, &[]);
     let state = vm.wait_for("on /state", BOOT).unwrap();
     assert!(
         state.ends_with("mounted /dev/vda (ext4, label buildos.state, 32 MiB) on /state"),
@@ -275,9 +338,12 @@ fn disks_are_mounted_by_label() {
 
 #[test]
 fn missing_state_disk_stops_at_a_shell_that_says_how_to_make_it_and_leaving_reboots() {
+    let Some(image) = image() else {
+        return;
+    };
     let dir = TempDir::new("buildos-vm-disks").unwrap();
     let machines = xtask::qemu::machines_disk(&dir.0).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut vm = boot_with_disks(&["buildos.storage_wait=2"], dir, &[machines]);
+    let mut vm = boot_with_disks(&image, &["buildos.storage_wait=2"], dir, &[machines]);
     vm.wait_for(
         "waiting up to 2 s for storage: no disk labeled buildos.state yet",
         BOOT,
@@ -313,9 +379,12 @@ fn missing_state_disk_stops_at_a_shell_that_says_how_to_make_it_and_leaving_rebo
 
 #[test]
 fn br0_holds_the_dhcp_address_of_qemus_user_network_and_names_the_host() {
+    let Some(image) = image() else {
+        return;
+    };
     // QEMU's default network: an e1000 with MAC 52:54:00:12:34:56 on its user-mode network,
     // whose DHCP server at 10.0.2.2 hands out 10.0.2.15.
-    let mut vm = boot(&[]);
+    let mut vm = boot(&image, &[]);
     vm.wait_for("network: eth0: lease 10.0.2.15/24", BOOT)
         .unwrap();
     vm.wait_for(

@@ -27,14 +27,15 @@ use buildos_cmdline::{Config, Ipv4Net};
 use crate::console;
 use crate::error::FileError;
 use crate::host::Host;
+use buildos_contract as contract;
 use dhcp::{Client, DhcpError, Lease};
 use netlink::{Link, Netlink, NetlinkError};
 pub use render::Public;
 
 /// dnsmasq, from Debian's package, for br1's DHCP and TFTP.
-pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+pub const DNSMASQ: &str = contract::programs::DNSMASQ;
 /// Where the image carries nft (Debian package nftables). By path: PID 1 has no PATH.
-pub const NFT: &str = "/usr/sbin/nft";
+pub const NFT: &str = contract::programs::NFT;
 
 /// The public bridge.
 pub const BR0: &str = "br0";
@@ -60,8 +61,8 @@ impl Default for Paths {
     fn default() -> Paths {
         Paths {
             etc: PathBuf::from("/etc"),
-            run: PathBuf::from("/run/buildos"),
-            tftp: PathBuf::from("/build/tftp"),
+            run: PathBuf::from(contract::run::DIR),
+            tftp: PathBuf::from(contract::build::TFTP),
         }
     }
 }
@@ -74,13 +75,16 @@ impl Paths {
         self.etc.join("network/interfaces")
     }
     pub fn network(&self) -> PathBuf {
-        self.run.join("network")
+        self.run.join(contract::run::NETWORK)
     }
     pub fn dnsmasq_conf(&self) -> PathBuf {
-        self.run.join("dnsmasq-br1.conf")
+        self.run.join(contract::run::DNSMASQ_BR1_CONF)
     }
     pub fn dnsmasq_leases(&self) -> PathBuf {
-        self.run.join("dnsmasq-br1.leases")
+        self.run.join(contract::run::DNSMASQ_BR1_LEASES)
+    }
+    pub fn dnsmasq_br0_conf(&self) -> PathBuf {
+        self.run.join(contract::run::DNSMASQ_BR0_CONF)
     }
 }
 
@@ -581,16 +585,14 @@ pub fn tftp_br0_command(config: &Config, paths: &Paths) -> Result<Option<Command
     if !wanted {
         return Ok(None);
     }
-    let conf = paths.run.join("dnsmasq-br0.conf");
     write_atomic(
-        &conf,
+        &paths.dnsmasq_br0_conf(),
         &render::tftp_br0_conf(&paths.tftp.display().to_string(), dnsmasq_user(paths)),
     )?;
-    let mut command = Command::new(DNSMASQ);
-    command
-        .arg("--keep-in-foreground")
-        .arg(format!("--conf-file={}", conf.display()));
-    Ok(Some(command))
+    Ok(Some(service_command(
+        contract::services::Start::ToolchainOnBr0,
+        paths,
+    )))
 }
 
 /// Writes dnsmasq's configuration for br1 and returns the command that runs it in the
@@ -607,11 +609,18 @@ pub fn dnsmasq_command(config: &Config, paths: &Paths) -> Result<Command, FileEr
             user,
         ),
     )?;
-    let mut command = Command::new(DNSMASQ);
+    Ok(service_command(contract::services::Start::Br1Up, paths))
+}
+
+/// The command of the contract's service that starts at `start` (dnsmasq on br1 or br0),
+/// reading its configuration from `paths.run`.
+fn service_command(start: contract::services::Start, paths: &Paths) -> Command {
+    let service = contract::services::starting(start).next();
+    let mut command = Command::new(service.map_or(DNSMASQ, |s| s.program));
+    if let Some(service) = service {
+        command.args(service.args_in(&paths.run.display().to_string()));
+    }
     command
-        .arg("--keep-in-foreground")
-        .arg(format!("--conf-file={}", conf.display()));
-    Ok(command)
 }
 
 /// Why a lease could not be put on br0.

@@ -253,6 +253,8 @@ pub fn hosts(
 mod tests {
     use std::time::{Duration, Instant};
 
+    use expect_test::expect;
+
     use super::super::dhcp::LeaseTimes;
     use super::*;
 
@@ -309,17 +311,23 @@ mod tests {
 
     #[test]
     fn nft_ruleset_masquerades_br1_subnet_out_of_br0_in_its_own_table() {
-        let text = nft_ruleset(net("172.30.0.1/24"));
-        assert!(text.contains("table ip buildos {\n"), "{text}");
-        assert!(text.contains("delete table ip buildos\n"), "{text}");
-        assert!(
-            text.contains("ip saddr 172.30.0.0/24 oifname \"br0\" masquerade"),
-            "{text}"
-        );
-        assert!(
-            text.contains("type nat hook postrouting priority srcnat"),
-            "{text}"
-        );
+        expect![[r##"
+            # buildos: NAT from the private bridge br1 out through the public bridge br0
+            table ip buildos
+            delete table ip buildos
+            table ip buildos {
+            	chain postrouting {
+            		type nat hook postrouting priority srcnat; policy accept;
+            		ip saddr 172.30.0.0/24 oifname "br0" masquerade
+            	}
+            	chain forward {
+            		type filter hook forward priority filter; policy accept;
+            		iifname "br0" oifname "br1" ct state established,related accept
+            		iifname "br0" oifname "br1" drop
+            	}
+            }
+        "##]]
+        .assert_eq(&nft_ruleset(net("172.30.0.1/24")));
     }
 
     #[test]
@@ -330,45 +338,46 @@ mod tests {
             "/run/buildos/dnsmasq-br1.leases",
             "dnsmasq",
         );
-        for line in [
-            "interface=br1",
-            "bind-interfaces",
-            "except-interface=lo",
-            "listen-address=172.30.0.1",
-            "user=dnsmasq",
-            "dhcp-range=172.30.0.128,172.30.0.254,255.255.255.0,12h",
-            "dhcp-option=option:router,172.30.0.1",
-            "dhcp-leasefile=/run/buildos/dnsmasq-br1.leases",
-            "enable-tftp",
-            "tftp-root=/build/tftp",
-            "dhcp-vendorclass=set:pxe,PXEClient",
-            "dhcp-boot=tag:pxe,toolchains/default/pxe.ipxe",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "no line {line:?} in\n{text}"
-            );
-        }
+        expect![[r#"
+            # buildos: DHCP, TFTP and DNS for build machines on the private bridge br1
+            interface=br1
+            bind-interfaces
+            except-interface=lo
+            listen-address=172.30.0.1
+            user=dnsmasq
+            pid-file=
+            log-facility=-
+            dhcp-range=172.30.0.128,172.30.0.254,255.255.255.0,12h
+            dhcp-option=option:router,172.30.0.1
+            dhcp-option=option:dns-server,172.30.0.1
+            dhcp-authoritative
+            dhcp-leasefile=/run/buildos/dnsmasq-br1.leases
+            enable-tftp
+            tftp-root=/build/tftp
+            # a machine that network boots (its firmware says PXEClient) reads this file of the
+            # default toolchain over TFTP: a boot program or an iPXE script, when it has one
+            dhcp-vendorclass=set:pxe,PXEClient
+            dhcp-boot=tag:pxe,toolchains/default/pxe.ipxe
+        "#]]
+        .assert_eq(&text);
     }
 
     #[test]
     fn br0_gets_tftp_and_neither_dns_nor_dhcp() {
         let text = tftp_br0_conf("/build/tftp", "dnsmasq");
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            lines,
-            [
-                "interface=br0",
-                "bind-dynamic",
-                "except-interface=lo",
-                "port=0",
-                "user=dnsmasq",
-                "pid-file=",
-                "log-facility=-",
-                "enable-tftp",
-                "tftp-root=/build/tftp",
-            ]
-        );
+        expect![[r#"
+            # buildos: TFTP, read-only, for build machines on the public bridge br0
+            interface=br0
+            bind-dynamic
+            except-interface=lo
+            port=0
+            user=dnsmasq
+            pid-file=
+            log-facility=-
+            enable-tftp
+            tftp-root=/build/tftp
+        "#]]
+        .assert_eq(&text);
         assert!(!text.contains("dhcp"), "{text}");
     }
 
@@ -379,19 +388,56 @@ mod tests {
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
             lease: lease(),
         };
-        let text = interfaces(Some(&public), net("172.30.0.1/24"));
-        for part in [
-            "auto br0\niface br0 inet dhcp\n\tbridge_ports eth0\n",
-            "\thwaddress 52:54:00:12:34:56\n",
-            "# leased from 10.0.2.2: address 10.0.2.15/24, gateway 10.0.2.2, dns 10.0.2.3, lease 86400 s\n",
-            "auto br1\niface br1 inet static\n\tbridge_ports none\n",
-            "\taddress 172.30.0.1/24\n",
-        ] {
-            assert!(text.contains(part), "no {part:?} in\n{text}");
-        }
-        let without = interfaces(None, net("172.30.0.1/24"));
-        assert!(without.contains("br0: not configured"), "{without}");
-        assert!(!without.contains("iface br0"), "{without}");
+        expect![[r#"
+            # buildos: the network as buildos-init configured it at boot, for reading;
+            # nothing reads this file back. See /run/buildos/network.
+
+            auto lo
+            iface lo inet loopback
+
+            auto eth0
+            iface eth0 inet manual
+
+            # The public bridge: eth0 and its MAC address, configured by DHCP.
+            auto br0
+            iface br0 inet dhcp
+            	bridge_ports eth0
+            	bridge_stp off
+            	bridge_fd 0
+            	hwaddress 52:54:00:12:34:56
+            	# leased from 10.0.2.2: address 10.0.2.15/24, gateway 10.0.2.2, dns 10.0.2.3, lease 86400 s
+
+            # The private bridge for build machines, NATed to br0, with dnsmasq for DHCP and TFTP.
+            auto br1
+            iface br1 inet static
+            	bridge_ports none
+            	bridge_stp off
+            	bridge_fd 0
+            	address 172.30.0.1/24
+        "#]].assert_eq(&interfaces(Some(&public), net("172.30.0.1/24")));
+    }
+
+    #[test]
+    fn interfaces_without_a_lease_says_br0_is_not_configured() {
+        expect![[r#"
+            # buildos: the network as buildos-init configured it at boot, for reading;
+            # nothing reads this file back. See /run/buildos/network.
+
+            auto lo
+            iface lo inet loopback
+
+            # The public bridge br0: not configured, no Ethernet interface got a DHCP lease
+            # at boot; buildos-init keeps trying.
+
+            # The private bridge for build machines, NATed to br0, with dnsmasq for DHCP and TFTP.
+            auto br1
+            iface br1 inet static
+            	bridge_ports none
+            	bridge_stp off
+            	bridge_fd 0
+            	address 172.30.0.1/24
+        "#]]
+        .assert_eq(&interfaces(None, net("172.30.0.1/24")));
     }
 
     #[test]

@@ -222,8 +222,8 @@ impl Role {
     /// The mount point as the host sees it.
     pub fn mount_point(&self) -> String {
         match self {
-            Role::State => "/state".into(),
-            Role::Machines(volume) => format!("/build/machines/{volume}"),
+            Role::State => buildos_contract::state::DIR.into(),
+            Role::Machines(volume) => buildos_contract::build::machine_volume(volume),
         }
     }
 }
@@ -987,6 +987,8 @@ fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use expect_test::expect;
+
     use super::*;
     use crate::host::Recording;
 
@@ -1238,17 +1240,14 @@ mod tests {
                 size: Some(1 << 40),
             },
         ];
-        let text = fstab(&mounted);
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            lines,
-            [
-                "LABEL=buildos.state\t/state\text4\tnoatime\t0\t0",
-                "LABEL=buildos.machines\t/build/machines/default\tbtrfs\t\
-                 noatime,nosuid,nodev,user_subvol_rm_allowed\t0\t0",
-            ]
-        );
-        assert!(text.contains("# /dev/sda, /dev/sdb uuid u2\n"), "{text}");
+        expect![[r#"
+            # Written by buildos-init at boot from the disks' labels; changes are lost at reboot.
+            # <file system>	<mount point>	<type>	<options>	<dump>	<pass>
+            # /dev/sdc uuid u1
+            LABEL=buildos.state	/state	ext4	noatime	0	0
+            # /dev/sda, /dev/sdb uuid u2
+            LABEL=buildos.machines	/build/machines/default	btrfs	noatime,nosuid,nodev,user_subvol_rm_allowed	0	0
+        "#]].assert_eq(&fstab(&mounted));
     }
 
     #[test]

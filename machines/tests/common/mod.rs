@@ -18,16 +18,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_buildos-machine");
 /// Loop device set-up is serialized: parallel `losetup --find` calls can race for one device.
 static LOOP_SETUP: Mutex<()> = Mutex::new(());
 
-pub fn require_root() {
-    assert!(
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0,
-        "needs root: these tests make btrfs filesystems on loop devices (run them as root, \
-         as CI does)"
-    );
+/// False, after saying why, when the tests cannot run here (not root); needs btrfs-progs.
+#[must_use]
+pub fn require_root() -> bool {
+    if !buildos_testpeers::tier::root("btrfs filesystems on loop devices") {
+        return false;
+    }
     assert!(
         btrfs::btrfs().arg("--version").output().is_ok(),
         "needs btrfs-progs (`cargo xtask test` installs it)"
     );
+    true
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -138,20 +139,23 @@ pub struct Sites {
 }
 
 impl Sites {
-    pub fn new() -> Sites {
-        require_root();
+    /// None, after saying why, when the test cannot run here (not root).
+    pub fn new() -> Option<Sites> {
+        if !require_root() {
+            return None;
+        }
         let scratch = tempfile::tempdir().unwrap();
         let devel = scratch.path().join("devel");
         let root = scratch.path().join("machines");
         let devel_fs = LoopBtrfs::new(scratch.path(), &devel);
         let host_fs = LoopBtrfs::new(scratch.path(), &root.join("default"));
-        Sites {
+        Some(Sites {
             devel_fs,
             host_fs,
             devel,
             root,
             scratch,
-        }
+        })
     }
 
     pub fn volume(&self) -> PathBuf {

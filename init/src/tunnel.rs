@@ -1,0 +1,244 @@
+//! `buildos.tunnel`: a reverse SSH tunnel to a bastion, so a host behind NAT can be reached.
+//!
+//! OpenSSH's own `ssh` does it, as a service of init's supervisor (not autossh): `ssh -N -R`
+//! with keep-alives exits on any break (`ServerAliveInterval` notices a silent one,
+//! `ExitOnForwardFailure` a remote port still held), and init starts it again with the same
+//! doubling back-off as sshd, logging each death. autossh would be a second supervisor under
+//! the first, hiding the restarts from init's log, and one more package.
+//!
+//! - `/state/tunnel/id_ed25519`: the tunnel key, made once with ssh-keygen, root's (0600 in a
+//!   0700 directory): `build` cannot read it, so a build cannot log in to the bastion as the
+//!   host.
+//! - The bastion's host key: `buildos.tunnel_host_key` pinned in `/run/buildos/tunnel/known_hosts`
+//!   (`StrictHostKeyChecking=yes`), or else the first one seen, kept in
+//!   `/state/tunnel/known_hosts` (`accept-new`): a later different key is refused.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use buildos_cmdline::Tunnel;
+
+/// The service's name, for the supervisor and its log.
+pub const SERVICE: &str = "tunnel";
+
+/// The OpenSSH client.
+pub const SSH: &str = "/usr/bin/ssh";
+
+/// The name the bastion's key goes by in known_hosts, whatever its host and port.
+pub const HOST_KEY_ALIAS: &str = "buildos-tunnel-bastion";
+
+/// Seconds between keep-alives, and how many may go unanswered before ssh gives up: a silent
+/// break is noticed within their product.
+pub const ALIVE_INTERVAL: u32 = 15;
+pub const ALIVE_COUNT: u32 = 3;
+
+/// The directory on the state disk that holds the key (and a learnt host key).
+pub fn dir(state: &Path) -> PathBuf {
+    state.join("tunnel")
+}
+
+/// The tunnel key: made once in `<state>/tunnel/` with `ssh_keygen`, kept after. Returns its
+/// public line, its fingerprint and whether it was made now.
+pub fn key(state: &Path, ssh_keygen: &Path) -> Result<(String, String, bool), String> {
+    let dir = dir(state);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;
+    let key = dir.join("id_ed25519");
+    let public = dir.join("id_ed25519.pub");
+    let made = !(key.is_file() && public.is_file());
+    if made {
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(&public);
+        let output = Command::new(ssh_keygen)
+            .args([
+                "-q",
+                "-N",
+                "",
+                "-t",
+                "ed25519",
+                "-C",
+                "buildos tunnel key",
+                "-f",
+            ])
+            .arg(&key)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", ssh_keygen.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{} could not make the tunnel key {}: {}",
+                ssh_keygen.display(),
+                key.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+    }
+    let line = std::fs::read_to_string(&public)
+        .map_err(|e| format!("cannot read {}: {e}", public.display()))?
+        .trim()
+        .to_string();
+    let fingerprint = Command::new(ssh_keygen)
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(&public)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(1)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "(no fingerprint)".to_string());
+    Ok((line, fingerprint, made))
+}
+
+/// How the bastion's host key is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyCheck {
+    pub known_hosts: PathBuf,
+    /// `yes` (pinned) or `accept-new` (the first key seen is kept).
+    pub strict: &'static str,
+}
+
+/// Writes the pinned key, when there is one, into `run/tunnel/known_hosts`; without one, the
+/// key learnt on the first connection is kept on `state`.
+pub fn host_key_check(
+    pinned: Option<&str>,
+    state: &Path,
+    run: &Path,
+) -> Result<HostKeyCheck, String> {
+    match pinned {
+        Some(key) => {
+            let dir = run.join("tunnel");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let file = dir.join("known_hosts");
+            crate::state::write_atomically(&file, known_hosts_line(key).as_bytes(), 0o644)
+                .map_err(|e| crate::console::oneline(&e))?;
+            Ok(HostKeyCheck {
+                known_hosts: file,
+                strict: "yes",
+            })
+        }
+        None => Ok(HostKeyCheck {
+            known_hosts: dir(state).join("known_hosts"),
+            strict: "accept-new",
+        }),
+    }
+}
+
+/// The known_hosts line of a pinned key (`<type> <base64> [comment]`, as the schema checked it).
+pub fn known_hosts_line(key: &str) -> String {
+    format!("{HOST_KEY_ALIAS} {key}\n")
+}
+
+/// `ssh`'s arguments for the tunnel: no command, no terminal, only the key, never a prompt,
+/// keep-alives, and an exit when the forward cannot be made, so init restarts it.
+pub fn args(tunnel: &Tunnel, key: &Path, check: &HostKeyCheck) -> Vec<String> {
+    let option = |name: &str, value: &str| ["-o".to_string(), format!("{name}={value}")];
+    let mut args = vec!["-N".to_string(), "-T".to_string()];
+    for (name, value) in [
+        ("BatchMode", "yes".to_string()),
+        ("IdentitiesOnly", "yes".to_string()),
+        ("IdentityFile", key.display().to_string()),
+        ("ExitOnForwardFailure", "yes".to_string()),
+        ("ServerAliveInterval", ALIVE_INTERVAL.to_string()),
+        ("ServerAliveCountMax", ALIVE_COUNT.to_string()),
+        ("ConnectTimeout", "30".to_string()),
+        ("HostKeyAlias", HOST_KEY_ALIAS.to_string()),
+        ("StrictHostKeyChecking", check.strict.to_string()),
+        (
+            "UserKnownHostsFile",
+            check.known_hosts.display().to_string(),
+        ),
+        ("GlobalKnownHostsFile", "/dev/null".to_string()),
+        ("UpdateHostKeys", "no".to_string()),
+        ("Port", tunnel.port.to_string()),
+        ("User", tunnel.user.clone()),
+    ] {
+        args.extend(option(name, &value));
+    }
+    args.push("-R".to_string());
+    args.push(format!("localhost:{}:localhost:22", tunnel.remote_port));
+    // After `--`, the host can never be read as an option (the schema allows no `-` first
+    // anyway).
+    args.push("--".to_string());
+    args.push(tunnel.host.clone());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_is_told_everything_and_asks_nothing() -> Result<(), String> {
+        let tunnel =
+            Tunnel::parse("tunnel@bastion.example.org:2222:2201").ok_or("the example parses")?;
+        let check = HostKeyCheck {
+            known_hosts: PathBuf::from("/run/buildos/tunnel/known_hosts"),
+            strict: "yes",
+        };
+        let args = args(&tunnel, Path::new("/state/tunnel/id_ed25519"), &check);
+        assert_eq!(
+            args.join(" "),
+            "-N -T -o BatchMode=yes -o IdentitiesOnly=yes \
+             -o IdentityFile=/state/tunnel/id_ed25519 -o ExitOnForwardFailure=yes \
+             -o ServerAliveInterval=15 -o ServerAliveCountMax=3 -o ConnectTimeout=30 \
+             -o HostKeyAlias=buildos-tunnel-bastion -o StrictHostKeyChecking=yes \
+             -o UserKnownHostsFile=/run/buildos/tunnel/known_hosts \
+             -o GlobalKnownHostsFile=/dev/null -o UpdateHostKeys=no -o Port=2222 \
+             -o User=tunnel -R localhost:2201:localhost:22 -- bastion.example.org"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_pinned_key_is_written_and_required_else_the_first_is_kept() -> Result<(), String> {
+        let root = std::env::temp_dir().join(format!("buildos-tunnel-{}", std::process::id()));
+        let (state, run) = (root.join("state"), root.join("run"));
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkSecsMYNwYMkYmJR7ptVqX4ybIX/1N6edn3o3L4cyb";
+        let pinned = host_key_check(Some(key), &state, &run)?;
+        assert_eq!(pinned.strict, "yes");
+        assert_eq!(
+            std::fs::read_to_string(&pinned.known_hosts).map_err(|e| e.to_string())?,
+            format!("buildos-tunnel-bastion {key}\n")
+        );
+        let learnt = host_key_check(None, &state, &run)?;
+        assert_eq!(
+            learnt,
+            HostKeyCheck {
+                known_hosts: state.join("tunnel/known_hosts"),
+                strict: "accept-new"
+            }
+        );
+        std::fs::remove_dir_all(&root).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_tunnel_key_is_made_once_and_private() -> Result<(), String> {
+        let keygen = Path::new("/usr/bin/ssh-keygen");
+        assert!(
+            keygen.is_file(),
+            "this test needs ssh-keygen (openssh-client)"
+        );
+        let state = std::env::temp_dir().join(format!("buildos-tunnel-key-{}", std::process::id()));
+        let (line, fingerprint, made) = key(&state, keygen)?;
+        assert!(made);
+        assert!(line.starts_with("ssh-ed25519 ") && line.ends_with(" buildos tunnel key"));
+        assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+        let (again, same, made) = key(&state, keygen)?;
+        assert!(!made);
+        assert_eq!((again, same), (line, fingerprint));
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&state.join("tunnel")), 0o700);
+        assert_eq!(mode(&state.join("tunnel/id_ed25519")), 0o600);
+        std::fs::remove_dir_all(&state).map_err(|e| e.to_string())
+    }
+}
