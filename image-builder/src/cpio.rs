@@ -9,7 +9,13 @@
 //! - uid and gid 0 unless [`Archive::set_owner`] gave others, every mtime the given
 //!   `SOURCE_DATE_EPOCH`, device numbers 0;
 //! - inode numbers 1, 2, 3, ... in output order; nlink 2 for directories and 1 otherwise;
+//! - hard links ([`Archive::add_hardlink`]) as newc carries them and the kernel's initramfs
+//!   unpacker honours them: every name of the file is an entry with the inode number of its
+//!   first name in output order and nlink the number of names, and only the last name in
+//!   output order carries the data (the others have size 0), so the data is stored once;
 //! - then the `TRAILER!!!` entry.
+//!
+//! The reader gives every name of a hard-linked file its data, as an unpacked tree shows it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -33,6 +39,12 @@ pub enum CpioError {
         path: String,
         parent: String,
         kind: &'static str,
+    },
+    #[error("initrd path {path} is a hard link to {target}, which is {found}; a hard link names a regular file added before it")]
+    BadHardlink {
+        path: String,
+        target: String,
+        found: &'static str,
     },
     #[error("initrd file {path} is {size} bytes; a newc entry holds at most 4 GiB - 1")]
     TooLarge { path: String, size: u64 },
@@ -59,9 +71,20 @@ pub enum CpioError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, data: Vec<u8> },
-    Symlink { target: String },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Another name of the regular file at `target` (a normalized path of a `File` node).
+    Hardlink {
+        target: String,
+    },
 }
 
 impl Node {
@@ -70,6 +93,7 @@ impl Node {
             Node::Dir { .. } => "directory",
             Node::File { .. } => "file",
             Node::Symlink { .. } => "symlink",
+            Node::Hardlink { .. } => "hard link",
         }
     }
 
@@ -78,6 +102,7 @@ impl Node {
             Node::Dir { mode } => format!("directory mode {mode:o}"),
             Node::File { mode, data } => format!("file mode {mode:o}, {} bytes", data.len()),
             Node::Symlink { target } => format!("symlink to {target}"),
+            Node::Hardlink { target } => format!("hard link to {target}"),
         }
     }
 }
@@ -171,6 +196,34 @@ impl Archive {
         )
     }
 
+    /// Adds `path` as another name of the regular file `target` already added: one inode, its
+    /// data stored once (see the module docs). Its mode and owner are the file's. A `target`
+    /// that is itself a hard link means the file that one names.
+    pub fn add_hardlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
+        let mut resolved = normalize(target)?;
+        if let Some(Node::Hardlink { target }) = self.nodes.get(&resolved) {
+            resolved = target.clone();
+        }
+        match self.nodes.get(&resolved) {
+            Some(Node::File { .. }) => {}
+            other => {
+                return Err(CpioError::BadHardlink {
+                    path: path.to_string(),
+                    target: resolved,
+                    found: other.map_or("not in the archive", Node::kind),
+                })
+            }
+        }
+        if normalize(path)? == resolved {
+            return Err(CpioError::BadHardlink {
+                path: path.to_string(),
+                target: resolved,
+                found: "the same path",
+            });
+        }
+        self.insert(path, Node::Hardlink { target: resolved })
+    }
+
     /// Gives an added entry an owner other than root (a root filesystem's `/etc/shadow` belongs
     /// to group `shadow`). Owner 0/0 is the default and is not stored.
     pub fn set_owner(&mut self, path: &str, uid: u32, gid: u32) -> Result<(), CpioError> {
@@ -203,7 +256,13 @@ impl Archive {
         let mut out = Archive::new();
         for (path, node) in &self.nodes {
             let to = f(path);
-            out.insert(&to, node.clone())?;
+            let node = match node {
+                Node::Hardlink { target } => Node::Hardlink {
+                    target: normalize(&f(target))?,
+                },
+                other => other.clone(),
+            };
+            out.insert(&to, node)?;
             if let Some((uid, gid)) = self.owners.get(path) {
                 out.set_owner(&to, *uid, *gid)?;
             }
@@ -277,17 +336,64 @@ impl Archive {
             }
             all.insert(path, node);
         }
-        for (ino, (path, node)) in (1u32..).zip(all) {
-            let (mode, nlink, data): (u32, u32, &[u8]) = match node {
-                Node::Dir { mode } => (0o040000 | mode, 2, &[]),
-                Node::File { mode, data } => (0o100000 | mode, 1, data),
-                Node::Symlink { target } => (0o120777, 1, target.as_bytes()),
+        // Every name of each hard-linked file, in output order: the file's own path and its
+        // links' paths, by the file's path.
+        let mut names: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (path, node) in &all {
+            if let Node::Hardlink { target } = node {
+                names.entry(target.as_str()).or_default().push(path);
+            }
+        }
+        for (file, links) in &mut names {
+            links.push(file);
+            links.sort_unstable();
+        }
+        // A hard-linked file's inode number, once its first name is written.
+        let mut inodes: BTreeMap<&str, u32> = BTreeMap::new();
+        for (n, (path, node)) in (1u32..).zip(all) {
+            // The file this entry is a name of, when it has more than one.
+            let file = match node {
+                Node::Hardlink { target } => Some(target.as_str()),
+                Node::File { .. } if names.contains_key(path) => Some(path),
+                _ => None,
+            };
+            let (ino, mode, nlink, data, owner): (u32, u32, u32, &[u8], &str) = match (file, node) {
+                (Some(file), _) => {
+                    let (Some(Node::File { mode, data }), Some(group)) =
+                        (self.nodes.get(file), names.get(file))
+                    else {
+                        // add_hardlink only ever links to a file, and a file is never replaced.
+                        return Err(CpioError::BadHardlink {
+                            path: path.to_string(),
+                            target: file.to_string(),
+                            found: "not a file",
+                        });
+                    };
+                    let ino = *inodes.entry(file).or_insert(n);
+                    let nlink = u32::try_from(group.len()).unwrap_or(u32::MAX);
+                    let data: &[u8] = if group.last() == Some(&path) {
+                        data
+                    } else {
+                        &[]
+                    };
+                    (ino, 0o100000 | mode, nlink, data, file)
+                }
+                (None, Node::Dir { mode }) => (n, 0o040000 | mode, 2, &[], path),
+                (None, Node::File { mode, data }) => (n, 0o100000 | mode, 1, data, path),
+                (None, Node::Symlink { target }) => (n, 0o120777, 1, target.as_bytes(), path),
+                (None, Node::Hardlink { target }) => {
+                    return Err(CpioError::BadHardlink {
+                        path: path.to_string(),
+                        target: target.clone(),
+                        found: "not a file",
+                    })
+                }
             };
             let size = u32::try_from(data.len()).map_err(|_| CpioError::TooLarge {
                 path: path.to_string(),
                 size: data.len() as u64,
             })?;
-            let (uid, gid) = self.owners.get(path).copied().unwrap_or((0, 0));
+            let (uid, gid) = self.owners.get(owner).copied().unwrap_or((0, 0));
             let mut entry = cpio::newc::Builder::new(path)
                 .ino(ino)
                 .mode(mode)
@@ -470,6 +576,10 @@ fn read_one_archive<'a>(
     out: &mut Vec<(Entry, Vec<u8>)>,
 ) -> Result<&'a [u8], CpioError> {
     let mut count = 0;
+    let first = out.len();
+    // The names of each hard-linked file of this archive, by what the kernel tells them apart
+    // by: device, inode number and file type.
+    let mut links: BTreeMap<(u32, u32, u32, u32), Vec<usize>> = BTreeMap::new();
     loop {
         let corrupt = |source| CpioError::Corrupt {
             entries: count,
@@ -478,7 +588,12 @@ fn read_one_archive<'a>(
         let mut reader = cpio::newc::Reader::new(input).map_err(corrupt)?;
         let e = reader.entry();
         if e.is_trailer() {
+            share_hardlinked_data(&mut out[first..], links.into_values());
             return reader.finish().map_err(corrupt);
+        }
+        if e.nlink() >= 2 && Kind::from_mode(e.mode()) == Kind::File {
+            let key = (e.dev_major(), e.dev_minor(), e.ino(), e.mode() & 0o170000);
+            links.entry(key).or_default().push(out.len() - first);
         }
         let kind = Kind::from_mode(e.mode());
         let mut entry = Entry {
@@ -512,6 +627,24 @@ fn read_one_archive<'a>(
         input = reader.finish().map_err(corrupt)?;
         out.push((entry, data));
         count += 1;
+    }
+}
+
+/// Gives every name of a hard-linked file the data its one entry with data carries (the last,
+/// as newc writers put it), as the kernel's unpacker leaves them: all names of one file.
+fn share_hardlinked_data(
+    entries: &mut [(Entry, Vec<u8>)],
+    groups: impl Iterator<Item = Vec<usize>>,
+) {
+    for group in groups {
+        let Some(&with_data) = group.iter().rev().find(|&&i| !entries[i].1.is_empty()) else {
+            continue;
+        };
+        let data = entries[with_data].1.clone();
+        for i in group {
+            entries[i].0.size = data.len() as u64;
+            entries[i].1.clone_from(&data);
+        }
     }
 }
 
@@ -717,5 +850,184 @@ mod tests {
             shown.contains(&"-rw-r-Sr-- 0/42          1 usr/bin/odd".to_string()),
             "{shown:?}"
         );
+    }
+
+    /// The raw newc headers of an archive: path, inode, nlink and stored size, in order.
+    fn raw_headers(bytes: &[u8]) -> Vec<(String, u32, u32, u32)> {
+        let mut out = Vec::new();
+        let mut input = bytes;
+        loop {
+            let reader = cpio::newc::Reader::new(input).unwrap();
+            let e = reader.entry();
+            if e.is_trailer() {
+                return out;
+            }
+            out.push((e.name().to_string(), e.ino(), e.nlink(), e.file_size()));
+            input = reader.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn cpio_hard_links_share_one_inode_and_store_the_data_once() {
+        let data = vec![7u8; 10_000];
+        let mut linked = Archive::new();
+        linked
+            .add_file("usr/bin/perl5.36.0", 0o755, data.clone())
+            .unwrap();
+        linked
+            .add_hardlink("usr/bin/perl", "usr/bin/perl5.36.0")
+            .unwrap();
+        // A link to a link names the file.
+        linked.add_hardlink("/a/perl", "usr/bin/perl").unwrap();
+        linked.set_owner("usr/bin/perl5.36.0", 0, 42).unwrap();
+        let bytes = linked.to_bytes(0).unwrap();
+        let headers = raw_headers(&bytes);
+        let names: Vec<_> = headers
+            .iter()
+            .filter(|(path, ..)| path.ends_with("perl") || path.ends_with(".0"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                &("a/perl".to_string(), 2, 3, 0),
+                &("usr/bin/perl".to_string(), 2, 3, 0),
+                &("usr/bin/perl5.36.0".to_string(), 2, 3, 10_000),
+            ],
+            "one inode (the first name's number), nlink 3, data on the last name only"
+        );
+        let mut copies = Archive::new();
+        for path in ["usr/bin/perl5.36.0", "usr/bin/perl", "a/perl"] {
+            copies.add_file(path, 0o755, data.clone()).unwrap();
+        }
+        assert!(
+            bytes.len() + 2 * data.len() <= copies.to_bytes(0).unwrap().len(),
+            "the data is stored once"
+        );
+        // Read back, every name has the file's data, mode and owner.
+        for (entry, got) in read(&bytes).unwrap() {
+            if entry.kind == Kind::File {
+                assert_eq!(got, data, "{}", entry.path);
+                assert_eq!(entry.size, 10_000, "{}", entry.path);
+                assert_eq!((entry.mode, entry.gid), (0o100755, 42), "{}", entry.path);
+            }
+        }
+    }
+
+    #[test]
+    fn cpio_inode_numbers_stay_distinct_around_hard_links() {
+        let mut a = sample();
+        a.add_hardlink("bin/ash", "bin/busybox").unwrap();
+        let headers = raw_headers(&a.to_bytes(0).unwrap());
+        let ino = |p: &str| headers.iter().find(|h| h.0 == p).unwrap().1;
+        assert_eq!(ino("bin/ash"), ino("bin/busybox"));
+        let mut inodes: Vec<u32> = headers
+            .iter()
+            .filter(|h| h.0 != "bin/busybox")
+            .map(|h| h.1)
+            .collect();
+        let count = inodes.len();
+        inodes.sort_unstable();
+        inodes.dedup();
+        assert_eq!(inodes.len(), count, "{headers:?}");
+    }
+
+    #[test]
+    fn cpio_hard_link_to_a_missing_file_or_a_directory_names_both_paths() {
+        let mut a = sample();
+        let err = a.add_hardlink("bin/x", "bin/nothing").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "initrd path bin/x is a hard link to bin/nothing, which is not in the archive; a hard link names a regular file added before it"
+        );
+        let err = a.add_hardlink("bin/y", "/etc").unwrap_err().to_string();
+        assert!(err.contains("to etc, which is directory"), "{err}");
+        let err = a.add_hardlink("bin/y", "bin/sh").unwrap_err().to_string();
+        assert!(err.contains("to bin/sh, which is symlink"), "{err}");
+        let err = a.add_hardlink("init", "./init").unwrap_err().to_string();
+        assert!(err.contains("which is the same path"), "{err}");
+    }
+
+    #[test]
+    fn cpio_relocated_hard_links_follow_their_file() {
+        let mut a = Archive::new();
+        a.add_file("sbin/tool", 0o755, b"tool".to_vec()).unwrap();
+        a.add_hardlink("sbin/tool2", "sbin/tool").unwrap();
+        let moved = a
+            .relocate(|p| p.replace("sbin/", "usr/sbin/"))
+            .unwrap()
+            .to_bytes(0)
+            .unwrap();
+        let entries = read(&moved).unwrap();
+        let tool2 = entries
+            .iter()
+            .find(|(e, _)| e.path == "usr/sbin/tool2")
+            .unwrap();
+        assert_eq!(tool2.1, b"tool");
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Files and hard links over a small set of names, so links often name earlier files,
+        /// other links and paths that do not exist or are directories.
+        fn operations() -> impl Strategy<Value = Vec<(bool, u8, u8, Vec<u8>)>> {
+            proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    0u8..12,
+                    0u8..12,
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                ),
+                1..24,
+            )
+        }
+
+        fn name(n: u8) -> String {
+            // Some names are parents of others: `d2` is a directory once `d2/f3` exists.
+            match n % 3 {
+                0 => format!("f{n}"),
+                1 => format!("d{}/f{n}", n % 4),
+                _ => format!("d{n}"),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn fuzz_cpio_hardlinks_round_trip(ops in operations()) {
+                let mut archive = Archive::new();
+                // What each added path must read back as.
+                let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+                for (link, a, b, data) in ops {
+                    let path = name(a);
+                    if link {
+                        let target = name(b);
+                        let before = expected.get(&target).cloned();
+                        match archive.add_hardlink(&path, &target) {
+                            Ok(()) => {
+                                let data = before.expect("a link was accepted to a file");
+                                expected.insert(path, data);
+                            }
+                            Err(e) => prop_assert!(
+                                e.to_string().contains(&path) || e.to_string().contains(&target),
+                                "{e}"
+                            ),
+                        }
+                    } else if archive.add_file(&path, 0o644, data.clone()).is_ok() {
+                        expected.insert(path, data);
+                    }
+                }
+                let bytes = archive.to_bytes(0).unwrap();
+                let entries = read(&bytes).unwrap();
+                let files: BTreeMap<String, Vec<u8>> = entries
+                    .into_iter()
+                    .filter(|(e, _)| e.kind == Kind::File)
+                    .map(|(e, data)| (e.path, data))
+                    .collect();
+                prop_assert_eq!(files, expected);
+                // The same archive gives the same bytes.
+                prop_assert_eq!(archive.clone().to_bytes(0).unwrap(), bytes);
+            }
+        }
     }
 }

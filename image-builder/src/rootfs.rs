@@ -6,9 +6,9 @@
 //! differ or is made at boot: device nodes (init mounts devtmpfs), FIFOs and sockets, and the
 //! paths the caller names (log files, caches, SSH host keys). Owners are kept, modes are kept
 //! (setuid `sudo` stays setuid), every mtime becomes `SOURCE_DATE_EPOCH` when written. A hard
-//! link becomes a copy of the file it names.
+//! link stays a hard link: the file's data is stored once (see [`crate::cpio`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 use crate::cpio::{Archive, CpioError};
@@ -49,8 +49,8 @@ pub fn from_tar(reader: impl Read, remove: &[String]) -> Result<Rootfs, RootfsEr
     let mut tar = tar::Archive::new(reader);
     let mut archive = Archive::new();
     let mut removed = Vec::new();
-    // Regular files' contents by path, for hard links that name them later.
-    let mut files: BTreeMap<String, (u32, Vec<u8>)> = BTreeMap::new();
+    // Regular files added, for hard links that name them later.
+    let mut files: BTreeSet<String> = BTreeSet::new();
     let entries = tar.entries().map_err(RootfsError::Read)?;
     for entry in entries {
         let mut entry = entry.map_err(RootfsError::Read)?;
@@ -79,8 +79,8 @@ pub fn from_tar(reader: impl Read, remove: &[String]) -> Result<Rootfs, RootfsEr
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let mut data = Vec::with_capacity(entry.size() as usize);
                 entry.read_to_end(&mut data).map_err(RootfsError::Read)?;
-                add(archive.add_file(&path, mode, data.clone()), &path)?;
-                files.insert(path.clone(), (mode, data));
+                add(archive.add_file(&path, mode, data), &path)?;
+                files.insert(path.clone());
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -94,10 +94,10 @@ pub fn from_tar(reader: impl Read, remove: &[String]) -> Result<Rootfs, RootfsEr
                     .link_name_bytes()
                     .map(|t| clean(&String::from_utf8_lossy(&t)))
                     .unwrap_or_default();
-                let Some((mode, data)) = files.get(&target).cloned() else {
+                if !files.contains(&target) {
                     return Err(RootfsError::DanglingHardlink { path, target });
-                };
-                add(archive.add_file(&path, mode, data), &path)?;
+                }
+                add(archive.add_hardlink(&path, &target), &path)?;
             }
             // Device nodes come from devtmpfs at boot; FIFOs and sockets are made by whoever
             // uses them. Other entry kinds (GNU long names, PAX headers) are handled by the tar
@@ -213,6 +213,14 @@ mod tests {
         );
         let get = |p: &str| entries.iter().find(|(e, _)| e.path == p).unwrap();
         assert_eq!(get("usr/bin/perl5").1, b"perl");
+        // The hard link stays one: one inode with two names, its data stored once.
+        let (perl, perl5) = (&get("usr/bin/perl").0, &get("usr/bin/perl5").0);
+        assert_eq!((perl.ino, perl.nlink), (perl5.ino, 2));
+        assert_eq!(
+            bytes.windows(4).filter(|w| *w == b"perl").count(),
+            // the names "usr/bin/perl" and "usr/bin/perl5", and the data once
+            3
+        );
         assert_eq!(get("usr/bin/sudo").0.mode, 0o104755);
         assert_eq!((get("etc/shadow").0.uid, get("etc/shadow").0.gid), (0, 42));
         assert!(entries.iter().all(|(e, _)| e.mtime == 7));

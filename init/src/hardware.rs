@@ -17,6 +17,118 @@ use crate::host::Host;
 /// The profile's modules that are loaded on every host, one name per line.
 pub const FIXED_MODULES: &str = buildos_contract::etc::MODULES_BOOT;
 
+/// Modules that neither storage nor the network needs, only the build machines that start
+/// after ready: they load on a thread of their own while storage, state and the network do
+/// their work (waiting for disks, DHCP), and the `devices` step waits for them before the
+/// build user gets their nodes, so ready still means every module is loaded. Each with why
+/// it can wait. Whether one comes from the profile's fixed set or a device asked for it, the
+/// table decides; what it depends on loads with it, unless an earlier module already needed it.
+pub const LATE: &[(&str, &str)] = &[
+    ("kvm", "hardware virtualisation, for build machines only"),
+    (
+        "kvm_intel",
+        "hardware virtualisation on Intel CPUs, for build machines only",
+    ),
+    (
+        "kvm_amd",
+        "hardware virtualisation on AMD CPUs, for build machines only",
+    ),
+    (
+        "vhost_net",
+        "the build machines' in-kernel virtio-net backend",
+    ),
+    ("tun", "the build machines' tap devices"),
+];
+
+/// Whether `name` is one of [`LATE`] (`-` and `_` alike).
+pub fn is_late(name: &str) -> bool {
+    let name = name.replace('-', "_");
+    LATE.iter().any(|(late, _)| *late == name)
+}
+
+/// The modules [`load_modules`] left for later: [`LATE`]'s, from the fixed set and the drivers
+/// the devices asked for, and the tables to load them with.
+pub struct Deferred {
+    tables: Arc<Tables>,
+    /// The names to load, fixed ones first, in the order they were asked for.
+    pub names: Vec<String>,
+    /// Drivers among them, with one device that asked for each.
+    pub drivers: Vec<(String, String)>,
+    /// What the first load loaded or tried, so nothing loads twice.
+    done: BTreeMap<String, Loaded>,
+}
+
+impl Deferred {
+    /// Loads the deferred modules and what they need that is not loaded yet, on this thread.
+    pub fn load(self, host: &dyn Host) -> Report {
+        let mut report = Report {
+            modules: self.done,
+            ..Report::default()
+        };
+        let already: BTreeSet<String> = report.modules.keys().cloned().collect();
+        let unknown = self.tables.load(host, &self.names, &mut report);
+        report.modules.retain(|name, _| !already.contains(name));
+        report.other_problems = unknown
+            .into_iter()
+            .map(|name| format!("module {name} is not in this image"))
+            .collect();
+        report.drivers = self.drivers;
+        report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+        report
+    }
+
+    /// [`Deferred::load`] on a thread of its own; when no thread can be had, on this one (the
+    /// handle then holds the finished report).
+    pub fn spawn(self, host: &Arc<dyn Host>) -> Late {
+        if self.names.is_empty() {
+            return Late::Done(Report::default());
+        }
+        let shared = Arc::new(std::sync::Mutex::new(Some(self)));
+        let theirs = Arc::clone(&shared);
+        let thread_host = Arc::clone(host);
+        let spawned = std::thread::Builder::new()
+            .name("late modules".to_owned())
+            .spawn(move || {
+                let deferred = theirs.lock().ok().and_then(|mut d| d.take());
+                deferred.map(|d| d.load(thread_host.as_ref()))
+            });
+        match spawned {
+            Ok(handle) => Late::Running(handle),
+            Err(error) => {
+                let deferred = shared.lock().ok().and_then(|mut d| d.take());
+                let mut report = deferred.map(|d| d.load(host.as_ref())).unwrap_or_default();
+                report.other_problems.push(format!(
+                    "cannot start a thread for the late modules: {error}"
+                ));
+                Late::Done(report)
+            }
+        }
+    }
+}
+
+/// The late modules, loading or loaded.
+pub enum Late {
+    Running(std::thread::JoinHandle<Option<Report>>),
+    Done(Report),
+}
+
+impl Late {
+    /// Waits for the late modules and gives their report.
+    pub fn wait(self) -> Report {
+        match self {
+            Late::Done(report) => report,
+            Late::Running(handle) => match handle.join() {
+                Ok(Some(report)) => report,
+                Ok(None) => Report::default(),
+                Err(_) => Report {
+                    other_problems: vec!["the thread loading the late modules panicked".to_owned()],
+                    ..Report::default()
+                },
+            },
+        }
+    }
+}
+
 /// modules.alias: `alias <pattern> <module>` lines.
 #[derive(Debug, Default)]
 pub struct Aliases {
@@ -434,13 +546,14 @@ fn read_table(dir: &Path, name: &str) -> Result<String, FileError> {
 
 /// Loads the fixed set on one thread while matching devices to drivers on this one, so that
 /// slow module initialisation (btrfs's RAID checksum benchmarks) overlaps with device probes
-/// that wait for hardware. `sys` is normally /sys.
+/// that wait for hardware. [`LATE`]'s modules, fixed or asked for, are not loaded but returned
+/// as [`Deferred`]. `sys` is normally /sys.
 pub fn load_modules(
     host: &Arc<dyn Host>,
     dir: &Path,
     fixed: Vec<String>,
     sys: &Path,
-) -> Result<Report, FileError> {
+) -> Result<(Report, Deferred), FileError> {
     let tables = std::sync::Arc::new(Tables::parse(
         dir,
         &read_table(dir, buildos_contract::modules::DEP)?,
@@ -449,6 +562,9 @@ pub fn load_modules(
         &read_table(dir, buildos_contract::modules::BUILTIN).unwrap_or_default(),
     ));
 
+    let (mut late, fixed): (Vec<String>, Vec<String>) =
+        fixed.into_iter().partition(|name| is_late(name));
+    let mut late_drivers = Vec::new();
     let fixed_tables = std::sync::Arc::clone(&tables);
     let fixed_host = Arc::clone(host);
     let fixed_thread = std::thread::Builder::new()
@@ -468,10 +584,17 @@ pub fn load_modules(
     for _ in 0..PASSES {
         let found = modaliases(sys);
         report.devices = found.len();
-        let wanted: Vec<(String, String)> = matching(&tables.aliases, &found, &matched)
+        // (driver, the device that asked for it): those for later, those for now.
+        type Asked = Vec<(String, String)>;
+        let (later, wanted): (Asked, Asked) = matching(&tables.aliases, &found, &matched)
             .into_iter()
             .map(|(module, modalias)| (module.to_owned(), modalias.to_owned()))
-            .collect();
+            .partition(|(module, _)| is_late(module));
+        for (module, modalias) in later {
+            matched.insert(module.clone());
+            late.push(module.clone());
+            late_drivers.push((module, modalias));
+        }
         if wanted.is_empty() {
             break;
         }
@@ -537,7 +660,13 @@ pub fn load_modules(
     // Every driver the devices asked for is loaded now: a network or storage controller left
     // without one is hardware this image cannot use, and the operator hears which.
     report.unclaimed = unclaimed(sys, &tables.aliases);
-    Ok(report)
+    let deferred = Deferred {
+        tables,
+        names: late,
+        drivers: late_drivers,
+        done: report.modules.clone(),
+    };
+    Ok((report, deferred))
 }
 
 #[cfg(test)]
@@ -789,5 +918,110 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
                 "virtio:d00000001v00001AF4"
             ]
         );
+    }
+
+    /// A module tree of empty `.ko` files with these modules.dep lines, and a sysfs whose only
+    /// device is the CPU with `cpu_modalias` and a virtio NIC.
+    fn module_tree(dep: &str, alias: &str, cpu_modalias: &str) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let modules = root.path().join("modules");
+        for line in dep.lines() {
+            let (path, _) = line.split_once(':').unwrap();
+            let file = modules.join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, b"").unwrap();
+        }
+        std::fs::write(modules.join("modules.dep"), dep).unwrap();
+        std::fs::write(modules.join("modules.alias"), alias).unwrap();
+        let sys = root.path().join("sys");
+        let cpu = sys.join("devices/system/cpu");
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(cpu.join("modalias"), cpu_modalias).unwrap();
+        let nic = sys.join("bus/virtio/devices/virtio0");
+        std::fs::create_dir_all(&nic).unwrap();
+        std::fs::write(nic.join("modalias"), "virtio:d00000001v00001AF4\n").unwrap();
+        (root, modules)
+    }
+
+    #[test]
+    fn build_machine_modules_load_after_the_rest_and_each_module_once() {
+        let dep = "\
+kernel/fs/btrfs/btrfs.ko: kernel/lib/raid6/raid6_pq.ko
+kernel/lib/raid6/raid6_pq.ko:
+kernel/net/bridge/bridge.ko: kernel/net/llc/llc.ko
+kernel/net/llc/llc.ko:
+kernel/drivers/net/tun.ko:
+kernel/drivers/vhost/vhost_net.ko: kernel/drivers/net/tun.ko kernel/drivers/vhost/vhost.ko kernel/net/llc/llc.ko
+kernel/drivers/vhost/vhost.ko:
+kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko
+kernel/arch/x86/kvm/kvm.ko:
+kernel/drivers/net/virtio_net.ko:
+";
+        let alias = "\
+alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
+alias virtio:d00000001v* virtio_net
+";
+        let (root, dir) = module_tree(
+            dep,
+            alias,
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
+        );
+        let recording = Arc::new(crate::host::Recording::new());
+        let host: Arc<dyn Host> = recording.clone();
+        let fixed = ["btrfs", "bridge", "tun", "vhost-net"]
+            .map(String::from)
+            .to_vec();
+        let (report, deferred) =
+            load_modules(&host, &dir, fixed, &root.path().join("sys")).unwrap();
+        let loaded = |calls: Vec<String>| -> BTreeSet<String> {
+            calls
+                .iter()
+                .map(|c| crate::kmod::module_name(c.trim_start_matches("load_module ")))
+                .collect()
+        };
+        let early = loaded(recording.calls_of("load_module"));
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(
+            early,
+            names(&["btrfs", "raid6_pq", "bridge", "llc", "virtio_net"]),
+            "storage's and the network's modules, and the NIC the devices asked for"
+        );
+        assert_eq!(deferred.names, ["tun", "vhost-net", "kvm_intel"]);
+        assert_eq!(report.loaded(), 5);
+        assert!(report.drivers.iter().all(|(m, _)| m != "kvm_intel"));
+
+        let late = deferred.load(host.as_ref());
+        let all = recording.calls_of("load_module");
+        assert_eq!(all.len(), 10, "each module loads once: {all:?}");
+        assert_eq!(
+            loaded(all[5..].to_vec()),
+            names(&["tun", "vhost", "vhost_net", "kvm", "kvm_intel"]),
+            "the late ones, and of their dependencies only those not loaded yet (llc)"
+        );
+        assert_eq!(late.loaded(), 5);
+        assert_eq!(
+            late.modules.len(),
+            5,
+            "the report holds the late modules only"
+        );
+        assert_eq!(late.drivers.len(), 1);
+        assert!(late.problems().is_empty(), "{:?}", late.problems());
+    }
+
+    #[test]
+    fn a_late_module_the_kernel_refuses_is_a_problem_of_the_late_report() {
+        let dep = "kernel/drivers/net/tun.ko:\nkernel/fs/ext4/ext4.ko:\n";
+        let (root, dir) = module_tree(dep, "", "cpu:type:x86\n");
+        let recording = Arc::new(crate::host::Recording::new());
+        recording.fail("load_module", nix::errno::Errno::EINVAL);
+        let host: Arc<dyn Host> = recording.clone();
+        let fixed = ["ext4", "tun", "nosuch"].map(String::from).to_vec();
+        let (report, deferred) =
+            load_modules(&host, &dir, fixed, &root.path().join("sys")).unwrap();
+        assert_eq!(report.problems().len(), 2, "{:?}", report.problems());
+        let late = deferred.spawn(&host).wait();
+        let problems = late.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("tun.ko"), "{problems:?}");
     }
 }

@@ -39,8 +39,8 @@ pub trait Host: Send + Sync {
     ) -> nix::Result<()>;
     /// umount(2).
     fn umount(&self, target: &Path) -> nix::Result<()>;
-    /// finit_module(2) on a module file with no parameters.
-    fn load_module(&self, module: &File) -> nix::Result<()>;
+    /// finit_module(2) on a module file with no parameters; `path` is where it was opened.
+    fn load_module(&self, path: &Path, module: &File) -> nix::Result<()>;
     /// Registers a btrfs device with the kernel's registry (`BTRFS_IOC_SCAN_DEV`).
     fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError>;
     /// Whether the kernel knows every device of the btrfs `device` belongs to.
@@ -110,7 +110,7 @@ impl Host for Linux {
         nix::mount::umount(target)
     }
 
-    fn load_module(&self, module: &File) -> nix::Result<()> {
+    fn load_module(&self, _path: &Path, module: &File) -> nix::Result<()> {
         nix::kmod::finit_module(module, c"", nix::kmod::ModuleInitFlags::empty())
     }
 
@@ -263,8 +263,8 @@ impl Host for Recording {
         self.record(format!("umount {}", target.display()))
     }
 
-    fn load_module(&self, _module: &File) -> nix::Result<()> {
-        self.record("load_module".to_owned())
+    fn load_module(&self, path: &Path, _module: &File) -> nix::Result<()> {
+        self.record(format!("load_module {}", path.display()))
     }
 
     fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError> {

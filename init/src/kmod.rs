@@ -114,7 +114,7 @@ pub fn load(host: &dyn Host, path: &Path) -> Result<(), LoadError> {
         path: path.to_owned(),
         error,
     })?;
-    match host.load_module(&file) {
+    match host.load_module(path, &file) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
         Err(errno) => Err(LoadError::Init {
             path: path.to_owned(),

@@ -49,6 +49,9 @@ pub struct Boot {
     pub services: Supervisor,
     /// The NTP servers DHCP named (option 42), for the clock step.
     pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
+    /// The modules the modules step left loading for the devices step
+    /// ([`hardware::LATE`]).
+    pub late_modules: Option<hardware::Late>,
 }
 
 pub type StepResult = Result<Outcome, StepError>;
@@ -110,6 +113,11 @@ const STEPS: &[Step] = &[
         run: step_clock,
     },
     Step {
+        name: "devices",
+        required: false,
+        run: step_devices,
+    },
+    Step {
         name: "services",
         required: false,
         run: step_services,
@@ -163,6 +171,7 @@ pub fn run() -> ! {
         problems: Vec::new(),
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
+        late_modules: None,
     };
     let decision = live(&host, STEPS, &mut boot, |host, boot| serve(host, boot));
     conclude(host.as_ref(), decision, &mut boot)
@@ -317,7 +326,7 @@ pub fn read_cmdline(path: &std::path::Path) -> Result<Cmdline, FileError> {
     })
 }
 
-fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let fail = StepError::Modules;
     let release = nix::sys::utsname::uname()
         .map_err(|errno| fail(ModulesError::Uname(errno)))?
@@ -333,8 +342,16 @@ fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .map_err(FileError::on("read", fixed_path))
         .map_err(|error| fail(ModulesError::Fixed(error)))?;
     let fixed = contract::etc::parse_modules_boot(&fixed);
-    let report = hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
-        .map_err(|error| fail(ModulesError::Tables(error)))?;
+    let (report, deferred) =
+        hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
+            .map_err(|error| fail(ModulesError::Tables(error)))?;
+    if !deferred.names.is_empty() {
+        console::info(&format!(
+            "loading later, while storage and the network start: {}",
+            deferred.names.join(", ")
+        ));
+    }
+    boot.late_modules = Some(deferred.spawn(host));
     let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
     console::info(&format!(
         "{} devices asked for {} drivers{}",
@@ -365,7 +382,41 @@ fn step_modules(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
-    let mut problems = report.problems();
+    let problems = report.problems();
+    Ok(if problems.is_empty() {
+        Outcome::Ok
+    } else {
+        Outcome::Warnings(problems)
+    })
+}
+
+/// Waits for the late modules (loading since the modules step), then gives the build user the
+/// nodes they made.
+fn step_devices(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    let mut problems = Vec::new();
+    if let Some(late) = boot.late_modules.take() {
+        let report = late.wait();
+        if !report.modules.is_empty() {
+            let timings: Vec<String> = report
+                .timings
+                .iter()
+                .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
+                .collect();
+            let absent = report.without_hardware();
+            console::info(&format!(
+                "late modules: loaded {} of {}{}: {}",
+                report.loaded(),
+                report.modules.len(),
+                if absent.is_empty() {
+                    String::new()
+                } else {
+                    format!(", without their hardware {}", absent.join(", "))
+                },
+                timings.join(", ")
+            ));
+        }
+        problems.extend(report.problems());
+    }
     // The modules made the nodes; now the build user may use them.
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let (lines, more) = devices::grant(host.as_ref(), std::path::Path::new("/dev"), &group);
@@ -679,6 +730,7 @@ mod tests {
             problems: Vec::new(),
             services: Supervisor::new(),
             dhcp_ntp: Vec::new(),
+            late_modules: None,
         }
     }
 

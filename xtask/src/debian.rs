@@ -109,6 +109,12 @@ const KERNEL_DIR: &str = "kernel";
 const RELEASE: &str = "InRelease";
 /// Where the hooks leave their results inside the chroot, removed before the tar is made.
 const OUT: &str = "/var/cache/buildos-out";
+/// mmdebstrap's own hooks for a merged `/usr` made as debootstrap makes it: the directory
+/// symlinks (`bin` → `usr/bin`, ...) before anything is unpacked, then Debian's
+/// `usr-is-merged`. Without them bookworm's init-system-helpers pulls in `usrmerge`, which
+/// converts the tree at install time and brings perl (about 46 MB) that nothing on a build
+/// host runs.
+const MERGED_USR_HOOKS: &str = "/usr/share/mmdebstrap/hooks/merged-usr";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -278,6 +284,12 @@ pub fn rootfs_with_release(
         return load(&dir, key, Duration::ZERO);
     }
     system::ensure(&[system::MMDEBSTRAP])?;
+    if !Path::new(MERGED_USR_HOOKS).join("setup00.sh").is_file() {
+        bail!(
+            "mmdebstrap's merged-/usr hooks are not in {MERGED_USR_HOOKS}; the root filesystem \
+             needs mmdebstrap 1.0 or later (Debian bookworm's or newer)"
+        );
+    }
     let mode = mode()?;
     let started = Instant::now();
     let tmp = cache.join(format!(".{}.tmp", dir_name(profile, &key)));
@@ -311,6 +323,7 @@ pub fn rootfs_with_release(
     command
         .arg(format!("--mode={mode}"))
         .arg(format!("--variant={}", debian.variant))
+        .arg(format!("--hook-dir={MERGED_USR_HOOKS}"))
         .arg("--format=tar")
         .arg(format!("--include={}", debian.packages.join(",")))
         .args(

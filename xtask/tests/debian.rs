@@ -47,6 +47,17 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(ready.ends_with(", 0 problem(s)"), "{}", vm.console());
+    // The modules only build machines use loaded while storage and the network started, and
+    // ready waited for them.
+    let console = vm.console();
+    let at = |text: &str| {
+        console
+            .find(text)
+            .unwrap_or_else(|| panic!("no {text:?} on the console: {console}"))
+    };
+    assert!(at("loading later, while storage") < at("phase storage "));
+    assert!(at("late modules: loaded ") < at("phase devices ok"));
+    assert!(at("phase devices ok") < at("buildos-init: ready at"));
     vm.wait_for("debug shell on the console", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     // With no toolchain URL the monitor says once that it is idle, and how to give it work; it
@@ -115,6 +126,31 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
             "grep /build/machines /proc/mounts",
             "user_subvol_rm_allowed",
         ),
+        // The late modules are loaded.
+        ("grep -c -E '^(tun|vhost_net|vhost) ' /proc/modules", "3"),
+        // A hard link of the root filesystem is one file with two names, and its data is
+        // whole (perl-base's perl; the initrd stores its data once).
+        (
+            "stat -c '%h %i' /usr/bin/perl /usr/bin/perl5.36.0 | uniq -c",
+            "2 2 ",
+        ),
+        ("perl -e 'print 6 * 7, qq(\\n)'", "42"),
+        // Merged /usr comes from mmdebstrap's hooks, not from usrmerge, which brings perl's
+        // 46 MB of modules and libraries.
+        (
+            "readlink /bin /sbin /lib /lib64 | paste -sd' '",
+            "usr/bin usr/sbin usr/lib usr/lib64",
+        ),
+        (
+            "dpkg-query -W -f '${Package} ${db:Status-Status}\\n' usr-is-merged",
+            "usr-is-merged installed",
+        ),
+        (
+            "dpkg-query -W -f '${Package} ${db:Status-Status}\\n' usrmerge perl perl-modules-5.36 \
+             2>/dev/null | grep ' installed$' || echo none installed",
+            "none installed",
+        ),
+        ("ls -d /usr/share/perl/5.36 2>&1", "No such file"),
     ] {
         let output = run(&mut vm, command);
         eprintln!("guest: `{command}`: {output}");
