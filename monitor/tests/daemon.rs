@@ -11,16 +11,17 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use buildos_monitor::agents::Policy;
-use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::{Memory, Network, Retry};
+use buildos_monitor::daemon::{self};
+use buildos_monitor::fetch::{Memory, Network};
 use buildos_monitor::paths::Paths;
 use buildos_monitor::poll::{Action, Subject, Watch};
 use buildos_monitor::record::Record;
-use buildos_monitor::register;
 use buildos_monitor::slices;
 use buildos_monitor::status::{Status, ToolchainState};
-use support::{free_port, sha256_hex, tar_gz, wait_for, wait_until, HttpServer, Made, Smtp};
+use support::{
+    free_port, paths_under, quick_options, sha256_hex, tar_gz, wait_for, wait_until, HttpServer,
+    Made, Smtp,
+};
 
 /// The build id the host runs, and a new one.
 const RUNNING: &str = "5e1b5c2b1e8e6b1f6d7e2c9a4b3a1f0e9d8c7b6a5f4e3d2c1b0a99887766554a";
@@ -327,64 +328,11 @@ fn a_buildid_of_404_served_with_200_never_reboots_and_mails_once() {
 
 /// Paths of a monitor under `root`, with its command line.
 fn monitor_paths(root: &Path, cmdline: &str) -> Paths {
-    let paths = Paths {
-        cmdline: root.join("cmdline"),
-        buildid: root.join("buildid"),
-        tftp_root: root.join("tftp"),
-        agents: root.join("agents"),
-        work: root.join("work"),
-        mail_queue: root.join("state/mail"),
-        state: root.join("state"),
-        run: root.join("run"),
-        mounts: root.join("mounts"),
-        fstab: root.join("fstab"),
-        machines: root.join("machines"),
-        ca_certificates: root.join("ca-certificates.pem"),
-    };
+    let paths = paths_under(root);
     fs::write(&paths.cmdline, format!("console=ttyS0 {cmdline}\n")).unwrap();
     fs::write(&paths.buildid, format!("{RUNNING}\n")).unwrap();
     fs::create_dir_all(&paths.run).unwrap();
     paths
-}
-
-/// Quick options for a monitor at `paths`; reboot requests go to the channel.
-fn quick_options(paths: &Paths, rebooted: mpsc::Sender<String>) -> Options {
-    Options {
-        paths: paths.clone(),
-        fetch: std::sync::Arc::new(Network),
-        retry: Retry {
-            attempts: 2,
-            first_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            timeout: Duration::from_secs(2),
-            deadline: Duration::from_secs(10),
-        },
-        poll_interval: Some(Duration::from_millis(300)),
-        grace: Some(Duration::from_secs(5)),
-        policy: Policy {
-            quick: Duration::from_secs(1),
-            max_quick_deaths: 3,
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
-        },
-        agent_user: None,
-        agent_groups: Vec::new(),
-        host: Some(slices::detect_host()),
-        mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
-        register: register::Options {
-            timeout: Duration::from_secs(2),
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(400),
-            report_after: 3,
-            facts_every: Duration::from_millis(200),
-            interval: Some(Duration::from_secs(1)),
-            ..register::Options::default()
-        },
-        reboot: Box::new(move |reason| {
-            let _ = rebooted.send(reason.to_string());
-        }),
-    }
 }
 
 /// A monitor under `root` with one toolchain at `url`, one instance, mail to the relay on

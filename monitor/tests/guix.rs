@@ -15,13 +15,9 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use buildos_monitor::agents::Policy;
-use buildos_monitor::daemon::{self, Options};
-use buildos_monitor::fetch::{Network, Retry};
-use buildos_monitor::paths::Paths;
-use buildos_monitor::slices;
+use buildos_monitor::daemon::{self};
 use support::tier;
-use support::{sha256_hex, tar_gz, wait_for, HttpServer};
+use support::{paths_under, quick_options, sha256_hex, tar_gz, wait_for, HttpServer};
 
 /// `nobody` stands in for `build`.
 const AGENTS: u32 = 65534;
@@ -120,20 +116,7 @@ fn guix_build_coordinator_agents_get_their_slice_uuid_and_password_file_from_sec
         .as_bytes(),
     );
 
-    let paths = Paths {
-        cmdline: root.path().join("cmdline"),
-        buildid: root.path().join("buildid"),
-        tftp_root: root.path().join("tftp"),
-        agents: root.path().join("agents"),
-        work: root.path().join("work"),
-        mail_queue: root.path().join("state/mail"),
-        state: root.path().join("state"),
-        run: root.path().join("run"),
-        mounts: root.path().join("mounts"),
-        fstab: root.path().join("fstab"),
-        machines: root.path().join("machines"),
-        ca_certificates: root.path().join("ca-certificates.pem"),
-    };
+    let paths = paths_under(root.path());
     // Two instances on one CPU: one CPU each.
     fs::write(
         &paths.cmdline,
@@ -146,34 +129,8 @@ fn guix_build_coordinator_agents_get_their_slice_uuid_and_password_file_from_sec
     .unwrap();
     fs::create_dir_all(&paths.run).unwrap();
     let (rebooted, reboot) = mpsc::channel();
-    let options = Options {
-        paths: paths.clone(),
-        fetch: std::sync::Arc::new(Network),
-        retry: Retry {
-            attempts: 2,
-            first_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(50),
-            timeout: Duration::from_secs(2),
-            deadline: Duration::from_secs(10),
-        },
-        poll_interval: Some(Duration::from_millis(300)),
-        grace: Some(Duration::from_secs(5)),
-        policy: Policy {
-            quick: Duration::from_secs(1),
-            max_quick_deaths: 3,
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
-        },
-        agent_user: Some((AGENTS, AGENTS)),
-        agent_groups: Vec::new(),
-        host: Some(slices::detect_host()),
-        mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
-        register: buildos_monitor::register::Options::default(),
-        reboot: Box::new(move |reason| {
-            let _ = rebooted.send(reason.to_string());
-        }),
-    };
+    let mut options = quick_options(&paths, rebooted);
+    options.agent_user = Some((AGENTS, AGENTS));
     let monitor = std::thread::spawn(move || daemon::run(options));
 
     // The monitor makes the secrets directory at start; the first instance's pair goes in

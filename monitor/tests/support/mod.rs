@@ -73,3 +73,67 @@ impl Drop for Tftp {
         let _ = self.child.wait();
     }
 }
+
+/// The paths of a monitor whose every file and directory is under `root` (none made yet).
+pub fn paths_under(root: &Path) -> buildos_monitor::paths::Paths {
+    buildos_monitor::paths::Paths {
+        cmdline: root.join("cmdline"),
+        buildid: root.join("buildid"),
+        tftp_root: root.join("tftp"),
+        agents: root.join("agents"),
+        work: root.join("work"),
+        mail_queue: root.join("state/mail"),
+        state: root.join("state"),
+        run: root.join("run"),
+        mounts: root.join("mounts"),
+        fstab: root.join("fstab"),
+        machines: root.join("machines"),
+        ca_certificates: root.join("ca-certificates.pem"),
+    }
+}
+
+/// Quick options for a monitor at `paths`; reboot requests go to the channel.
+pub fn quick_options(
+    paths: &buildos_monitor::paths::Paths,
+    rebooted: std::sync::mpsc::Sender<String>,
+) -> buildos_monitor::daemon::Options {
+    use buildos_monitor::agents::Policy;
+    use buildos_monitor::fetch::{Network, Retry};
+    use buildos_monitor::{register, slices};
+    buildos_monitor::daemon::Options {
+        paths: paths.clone(),
+        fetch: std::sync::Arc::new(Network),
+        retry: Retry {
+            attempts: 2,
+            first_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+        },
+        poll_interval: Some(Duration::from_millis(300)),
+        grace: Some(Duration::from_secs(5)),
+        policy: Policy {
+            quick: Duration::from_secs(1),
+            max_quick_deaths: 3,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            launcher: env!("CARGO_BIN_EXE_buildos-monitor").into(),
+        },
+        agent_user: None,
+        agent_groups: Vec::new(),
+        host: Some(slices::detect_host()),
+        mail_delay: (Duration::from_millis(100), Duration::from_secs(1)),
+        register: register::Options {
+            timeout: Duration::from_secs(2),
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(400),
+            report_after: 3,
+            facts_every: Duration::from_millis(200),
+            interval: Some(Duration::from_secs(1)),
+            ..register::Options::default()
+        },
+        reboot: Box::new(move |reason| {
+            let _ = rebooted.send(reason.to_string());
+        }),
+    }
+}
