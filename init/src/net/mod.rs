@@ -290,6 +290,20 @@ pub fn acquire_any(
     interfaces: &[Link],
     deadline: Instant,
 ) -> (Option<(Link, Lease)>, Vec<Attempt>) {
+    acquire_with(interfaces, deadline, try_link)
+}
+
+/// One interface's attempt: carrier, then DHCP, until the deadline or until told to stop.
+type TryLink = fn(&Link, Instant, &AtomicBool) -> Result<Lease, Outcome>;
+
+/// [`acquire_any`] with the attempt on one interface given: which interface wins, what the
+/// others' attempts say and when the whole ends are decided here, and unit-tested with
+/// attempts that need no network.
+fn acquire_with(
+    interfaces: &[Link],
+    deadline: Instant,
+    try_link: TryLink,
+) -> (Option<(Link, Lease)>, Vec<Attempt>) {
     let stop = Arc::new(AtomicBool::new(false));
     let (sender, receiver) = mpsc::channel();
     let mut running = 0;
@@ -926,6 +940,83 @@ mod tests {
             ether: true,
             loopback: false,
         }
+    }
+
+    fn lease(address: [u8; 4]) -> Lease {
+        Lease {
+            address: Ipv4Addr::from(address),
+            prefix: 24,
+            router: None,
+            dns: Vec::new(),
+            ntp: Vec::new(),
+            domain: None,
+            hostname: None,
+            server: Ipv4Addr::new(192, 0, 2, 1),
+            times: dhcp::LeaseTimes::from_options(None, None, None),
+            acquired: Instant::now(),
+            rejected: Vec::new(),
+        }
+    }
+
+    /// eth0 has no cable, eth1's server answers just after another interface won, eth2's at
+    /// once, eth3 waits until it is told to stop: by name, so each thread knows its part.
+    fn scripted(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, Outcome> {
+        match link.name.as_str() {
+            "eth0" => Err(Outcome::NoCarrier),
+            "eth1" => {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(lease([192, 0, 2, 11]))
+            }
+            "eth2" => Ok(lease([192, 0, 2, 12])),
+            _ => {
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(Outcome::Stopped)
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_interface_with_a_lease_wins_and_every_other_attempt_is_reported_in_order() {
+        let links: Vec<Link> = ["eth0", "eth1", "eth2", "eth3"]
+            .iter()
+            .map(|name| link(name, None))
+            .collect();
+        let started = Instant::now();
+        let (won, attempts) = acquire_with(&links, started + Duration::from_secs(30), scripted);
+        let (link, lease) = won.unwrap();
+        assert_eq!(link.name, "eth2");
+        assert_eq!(lease.address, Ipv4Addr::new(192, 0, 2, 12));
+        // The waiting interface was stopped at the win, not at the 30 s deadline; the later
+        // lease on eth1 is not taken.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(
+            attempts,
+            [
+                ("eth0", Outcome::NoCarrier),
+                ("eth1", Outcome::Stopped),
+                ("eth2", Outcome::Lease(Ipv4Addr::new(192, 0, 2, 12), 24)),
+                ("eth3", Outcome::Stopped),
+            ]
+            .map(|(interface, outcome)| Attempt {
+                interface: interface.into(),
+                outcome
+            })
+        );
+    }
+
+    #[test]
+    fn without_any_lease_the_attempts_end_at_the_bound_and_say_why_each_failed() {
+        let links = [link("eth0", None), link("eth3", None)];
+        let started = Instant::now();
+        let (won, attempts) = acquire_with(&links, started + Duration::from_millis(200), scripted);
+        assert!(won.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(attempts[0].outcome, Outcome::NoCarrier);
+        assert_eq!(attempts[1].interface, "eth3");
     }
 
     #[test]
