@@ -546,7 +546,7 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                 "tunnel key {}: {line} ({fingerprint})",
                 if made { "made" } else { "kept" }
             )),
-            Err(error) => warnings.push(format!("tunnel key: {error}")),
+            Err(error) => warnings.push(format!("tunnel key: {}", console::oneline(&error))),
         }
     }
     Ok(if warnings.is_empty() {
@@ -620,7 +620,7 @@ fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                     }
                 ));
             }
-            Err(error) => warnings.push(format!("tunnel: {error}")),
+            Err(error) => warnings.push(format!("tunnel: {}", console::oneline(&error))),
         }
     }
     console::info(&format!("services to start: {}", names.join(", ")));

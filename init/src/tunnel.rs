@@ -19,6 +19,8 @@ use std::process::Command;
 
 use buildos_cmdline::Tunnel;
 
+use crate::error::FileError;
+
 /// The service's name, for the supervisor and its log.
 pub const SERVICE: &str = "tunnel";
 
@@ -33,6 +35,19 @@ pub const HOST_KEY_ALIAS: &str = "buildos-tunnel-bastion";
 pub const ALIVE_INTERVAL: u32 = 15;
 pub const ALIVE_COUNT: u32 = 3;
 
+/// Why the tunnel key or the bastion's known_hosts could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{} could not make the tunnel key {}: {stderr}", program.display(), key.display())]
+    Keygen {
+        program: PathBuf,
+        key: PathBuf,
+        stderr: String,
+    },
+}
+
 /// The directory on the state disk that holds the key (and a learnt host key).
 pub fn dir(state: &Path) -> PathBuf {
     state.join("tunnel")
@@ -40,11 +55,11 @@ pub fn dir(state: &Path) -> PathBuf {
 
 /// The tunnel key: made once in `<state>/tunnel/` with `ssh_keygen`, kept after. Returns its
 /// public line, its fingerprint and whether it was made now.
-pub fn key(state: &Path, ssh_keygen: &Path) -> Result<(String, String, bool), String> {
+pub fn key(state: &Path, ssh_keygen: &Path) -> Result<(String, String, bool), TunnelError> {
     let dir = dir(state);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", dir.display()))?;
+        .map_err(FileError::on("set the mode of", &dir))?;
     let key = dir.join("id_ed25519");
     let public = dir.join("id_ed25519.pub");
     let made = !(key.is_file() && public.is_file());
@@ -64,18 +79,17 @@ pub fn key(state: &Path, ssh_keygen: &Path) -> Result<(String, String, bool), St
             ])
             .arg(&key)
             .output()
-            .map_err(|e| format!("cannot run {}: {e}", ssh_keygen.display()))?;
+            .map_err(FileError::on("run", ssh_keygen))?;
         if !output.status.success() {
-            return Err(format!(
-                "{} could not make the tunnel key {}: {}",
-                ssh_keygen.display(),
-                key.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
+            return Err(TunnelError::Keygen {
+                program: ssh_keygen.to_owned(),
+                key,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
         }
     }
     let line = std::fs::read_to_string(&public)
-        .map_err(|e| format!("cannot read {}: {e}", public.display()))?
+        .map_err(FileError::on("read", &public))?
         .trim()
         .to_string();
     let fingerprint = Command::new(ssh_keygen)
@@ -107,15 +121,13 @@ pub fn host_key_check(
     pinned: Option<&str>,
     state: &Path,
     run: &Path,
-) -> Result<HostKeyCheck, String> {
+) -> Result<HostKeyCheck, TunnelError> {
     match pinned {
         Some(key) => {
             let dir = run.join("tunnel");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
             let file = dir.join("known_hosts");
-            crate::state::write_atomically(&file, known_hosts_line(key).as_bytes(), 0o644)
-                .map_err(|e| crate::console::oneline(&e))?;
+            crate::state::write_atomically(&file, known_hosts_line(key).as_bytes(), 0o644)?;
             Ok(HostKeyCheck {
                 known_hosts: file,
                 strict: "yes",
@@ -200,13 +212,13 @@ mod tests {
         let (state, run) = (root.join("state"), root.join("run"));
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIkSecsMYNwYMkYmJR7ptVqX4ybIX/1N6edn3o3L4cyb";
-        let pinned = host_key_check(Some(key), &state, &run)?;
+        let pinned = host_key_check(Some(key), &state, &run).map_err(|e| e.to_string())?;
         assert_eq!(pinned.strict, "yes");
         assert_eq!(
             std::fs::read_to_string(&pinned.known_hosts).map_err(|e| e.to_string())?,
             format!("buildos-tunnel-bastion {key}\n")
         );
-        let learnt = host_key_check(None, &state, &run)?;
+        let learnt = host_key_check(None, &state, &run).map_err(|e| e.to_string())?;
         assert_eq!(
             learnt,
             HostKeyCheck {
@@ -225,11 +237,11 @@ mod tests {
             "this test needs ssh-keygen (openssh-client)"
         );
         let state = std::env::temp_dir().join(format!("buildos-tunnel-key-{}", std::process::id()));
-        let (line, fingerprint, made) = key(&state, keygen)?;
+        let (line, fingerprint, made) = key(&state, keygen).map_err(|e| e.to_string())?;
         assert!(made);
         assert!(line.starts_with("ssh-ed25519 ") && line.ends_with(" buildos tunnel key"));
         assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
-        let (again, same, made) = key(&state, keygen)?;
+        let (again, same, made) = key(&state, keygen).map_err(|e| e.to_string())?;
         assert!(!made);
         assert_eq!((again, same), (line, fingerprint));
         let mode = |p: &Path| {
