@@ -510,6 +510,10 @@ impl<'a> Reader<'a> {
                 || arg.chars().any(char::is_control)
             {
                 Some("one kernel argument without spaces, quotes, ${ or control characters")
+            } else if arg.contains(['\'', '\\']) {
+                // GRUB, which boots Secure Boot hosts, puts a \ before each on the kernel's line:
+                // the kernel would get another argument than the BIOS and iPXE hosts.
+                Some("a kernel argument without ' or \\ (GRUB, which boots UEFI Secure Boot hosts, puts a \\ before each on the kernel command line)")
             } else if key.starts_with(PREFIX) {
                 Some("a kernel argument that is not buildos.* (give those as parameters of the table, where they are checked)")
             } else if key == "initrd" || key == "BOOT_IMAGE" {

@@ -309,7 +309,7 @@ fn structural_mistakes_are_errors() {
             r#"
 [server]
 [boot]
-kernel_args = ["buildos.nice=3", "initrd=/x", "a b"]
+kernel_args = ["buildos.nice=3", "initrd=/x", "a b", '\console=ttyS0']
 color = "blue"
 [defaults]
 nice = [1, 2]
@@ -318,12 +318,13 @@ cpu_reserved = 2
 "#,
         ),
         expect![[r#"
-            the farm inventory has 7 error(s):
+            the farm inventory has 8 error(s):
               inventory: server: expected only the tables [boot], [defaults] and [hosts."<mac>"]
               boot: color=blue: expected one of kernel_args, prompt, timeout, http_url and firmware
               boot: kernel_args=buildos.nice=3: expected a kernel argument that is not buildos.* (give those as parameters of the table, where they are checked)
               boot: kernel_args=initrd=/x: expected a kernel argument the boot loader does not set itself (initrd= and BOOT_IMAGE= come from the tree)
               boot: kernel_args="a b": expected one kernel argument without spaces, quotes, ${ or control characters
+              boot: kernel_args=\\console=ttyS0: expected a kernel argument without ' or \ (GRUB, which boots UEFI Secure Boot hosts, puts a \ before each on the kernel command line)
               defaults: buildos.nice="[1, 2]": expected a single value (only ssh_key, controller_url and controller_trust repeat)
               defaults: buildos.cpu_reserved.gcc=2: expected a per-toolchain parameter in a toolchain table (buildos.cpu_reserved is for the whole host)"#]],
     );
