@@ -56,44 +56,81 @@ pub struct Deferred {
     pub drivers: Vec<(String, String)>,
     /// What the first load loaded or tried, so nothing loads twice.
     done: BTreeMap<String, Loaded>,
+    /// The drivers matched so far, and where the devices are (normally /sys): the late
+    /// thread goes on matching devices that appear after the modules step.
+    matched: BTreeSet<String>,
+    sys: PathBuf,
 }
+
+/// How often the late thread looks at the devices again, and for how long at most: a device
+/// can appear after the modules step's last pass (a USB stick is enumerated a moment after its
+/// controller's driver loads), and its driver must still load while storage waits for its
+/// disk, as udev loads drivers on hotplug.
+const HOTPLUG_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const HOTPLUG_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Deferred {
     /// Loads the deferred modules and what they need that is not loaded yet, on this thread.
     pub fn load(self, host: &dyn Host) -> Report {
+        self.load_then_watch(host, &std::sync::atomic::AtomicBool::new(true))
+    }
+
+    /// [`Deferred::load`], then the drivers of devices that appear later, every
+    /// [`HOTPLUG_EVERY`] until `stop` is set (or [`HOTPLUG_FOR`] has passed).
+    fn load_then_watch(mut self, host: &dyn Host, stop: &std::sync::atomic::AtomicBool) -> Report {
         let mut report = Report {
-            modules: self.done,
+            modules: std::mem::take(&mut self.done),
             ..Report::default()
         };
         let already: BTreeSet<String> = report.modules.keys().cloned().collect();
-        let unknown = self.tables.load(host, &self.names, &mut report);
+        let mut unknown = self.tables.load(host, &self.names, &mut report);
+        let mut drivers = std::mem::take(&mut self.drivers);
+        let started = std::time::Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < HOTPLUG_FOR {
+            let found = modaliases(&self.sys);
+            let wanted: Vec<(String, String)> =
+                matching(&self.tables.aliases, &found, &self.matched)
+                    .into_iter()
+                    .map(|(module, modalias)| (module.to_owned(), modalias.to_owned()))
+                    .collect();
+            for (module, modalias) in wanted {
+                self.matched.insert(module.clone());
+                unknown.extend(
+                    self.tables
+                        .load(host, std::slice::from_ref(&module), &mut report),
+                );
+                drivers.push((module, modalias));
+            }
+            std::thread::sleep(HOTPLUG_EVERY);
+        }
         report.modules.retain(|name, _| !already.contains(name));
         report.other_problems = unknown
             .into_iter()
             .map(|name| format!("module {name} is not in this image"))
             .collect();
-        report.drivers = self.drivers;
+        report.drivers = drivers;
         report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
         report
     }
 
     /// [`Deferred::load`] on a thread of its own; when no thread can be had, on this one (the
     /// handle then holds the finished report).
+    /// The thread then goes on loading the drivers of devices that appear later, until
+    /// [`Late::wait`].
     pub fn spawn(self, host: &Arc<dyn Host>) -> Late {
-        if self.names.is_empty() {
-            return Late::Done(Report::default());
-        }
         let shared = Arc::new(std::sync::Mutex::new(Some(self)));
         let theirs = Arc::clone(&shared);
         let thread_host = Arc::clone(host);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
         let spawned = std::thread::Builder::new()
             .name("late modules".to_owned())
             .spawn(move || {
                 let deferred = theirs.lock().ok().and_then(|mut d| d.take());
-                deferred.map(|d| d.load(thread_host.as_ref()))
+                deferred.map(|d| d.load_then_watch(thread_host.as_ref(), &thread_stop))
             });
         match spawned {
-            Ok(handle) => Late::Running(handle),
+            Ok(handle) => Late::Running(handle, stop),
             Err(error) => {
                 let deferred = shared.lock().ok().and_then(|mut d| d.take());
                 let mut report = deferred.map(|d| d.load(host.as_ref())).unwrap_or_default();
@@ -106,25 +143,37 @@ impl Deferred {
     }
 }
 
-/// The late modules, loading or loaded.
+/// The late modules, loading or loaded, and the drivers of devices that appeared since.
 pub enum Late {
-    Running(std::thread::JoinHandle<Option<Report>>),
+    Running(
+        std::thread::JoinHandle<Option<Report>>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
     Done(Report),
 }
 
 impl Late {
-    /// Waits for the late modules and gives their report.
+    /// Stops looking for new devices, waits for the late modules and gives their report.
     pub fn wait(self) -> Report {
         match self {
             Late::Done(report) => report,
-            Late::Running(handle) => match handle.join() {
+            Late::Running(handle, stop) => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                Late::joined(handle)
+            }
+        }
+    }
+
+    fn joined(handle: std::thread::JoinHandle<Option<Report>>) -> Report {
+        {
+            match handle.join() {
                 Ok(Some(report)) => report,
                 Ok(None) => Report::default(),
                 Err(_) => Report {
                     other_problems: vec!["the thread loading the late modules panicked".to_owned()],
                     ..Report::default()
                 },
-            },
+            }
         }
     }
 }
@@ -665,6 +714,8 @@ pub fn load_modules(
         names: late,
         drivers: late_drivers,
         done: report.modules.clone(),
+        matched,
+        sys: sys.to_path_buf(),
     };
     Ok((report, deferred))
 }
@@ -941,6 +992,50 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
         std::fs::create_dir_all(&nic).unwrap();
         std::fs::write(nic.join("modalias"), "virtio:d00000001v00001AF4\n").unwrap();
         (root, modules)
+    }
+
+    #[test]
+    fn a_device_that_appears_after_the_modules_step_gets_its_driver_before_ready() {
+        let dep = "\
+kernel/drivers/net/virtio_net.ko:
+kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/scsi_mod.ko
+kernel/drivers/scsi/scsi_mod.ko:
+";
+        let alias = "\
+alias virtio:d00000001v* virtio_net
+alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
+";
+        let (root, dir) = module_tree(dep, alias, "cpu:type:x86\n");
+        let sys = root.path().join("sys");
+        let recording = Arc::new(crate::host::Recording::new());
+        let host: Arc<dyn Host> = recording.clone();
+        let (report, deferred) = load_modules(&host, &dir, Vec::new(), &sys).unwrap();
+        assert_eq!(report.loaded(), 1, "the NIC's driver, the one device there");
+        let late = deferred.spawn(&host);
+
+        // A USB stick, enumerated once its controller's driver loaded.
+        let stick = sys.join("bus/usb/devices/2-1:1.0");
+        std::fs::create_dir_all(&stick).unwrap();
+        std::fs::write(
+            stick.join("modalias"),
+            "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00\n",
+        )
+        .unwrap();
+        let loaded = || recording.calls_of("load_module").len();
+        let started = std::time::Instant::now();
+        while loaded() < 3 && started.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let late = late.wait();
+        let names: Vec<String> = recording
+            .calls_of("load_module")
+            .iter()
+            .map(|c| crate::kmod::module_name(c.trim_start_matches("load_module ")))
+            .collect();
+        assert_eq!(names, ["virtio_net", "scsi_mod", "usb_storage"]);
+        assert_eq!(late.loaded(), 2);
+        assert_eq!(late.drivers.len(), 1);
+        assert_eq!(late.drivers[0].0, "usb_storage");
     }
 
     #[test]

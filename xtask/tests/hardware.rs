@@ -46,13 +46,19 @@ fn boots_with(case: Case) {
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let console = vm.console();
-    let drivers = console
+    // The modules step names the drivers the devices asked for; a device that appears later
+    // (a USB stick, enumerated after its controller's driver loaded) gets its driver on the
+    // late thread, named in the devices step's line.
+    let drivers: Vec<&str> = console
         .lines()
-        .find(|l| l.contains("devices asked for"))
-        .unwrap_or_default();
+        .filter(|l| l.contains("devices asked for") || l.contains("late modules: loaded "))
+        .collect();
+    let drivers = drivers.join("\n");
     let nic = case.nic;
     for driver in [case.nic_driver, case.state.driver(), case.machines.driver()] {
-        let named = drivers.split([' ', ',', ':']).any(|word| word == driver);
+        let named = drivers
+            .split([' ', ',', ':', '\n'])
+            .any(|word| word == driver);
         assert!(named, "{driver} not chosen for {nic}: {console}");
     }
     assert!(
