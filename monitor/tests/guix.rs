@@ -8,16 +8,14 @@
 mod support;
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use buildos_monitor::daemon::{self};
 use support::tier;
-use support::{paths_under, quick_options, sha256_hex, tar_gz, wait_for, HttpServer};
+use support::{paths_under, quick_options, secret, sha256_hex, tar_gz, wait_for, HttpServer};
 
 /// `nobody` stands in for `build`.
 const AGENTS: u32 = 65534;
@@ -60,20 +58,13 @@ fn stand_in(records: &Path) -> String {
 
 /// `buildos-monitor secret default <name>` as the agents' user.
 fn put_secret(state: &Path, name: &str, value: &str) {
-    let mut child = Command::new("setpriv")
-        .arg(format!("--reuid={AGENTS}"))
-        .arg(format!("--regid={AGENTS}"))
-        .arg("--clear-groups")
-        .arg(env!("CARGO_BIN_EXE_buildos-monitor"))
-        .args(["secret", "default", name])
-        .env("BUILDOS_STATE", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{value}").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = secret(
+        Some(AGENTS),
+        state,
+        "default",
+        name,
+        format!("{value}\n").as_bytes(),
+    );
     assert!(
         output.status.success(),
         "secret {name}: {}",

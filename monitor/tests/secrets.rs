@@ -6,53 +6,17 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use buildos_monitor::secrets;
-use support::tier;
+use support::{run_as, secret, tier};
 
 /// `nobody` stands in for `build`, which the test machine need not have.
 const AGENTS: u32 = 65534;
 /// Any other unprivileged user.
 const OTHER: u32 = 65533;
-
-/// `argv` as `uid` (group the same, no supplementary groups), with `input` on its stdin.
-fn run_as(uid: Option<u32>, argv: &[&str], state: &Path, input: &[u8]) -> Output {
-    let mut command = match uid {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.arg(format!("--reuid={uid}"))
-                .arg(format!("--regid={uid}"))
-                .arg("--clear-groups")
-                .args(argv);
-            c
-        }
-        None => {
-            let mut c = Command::new(argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
-    };
-    let mut child = command
-        .env("BUILDOS_STATE", state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A command that refuses its arguments may exit before it reads: a broken pipe is its
-    // answer, not the test's failure.
-    let _ = child.stdin.take().unwrap().write_all(input);
-    child.wait_with_output().unwrap()
-}
-
-fn secret(uid: Option<u32>, state: &Path, toolchain: &str, name: &str, input: &[u8]) -> Output {
-    let monitor = env!("CARGO_BIN_EXE_buildos-monitor");
-    run_as(uid, &[monitor, "secret", toolchain, name], state, input)
-}
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

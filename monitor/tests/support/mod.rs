@@ -137,3 +137,46 @@ pub fn quick_options(
         }),
     }
 }
+
+/// `argv` as `uid` (group the same, no supplementary groups), with `input` on its stdin.
+pub fn run_as(uid: Option<u32>, argv: &[&str], state: &Path, input: &[u8]) -> std::process::Output {
+    let mut command = match uid {
+        Some(uid) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .args(argv);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    };
+    let mut child = command
+        .env("BUILDOS_STATE", state)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that refuses its arguments may exit before it reads: a broken pipe is its
+    // answer, not the test's failure.
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), input);
+    child.wait_with_output().unwrap()
+}
+
+/// `buildos-monitor secret <toolchain> <name>` as `uid` (root when `None`), `input` on stdin,
+/// with `/state` at `state`.
+pub fn secret(
+    uid: Option<u32>,
+    state: &Path,
+    toolchain: &str,
+    name: &str,
+    input: &[u8],
+) -> std::process::Output {
+    let monitor = env!("CARGO_BIN_EXE_buildos-monitor");
+    run_as(uid, &[monitor, "secret", toolchain, name], state, input)
+}
