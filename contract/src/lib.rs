@@ -9,6 +9,8 @@
 //! - [`build`]: `build`'s home and what lives under it (TFTP root, agents, machine volumes);
 //! - [`mail`]: the mail queue on the state disk;
 //! - [`modules`]: the kernel module tree and its tables;
+//! - [`layers`]: the layered root of a profile with a root filesystem (squashfs images under
+//!   a writable overlay) and what init loads and mounts to reach it;
 //! - [`programs`]: the programs of the image that buildos runs by path;
 //! - [`services`]: what init supervises, as data;
 //! - [`image`]: the image's own entries (init, the monitor, the links, `/etc/buildos/*`).
@@ -253,6 +255,57 @@ pub mod modules {
     }
 }
 
+/// The layered root. An image of a profile with a root filesystem (the debian profile) does not
+/// unpack that filesystem into the initramfs: it carries it, and the kernel modules with their
+/// firmware, as read-only squashfs images, which init mounts under one overlay whose writable
+/// upper layer is the initramfs itself (so the root stays in RAM and changes are lost at
+/// reboot, as before). The image builder writes every path here; init reads them, switches
+/// into the overlay, and runs every later step there. An initramfs without [`ROOT_IMAGE`]
+/// (the minimal profile) is the root itself, as before.
+pub mod layers {
+    /// Everything of the layered root that lives in the initramfs beside `/init`.
+    pub const DIR: &str = "/.buildos";
+    /// The kernel modules, their tables and firmware: the overlay's top read-only layer.
+    pub const MODULES_IMAGE: &str = "/.buildos/layers/modules.squashfs";
+    /// The root filesystem: the overlay's bottom layer.
+    pub const ROOT_IMAGE: &str = "/.buildos/layers/root.squashfs";
+    /// The images in the overlay's order, top first (overlayfs's `lowerdir` order).
+    pub const IMAGES: [&str; 2] = [MODULES_IMAGE, ROOT_IMAGE];
+    /// Where init mounts each image read-only: `<LOWER>/<file stem>` (`modules`, `root`).
+    pub const LOWER: &str = "/.buildos/lower";
+    /// The overlay's writable layer, in the initramfs: the image's own entries (init, the
+    /// monitor, `/etc/buildos/*`, the build id) are unpacked here by the kernel, placed
+    /// through the root filesystem's directory symlinks.
+    pub const UPPER: &str = "/.buildos/upper";
+    /// overlayfs's work directory, on the same filesystem as [`UPPER`].
+    pub const WORK: &str = "/.buildos/work";
+    /// Where init mounts the overlay before moving it onto `/`.
+    pub const NEWROOT: &str = "/.buildos/root";
+    /// The modules init loads before the images can be mounted, each as `<EARLY>/<name>.ko`.
+    pub const EARLY: &str = "/.buildos/early";
+    /// Their names, in load order (none of them depends on another module in Debian's
+    /// kernel: the image builder checks).
+    pub const EARLY_MODULES: [&str; 3] = ["loop", "squashfs", "overlay"];
+
+    /// The file of early module `name`.
+    pub fn early_module(name: &str) -> String {
+        super::joined(EARLY, &format!("{name}.ko"))
+    }
+
+    /// Where init mounts `image` (one of [`IMAGES`]): `<LOWER>/<file stem>`.
+    pub fn lower_dir(image: &str) -> String {
+        let name = image.rsplit('/').next().unwrap_or(image);
+        let stem = name.strip_suffix(".squashfs").unwrap_or(name);
+        super::joined(LOWER, stem)
+    }
+
+    /// `path` (absolute, in the running host's root) inside the upper layer, where the image
+    /// builder puts the image's own entries.
+    pub fn in_upper(path: &str) -> String {
+        super::joined(UPPER, path.trim_start_matches('/'))
+    }
+}
+
 /// The programs of the image that buildos runs or links by path.
 pub mod programs {
     /// Our PID 1, where the kernel runs it from an initrd.
@@ -291,6 +344,26 @@ mod tests {
         assert_eq!(state::MAIL, format!("{}/mail", state::DIR));
         assert_eq!(build::machine_volume("fast"), "/build/machines/fast");
         assert_eq!(build::TFTP, format!("{}/tftp", build::HOME));
+    }
+
+    #[test]
+    fn layers_are_named_by_their_images_and_the_upper_layer_holds_host_paths() {
+        assert_eq!(
+            layers::lower_dir(layers::ROOT_IMAGE),
+            "/.buildos/lower/root"
+        );
+        assert_eq!(
+            layers::lower_dir(layers::MODULES_IMAGE),
+            "/.buildos/lower/modules"
+        );
+        assert_eq!(layers::early_module("loop"), "/.buildos/early/loop.ko");
+        assert_eq!(
+            layers::in_upper(etc::BUILDID),
+            "/.buildos/upper/etc/buildos/buildid"
+        );
+        for path in layers::IMAGES {
+            assert!(path.starts_with(layers::DIR), "{path}");
+        }
     }
 
     #[test]
