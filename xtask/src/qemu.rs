@@ -38,6 +38,11 @@ pub struct VmConfig {
     pub lan: Option<LanBoot>,
     /// The guest's firmware.
     pub firmware: Firmware,
+    /// For a `netboot`, hold every frame of the boot network in QEMU for up to this long, each
+    /// way (QEMU's `filter-buffer`, which releases what it holds at this interval): the round
+    /// trip of a real LAN. QEMU's user network answers TFTP inside QEMU itself, with no round
+    /// trip at all, which a lock-step protocol never sees on real wires.
+    pub net_delay: Option<Duration>,
 }
 
 /// The firmware a guest boots with.
@@ -114,6 +119,7 @@ impl VmConfig {
             ntp: true,
             lan: None,
             firmware: Firmware::Bios,
+            net_delay: None,
         }
     }
 
@@ -240,6 +246,12 @@ impl VmConfig {
                     ))
                     .args(["-device", &format!("e1000,netdev=pxe0,mac={}", net.mac)])
                     .args(["-boot", "n"]);
+                if let Some(delay) = self.net_delay {
+                    qemu.arg("-object").arg(format!(
+                        "filter-buffer,id=delay0,netdev=pxe0,queue=all,interval={}",
+                        delay.as_micros().max(1)
+                    ));
+                }
             }
             (None, None) => {
                 qemu.arg("-kernel")
