@@ -122,6 +122,39 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
             "gcc --version; g++ --version; make --version",
             "Free Software Foundation",
         ),
+        // A toolchain's bootstrap builds with the compiler the profile keeps: `build` compiles
+        // and runs a C program and a C++ program (threads, the C++ standard library, an
+        // exception) with make, -O2 and -pthread, in /tmp. Each needs cc1 or cc1plus, as, ld,
+        // the crt files, libgcc, libc_nonshared.a, libstdc++.so, the headers and make.
+        ("sudo -u build mkdir /tmp/cc && echo made", "made"),
+        (
+            "printf '%s\\n' 'CFLAGS = -O2 -pthread' 'CXXFLAGS = -O2 -pthread' 'all: hello hellopp' \
+             | sudo -u build tee /tmp/cc/Makefile >/dev/null && echo wrote",
+            "wrote",
+        ),
+        (
+            "printf '%s\\n' '#include <pthread.h>' '#include <stdio.h>' \
+             'static void *times7(void *v) { *(int *)v *= 7; return 0; }' \
+             'int main(void) { int v = 6; pthread_t t; pthread_create(&t, 0, times7, &v);' \
+             'pthread_join(t, 0); printf(\"c: %d\\n\", v); return 0; }' \
+             | sudo -u build tee /tmp/cc/hello.c >/dev/null && echo wrote",
+            "wrote",
+        ),
+        (
+            "printf '%s\\n' '#include <iostream>' '#include <numeric>' '#include <stdexcept>' \
+             '#include <thread>' '#include <vector>' \
+             'int main() { std::vector<int> v(10); std::iota(v.begin(), v.end(), 1); int sum = 0;' \
+             'std::thread t([&] { sum = std::accumulate(v.begin(), v.end(), 0); }); t.join();' \
+             'try { throw std::runtime_error(\"thrown\"); } catch (const std::exception &e) {' \
+             'std::cout << \"c++: \" << sum << \" \" << e.what() << std::endl; } }' \
+             | sudo -u build tee /tmp/cc/hellopp.cc >/dev/null && echo wrote",
+            "wrote",
+        ),
+        (
+            "sudo -u build make -C /tmp/cc \
+             && sudo -u build sh -c '/tmp/cc/hello && /tmp/cc/hellopp' | paste -sd' '",
+            "c: 42 c++: 55 thrown",
+        ),
         (
             "grep /build/machines /proc/mounts",
             "user_subvol_rm_allowed",
