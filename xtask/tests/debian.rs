@@ -36,7 +36,7 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         return;
     };
     let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
-    // The compiler for bootstraps makes the initrd too big to unpack in 1 GiB.
+    // As `cargo xtask qemu` boots the debian image.
     config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
     let disks = TempDir::new("buildos-debian-disks").unwrap();
     let config = config
@@ -154,6 +154,12 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
             "sudo -u build make -C /tmp/cc \
              && sudo -u build sh -c '/tmp/cc/hello && /tmp/cc/hellopp' | paste -sd' '",
             "c: 42 c++: 55 thrown",
+        ),
+        // Coverage builds link and write their counts (libgcov.a stays; gcov's tools do not).
+        (
+            "sudo -u build gcc --coverage -pthread -o /tmp/cc/cov /tmp/cc/hello.c \
+             && sudo -u build sh -c '/tmp/cc/cov && ls /tmp/cc/*.gcda' | paste -sd' '",
+            "c: 42 /tmp/cc/cov-hello.gcda",
         ),
         // What the profile's path excludes leave out of the compiler fails with gcc's own
         // message, as docs/profiles.md quotes it (one line each).
