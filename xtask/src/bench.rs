@@ -22,6 +22,9 @@
 //!   beside a cold build (the root filesystem made by mmdebstrap in an empty cache, downloads
 //!   cached); RAM used by the whole OS after boot in a 1.5 GiB guest (MemTotal - MemAvailable,
 //!   read in the guest; target at most 512 MiB) beside the 4 GiB the Build OS manual reserves.
+//! - the default root filesystem's 20 largest packages and paths, each with why its package
+//!   is there (listed in the profile, Essential, or pulled in by a listed package) and dpkg's
+//!   description (see [`crate::footprint`]);
 //! - the initrd's compression: for the default image's cpio bytes, each compressor the kernel
 //!   unpacks (size, time to compress, the kernel's unpack time from its timestamps, ready),
 //!   and whether the default is the one with the least unpack plus transfer at 100 MB/s.
@@ -70,6 +73,8 @@ pub enum Only {
     Nix,
     /// Registration with a hub: ready to the first record, and the record's size.
     Register,
+    /// The default image's 20 largest packages and paths, and why each package is there.
+    Largest,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -109,6 +114,10 @@ pub fn run(only: Only) -> Result<()> {
         Only::Nix => {
             system::ensure(&NIX_NEED)?;
             return nix_builds();
+        }
+        Only::Largest => {
+            system::ensure(&[system::APT, system::MMDEBSTRAP])?;
+            return largest();
         }
         Only::All => {}
     }
@@ -240,6 +249,7 @@ pub fn run(only: Only) -> Result<()> {
     println!("  (the figures above are of the minimal profile)");
     register(&out)?;
     debian()?;
+    largest()?;
     driver_classes()?;
     agents(&debian_image_dir())?;
     nix_builds()?;
@@ -1567,6 +1577,118 @@ fn seconds_after(line: &str, label: &str) -> Result<Duration> {
         .and_then(|n| n.trim_end_matches(',').parse::<f64>().ok())
         .map(Duration::from_secs_f64)
         .with_context(|| format!("no {label:?} time in console line {line:?}"))
+}
+
+/// How many packages and paths [`largest`] lists.
+const LARGEST: usize = 20;
+
+/// The default profile's root filesystem: its largest packages (the bytes of the files each
+/// owns in the image) and its largest paths, each with the package it belongs to and why that
+/// package is there (listed in the profile, Essential, or pulled in by a listed one), with
+/// dpkg's one-line description.
+fn largest() -> Result<()> {
+    use crate::footprint;
+    let inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
+    let (Some(rootfs), Some(debian)) = (&inputs.rootfs, &inputs.profile.debian) else {
+        bail!(
+            "the {} profile has no Debian root filesystem",
+            buildos_rootfs::DEFAULT_PROFILE
+        );
+    };
+    let packed = std::fs::read(&rootfs.segment)
+        .with_context(|| format!("cannot read {}", rootfs.segment.display()))?;
+    let format = builder::Compression::detect(&packed)
+        .with_context(|| format!("{} is in no known compression", rootfs.segment.display()))?;
+    let entries = builder::cpio::read(&format.decompress(&packed)?)?;
+    drop(packed);
+    let mut files = std::collections::BTreeMap::new();
+    let mut status = String::new();
+    let mut lists = Vec::new();
+    // A hard link's data is counted under its first name only.
+    let mut linked = std::collections::HashSet::new();
+    for (entry, data) in entries {
+        if entry.kind != builder::cpio::Kind::File || (entry.nlink > 1 && !linked.insert(entry.ino))
+        {
+            continue;
+        }
+        if entry.path == "var/lib/dpkg/status" {
+            status = String::from_utf8_lossy(&data).into_owned();
+        } else if let Some(package) = entry
+            .path
+            .strip_prefix("var/lib/dpkg/info/")
+            .and_then(footprint::list_package)
+        {
+            lists.push((
+                package.to_owned(),
+                String::from_utf8_lossy(&data).into_owned(),
+            ));
+        }
+        files.insert(entry.path, data.len() as u64);
+    }
+    let packages = footprint::parse_status(&status);
+    if packages.is_empty() {
+        bail!(
+            "{} holds no dpkg status of installed packages",
+            rootfs.segment.display()
+        );
+    }
+    let listed: Vec<String> = debian
+        .packages
+        .iter()
+        .map(|p| p.split('=').next().unwrap_or(p).to_owned())
+        .collect();
+    let why = footprint::reasons(&packages, &listed);
+    let summary: std::collections::HashMap<&str, &str> = packages
+        .iter()
+        .map(|p| (p.name.as_str(), p.summary.as_str()))
+        .collect();
+    let owner = footprint::owners(
+        lists.iter().map(|(p, t)| (p.as_str(), t.as_str())),
+        |path| builder::rootfs::resolve(&rootfs.symlinks, path),
+    );
+    let about = |package: &str| {
+        format!(
+            "{}: {}",
+            why.get(package)
+                .map_or("not installed by dpkg", String::as_str),
+            summary
+                .get(package)
+                .copied()
+                .unwrap_or("files of no package")
+        )
+    };
+    let total: u64 = files.values().sum();
+    println!();
+    println!(
+        "largest packages of the {} root filesystem ({:.1} MB in {} files, {} packages)",
+        buildos_rootfs::DEFAULT_PROFILE,
+        total as f64 / 1e6,
+        files.len(),
+        packages.len()
+    );
+    for (package, bytes, count) in footprint::package_sizes(&files, &owner)
+        .into_iter()
+        .take(LARGEST)
+    {
+        println!(
+            "  {package:<28} {:>7.1} MB {count:>6} files  {}",
+            bytes as f64 / 1e6,
+            about(&package)
+        );
+    }
+    let mut paths: Vec<(&String, &u64)> = files.iter().collect();
+    paths.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    println!("largest paths");
+    for (path, bytes) in paths.into_iter().take(LARGEST) {
+        let package = owner.get(path).map_or("(no package)", String::as_str);
+        println!(
+            "  {path:<50} {:>7.1} MB  {package} ({})",
+            *bytes as f64 / 1e6,
+            about(package)
+        );
+    }
+    println!("  (uncompressed, from the image's own dpkg database; \"for X\": pulled in by X, a package the profile lists)");
+    Ok(())
 }
 
 /// The transfer rate the default compression is chosen for: an HTTP network boot.

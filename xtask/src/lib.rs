@@ -8,6 +8,7 @@ pub mod bench;
 pub mod debian;
 pub mod demo;
 pub mod docs;
+pub mod footprint;
 pub mod fuzz;
 pub mod hardware;
 pub mod image;

@@ -103,6 +103,10 @@ enum Task {
         /// record's size with 4 toolchains
         #[arg(long, group = "only")]
         register_only: bool,
+        /// List only the default image's 20 largest packages and paths, and why each package
+        /// is there
+        #[arg(long, group = "only")]
+        largest_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -159,6 +163,7 @@ fn main() -> ExitCode {
             agents_only,
             nix_only,
             register_only,
+            largest_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -175,6 +180,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Nix
         } else if register_only {
             xtask::bench::Only::Register
+        } else if largest_only {
+            xtask::bench::Only::Largest
         } else {
             xtask::bench::Only::All
         }),
