@@ -161,6 +161,12 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
              && sudo -u build sh -c '/tmp/cc/cov && ls /tmp/cc/*.gcda' | paste -sd' '",
             "c: 42 /tmp/cc/cov-hello.gcda",
         ),
+        // OpenMP and the other libraries whose static archives are cut still link, shared.
+        (
+            "sudo -u build gcc -O2 -fopenmp -o /tmp/cc/shared /tmp/cc/hello.c -Wl,--no-as-needed \
+             -lquadmath -latomic -litm -lcrypt -ltirpc -lnsl -lresolv && /tmp/cc/shared",
+            "c: 42",
+        ),
         // What the profile's path excludes leave out of the compiler fails with gcc's own
         // message, as docs/profiles.md quotes it (one line each).
         (
@@ -182,6 +188,11 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
             "sudo -u build g++ -fdiagnostics-color=never -static-libstdc++ -o /tmp/cc/static \
              /tmp/cc/hellopp.cc -pthread",
             "/usr/bin/ld: cannot find -lstdc++: No such file or directory",
+        ),
+        (
+            "sudo -u build gcc -fdiagnostics-color=never -o /tmp/cc/gomp /tmp/cc/hello.c \
+             -Wl,-Bstatic -lgomp -Wl,-Bdynamic",
+            "/usr/bin/ld: cannot find -lgomp: No such file or directory",
         ),
         (
             "sudo -u build gcc -fdiagnostics-color=never -fuse-ld=gold -o /tmp/cc/gold \
