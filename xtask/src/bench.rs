@@ -1663,16 +1663,15 @@ fn largest() -> Result<()> {
         lists.iter().map(|(p, t)| (p.as_str(), t.as_str())),
         |path| builder::rootfs::resolve(&rootfs.symlinks, path),
     );
-    let about = |package: &str| {
-        format!(
-            "{}: {}",
-            why.get(package)
-                .map_or("not installed by dpkg", String::as_str),
-            summary
-                .get(package)
-                .copied()
-                .unwrap_or("files of no package")
-        )
+    // Installed, but neither listed, Essential nor needed by one of those: mmdebstrap's
+    // variant brought it (apt and its library, for the `apt` variant).
+    let variant = format!("the {} variant", debian.variant);
+    let about = |package: &str| match summary.get(package) {
+        Some(summary) => format!(
+            "{}: {summary}",
+            why.get(package).map_or(variant.as_str(), String::as_str)
+        ),
+        None => "files of no package".to_owned(),
     };
     let total: u64 = files.values().sum();
     println!();
