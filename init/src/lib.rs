@@ -693,6 +693,22 @@ fn debug_shell(host: &dyn Host, config: &Config) -> Option<nix::unistd::Pid> {
     }
 }
 
+/// When the shell at `busybox` is not there, what the emergency shell's fallback says instead
+/// of starting it. busybox comes with the root filesystem: on a layered image it is in the root
+/// image, out of reach when the `layers` step failed. Init then waits with the error on the
+/// console instead of rebooting into the same failure at once; Ctrl-Alt-Del (or a reset)
+/// reboots.
+fn no_shell(busybox: &std::path::Path) -> Option<String> {
+    if busybox.is_file() {
+        return None;
+    }
+    Some(format!(
+        "no emergency shell: {} is not in this root (on a layered image it is in the root \
+         image); waiting with the error above on the console, Ctrl-Alt-Del reboots",
+        busybox.display()
+    ))
+}
+
 /// What init does when boot cannot go on, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -723,6 +739,10 @@ pub fn fallback(action: FailureAction, why: &str) -> Decision {
 fn act(host: &dyn Host, decision: Decision, services: &mut Supervisor) -> ! {
     match decision {
         Decision::Shell { why } => {
+            if let Some(line) = no_shell(std::path::Path::new(contract::programs::BUSYBOX)) {
+                console::error(&format!("{why}; {line}"));
+                lifecycle::serve(host, None, services)
+            }
             console::error(&format!(
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
@@ -964,6 +984,19 @@ mod tests {
             );
         }
         Ok(std::fs::remove_dir_all(&home)?)
+    }
+
+    #[test]
+    fn without_busybox_the_shell_fallback_waits_and_says_how_to_reboot() {
+        let line = no_shell(std::path::Path::new("/nonexistent/busybox")).unwrap();
+        assert_eq!(
+            line,
+            "no emergency shell: /nonexistent/busybox is not in this root (on a layered image it \
+             is in the root image); waiting with the error above on the console, Ctrl-Alt-Del \
+             reboots"
+        );
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(no_shell(&here), None);
     }
 
     #[test]
