@@ -1044,9 +1044,11 @@ mod tests {
     #[test]
     fn an_archive_read_back_from_its_bytes_writes_the_same_bytes() {
         let mut a = sample();
-        a.add_file("usr/bin/sudo", 0o4755, b"sudo".to_vec()).unwrap();
+        a.add_file("usr/bin/sudo", 0o4755, b"sudo".to_vec())
+            .unwrap();
         a.add_hardlink("usr/bin/sudoedit", "usr/bin/sudo").unwrap();
-        a.add_file("etc/shadow", 0o640, b"root:*:".to_vec()).unwrap();
+        a.add_file("etc/shadow", 0o640, b"root:*:".to_vec())
+            .unwrap();
         a.set_owner("etc/shadow", 0, 42).unwrap();
         a.add_dir("build", 0o755).unwrap();
         a.set_owner("build", 1000, 1000).unwrap();

@@ -43,5 +43,5 @@ pub mod rootfs;
 pub mod squashfs;
 
 pub use compress::Compression;
-pub use squashfs::SquashfsCompression;
 pub use image::{build, Base, ImageError, ImageOutput, ImageSpec};
+pub use squashfs::SquashfsCompression;

@@ -139,7 +139,9 @@ pub fn inspect(image: &[u8]) -> Found {
 /// What went wrong making a squashfs image.
 #[derive(Debug, thiserror::Error)]
 pub enum SquashfsError {
-    #[error("cannot run {MKSQUASHFS} to make {out}; install it with `apt-get install squashfs-tools`")]
+    #[error(
+        "cannot run {MKSQUASHFS} to make {out}; install it with `apt-get install squashfs-tools`"
+    )]
     Run {
         out: PathBuf,
         #[source]
@@ -284,8 +286,22 @@ pub fn make(
     let mut child = Command::new(MKSQUASHFS)
         .arg("-")
         .arg(out)
-        .args(["-tar", "-noappend", "-no-progress", "-quiet", "-exit-on-error"])
-        .args(["-no-xattrs", "-root-mode", "755", "-root-uid", "0", "-root-gid", "0"])
+        .args([
+            "-tar",
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+            "-exit-on-error",
+        ])
+        .args([
+            "-no-xattrs",
+            "-root-mode",
+            "755",
+            "-root-uid",
+            "0",
+            "-root-gid",
+            "0",
+        ])
         .args(["-all-time", &time, "-mkfs-time", &time])
         .args(compression.options())
         .stdin(Stdio::piped())
@@ -312,7 +328,9 @@ pub fn make(
         let written = match stdin {
             Some(stdin) => write_tar(archive, source_date_epoch, io::BufWriter::new(stdin))
                 .and_then(|mut w| w.flush()),
-            None => Err(io::Error::other("mksquashfs's standard input is not a pipe")),
+            None => Err(io::Error::other(
+                "mksquashfs's standard input is not a pipe",
+            )),
         };
         (written, errors.join().unwrap_or_default())
     });
@@ -397,11 +415,9 @@ impl Cache {
             path: self.dir.clone(),
             source,
         })?;
-        let tmp = self.dir.join(format!(
-            ".{}.tmp-{}",
-            &key[..32],
-            std::process::id()
-        ));
+        let tmp = self
+            .dir
+            .join(format!(".{}.tmp-{}", &key[..32], std::process::id()));
         make(archive, compression, source_date_epoch, &tmp)?;
         std::fs::rename(&tmp, &path).map_err(|source| SquashfsError::Io {
             what: "move the new image into",
@@ -424,9 +440,11 @@ mod tests {
         a.set_owner("etc/shadow", 0, 42).unwrap();
         a.add_dir("build", 0o750).unwrap();
         a.set_owner("build", 1000, 1000).unwrap();
-        a.add_file("usr/bin/sudo", 0o4755, b"sudo".to_vec()).unwrap();
+        a.add_file("usr/bin/sudo", 0o4755, b"sudo".to_vec())
+            .unwrap();
         // A link that sorts before its file.
-        a.add_hardlink("usr/bin/a-sudo-link", "usr/bin/sudo").unwrap();
+        a.add_hardlink("usr/bin/a-sudo-link", "usr/bin/sudo")
+            .unwrap();
         a.add_file("usr/bin/root-only", 0o700, b"root".to_vec())
             .unwrap();
         a.add_symlink("bin", "usr/bin").unwrap();
@@ -472,7 +490,10 @@ mod tests {
             again.add_dir("etc", 0o755).unwrap();
             make(&again, compression, 1_700_000_000, &b).unwrap();
             let bytes = std::fs::read(&a).unwrap();
-            assert!(bytes == std::fs::read(&b).unwrap(), "{compression}: not the same bytes");
+            assert!(
+                bytes == std::fs::read(&b).unwrap(),
+                "{compression}: not the same bytes"
+            );
             assert_eq!(inspect(&bytes), Found::Squashfs(compression));
 
             let list = listing(&a);
@@ -486,7 +507,11 @@ mod tests {
             assert_eq!(entry("/usr/bin/a-sudo-link").0, "-rwsr-xr-x");
             assert_eq!(entry("/usr/bin/root-only").0, "-rwx------");
             assert_eq!(entry("/bin").2.as_deref(), Some("usr/bin"));
-            assert!(entry("/usr/share/far").2.as_deref().unwrap().ends_with("/file"));
+            assert!(entry("/usr/share/far")
+                .2
+                .as_deref()
+                .unwrap()
+                .ends_with("/file"));
         }
         // The hard link is one inode: unpacked, both names are the same file.
         let a = dir.path().join("a.zstd");
@@ -503,7 +528,10 @@ mod tests {
         let sudo = std::fs::metadata(tree.join("usr/bin/sudo")).unwrap();
         let link = std::fs::metadata(tree.join("usr/bin/a-sudo-link")).unwrap();
         assert_eq!((sudo.ino(), sudo.nlink()), (link.ino(), 2));
-        assert_eq!(std::fs::read(tree.join("usr/bin/a-sudo-link")).unwrap(), b"sudo");
+        assert_eq!(
+            std::fs::read(tree.join("usr/bin/a-sudo-link")).unwrap(),
+            b"sudo"
+        );
     }
 
     #[test]
@@ -535,7 +563,10 @@ mod tests {
         let again = cache
             .image(&archive, &cpio, SquashfsCompression::Lz4, 0)
             .unwrap();
-        assert_eq!((again.clone(), std::fs::read(&again).unwrap()), (first.clone(), b"kept".to_vec()));
+        assert_eq!(
+            (again.clone(), std::fs::read(&again).unwrap()),
+            (first.clone(), b"kept".to_vec())
+        );
         let mut other = sample();
         other.add_file("etc/motd", 0o644, b"hi".to_vec()).unwrap();
         let other_cpio = other.to_bytes(0).unwrap();
