@@ -147,6 +147,10 @@ pub enum SquashfsError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cannot run `{MKSQUASHFS} -version`; install it with `apt-get install squashfs-tools`"
+    )]
+    Version(#[source] io::Error),
     #[error("{MKSQUASHFS} failed ({status}) making {out}: {stderr}")]
     Failed {
         out: PathBuf,
@@ -359,10 +363,7 @@ pub fn step_key(compression: SquashfsCompression) -> Result<String, SquashfsErro
     let output = Command::new(MKSQUASHFS)
         .arg("-version")
         .output()
-        .map_err(|source| SquashfsError::Run {
-            out: PathBuf::from("-version"),
-            source,
-        })?;
+        .map_err(SquashfsError::Version)?;
     let version = String::from_utf8_lossy(&output.stdout);
     let version = version.lines().next().unwrap_or_default();
     let mut h = Sha256::new();
