@@ -234,6 +234,24 @@ pub fn default_layout(has_rootfs: bool) -> builder::image::Layout {
     }
 }
 
+/// The layout of an image of `profile`: `asked` (`--layout`) when given, else
+/// [`default_layout`]. The layered layout of a profile without a root filesystem is an error
+/// naming it: there is nothing to put in a squashfs image.
+pub fn choose_layout(
+    profile: &str,
+    has_rootfs: bool,
+    asked: Option<builder::image::Layout>,
+) -> Result<builder::image::Layout> {
+    match asked {
+        Some(builder::image::Layout::Layered) if !has_rootfs => bail!(
+            "--layout layered: profile {profile} has no root filesystem ([debian]) to put in a \
+             squashfs image; its image has the cpio layout only (leave --layout out)"
+        ),
+        Some(layout) => Ok(layout),
+        None => Ok(default_layout(has_rootfs)),
+    }
+}
+
 /// The profile's firmware packages, fetched as its kernel is: from the `non-free-firmware`
 /// component of its own mirror and release, with an apt of their own whose lists live in the
 /// work directory, so the host's apt sources need not name that component.
@@ -390,15 +408,10 @@ pub fn run(options: &Options) -> Result<Built> {
     let (out, compression, squashfs_compression) =
         (out.as_path(), *compression, *squashfs_compression);
     let ca_certificates = ca_certificates(ca)?;
-    let mut inputs = prepare(profile)?;
-    if let Some(layout) = *layout {
-        if layout == builder::image::Layout::Layered && inputs.rootfs.is_none() {
-            bail!(
-                "--layout layered: profile {profile} has no root filesystem ([debian]) to put                  in a squashfs image; its image is the cpio layout only (leave --layout out)"
-            );
-        }
-        inputs.layout = layout;
-    }
+    let loaded = buildos_rootfs::load(profile)?;
+    let layout = choose_layout(profile, loaded.debian.is_some(), *layout)?;
+    let mut inputs = prepare_profile(loaded, &rootfs_cache())?;
+    inputs.layout = layout;
     inputs.compression = compression;
     inputs.squashfs_compression = squashfs_compression;
     inputs.ca_certificates = ca_certificates;
@@ -474,6 +487,32 @@ mod tests {
     use super::*;
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_profile_with_a_root_filesystem_is_layered_unless_asked_and_one_without_cannot_be() {
+        use builder::image::Layout;
+        assert_eq!(
+            choose_layout("debian", true, None).unwrap(),
+            Layout::Layered
+        );
+        assert_eq!(
+            choose_layout("debian", true, Some(Layout::Cpio)).unwrap(),
+            Layout::Cpio
+        );
+        assert_eq!(choose_layout("minimal", false, None).unwrap(), Layout::Cpio);
+        let error = choose_layout("minimal", false, Some(Layout::Layered))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "--layout layered: profile minimal has no root filesystem ([debian]) to put in a \
+             squashfs image; its image has the cpio layout only (leave --layout out)"
+        );
+        assert_eq!(
+            "flat".parse::<Layout>().unwrap_err(),
+            "unknown layout \"flat\"; expected layered or cpio"
+        );
+    }
 
     #[test]
     fn ca_certificates_are_joined_and_anything_but_certificates_is_refused_by_name() {
