@@ -10,10 +10,12 @@
 //! with one for anything below it, so directory owners would be lost.)
 //!
 //! Options, each for the same bytes from the same archive: `-all-time` and `-mkfs-time` from
-//! `SOURCE_DATE_EPOCH`, `-root-mode 755` with owner 0 (a tar stream has no root entry),
-//! `-no-xattrs` (the archive has none), `-noappend`, `-exit-on-error`, and the compressor's
-//! fixed settings ([`SquashfsCompression::options`]); mksquashfs builds reproducibly by default
-//! since 4.4, whatever number of threads compresses.
+//! `SOURCE_DATE_EPOCH`, `-root-mode 755` (a tar stream has no root entry), `-no-xattrs` (the
+//! archive has none), `-noappend`, `-exit-on-error`, and the compressor's fixed settings
+//! ([`SquashfsCompression::options`]); mksquashfs builds reproducibly by default since 4.4,
+//! whatever number of threads compresses. In tar mode it gives the root directory the owner of
+//! whoever runs it, so a normal user runs it as root of a user namespace of its own
+//! ([`Launcher`]) and gets root's image.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -270,6 +272,74 @@ pub fn make(
     source_date_epoch: u64,
     out: &Path,
 ) -> Result<(), SquashfsError> {
+    make_with(
+        archive,
+        compression,
+        source_date_epoch,
+        out,
+        &Launcher::for_this_process(),
+    )
+}
+
+/// How mksquashfs is started: the programs and arguments before its own. In tar mode
+/// mksquashfs gives the image's root directory the owner of whoever runs it (its `-root-uid`
+/// and `-root-gid` apply only to a directory source), so a normal user runs it as root of a
+/// user namespace of its own (`unshare --user --map-root-user`): the image is then the one
+/// root makes. It writes no owner on the filesystem, so nothing else differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Launcher {
+    prefix: Vec<String>,
+}
+
+impl Launcher {
+    /// As this process is: root runs mksquashfs itself, a normal user in its namespace.
+    fn for_this_process() -> Launcher {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective user.
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        Launcher::as_user(root, &[])
+    }
+
+    /// `before` (a command that runs the rest as another user, in tests), then mksquashfs
+    /// as root, or as a normal user in its namespace.
+    fn as_user(root: bool, before: &[&str]) -> Launcher {
+        let mut prefix: Vec<String> = before.iter().map(|s| s.to_string()).collect();
+        if !root {
+            prefix.extend(["unshare", "--user", "--map-root-user", "--"].map(str::to_owned));
+        }
+        Launcher { prefix }
+    }
+
+    fn command(&self) -> Command {
+        match self.prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(MKSQUASHFS);
+                command
+            }
+            None => Command::new(MKSQUASHFS),
+        }
+    }
+
+    /// What to do when the start failed because of the prefix.
+    fn hint(&self) -> &'static str {
+        if self.prefix.iter().any(|p| p == "unshare") {
+            "; as a normal user mksquashfs runs in a user namespace of its own (`unshare --user \
+             --map-root-user`) so that the image's root directory is root's: enable user \
+             namespaces or build as root"
+        } else {
+            ""
+        }
+    }
+}
+
+fn make_with(
+    archive: &Archive,
+    compression: SquashfsCompression,
+    source_date_epoch: u64,
+    out: &Path,
+    launcher: &Launcher,
+) -> Result<(), SquashfsError> {
     let time = u32::try_from(source_date_epoch)
         .map_err(|_| SquashfsError::MtimeOutOfRange {
             mtime: source_date_epoch,
@@ -287,7 +357,8 @@ pub fn make(
         }
         _ => {}
     }
-    let mut child = Command::new(MKSQUASHFS)
+    let mut child = launcher
+        .command()
         .arg("-")
         .arg(out)
         .args([
@@ -297,15 +368,7 @@ pub fn make(
             "-quiet",
             "-exit-on-error",
         ])
-        .args([
-            "-no-xattrs",
-            "-root-mode",
-            "755",
-            "-root-uid",
-            "0",
-            "-root-gid",
-            "0",
-        ])
+        .args(["-no-xattrs", "-root-mode", "755"])
         .args(["-all-time", &time, "-mkfs-time", &time])
         .args(compression.options())
         .stdin(Stdio::piped())
@@ -347,7 +410,7 @@ pub fn make(
         return Err(SquashfsError::Failed {
             out: out.to_path_buf(),
             status: status.to_string(),
-            stderr: errors.trim().to_owned(),
+            stderr: format!("{}{}", errors.trim(), launcher.hint()),
         });
     }
     written.map_err(|source| SquashfsError::Tar {
@@ -532,6 +595,41 @@ mod tests {
         assert_eq!(
             std::fs::read(tree.join("usr/bin/a-sudo-link")).unwrap(),
             b"sudo"
+        );
+    }
+
+    #[test]
+    fn a_normal_user_makes_the_same_image_as_root() {
+        if !buildos_testpeers::tier::root("to run mksquashfs as another user, nobody") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (by_root, by_nobody) = (dir.path().join("root"), dir.path().join("nobody"));
+        let launcher = Launcher::for_this_process();
+        make_with(&sample(), SquashfsCompression::Zstd, 7, &by_root, &launcher).unwrap();
+        let nobody = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ];
+        let launcher = Launcher::as_user(false, &nobody);
+        make_with(
+            &sample(),
+            SquashfsCompression::Zstd,
+            7,
+            &by_nobody,
+            &launcher,
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&by_nobody).unwrap().uid(), 65534);
+        assert_eq!(listing(&by_nobody)[""].1, "0/0");
+        assert!(
+            std::fs::read(&by_root).unwrap() == std::fs::read(&by_nobody).unwrap(),
+            "the image made by nobody differs from root's"
         );
     }
 
