@@ -1009,7 +1009,7 @@ fn debian() -> Result<()> {
     println!();
     println!("debian profile                  buildos      anchor       ratio   target");
     println!(
-        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB           (anchor: its root filesystem segment)",
+        "initrd size (compressed)        {:>8.1} MB  {:>8.1} MB           (anchor: its root filesystem, the layered layout's root image)",
         built.output.initrd_size as f64 / 1e6,
         built.output.base_size as f64 / 1e6,
     );
