@@ -702,9 +702,7 @@ fn layered(
             expected: spec.squashfs_compression,
         });
     }
-    let cache = squashfs::Cache {
-        dir: spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?,
-    };
+    let cache = squashfs::Cache::new(spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?);
     let modules = modules
         .relocate(place)
         .map_err(initrd_error("the modules over the root filesystem"))?;

@@ -448,13 +448,27 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A directory of images, each named by a SHA-256 of its archive's cpio bytes and
 /// [`step_key`]: an archive already made into an image with the same step is read back, with
-/// no mksquashfs run.
+/// no mksquashfs run. It keeps the [`Cache::keep`] images used last (a use sets the file's
+/// time) and removes older ones whenever it makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cache {
     pub dir: PathBuf,
+    pub keep: usize,
 }
 
 impl Cache {
+    /// How many images a cache keeps unless told otherwise: a few module sets (a bench run
+    /// that leaves out each driver class in turn makes one per class; about 30 MB each).
+    pub const KEEP: usize = 8;
+
+    /// A cache in `dir` keeping [`Cache::KEEP`] images.
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache {
+            dir: dir.into(),
+            keep: Cache::KEEP,
+        }
+    }
+
     /// The image of `archive` with `compression`: from the cache, or made into it.
     pub fn image(
         &self,
@@ -472,6 +486,10 @@ impl Cache {
             .dir
             .join(format!("{}.squashfs.{compression}", &key[..32]));
         if path.is_file() {
+            // Used now: the last to go. A time that cannot be set only makes it go sooner.
+            if let Ok(file) = std::fs::File::open(&path) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
             return Ok(path);
         }
         std::fs::create_dir_all(&self.dir).map_err(|source| SquashfsError::Io {
@@ -488,7 +506,30 @@ impl Cache {
             path: path.clone(),
             source,
         })?;
+        self.prune();
         Ok(path)
+    }
+
+    /// Removes the images beyond the [`Cache::keep`] used last; best effort (an image that
+    /// cannot be removed costs only disk).
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut images: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.contains(".squashfs.")
+            })
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        images.sort();
+        let old = images.len().saturating_sub(self.keep);
+        for (_, path) in images.into_iter().take(old) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -649,9 +690,7 @@ mod tests {
     #[test]
     fn the_cache_makes_an_image_once_per_archive() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache {
-            dir: dir.path().join("layers"),
-        };
+        let cache = Cache::new(dir.path().join("layers"));
         let archive = sample();
         let cpio = archive.to_bytes(0).unwrap();
         let first = cache
@@ -677,6 +716,42 @@ mod tests {
             .image(&archive, &cpio, SquashfsCompression::Zstd, 0)
             .unwrap();
         assert_ne!(zstd, first);
+    }
+
+    #[test]
+    fn the_cache_keeps_the_images_used_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache {
+            dir: dir.path().join("layers"),
+            keep: 2,
+        };
+        let archives: Vec<(Archive, Vec<u8>)> = (0..3)
+            .map(|n| {
+                let mut a = sample();
+                a.add_file("etc/n", 0o644, vec![n]).unwrap();
+                let cpio = a.to_bytes(0).unwrap();
+                (a, cpio)
+            })
+            .collect();
+        let image = |n: usize| {
+            let (archive, cpio) = &archives[n];
+            cache
+                .image(archive, cpio, SquashfsCompression::Lz4, 0)
+                .unwrap()
+        };
+        let age = |path: &Path, seconds: u64| {
+            let file = std::fs::File::open(path).unwrap();
+            let at = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds);
+            file.set_modified(at).unwrap();
+        };
+        let (first, second) = (image(0), image(1));
+        age(&first, 200);
+        age(&second, 100);
+        // Using the older one makes it the newest; the next new image pushes out the other.
+        assert_eq!(image(0), first);
+        let third = image(2);
+        assert!(first.is_file() && third.is_file());
+        assert!(!second.exists(), "the image used longest ago is kept");
     }
 
     #[test]
