@@ -70,7 +70,7 @@ pub enum CpioError {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Node {
+pub(crate) enum Node {
     Dir {
         mode: u32,
     },
@@ -416,6 +416,67 @@ impl Archive {
     pub fn to_bytes(&self, source_date_epoch: u64) -> Result<Vec<u8>, CpioError> {
         self.write_to(Vec::new(), source_date_epoch)
     }
+
+    /// The archive that `bytes` (newc, plain or compressed in any of [`Compression::ALL`], one
+    /// archive or several) hold: directories, files, symlinks and owners as they are, every
+    /// name of a hard-linked file a hard link to its first name, so that an archive this
+    /// module wrote reads back to the same bytes. Device nodes, FIFOs and sockets are an error
+    /// naming the path (an [`Archive`] holds none); mtimes are not kept (the writer sets them).
+    pub fn from_cpio(bytes: &[u8]) -> Result<Archive, CpioError> {
+        let mut entries = Vec::new();
+        let mut starts = Vec::new();
+        read_segments(bytes, 0, &mut entries, &mut starts)?;
+        starts.push(entries.len());
+        let mut archive = Archive::new();
+        for range in starts.windows(2) {
+            // Each hard-linked file's first name, by inode number within its archive.
+            let mut first_names: BTreeMap<u32, String> = BTreeMap::new();
+            for (entry, data) in &entries[range[0]..range[1]] {
+                let path = &entry.path;
+                match entry.kind {
+                    Kind::Dir => archive.add_dir(path, entry.mode)?,
+                    Kind::Symlink => {
+                        archive.add_symlink(path, entry.link_target.as_deref().unwrap_or(""))?
+                    }
+                    Kind::File if entry.nlink >= 2 => match first_names.get(&entry.ino) {
+                        Some(first) => archive.add_hardlink(path, first)?,
+                        None => {
+                            archive.add_file(path, entry.mode, data.clone())?;
+                            first_names.insert(entry.ino, path.clone());
+                        }
+                    },
+                    Kind::File => archive.add_file(path, entry.mode, data.clone())?,
+                    other => {
+                        return Err(CpioError::BadPath {
+                            path: path.clone(),
+                            reason: other.unsupported(),
+                        })
+                    }
+                }
+                if !matches!(entry.kind, Kind::File) || !archive.is_hardlink(path) {
+                    archive.set_owner(path, entry.uid, entry.gid)?;
+                }
+            }
+        }
+        Ok(archive)
+    }
+
+    /// Whether `path` was added as a hard link (its owner is its file's).
+    fn is_hardlink(&self, path: &str) -> bool {
+        normalize(path).is_ok_and(|p| matches!(self.nodes.get(&p), Some(Node::Hardlink { .. })))
+    }
+
+    /// Every entry added, parents before children, with its owner: for writers of other
+    /// formats (the squashfs images).
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = (&str, &Node, (u32, u32))> {
+        self.nodes.iter().map(|(path, node)| {
+            let owner = match node {
+                Node::Hardlink { target } => self.owners.get(target),
+                _ => self.owners.get(path),
+            };
+            (path.as_str(), node, owner.copied().unwrap_or((0, 0)))
+        })
+    }
 }
 
 /// The file type of a listed entry.
@@ -442,6 +503,17 @@ impl Kind {
             0o010000 => Kind::Fifo,
             0o140000 => Kind::Socket,
             _ => Kind::Unknown,
+        }
+    }
+
+    /// Why an [`Archive`] cannot hold an entry of this kind.
+    fn unsupported(self) -> &'static str {
+        match self {
+            Kind::CharDevice | Kind::BlockDevice => {
+                "a device node; an image holds none (init mounts devtmpfs)"
+            }
+            Kind::Fifo | Kind::Socket => "a FIFO or socket; an image holds none",
+            _ => "of an unknown file type",
         }
     }
 
@@ -528,14 +600,17 @@ pub fn list(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
 /// Like [`list`], with each entry's data (a symlink's data is its target).
 pub fn read(bytes: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, CpioError> {
     let mut out = Vec::new();
-    read_segments(bytes, 0, &mut out)?;
+    read_segments(bytes, 0, &mut out, &mut Vec::new())?;
     Ok(out)
 }
 
+/// Reads every archive of `bytes` into `out`, and where each archive's entries start in it
+/// into `starts`.
 fn read_segments(
     bytes: &[u8],
     depth: usize,
     out: &mut Vec<(Entry, Vec<u8>)>,
+    starts: &mut Vec<usize>,
 ) -> Result<(), CpioError> {
     let mut offset = 0;
     loop {
@@ -557,7 +632,7 @@ fn read_segments(
                 })?;
             // Everything from here on was segments of that format; their contents are
             // archives again.
-            return read_segments(&plain, depth + 1, out);
+            return read_segments(&plain, depth + 1, out, starts);
         }
         if !(rest.starts_with(b"070701") || rest.starts_with(b"070702")) {
             return Err(CpioError::NotCpio {
@@ -565,6 +640,7 @@ fn read_segments(
                 magic: String::from_utf8_lossy(&rest[..rest.len().min(6)]).into_owned(),
             });
         }
+        starts.push(out.len());
         let remaining = read_one_archive(rest, out)?;
         offset = bytes.len() - remaining.len();
     }
@@ -965,6 +1041,40 @@ mod tests {
         assert_eq!(tool2.1, b"tool");
     }
 
+    #[test]
+    fn an_archive_read_back_from_its_bytes_writes_the_same_bytes() {
+        let mut a = sample();
+        a.add_file("usr/bin/sudo", 0o4755, b"sudo".to_vec())
+            .unwrap();
+        a.add_hardlink("usr/bin/sudoedit", "usr/bin/sudo").unwrap();
+        a.add_file("etc/shadow", 0o640, b"root:*:".to_vec())
+            .unwrap();
+        a.set_owner("etc/shadow", 0, 42).unwrap();
+        a.add_dir("build", 0o755).unwrap();
+        a.set_owner("build", 1000, 1000).unwrap();
+        let bytes = a.to_bytes(9).unwrap();
+        let packed = Compression::Lz4.compress(&bytes).unwrap();
+        let back = Archive::from_cpio(&packed).unwrap();
+        assert_eq!(back.to_bytes(9).unwrap(), bytes);
+        assert!(back.is_hardlink("usr/bin/sudoedit"));
+    }
+
+    #[test]
+    fn a_device_node_in_an_archive_read_back_is_an_error_naming_it() {
+        let mut bytes = Vec::new();
+        let w = cpio::newc::Builder::new("dev/console")
+            .mode(0o020600)
+            .nlink(1)
+            .write(&mut bytes, 0);
+        w.finish().unwrap();
+        cpio::newc::trailer(&mut bytes).unwrap();
+        let err = Archive::from_cpio(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("dev/console") && err.contains("a device node"),
+            "{err}"
+        );
+    }
+
     mod fuzz {
         use super::*;
         use proptest::prelude::*;
@@ -1025,8 +1135,9 @@ mod tests {
                     .map(|(e, data)| (e.path, data))
                     .collect();
                 prop_assert_eq!(files, expected);
-                // The same archive gives the same bytes.
-                prop_assert_eq!(archive.clone().to_bytes(0).unwrap(), bytes);
+                // The same archive gives the same bytes, and so does the archive read back.
+                prop_assert_eq!(&archive.clone().to_bytes(0).unwrap(), &bytes);
+                prop_assert_eq!(Archive::from_cpio(&bytes).unwrap().to_bytes(0).unwrap(), bytes);
             }
         }
     }

@@ -9,8 +9,9 @@
 //! - `lib/firmware/<file>` for every firmware file the closure's modules declare that one of
 //!   the spec's firmware packages holds (see [`crate::firmware`]).
 //!
-//! The initrd is up to four cpio segments, each compressed on its own in the spec's
-//! [`Compression`], one after the other (the kernel unpacks each over the previous ones):
+//! In the cpio [`Layout`] (and always without a base) the initrd is up to four cpio segments,
+//! each compressed on its own in the spec's [`Compression`], one after the other (the kernel
+//! unpacks each over the previous ones):
 //!
 //! 1. the base, when the spec has one: a whole root filesystem made once and cached by the
 //!    caller (see [`crate::rootfs`]); its directory symlinks (`sbin` → `usr/sbin`) are followed
@@ -21,6 +22,20 @@
 //! 4. [`BUILDID_PATH`], one line: the buildid, a hash over the kernel and the segments before
 //!    it. It cannot hash itself, so it comes last and is small; a running host reads its own id
 //!    there.
+//!
+//! In the layered layout ([`buildos_contract::layers`]) the kernel unpacks only what init needs
+//! to mount the rest:
+//!
+//! 1. one uncompressed segment: the base's squashfs image (`/.buildos/layers/root.squashfs`)
+//!    and one of the modules and firmware (`modules.squashfs`: the tree of the cpio layout's
+//!    second segment, placed through the root's symlinks; made once per module set through a
+//!    [`squashfs::Cache`]);
+//! 2. `/init`, the early modules (`/.buildos/early/<name>.ko`, each checked to have no
+//!    dependency), the overlay's empty directories, and the image's other entries placed
+//!    through the root's symlinks and then under `/.buildos/upper/`, the overlay's upper layer
+//!    (`/init` and `/.buildos/upper/init` are one file);
+//! 3. the build id, at `/.buildos/upper/etc/buildos/buildid`, over the kernel and every byte
+//!    before it, the images included.
 //!
 //! Everything is derived from the spec's inputs only: the same inputs give byte-identical
 //! outputs.
@@ -37,7 +52,8 @@ use crate::compress::Compression;
 use crate::cpio::{Archive, CpioError};
 use crate::deb::{Deb, DebError, EntryKind};
 use crate::firmware::{self, Firmware};
-use crate::kmod::{KernelPackage, KmodError};
+use crate::kmod::{KernelPackage, KmodError, ModuleDb};
+use crate::squashfs::{self, SquashfsCompression, SquashfsError};
 
 /// The kernel's file name in the output directory.
 pub const IMAGE_FILE: &str = "buildos-image";
@@ -140,14 +156,60 @@ pub fn own_entries(contents: &OwnContents) -> Vec<InitrdEntry> {
         .collect()
 }
 
-/// A root filesystem segment that goes first in the initrd.
+/// A root filesystem the image is built over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Base {
-    /// A cpio newc archive compressed in the spec's [`Compression`], copied into the initrd
-    /// as it is.
-    pub segment: PathBuf,
+    /// The root filesystem as the spec's [`Layout`] carries it, copied into the initrd as it
+    /// is: in [`Layout::Cpio`] a cpio newc archive compressed in the spec's [`Compression`]
+    /// (the first segment), in [`Layout::Layered`] a squashfs image compressed with the spec's
+    /// [`SquashfsCompression`] (see [`crate::squashfs`]).
+    pub root: PathBuf,
     /// The root filesystem's symlinks, path → target, paths without a leading `/`.
     pub symlinks: BTreeMap<String, String>,
+}
+
+/// How an initrd with a root filesystem ([`Base`]) holds it. Without one the initrd is the
+/// image's entries, unpacked, whatever the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// Every file unpacked by the kernel into the initramfs: the root filesystem segment
+    /// first, then the modules and the image's entries over it.
+    #[default]
+    Cpio,
+    /// The root filesystem and the modules as read-only squashfs images in the initramfs,
+    /// which init mounts under an overlay whose upper layer holds the image's own entries
+    /// ([`buildos_contract::layers`]).
+    Layered,
+}
+
+impl Layout {
+    /// Both layouts.
+    pub const ALL: [Layout; 2] = [Layout::Layered, Layout::Cpio];
+
+    /// Its name, as `--layout` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Cpio => "cpio",
+            Layout::Layered => "layered",
+        }
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Layout, String> {
+        Layout::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| format!("unknown layout {s:?}; expected layered or cpio"))
+    }
 }
 
 /// Everything an image is made of. Nothing else is read.
@@ -175,8 +237,16 @@ pub struct ImageSpec {
     pub compression: Compression,
     /// Where the three outputs go; created if missing.
     pub out_dir: PathBuf,
-    /// A root filesystem to put first; `None` makes an initrd of the image's entries only.
+    /// A root filesystem to build over; `None` makes an initrd of the image's entries only.
     pub base: Option<Base>,
+    /// How the initrd holds the base.
+    pub layout: Layout,
+    /// How the layered layout's modules image is compressed (the base's root image must be
+    /// compressed the same way).
+    pub squashfs_compression: SquashfsCompression,
+    /// Where the layered layout keeps the modules images it made ([`squashfs::Cache`]), so that
+    /// unchanged modules need no mksquashfs run.
+    pub layers_cache: Option<PathBuf>,
 }
 
 impl ImageSpec {
@@ -198,6 +268,9 @@ impl ImageSpec {
             compression: Compression::default(),
             out_dir: out_dir.into(),
             base: None,
+            layout: Layout::default(),
+            squashfs_compression: SquashfsCompression::default(),
+            layers_cache: None,
         }
     }
 }
@@ -213,8 +286,12 @@ pub struct ImageOutput {
     pub initrd_size: u64,
     /// Size of the image's own cpio segments before compression (the base not counted).
     pub initrd_uncompressed_size: u64,
-    /// Size of the base segment in the initrd (0 without a base).
+    /// Size of the base in the initrd, root filesystem segment or image (0 without a base).
     pub base_size: u64,
+    /// Size of the modules image in the initrd (0 but in the layered layout).
+    pub modules_image_size: u64,
+    /// How the initrd holds the base.
+    pub layout: Layout,
     /// Module names in load order.
     pub modules: Vec<String>,
     /// Bytes of module files in the initrd.
@@ -232,6 +309,8 @@ pub struct Assembled {
     pub initrd: Vec<u8>,
     pub initrd_uncompressed_size: u64,
     pub base_size: u64,
+    pub modules_image_size: u64,
+    pub layout: Layout,
     pub kernel_version: String,
     pub modules: Vec<String>,
     pub module_bytes: u64,
@@ -293,6 +372,36 @@ pub enum ImageError {
         path: PathBuf,
         found: String,
         expected: Compression,
+    },
+    #[error("root filesystem image {path} is {found}, not a squashfs image compressed with {expected}; make it again with {expected}")]
+    BaseImage {
+        path: PathBuf,
+        found: String,
+        expected: SquashfsCompression,
+    },
+    #[error("the layered layout needs a root filesystem to layer; build this image with the cpio layout")]
+    LayeredWithoutBase,
+    #[error("the layered layout needs a directory to keep its squashfs images in (layers_cache)")]
+    NoLayersCache,
+    #[error("cannot make the modules image")]
+    ModulesImage(#[source] Box<SquashfsError>),
+    #[error("cannot read the modules image {path}")]
+    ReadModulesImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("early module {module} of kernel {version} depends on {}; init loads the early modules ({}) from single files before any module tree is mounted, so none may have a dependency", .depends.join(", "), contract::layers::EARLY_MODULES.join(", "))]
+    EarlyModuleDepends {
+        module: String,
+        version: String,
+        depends: Vec<String>,
+    },
+    #[error("early module {module} is {what} kernel {version}; the layered layout loads each of {} from a file of its own, so it needs a kernel that builds them as modules (or build with the cpio layout)", contract::layers::EARLY_MODULES.join(", "))]
+    EarlyModuleMissing {
+        module: String,
+        version: String,
+        what: &'static str,
     },
     #[error("cannot compress the initrd with {compression}")]
     Compress {
@@ -423,39 +532,106 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     let no_links = BTreeMap::new();
     let symlinks = spec.base.as_ref().map_or(&no_links, |b| &b.symlinks);
     let place = |path: &str| crate::rootfs::resolve(symlinks, path);
+    let segments = match (spec.layout, &spec.base) {
+        (Layout::Layered, None) => return Err(ImageError::LayeredWithoutBase),
+        (Layout::Layered, Some(base)) => layered(spec, &package, base, modules, archive, &place)?,
+        (Layout::Cpio, base) => unpacked(spec, base.as_ref(), modules, archive, &place)?,
+    };
+    let Segments {
+        mut initrd,
+        base_size,
+        modules_image_size,
+        uncompressed_size,
+        buildid_path,
+    } = segments;
+    let compression = spec.compression;
+    let kernel = package.vmlinuz;
+    let id = buildid(&kernel, &initrd);
+    let mut last = Archive::new();
+    add(
+        BUILDID_PATH,
+        last.add_file(&buildid_path, 0o644, contract::buildid::render(&id)),
+    )?;
+    let last = last
+        .to_bytes(spec.source_date_epoch)
+        .map_err(initrd_error("the buildid segment"))?;
+    initrd.extend(
+        compression
+            .compress(&last)
+            .map_err(|source| ImageError::Compress {
+                compression,
+                source,
+            })?,
+    );
+    Ok(Assembled {
+        kernel,
+        initrd,
+        base_size,
+        modules_image_size,
+        layout: spec.layout,
+        initrd_uncompressed_size: uncompressed_size,
+        kernel_version: version,
+        modules: names,
+        module_bytes,
+        firmware,
+        buildid: id,
+    })
+}
+
+/// The initrd's segments before the build id's.
+struct Segments {
+    initrd: Vec<u8>,
+    base_size: u64,
+    modules_image_size: u64,
+    /// The compressed segments' size before compression.
+    uncompressed_size: u64,
+    /// Where the last segment puts the build id.
+    buildid_path: String,
+}
+
+fn initrd_error(what: &str) -> impl Fn(CpioError) -> ImageError + '_ {
+    move |source| ImageError::Initrd {
+        what: what.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// The cpio layout: the base's segment, then the modules and the image's entries (placed
+/// through the base's symlinks), compressed on two threads at once.
+fn unpacked(
+    spec: &ImageSpec,
+    base: Option<&Base>,
+    modules: Archive,
+    archive: Archive,
+    place: &dyn Fn(&str) -> String,
+) -> Result<Segments, ImageError> {
     let mut cpios = Vec::new();
     for (what, archive) in [("the modules", modules), ("the image's entries", archive)] {
-        let archive = match spec.base {
+        let archive = match base {
             Some(_) => archive
                 .relocate(place)
-                .map_err(|source| ImageError::Initrd {
-                    what: format!("{what} over the root filesystem"),
-                    source: Box::new(source),
-                })?,
+                .map_err(initrd_error(&format!("{what} over the root filesystem")))?,
             None => archive,
         };
-        let cpio =
+        cpios.push(
             archive
                 .to_bytes(spec.source_date_epoch)
-                .map_err(|source| ImageError::Initrd {
-                    what: what.to_string(),
-                    source: Box::new(source),
-                })?;
-        cpios.push(cpio);
+                .map_err(initrd_error(what))?,
+        );
     }
-    let mut initrd = match &spec.base {
-        Some(base) => fs::read(&base.segment).map_err(|source| ImageError::Base {
-            path: base.segment.clone(),
+    let mut initrd = match base {
+        Some(base) => fs::read(&base.root).map_err(|source| ImageError::Base {
+            path: base.root.clone(),
             source,
         })?,
         None => Vec::new(),
     };
     let compression = spec.compression;
-    if let Some(base) = &spec.base {
+    if let Some(base) = base {
         let found = Compression::detect(&initrd);
         if found != Some(compression) {
             return Err(ImageError::BaseCompression {
-                path: base.segment.clone(),
+                path: base.root.clone(),
                 found: found.map_or("not compressed in a known format".to_owned(), |f| {
                     format!("{f}-compressed")
                 }),
@@ -463,10 +639,6 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             });
         }
     }
-    let compress_err = |source| ImageError::Compress {
-        compression,
-        source,
-    };
     let base_size = initrd.len() as u64;
     let compressed: Vec<io::Result<Vec<u8>>> = std::thread::scope(|scope| {
         let threads: Vec<_> = cpios
@@ -483,33 +655,155 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             .collect()
     });
     for segment in compressed {
-        initrd.extend(segment.map_err(compress_err)?);
+        initrd.extend(segment.map_err(|source| ImageError::Compress {
+            compression,
+            source,
+        })?);
     }
-    let kernel = package.vmlinuz;
-    let id = buildid(&kernel, &initrd);
-    let mut last = Archive::new();
-    add(
-        BUILDID_PATH,
-        last.add_file(&place(BUILDID_PATH), 0o644, contract::buildid::render(&id)),
-    )?;
-    let last = last
-        .to_bytes(spec.source_date_epoch)
-        .map_err(|source| ImageError::Initrd {
-            what: "the buildid segment".to_string(),
-            source: Box::new(source),
-        })?;
-    initrd.extend(compression.compress(&last).map_err(compress_err)?);
-    Ok(Assembled {
-        kernel,
+    Ok(Segments {
         initrd,
         base_size,
-        initrd_uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
-        kernel_version: version,
-        modules: names,
-        module_bytes,
-        firmware,
-        buildid: id,
+        modules_image_size: 0,
+        uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
+        buildid_path: place(BUILDID_PATH),
     })
+}
+
+/// The layered layout ([`buildos_contract::layers`]): one uncompressed segment with the root
+/// image and the modules image (a squashfs image gains nothing from another compression),
+/// then one compressed segment with `/init`, the early modules, the overlay's empty
+/// directories and the image's entries in the upper layer, placed through the root's
+/// symlinks (`/init` and the upper layer's `init` are one file).
+fn layered(
+    spec: &ImageSpec,
+    package: &KernelPackage,
+    base: &Base,
+    modules: Archive,
+    entries: Archive,
+    place: &dyn Fn(&str) -> String,
+) -> Result<Segments, ImageError> {
+    use contract::layers;
+    let epoch = spec.source_date_epoch;
+    let root = fs::read(&base.root).map_err(|source| ImageError::Base {
+        path: base.root.clone(),
+        source,
+    })?;
+    let found = squashfs::inspect(&root);
+    if found != squashfs::Found::Squashfs(spec.squashfs_compression) {
+        return Err(ImageError::BaseImage {
+            path: base.root.clone(),
+            found: match found {
+                squashfs::Found::Squashfs(c) => format!("a squashfs image compressed with {c}"),
+                squashfs::Found::OtherCompressor(id) => {
+                    format!("a squashfs image with compressor id {id}")
+                }
+                squashfs::Found::NotSquashfs => "not a squashfs image".to_owned(),
+            },
+            expected: spec.squashfs_compression,
+        });
+    }
+    let cache = squashfs::Cache::new(spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?);
+    let modules = modules
+        .relocate(place)
+        .map_err(initrd_error("the modules over the root filesystem"))?;
+    let modules_cpio = modules
+        .to_bytes(epoch)
+        .map_err(initrd_error("the modules"))?;
+    let modules_path = cache
+        .image(&modules, &modules_cpio, spec.squashfs_compression, epoch)
+        .map_err(|e| ImageError::ModulesImage(Box::new(e)))?;
+    drop(modules_cpio);
+    let modules_image = fs::read(&modules_path).map_err(|source| ImageError::ReadModulesImage {
+        path: modules_path.clone(),
+        source,
+    })?;
+    let (base_size, modules_image_size) = (root.len() as u64, modules_image.len() as u64);
+    let mut images = Archive::new();
+    images
+        .add_file(layers::ROOT_IMAGE, 0o644, root)
+        .map_err(initrd_error(layers::ROOT_IMAGE))?;
+    images
+        .add_file(layers::MODULES_IMAGE, 0o644, modules_image)
+        .map_err(initrd_error(layers::MODULES_IMAGE))?;
+    let mut initrd = images.to_bytes(epoch).map_err(initrd_error("the images"))?;
+    drop(images);
+
+    let upper = |path: &str| layers::in_upper(&place(path));
+    let mut own = entries
+        .relocate(upper)
+        .map_err(initrd_error("the image's entries in the upper layer"))?;
+    let init = upper(contract::programs::INIT);
+    if own.contains(&init) {
+        own.add_hardlink(contract::programs::INIT, &init)
+            .map_err(initrd_error(contract::programs::INIT))?;
+    }
+    for dir in [layers::LOWER, layers::WORK, layers::NEWROOT] {
+        own.add_dir(dir, 0o755).map_err(initrd_error(dir))?;
+    }
+    for (name, bytes) in early_modules(package, &layers::EARLY_MODULES)? {
+        let path = layers::early_module(name);
+        own.add_file(&path, 0o644, bytes)
+            .map_err(initrd_error(&path))?;
+    }
+    let own = own
+        .to_bytes(epoch)
+        .map_err(initrd_error("the image's entries"))?;
+    let compression = spec.compression;
+    initrd.extend(
+        compression
+            .compress(&own)
+            .map_err(|source| ImageError::Compress {
+                compression,
+                source,
+            })?,
+    );
+    Ok(Segments {
+        initrd,
+        base_size,
+        modules_image_size,
+        uncompressed_size: own.len() as u64,
+        buildid_path: upper(BUILDID_PATH),
+    })
+}
+
+/// The files of the modules init loads before the module tree is mounted, by name: each must
+/// be a loadable module of the package with no dependency.
+fn early_modules<'a>(
+    package: &'a KernelPackage,
+    names: &[&'a str],
+) -> Result<Vec<(&'a str, Vec<u8>)>, ImageError> {
+    let db: &ModuleDb = &package.db;
+    let version = package.version().to_owned();
+    names
+        .iter()
+        .map(|&name| {
+            let Some(module) = db.get(name) else {
+                return Err(ImageError::EarlyModuleMissing {
+                    module: name.to_owned(),
+                    version: version.clone(),
+                    what: if db.is_builtin(name) {
+                        "built into"
+                    } else {
+                        "not a module of"
+                    },
+                });
+            };
+            if !module.depends.is_empty() {
+                return Err(ImageError::EarlyModuleDepends {
+                    module: name.to_owned(),
+                    version: version.clone(),
+                    depends: module.depends.clone(),
+                });
+            }
+            let bytes = package
+                .module_bytes(module)
+                .ok_or_else(|| ImageError::ModuleFile {
+                    deb: package.deb.clone(),
+                    module: module.path.clone(),
+                })?;
+            Ok((name, bytes.to_vec()))
+        })
+        .collect()
 }
 
 fn add_from_deb(archive: &mut Archive, extra: &DebFiles) -> Result<(), ImageError> {
@@ -603,6 +897,8 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         initrd_size: image.initrd.len() as u64,
         initrd_uncompressed_size: image.initrd_uncompressed_size,
         base_size: image.base_size,
+        modules_image_size: image.modules_image_size,
+        layout: image.layout,
         modules: image.modules,
         module_bytes: image.module_bytes,
         firmware: image.firmware,
@@ -885,7 +1181,7 @@ mod tests {
             contents: b"init".to_vec(),
         });
         spec.base = Some(Base {
-            segment,
+            root: segment,
             symlinks: base.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
         });
         let out = build(&spec).unwrap();
@@ -925,7 +1221,7 @@ mod tests {
         let mut spec = inputs.spec("out");
         spec.compression = Compression::Zstd;
         spec.base = Some(Base {
-            segment,
+            root: segment,
             symlinks: BTreeMap::new(),
         });
         let err = build(&spec).unwrap_err().to_string();
@@ -933,6 +1229,239 @@ mod tests {
             err.contains("rootfs.cpio.xz is xz-compressed, not zstd"),
             "{err}"
         );
+    }
+
+    /// A root filesystem with merged-`/usr` symlinks, as a squashfs image in `inputs`' directory,
+    /// and a spec for the layered layout over it.
+    fn layered_spec(inputs: &Inputs, out: &str) -> ImageSpec {
+        let mut root = Archive::new();
+        root.add_symlink("sbin", "usr/sbin").unwrap();
+        root.add_symlink("lib", "usr/lib").unwrap();
+        root.add_file("usr/sbin/sshd", 0o755, b"sshd".to_vec())
+            .unwrap();
+        let image = inputs.dir.path().join("root.squashfs");
+        if !image.is_file() {
+            squashfs::make(&root, SquashfsCompression::Lz4, 0, &image).unwrap();
+        }
+        let mut spec = inputs.spec(out);
+        spec.entries.push(InitrdEntry::File {
+            path: "/sbin/tool".into(),
+            mode: 0o755,
+            contents: b"tool".to_vec(),
+        });
+        spec.base = Some(Base {
+            root: image,
+            symlinks: root.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
+        });
+        spec.layout = Layout::Layered;
+        spec.squashfs_compression = SquashfsCompression::Lz4;
+        spec.layers_cache = Some(inputs.dir.path().join("layers"));
+        spec
+    }
+
+    #[test]
+    fn layered_initrd_carries_the_images_uncompressed_then_init_early_modules_and_the_upper_layer()
+    {
+        use contract::layers;
+        let inputs = Inputs::new(b"the kernel");
+        let spec = layered_spec(&inputs, "out");
+        let out = build(&spec).unwrap();
+        assert_eq!(out.layout, Layout::Layered);
+        let initrd = std::fs::read(&out.initrd_path).unwrap();
+        // The images' segment is plain newc, the kernel copies it as it is.
+        assert!(initrd.starts_with(b"070701"));
+        let entries = read_initrd(&out.initrd_path);
+        let root = std::fs::read(inputs.dir.path().join("root.squashfs")).unwrap();
+        assert_eq!(file(&entries, &layers::ROOT_IMAGE[1..]), root.as_slice());
+        assert_eq!(out.base_size, root.len() as u64);
+        let modules = file(&entries, &layers::MODULES_IMAGE[1..]);
+        assert_eq!(out.modules_image_size, modules.len() as u64);
+        assert_eq!(
+            squashfs::inspect(modules),
+            squashfs::Found::Squashfs(SquashfsCompression::Lz4)
+        );
+        // The modules image holds the tree where the root's symlinks lead.
+        let image = inputs.dir.path().join("modules.squashfs");
+        std::fs::write(&image, modules).unwrap();
+        let listing = std::process::Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(&image)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8(listing.stdout).unwrap();
+        for path in [
+            format!("/usr/lib/modules/{VERSION}/modules.dep"),
+            format!("/usr/lib/modules/{VERSION}/kernel/fs/btrfs/btrfs.ko"),
+        ] {
+            assert!(
+                listing.contains(&format!("squashfs-root{path}\n")),
+                "{path}: {listing}"
+            );
+        }
+        // init is one file under two names, the kernel's /init and the upper layer's.
+        let init = |p: &str| entries.iter().find(|(e, _)| e.path == p).unwrap();
+        let (top, upper) = (init("init"), init(".buildos/upper/init"));
+        assert_eq!((top.0.ino, top.0.nlink), (upper.0.ino, 2));
+        assert_eq!(
+            (top.1.as_slice(), upper.1.as_slice()),
+            (b"\x7fELF init".as_slice(), b"\x7fELF init".as_slice())
+        );
+        // The early modules, from the kernel package, loaded before anything is mounted.
+        for name in layers::EARLY_MODULES {
+            assert!(
+                !file(&entries, &layers::early_module(name)[1..]).is_empty(),
+                "{name}"
+            );
+        }
+        for dir in [layers::LOWER, layers::WORK, layers::NEWROOT] {
+            let entry = &init(&dir[1..]).0;
+            assert_eq!(entry.kind, cpio::Kind::Dir, "{dir}");
+        }
+        // The image's entries are in the upper layer, placed through the root's symlinks.
+        assert_eq!(file(&entries, ".buildos/upper/usr/sbin/tool"), b"tool");
+        assert_eq!(
+            file(&entries, ".buildos/upper/bin/busybox"),
+            b"\x7fELF static busybox"
+        );
+        // Nothing of the image lies outside `.buildos` but `/init`: no module is unpacked.
+        let outside: Vec<&str> = entries
+            .iter()
+            .map(|(e, _)| e.path.as_str())
+            .filter(|p| *p != "init" && *p != ".buildos" && !p.starts_with(".buildos/"))
+            .collect();
+        assert!(outside.is_empty(), "{outside:?}");
+        assert!(entries
+            .iter()
+            .all(|(e, _)| !e.path.ends_with(".ko") || e.path.starts_with(".buildos/early/")));
+        // The last segment holds the build id in the upper layer, over every byte before it.
+        let id_path = ".buildos/upper/etc/buildos/buildid";
+        assert_eq!(
+            file(&entries, id_path),
+            format!("{}\n", out.buildid).as_bytes()
+        );
+        let mut last = Archive::new();
+        last.add_file(id_path, 0o644, format!("{}\n", out.buildid))
+            .unwrap();
+        let last = spec
+            .compression
+            .compress(&last.to_bytes(spec.source_date_epoch).unwrap())
+            .unwrap();
+        assert!(initrd.ends_with(&last));
+        assert_eq!(
+            buildid(b"the kernel", &initrd[..initrd.len() - last.len()]),
+            out.buildid
+        );
+    }
+
+    #[test]
+    fn layered_initrd_is_the_same_bytes_again_and_reuses_its_modules_image() {
+        let inputs = Inputs::new(b"the kernel");
+        let a = build(&layered_spec(&inputs, "a")).unwrap();
+        let cached: Vec<_> = std::fs::read_dir(inputs.dir.path().join("layers"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(cached.len(), 1, "{cached:?}");
+        let mut spec = layered_spec(&inputs, "b");
+        spec.entries.reverse();
+        let b = build(&spec).unwrap();
+        assert!(std::fs::read(&a.initrd_path).unwrap() == std::fs::read(&b.initrd_path).unwrap());
+        assert_eq!(a.buildid, b.buildid);
+        assert_eq!(
+            std::fs::read_dir(inputs.dir.path().join("layers"))
+                .unwrap()
+                .count(),
+            1
+        );
+        // Another module set is another image.
+        spec.modules.push("tun".into());
+        spec.out_dir = inputs.dir.path().join("c");
+        let c = build(&spec).unwrap();
+        assert_ne!(c.buildid, a.buildid);
+        assert_eq!(
+            std::fs::read_dir(inputs.dir.path().join("layers"))
+                .unwrap()
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_early_module_with_a_dependency_or_built_in_is_an_error_naming_it() {
+        let inputs = Inputs::new(b"k");
+        let package = KernelPackage::read(&inputs.dir.path().join("linux-image.deb")).unwrap();
+        let err = early_modules(&package, &["loop", "bridge"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "early module bridge of kernel {VERSION} depends on stp, llc"
+            )),
+            "{err}"
+        );
+        let err = early_modules(&package, &["sd_mod"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("early module sd_mod is built into kernel"),
+            "{err}"
+        );
+        let err = early_modules(&package, &["nbd"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("early module nbd is not a module of kernel"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_root_image_that_is_not_squashfs_in_the_chosen_compressor_is_an_error_naming_it() {
+        let inputs = Inputs::new(b"k");
+        let mut spec = layered_spec(&inputs, "out");
+        spec.squashfs_compression = SquashfsCompression::Zstd;
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("root.squashfs is a squashfs image compressed with lz4, not a squashfs image compressed with zstd"),
+            "{err}"
+        );
+        let segment = inputs.dir.path().join("rootfs.cpio.lz4");
+        std::fs::write(
+            &segment,
+            Compression::Lz4
+                .compress(&Archive::new().to_bytes(0).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        spec.base.as_mut().unwrap().root = segment;
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("rootfs.cpio.lz4 is not a squashfs image"),
+            "{err}"
+        );
+        spec.base = None;
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.starts_with("the layered layout needs a root filesystem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_image_without_a_root_filesystem_is_the_same_bytes_as_before_the_layered_layout() {
+        // Build ids of this spec made by the image builder before the layered layout existed:
+        // the minimal profile's initrd must not change.
+        let inputs = Inputs::new(b"the kernel");
+        let mut ids = Vec::new();
+        for compression in Compression::ALL {
+            let mut spec = inputs.spec(&format!("out-{compression}"));
+            spec.compression = compression;
+            ids.push(format!("{compression} {}", build(&spec).unwrap().buildid));
+        }
+        expect_test::expect![[r#"
+            gzip 7d153d5213743837eba981e2f3bc0e737f59daf56988ccaa0b9e8c2fdba3ed66
+            zstd 9ea40cced31e1b27aaae758885fb50ccff1916808e01307759d38fa9dfa248e6
+            xz 6f0c636bbee82e834c02ac0c333fa5729fd031c94f666fd491414ce412bec3f8
+            lz4 9cf5e9c4ebf8f62cd15dc51be3d6962f47ea321f9de029306de69c1a62f4f4ab"#]]
+        .assert_eq(&ids.join("\n"));
     }
 
     #[test]

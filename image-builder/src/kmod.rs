@@ -904,6 +904,30 @@ pub(crate) mod testkernel {
                 vec![("depends", ""), ("name", "llc")],
             ),
             (
+                "kernel/drivers/block/loop.ko",
+                vec![
+                    ("alias", "devname:loop-control"),
+                    ("depends", ""),
+                    ("name", "loop"),
+                ],
+            ),
+            (
+                "kernel/fs/squashfs/squashfs.ko",
+                vec![
+                    ("alias", "fs-squashfs"),
+                    ("depends", ""),
+                    ("name", "squashfs"),
+                ],
+            ),
+            (
+                "kernel/fs/overlayfs/overlay.ko",
+                vec![
+                    ("alias", "fs-overlay"),
+                    ("depends", ""),
+                    ("name", "overlay"),
+                ],
+            ),
+            (
                 "kernel/drivers/net/tun.ko",
                 vec![("alias", "devname:net/tun"), ("name", "tun")],
             ),

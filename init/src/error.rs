@@ -52,6 +52,8 @@ pub enum ModulesError {
 pub enum StepError {
     #[error("cannot mount the kernel's filesystems")]
     Mounts(#[source] MountError),
+    #[error("cannot mount the layered root")]
+    Layers(#[source] crate::layers::LayersError),
     #[error("cannot read the kernel command line")]
     Cmdline(#[source] FileError),
     #[error("cannot load the kernel modules")]

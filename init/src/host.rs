@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -45,6 +45,9 @@ pub trait Host: Send + Sync {
     fn btrfs_register(&self, device: &Path) -> Result<(), RegistryError>;
     /// Whether the kernel knows every device of the btrfs `device` belongs to.
     fn btrfs_devices_ready(&self, device: &Path) -> Result<bool, RegistryError>;
+    /// Attaches the file `backing` (opened from `path`) read-only to a free loop device and
+    /// returns the device's path (`/dev/loop<N>`); the device stays attached.
+    fn attach_loop(&self, path: &Path, backing: &File) -> io::Result<PathBuf>;
     /// sethostname(2).
     fn sethostname(&self, name: &str) -> nix::Result<()>;
     /// chown(2) by numeric ids.
@@ -124,6 +127,20 @@ impl Host for Linux {
         buildos_ioctl::btrfs_devices_ready(&control, device).map_err(RegistryError::Call)
     }
 
+    fn attach_loop(&self, _path: &Path, backing: &File) -> io::Result<PathBuf> {
+        let control = buildos_ioctl::open_loop_control().map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot open {}: {error} (is the loop module loaded?)",
+                    buildos_ioctl::LOOP_CONTROL
+                ),
+            )
+        })?;
+        // The device's descriptor closes here; the file stays attached until detached.
+        Ok(buildos_ioctl::attach_read_only(&control, backing)?.path)
+    }
+
     fn sethostname(&self, name: &str) -> nix::Result<()> {
         nix::unistd::sethostname(name)
     }
@@ -170,10 +187,12 @@ impl Host for Linux {
 /// A host for tests: every call becomes one line in [`Recording::calls`] (`mount ext4
 /// /dev/vda on /state noatime`, `chown /build 0:0`, ...) and succeeds, unless a failure was
 /// asked for with [`Recording::fail`]. btrfs devices are ready unless [`Recording::not_ready`]
-/// named them. Nothing on the machine changes.
+/// named them. Loop devices are `/dev/loop0`, `/dev/loop1`, ... in the order files are
+/// attached. Nothing on the machine changes.
 #[derive(Default)]
 pub struct Recording {
     calls: Mutex<Vec<String>>,
+    loops: Mutex<usize>,
     failures: Mutex<Vec<(String, Errno)>>,
     not_ready: Mutex<Vec<String>>,
 }
@@ -281,6 +300,17 @@ impl Host for Recording {
             .lock()
             .map(|n| n.contains(&shown))
             .unwrap_or(false))
+    }
+
+    fn attach_loop(&self, path: &Path, _backing: &File) -> io::Result<PathBuf> {
+        self.record(format!("attach_loop {}", path.display()))?;
+        let mut loops = self
+            .loops
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        let device = PathBuf::from(format!("/dev/loop{loops}"));
+        *loops += 1;
+        Ok(device)
     }
 
     fn sethostname(&self, name: &str) -> nix::Result<()> {

@@ -16,6 +16,7 @@ pub mod firmware;
 pub mod hardware;
 pub mod host;
 pub mod kmod;
+pub mod layers;
 pub mod lifecycle;
 pub mod mounts;
 pub mod net;
@@ -59,6 +60,9 @@ pub type StepResult = Result<Outcome, StepError>;
 /// How a step that did not fail went.
 pub enum Outcome {
     Ok,
+    /// The step has nothing to do on this image (the `layers` step without a layered root): no
+    /// phase line, as if the step were not in the table.
+    Absent,
     /// The step did its work but some of it went wrong; the lines say what.
     Warnings(Vec<String>),
 }
@@ -76,6 +80,11 @@ const STEPS: &[Step] = &[
         name: "mounts",
         required: true,
         run: step_mounts,
+    },
+    Step {
+        name: "layers",
+        required: true,
+        run: step_layers,
     },
     Step {
         name: "cmdline",
@@ -162,7 +171,11 @@ pub fn run() -> ! {
         "version {VERSION} starting at {:.6} s",
         clock.started().as_secs_f64()
     ));
-    console::info(&build_id_line(std::fs::read_to_string(BUILDID_FILE)));
+    // Before the `layers` step the image's own files are in the overlay's upper layer.
+    let root = std::path::Path::new("/");
+    console::info(&build_id_line(std::fs::read_to_string(
+        layers::before_switch(root, BUILDID_FILE),
+    )));
 
     let host: Arc<dyn Host> = Arc::new(host::Linux);
     let mut boot = Boot {
@@ -241,6 +254,7 @@ pub fn run_steps(
         let started = boot.clock.now();
         match (step.run)(boot, host) {
             Ok(Outcome::Ok) => console::info(&boot.clock.phase_line(step.name, "ok", started)),
+            Ok(Outcome::Absent) => {}
             Ok(Outcome::Warnings(lines)) => {
                 for line in &lines {
                     console::warn(line);
@@ -263,8 +277,8 @@ pub fn run_steps(
 }
 
 fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
-    // First, while nothing is mounted below `/`: a problem, not a failed boot, when it fails.
-    let root = mounts::root_on_a_mount(host.as_ref());
+    let layered = layers::present(std::path::Path::new("/"));
+    let root = mounts::prepare_root(host.as_ref(), layered);
     mounts::mount_all(host.as_ref(), mounts::EARLY).map_err(StepError::Mounts)?;
     console::open_kmsg();
     if let Some(line) = console::open_other_consoles() {
@@ -274,6 +288,20 @@ fn step_mounts(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         Ok(()) => Outcome::Ok,
         Err(error) => Outcome::Warnings(vec![error.to_string()]),
     })
+}
+
+/// A layered image's root (see [`layers`]): the kernel filesystems the mounts step made follow
+/// into it. Nothing, and no line, on an image whose initramfs is the root.
+fn step_layers(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
+    let moved = mounts::top_level(mounts::EARLY);
+    match layers::switch(host.as_ref(), std::path::Path::new("/"), &moved) {
+        Ok(None) => Ok(Outcome::Absent),
+        Ok(Some(report)) => {
+            console::info(&report.line());
+            Ok(Outcome::Ok)
+        }
+        Err(error) => Err(StepError::Layers(error)),
+    }
 }
 
 fn step_cmdline(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
@@ -665,6 +693,22 @@ fn debug_shell(host: &dyn Host, config: &Config) -> Option<nix::unistd::Pid> {
     }
 }
 
+/// When the shell at `busybox` is not there, what the emergency shell's fallback says instead
+/// of starting it. busybox comes with the root filesystem: on a layered image it is in the root
+/// image, out of reach when the `layers` step failed. Init then waits with the error on the
+/// console instead of rebooting into the same failure at once; Ctrl-Alt-Del (or a reset)
+/// reboots.
+fn no_shell(busybox: &std::path::Path) -> Option<String> {
+    if busybox.is_file() {
+        return None;
+    }
+    Some(format!(
+        "no emergency shell: {} is not in this root (on a layered image it is in the root \
+         image); waiting with the error above on the console, Ctrl-Alt-Del reboots",
+        busybox.display()
+    ))
+}
+
 /// What init does when boot cannot go on, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -695,6 +739,10 @@ pub fn fallback(action: FailureAction, why: &str) -> Decision {
 fn act(host: &dyn Host, decision: Decision, services: &mut Supervisor) -> ! {
     match decision {
         Decision::Shell { why } => {
+            if let Some(line) = no_shell(std::path::Path::new(contract::programs::BUSYBOX)) {
+                console::error(&format!("{why}; {line}"));
+                lifecycle::serve(host, None, services)
+            }
             console::error(&format!(
                 "{why}; starting an emergency shell on the console, leave it to reboot"
             ));
@@ -936,6 +984,28 @@ mod tests {
             );
         }
         Ok(std::fs::remove_dir_all(&home)?)
+    }
+
+    #[test]
+    fn without_busybox_the_shell_fallback_waits_and_says_how_to_reboot() {
+        let line = no_shell(std::path::Path::new("/nonexistent/busybox")).unwrap();
+        assert_eq!(
+            line,
+            "no emergency shell: /nonexistent/busybox is not in this root (on a layered image it \
+             is in the root image); waiting with the error above on the console, Ctrl-Alt-Del \
+             reboots"
+        );
+        let here = std::env::current_exe().unwrap();
+        assert_eq!(no_shell(&here), None);
+    }
+
+    #[test]
+    fn the_layered_root_is_mounted_right_after_the_kernel_filesystems_and_is_required() {
+        let steps: Vec<(&str, bool)> = steps().take(3).collect();
+        assert_eq!(
+            steps,
+            [("mounts", true), ("layers", true), ("cmdline", false)]
+        );
     }
 
     #[test]

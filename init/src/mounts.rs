@@ -185,6 +185,32 @@ impl fmt::Display for RootError {
 
 impl std::error::Error for RootError {}
 
+/// The root before the early mounts: on an image whose initramfs is the root, a bind mount of
+/// itself ([`root_on_a_mount`]); on a layered image nothing, since the `layers` step makes an
+/// overlay the root, a mount on top of rootfs that pivot_root(2) accepts as it is.
+pub fn prepare_root(host: &dyn Host, layered: bool) -> Result<(), RootError> {
+    if layered {
+        return Ok(());
+    }
+    root_on_a_mount(host)
+}
+
+/// The mount points of `table` that are not under another of its mount points (`/dev`, but not
+/// `/dev/pts`): moving those moves the whole table.
+pub fn top_level(table: &[Mount]) -> Vec<&'static str> {
+    table
+        .iter()
+        .map(|m| m.target)
+        .filter(|target| {
+            !table.iter().any(|other| {
+                target
+                    .strip_prefix(other.target)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .collect()
+}
+
 /// Makes the root a bind mount of itself ([`ROOT`]), before any other mount (a bind without
 /// MS_REC carries no mounts below `/`). Stops at the first call that fails; the root is then
 /// rootfs still, and boot goes on.
@@ -364,6 +390,16 @@ mod tests {
                 "rmdir /.buildos-root",
             ]
         );
+    }
+
+    #[test]
+    fn a_layered_root_is_not_bound_on_itself_and_the_early_mounts_move_as_five() {
+        let host = Recording::new();
+        prepare_root(&host, true).unwrap();
+        assert!(host.calls().is_empty(), "{:?}", host.calls());
+        prepare_root(&host, false).unwrap();
+        assert_eq!(host.calls_of("chroot"), ["chroot ."]);
+        assert_eq!(top_level(EARLY), ["/proc", "/sys", "/dev", "/run", "/tmp"]);
     }
 
     #[test]

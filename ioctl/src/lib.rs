@@ -1,5 +1,6 @@
-//! The few ioctls buildos needs, each behind a safe function: registering btrfs devices, and
-//! deleting a subvolume by its directory's descriptor and its name.
+//! The few ioctls buildos needs, each behind a safe function: registering btrfs devices,
+//! deleting a subvolume by its directory's descriptor and its name, and attaching a file to a
+//! loop device read-only (init's layered root mounts its squashfs images from them).
 //!
 //! Unsafe code is denied everywhere else in the workspace. Every ioctl here takes only
 //! arguments this module builds itself (a fixed-size, zero-initialised argument struct and a
@@ -11,7 +12,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -142,9 +143,181 @@ pub fn btrfs_snap_destroy(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()
         .map_err(io::Error::from)
 }
 
+/// The loop control device, which hands out free loop devices.
+pub const LOOP_CONTROL: &str = "/dev/loop-control";
+
+/// `LO_NAME_SIZE` and `LO_KEY_SIZE` of `linux/loop.h`.
+const LO_NAME_SIZE: usize = 64;
+const LO_KEY_SIZE: usize = 32;
+
+/// `LO_FLAGS_READ_ONLY` of `linux/loop.h`.
+const LO_FLAGS_READ_ONLY: u32 = 1;
+
+/// `struct loop_info64` of `linux/loop.h`: 232 bytes.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; LO_KEY_SIZE],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` of `linux/loop.h` (Linux 5.8 and later): 304 bytes.
+#[repr(C)]
+pub struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+impl LoopConfig {
+    /// The whole of `backing`, read-only, with the kernel's default block size; every other
+    /// field zero, as the kernel requires of the reserved ones.
+    fn read_only(backing: BorrowedFd<'_>) -> io::Result<Self> {
+        let fd = u32::try_from(backing.as_raw_fd()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a negative file descriptor")
+        })?;
+        Ok(LoopConfig {
+            fd,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_READ_ONLY,
+                lo_file_name: [0; LO_NAME_SIZE],
+                lo_crypt_name: [0; LO_NAME_SIZE],
+                lo_encrypt_key: [0; LO_KEY_SIZE],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        })
+    }
+}
+
+// The loop ioctls are plain numbers, not _IOC-encoded ones.
+nix::ioctl_none_bad!(loop_ctl_get_free_raw, 0x4C82);
+nix::ioctl_write_ptr_bad!(loop_configure_raw, 0x4C0A, LoopConfig);
+nix::ioctl_none_bad!(loop_clr_fd_raw, 0x4C01);
+
+/// Opens the loop control device (it exists once the loop module is loaded).
+pub fn open_loop_control() -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(LOOP_CONTROL)
+}
+
+/// `LOOP_CTL_GET_FREE`: the number of a loop device with no file attached, made by the kernel
+/// when none is free (devtmpfs then has its node, `/dev/loop<N>`).
+///
+/// Sound because the ioctl takes no argument and `control` is a borrowed open file, valid for
+/// the call.
+pub fn loop_ctl_get_free(control: &File) -> io::Result<u32> {
+    // SAFETY: see the doc comment: no argument, a valid descriptor.
+    let number = unsafe { loop_ctl_get_free_raw(control.as_raw_fd()) }.map_err(io::Error::from)?;
+    u32::try_from(number).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("LOOP_CTL_GET_FREE answered {number}, expected a device number"),
+        )
+    })
+}
+
+/// `LOOP_CONFIGURE` with `LO_FLAGS_READ_ONLY`: attaches the whole of `backing` to the loop
+/// device `device` (an open `/dev/loop<N>`), read-only, in one call. EBUSY when another file
+/// is attached to it already (someone took the free device first).
+///
+/// Sound because the argument is a fully initialised `LoopConfig` owned by this frame, of the
+/// size and layout of the kernel's `struct loop_config`, that the kernel only reads during the
+/// call; `device` and `backing` are borrowed open files, so both descriptors are valid for the
+/// call (the kernel takes its own reference to `backing`).
+pub fn loop_configure_read_only(device: &File, backing: &File) -> io::Result<()> {
+    let config = LoopConfig::read_only(backing.as_fd())?;
+    // SAFETY: see the doc comment.
+    unsafe { loop_configure_raw(device.as_raw_fd(), &config) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// `LOOP_CLR_FD`: detaches the file from the loop device `device`. While the device is open
+/// elsewhere or mounted (and `device` itself counts), the kernel detaches it when the last
+/// user lets go.
+///
+/// Sound because the ioctl takes no argument and `device` is a borrowed open file.
+pub fn loop_clear(device: &File) -> io::Result<()> {
+    // SAFETY: see the doc comment.
+    unsafe { loop_clr_fd_raw(device.as_raw_fd()) }
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// A file attached to a loop device: the device's path and the device, open.
+#[derive(Debug)]
+pub struct Attached {
+    pub path: std::path::PathBuf,
+    pub device: File,
+}
+
+/// How many times [`attach_read_only`] asks for another free device when another program
+/// took the one it was given first.
+const ATTACH_TRIES: usize = 16;
+
+/// Attaches `backing` read-only to a free loop device, as `losetup --find --read-only` does:
+/// `LOOP_CTL_GET_FREE` on `control`, open `/dev/loop<N>`, `LOOP_CONFIGURE`; a device someone
+/// else configured in between (EBUSY) costs another try, at most 16 in all.
+pub fn attach_read_only(control: &File, backing: &File) -> io::Result<Attached> {
+    let mut last = io::Error::from_raw_os_error(nix::libc::EBUSY);
+    for _ in 0..ATTACH_TRIES {
+        let number = loop_ctl_get_free(control)?;
+        let path = std::path::PathBuf::from(format!("/dev/loop{number}"));
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
+            })?;
+        match loop_configure_read_only(&device, backing) {
+            Ok(()) => return Ok(Attached { path, device }),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => last = e,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("LOOP_CONFIGURE on {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    Err(io::Error::new(
+        last.kind(),
+        format!("every free loop device was taken before it could be configured, {ATTACH_TRIES} times: {last}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loop_config_has_the_kernel_size() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+        assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
 
     #[test]
     fn vol_args_has_the_kernel_size() {

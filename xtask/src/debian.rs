@@ -1,5 +1,6 @@
 //! The Debian root filesystem of a profile with a `[debian]` table: made with mmdebstrap, turned
-//! into the initrd's first cpio segment once, and cached.
+//! into a cpio segment once (the initrd's first in the cpio layout, the source of the root
+//! image in the layered one), and cached.
 //!
 //! The cache key is a SHA-256 over the profile's root filesystem recipe (release, mirror,
 //! variant, packages, excluded and removed paths, users), the kernel package name,
@@ -13,6 +14,9 @@
 //! - `rootfs.cpio.<ext>`: the segment, compressed with the default compression (`gz`, `zst`,
 //!   `xz` or `lz4`); beside it the same cpio bytes in another compression, each made once from
 //!   it when an image asks for that compression;
+//! - `rootfs.squashfs.<compressor>`: the same tree as a squashfs image, the layered layout's
+//!   root, made once from the segment when an image asks for it (see [`crate::layers`], which
+//!   keeps beside it the key of the squashfs step that made it);
 //! - `symlinks`: the root filesystem's symlinks (`path<TAB>target` lines), which the image's own
 //!   entries are placed through;
 //! - `packages`: the manifest, `package<TAB>version` lines, the kernel package included;
@@ -163,13 +167,14 @@ fn release_file(debian: &Debian, scratch: &Path) -> Result<Vec<u8>> {
 /// profile crate (its `users_script` is the hook that makes users, groups and setuid bits), the
 /// image builder's tar-to-cpio conversion, cpio writer and compressors, and the locked versions
 /// of every dependency (the compressor among them). A change to any may change the bytes.
-const PIPELINE: [&[u8]; 7] = [
+/// Assembly (`image.rs`) and the squashfs step are not part of it: they never touch the
+/// segment, and a change to them must not make mmdebstrap run again.
+const PIPELINE: [&[u8]; 6] = [
     include_bytes!("debian.rs"),
     include_bytes!("../../rootfs/src/lib.rs"),
     include_bytes!("../../image-builder/src/compress.rs"),
     include_bytes!("../../image-builder/src/rootfs.rs"),
     include_bytes!("../../image-builder/src/cpio.rs"),
-    include_bytes!("../../image-builder/src/image.rs"),
     include_bytes!("../../Cargo.lock"),
 ];
 

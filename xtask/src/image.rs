@@ -34,6 +34,10 @@ pub struct Inputs {
     pub manifest: String,
     /// How the initrd's segments are compressed (`--compression`).
     pub compression: builder::Compression,
+    /// How the initrd holds the root filesystem (`--layout`): layered for a profile with one.
+    pub layout: builder::image::Layout,
+    /// How the layered layout's images are compressed (`--squashfs-compression`).
+    pub squashfs_compression: builder::SquashfsCompression,
     /// PEM certificates of certificate authorities the monitor trusts besides the built-in
     /// roots (`--ca-certificates`), written to `buildos_contract::etc::CA_CERTIFICATES`; empty for none.
     pub ca_certificates: Vec<u8>,
@@ -195,6 +199,7 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
     }
     manifest.sort();
     manifest.dedup();
+    let layout = default_layout(rootfs.is_some());
     Ok(Inputs {
         kernel_deb: uncompressed(&kernel)?,
         package_debs: package_debs
@@ -213,8 +218,38 @@ pub fn prepare_profile(profile: Profile, rootfs_cache: &Path) -> Result<Inputs> 
         rootfs,
         manifest: manifest.iter().map(|l| format!("{l}\n")).collect(),
         compression: builder::Compression::default(),
+        layout,
+        squashfs_compression: builder::SquashfsCompression::default(),
         ca_certificates: Vec::new(),
     })
+}
+
+/// The layout of a profile's image unless `--layout` says otherwise: layered when it has a
+/// root filesystem, else cpio (there is nothing to layer).
+pub fn default_layout(has_rootfs: bool) -> builder::image::Layout {
+    if has_rootfs {
+        builder::image::Layout::Layered
+    } else {
+        builder::image::Layout::Cpio
+    }
+}
+
+/// The layout of an image of `profile`: `asked` (`--layout`) when given, else
+/// [`default_layout`]. The layered layout of a profile without a root filesystem is an error
+/// naming it: there is nothing to put in a squashfs image.
+pub fn choose_layout(
+    profile: &str,
+    has_rootfs: bool,
+    asked: Option<builder::image::Layout>,
+) -> Result<builder::image::Layout> {
+    match asked {
+        Some(builder::image::Layout::Layered) if !has_rootfs => bail!(
+            "--layout layered: profile {profile} has no root filesystem ([debian]) to put in a \
+             squashfs image; its image has the cpio layout only (leave --layout out)"
+        ),
+        Some(layout) => Ok(layout),
+        None => Ok(default_layout(has_rootfs)),
+    }
 }
 
 /// The profile's firmware packages, fetched as its kernel is: from the `non-free-firmware`
@@ -320,9 +355,17 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
                 .collect(),
         });
     }
+    spec.layout = inputs.layout;
+    spec.squashfs_compression = inputs.squashfs_compression;
+    spec.layers_cache = Some(crate::layers::cache_dir());
     spec.base = match &inputs.rootfs {
         Some(r) => Some(builder::Base {
-            segment: r.segment_in(inputs.compression)?,
+            root: match inputs.layout {
+                builder::image::Layout::Cpio => r.segment_in(inputs.compression)?,
+                builder::image::Layout::Layered => {
+                    r.squashfs_in(inputs.squashfs_compression, inputs.source_date_epoch)?
+                }
+            },
             symlinks: r.symlinks.clone(),
         }),
         None => None,
@@ -338,28 +381,66 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     })
 }
 
+/// What `cargo xtask image` (and `qemu`) are asked for.
+pub struct Options {
+    pub profile: String,
+    pub out: PathBuf,
+    /// `--compression`: the initrd's cpio segments.
+    pub compression: builder::Compression,
+    /// `--layout`; `None` is the profile's default ([`default_layout`]).
+    pub layout: Option<builder::image::Layout>,
+    /// `--squashfs-compression`: the layered layout's images.
+    pub squashfs_compression: builder::SquashfsCompression,
+    /// `--ca-certificates`.
+    pub ca_certificates: Vec<PathBuf>,
+}
+
 /// `cargo xtask image`.
-pub fn run(
-    profile: &str,
-    out: &Path,
-    compression: builder::Compression,
-    ca: &[PathBuf],
-) -> Result<Built> {
+pub fn run(options: &Options) -> Result<Built> {
+    let Options {
+        profile,
+        out,
+        compression,
+        layout,
+        squashfs_compression,
+        ca_certificates: ca,
+    } = options;
+    let (out, compression, squashfs_compression) =
+        (out.as_path(), *compression, *squashfs_compression);
     let ca_certificates = ca_certificates(ca)?;
-    let mut inputs = prepare(profile)?;
+    let loaded = buildos_rootfs::load(profile)?;
+    let layout = choose_layout(profile, loaded.debian.is_some(), *layout)?;
+    let mut inputs = prepare_profile(loaded, &rootfs_cache())?;
+    inputs.layout = layout;
     inputs.compression = compression;
+    inputs.squashfs_compression = squashfs_compression;
     inputs.ca_certificates = ca_certificates;
     let built = assemble(&inputs, out)?;
     let o = &built.output;
-    let rootfs = match &inputs.rootfs {
-        Some(r) if r.build_time.is_zero() => format!(
-            ", root filesystem {:.1} MB reused from {}",
+    let rest = o
+        .initrd_size
+        .saturating_sub(o.base_size + o.modules_image_size);
+    let parts = match (&inputs.rootfs, o.layout) {
+        (Some(_), builder::image::Layout::Layered) => format!(
+            "layered: root image {:.1} MB and modules image {:.1} MB ({squashfs_compression}), \
+             the rest {:.1} MB ({compression})",
             o.base_size as f64 / 1e6,
-            r.dir.display()
+            o.modules_image_size as f64 / 1e6,
+            rest as f64 / 1e6,
         ),
-        Some(r) => format!(
-            ", root filesystem {:.1} MB made in {:.0} s",
+        (Some(_), builder::image::Layout::Cpio) => format!(
+            "cpio: root filesystem segment {:.1} MB, the rest {:.1} MB; {compression}",
             o.base_size as f64 / 1e6,
+            rest as f64 / 1e6,
+        ),
+        (None, _) => compression.to_string(),
+    };
+    let rootfs = match &inputs.rootfs {
+        Some(r) if r.build_time.is_zero() => {
+            format!(", root filesystem reused from {}", r.dir.display())
+        }
+        Some(r) => format!(
+            ", root filesystem made in {:.0} s",
             r.build_time.as_secs_f64()
         ),
         None => String::new(),
@@ -367,7 +448,7 @@ pub fn run(
     let firmware = &o.firmware;
     let missing = firmware.missing().count();
     eprintln!(
-        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB ({compression}) with \
+        "xtask: image of profile {profile} in {}: kernel {}, initrd {:.1} MB ({parts}) with \
          {} modules, {} firmware files ({:.1} MB; {}){rootfs}, buildid {}, assembled in {:.2} s",
         out.display(),
         o.kernel_version,
@@ -406,6 +487,32 @@ mod tests {
     use super::*;
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_profile_with_a_root_filesystem_is_layered_unless_asked_and_one_without_cannot_be() {
+        use builder::image::Layout;
+        assert_eq!(
+            choose_layout("debian", true, None).unwrap(),
+            Layout::Layered
+        );
+        assert_eq!(
+            choose_layout("debian", true, Some(Layout::Cpio)).unwrap(),
+            Layout::Cpio
+        );
+        assert_eq!(choose_layout("minimal", false, None).unwrap(), Layout::Cpio);
+        let error = choose_layout("minimal", false, Some(Layout::Layered))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "--layout layered: profile minimal has no root filesystem ([debian]) to put in a \
+             squashfs image; its image has the cpio layout only (leave --layout out)"
+        );
+        assert_eq!(
+            "flat".parse::<Layout>().unwrap_err(),
+            "unknown layout \"flat\"; expected layered or cpio"
+        );
+    }
 
     #[test]
     fn ca_certificates_are_joined_and_anything_but_certificates_is_refused_by_name() {

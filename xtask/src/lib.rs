@@ -13,6 +13,7 @@ pub mod fuzz;
 pub mod hardware;
 pub mod image;
 pub mod lan;
+pub mod layers;
 pub mod nix;
 pub mod pxe;
 pub mod qemu;

@@ -24,6 +24,13 @@ enum Task {
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
+        /// How the initrd holds a root filesystem: layered (squashfs images under an overlay,
+        /// the default for a profile with one) or cpio (every file unpacked; see docs/image.md)
+        #[arg(long)]
+        layout: Option<buildos_image_builder::image::Layout>,
+        /// How the layered layout's squashfs images are compressed: zstd, xz, gzip or lz4
+        #[arg(long, default_value_t = buildos_image_builder::SquashfsCompression::default())]
+        squashfs_compression: buildos_image_builder::SquashfsCompression,
         /// A PEM file of CA certificates the monitor trusts besides the built-in roots, for
         /// toolchains served from an internal CA (repeatable; see docs/image.md)
         #[arg(long, value_name = "FILE")]
@@ -41,6 +48,12 @@ enum Task {
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]
         compression: buildos_image_builder::Compression,
+        /// How the initrd holds a root filesystem: layered or cpio (see docs/image.md)
+        #[arg(long)]
+        layout: Option<buildos_image_builder::image::Layout>,
+        /// How the layered layout's squashfs images are compressed: zstd, xz, gzip or lz4
+        #[arg(long, default_value_t = buildos_image_builder::SquashfsCompression::default())]
+        squashfs_compression: buildos_image_builder::SquashfsCompression,
         /// An OpenSSH public key for user build (default: each ~/.ssh/id_*.pub)
         #[arg(long, value_name = "FILE")]
         ssh_key: Option<PathBuf>,
@@ -121,19 +134,33 @@ fn main() -> ExitCode {
             profile,
             out,
             compression,
+            layout,
+            squashfs_compression,
             ca_certificates,
-        } => xtask::image::run(&profile, &out, compression, &ca_certificates).map(|_| ()),
+        } => xtask::image::run(&xtask::image::Options {
+            profile,
+            out,
+            compression,
+            layout,
+            squashfs_compression,
+            ca_certificates,
+        })
+        .map(|_| ()),
         Task::Qemu {
             profile,
             memory,
             cpus,
             compression,
+            layout,
+            squashfs_compression,
             ssh_key,
             demo,
             params,
         } => xtask::qemu::run(&xtask::qemu::Options {
             profile,
             compression,
+            layout,
+            squashfs_compression,
             memory_mib: memory,
             cpus,
             ssh_key,

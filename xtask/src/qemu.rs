@@ -685,6 +685,10 @@ pub struct Options {
     pub profile: String,
     /// How the initrd is compressed.
     pub compression: buildos_image_builder::Compression,
+    /// How the initrd holds a root filesystem; `None` is the profile's default.
+    pub layout: Option<buildos_image_builder::image::Layout>,
+    /// How the layered layout's images are compressed.
+    pub squashfs_compression: buildos_image_builder::SquashfsCompression,
     pub memory_mib: u32,
     pub cpus: u32,
     /// An OpenSSH public key file for user `build`; `None` takes the user's `~/.ssh/id_*.pub`.
@@ -716,7 +720,14 @@ pub fn run(options: &Options) -> Result<()> {
     }
     crate::system::ensure(&needs)?;
     let out = crate::root().join("out");
-    crate::image::run(&options.profile, &out, options.compression, &[])?;
+    crate::image::run(&crate::image::Options {
+        profile: options.profile.clone(),
+        out: out.clone(),
+        compression: options.compression,
+        layout: options.layout,
+        squashfs_compression: options.squashfs_compression,
+        ca_certificates: Vec::new(),
+    })?;
     // Kept between runs, like a real host's disks: what init stores on /state survives.
     let disks = crate::work_dir().join("qemu-disks");
     let mut config = VmConfig::new(&out).host_disks(&disks)?;

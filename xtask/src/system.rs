@@ -51,6 +51,11 @@ pub const MMDEBSTRAP: Need = Need {
     package: "mmdebstrap",
     why: "makes the Debian root filesystem of the debian profile",
 };
+pub const MKSQUASHFS: Need = Need {
+    command: "mksquashfs",
+    package: "squashfs-tools",
+    why: "makes the root and modules images of the layered layout (the debian and nix profiles)",
+};
 pub const NEWUIDMAP: Need = Need {
     command: "newuidmap",
     package: "uidmap",

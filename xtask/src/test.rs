@@ -44,6 +44,7 @@ pub fn run() -> Result<()> {
         system::AIOSMTPD,
         system::OPENSSL,
         system::MMDEBSTRAP,
+        system::MKSQUASHFS,
         system::NIX_BUILD,
         system::MODINFO,
     ])?;

@@ -38,6 +38,11 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     let mut config = VmConfig::new(&dir).append(&["buildos.debug_shell=1"]);
     // As `cargo xtask qemu` boots the debian image.
     config.memory_mib = xtask::qemu::DEBIAN_MEMORY_MIB;
+    // A second NIC whose driver loads firmware from the root: QEMU's i82551 is an e100 that
+    // asks for e100/d102e_ucode.bin (firmware-misc-nonfree) when its interface comes up.
+    config
+        .extra
+        .extend(["-netdev", "user,id=fw0", "-device", "i82551,netdev=fw0"].map(str::to_owned));
     let disks = TempDir::new("buildos-debian-disks").unwrap();
     let config = config
         .host_disks(&disks.0)
@@ -58,6 +63,12 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     assert!(at("loading later, while storage") < at("phase storage "));
     assert!(at("late modules: loaded ") < at("phase devices ok"));
     assert!(at("phase devices ok") < at("buildos-init: ready at"));
+    // The root is the layered one, switched into before anything read the root filesystem.
+    assert!(
+        at("buildos-init: layers: root on an overlay of modules.squashfs (")
+            < at("phase layers ok")
+    );
+    assert!(at("phase layers ok") < at("phase cmdline "));
     vm.wait_for("debug shell on the console", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     // With no toolchain URL the monitor says once that it is idle, and how to give it work; it
@@ -267,6 +278,85 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         .unwrap_or_else(|| panic!("libraries: {needed}"));
     assert!(count.parse::<u32>().is_ok_and(|n| n > 100), "{needed}");
     assert_eq!(unresolved, ".", "libraries no file provides: {needed}");
+
+    // `/` is an overlay of the two squashfs images, each on a loop device of its image, with
+    // its writes in the initramfs (RAM).
+    let overlay = run(&mut vm, "grep '^overlay / overlay ' /proc/mounts");
+    eprintln!("guest: the root: {overlay}");
+    assert!(
+        overlay.contains(
+            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root,\
+             upperdir=/.buildos/upper,workdir=/.buildos/work"
+        ),
+        "{overlay}"
+    );
+    let images = run(
+        &mut vm,
+        "awk '$3 == \"squashfs\" { print $1, $2, $4 }' /proc/mounts",
+    );
+    eprintln!("guest: the images: {images}");
+    let images: Vec<&str> = images.lines().map(str::trim).collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for (line, (image, lower)) in images.iter().zip([
+        ("modules.squashfs", "/.buildos/lower/modules"),
+        ("root.squashfs", "/.buildos/lower/root"),
+    ]) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields[1], lower, "{line}");
+        assert!(fields[2].starts_with("ro,"), "{line}");
+        let device = fields[0].trim_start_matches("/dev/");
+        assert!(device.starts_with("loop"), "{line}");
+        let backing = run(
+            &mut vm,
+            &format!("cat /sys/block/{device}/loop/backing_file /sys/block/{device}/ro"),
+        );
+        eprintln!("guest: {device}'s file and read-only flag: {backing}");
+        assert!(
+            backing.contains(&format!("/.buildos/layers/{image}")) && backing.ends_with('1'),
+            "{device}: {backing}"
+        );
+    }
+    // A file written to `/` is there, on the overlay and in none of the images or disks.
+    let written = run(
+        &mut vm,
+        "echo written at boot > /written-at-boot && cat /written-at-boot && \
+         stat -c %m /written-at-boot && \
+         ls /.buildos/lower/root/written-at-boot /state/written-at-boot 2>&1 | grep -c 'No such'",
+    );
+    assert_eq!(
+        written.lines().map(str::trim).collect::<Vec<_>>(),
+        ["written at boot", "/", "2"],
+        "{written}"
+    );
+    // A module of the modules image loaded: btrfs, for the machines disk, from that image.
+    assert_eq!(run(&mut vm, "grep -c '^btrfs ' /proc/modules").trim(), "1");
+    let btrfs = run(
+        &mut vm,
+        "ls /.buildos/lower/modules/usr/lib/modules/$(uname -r)/kernel/fs/btrfs/ && \
+         ls /.buildos/lower/root/usr/lib/modules 2>&1",
+    );
+    assert!(
+        btrfs.contains("btrfs.ko") && btrfs.contains("No such"),
+        "btrfs is not in the modules image alone: {btrfs}"
+    );
+
+    // The kernel's firmware loader reads the new root too (it shares init's root): e100's
+    // microcode was read from the modules image, and no load failed.
+    let firmware = run(
+        &mut vm,
+        "grep -l e100 /sys/class/net/*/device/uevent | wc -l; \
+         fincore --noheadings --output PAGES /lib/firmware/e100/d102e_ucode.bin*; \
+         dmesg | grep -c 'firmware load for' || true",
+    );
+    eprintln!("guest: e100 interfaces, resident pages of its firmware, failed loads: {firmware}");
+    let firmware: Vec<u64> = firmware
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("{firmware}")))
+        .collect();
+    assert!(
+        firmware.len() == 3 && firmware[0] == 1 && firmware[1] > 0 && firmware[2] == 0,
+        "e100 interfaces, resident pages of its firmware, failed firmware loads: {firmware:?}"
+    );
 
     // /dev/kvm is there when the guest's CPU has virtualisation (QEMU emulates AMD's SVM in
     // software; a KVM host may not pass VT-x on): then it is kvm's.

@@ -1,0 +1,151 @@
+//! The layered layout of the debian image `cargo xtask test` built, read without booting it
+//! (the boot is `debian.rs`'s): the segments and paths the host contract's `layers` names, the
+//! root image's modes, owners and setuid bits as the profile makes them, and the modules
+//! image's tables where init reads them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use buildos_contract as contract;
+use buildos_image_builder::cpio::{self, Kind};
+use buildos_image_builder::kmod::Module;
+use buildos_image_builder::squashfs::{self, Found};
+use buildos_image_builder::SquashfsCompression;
+use contract::layers;
+use xtask::qemu::TempDir;
+use xtask::test::DEBIAN_IMAGE_DIR_VAR;
+
+fn image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        DEBIAN_IMAGE_DIR_VAR,
+        "the debian image `cargo xtask test` builds (buildos-initrd, buildos-buildid)",
+    )
+}
+
+/// `unsquashfs -lln` of `image`: path (from `/`) → (permissions, owner `uid/gid`).
+fn listing(image: &Path) -> BTreeMap<String, (String, String)> {
+    let out = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(image)
+        .output()
+        .expect("unsquashfs runs (squashfs-tools)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = line.find("squashfs-root")?;
+            let path = &line[at + "squashfs-root".len()..];
+            let path = path.split(" -> ").next().unwrap_or(path);
+            let path = if path.is_empty() { "/" } else { path };
+            Some((
+                path.to_owned(),
+                (fields[0].to_owned(), fields[1].to_owned()),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_debian_initrd_carries_root_and_modules_images_then_init_and_its_files_in_the_upper_layer() {
+    let Some(dir) = image() else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("buildos-initrd")).unwrap();
+    // The images' segment is plain newc: the kernel copies it without decompressing.
+    assert!(
+        bytes.starts_with(b"070701"),
+        "the first segment is compressed"
+    );
+    let entries: BTreeMap<String, (cpio::Entry, Vec<u8>)> = cpio::read(&bytes)
+        .unwrap()
+        .into_iter()
+        .map(|(e, data)| (e.path.clone(), (e, data)))
+        .collect();
+    drop(bytes);
+    let get = |path: &str| {
+        entries
+            .get(path.trim_start_matches('/'))
+            .unwrap_or_else(|| panic!("{path} is not in the initrd"))
+    };
+
+    // Nothing is unpacked outside `/.buildos` but `/init`.
+    let outside: Vec<&String> = entries
+        .keys()
+        .filter(|p| *p != "init" && *p != ".buildos" && !p.starts_with(".buildos/"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+    // init is one file, at the top for the kernel and in the upper layer for the host.
+    let (top, upper) = (
+        get(contract::programs::INIT),
+        get(&layers::in_upper("/init")),
+    );
+    assert_eq!((top.0.ino, top.0.nlink), (upper.0.ino, 2));
+    assert!(!top.1.is_empty() && top.1 == upper.1);
+    assert_eq!(
+        String::from_utf8_lossy(&get(&layers::in_upper(contract::etc::BUILDID)).1),
+        std::fs::read_to_string(dir.join("buildos-buildid")).unwrap()
+    );
+    for path in [layers::LOWER, layers::WORK, layers::NEWROOT] {
+        assert_eq!(get(path).0.kind, Kind::Dir, "{path}");
+    }
+    // Each early module loads from its file alone: none names a dependency.
+    for name in layers::EARLY_MODULES {
+        let path = layers::early_module(name);
+        let module = Module::from_bytes(&path, &format!("{name}.ko"), &get(&path).1).unwrap();
+        assert_eq!(module.name, name);
+        assert!(module.depends.is_empty(), "{name}: {:?}", module.depends);
+    }
+
+    let scratch = TempDir::new("buildos-layers-test").unwrap();
+    let mut images = BTreeMap::new();
+    for image in layers::IMAGES {
+        let data = &get(image).1;
+        assert_eq!(
+            squashfs::inspect(data),
+            Found::Squashfs(SquashfsCompression::default()),
+            "{image}"
+        );
+        let file = scratch.0.join(image.rsplit('/').next().unwrap());
+        std::fs::write(&file, data).unwrap();
+        images.insert(image, listing(&file));
+    }
+
+    // The root image keeps the root filesystem's modes and owners: the profile's setuid files,
+    // sudo's, a file of group shadow, and a setgid directory of group mail.
+    let root = &images[layers::ROOT_IMAGE];
+    let entry = |path: &str| {
+        root.get(path)
+            .unwrap_or_else(|| panic!("{path} is not in the root image"))
+            .clone()
+    };
+    assert_eq!(entry("/"), ("drwxr-xr-x".into(), "0/0".into()));
+    let profile = buildos_rootfs::load("debian").unwrap();
+    for path in &profile.debian.as_ref().unwrap().setuid {
+        assert!(
+            entry(path).0.starts_with("-rws"),
+            "{path}: {:?}",
+            entry(path)
+        );
+    }
+    assert_eq!(entry("/usr/bin/sudo"), ("-rwsr-xr-x".into(), "0/0".into()));
+    assert_eq!(entry("/etc/shadow"), ("-rw-r-----".into(), "0/42".into()));
+    assert_eq!(entry("/var/mail"), ("drwxrwsr-x".into(), "0/8".into()));
+    // No module or firmware is in the root image, and no image entry of ours.
+    assert!(root.keys().all(|p| !p.starts_with("/usr/lib/modules/")));
+    assert!(!root.contains_key(contract::programs::MONITOR));
+
+    // The modules image holds the tree init reads, where the root's `lib` symlink leads.
+    let modules = &images[layers::MODULES_IMAGE];
+    let release = modules
+        .keys()
+        .find_map(|p| p.strip_prefix("/usr/lib/modules/"))
+        .map(|rest| rest.split('/').next().unwrap().to_owned())
+        .expect("a module tree in the modules image");
+    for table in contract::modules::READ_AT_BOOT {
+        let path = format!("/usr/lib/modules/{release}/{table}");
+        assert!(modules.contains_key(&path), "{path}");
+    }
+    assert!(modules.keys().any(|p| p.starts_with("/usr/lib/firmware/")));
+}
