@@ -25,6 +25,13 @@
 //! - the default root filesystem's 20 largest packages and paths, each with why its package
 //!   is there (listed in the profile, Essential, or pulled in by a listed package) and dpkg's
 //!   description (see [`crate::footprint`]);
+//! - the layered root: the default image (root filesystem and modules as squashfs images
+//!   under an overlay) against the same profile's root filesystem unpacked from a gzip initrd
+//!   (the anchor): the initrd's size (target: under 97 MB with drivers and firmware), the
+//!   kernel's unpack (target: 40% of the anchor's) and ready (target: half of the anchor's),
+//!   each squashfs compressor's size, time to make and ready, and whether the default is the
+//!   one with the least ready plus transfer at 100 MB/s; the default image's assembly from its
+//!   caches (target: under 2 s).
 //! - the initrd's compression: for the default image's cpio bytes, each compressor the kernel
 //!   unpacks (size, time to compress, the kernel's unpack time from its timestamps, ready),
 //!   and whether the default is the one with the least unpack plus transfer at 100 MB/s.
@@ -75,6 +82,9 @@ pub enum Only {
     Register,
     /// The default image's 20 largest packages and paths, and why each package is there.
     Largest,
+    /// The layered root against the gzip cpio root: size, unpack, ready, per squashfs
+    /// compressor, and the cached assembly.
+    Layers,
 }
 
 pub fn run(only: Only) -> Result<()> {
@@ -118,6 +128,16 @@ pub fn run(only: Only) -> Result<()> {
         Only::Largest => {
             system::ensure(&[system::APT, system::MMDEBSTRAP])?;
             return largest();
+        }
+        Only::Layers => {
+            system::ensure(&[
+                system::APT,
+                system::QEMU,
+                system::MMDEBSTRAP,
+                system::MKFS_EXT4,
+                system::MKFS_BTRFS,
+            ])?;
+            return layers();
         }
         Only::All => {}
     }
@@ -253,6 +273,7 @@ pub fn run(only: Only) -> Result<()> {
     driver_classes()?;
     agents(&debian_image_dir())?;
     nix_builds()?;
+    layers()?;
     compression()?;
     monitor()?;
     fuzz()
@@ -1710,6 +1731,189 @@ fn largest() -> Result<()> {
 /// The transfer rate the default compression is chosen for: an HTTP network boot.
 const HTTP_RATE: f64 = 100e6;
 
+/// The size the default initrd must stay under, with its drivers and firmware: the gzip
+/// initrd of the debian profile before the layered root, driver classes and firmware.
+const SIZE_TARGET: u64 = 97_000_000;
+
+/// One image of [`layers`]: how it was made, and its figures.
+struct LayoutRow {
+    label: String,
+    size: u64,
+    make: Option<Duration>,
+    unpack: Duration,
+    ready: Duration,
+    default: bool,
+}
+
+impl LayoutRow {
+    /// What the squashfs compressor is chosen by: ready plus the transfer at [`HTTP_RATE`]
+    /// (its images are read, and decompressed, as the boot reads them).
+    fn cost(&self) -> f64 {
+        self.ready.as_secs_f64() + self.size as f64 / HTTP_RATE
+    }
+}
+
+/// The layered root against the anchor, the same profile's root filesystem unpacked by the
+/// kernel from a gzip initrd (the layout and compression before the layered root), each built
+/// and booted in this run under the same kernel, disks and virtio NIC: the initrd's size, the
+/// kernel's unpack time (its own timestamps) and the uptime at ready; for each squashfs
+/// compressor, the time mksquashfs takes for the root filesystem on this machine, uncached.
+/// Then the default image's assembly from its caches.
+fn layers() -> Result<()> {
+    use builder::image::Layout;
+    use builder::SquashfsCompression;
+    let mut inputs = image::prepare(buildos_rootfs::DEFAULT_PROFILE)?;
+    let Some(rootfs) = &inputs.rootfs else {
+        bail!(
+            "the {} profile has no root filesystem",
+            buildos_rootfs::DEFAULT_PROFILE
+        );
+    };
+    let segment = std::fs::read(&rootfs.segment)
+        .with_context(|| format!("cannot read {}", rootfs.segment.display()))?;
+    let format = builder::Compression::detect(&segment)
+        .with_context(|| format!("{} is in no known compression", rootfs.segment.display()))?;
+    let archive = builder::cpio::Archive::from_cpio(&format.decompress(&segment)?)?;
+    drop(segment);
+    let default_layout = inputs.layout;
+    let default_squashfs = inputs.squashfs_compression;
+    let default_compression = inputs.compression;
+    let mut rows = Vec::new();
+    let mut boot = |inputs: &image::Inputs, label: String, make: Option<Duration>| -> Result<()> {
+        let dir = TempDir::new("buildos-bench-layers")?;
+        let built = image::assemble(inputs, &dir.0)?;
+        let (unpack, ready) = unpack_time(&dir.0)?;
+        eprintln!(
+            "xtask: {label}: {:.1} MB, unpacked in {:.2} s, ready at {:.2} s",
+            built.output.initrd_size as f64 / 1e6,
+            unpack.as_secs_f64(),
+            ready.as_secs_f64()
+        );
+        rows.push(LayoutRow {
+            label,
+            size: built.output.initrd_size,
+            make,
+            unpack,
+            ready,
+            default: inputs.layout == default_layout
+                && inputs.compression == default_compression
+                && inputs.squashfs_compression == default_squashfs,
+        });
+        Ok(())
+    };
+    inputs.layout = Layout::Cpio;
+    inputs.compression = builder::Compression::Gzip;
+    boot(&inputs, "cpio root, gzip (anchor)".to_owned(), None)?;
+    inputs.compression = default_compression;
+    boot(
+        &inputs,
+        format!("cpio root, {}", default_compression.name()),
+        None,
+    )?;
+    inputs.layout = Layout::Layered;
+    for squashfs in SquashfsCompression::ALL {
+        let scratch = TempDir::new("buildos-bench-mksquashfs")?;
+        let started = Instant::now();
+        builder::squashfs::make(
+            &archive,
+            squashfs,
+            inputs.source_date_epoch,
+            &scratch.0.join("root.squashfs"),
+        )?;
+        let make = started.elapsed();
+        drop(scratch);
+        inputs.squashfs_compression = squashfs;
+        boot(
+            &inputs,
+            format!("layered root, squashfs {}", squashfs.name()),
+            Some(make),
+        )?;
+    }
+    drop(archive);
+    inputs.squashfs_compression = default_squashfs;
+    // The default image from its caches, the best of three (the first warms the page cache).
+    let out = crate::work_dir().join("bench-image-layers");
+    let mut assembly = Duration::MAX;
+    for _ in 0..3 {
+        assembly = assembly.min(image::assemble(&inputs, &out)?.assembly);
+    }
+    let _ = std::fs::remove_dir_all(&out);
+
+    let (Some(anchor), Some(default)) = (rows.first(), rows.iter().find(|r| r.default)) else {
+        bail!("the anchor or the default image was not measured");
+    };
+    let least = rows
+        .iter()
+        .filter(|r| r.make.is_some())
+        .min_by(|a, b| a.cost().total_cmp(&b.cost()))
+        .context("no layered image measured")?;
+    println!();
+    println!(
+        "root filesystem layout ({} profile)              initrd      make   unpack  ready at  +100 MB/s",
+        buildos_rootfs::DEFAULT_PROFILE
+    );
+    for r in &rows {
+        let mark = match (r.default, std::ptr::eq(r, least)) {
+            (true, true) => "  default, least",
+            (true, false) => "  default",
+            (false, true) => "  least",
+            (false, false) => "",
+        };
+        println!(
+            "  {:<44} {:>7.1} MB {:>7} {:>6.2} s {:>7.2} s {:>8.2} s{mark}",
+            r.label,
+            r.size as f64 / 1e6,
+            r.make
+                .map_or("-".to_owned(), |m| format!("{:.1} s", m.as_secs_f64())),
+            r.unpack.as_secs_f64(),
+            r.ready.as_secs_f64(),
+            r.cost()
+        );
+    }
+    println!(
+        "  the default squashfs compressor is the least ready plus transfer at 100 MB/s ({})",
+        verdict(default.make.is_some() && std::ptr::eq(default, least))
+    );
+    println!("  (the same kernel, disks and virtio NIC; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the root filesystem alone, uncached, on this machine's cores)");
+    println!("figure                          buildos      anchor       ratio   target");
+    println!(
+        "default initrd size             {:>8.1} MB  {:>8.1} MB  {:>6.2}   < {:.0} MB with drivers and firmware ({})",
+        default.size as f64 / 1e6,
+        anchor.size as f64 / 1e6,
+        default.size as f64 / anchor.size as f64,
+        SIZE_TARGET as f64 / 1e6,
+        verdict(default.size < SIZE_TARGET)
+    );
+    let unpack = default.unpack.as_secs_f64() / anchor.unpack.as_secs_f64();
+    println!(
+        "kernel unpack of the initrd     {:>8.2} s   {:>8.2} s   {:>6.2}   <= 0.40 ({})",
+        default.unpack.as_secs_f64(),
+        anchor.unpack.as_secs_f64(),
+        unpack,
+        verdict(unpack <= 0.40)
+    );
+    let ready = default.ready.as_secs_f64() / anchor.ready.as_secs_f64();
+    println!(
+        "boot to ready                   {:>8.2} s   {:>8.2} s   {:>6.2}   <= 0.50 ({})",
+        default.ready.as_secs_f64(),
+        anchor.ready.as_secs_f64(),
+        ready,
+        verdict(ready <= 0.50)
+    );
+    println!("  (anchor: the same profile's root filesystem unpacked from a gzip initrd, the layout before the layered root, booted in this run)");
+    println!(
+        "default image assembly, cached  {:>8.2} s   {:>8.2} s   {:>6.2}   < 2 s ({})",
+        assembly.as_secs_f64(),
+        2.0,
+        assembly.as_secs_f64() / 2.0,
+        verdict(assembly < Duration::from_secs(2))
+    );
+    println!(
+        "  (root filesystem, its squashfs image and the modules image cached; the best of three)"
+    );
+    Ok(())
+}
+
 /// One compressor's figures for the same initrd bytes.
 struct Compressed {
     compression: builder::Compression,
@@ -1812,6 +2016,9 @@ pub fn compression() -> Result<()> {
 fn unpack_time(dir: &Path) -> Result<(Duration, Duration)> {
     let disks = TempDir::new("buildos-bench-unpack-disks")?;
     let mut config = VmConfig::new(dir).host_disks(&disks.0)?;
+    // The debian profile's guest: the cpio layout needs its initrd and the unpacked files in
+    // RAM at once.
+    config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
     config
         .extra
         .extend(Nic::Virtio.qemu_args().iter().map(|a| a.to_string()));

@@ -120,6 +120,10 @@ enum Task {
         /// is there
         #[arg(long, group = "only")]
         largest_only: bool,
+        /// Measure only the layered root against the gzip cpio root (size, unpack, ready, each
+        /// squashfs compressor) and the cached assembly
+        #[arg(long, group = "only")]
+        layers_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
             nix_only,
             register_only,
             largest_only,
+            layers_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -209,6 +214,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Register
         } else if largest_only {
             xtask::bench::Only::Largest
+        } else if layers_only {
+            xtask::bench::Only::Layers
         } else {
             xtask::bench::Only::All
         }),
