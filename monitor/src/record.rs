@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use buildos_contract as contract;
 
@@ -460,18 +459,9 @@ pub fn boot(text: &str) -> Boot {
 /// An OpenSSH public key line as the record keeps it: without its comment, with its SHA256
 /// fingerprint. `None` for a line that is not `<type> <base64>`.
 pub fn key(line: &str) -> Option<Key> {
-    let mut words = line.split_whitespace();
-    let (kind, blob) = (words.next()?, words.next()?);
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(blob)
-        .ok()?;
-    let digest = Sha256::digest(&bytes);
-    Some(Key {
-        public: format!("{kind} {blob}"),
-        fingerprint: format!(
-            "SHA256:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        ),
+    buildos_sshkey::parse(line).map(|k| Key {
+        public: k.public,
+        fingerprint: k.fingerprint,
     })
 }
 
