@@ -107,38 +107,43 @@ fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
         .map_err(io("read", Path::new("/dev/urandom")))
 }
 
-/// Makes any missing host key under `state/ssh` with `ssh_keygen`, links each key pair into
-/// `etc_ssh`, and returns a line per key with its fingerprint.
+/// Makes any missing host key under `state/ssh` with `ssh_keygen` (the missing kinds at once,
+/// one `ssh-keygen` each), links each key pair into `etc_ssh`, and returns a line per key with
+/// its fingerprint, computed here: an `ssh-keygen -l` per key cost hundreds of milliseconds of
+/// every boot under software emulation.
 pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<String>, KeyError> {
     let dir = state.join(buildos_contract::state::SSH);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("set the mode of", &dir))?;
     std::fs::create_dir_all(etc_ssh).map_err(io("create", etc_ssh))?;
-    let mut lines = Vec::new();
-    for kind in HOST_KEY_TYPES {
+    let paths = |kind: &str| {
         let name = format!("ssh_host_{kind}_key");
-        let key = dir.join(&name);
-        let public = dir.join(format!("{name}.pub"));
-        let made = if key.is_file() && public.is_file() {
-            "kept"
-        } else {
-            let _ = std::fs::remove_file(&key);
-            let _ = std::fs::remove_file(&public);
-            let output = Command::new(ssh_keygen)
-                .args(["-q", "-N", "", "-t", kind, "-C", "buildos host key", "-f"])
-                .arg(&key)
-                .output()
-                .map_err(io("run", ssh_keygen))?;
-            if !output.status.success() {
-                return Err(KeyError::Keygen {
-                    program: ssh_keygen.to_owned(),
-                    kind,
-                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-                });
-            }
-            "made"
-        };
+        (dir.join(&name), dir.join(format!("{name}.pub")), name)
+    };
+    let made: Vec<Result<bool, KeyError>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = HOST_KEY_TYPES
+            .iter()
+            .map(|&kind| {
+                let (key, public, _) = paths(kind);
+                scope.spawn(move || make_key(ssh_keygen, kind, &key, &public))
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| {
+                run.join().unwrap_or_else(|_| {
+                    Err(io("run", ssh_keygen)(std::io::Error::other(
+                        "the thread running it panicked",
+                    ))
+                    .into())
+                })
+            })
+            .collect()
+    });
+    let mut lines = Vec::new();
+    for (kind, made) in HOST_KEY_TYPES.iter().zip(made) {
+        let made = if made? { "made" } else { "kept" };
+        let (key, public, name) = paths(kind);
         for (from, to) in [
             (&key, etc_ssh.join(&name)),
             (&public, etc_ssh.join(format!("{name}.pub"))),
@@ -148,21 +153,55 @@ pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<
         }
         lines.push(format!(
             "ssh host key {kind} {made}: {}",
-            fingerprint(ssh_keygen, &public)
+            fingerprint(&public)
         ));
     }
     Ok(lines)
 }
 
-/// `SHA256:...` of a public key, or what went wrong.
-fn fingerprint(ssh_keygen: &Path, public: &Path) -> String {
-    match Command::new(ssh_keygen).arg("-lf").arg(public).output() {
-        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("(no fingerprint)")
-            .to_owned(),
-        _ => "(no fingerprint)".to_owned(),
+/// Makes the `kind` key pair at `key` and `public` unless both are there: whether it made it.
+fn make_key(
+    ssh_keygen: &Path,
+    kind: &'static str,
+    key: &Path,
+    public: &Path,
+) -> Result<bool, KeyError> {
+    if key.is_file() && public.is_file() {
+        return Ok(false);
+    }
+    let _ = std::fs::remove_file(key);
+    let _ = std::fs::remove_file(public);
+    let output = Command::new(ssh_keygen)
+        .args(["-q", "-N", "", "-t", kind, "-C", "buildos host key", "-f"])
+        .arg(key)
+        .output()
+        .map_err(io("run", ssh_keygen))?;
+    if !output.status.success() {
+        return Err(KeyError::Keygen {
+            program: ssh_keygen.to_owned(),
+            kind,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(true)
+}
+
+/// `SHA256:...` of the public key file `public`, or what went wrong.
+fn fingerprint(public: &Path) -> String {
+    match std::fs::read_to_string(public) {
+        Ok(line) => buildos_sshkey::parse(&line).map_or_else(
+            || {
+                format!(
+                    "(no fingerprint: {} is no public key line)",
+                    public.display()
+                )
+            },
+            |key| key.fingerprint,
+        ),
+        Err(error) => format!(
+            "(no fingerprint: cannot read {}: {error})",
+            public.display()
+        ),
     }
 }
 
@@ -273,6 +312,17 @@ mod tests {
             key
         );
         assert!(etc.join("ssh_host_ecdsa_key.pub").is_file());
+        // Each fingerprint is the one ssh-keygen prints for the key.
+        for (kind, line) in HOST_KEY_TYPES.iter().zip(&made) {
+            let listed = std::process::Command::new(keygen)
+                .arg("-lf")
+                .arg(etc.join(format!("ssh_host_{kind}_key.pub")))
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let theirs = listed.split_whitespace().nth(1).unwrap();
+            assert_eq!(line.split(": ").nth(1), Some(theirs), "{listed}");
+        }
         std::fs::remove_dir_all(&root).unwrap();
     }
 
