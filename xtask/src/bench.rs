@@ -1306,8 +1306,8 @@ struct Ram {
     files: u64,
 }
 
-/// Boots the image in a 1.5 GiB guest (the compiler the debian profile carries leaves 1 GiB
-/// too little to unpack the initrd) and reads its RAM in /proc/meminfo after ready.
+/// Boots the image in a 1.5 GiB guest (the debian profile's, `qemu::DEBIAN_MEMORY_MIB`) and
+/// reads its RAM in /proc/meminfo after ready.
 fn ram_used(image: &Path) -> Result<Ram> {
     let mut config = VmConfig::new(image).append(&["buildos.debug_shell=1"]);
     config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;

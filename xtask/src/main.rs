@@ -40,7 +40,8 @@ enum Task {
     Qemu {
         #[arg(long, default_value = buildos_rootfs::DEFAULT_PROFILE)]
         profile: String,
-        /// Guest RAM in MiB (the debian profile needs about 1.5 GiB to unpack its initrd)
+        /// Guest RAM in MiB (the debian profile's cpio layout needs about 1.5 GiB to unpack its
+        /// initrd)
         #[arg(long, default_value_t = xtask::qemu::DEBIAN_MEMORY_MIB)]
         memory: u32,
         #[arg(long, default_value_t = 2)]

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The memory a guest of the debian image needs: its initrd and the files unpacked from it are
-/// in RAM at once, and with the compiler they no longer fit in 1 GiB.
+/// The memory the tests and the bench give a guest of the debian image. Its cpio layout (the
+/// bench's anchor) needs its initrd and the files unpacked from it in RAM at once; the layered
+/// layout keeps its images compressed and needs less; the build machines it starts need more.
 pub const DEBIAN_MEMORY_MIB: u32 = 1536;
 
 /// How a guest is started.
