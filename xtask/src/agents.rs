@@ -22,9 +22,10 @@ pub const HOST_BR0: &str = "10.0.2.15";
 pub const HOST_BR1: &str = "172.30.0.1";
 
 /// The debian host as the agents' scenario boots it: `key` for `build` in `buildos.ssh_key`,
-/// the console shell (root) for what only root may do, `qemu::DEBIAN_MEMORY_MIB`, `disks`, and an e1000 on QEMU's user network with SSH on loopback `port`. The
-/// LAN's DHCP server tells network-booting machines on br0 to read the br0 toolchain `pub`'s
-/// `pxe.ipxe` from the host.
+/// the console shell (root) for what only root may do, `qemu::DEBIAN_MEMORY_MIB`, `disks`,
+/// and an e1000 on QEMU's user network with SSH on loopback `port`. The LAN's DHCP server
+/// tells network-booting machines on br0 to read the br0 toolchain `pub`'s `pxe.ipxe` from
+/// the host.
 pub fn host_config(
     image: &Path,
     disks: &[PathBuf],
