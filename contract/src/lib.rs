@@ -326,7 +326,8 @@ pub mod programs {
     pub const DNSMASQ: &str = concat!(sbin_dir!(), "/dnsmasq");
     /// nftables, for br1's NAT.
     pub const NFT: &str = concat!(sbin_dir!(), "/nft");
-    /// ssh-keygen: the host keys (init) and the agent key (monitor).
+    /// ssh-keygen: the tunnel key (init) and the agent key (monitor); init makes the host keys
+    /// itself.
     pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
     /// sshd's privilege separation directory, made before sshd starts.
     pub const SSHD_RUN_DIR: &str = "/run/sshd";

@@ -557,15 +557,15 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
-    let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
-    if keygen.is_file() {
-        match state::host_keys(state, std::path::Path::new("/etc/ssh"), keygen) {
+    if std::path::Path::new(contract::programs::SSHD).is_file() {
+        match state::host_keys(state, std::path::Path::new("/etc/ssh")) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
             Err(error) => warnings.push(format!("ssh host keys: {}", console::oneline(&error))),
         }
     } else {
-        console::info("no ssh-keygen in this image: no SSH host keys");
+        console::info("no sshd in this image: no SSH host keys");
     }
+    let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
     if boot.config.tunnel.is_some() {
         // On the console as one line, for whoever adds it to the bastion's authorized_keys;
         // the monitor puts it in the host-up mail.

@@ -2,14 +2,14 @@
 //!
 //! - `/state/random-seed`: mixed into the kernel's pool early, replaced at once (so a crash
 //!   never reuses it) and again at shutdown.
-//! - `/state/ssh/ssh_host_<type>_key`: made once with ssh-keygen, then reused, so a host keeps
-//!   its fingerprint; /etc/ssh points at them.
+//! - `/state/ssh/ssh_host_<type>_key`: made once by init itself, as ssh-keygen writes it
+//!   (`openssh-key-v1`, 0600; the `.pub` line, 0644), then reused, so a host keeps its
+//!   fingerprint; /etc/ssh points at them.
 //! - `/build/.ssh/authorized_keys`: every `buildos.ssh_key`, for the user `build`.
 
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::error::FileError;
 use crate::host::Host;
@@ -33,12 +33,8 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> FileError {
 pub enum KeyError {
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("{} could not make the {kind} host key: {stderr}", program.display())]
-    Keygen {
-        program: PathBuf,
-        kind: &'static str,
-        stderr: String,
-    },
+    #[error("could not make the {kind} host key: {reason}")]
+    Generate { kind: &'static str, reason: String },
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, with `mode`.
@@ -107,43 +103,26 @@ fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
         .map_err(io("read", Path::new("/dev/urandom")))
 }
 
-/// Makes any missing host key under `state/ssh` with `ssh_keygen` (the missing kinds at once,
-/// one `ssh-keygen` each), links each key pair into `etc_ssh`, and returns a line per key with
-/// its fingerprint, computed here: an `ssh-keygen -l` per key cost hundreds of milliseconds of
-/// every boot under software emulation.
-pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<String>, KeyError> {
+/// Makes any missing host key under `state/ssh` in this process (an `ssh-keygen` start per key
+/// cost most of a second of a first boot under software emulation), links each key pair into
+/// `etc_ssh`, and returns a line per key with its fingerprint, computed here: an
+/// `ssh-keygen -l` per key cost hundreds of milliseconds of every boot under software
+/// emulation.
+pub fn host_keys(state: &Path, etc_ssh: &Path) -> Result<Vec<String>, KeyError> {
     let dir = state.join(buildos_contract::state::SSH);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("set the mode of", &dir))?;
     std::fs::create_dir_all(etc_ssh).map_err(io("create", etc_ssh))?;
-    let paths = |kind: &str| {
-        let name = format!("ssh_host_{kind}_key");
-        (dir.join(&name), dir.join(format!("{name}.pub")), name)
-    };
-    let made: Vec<Result<bool, KeyError>> = std::thread::scope(|scope| {
-        let runs: Vec<_> = HOST_KEY_TYPES
-            .iter()
-            .map(|&kind| {
-                let (key, public, _) = paths(kind);
-                scope.spawn(move || make_key(ssh_keygen, kind, &key, &public))
-            })
-            .collect();
-        runs.into_iter()
-            .map(|run| {
-                run.join().unwrap_or_else(|_| {
-                    Err(io("run", ssh_keygen)(std::io::Error::other(
-                        "the thread running it panicked",
-                    ))
-                    .into())
-                })
-            })
-            .collect()
-    });
     let mut lines = Vec::new();
-    for (kind, made) in HOST_KEY_TYPES.iter().zip(made) {
-        let made = if made? { "made" } else { "kept" };
-        let (key, public, name) = paths(kind);
+    for &kind in HOST_KEY_TYPES {
+        let name = format!("ssh_host_{kind}_key");
+        let (key, public) = (dir.join(&name), dir.join(format!("{name}.pub")));
+        let made = if make_key(kind, &key, &public)? {
+            "made"
+        } else {
+            "kept"
+        };
         for (from, to) in [
             (&key, etc_ssh.join(&name)),
             (&public, etc_ssh.join(format!("{name}.pub"))),
@@ -159,30 +138,49 @@ pub fn host_keys(state: &Path, etc_ssh: &Path, ssh_keygen: &Path) -> Result<Vec<
     Ok(lines)
 }
 
+/// The comment of every host key, as `ssh-keygen -C` gave it before.
+pub const HOST_KEY_COMMENT: &str = "buildos host key";
+
+/// The algorithm of a `HOST_KEY_TYPES` name, as `ssh-keygen -t` reads it.
+fn algorithm(kind: &'static str) -> Result<ssh_key::Algorithm, KeyError> {
+    match kind {
+        "ed25519" => Ok(ssh_key::Algorithm::Ed25519),
+        "ecdsa" => Ok(ssh_key::Algorithm::Ecdsa {
+            curve: ssh_key::EcdsaCurve::NistP256,
+        }),
+        _ => Err(KeyError::Generate {
+            kind,
+            reason: "no such host key type (expected ed25519 or ecdsa)".to_owned(),
+        }),
+    }
+}
+
+/// A new `kind` key pair from the kernel's random source (getrandom(2)), as OpenSSH writes
+/// it: the unencrypted `openssh-key-v1` private key and the public key line, each with
+/// `HOST_KEY_COMMENT`.
+pub fn new_key(kind: &'static str) -> Result<(String, String), KeyError> {
+    let failed = |error: ssh_key::Error| KeyError::Generate {
+        kind,
+        reason: error.to_string(),
+    };
+    let mut key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, algorithm(kind)?)
+        .map_err(failed)?;
+    key.set_comment(HOST_KEY_COMMENT);
+    let private = key.to_openssh(ssh_key::LineEnding::LF).map_err(failed)?;
+    let public = key.public_key().to_openssh().map_err(failed)?;
+    Ok((private.as_str().to_owned(), format!("{public}\n")))
+}
+
 /// Makes the `kind` key pair at `key` and `public` unless both are there: whether it made it.
-fn make_key(
-    ssh_keygen: &Path,
-    kind: &'static str,
-    key: &Path,
-    public: &Path,
-) -> Result<bool, KeyError> {
+/// The private key is written first, so a key whose public half is there is whole.
+fn make_key(kind: &'static str, key: &Path, public: &Path) -> Result<bool, KeyError> {
     if key.is_file() && public.is_file() {
         return Ok(false);
     }
-    let _ = std::fs::remove_file(key);
     let _ = std::fs::remove_file(public);
-    let output = Command::new(ssh_keygen)
-        .args(["-q", "-N", "", "-t", kind, "-C", "buildos host key", "-f"])
-        .arg(key)
-        .output()
-        .map_err(io("run", ssh_keygen))?;
-    if !output.status.success() {
-        return Err(KeyError::Keygen {
-            program: ssh_keygen.to_owned(),
-            kind,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
-    }
+    let (private_text, public_text) = new_key(kind)?;
+    write_atomically(key, private_text.as_bytes(), 0o600)?;
+    write_atomically(public, public_text.as_bytes(), 0o644)?;
     Ok(true)
 }
 
@@ -284,29 +282,51 @@ mod tests {
         std::fs::remove_dir_all(&state).unwrap();
     }
 
+    /// OpenSSH's own programs, which the keys init makes must satisfy.
+    const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+    const SSHD: &str = "/usr/sbin/sshd";
+
+    /// `program args...`'s standard output, failing the test with its error output.
+    fn openssh(program: &str, args: &[&std::ffi::OsStr]) -> String {
+        assert!(
+            Path::new(program).is_file(),
+            "this test needs {program} (openssh-client and openssh-server)"
+        );
+        let output = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     #[test]
     fn host_keys_are_made_once_and_kept() {
-        let keygen = Path::new("/usr/bin/ssh-keygen");
-        assert!(
-            keygen.is_file(),
-            "this test needs ssh-keygen (openssh-client)"
-        );
         let root = temp("keys");
         let (state, etc) = (root.join("state"), root.join("etc/ssh"));
-        let made = host_keys(&state, &etc, keygen).unwrap();
+        let made = host_keys(&state, &etc).unwrap();
         assert_eq!(made.len(), 2, "{made:?}");
         assert!(
             made[0].starts_with("ssh host key ed25519 made: SHA256:"),
             "{made:?}"
         );
+        assert!(
+            made[1].starts_with("ssh host key ecdsa made: SHA256:"),
+            "{made:?}"
+        );
         let key = std::fs::read(state.join("ssh/ssh_host_ed25519_key")).unwrap();
-        let kept = host_keys(&state, &etc, keygen).unwrap();
+        let kept = host_keys(&state, &etc).unwrap();
         assert!(
             kept[0].starts_with("ssh host key ed25519 kept: "),
             "{kept:?}"
         );
         // Same key, same fingerprint, reached through /etc/ssh.
         assert_eq!(made[0].split(": ").nth(1), kept[0].split(": ").nth(1));
+        assert_eq!(made[1].split(": ").nth(1), kept[1].split(": ").nth(1));
         assert_eq!(
             std::fs::read(etc.join("ssh_host_ed25519_key")).unwrap(),
             key
@@ -314,15 +334,114 @@ mod tests {
         assert!(etc.join("ssh_host_ecdsa_key.pub").is_file());
         // Each fingerprint is the one ssh-keygen prints for the key.
         for (kind, line) in HOST_KEY_TYPES.iter().zip(&made) {
-            let listed = std::process::Command::new(keygen)
-                .arg("-lf")
-                .arg(etc.join(format!("ssh_host_{kind}_key.pub")))
-                .output()
-                .unwrap();
-            let listed = String::from_utf8_lossy(&listed.stdout);
+            let public = etc.join(format!("ssh_host_{kind}_key.pub"));
+            let listed = openssh(SSH_KEYGEN, &["-lf".as_ref(), public.as_os_str()]);
             let theirs = listed.split_whitespace().nth(1).unwrap();
             assert_eq!(line.split(": ").nth(1), Some(theirs), "{listed}");
         }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn host_keys_made_by_init_are_read_by_ssh_keygen_and_accepted_by_sshd() {
+        let root = temp("openssh");
+        let (state, etc) = (root.join("state"), root.join("etc/ssh"));
+        host_keys(&state, &etc).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (kind, openssh_type) in HOST_KEY_TYPES
+            .iter()
+            .zip(["ssh-ed25519", "ecdsa-sha2-nistp256"])
+        {
+            let key = state.join(format!("ssh/ssh_host_{kind}_key"));
+            let public = state.join(format!("ssh/ssh_host_{kind}_key.pub"));
+            assert_eq!(mode(&key), 0o600, "{}", key.display());
+            assert_eq!(mode(&public), 0o644, "{}", public.display());
+            let private_text = std::fs::read_to_string(&key).unwrap();
+            assert!(
+                private_text.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+                    && private_text.ends_with("-----END OPENSSH PRIVATE KEY-----\n"),
+                "{private_text}"
+            );
+            let line = std::fs::read_to_string(&public).unwrap();
+            let fields: Vec<&str> = line.trim_end().splitn(3, ' ').collect();
+            assert_eq!(fields[0], openssh_type, "{line}");
+            assert_eq!(fields[2], HOST_KEY_COMMENT, "{line}");
+            assert!(
+                line.ends_with('\n') && line.lines().count() == 1,
+                "{line:?}"
+            );
+            // ssh-keygen reads the private key (unencrypted: -P "" would fail otherwise) and
+            // derives the same public key.
+            let derived = openssh(
+                SSH_KEYGEN,
+                &[
+                    "-y".as_ref(),
+                    "-P".as_ref(),
+                    "".as_ref(),
+                    "-f".as_ref(),
+                    key.as_os_str(),
+                ],
+            );
+            let derived: Vec<&str> = derived.split_whitespace().collect();
+            assert_eq!(derived[..2], fields[..2], "{line}");
+            // sshd loads it as a host key, through the link in /etc/ssh.
+            let linked = etc.join(format!("ssh_host_{kind}_key"));
+            openssh(
+                SSHD,
+                &[
+                    "-t".as_ref(),
+                    "-f".as_ref(),
+                    "/dev/null".as_ref(),
+                    "-h".as_ref(),
+                    linked.as_os_str(),
+                ],
+            );
+        }
+        // Two hosts never share a key.
+        let other = root.join("other");
+        host_keys(&other, &root.join("other-etc")).unwrap();
+        for kind in HOST_KEY_TYPES {
+            let name = format!("ssh/ssh_host_{kind}_key.pub");
+            assert_ne!(
+                std::fs::read(state.join(&name)).unwrap(),
+                std::fs::read(other.join(&name)).unwrap()
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_host_key_without_its_public_half_is_made_again() {
+        let root = temp("half");
+        let (state, etc) = (root.join("state"), root.join("etc/ssh"));
+        let made = host_keys(&state, &etc).unwrap();
+        std::fs::remove_file(state.join("ssh/ssh_host_ecdsa_key.pub")).unwrap();
+        let again = host_keys(&state, &etc).unwrap();
+        assert!(
+            again[0].starts_with("ssh host key ed25519 kept: "),
+            "{again:?}"
+        );
+        assert!(
+            again[1].starts_with("ssh host key ecdsa made: "),
+            "{again:?}"
+        );
+        assert_ne!(made[1].split(": ").nth(1), again[1].split(": ").nth(1));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_host_key_that_cannot_be_written_is_an_error_naming_the_file() {
+        let root = temp("unwritable");
+        let (state, etc) = (root.join("state"), root.join("etc/ssh"));
+        // A directory where the temporary file goes: even root cannot open it for writing.
+        let blocker = state.join("ssh/ssh_host_ed25519_key.tmp");
+        std::fs::create_dir_all(&blocker).unwrap();
+        let error = host_keys(&state, &etc).unwrap_err().to_string();
+        assert!(
+            error.contains(&blocker.display().to_string()) && error.contains("create"),
+            "{error}"
+        );
+        assert!(!state.join("ssh/ssh_host_ed25519_key").exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 
