@@ -1874,7 +1874,7 @@ fn layers() -> Result<()> {
         "  the default squashfs compressor is the least ready plus transfer at 100 MB/s ({})",
         verdict(default.make.is_some() && std::ptr::eq(default, least))
     );
-    println!("  (the same kernel, disks and virtio NIC; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the root filesystem alone, uncached, on this machine's cores)");
+    println!("  (the same kernel, disks and virtio NIC, {} CPUs as `cargo xtask qemu` gives; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the root filesystem alone, uncached, on this machine's cores)", crate::qemu::QEMU_CPUS);
     println!("figure                          buildos      anchor       ratio   target");
     println!(
         "default initrd size             {:>8.1} MB  {:>8.1} MB  {:>6.2}   < {:.0} MB with drivers and firmware ({})",
@@ -2019,6 +2019,9 @@ fn unpack_time(dir: &Path) -> Result<(Duration, Duration)> {
     // The debian profile's guest: the cpio layout needs its initrd and the unpacked files in
     // RAM at once.
     config.memory_mib = crate::qemu::DEBIAN_MEMORY_MIB;
+    // As `cargo xtask qemu` boots it: the kernel's initramfs unpack runs on one CPU, its
+    // module loading and device probes on each.
+    config.cpus = crate::qemu::QEMU_CPUS;
     config
         .extra
         .extend(Nic::Virtio.qemu_args().iter().map(|a| a.to_string()));

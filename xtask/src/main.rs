@@ -44,7 +44,7 @@ enum Task {
         /// initrd)
         #[arg(long, default_value_t = xtask::qemu::DEBIAN_MEMORY_MIB)]
         memory: u32,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = xtask::qemu::QEMU_CPUS)]
         cpus: u32,
         /// How the initrd is compressed: lz4, gzip, zstd or xz (see docs/image.md)
         #[arg(long, default_value_t = buildos_image_builder::Compression::default())]

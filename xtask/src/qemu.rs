@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+/// The CPUs `cargo xtask qemu` gives its guest, and the bench's boots of the default image
+/// (the boot figures the issues compare are `cargo xtask qemu`'s).
+pub const QEMU_CPUS: u32 = 2;
+
 /// The memory the tests and the bench give a guest of the debian image. Its cpio layout (the
 /// bench's anchor) needs its initrd and the files unpacked from it in RAM at once; the layered
 /// layout keeps its images compressed and needs less; the build machines it starts need more.
