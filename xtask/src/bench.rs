@@ -1728,6 +1728,16 @@ fn largest() -> Result<()> {
     Ok(())
 }
 
+/// A row's mark in a table of choices: whether it is the default, the least, or both.
+fn mark(default: bool, least: bool) -> &'static str {
+    match (default, least) {
+        (true, true) => "  default, least",
+        (true, false) => "  default",
+        (false, true) => "  least",
+        (false, false) => "",
+    }
+}
+
 /// The transfer rate the default compression is chosen for: an HTTP network boot.
 const HTTP_RATE: f64 = 100e6;
 
@@ -1853,12 +1863,7 @@ fn layers() -> Result<()> {
         buildos_rootfs::DEFAULT_PROFILE
     );
     for r in &rows {
-        let mark = match (r.default, std::ptr::eq(r, least)) {
-            (true, true) => "  default, least",
-            (true, false) => "  default",
-            (false, true) => "  least",
-            (false, false) => "",
-        };
+        let mark = mark(r.default, std::ptr::eq(r, least));
         println!(
             "  {:<44} {:>7.1} MB {:>7} {:>6.2} s {:>7.2} s {:>8.2} s{mark}",
             r.label,
@@ -1987,12 +1992,7 @@ pub fn compression() -> Result<()> {
         cpio.len() as f64 / 1e6
     );
     for r in &rows {
-        let mark = match (r.compression == default, r.compression == best) {
-            (true, true) => "  default, least",
-            (true, false) => "  default",
-            (false, true) => "  least",
-            (false, false) => "",
-        };
+        let mark = mark(r.compression == default, r.compression == best);
         println!(
             "  {:<54} {:>6.1} MB {:>7.1} s {:>7.2} s {:>8.2} s {:>8.2} s{mark}",
             r.compression.name(),
