@@ -270,6 +270,50 @@ impl Archive {
         Ok(out)
     }
 
+    /// Moves the files, symlinks and hard links whose path `take` accepts into an archive of
+    /// their own and returns it; directories stay, and the new archive gets a copy (mode and
+    /// owner) of every directory above what it holds and of every directory `take` accepts.
+    /// A hard link goes where the file it names goes, so a file's names stay together. Used
+    /// to split a root filesystem into layers of one overlay: the two archives hold no path
+    /// in common but directories, and together they are this one.
+    pub fn split_off(&mut self, take: impl Fn(&str) -> bool) -> Archive {
+        let moved: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(path, node)| match node {
+                Node::Dir { .. } => false,
+                Node::Hardlink { target } => take(target),
+                _ => take(path),
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        let mut out = Archive::new();
+        let mut dirs: Vec<&str> = moved.iter().flat_map(|path| parents(path)).collect();
+        dirs.extend(
+            self.nodes
+                .iter()
+                .filter(|(path, node)| matches!(node, Node::Dir { .. }) && take(path))
+                .map(|(path, _)| path.as_str()),
+        );
+        for dir in dirs {
+            if let Some(node @ Node::Dir { .. }) = self.nodes.get(dir) {
+                out.nodes.insert(dir.to_owned(), node.clone());
+                if let Some(owner) = self.owners.get(dir) {
+                    out.owners.insert(dir.to_owned(), *owner);
+                }
+            }
+        }
+        for path in moved {
+            if let Some(node) = self.nodes.remove(&path) {
+                out.nodes.insert(path.clone(), node);
+            }
+            if let Some(owner) = self.owners.remove(&path) {
+                out.owners.insert(path, owner);
+            }
+        }
+        out
+    }
+
     /// Whether `path` was added (implicit parents don't count).
     pub fn contains(&self, path: &str) -> bool {
         normalize(path).is_ok_and(|p| self.nodes.contains_key(&p))
@@ -1075,6 +1119,80 @@ mod tests {
         );
     }
 
+    #[test]
+    fn split_off_moves_matching_files_with_their_parents_and_links_follow_their_file() {
+        let mut root = Archive::new();
+        root.add_dir("usr/lib/gcc", 0o750).unwrap();
+        root.set_owner("usr/lib/gcc", 0, 50).unwrap();
+        root.add_file("usr/lib/gcc/cc1", 0o755, b"cc1".to_vec())
+            .unwrap();
+        root.set_owner("usr/lib/gcc/cc1", 0, 50).unwrap();
+        root.add_file("usr/bin/perl", 0o755, b"perl".to_vec())
+            .unwrap();
+        root.add_hardlink("usr/bin/perl5", "usr/bin/perl").unwrap();
+        root.add_file("usr/bin/ssh", 0o755, b"ssh".to_vec())
+            .unwrap();
+        root.add_hardlink("usr/lib/gcc/ssh-again", "usr/bin/ssh")
+            .unwrap();
+        root.add_symlink("usr/bin/cc", "../lib/gcc/cc1").unwrap();
+        let before = read(&root.to_bytes(0).unwrap()).unwrap();
+
+        let mut hot = root.clone();
+        let cold =
+            hot.split_off(|p| p.starts_with("usr/lib/gcc/") || p.starts_with("usr/bin/perl"));
+        let listing = |a: &Archive| -> Vec<String> {
+            read(&a.to_bytes(0).unwrap())
+                .unwrap()
+                .into_iter()
+                .map(|(e, _)| format!("{} {:o} {}:{} {}", e.path, e.mode, e.uid, e.gid, e.size))
+                .collect()
+        };
+        assert_eq!(
+            listing(&cold),
+            [
+                "usr 40755 0:0 0",
+                "usr/bin 40755 0:0 0",
+                "usr/bin/perl 100755 0:0 4",
+                "usr/bin/perl5 100755 0:0 4",
+                "usr/lib 40755 0:0 0",
+                "usr/lib/gcc 40750 0:50 0",
+                "usr/lib/gcc/cc1 100755 0:50 3",
+            ]
+        );
+        // ssh's second name matches but stays with ssh; the symlink does not match.
+        assert_eq!(
+            listing(&hot),
+            [
+                "usr 40755 0:0 0",
+                "usr/bin 40755 0:0 0",
+                "usr/bin/cc 120777 0:0 14",
+                "usr/bin/ssh 100755 0:0 3",
+                "usr/lib 40755 0:0 0",
+                "usr/lib/gcc 40750 0:50 0",
+                "usr/lib/gcc/ssh-again 100755 0:0 3",
+            ]
+        );
+        // Together they are the root again.
+        let mut both: BTreeMap<String, (Entry, Vec<u8>)> = BTreeMap::new();
+        for (entry, data) in read(&hot.to_bytes(0).unwrap())
+            .unwrap()
+            .into_iter()
+            .chain(read(&cold.to_bytes(0).unwrap()).unwrap())
+        {
+            both.insert(entry.path.clone(), (entry, data));
+        }
+        let same = |e: &Entry| (e.path.clone(), e.mode, e.uid, e.gid, e.size);
+        assert_eq!(
+            both.values()
+                .map(|(e, d)| (same(e), d.clone()))
+                .collect::<Vec<_>>(),
+            before
+                .iter()
+                .map(|(e, d)| (same(e), d.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+
     mod fuzz {
         use super::*;
         use proptest::prelude::*;
@@ -1103,6 +1221,42 @@ mod tests {
         }
 
         proptest! {
+            #[test]
+            fn fuzz_cpio_split_off_gives_two_archives_that_together_are_the_first(
+                ops in operations(),
+                cold in proptest::collection::vec(0u8..12, 0..6),
+            ) {
+                let mut archive = Archive::new();
+                for (link, a, b, data) in ops {
+                    if link {
+                        let _ = archive.add_hardlink(&name(a), &name(b));
+                    } else {
+                        let _ = archive.add_file(&name(a), 0o644, data);
+                    }
+                }
+                let files = |a: &Archive| -> BTreeMap<String, Vec<u8>> {
+                    read(&a.to_bytes(0).unwrap())
+                        .unwrap()
+                        .into_iter()
+                        .filter(|(e, _)| e.kind == Kind::File)
+                        .map(|(e, data)| (e.path, data))
+                        .collect()
+                };
+                let before = files(&archive);
+                let cold: Vec<String> = cold.into_iter().map(name).collect();
+                let mut hot = archive.clone();
+                let taken = hot.split_off(|p| cold.iter().any(|c| p == c || p.starts_with(&format!("{c}/"))));
+                // Both write (every link names a file of its own archive), no file is in both,
+                // and together they hold every file with its data.
+                let (hot_files, cold_files) = (files(&hot), files(&taken));
+                for path in cold_files.keys() {
+                    prop_assert!(!hot_files.contains_key(path), "{} in both", path);
+                }
+                let mut both = hot_files;
+                both.extend(cold_files);
+                prop_assert_eq!(both, before);
+            }
+
             #[test]
             fn fuzz_cpio_hardlinks_round_trip(ops in operations()) {
                 let mut archive = Archive::new();

@@ -42,6 +42,13 @@ fn clean(path: &str) -> String {
     p.trim_end_matches('/').to_string()
 }
 
+/// Splits the files of a root filesystem that match one of `cold` (shell patterns as for
+/// [`from_tar`]'s `remove`) off `root` into an archive of their own, the layered layout's
+/// cold image (see [`Archive::split_off`]: directories stay, a hard link follows its file).
+pub fn split_cold(root: &mut Archive, cold: &[String]) -> Archive {
+    root.split_off(|path| cold.iter().any(|pattern| fnmatch(pattern, path)))
+}
+
 /// Reads a root filesystem tar archive into a cpio [`Archive`], leaving out every path that
 /// matches one of `remove` (shell patterns on the path without its leading `/`, `*` matching
 /// across `/`, e.g. `var/log/*`, `etc/ssh/ssh_host_*`).
