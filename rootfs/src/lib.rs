@@ -60,6 +60,22 @@ pub struct Profile {
     pub modules: Modules,
     /// Firmware files the carried modules declare, taken from Debian's firmware packages.
     pub firmware: Option<Firmware>,
+    /// How the layered layout splits the root filesystem into images.
+    #[serde(default)]
+    pub layers: Layers,
+}
+
+/// How the layered layout splits the Debian root filesystem (`--layout cpio` ignores it).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Layers {
+    /// The root filesystem's files that boot never reads (shell patterns on paths without the
+    /// leading `/`, `*` matching across `/`, as `remove`): they go into the cold image, which
+    /// is compressed for size; what boot reads stays in the root image, compressed for speed.
+    /// A pattern that matches a file boot does read costs boot time, never correctness: the
+    /// overlay shows both images as one tree.
+    #[serde(default)]
+    pub cold: Vec<String>,
 }
 
 /// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
@@ -403,6 +419,22 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                 known.join(", ")
             )));
         }
+    }
+    for pattern in &profile.layers.cold {
+        if pattern.is_empty() || pattern.starts_with('/') || pattern.trim_matches('*').is_empty() {
+            return Err(invalid(format!(
+                "layers.cold entry {pattern:?} is not a pattern of root filesystem paths; \
+                 expected a path without its leading /, like \"usr/lib/gcc/*\" (a lone * \
+                 would move the whole root filesystem out of what boot reads)"
+            )));
+        }
+    }
+    if !profile.layers.cold.is_empty() && profile.debian.is_none() {
+        return Err(invalid(
+            "layers.cold names paths of a Debian root filesystem, and the profile has no \
+             [debian] table"
+                .to_owned(),
+        ));
     }
     if let Some(debian) = &profile.debian {
         if debian.packages.is_empty() {
@@ -1048,6 +1080,31 @@ mod tests {
             ]
         );
         assert!(conf.contents.starts_with("# nix image of buildos 0.1.0"));
+    }
+
+    #[test]
+    fn a_cold_pattern_that_is_absolute_empty_or_everything_is_an_error_naming_it() {
+        for pattern in ["/usr/lib/gcc/*", "", "*"] {
+            let error = parse(
+                "x",
+                &format!("extends = \"debian\"\n[layers]\ncold = [{pattern:?}]\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(&format!("layers.cold entry {pattern:?} is not a pattern")),
+                "{error}"
+            );
+        }
+        let error = parse("x", "extends = \"minimal\"\n[layers]\ncold = [\"usr/*\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the profile has no [debian] table"),
+            "{error}"
+        );
+        let debian = load("debian").unwrap();
+        assert!(debian.layers.cold.iter().any(|p| p == "usr/lib/gcc/*"));
     }
 
     #[test]
