@@ -267,11 +267,18 @@ pub mod layers {
     pub const DIR: &str = "/.buildos";
     /// The kernel modules, their tables and firmware: the overlay's top read-only layer.
     pub const MODULES_IMAGE: &str = "/.buildos/layers/modules.squashfs";
-    /// The root filesystem: the overlay's bottom layer.
+    /// The root filesystem but for what boot never reads: the overlay's middle layer.
     pub const ROOT_IMAGE: &str = "/.buildos/layers/root.squashfs";
-    /// The images in the overlay's order, top first (overlayfs's `lowerdir` order).
-    pub const IMAGES: [&str; 2] = [MODULES_IMAGE, ROOT_IMAGE];
-    /// Where init mounts each image read-only: `<LOWER>/<file stem>` (`modules`, `root`).
+    /// The root filesystem's files that boot never reads (the compiler, its headers, perl;
+    /// the profile's `[layers] cold` patterns), compressed for size rather than for speed:
+    /// the overlay's bottom layer. Empty, but present, when the profile names none.
+    pub const COLD_IMAGE: &str = "/.buildos/layers/cold.squashfs";
+    /// The images in the overlay's order, top first (overlayfs's `lowerdir` order). No path is
+    /// a file in two of them (only directories are shared), so the order decides nothing but
+    /// a shared directory's mode, which is the same in each.
+    pub const IMAGES: [&str; 3] = [MODULES_IMAGE, ROOT_IMAGE, COLD_IMAGE];
+    /// Where init mounts each image read-only: `<LOWER>/<file stem>` (`modules`, `root`,
+    /// `cold`).
     pub const LOWER: &str = "/.buildos/lower";
     /// The overlay's writable layer, in the initramfs: the image's own entries (init, the
     /// monitor, `/etc/buildos/*`, the build id) are unpacked here by the kernel, placed
@@ -356,6 +363,10 @@ mod tests {
         assert_eq!(
             layers::lower_dir(layers::MODULES_IMAGE),
             "/.buildos/lower/modules"
+        );
+        assert_eq!(
+            layers::lower_dir(layers::COLD_IMAGE),
+            "/.buildos/lower/cold"
         );
         assert_eq!(layers::early_module("loop"), "/.buildos/early/loop.ko");
         assert_eq!(

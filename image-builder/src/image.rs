@@ -26,10 +26,11 @@
 //! In the layered layout ([`buildos_contract::layers`]) the kernel unpacks only what init needs
 //! to mount the rest:
 //!
-//! 1. one uncompressed segment: the base's squashfs image (`/.buildos/layers/root.squashfs`)
-//!    and one of the modules and firmware (`modules.squashfs`: the tree of the cpio layout's
-//!    second segment, placed through the root's symlinks; made once per module set through a
-//!    [`squashfs::Cache`]);
+//! 1. one uncompressed segment: the base's squashfs image (`/.buildos/layers/root.squashfs`),
+//!    its cold image (`cold.squashfs`: the root filesystem's files boot never reads, in
+//!    [`squashfs::COLD_COMPRESSION`]) and one of the modules and firmware
+//!    (`modules.squashfs`: the tree of the cpio layout's second segment, placed through the
+//!    root's symlinks; made once per module set through a [`squashfs::Cache`]);
 //! 2. `/init`, the early modules (`/.buildos/early/<name>.ko`, each checked to have no
 //!    dependency), the overlay's empty directories, and the image's other entries placed
 //!    through the root's symlinks and then under `/.buildos/upper/`, the overlay's upper layer
@@ -164,6 +165,11 @@ pub struct Base {
     /// (the first segment), in [`Layout::Layered`] a squashfs image compressed with the spec's
     /// [`SquashfsCompression`] (see [`crate::squashfs`]).
     pub root: PathBuf,
+    /// In [`Layout::Layered`], the root filesystem's files that boot never reads, taken out of
+    /// `root` into a squashfs image of their own compressed with
+    /// [`squashfs::COLD_COMPRESSION`] (required there; an image of nothing when the profile
+    /// names none). Unused by [`Layout::Cpio`].
+    pub cold: Option<PathBuf>,
     /// The root filesystem's symlinks, path → target, paths without a leading `/`.
     pub symlinks: BTreeMap<String, String>,
 }
@@ -290,6 +296,8 @@ pub struct ImageOutput {
     pub base_size: u64,
     /// Size of the modules image in the initrd (0 but in the layered layout).
     pub modules_image_size: u64,
+    /// Size of the cold image in the initrd (0 but in the layered layout).
+    pub cold_image_size: u64,
     /// How the initrd holds the base.
     pub layout: Layout,
     /// Module names in load order.
@@ -310,6 +318,7 @@ pub struct Assembled {
     pub initrd_uncompressed_size: u64,
     pub base_size: u64,
     pub modules_image_size: u64,
+    pub cold_image_size: u64,
     pub layout: Layout,
     pub kernel_version: String,
     pub modules: Vec<String>,
@@ -381,6 +390,14 @@ pub enum ImageError {
     },
     #[error("the layered layout needs a root filesystem to layer; build this image with the cpio layout")]
     LayeredWithoutBase,
+    #[error("the layered layout needs the root filesystem's cold image (Base::cold), an image of nothing when the profile names no cold paths")]
+    LayeredWithoutCold,
+    #[error("cannot read the cold image {path}")]
+    Cold {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the layered layout needs a directory to keep its squashfs images in (layers_cache)")]
     NoLayersCache,
     #[error("cannot make the modules image")]
@@ -541,6 +558,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         mut initrd,
         base_size,
         modules_image_size,
+        cold_image_size,
         uncompressed_size,
         buildid_path,
     } = segments;
@@ -568,6 +586,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         initrd,
         base_size,
         modules_image_size,
+        cold_image_size,
         layout: spec.layout,
         initrd_uncompressed_size: uncompressed_size,
         kernel_version: version,
@@ -583,6 +602,7 @@ struct Segments {
     initrd: Vec<u8>,
     base_size: u64,
     modules_image_size: u64,
+    cold_image_size: u64,
     /// The compressed segments' size before compression.
     uncompressed_size: u64,
     /// Where the last segment puts the build id.
@@ -664,13 +684,15 @@ fn unpacked(
         initrd,
         base_size,
         modules_image_size: 0,
+        cold_image_size: 0,
         uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
         buildid_path: place(BUILDID_PATH),
     })
 }
 
 /// The layered layout ([`buildos_contract::layers`]): one uncompressed segment with the root
-/// image and the modules image (a squashfs image gains nothing from another compression),
+/// image, the cold image and the modules image (a squashfs image gains nothing from another
+/// compression),
 /// then one compressed segment with `/init`, the early modules, the overlay's empty
 /// directories and the image's entries in the upper layer, placed through the root's
 /// symlinks (`/init` and the upper layer's `init` are one file).
@@ -688,20 +710,13 @@ fn layered(
         path: base.root.clone(),
         source,
     })?;
-    let found = squashfs::inspect(&root);
-    if found != squashfs::Found::Squashfs(spec.squashfs_compression) {
-        return Err(ImageError::BaseImage {
-            path: base.root.clone(),
-            found: match found {
-                squashfs::Found::Squashfs(c) => format!("a squashfs image compressed with {c}"),
-                squashfs::Found::OtherCompressor(id) => {
-                    format!("a squashfs image with compressor id {id}")
-                }
-                squashfs::Found::NotSquashfs => "not a squashfs image".to_owned(),
-            },
-            expected: spec.squashfs_compression,
-        });
-    }
+    check_image(&root, &base.root, spec.squashfs_compression)?;
+    let cold_path = base.cold.as_ref().ok_or(ImageError::LayeredWithoutCold)?;
+    let cold = fs::read(cold_path).map_err(|source| ImageError::Cold {
+        path: cold_path.clone(),
+        source,
+    })?;
+    check_image(&cold, cold_path, squashfs::COLD_COMPRESSION)?;
     let cache = squashfs::Cache::new(spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?);
     let modules = modules
         .relocate(place)
@@ -717,7 +732,11 @@ fn layered(
         path: modules_path.clone(),
         source,
     })?;
-    let (base_size, modules_image_size) = (root.len() as u64, modules_image.len() as u64);
+    let (base_size, modules_image_size, cold_image_size) = (
+        root.len() as u64,
+        modules_image.len() as u64,
+        cold.len() as u64,
+    );
     let mut images = Archive::new();
     images
         .add_file(layers::ROOT_IMAGE, 0o644, root)
@@ -725,6 +744,9 @@ fn layered(
     images
         .add_file(layers::MODULES_IMAGE, 0o644, modules_image)
         .map_err(initrd_error(layers::MODULES_IMAGE))?;
+    images
+        .add_file(layers::COLD_IMAGE, 0o644, cold)
+        .map_err(initrd_error(layers::COLD_IMAGE))?;
     let mut initrd = images.to_bytes(epoch).map_err(initrd_error("the images"))?;
     drop(images);
 
@@ -761,8 +783,28 @@ fn layered(
         initrd,
         base_size,
         modules_image_size,
+        cold_image_size,
         uncompressed_size: own.len() as u64,
         buildid_path: upper(BUILDID_PATH),
+    })
+}
+
+/// Checks that `image` (read from `path`) is a squashfs image compressed with `expected`.
+fn check_image(image: &[u8], path: &Path, expected: SquashfsCompression) -> Result<(), ImageError> {
+    let found = squashfs::inspect(image);
+    if found == squashfs::Found::Squashfs(expected) {
+        return Ok(());
+    }
+    Err(ImageError::BaseImage {
+        path: path.to_owned(),
+        found: match found {
+            squashfs::Found::Squashfs(c) => format!("a squashfs image compressed with {c}"),
+            squashfs::Found::OtherCompressor(id) => {
+                format!("a squashfs image with compressor id {id}")
+            }
+            squashfs::Found::NotSquashfs => "not a squashfs image".to_owned(),
+        },
+        expected,
     })
 }
 
@@ -898,6 +940,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         initrd_uncompressed_size: image.initrd_uncompressed_size,
         base_size: image.base_size,
         modules_image_size: image.modules_image_size,
+        cold_image_size: image.cold_image_size,
         layout: image.layout,
         modules: image.modules,
         module_bytes: image.module_bytes,
@@ -1182,6 +1225,7 @@ mod tests {
         });
         spec.base = Some(Base {
             root: segment,
+            cold: None,
             symlinks: base.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
         });
         let out = build(&spec).unwrap();
@@ -1222,6 +1266,7 @@ mod tests {
         spec.compression = Compression::Zstd;
         spec.base = Some(Base {
             root: segment,
+            cold: None,
             symlinks: BTreeMap::new(),
         });
         let err = build(&spec).unwrap_err().to_string();
@@ -1239,9 +1284,14 @@ mod tests {
         root.add_symlink("lib", "usr/lib").unwrap();
         root.add_file("usr/sbin/sshd", 0o755, b"sshd".to_vec())
             .unwrap();
+        let mut cold = Archive::new();
+        cold.add_file("usr/lib/gcc/cc1", 0o755, b"cc1".to_vec())
+            .unwrap();
         let image = inputs.dir.path().join("root.squashfs");
+        let cold_image = inputs.dir.path().join("cold.squashfs");
         if !image.is_file() {
             squashfs::make(&root, SquashfsCompression::Lz4, 0, &image).unwrap();
+            squashfs::make(&cold, squashfs::COLD_COMPRESSION, 0, &cold_image).unwrap();
         }
         let mut spec = inputs.spec(out);
         spec.entries.push(InitrdEntry::File {
@@ -1251,6 +1301,7 @@ mod tests {
         });
         spec.base = Some(Base {
             root: image,
+            cold: Some(cold_image),
             symlinks: root.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
         });
         spec.layout = Layout::Layered;
@@ -1279,6 +1330,28 @@ mod tests {
         assert_eq!(
             squashfs::inspect(modules),
             squashfs::Found::Squashfs(SquashfsCompression::Lz4)
+        );
+        // The root filesystem's cold part, in xz whatever the other images' compressor.
+        let cold = std::fs::read(inputs.dir.path().join("cold.squashfs")).unwrap();
+        assert_eq!(file(&entries, &layers::COLD_IMAGE[1..]), cold.as_slice());
+        assert_eq!(out.cold_image_size, cold.len() as u64);
+        assert_eq!(
+            squashfs::inspect(&cold),
+            squashfs::Found::Squashfs(SquashfsCompression::Xz)
+        );
+        // The three images come first, in one uncompressed segment.
+        let images: Vec<&str> = entries
+            .iter()
+            .map(|(e, _)| e.path.as_str())
+            .filter(|p| p.ends_with(".squashfs"))
+            .collect();
+        assert_eq!(
+            images,
+            [
+                &layers::COLD_IMAGE[1..],
+                &layers::MODULES_IMAGE[1..],
+                &layers::ROOT_IMAGE[1..]
+            ]
         );
         // The modules image holds the tree where the root's symlinks lead.
         let image = inputs.dir.path().join("modules.squashfs");
@@ -1350,6 +1423,27 @@ mod tests {
         assert_eq!(
             buildid(b"the kernel", &initrd[..initrd.len() - last.len()]),
             out.buildid
+        );
+    }
+
+    #[test]
+    fn a_layered_image_without_its_cold_image_or_with_one_not_in_xz_is_an_error_naming_it() {
+        let inputs = Inputs::new(b"the kernel");
+        let mut spec = layered_spec(&inputs, "out");
+        spec.base.as_mut().unwrap().cold = None;
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("needs the root filesystem's cold image"),
+            "{err}"
+        );
+
+        let mut spec = layered_spec(&inputs, "out");
+        let base = spec.base.as_mut().unwrap();
+        base.cold = Some(base.root.clone());
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("root.squashfs is a squashfs image compressed with lz4, not a squashfs image compressed with xz"),
+            "{err}"
         );
     }
 

@@ -113,6 +113,12 @@ impl FromStr for SquashfsCompression {
     }
 }
 
+/// How the layered layout's cold image (the root filesystem's files that boot never reads:
+/// the compiler, its headers, perl) is compressed, whatever `--squashfs-compression` says:
+/// xz, for the smallest image. Its slower unpacking is paid on the first read of each block
+/// after boot (the first compile), never by boot itself.
+pub const COLD_COMPRESSION: SquashfsCompression = SquashfsCompression::Xz;
+
 /// What an image's first bytes say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {

@@ -343,7 +343,7 @@ mod tests {
             std::fs::write(path, b"\x7fELF").unwrap();
         }
         if layered {
-            for (image, bytes) in layers::IMAGES.iter().zip([3_000_000, 5_000_000]) {
+            for (image, bytes) in layers::IMAGES.iter().zip([3_000_000, 5_000_000, 2_000_000]) {
                 let path = under(dir.path(), image);
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
@@ -376,15 +376,18 @@ mod tests {
                 "load_module /.buildos/early/overlay.ko",
                 "attach_loop /.buildos/layers/modules.squashfs",
                 "attach_loop /.buildos/layers/root.squashfs",
+                "attach_loop /.buildos/layers/cold.squashfs",
                 "mkdir /.buildos/lower/modules",
                 "mount squashfs /dev/loop0 on /.buildos/lower/modules MS_RDONLY",
                 "mkdir /.buildos/lower/root",
                 "mount squashfs /dev/loop1 on /.buildos/lower/root MS_RDONLY",
+                "mkdir /.buildos/lower/cold",
+                "mount squashfs /dev/loop2 on /.buildos/lower/cold MS_RDONLY",
                 "mkdir /.buildos/upper",
                 "mkdir /.buildos/work",
                 "mkdir /.buildos/root",
                 "mount overlay overlay on /.buildos/root lowerdir=/.buildos/lower/modules:\
-                 /.buildos/lower/root,upperdir=/.buildos/upper,workdir=/.buildos/work",
+                 /.buildos/lower/root:/.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work",
                 "mkdir /.buildos/root/proc",
                 "mount none /proc on /.buildos/root/proc MS_MOVE",
                 "mkdir /.buildos/root/sys",
@@ -400,6 +403,8 @@ mod tests {
                  MS_MOVE",
                 "mkdir /.buildos/root/.buildos/lower/root",
                 "mount none /.buildos/lower/root on /.buildos/root/.buildos/lower/root MS_MOVE",
+                "mkdir /.buildos/root/.buildos/lower/cold",
+                "mount none /.buildos/lower/cold on /.buildos/root/.buildos/lower/cold MS_MOVE",
                 "chdir /.buildos/root",
                 "mount none /.buildos/root on / MS_MOVE",
                 "chroot .",
@@ -410,7 +415,7 @@ mod tests {
         assert!(
             line.starts_with(
                 "layers: root on an overlay of modules.squashfs (3.0 MB, /dev/loop0) and \
-                 root.squashfs (5.0 MB, /dev/loop1), writes in /.buildos/upper (RAM); early \
+                 root.squashfs (5.0 MB, /dev/loop1) and cold.squashfs (2.0 MB, /dev/loop2), writes in /.buildos/upper (RAM); early \
                  modules loop, squashfs, overlay "
             ),
             "{line}"
@@ -421,7 +426,7 @@ mod tests {
     fn the_overlay_has_the_modules_above_the_root_and_its_writes_in_the_initramfs() {
         assert_eq!(
             overlay_options(),
-            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root,\
+            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root:/.buildos/lower/cold,\
              upperdir=/.buildos/upper,workdir=/.buildos/work"
         );
     }
@@ -510,8 +515,8 @@ mod tests {
         assert_eq!(
             crate::console::chain(&error),
             "cannot mount the root's overlay: mount overlay on /.buildos/root (type overlay, \
-             options lowerdir=/.buildos/lower/modules:/.buildos/lower/root,\
-             upperdir=/.buildos/upper,workdir=/.buildos/work)\n  \
+             options lowerdir=/.buildos/lower/modules:/.buildos/lower/root:\
+             /.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work)\n  \
              caused by: EINVAL: Invalid argument"
         );
         assert!(

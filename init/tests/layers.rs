@@ -1,5 +1,6 @@
-//! The `layers` step on the real kernel: an initramfs in a scratch tmpfs with two squashfs
-//! images made by `mksquashfs` and an upper layer, which a thread of its own (its own mount
+//! The `layers` step on the real kernel: an initramfs in a scratch tmpfs with three squashfs
+//! images made by `mksquashfs` (the cold one in xz, as the image builder makes it) and an
+//! upper layer, which a thread of its own (its own mount
 //! namespace and root, so nothing outside changes) switches into with the same code PID 1
 //! runs, on `Linux`.
 
@@ -14,8 +15,8 @@ use buildos_init::host::Linux;
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
-/// Makes `image` from the files `(path, text)` with mksquashfs.
-fn squashfs(scratch: &Path, image: &Path, files: &[(&str, &str)]) {
+/// Makes `image` from the files `(path, text)` with mksquashfs and its options `options`.
+fn squashfs(scratch: &Path, image: &Path, files: &[(&str, &str)], options: &[&str]) {
     let tree = tempfile::tempdir_in(scratch).unwrap();
     for (path, text) in files {
         let path = tree.path().join(path);
@@ -27,6 +28,7 @@ fn squashfs(scratch: &Path, image: &Path, files: &[(&str, &str)]) {
         .arg(tree.path())
         .arg(image)
         .args(["-noappend", "-quiet", "-all-root"])
+        .args(options)
         .output()
         .expect("mksquashfs (squashfs-tools) runs");
     assert!(made.status.success(), "mksquashfs: {made:?}");
@@ -83,6 +85,7 @@ fn the_layers_step_makes_an_overlay_of_the_images_the_root_with_its_writes_in_th
                 ("etc/greeting", "from the root image\n"),
                 ("usr/lib/modules/6.1/modules.dep", "from the root image\n"),
             ],
+            &[],
         );
         squashfs(
             sources.as_path(),
@@ -91,6 +94,13 @@ fn the_layers_step_makes_an_overlay_of_the_images_the_root_with_its_writes_in_th
                 "usr/lib/modules/6.1/modules.dep",
                 "from the modules image\n",
             )],
+            &[],
+        );
+        squashfs(
+            sources.as_path(),
+            &at(layers::COLD_IMAGE),
+            &[("usr/lib/gcc/cc1", "from the cold image\n")],
+            &["-comp", "xz"],
         );
         let buildid = at(&layers::in_upper("/etc/buildos/buildid"));
         std::fs::create_dir_all(buildid.parent().unwrap()).unwrap();
@@ -142,6 +152,9 @@ fn the_layers_step_makes_an_overlay_of_the_images_the_root_with_its_writes_in_th
             "from the modules image\n"
         );
         assert_eq!(read("/etc/buildos/buildid"), "0123abcd\n");
+        // The cold image's files beside the root image's, in the directories they share.
+        assert_eq!(read("/usr/lib/gcc/cc1"), "from the cold image\n");
+        assert!(Path::new("/usr/lib/modules/6.1").is_dir());
         // Writes land in the upper layer; the images stay as they were built.
         std::fs::write("/etc/greeting", "changed\n").unwrap();
         assert_eq!(read("/etc/greeting"), "changed\n");

@@ -1835,7 +1835,11 @@ fn layers() -> Result<()> {
         inputs.squashfs_compression = squashfs;
         boot(
             &inputs,
-            format!("layered root, squashfs {}", squashfs.name()),
+            format!(
+                "layered, squashfs {}, cold image {}",
+                squashfs.name(),
+                builder::squashfs::COLD_COMPRESSION
+            ),
             Some(make),
         )?;
     }
@@ -1879,7 +1883,7 @@ fn layers() -> Result<()> {
         "  the default squashfs compressor is the least ready plus transfer at 100 MB/s ({})",
         verdict(default.make.is_some() && std::ptr::eq(default, least))
     );
-    println!("  (the same kernel, disks and virtio NIC, {} CPUs as `cargo xtask qemu` gives; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the root filesystem alone, uncached, on this machine's cores)", crate::qemu::QEMU_CPUS);
+    println!("  (the same kernel, disks and virtio NIC, {} CPUs as `cargo xtask qemu` gives; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the whole root filesystem in the row's compressor, uncached, on this machine's cores; each row's root and modules images are in its compressor, its cold image (the profile's [layers] cold paths: the compiler, perl) always in {})", crate::qemu::QEMU_CPUS, builder::squashfs::COLD_COMPRESSION);
     println!("figure                          buildos      anchor       ratio   target");
     println!(
         "default initrd size             {:>8.1} MB  {:>8.1} MB  {:>6.2}   < {:.0} MB with drivers and firmware ({})",

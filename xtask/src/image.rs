@@ -359,15 +359,24 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
     spec.squashfs_compression = inputs.squashfs_compression;
     spec.layers_cache = Some(crate::layers::cache_dir());
     spec.base = match &inputs.rootfs {
-        Some(r) => Some(builder::Base {
-            root: match inputs.layout {
-                builder::image::Layout::Cpio => r.segment_in(inputs.compression)?,
+        Some(r) => {
+            let (root, cold) = match inputs.layout {
+                builder::image::Layout::Cpio => (r.segment_in(inputs.compression)?, None),
                 builder::image::Layout::Layered => {
-                    r.squashfs_in(inputs.squashfs_compression, inputs.source_date_epoch)?
+                    let images = r.squashfs_in(
+                        inputs.squashfs_compression,
+                        &inputs.profile.layers.cold,
+                        inputs.source_date_epoch,
+                    )?;
+                    (images.root, Some(images.cold))
                 }
-            },
-            symlinks: r.symlinks.clone(),
-        }),
+            };
+            Some(builder::Base {
+                root,
+                cold,
+                symlinks: r.symlinks.clone(),
+            })
+        }
         None => None,
     };
     let started = Instant::now();
@@ -419,13 +428,15 @@ pub fn run(options: &Options) -> Result<Built> {
     let o = &built.output;
     let rest = o
         .initrd_size
-        .saturating_sub(o.base_size + o.modules_image_size);
+        .saturating_sub(o.base_size + o.modules_image_size + o.cold_image_size);
     let parts = match (&inputs.rootfs, o.layout) {
         (Some(_), builder::image::Layout::Layered) => format!(
             "layered: root image {:.1} MB and modules image {:.1} MB ({squashfs_compression}), \
-             the rest {:.1} MB ({compression})",
+             cold image {:.1} MB ({}), the rest {:.1} MB ({compression})",
             o.base_size as f64 / 1e6,
             o.modules_image_size as f64 / 1e6,
+            o.cold_image_size as f64 / 1e6,
+            builder::squashfs::COLD_COMPRESSION,
             rest as f64 / 1e6,
         ),
         (Some(_), builder::image::Layout::Cpio) => format!(

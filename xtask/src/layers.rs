@@ -1,14 +1,17 @@
-//! The layered layout's squashfs images on the build machine: the root filesystem's, made once
-//! from its cached segment and kept beside it, and the directory where assembly keeps the
-//! modules images it made ([`buildos_image_builder::squashfs::Cache`]).
+//! The layered layout's squashfs images on the build machine: the root filesystem's two, made
+//! once from its cached segment and kept beside it (the root image, what boot reads, in the
+//! chosen compressor; the cold image, the profile's `[layers] cold` paths, in
+//! [`squashfs::COLD_COMPRESSION`]), and the directory where assembly keeps the modules images
+//! it made ([`buildos_image_builder::squashfs::Cache`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use builder::squashfs;
 use builder::SquashfsCompression;
 use buildos_image_builder as builder;
+use sha2::{Digest, Sha256};
 
 use crate::debian::Rootfs;
 
@@ -22,53 +25,136 @@ fn image_file(compression: SquashfsCompression) -> String {
     format!("rootfs.squashfs.{compression}")
 }
 
+/// The cold image's file name in a root filesystem's cache directory.
+fn cold_file() -> String {
+    format!("rootfs.cold.squashfs.{}", squashfs::COLD_COMPRESSION)
+}
+
+/// The root filesystem as the layered layout carries it.
+pub struct RootImages {
+    /// What boot reads, in the chosen compressor.
+    pub root: PathBuf,
+    /// The profile's cold paths, in [`squashfs::COLD_COMPRESSION`].
+    pub cold: PathBuf,
+}
+
+/// What an image kept beside the segment was made by: the squashfs step
+/// ([`squashfs::step_key`]: the code, mksquashfs's version, the compressor's options), the
+/// split (this file) and the cold patterns.
+fn key(compression: SquashfsCompression, cold: &[String]) -> Result<String> {
+    Ok(format!(
+        "{}\n{}\n{}",
+        squashfs::step_key(compression)?,
+        Sha256::digest(include_bytes!("layers.rs"))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        cold.join("\n")
+    ))
+}
+
+/// Whether `path` holds an image made with `key`.
+fn cached(path: &Path, key: &str) -> bool {
+    let key_path = PathBuf::from(format!("{}.key", path.display()));
+    path.is_file() && std::fs::read_to_string(key_path).is_ok_and(|k| k == key)
+}
+
+/// Makes the squashfs image of `archive` at `path` (through a temporary file beside it) and
+/// writes its key beside it. Returns how long mksquashfs took, in seconds.
+fn make(
+    archive: &builder::cpio::Archive,
+    compression: SquashfsCompression,
+    source_date_epoch: u64,
+    path: &Path,
+    key: &str,
+) -> Result<f64> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let started = Instant::now();
+    squashfs::make(archive, compression, source_date_epoch, &tmp)?;
+    let took = started.elapsed().as_secs_f64();
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    let key_path = PathBuf::from(format!("{}.key", path.display()));
+    std::fs::write(&key_path, key)
+        .with_context(|| format!("cannot write {}", key_path.display()))?;
+    Ok(took)
+}
+
+fn mb(path: &Path) -> f64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+}
+
 impl Rootfs {
-    /// The root filesystem as a squashfs image compressed with `compression`: made once from
-    /// the segment (the same tree, read back into an archive) and kept beside it, with the key
-    /// of the squashfs step that made it ([`squashfs::step_key`]: the code, mksquashfs's
-    /// version, the compressor's options) in `<image>.key`. An image whose step changed since
-    /// is made again; one whose step is the same is taken as it is.
+    /// The root filesystem as the layered layout's two images: the paths `cold` matches (shell
+    /// patterns, `*` across `/`, on paths without the leading `/`) split off into the cold
+    /// image, the rest the root image compressed with `compression`. Both are made once from
+    /// the segment (the same tree, read back into an archive) and kept beside it, each with
+    /// the key of what made it (see [`key`]) in `<image>.key`; an image whose key changed
+    /// since is made again, one with the same key is taken as it is.
     pub fn squashfs_in(
         &self,
         compression: SquashfsCompression,
+        cold: &[String],
         source_date_epoch: u64,
-    ) -> Result<PathBuf> {
+    ) -> Result<RootImages> {
         crate::system::ensure(&[crate::system::MKSQUASHFS])?;
-        let path = self.dir.join(image_file(compression));
-        let key_path = self.dir.join(format!("{}.key", image_file(compression)));
-        let step = squashfs::step_key(compression)?;
-        if path.is_file() && std::fs::read_to_string(&key_path).is_ok_and(|k| k == step) {
-            return Ok(path);
+        let images = RootImages {
+            root: self.dir.join(image_file(compression)),
+            cold: self.dir.join(cold_file()),
+        };
+        let root_key = key(compression, cold)?;
+        let cold_key = key(squashfs::COLD_COMPRESSION, cold)?;
+        let root_ok = cached(&images.root, &root_key);
+        let cold_ok = cached(&images.cold, &cold_key);
+        if root_ok && cold_ok {
+            return Ok(images);
         }
         let started = Instant::now();
         let packed = std::fs::read(&self.segment)
             .with_context(|| format!("cannot read {}", self.segment.display()))?;
-        let archive = builder::cpio::Archive::from_cpio(&packed)
+        let mut archive = builder::cpio::Archive::from_cpio(&packed)
             .with_context(|| format!("cannot read {} back", self.segment.display()))?;
         drop(packed);
+        let cold_archive = builder::rootfs::split_cold(&mut archive, cold);
         let read = started.elapsed();
-        let tmp = self.dir.join(format!(
-            ".{}.tmp-{}",
-            image_file(compression),
-            std::process::id()
-        ));
-        let made = Instant::now();
-        squashfs::make(&archive, compression, source_date_epoch, &tmp)?;
-        let made = made.elapsed();
+        let mut made = Vec::new();
+        if !root_ok {
+            let took = make(
+                &archive,
+                compression,
+                source_date_epoch,
+                &images.root,
+                &root_key,
+            )?;
+            made.push(format!(
+                "root image in {compression} {:.1} MB (mksquashfs {took:.1} s)",
+                mb(&images.root)
+            ));
+        }
         drop(archive);
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-        std::fs::write(&key_path, &step)
-            .with_context(|| format!("cannot write {}", key_path.display()))?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if !cold_ok {
+            let took = make(
+                &cold_archive,
+                squashfs::COLD_COMPRESSION,
+                source_date_epoch,
+                &images.cold,
+                &cold_key,
+            )?;
+            made.push(format!(
+                "cold image in {} {:.1} MB, {} entries (mksquashfs {took:.1} s)",
+                squashfs::COLD_COMPRESSION,
+                mb(&images.cold),
+                cold_archive.len()
+            ));
+        }
         eprintln!(
-            "xtask: root filesystem image in {compression}: {:.1} MB, made once in {:.1} s \
-             (reading the segment {:.1} s, mksquashfs {:.1} s)",
-            size as f64 / 1e6,
+            "xtask: root filesystem: {}, made once in {:.1} s (reading and splitting the \
+             segment {:.1} s)",
+            made.join(", "),
             started.elapsed().as_secs_f64(),
             read.as_secs_f64(),
-            made.as_secs_f64()
         );
-        Ok(path)
+        Ok(images)
     }
 }

@@ -279,13 +279,13 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     assert!(count.parse::<u32>().is_ok_and(|n| n > 100), "{needed}");
     assert_eq!(unresolved, ".", "libraries no file provides: {needed}");
 
-    // `/` is an overlay of the two squashfs images, each on a loop device of its image, with
+    // `/` is an overlay of the three squashfs images, each on a loop device of its image, with
     // its writes in the initramfs (RAM).
     let overlay = run(&mut vm, "grep '^overlay / overlay ' /proc/mounts");
     eprintln!("guest: the root: {overlay}");
     assert!(
         overlay.contains(
-            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root,\
+            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root:/.buildos/lower/cold,\
              upperdir=/.buildos/upper,workdir=/.buildos/work"
         ),
         "{overlay}"
@@ -296,10 +296,11 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     );
     eprintln!("guest: the images: {images}");
     let images: Vec<&str> = images.lines().map(str::trim).collect();
-    assert_eq!(images.len(), 2, "{images:?}");
+    assert_eq!(images.len(), 3, "{images:?}");
     for (line, (image, lower)) in images.iter().zip([
         ("modules.squashfs", "/.buildos/lower/modules"),
         ("root.squashfs", "/.buildos/lower/root"),
+        ("cold.squashfs", "/.buildos/lower/cold"),
     ]) {
         let fields: Vec<&str> = line.split(' ').collect();
         assert_eq!(fields[1], lower, "{line}");
@@ -338,6 +339,24 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     assert!(
         btrfs.contains("btrfs.ko") && btrfs.contains("No such"),
         "btrfs is not in the modules image alone: {btrfs}"
+    );
+
+    // The compiler the compiles above ran is in the cold image alone (xz, apart from what boot
+    // reads), where `/usr/lib/gcc` shows it.
+    let cold = run(
+        &mut vm,
+        "ls /.buildos/lower/cold/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus && \
+         ls /.buildos/lower/root/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus 2>&1; \
+         ls -l /usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+    );
+    eprintln!("guest: the compiler's place: {cold}");
+    assert!(
+        cold.lines()
+            .next()
+            .is_some_and(|l| l.trim().ends_with("cc1plus"))
+            && cold.contains("No such")
+            && cold.contains(" /usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"),
+        "cc1plus is not in the cold image alone: {cold}"
     );
 
     // The kernel's firmware loader reads the new root too (it shares init's root): e100's

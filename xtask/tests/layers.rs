@@ -1,7 +1,7 @@
 //! The layered layout of the debian image `cargo xtask test` built, read without booting it
 //! (the boot is `debian.rs`'s): the segments and paths the host contract's `layers` names, the
-//! root image's modes, owners and setuid bits as the profile makes them, and the modules
-//! image's tables where init reads them.
+//! root image's modes, owners and setuid bits as the profile makes them, the cold image's
+//! compiler apart from what boot reads, and the modules image's tables where init reads them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ fn listing(image: &Path) -> BTreeMap<String, (String, String)> {
 }
 
 #[test]
-fn the_debian_initrd_carries_root_and_modules_images_then_init_and_its_files_in_the_upper_layer() {
+fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_layer() {
     let Some(dir) = image() else {
         return;
     };
@@ -102,9 +102,14 @@ fn the_debian_initrd_carries_root_and_modules_images_then_init_and_its_files_in_
     let mut images = BTreeMap::new();
     for image in layers::IMAGES {
         let data = &get(image).1;
+        let expected = if image == layers::COLD_IMAGE {
+            squashfs::COLD_COMPRESSION
+        } else {
+            SquashfsCompression::default()
+        };
         assert_eq!(
             squashfs::inspect(data),
-            Found::Squashfs(SquashfsCompression::default()),
+            Found::Squashfs(expected),
             "{image}"
         );
         let file = scratch.0.join(image.rsplit('/').next().unwrap());
@@ -135,6 +140,36 @@ fn the_debian_initrd_carries_root_and_modules_images_then_init_and_its_files_in_
     // No module or firmware is in the root image, and no image entry of ours.
     assert!(root.keys().all(|p| !p.starts_with("/usr/lib/modules/")));
     assert!(!root.contains_key(contract::programs::MONITOR));
+
+    // The cold image holds the profile's cold paths (the compiler), and the root image none of
+    // its files; the programs boot runs and their libraries stay in the root image. Only
+    // directories are in both.
+    let cold = &images[layers::COLD_IMAGE];
+    for path in [
+        "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
+        "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+        "/usr/include/stdio.h",
+        "/usr/bin/x86_64-linux-gnu-ld.bfd",
+    ] {
+        assert!(cold.contains_key(path), "{path} is not in the cold image");
+        assert!(!root.contains_key(path), "{path} is in the root image too");
+    }
+    for path in [
+        contract::programs::SSHD,
+        contract::programs::DNSMASQ,
+        contract::programs::NFT,
+        contract::programs::SSH_KEYGEN,
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libjansson.so.4.14.0",
+    ] {
+        assert!(root.contains_key(path), "{path} is not in the root image");
+    }
+    for (path, (mode, _)) in cold {
+        assert!(
+            mode.starts_with('d') || !root.contains_key(path),
+            "{path} is a file of both the root and the cold image"
+        );
+    }
 
     // The modules image holds the tree init reads, where the root's `lib` symlink leads.
     let modules = &images[layers::MODULES_IMAGE];
