@@ -70,7 +70,8 @@ impl SquashfsCompression {
     /// mksquashfs's 128 KiB blocks (the debian root image 52.3 MB against 52.8 at level 15 and
     /// the modules image 28.2 against 28.5, unpacked as fast: what boot pays for is the
     /// blocks it reads, and 1 MiB blocks, 47.0 and 25.8 MB, made boot read 20.3 and 7.1 MB of
-    /// them instead of 9.2 and 4.3); gzip at 9 (mksquashfs's default); xz for the smallest
+    /// them instead of 9.2 and 4.3, and reach ready 0.29 s later on average over five pairs
+    /// of boots); gzip at 9 (mksquashfs's default); xz for the smallest
     /// image: 1 MiB blocks (its dictionary is the block) and the x86 branch filter, which
     /// makes machine code compress better (root image 95 MB against 110 MB with the defaults,
     /// at twice the time); lz4 in its high-compression mode (unpacking is as fast as at any
