@@ -64,6 +64,10 @@ pub trait Host: Send + Sync {
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// reboot(2): returns only when the kernel refused, with why.
     fn reboot(&self, kind: Shutdown) -> Errno;
+    /// fsync(2) then syncfs(2) on the directory `dir`: a rename in it, and everything else
+    /// written to its filesystem (on ext4 without a journal, the inode and block bitmaps no
+    /// fsync of a file writes), is on the disk when it returns.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// Why the kernel's btrfs registry could not answer.
@@ -181,6 +185,13 @@ impl Host for Linux {
         };
         let Err(errno) = nix::sys::reboot::reboot(mode);
         errno
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let handle = File::open(dir)?;
+        handle.sync_all()?;
+        nix::unistd::syncfs(handle.as_raw_fd()).map_err(io::Error::from)
     }
 }
 
@@ -357,6 +368,11 @@ impl Host for Recording {
         };
         // Recorded, and said not to have happened: the test goes on.
         self.record(verb.to_owned()).err().unwrap_or(Errno::ENOSYS)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.record(format!("sync {}", dir.display()))
+            .map_err(io::Error::from)
     }
 }
 
