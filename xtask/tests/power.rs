@@ -3,7 +3,9 @@
 //! (a power cut: nothing the guest had not written to the disk survives), and the host boots
 //! again from the same disks. The state disk must come back whole: init checks it with e2fsck
 //! before mounting it and says so, the kernel reports no ext4 error, and the SSH host keys the
-//! first boot made are the ones the second boot keeps.
+//! first boot made are the ones the second boot keeps. The minimal image, which has no e2fsck,
+//! mounts the disk unchecked after the same power cut and says, as a boot problem, what to run;
+//! the random seed the first boot saved is still read.
 
 #![allow(clippy::unwrap_used)] // a test: a failed call is the failure to report
 
@@ -11,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use xtask::qemu::{TempDir, Vm, VmConfig};
-use xtask::test::DEBIAN_IMAGE_DIR_VAR;
+use xtask::test::{problems, DEBIAN_IMAGE_DIR_VAR, IMAGE_DIR_VAR};
 
 /// Software emulation on a loaded two-core machine: generous, and only ever a failure bound.
 const BOOT: Duration = Duration::from_secs(420);
@@ -22,6 +24,25 @@ fn image() -> Option<PathBuf> {
         DEBIAN_IMAGE_DIR_VAR,
         "the debian image `cargo xtask test` builds (buildos-image, buildos-initrd)",
     )
+}
+
+/// The minimal image `cargo xtask test` built; None, after saying why, when it is not given.
+fn minimal_image() -> Option<PathBuf> {
+    buildos_testpeers::tier::dir(
+        IMAGE_DIR_VAR,
+        "the minimal image `cargo xtask test` builds (buildos-image, buildos-initrd)",
+    )
+}
+
+/// Boots `config` until ready, then kills QEMU with SIGKILL: the console of a boot cut off by
+/// a power cut seconds after the state step wrote the disk.
+fn boot_and_cut(config: &VmConfig) -> String {
+    let mut vm = Vm::boot(config).unwrap_or_else(|e| panic!("{e:#}"));
+    vm.wait_for("buildos-init: ready at", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let console = vm.console();
+    drop(vm);
+    console
 }
 
 /// Each host key's `<type> <made|kept>` and fingerprint, from init's `ssh host key ...` lines.
@@ -49,13 +70,8 @@ fn the_state_disk_keeps_the_host_keys_through_a_power_cut_right_after_the_first_
         .host_disks(&disks.0)
         .unwrap_or_else(|e| panic!("{e:#}"));
 
-    let mut first = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
-    first
-        .wait_for("buildos-init: ready at", BOOT)
-        .unwrap_or_else(|e| panic!("{e:#}"));
     // The power cut: SIGKILL, seconds after the first boot wrote the seed and the host keys.
-    let before = first.console();
-    drop(first);
+    let before = boot_and_cut(&config);
     let made = host_keys(&before);
     assert_eq!(
         made.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(),
@@ -99,4 +115,40 @@ fn the_state_disk_keeps_the_host_keys_through_a_power_cut_right_after_the_first_
         .map(|(key, fingerprint)| (key.replace("made", "kept"), fingerprint.clone()))
         .collect();
     assert_eq!(kept, same, "{after}");
+}
+
+#[test]
+fn without_e2fsck_the_state_disk_a_power_cut_left_is_mounted_with_a_problem_saying_what_to_run() {
+    let Some(dir) = minimal_image() else {
+        return;
+    };
+    let disks = TempDir::new("buildos-power-minimal-disks").unwrap();
+    let config = VmConfig::new(&dir)
+        .host_disks(&disks.0)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let before = boot_and_cut(&config);
+    assert!(before.contains("buildos-init: no random seed in /state/random-seed yet; made one"));
+
+    let mut second = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
+    let ready = second
+        .wait_for("buildos-init: ready at", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let after = second.console();
+    drop(second);
+    let problem = "state disk /dev/vda (ext4, label buildos.state) was not cleanly unmounted (a \
+                   power cut, a reset or a crash) and was not checked: this image has no \
+                   /usr/sbin/e2fsck (e2fsprogs is in the debian profile, not in the minimal one); \
+                   it is mounted as it is; run `e2fsck -f -y /dev/vda` on it while it is not \
+                   mounted (here after `umount /state`, or on another machine), then reboot";
+    assert!(
+        after.contains(&format!("buildos-init: warning: {problem}")),
+        "{after}"
+    );
+    assert!(ready.ends_with(&problems(&after, 1)), "{after}");
+    // What the first boot wrote is whole: the seed is read back, and the kernel met no error.
+    assert!(
+        after.contains("buildos-init: random seed restored from /state/random-seed (512 bytes)"),
+        "{after}"
+    );
+    assert!(!after.contains("EXT4-fs error"), "{after}");
 }
