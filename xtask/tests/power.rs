@@ -138,8 +138,8 @@ fn without_e2fsck_the_state_disk_a_power_cut_left_is_mounted_with_a_problem_sayi
     let problem = "state disk /dev/vda (ext4, label buildos.state) was not cleanly unmounted (a \
                    power cut, a reset or a crash) and was not checked: this image has no \
                    /usr/sbin/e2fsck (e2fsprogs is in the debian profile, not in the minimal one); \
-                   it is mounted as it is; run `e2fsck -f -y /dev/vda` on it while it is not \
-                   mounted (here after `umount /state`, or on another machine), then reboot";
+                   it is mounted as it is; boot an image with e2fsprogs, which checks it \
+                   before mounting it, or run `e2fsck -f -y /dev/vda` on it on another machine";
     assert!(
         after.contains(&format!("buildos-init: warning: {problem}")),
         "{after}"

@@ -66,8 +66,11 @@ pub fn before_mount(
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return vec![format!(
                 "{disk} {state} and was not checked: this image has no {} (e2fsprogs is in the \
-                 debian profile, not in the minimal one); it is mounted as it is; {repair}",
-                e2fsck.display()
+                 debian profile, not in the minimal one); it is mounted as it is; boot an image \
+                 with e2fsprogs, which checks it before mounting it, or run `e2fsck -f -y {}` on \
+                 it on another machine",
+                e2fsck.display(),
+                device.path.display()
             )];
         }
         Err(error) => {
@@ -337,9 +340,9 @@ mod tests {
             [format!(
                 "state disk {shown} (ext4, label buildos.state) has errors the kernel recorded \
                  and was not checked: this image has no /nonexistent/e2fsck (e2fsprogs is in the \
-                 debian profile, not in the minimal one); it is mounted as it is; run \
-                 `e2fsck -f -y {shown}` on it while it is not mounted (here after \
-                 `umount /state`, or on another machine), then reboot"
+                 debian profile, not in the minimal one); it is mounted as it is; boot an image \
+                 with e2fsprogs, which checks it before mounting it, or run `e2fsck -f -y \
+                 {shown}` on it on another machine"
             )]
         );
     }

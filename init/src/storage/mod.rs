@@ -1169,7 +1169,7 @@ mod tests {
             assert!(problem.contains(part), "{part:?} not in {problem}");
         }
 
-        // No e2fsck in the image (the minimal profile): mounted unchecked, with the same advice.
+        // No e2fsck in the image (the minimal profile): mounted unchecked, with what to do.
         let host = Recording::new();
         host.fail("run", Errno::ENOENT);
         let report = disks.setup(&host).unwrap();
@@ -1178,7 +1178,11 @@ mod tests {
         let problem = &report.warnings[0];
         assert!(
             problem.contains("was not checked: this image has no /usr/sbin/e2fsck")
-                && problem.contains(&format!("run `e2fsck -f -y {}`", state.display())),
+                && problem.contains(&format!(
+                    "boot an image with e2fsprogs, which checks it before mounting it, or run \
+                     `e2fsck -f -y {}` on it on another machine",
+                    state.display()
+                )),
             "{problem}"
         );
     }
