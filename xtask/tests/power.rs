@@ -3,7 +3,8 @@
 //! (a power cut: nothing the guest had not written to the disk survives), and the host boots
 //! again from the same disks. The state disk must come back whole: init checks it with e2fsck
 //! before mounting it and says so, the kernel reports no ext4 error, and the SSH host keys the
-//! first boot made are the ones the second boot keeps. The minimal image, which has no e2fsck,
+//! first boot made are the ones the second boot keeps; a clean reboot after it leaves nothing
+//! to check at the third boot (init unmounts /state before reboot(2)). The minimal image, which has no e2fsck,
 //! mounts the disk unchecked after the same power cut and says, as a boot problem, what to run;
 //! the random seed the first boot saved is still read.
 
@@ -86,7 +87,6 @@ fn the_state_disk_keeps_the_host_keys_through_a_power_cut_right_after_the_first_
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let after = second.console();
-    drop(second);
     let disk = "buildos-init: state disk /dev/vda (ext4, label buildos.state)";
     let at = |text: &str| {
         after
@@ -115,6 +115,24 @@ fn the_state_disk_keeps_the_host_keys_through_a_power_cut_right_after_the_first_
         .map(|(key, fingerprint)| (key.replace("made", "kept"), fingerprint.clone()))
         .collect();
     assert_eq!(kept, same, "{after}");
+
+    // A clean reboot (Ctrl-Alt-Del) unmounts the disk: the boot after it has nothing to check.
+    second
+        .monitor("sendkey ctrl-alt-delete")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    second
+        .wait_for("buildos-init: rebooting now", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    second.wait_exit(BOOT).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut third = Vm::boot(&config).unwrap_or_else(|e| panic!("{e:#}"));
+    third
+        .wait_for("buildos-init: ready at", BOOT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let last = third.console();
+    drop(third);
+    assert!(!last.contains("e2fsck"), "{last}");
+    assert!(!last.contains("mounting unchecked fs"), "{last}");
+    assert_eq!(host_keys(&last), same, "{last}");
 }
 
 #[test]
