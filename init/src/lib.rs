@@ -547,18 +547,18 @@ fn write_report(problems: &[String], mode: &firmware::BootMode) {
     }
 }
 
-fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
+fn step_state(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
         return Err(StepError::State);
     }
     let mut warnings = Vec::new();
-    match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
+    match state::restore_seed(host.as_ref(), state, std::path::Path::new("/dev/urandom")) {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
     if std::path::Path::new(contract::programs::SSHD).is_file() {
-        match state::host_keys(state, std::path::Path::new("/etc/ssh")) {
+        match state::host_keys(host.as_ref(), state, std::path::Path::new("/etc/ssh")) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
             Err(error) => warnings.push(format!("ssh host keys: {}", console::oneline(&error))),
         }
@@ -575,6 +575,10 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                 if made { "made" } else { "kept" }
             )),
             Err(error) => warnings.push(format!("tunnel key: {}", console::oneline(&error))),
+        }
+        // ssh-keygen wrote the tunnel key in place, unsynced: on the disk before boot goes on.
+        if let Err(error) = host.sync_dir(state) {
+            warnings.push(format!("cannot sync {}: {error}", state.display()));
         }
     }
     Ok(if warnings.is_empty() {

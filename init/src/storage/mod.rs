@@ -12,6 +12,7 @@
 //! device is read from a helper thread, so a read that hangs in the kernel is given up after
 //! [`Environment::read_bound`] and that device is skipped.
 
+pub mod fsck;
 pub mod superblock;
 
 use std::collections::BTreeMap;
@@ -515,10 +516,14 @@ pub fn setup(
     }
     let mut mounted = Vec::new();
     let mut problems = Vec::new();
+    let mut checked = Vec::new();
     for (role, filesystems) in &found.by_role {
         let Some(fs) = filesystems.first() else {
             continue;
         };
+        if *role == Role::State {
+            checked = check_state(host, fs, env);
+        }
         match mount(host, env, role, fs) {
             Ok(m) => mounted.push(m),
             Err(problem) => problems.push(problem),
@@ -537,6 +542,7 @@ pub fn setup(
     }
     let mut warnings = scanner.warnings;
     warnings.extend(kernel.warnings);
+    warnings.extend(checked);
     let fstab_path = env.root.join("etc/fstab");
     if let Err(error) = write_fstab(&fstab_path, &mounted) {
         warnings.push(format!("cannot write {}: {error}", fstab_path.display()));
@@ -546,6 +552,18 @@ pub fn setup(
         waited,
         warnings,
     })
+}
+
+/// The state filesystem's check just before it is mounted ([`fsck`]): the image's e2fsck when
+/// the superblock says a power cut or an error left it unchecked. Returns boot problems.
+fn check_state(host: &dyn Host, fs: &Filesystem, env: &Environment) -> Vec<String> {
+    fsck::before_mount(
+        host,
+        fs,
+        Path::new(buildos_contract::programs::E2FSCK),
+        fsck::BOUND,
+        env.log,
+    )
 }
 
 /// One line per block device seen, and one per device skipped because reading it hung.
@@ -1044,6 +1062,8 @@ mod tests {
         let mut buf = vec![0u8; superblock::PROBE_LEN];
         let sb = 1024;
         put(&mut buf, sb + 0x38, &0xEF53u16.to_le_bytes());
+        // Cleanly unmounted, as mkfs leaves it.
+        put(&mut buf, sb + 0x3a, &1u16.to_le_bytes());
         put(&mut buf, sb + 0x60, &0x40u32.to_le_bytes());
         put(&mut buf, sb + 0x68, &[uuid; 16]);
         put(&mut buf, sb + 0x78, label.as_bytes());
@@ -1093,10 +1113,77 @@ mod tests {
             [format!("btrfs_register {}", machines.display())]
         );
         assert_eq!(report.mounted.len(), 2);
+        // Both were left clean: nothing is checked.
+        assert!(host.calls_of("run").is_empty(), "{:?}", host.calls());
         let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
         assert!(
             fstab.contains("LABEL=buildos.state\t/state\text4"),
             "{fstab}"
+        );
+    }
+
+    #[test]
+    fn a_state_disk_left_unclean_is_checked_before_it_is_mounted_and_mounted_even_if_unrepaired() {
+        let disks = Disks::new();
+        let mut dirty = ext4("buildos.state", 1);
+        // Mounted writable without a journal, then the power went: the valid flag is clear.
+        put(&mut dirty, 1024 + 0x3a, &0u16.to_le_bytes());
+        let state = disks.add("vda", dirty);
+        disks.add("vdb", btrfs("buildos.machines", 2, 1, 1));
+        let e2fsck = format!(
+            "run {} -p {}",
+            buildos_contract::programs::E2FSCK,
+            state.display()
+        );
+        let mount = format!("mount ext4 {}", state.display());
+
+        let host = Recording::new();
+        let report = disks.setup(&host).unwrap();
+        let calls = host.calls();
+        let at = |line: &str| calls.iter().position(|c| c.starts_with(line));
+        assert!(at(&e2fsck).unwrap() < at(&mount).unwrap(), "{calls:?}");
+        // Only the state disk: btrfs needs no check.
+        assert_eq!(host.calls_of("run"), [e2fsck]);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+        // e2fsck cannot repair it: mounted as before, and a problem says what to run.
+        let host = Recording::new();
+        host.answer(
+            "run",
+            crate::host::Ran {
+                end: crate::host::End::Exited(4),
+                output: "buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY.\n".into(),
+            },
+        );
+        let report = disks.setup(&host).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let problem = &report.warnings[0];
+        for part in [
+            &format!("state disk {} (ext4, label buildos.state)", state.display()),
+            "was not cleanly unmounted",
+            "e2fsck -p could not repair it (exit 4: errors left uncorrected): \
+             buildos.state: UNEXPECTED INCONSISTENCY",
+            &format!("run `e2fsck -f -y {}`", state.display()),
+        ] {
+            assert!(problem.contains(part), "{part:?} not in {problem}");
+        }
+
+        // No e2fsck in the image (the minimal profile): mounted unchecked, with what to do.
+        let host = Recording::new();
+        host.fail("run", Errno::ENOENT);
+        let report = disks.setup(&host).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let problem = &report.warnings[0];
+        assert!(
+            problem.contains("was not checked: this image has no /usr/sbin/e2fsck")
+                && problem.contains(&format!(
+                    "boot an image with e2fsprogs, which checks it before mounting it, or run \
+                     `e2fsck -f -y {}` on it on another machine",
+                    state.display()
+                )),
+            "{problem}"
         );
     }
 
