@@ -165,6 +165,7 @@ impl Scratch {
             poll: Duration::from_millis(20),
             read_bound: Duration::from_secs(2),
             log,
+            modules: &buildos_init::hardware::AllLoaded,
         };
         storage::setup(&buildos_init::host::Linux, &config, &env)
     }

@@ -153,8 +153,28 @@ pub fn is_ethernet(link: &Link) -> bool {
 /// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
 /// back in the report for the caller to print and keep.
 pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
+    setup_with(host, config, paths, &crate::hardware::AllLoaded)
+}
+
+/// [`setup`] while `modules` load beside it: the NICs' drivers before the interfaces are
+/// listed, the bridge and nftables modules before br0 and br1 are made; each wait within
+/// `config.dhcp_wait`.
+pub fn setup_with(
+    host: &dyn Host,
+    config: &Config,
+    paths: &Paths,
+    modules: &dyn crate::hardware::Wait,
+) -> NetReport {
     let mut problems = Vec::new();
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
+    let deadline = Instant::now() + bound;
+    if !modules.wait(crate::hardware::Need::Nics, deadline) {
+        problems.push(format!(
+            "network: the network cards' drivers were still loading after {} s; DHCP on the \
+             interfaces there are",
+            bound.as_secs()
+        ));
+    }
     let mut netlink = Netlink::open();
     let links = match netlink.as_mut().map(|n| n.links()) {
         Ok(Ok(links)) => links,
@@ -186,7 +206,9 @@ pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
         ));
     }
 
-    let (won, attempts) = acquire_any(&ethernet, Instant::now() + bound);
+    let (won, attempts) = acquire_any(&ethernet, deadline);
+    // The bridges and the NAT need their modules; they loaded while DHCP ran.
+    modules.wait(crate::hardware::Need::NetworkStack, deadline + STOP_GRACE);
     for attempt in &attempts {
         console::info(&format!("network: {}", attempt.line()));
     }

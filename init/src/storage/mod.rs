@@ -26,7 +26,17 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use self::superblock::{FsType, Superblock};
+use crate::hardware::{Need, Wait};
 use crate::host::{Host, RegistryError};
+
+/// The longest storage waits for the filesystems' modules (btrfs's RAID benchmarks take a
+/// second under software emulation), and, once its own bound passed, for drivers still
+/// loading: a module whose probe takes longer is stuck.
+const MODULES_BOUND: Duration = Duration::from_secs(30);
+/// How long storage goes on waiting for its disks after drivers that were still loading at its
+/// bound finished: a controller's disks appear a moment after its driver loaded (libata
+/// scans its ports after the driver's init returned).
+const AFTER_DRIVERS: Duration = Duration::from_secs(2);
 
 /// The label of the state disk.
 pub const STATE_LABEL: &str = "buildos.state";
@@ -67,11 +77,15 @@ pub struct Environment<'a> {
     pub read_bound: Duration,
     /// Where progress lines go (the console on a host).
     pub log: &'a (dyn Fn(&str) + Sync),
+    /// The modules loading beside storage: the filesystems' before anything is registered or
+    /// mounted, every driver before a missing disk is given up on.
+    pub modules: &'a dyn Wait,
 }
 
 impl<'a> Environment<'a> {
-    /// The running host: /sys/class/block, /dev, mounts under /.
-    pub fn host(log: &'a (dyn Fn(&str) + Sync)) -> Self {
+    /// The running host: /sys/class/block, /dev, mounts under /, and the modules `modules`
+    /// is loading.
+    pub fn host(log: &'a (dyn Fn(&str) + Sync), modules: &'a dyn Wait) -> Self {
         Environment {
             sys_block: "/sys/class/block".into(),
             dev: "/dev".into(),
@@ -79,6 +93,7 @@ impl<'a> Environment<'a> {
             poll: Duration::from_millis(100),
             read_bound: Duration::from_secs(5),
             log,
+            modules,
         }
     }
 }
@@ -469,14 +484,30 @@ pub fn setup(
 ) -> Result<StorageReport, StorageError> {
     let started = Instant::now();
     let bound = Duration::from_secs(u64::from(config.storage_wait));
+    let mut deadline = started + bound;
     let mut kernel = Kernel::new(host);
     let mut scanner = Scanner {
         hung: Vec::new(),
         warnings: Vec::new(),
     };
     let mut last_waiting = String::new();
+    let mut filesystems = false;
+    let mut drivers_checked = false;
     let found = loop {
         let (devices, complete) = scanner.pass(env);
+        if !filesystems {
+            // Reading superblocks needs no module; registering btrfs devices and mounting do.
+            filesystems = true;
+            if !env
+                .modules
+                .wait(Need::Filesystems, Instant::now() + MODULES_BOUND)
+            {
+                (env.log)(&format!(
+                    "the filesystems' modules are still loading after {} s; going on",
+                    MODULES_BOUND.as_secs()
+                ));
+            }
+        }
         let found = Found::new(devices, &mut kernel);
         if !complete {
             // Look again at once, without the device that hung.
@@ -486,11 +517,28 @@ pub fn setup(
         if missing.is_empty() {
             break found;
         }
-        let elapsed = started.elapsed();
-        if elapsed >= bound {
+        let now = Instant::now();
+        if now >= deadline {
+            if !drivers_checked {
+                // A disk can be behind a controller whose driver is still loading: it is not
+                // missing until every driver has loaded.
+                drivers_checked = true;
+                if !env.modules.wait(Need::Drivers, Instant::now()) {
+                    (env.log)(&format!(
+                        "waiting up to {} s for drivers still loading before giving up on \
+                         storage: {}",
+                        MODULES_BOUND.as_secs(),
+                        missing.join("; ")
+                    ));
+                    env.modules
+                        .wait(Need::Drivers, Instant::now() + MODULES_BOUND);
+                    deadline = Instant::now() + AFTER_DRIVERS;
+                }
+                continue;
+            }
             (env.log)(&format!(
                 "gave up waiting for storage after {} ms: {}",
-                elapsed.as_millis(),
+                started.elapsed().as_millis(),
                 missing.join("; ")
             ));
             break found;
@@ -503,7 +551,7 @@ pub fn setup(
             ));
             last_waiting = waiting;
         }
-        std::thread::sleep(env.poll.min(bound - elapsed));
+        std::thread::sleep(env.poll.min(deadline.saturating_duration_since(now)));
     };
     let waited = started.elapsed();
     let problems = found.problems(config.storage_wait);
@@ -1019,8 +1067,18 @@ mod tests {
         }
 
         fn setup(&self, host: &Recording) -> Result<StorageReport, StorageError> {
+            self.setup_with(host, 0, &crate::hardware::AllLoaded)
+        }
+
+        /// [`Disks::setup`] waiting `wait` seconds, with `modules` loading beside it.
+        fn setup_with(
+            &self,
+            host: &Recording,
+            wait: u32,
+            modules: &dyn Wait,
+        ) -> Result<StorageReport, StorageError> {
             let config = Config {
-                storage_wait: 0,
+                storage_wait: wait,
                 ..Config::default()
             };
             let quiet = |_: &str| {};
@@ -1031,9 +1089,86 @@ mod tests {
                 poll: Duration::from_millis(10),
                 read_bound: Duration::from_secs(5),
                 log: &quiet,
+                modules,
             };
             setup(host, &config, &env)
         }
+    }
+
+    /// The modules of a PC with a virtio NIC and disk and a PIIX IDE controller, loading on a
+    /// Recording host, `held` of them (paths in the module tree) held until released.
+    fn pc_loading(
+        held: &[&str],
+    ) -> (
+        tempfile::TempDir,
+        std::sync::Arc<Recording>,
+        crate::hardware::Modules,
+        Vec<std::sync::Arc<crate::host::Hold>>,
+    ) {
+        use crate::hardware::tests::{load_line, pc, pc_fixed};
+        let (root, dir, sys) = pc();
+        let recording = std::sync::Arc::new(Recording::new());
+        let holds = held
+            .iter()
+            .map(|path| recording.hold(&load_line(&dir, path)))
+            .collect();
+        let host: std::sync::Arc<dyn Host> = recording.clone();
+        let modules = crate::hardware::Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        (root, recording, modules, holds)
+    }
+
+    #[test]
+    fn storage_mounts_its_labeled_disks_without_waiting_for_drivers_it_does_not_need() {
+        // The CD-ROM's driver and the IDE controller's load for as long as the test wants.
+        let (_root, recording, modules, holds) = pc_loading(&[
+            "kernel/drivers/scsi/sr_mod.ko",
+            "kernel/drivers/ata/ata_piix.ko",
+        ]);
+        let disks = Disks::new();
+        disks.add("vda", ext4(STATE_LABEL, 1));
+        disks.add("vdb", btrfs(MACHINES_LABEL, 2, 1, 1));
+        let report = disks.setup_with(&recording, 10, &modules).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert!(
+            !modules.wait(Need::Drivers, Instant::now()),
+            "storage was done while the drivers it did not need were loading"
+        );
+        // The filesystems' modules came before anything used them.
+        let calls = recording.calls();
+        let at = |prefix: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(prefix) || c.contains(prefix))
+                .unwrap_or_else(|| panic!("no {prefix}: {calls:?}"))
+        };
+        assert!(at("btrfs.ko") < at("btrfs_register"), "{calls:?}");
+        assert!(at("ext4.ko") < at("mount ext4"), "{calls:?}");
+        holds.iter().for_each(|hold| hold.release());
+        let loaded = modules.finish();
+        assert_eq!(
+            loaded.report.modules.get("sr_mod"),
+            Some(&crate::hardware::Loaded::Yes)
+        );
+    }
+
+    #[test]
+    fn storage_waits_for_a_storage_driver_still_loading_before_giving_up() {
+        let (_root, recording, modules, holds) = pc_loading(&["kernel/drivers/ata/ata_piix.ko"]);
+        let disks = Disks::new();
+        disks.add("vda", ext4(STATE_LABEL, 1));
+        // No time of its own to wait: only the IDE controller's driver, still loading, keeps
+        // storage from giving up on the machines disk.
+        let report = std::thread::scope(|scope| {
+            let storage = scope.spawn(|| disks.setup_with(&recording, 0, &modules));
+            crate::hardware::tests::until_asked(&recording, "ata_piix");
+            // The disk behind the controller, as its driver finds it.
+            disks.add("sda", btrfs(MACHINES_LABEL, 2, 1, 1));
+            holds[0].release();
+            storage.join().unwrap()
+        });
+        let report = report.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.mounted.len(), 2);
+        modules.finish();
     }
 
     fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
