@@ -131,11 +131,13 @@ impl Drop for Ended<'_> {
     }
 }
 
-/// How often the loading thread looks at the devices again once every driver loaded: a
-/// device can appear later (a USB stick is enumerated a moment after its controller's driver
-/// loads; libata scans its ports after its driver's init returned), and its driver must still
-/// load while storage waits for its disk, as udev loads drivers on hotplug. It stops at the
-/// `devices` step, or after [`HOTPLUG_FOR`].
+/// How often the loading thread looks at the devices again, at most, after every driver
+/// loaded: a device can appear later (a USB stick is enumerated a moment after its
+/// controller's driver loads; libata scans its ports after its driver's init returned), and
+/// its driver must still load while storage waits for its disk, as udev loads drivers on
+/// hotplug. A uevent of a device that wants a driver wakes it at once; without a uevent
+/// socket it looks every [`HOTPLUG_EVERY`]. It stops at the `devices` step, or after
+/// [`HOTPLUG_FOR`].
 const HOTPLUG_EVERY: Duration = Duration::from_millis(100);
 const HOTPLUG_FOR: Duration = Duration::from_secs(120);
 
@@ -151,6 +153,8 @@ pub struct Modules {
     /// The late modules of the fixed set, known from the start.
     pub late_fixed: Vec<String>,
     stop: Arc<AtomicBool>,
+    /// Wakes the hotplug watch when told to stop.
+    waker: Option<crate::uevent::Waker>,
     running: Running,
 }
 
@@ -218,7 +222,12 @@ impl Modules {
         fixed.sort_by_key(rank);
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(AtomicBool::new(false));
+        // Opened now, before the first look at the devices: no device that appears after it
+        // is missed.
+        let events = crate::uevent::Uevents::open().ok();
+        let waker = events.as_ref().map(crate::uevent::Uevents::waker);
         let job = Job {
+            events,
             progress: Arc::clone(&progress),
             host: Arc::clone(host),
             tables,
@@ -255,6 +264,7 @@ impl Modules {
             network_stack,
             late_fixed,
             stop,
+            waker,
             running,
         })
     }
@@ -304,6 +314,9 @@ impl Modules {
     pub fn finish(self) -> Finished {
         let began = Instant::now();
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
         let mut loaded = match self.running {
             Running::Done(loaded) => *loaded,
             Running::Thread(handle) => handle.join().unwrap_or_else(|_| Finished {
@@ -329,6 +342,8 @@ struct Job {
     late: Vec<String>,
     sys: PathBuf,
     stop: Arc<AtomicBool>,
+    /// The kernel's device events, for the hotplug watch.
+    events: Option<crate::uevent::Uevents>,
 }
 
 impl Job {
@@ -511,7 +526,12 @@ impl Job {
                 });
                 drivers.push((module, modalias));
             }
-            std::thread::sleep(HOTPLUG_EVERY);
+            match &self.events {
+                Some(events) => {
+                    events.wait(HOTPLUG_EVERY * 10, |event| event.wants_driver());
+                }
+                None => std::thread::sleep(HOTPLUG_EVERY),
+            }
         }
         report.modules.retain(|name, _| !already.contains(name));
         report.other_problems = unknown

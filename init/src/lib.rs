@@ -26,6 +26,7 @@ pub mod services;
 pub mod state;
 pub mod storage;
 pub mod tunnel;
+pub mod uevent;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
