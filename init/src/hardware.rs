@@ -72,6 +72,10 @@ pub enum Need {
 pub trait Wait: Sync {
     /// Waits until what `need` names is loaded, or until `until`; whether it is.
     fn wait(&self, need: Need, until: Instant) -> bool;
+
+    /// Counts `took` as time a step waited for modules: storage's wait for a disk while a
+    /// driver that may bring it was loading.
+    fn count(&self, _took: Duration) {}
 }
 
 /// Nothing is loading: every need is met.
@@ -86,6 +90,10 @@ impl Wait for AllLoaded {
 impl Wait for Modules {
     fn wait(&self, need: Need, until: Instant) -> bool {
         Modules::wait(self, need, until)
+    }
+
+    fn count(&self, took: Duration) {
+        self.progress.lock().waited += took;
     }
 }
 

@@ -558,11 +558,16 @@ pub fn setup(
             last_waiting = waiting;
         }
         let left = deadline.saturating_duration_since(now);
+        // While a driver loads, the disk may be behind it: that wait is the modules' time.
+        let loading = !env.modules.wait(Need::Drivers, now);
         match &events {
             Some(events) => {
                 events.wait(env.poll.min(left), |event| event.is_block());
             }
             None => std::thread::sleep(env.poll.min(NO_EVENTS_POLL).min(left)),
+        }
+        if loading {
+            env.modules.count(now.elapsed());
         }
     };
     let waited = started.elapsed();
