@@ -192,6 +192,47 @@ DEVTYPE=disk\0SEQNUM=1234\0";
         assert_eq!(Event::parse(b"libudev\0\xfe\xca"), Event::default());
     }
 
+    /// The bytes the kernel sends for `event`.
+    fn render(event: &Event) -> Vec<u8> {
+        let mut bytes = format!("{}@{}", event.action, event.devpath).into_bytes();
+        for (key, value) in &event.keys {
+            bytes.push(0);
+            bytes.extend(format!("{key}={value}").bytes());
+        }
+        bytes.push(0);
+        bytes
+    }
+
+    proptest::proptest! {
+        /// Uevents as the kernel sends them parse back to what was sent; mutated (bytes
+        /// replaced, the message cut anywhere), they never panic and every key read is a key.
+        #[test]
+        fn fuzz_uevent_parse(
+            action in "(add|remove|change|bind|unbind|move|online)",
+            devpath in "(/[a-z0-9:._-]{1,12}){1,6}",
+            keys in proptest::collection::vec(("[A-Z_]{1,10}", "[ -~]{0,24}"), 0..8),
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let event = Event { action, devpath, keys };
+            let bytes = render(&event);
+            proptest::prop_assert_eq!(&Event::parse(&bytes), &event);
+            let mut mutated = bytes.clone();
+            for (at, value) in flips {
+                let at = at.index(mutated.len());
+                mutated[at] = value;
+            }
+            let parsed = Event::parse(&mutated[..cut.index(mutated.len() + 1)]);
+            for (key, _) in &parsed.keys {
+                proptest::prop_assert!(!key.contains('=') && !key.contains('\0'), "{:?}", key);
+            }
+            let _ = (parsed.is_block(), parsed.wants_driver());
+        }
+    }
+
     #[test]
     fn a_wait_without_events_ends_at_its_timeout() {
         let events = Uevents::open().unwrap();
