@@ -1486,8 +1486,8 @@ fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Re
             late = late_modules(&line);
         }
         if line.contains("buildos-init: modules loaded ") {
-            loaded = Some(seconds_after(&line, "modules loaded ")? / 1000);
-            waited = seconds_after(&line, "waited ")? / 1000;
+            let (all, steps) = module_times(&line)?;
+            (loaded, waited) = (Some(all), steps);
         }
         if let Some(rest) = line.split("buildos-init: phase ").nth(1) {
             let name = rest
@@ -1539,6 +1539,16 @@ fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Re
 /// The kernel's own time to load `modules` with their dependencies: the same image, disks
 /// and network card, booted into busybox's shell instead of init, where one
 /// `busybox modprobe -a` loads them one after another. Timed in the guest with /proc/uptime.
+/// From init's `modules loaded N ms after the modules step began; the boot steps waited M ms
+/// for them`: how long the modules took to load beside the steps, and how long the steps
+/// waited for them.
+fn module_times(line: &str) -> Result<(Duration, Duration)> {
+    Ok((
+        seconds_after(line, "modules loaded ")? / 1000,
+        seconds_after(line, " waited ")? / 1000,
+    ))
+}
+
 /// The modules init's `late modules: loaded N of M[, without their hardware ...]: <name> <ms>
 /// ms, ...` line names.
 fn late_modules(line: &str) -> Vec<String> {
@@ -2072,6 +2082,16 @@ fn unpack_time(dir: &Path) -> Result<(Duration, Duration)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn module_times_are_read_from_inits_line() {
+        let line = "[   6.2] buildos-init: modules loaded 2063 ms after the modules step began; \
+                    the boot steps waited 1852 ms for them";
+        let (loaded, waited) = super::module_times(line).unwrap();
+        assert_eq!(loaded, std::time::Duration::from_millis(2063));
+        assert_eq!(waited, std::time::Duration::from_millis(1852));
+        assert!(super::module_times("buildos-init: modules loaded soon").is_err());
+    }
+
     #[test]
     fn late_modules_are_read_from_inits_line() {
         let line = "[   9.9] buildos-init: late modules: loaded 2 of 3, without their hardware \
