@@ -3,7 +3,11 @@
 //! as udev and modprobe would.
 //!
 //! Drivers create devices of their own (a PCI virtio controller brings virtio devices, a SATA
-//! controller brings SCSI disks), so matching runs in passes until a pass finds nothing new.
+//! controller brings SCSI disks), so the devices are looked at again each time a driver
+//! finished loading, until none is loading and no device wants a new one.
+//!
+//! It all loads beside the boot steps ([`Modules`]): a step waits only for what it needs
+//! ([`Need`]), and the `devices` step for everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
