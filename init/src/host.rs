@@ -11,7 +11,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -290,7 +290,36 @@ pub struct Recording {
     failures: Mutex<Vec<(String, Errno)>>,
     not_ready: Mutex<Vec<String>>,
     answers: Mutex<Vec<(String, Ran)>>,
+    holds: Mutex<Vec<(String, Arc<Hold>)>>,
 }
+
+/// A call [`Recording::hold`] keeps from returning until [`Hold::release`]: a module whose
+/// load takes as long as a test wants.
+#[derive(Default)]
+pub struct Hold {
+    released: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Hold {
+    /// Lets the held calls return, and every later one at once.
+    pub fn release(&self) {
+        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until released, or for at most [`HOLD_BOUND`] (so a test that forgets to
+    /// release fails instead of hanging).
+    fn wait(&self) {
+        let released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(released, HOLD_BOUND, |released| !*released);
+    }
+}
+
+/// The longest a held call waits for its release.
+const HOLD_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Recording {
     pub fn new() -> Recording {
@@ -320,6 +349,16 @@ impl Recording {
         }
     }
 
+    /// Makes every call whose line starts with `prefix` wait, after it is recorded, until the
+    /// returned hold is released.
+    pub fn hold(&self, prefix: &str) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.push((prefix.to_owned(), Arc::clone(&hold)));
+        }
+        hold
+    }
+
     /// The calls so far, one line each, in order.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
@@ -340,8 +379,17 @@ impl Recording {
                 .find(|(prefix, _)| line.starts_with(prefix.as_str()))
                 .map(|(_, errno)| *errno)
         });
+        let hold = self.holds.lock().ok().and_then(|holds| {
+            holds
+                .iter()
+                .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, hold)| Arc::clone(hold))
+        });
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(line);
+        }
+        if let Some(hold) = hold {
+            hold.wait();
         }
         failure.map_or(Ok(()), Err)
     }
