@@ -132,10 +132,13 @@ fn usable(ssh_keygen: &Path, key: &Path, public: &Path) -> Result<String, String
     let derived = String::from_utf8_lossy(&output.stdout);
     let derived = buildos_sshkey::parse(derived.trim()).filter(|_| output.status.success());
     let Some(derived) = derived else {
+        // Its last line says why (`Load key "...": invalid format`); one line for the log.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
         return Err(format!(
             "the agent key {} ({bytes} bytes) is not a private key ssh-keygen can read ({})",
             key.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
+            why.unwrap_or("it said nothing").trim()
         ));
     };
     let line = std::fs::read_to_string(public)

@@ -135,9 +135,12 @@ fn an_empty_or_truncated_key_is_kept_aside_and_a_new_one_made_and_the_mail_says_
             dir.join("id_ed25519.bad-1").display(),
             dir.join("id_ed25519.bad-1.pub").display()
         ),
+        // ssh-keygen's own reason, on the one line the log and the mail give it.
+        format!("(Load key \"{}\": ", private.display()),
     ] {
         assert!(replaced.contains(&want), "{want:?} not in {replaced:?}");
     }
+    assert!(!replaced.contains('\n'), "{replaced:?}");
     // Nothing is lost: the files found are there under their new names, as they were.
     assert_eq!(std::fs::read(dir.join("id_ed25519.bad-1")).unwrap(), b"");
     assert_eq!(
