@@ -482,7 +482,11 @@ impl Queue {
             Ok(()) => Some(to),
             // Renamed, but not synced: it is there now, and the next sync may save it.
             Err(e) if e.made => {
-                log::error!("mail: {} moved to {to:?}, but {e}", file.display());
+                log::error!(
+                    "mail: {} moved to {}, but {e}",
+                    file.display(),
+                    to.display()
+                );
                 Some(to)
             }
             Err(e) => {
