@@ -62,7 +62,7 @@ pub fn ensure(
             // read, which a copy without `cp -a` can leave.
             give(&key, owner)?;
         }
-        Some(usable(ssh_keygen, &key, &public))
+        Some(usable(ssh_keygen, &key, &public)?)
     } else {
         None
     };
@@ -112,15 +112,16 @@ fn give(key: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
 }
 
 /// The public key line when the pair at `key` and `public` can be used: `ssh-keygen -y` reads
-/// the private key, and the `.pub` file is its public half. Otherwise what is wrong.
-fn usable(ssh_keygen: &Path, key: &Path, public: &Path) -> Result<String, String> {
+/// the private key, and the `.pub` file is its public half. Otherwise what is wrong. The outer
+/// error is a check that could not be made (no ssh-keygen to run): nothing is set aside then.
+fn usable(ssh_keygen: &Path, key: &Path, public: &Path) -> Result<Result<String, String>, String> {
     let size = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.len()).unwrap_or(0);
     if !std::fs::symlink_metadata(key).is_ok_and(|m| m.is_file()) {
-        return Err(format!(
+        return Ok(Err(format!(
             "{} has no private key {} beside it",
             public.display(),
             key.display()
-        ));
+        )));
     }
     let bytes = size(key);
     let output = Command::new(ssh_keygen)
@@ -135,17 +136,22 @@ fn usable(ssh_keygen: &Path, key: &Path, public: &Path) -> Result<String, String
         // Its last line says why (`Load key "...": invalid format`); one line for the log.
         let stderr = String::from_utf8_lossy(&output.stderr);
         let why = stderr.lines().rev().find(|l| !l.trim().is_empty());
-        return Err(format!(
+        return Ok(Err(format!(
             "the agent key {} ({bytes} bytes) is not a private key ssh-keygen can read ({})",
             key.display(),
             why.unwrap_or("it said nothing").trim()
-        ));
+        )));
     };
-    let line = std::fs::read_to_string(public)
-        .map_err(|e| format!("the agent key's public half {}: {e}", public.display()))?
-        .trim()
-        .to_string();
-    match buildos_sshkey::parse(&line) {
+    let line = match std::fs::read_to_string(public) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) => {
+            return Ok(Err(format!(
+                "the agent key's public half {}: {e}",
+                public.display()
+            )))
+        }
+    };
+    Ok(match buildos_sshkey::parse(&line) {
         Some(found) if found.public == derived.public => Ok(line),
         _ => Err(format!(
             "{} ({} bytes) is not the public half of the agent key {}",
@@ -153,7 +159,7 @@ fn usable(ssh_keygen: &Path, key: &Path, public: &Path) -> Result<String, String
             size(public),
             key.display()
         )),
-    }
+    })
 }
 
 /// Renames each plain file of `files` to `<name>.bad-<n>` (the first `n` free for all),

@@ -204,3 +204,20 @@ fn an_empty_or_truncated_key_is_kept_aside_and_a_new_one_made_and_the_mail_says_
         "{replaced}"
     );
 }
+
+#[test]
+fn a_key_that_cannot_be_checked_for_want_of_ssh_keygen_is_left_alone() {
+    let keygen = Path::new(SSH_KEYGEN);
+    let disk = tempfile::tempdir().unwrap();
+    let made = agentkey::ensure(disk.path(), None, keygen, "h").unwrap();
+    let missing = disk.path().join("no-ssh-keygen");
+    let error = agentkey::ensure(disk.path(), None, &missing, "h").unwrap_err();
+    assert!(
+        error.starts_with(&format!("cannot run {}: ", missing.display())),
+        "{error}"
+    );
+    // Nothing set aside: with ssh-keygen back, the same key is kept.
+    let again = agentkey::ensure(disk.path(), None, keygen, "h").unwrap();
+    assert!(!again.made && again.replaced.is_none(), "{again:?}");
+    assert_eq!(again.fingerprint, made.fingerprint);
+}
