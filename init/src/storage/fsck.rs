@@ -6,8 +6,9 @@
 //! hands out inodes and blocks its stale bitmaps call free ("doubly allocated"), and the random
 //! seed and host keys can no longer be written. So when the superblock says the filesystem was
 //! not cleanly unmounted or has errors ([`ExtState`](super::superblock::ExtState)), `e2fsck -p` repairs it first, when the
-//! image has e2fsck; when it cannot run or cannot repair, the disk is mounted as before and a
-//! boot problem says what to run. btrfs (the machines disks) needs no check: it is
+//! image has e2fsck, and when preening refuses, `e2fsck -f -y` (the state is not precious, a
+//! host must come up unattended; a boot problem says something may be lost); when neither can
+//! run or repair, the disk is mounted as before and a boot problem says what to run. btrfs (the machines disks) needs no check: it is
 //! copy-on-write and mounts consistent after a power cut.
 
 use std::path::Path;
@@ -58,11 +59,8 @@ pub fn before_mount(
         "{disk} {state}: checking it with e2fsck -p (at most {} s)",
         bound.as_secs()
     ));
-    let mut command = Command::new(e2fsck);
-    command.arg("-p").arg(&device.path);
-    let started = Instant::now();
-    let ran = match host.run(command, bound) {
-        Ok(ran) => ran,
+    let preen = match pass(host, e2fsck, &["-p"], &device.path, bound, log) {
+        Ok(pass) => pass,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             return vec![format!(
                 "{disk} {state} and was not checked: this image has no {} (e2fsprogs is in the \
@@ -81,6 +79,80 @@ pub fn before_mount(
             )];
         }
     };
+    let why = match preen.verdict {
+        Verdict::Consistent => {
+            log(&format!(
+                "{disk} checked in {} ms: e2fsck -p found nothing to repair",
+                preen.took
+            ));
+            return Vec::new();
+        }
+        Verdict::Repaired => {
+            log(&format!(
+                "{disk} checked in {} ms: e2fsck -p repaired it",
+                preen.took
+            ));
+            return Vec::new();
+        }
+        Verdict::Failed(why) => why,
+    };
+    // Preening refuses what it cannot repair without a choice. The state is not precious
+    // (what is lost is made again: a seed, host keys, a queued mail at worst), and a host must
+    // come up without hands on it: answer yes to every repair, and say that something may be
+    // lost.
+    log(&format!(
+        "{disk}: e2fsck -p could not repair it ({why}){}; repairing it with e2fsck -f -y",
+        preen.last
+    ));
+    let forced = pass(host, e2fsck, &["-f", "-y"], &device.path, bound, log);
+    match forced.map(|pass| (pass.verdict, pass.took, pass.last)) {
+        Ok((Verdict::Consistent | Verdict::Repaired, took, _)) => {
+            log(&format!(
+                "{disk} checked in {} ms: e2fsck -f -y repaired it",
+                preen.took + took
+            ));
+            vec![format!(
+                "{disk} {state}; e2fsck -p could not repair it ({why}){} and e2fsck -f -y did, \
+                 answering yes to every repair: a file it could not save is gone (the lines \
+                 before say what it changed; a lost host key or seed is made again)",
+                preen.last
+            )]
+        }
+        Ok((Verdict::Failed(again), _, last)) => vec![format!(
+            "{disk} {state} and neither e2fsck -p ({why}){} nor e2fsck -f -y ({again}){last} \
+             could repair it; it is mounted as it is; {repair}",
+            preen.last
+        )],
+        Err(error) => vec![format!(
+            "{disk} {state} and e2fsck -p could not repair it ({why}){}, and e2fsck -f -y could \
+             not run: {error}; it is mounted as it is; {repair}",
+            preen.last
+        )],
+    }
+}
+
+/// One run of e2fsck: how it ended, how long it took and its last line of its own.
+struct Pass {
+    verdict: Verdict,
+    took: u128,
+    /// `: <e2fsck's conclusion>`, or empty.
+    last: String,
+}
+
+/// Runs `e2fsck <options> <device>` within `bound`, its lines (at most [`SHOWN_LINES`]) to
+/// `log`.
+fn pass(
+    host: &dyn Host,
+    e2fsck: &Path,
+    options: &[&str],
+    device: &Path,
+    bound: Duration,
+    log: &dyn Fn(&str),
+) -> std::io::Result<Pass> {
+    let mut command = Command::new(e2fsck);
+    command.args(options).arg(device);
+    let started = Instant::now();
+    let ran = host.run(command, bound)?;
     let took = started.elapsed().as_millis();
     let lines: Vec<&str> = ran
         .output
@@ -104,24 +176,11 @@ pub fn before_mount(
         .map_or(String::new(), |l| {
             format!(": {}", l.trim().trim_end_matches('.'))
         });
-    match verdict(ran.end) {
-        Verdict::Consistent => {
-            log(&format!(
-                "{disk} checked in {took} ms: e2fsck -p found nothing to repair"
-            ));
-            Vec::new()
-        }
-        Verdict::Repaired => {
-            log(&format!(
-                "{disk} checked in {took} ms: e2fsck -p repaired it"
-            ));
-            Vec::new()
-        }
-        Verdict::Failed(why) => vec![format!(
-            "{disk} {state} and e2fsck -p could not repair it ({why}){last}; it is mounted as it \
-             is; {repair}"
-        )],
-    }
+    Ok(Pass {
+        verdict: verdict(ran.end),
+        took,
+        last,
+    })
 }
 
 /// What e2fsck's end says of the filesystem.
@@ -301,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn a_state_disk_e2fsck_cannot_repair_unattended_is_a_problem_saying_what_to_run() {
+    fn a_state_disk_preening_cannot_repair_is_repaired_answering_yes_and_a_problem_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let image = state_disk(dir.path());
         // The root directory's inode wiped: preening refuses to guess.
@@ -314,16 +373,62 @@ mod tests {
             problems[0],
             format!(
                 "state disk {shown} (ext4, label buildos.state) was not cleanly unmounted (a \
-                 power cut, a reset or a crash) and e2fsck -p could not repair it (exit 4: \
-                 errors left uncorrected): buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck \
-                 MANUALLY; it is mounted as it is; run `e2fsck -f -y {shown}` on it while it is not mounted (here after \
-                 `umount /state`, or on another machine), then reboot"
+                 power cut, a reset or a crash); e2fsck -p could not repair it (exit 4: errors \
+                 left uncorrected): buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY \
+                 and e2fsck -f -y did, answering yes to every repair: a file it could not save \
+                 is gone (the lines before say what it changed; a lost host key or seed is made \
+                 again)"
             )
         );
         assert!(
             lines
                 .iter()
                 .any(|l| l.contains("UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with("e2fsck -f -y repaired it")),
+            "{lines:#?}"
+        );
+        // Repaired for good: clean, and a full read-only check finds nothing.
+        assert_eq!(state_of(&image), Some(ExtState::Clean));
+        run(E2FSCK, &["-f", "-n", image.to_str().unwrap()]);
+    }
+
+    #[test]
+    fn a_state_disk_no_e2fsck_pass_can_repair_is_mounted_with_a_problem_saying_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = state_disk(dir.path());
+        debugfs(&image, "ssv state 0");
+        // An e2fsck that can repair nothing, whatever it is asked.
+        let fake = dir.path().join("e2fsck");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho \"buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY.\"\nexit 4\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (lines, problems) = check(&Linux, &image, fake.to_str().unwrap());
+        let shown = image.display();
+        assert_eq!(
+            problems,
+            [format!(
+                "state disk {shown} (ext4, label buildos.state) was not cleanly unmounted (a \
+                 power cut, a reset or a crash) and neither e2fsck -p (exit 4: errors left \
+                 uncorrected): buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY nor \
+                 e2fsck -f -y (exit 4: errors left uncorrected): buildos.state: UNEXPECTED \
+                 INCONSISTENCY; RUN fsck MANUALLY could repair it; it is mounted as it is; run \
+                 `e2fsck -f -y {shown}` on it while it is not mounted (here after `umount \
+                 /state`, or on another machine), then reboot"
+            )]
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with("repairing it with e2fsck -f -y")),
             "{lines:#?}"
         );
         // An error the kernel recorded asks for the check too.
