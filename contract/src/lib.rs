@@ -336,6 +336,9 @@ pub mod programs {
     /// ssh-keygen: the tunnel key (init) and the agent key (monitor); init makes the host keys
     /// itself.
     pub const SSH_KEYGEN: &str = "/usr/bin/ssh-keygen";
+    /// e2fsprogs' e2fsck, which init runs on the state disk before mounting it when it was not
+    /// cleanly unmounted (the debian profile; the minimal one has none).
+    pub const E2FSCK: &str = concat!(sbin_dir!(), "/e2fsck");
     /// sshd's privilege separation directory, made before sshd starts.
     pub const SSHD_RUN_DIR: &str = "/run/sshd";
 }

@@ -3,11 +3,18 @@
 //! as udev and modprobe would.
 //!
 //! Drivers create devices of their own (a PCI virtio controller brings virtio devices, a SATA
-//! controller brings SCSI disks), so matching runs in passes until a pass finds nothing new.
+//! controller brings SCSI disks), so the devices are looked at again each time a driver
+//! finished loading, until none is loading and no device wants a new one.
+//!
+//! It all loads beside the boot steps ([`Modules`]): a step waits only for what it needs
+//! ([`Need`]), and the `devices` step for everything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use buildos_kmodnames::{fnmatch, normalize_alias as normalize};
 
@@ -46,62 +53,497 @@ pub fn is_late(name: &str) -> bool {
     LATE.iter().any(|(late, _)| *late == name)
 }
 
-/// The modules [`load_modules`] left for later: [`LATE`]'s, from the fixed set and the drivers
-/// the devices asked for, and the tables to load them with.
-pub struct Deferred {
-    tables: Arc<Tables>,
-    /// The names to load, fixed ones first, in the order they were asked for.
-    pub names: Vec<String>,
-    /// Drivers among them, with one device that asked for each.
-    pub drivers: Vec<(String, String)>,
-    /// What the first load loaded or tried, so nothing loads twice.
-    done: BTreeMap<String, Loaded>,
-    /// The drivers matched so far, and where the devices are (normally /sys): the late
-    /// thread goes on matching devices that appear after the modules step.
-    matched: BTreeSet<String>,
-    sys: PathBuf,
+/// What a boot step waits for before it goes on, while the rest loads beside it
+/// ([`Modules::wait`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// The fixed set's filesystems (its modules under `kernel/fs/`: ext4, btrfs), before
+    /// storage registers and mounts disks.
+    Filesystems,
+    /// Every driver the devices asked for, loaded: before storage concludes that a labeled
+    /// disk is missing (a disk can be behind any controller).
+    Drivers,
+    /// The drivers of every device that may bring a network interface (see
+    /// [`may_bring_a_nic`]), before the network step lists interfaces.
+    Nics,
+    /// The fixed set's network modules (its modules under `kernel/net/`: bridge, nf_tables,
+    /// ...), before the network step makes its bridges and NAT.
+    NetworkStack,
 }
 
-/// How often the late thread looks at the devices again, and for how long at most: a device
-/// can appear after the modules step's last pass (a USB stick is enumerated a moment after its
-/// controller's driver loads), and its driver must still load while storage waits for its
-/// disk, as udev loads drivers on hotplug.
-const HOTPLUG_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-const HOTPLUG_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+/// What a step waits on for the modules it needs: [`Modules`] on a host, [`AllLoaded`] where
+/// nothing loads beside the step (tests, and a host whose modules step did not start).
+pub trait Wait: Sync {
+    /// Waits until what `need` names is loaded, or until `until`; whether it is.
+    fn wait(&self, need: Need, until: Instant) -> bool;
 
-impl Deferred {
-    /// Loads the deferred modules and what they need that is not loaded yet, on this thread.
-    pub fn load(self, host: &dyn Host) -> Report {
-        self.load_then_watch(host, &std::sync::atomic::AtomicBool::new(true))
+    /// Counts `took` as time a step waited for modules: storage's wait for a disk while a
+    /// driver that may bring it was loading.
+    fn count(&self, _took: Duration) {}
+}
+
+/// Nothing is loading: every need is met.
+pub struct AllLoaded;
+
+impl Wait for AllLoaded {
+    fn wait(&self, _need: Need, _until: Instant) -> bool {
+        true
+    }
+}
+
+impl Wait for Modules {
+    fn wait(&self, need: Need, until: Instant) -> bool {
+        Modules::wait(self, need, until)
     }
 
-    /// [`Deferred::load`], then the drivers of devices that appear later, every
-    /// [`HOTPLUG_EVERY`] until `stop` is set (or [`HOTPLUG_FOR`] has passed).
-    fn load_then_watch(mut self, host: &dyn Host, stop: &std::sync::atomic::AtomicBool) -> Report {
+    fn count(&self, took: Duration) {
+        self.progress.lock().waited += took;
+    }
+}
+
+/// What the loading has done so far, for the steps that wait on it.
+#[derive(Default)]
+struct Seen {
+    /// Every module attempted so far (loaded, absent or failed), by name.
+    attempted: BTreeSet<String>,
+    /// The drivers loading now, each with whether it may bring a network interface; `None`
+    /// until the devices were first looked at.
+    loading: Option<BTreeMap<String, bool>>,
+    /// The fixed set is loaded.
+    fixed_done: bool,
+    /// The loading thread ended (normally or not): nothing more will change.
+    ended: bool,
+    /// How long boot steps waited for modules in all.
+    waited: Duration,
+}
+
+#[derive(Default)]
+struct Progress {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Seen)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+    }
+}
+
+/// Marks the loading ended when the thread doing it ends, even by a panic.
+struct Ended<'a>(&'a Progress);
+
+impl Drop for Ended<'_> {
+    fn drop(&mut self) {
+        self.0.update(|seen| seen.ended = true);
+    }
+}
+
+/// How often the loading thread looks at the devices again, at most, after every driver
+/// loaded: a device can appear later (a USB stick is enumerated a moment after its
+/// controller's driver loads; libata scans its ports after its driver's init returned), and
+/// its driver must still load while storage waits for its disk, as udev loads drivers on
+/// hotplug. A uevent of a device that wants a driver wakes it at once; without a uevent
+/// socket it looks every [`HOTPLUG_EVERY`]. It stops at the `devices` step, or after
+/// [`HOTPLUG_FOR`].
+const HOTPLUG_EVERY: Duration = Duration::from_millis(100);
+const HOTPLUG_FOR: Duration = Duration::from_secs(120);
+
+/// Everything the modules step started: the profile's fixed set, the drivers the devices ask
+/// for, then [`LATE`]'s, all loading on threads of their own while the later steps run. A step
+/// waits only for what it needs ([`Modules::wait`]); the `devices` step waits for it all
+/// ([`Modules::finish`]), so ready still means every module is loaded.
+pub struct Modules {
+    progress: Arc<Progress>,
+    /// The fixed set's filesystems and network modules, by name (see [`Need`]).
+    filesystems: Vec<String>,
+    network_stack: Vec<String>,
+    /// The late modules of the fixed set, known from the start.
+    pub late_fixed: Vec<String>,
+    stop: Arc<AtomicBool>,
+    /// Wakes the hotplug watch when told to stop.
+    waker: Option<crate::uevent::Waker>,
+    running: Running,
+}
+
+enum Running {
+    Thread(std::thread::JoinHandle<Finished>),
+    Done(Box<Finished>),
+}
+
+/// What the loading did: the report of the fixed set and the devices' drivers, and that of
+/// [`LATE`]'s modules (those build machines need).
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub report: Report,
+    pub late: Report,
+    /// How long boot steps waited for modules in all, [`Modules::finish`]'s wait included.
+    pub waited: Duration,
+}
+
+impl Modules {
+    /// Starts loading: `fixed` (the profile's fixed set) and the drivers the devices under
+    /// `sys` (normally /sys) ask for, from the module tree `dir`. Only reading the tables
+    /// happens here; when no thread can be had, everything loads here instead.
+    pub fn start(
+        host: &Arc<dyn Host>,
+        dir: &Path,
+        fixed: Vec<String>,
+        sys: &Path,
+    ) -> Result<Modules, FileError> {
+        let tables = Arc::new(Tables::parse(
+            dir,
+            &read_table(dir, buildos_contract::modules::DEP)?,
+            &read_table(dir, buildos_contract::modules::SOFTDEP).unwrap_or_default(),
+            &read_table(dir, buildos_contract::modules::ALIAS).unwrap_or_default(),
+            &read_table(dir, buildos_contract::modules::BUILTIN).unwrap_or_default(),
+        ));
+        let (late_fixed, fixed): (Vec<String>, Vec<String>) =
+            fixed.into_iter().partition(|name| is_late(name));
+        let under = |prefix: &str| -> Vec<String> {
+            fixed
+                .iter()
+                .flat_map(|name| tables.resolve(name))
+                .filter(|module| {
+                    tables
+                        .dep
+                        .get(module)
+                        .is_some_and(|(path, _)| path.starts_with(prefix))
+                })
+                .collect()
+        };
+        let filesystems = under("kernel/fs/");
+        let network_stack = under("kernel/net/");
+        // Storage's filesystems first, then the network's modules, then the rest: the fixed
+        // set loads in that order.
+        let rank = |name: &String| {
+            let modules = tables.resolve(name);
+            if modules.iter().any(|m| filesystems.contains(m)) {
+                0
+            } else if modules.iter().any(|m| network_stack.contains(m)) {
+                1
+            } else {
+                2
+            }
+        };
+        let mut fixed = fixed;
+        fixed.sort_by_key(rank);
+        let progress = Arc::new(Progress::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        // Opened now, before the first look at the devices: no device that appears after it
+        // is missed.
+        let events = crate::uevent::Uevents::open().ok();
+        let waker = events.as_ref().map(crate::uevent::Uevents::waker);
+        let job = Job {
+            events,
+            progress: Arc::clone(&progress),
+            host: Arc::clone(host),
+            tables,
+            fixed,
+            late: late_fixed.clone(),
+            sys: sys.to_path_buf(),
+            stop: Arc::clone(&stop),
+        };
+        let shared = Arc::new(Mutex::new(Some(job)));
+        let theirs = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("modules".to_owned())
+            .spawn(move || {
+                let job = theirs.lock().ok().and_then(|mut job| job.take());
+                job.map(Job::run).unwrap_or_default()
+            });
+        let running = match spawned {
+            Ok(handle) => Running::Thread(handle),
+            Err(error) => {
+                // Here, then: the hotplug watch ends at once.
+                stop.store(true, Ordering::Relaxed);
+                let job = shared.lock().ok().and_then(|mut job| job.take());
+                let mut loaded = job.map(Job::run).unwrap_or_default();
+                loaded
+                    .report
+                    .other_problems
+                    .push(format!("cannot start a thread to load modules: {error}"));
+                Running::Done(Box::new(loaded))
+            }
+        };
+        Ok(Modules {
+            progress,
+            filesystems,
+            network_stack,
+            late_fixed,
+            stop,
+            waker,
+            running,
+        })
+    }
+
+    /// Waits until what `need` names is loaded, or until `until`; whether it is. The time
+    /// waited counts in [`Finished::waited`].
+    pub fn wait(&self, need: Need, until: Instant) -> bool {
+        let began = Instant::now();
+        let mut seen = self.progress.lock();
+        let met = loop {
+            if self.met(need, &seen) {
+                break true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            seen = self
+                .progress
+                .changed
+                .wait_timeout(seen, left)
+                .map(|(seen, _)| seen)
+                .unwrap_or_else(|e| e.into_inner().0);
+        };
+        seen.waited += began.elapsed();
+        met
+    }
+
+    fn met(&self, need: Need, seen: &Seen) -> bool {
+        if seen.ended {
+            return true;
+        }
+        let attempted =
+            |names: &[String]| seen.fixed_done || names.iter().all(|n| seen.attempted.contains(n));
+        match need {
+            Need::Filesystems => attempted(&self.filesystems),
+            Need::NetworkStack => attempted(&self.network_stack),
+            Need::Nics => seen
+                .loading
+                .as_ref()
+                .is_some_and(|loading| !loading.values().any(|nic| *nic)),
+            Need::Drivers => seen.loading.as_ref().is_some_and(BTreeMap::is_empty),
+        }
+    }
+
+    /// Stops looking for new devices, waits for every module and gives what was loaded.
+    pub fn finish(self) -> Finished {
+        let began = Instant::now();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+        let mut loaded = match self.running {
+            Running::Done(loaded) => *loaded,
+            Running::Thread(handle) => handle.join().unwrap_or_else(|_| Finished {
+                report: Report {
+                    other_problems: vec!["the thread loading modules panicked".to_owned()],
+                    ..Report::default()
+                },
+                ..Finished::default()
+            }),
+        };
+        loaded.waited = self.progress.lock().waited + began.elapsed();
+        loaded
+    }
+}
+
+/// The loading, on its thread.
+struct Job {
+    progress: Arc<Progress>,
+    host: Arc<dyn Host>,
+    tables: Arc<Tables>,
+    fixed: Vec<String>,
+    /// [`LATE`]'s modules to load last; the devices add theirs.
+    late: Vec<String>,
+    sys: PathBuf,
+    stop: Arc<AtomicBool>,
+    /// The kernel's device events, for the hotplug watch.
+    events: Option<crate::uevent::Uevents>,
+}
+
+impl Job {
+    fn run(mut self) -> Finished {
+        let progress = Arc::clone(&self.progress);
+        let _ended = Ended(&progress);
+        let began = Instant::now();
+        let fixed = self.start_fixed();
+        let (mut report, matched, late_drivers) = self.drivers();
+        match fixed {
+            Ok(handle) => match handle.join() {
+                Ok(fixed) => report.merge(fixed),
+                Err(_) => report
+                    .other_problems
+                    .push("the thread loading the fixed modules panicked".to_owned()),
+            },
+            Err(fixed) => report.merge(*fixed),
+        }
+        self.progress.update(|seen| seen.fixed_done = true);
+        report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+        report.took = began.elapsed();
+        // Every driver the devices asked for is loaded now: a network or storage controller left
+        // without one is hardware this image cannot use, and the operator hears which.
+        report.unclaimed = unclaimed(&self.sys, &self.tables.aliases);
+        let late = self.late(&report, matched, late_drivers);
+        Finished {
+            report,
+            late,
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// The fixed set on a thread of its own; when none can be had, loaded here (the error
+    /// then holds its report).
+    fn start_fixed(&self) -> Result<std::thread::JoinHandle<Report>, Box<Report>> {
+        let load = |tables: &Tables, host: &dyn Host, fixed: &[String], progress: &Progress| {
+            let mut report = Report::default();
+            let unknown = tables.load(host, fixed, &mut report, Some(progress));
+            report.other_problems = unknown
+                .into_iter()
+                .map(|name| format!("module {name} is not in this image"))
+                .collect();
+            progress.update(|seen| seen.fixed_done = true);
+            report
+        };
+        let (tables, host, fixed, progress) = (
+            Arc::clone(&self.tables),
+            Arc::clone(&self.host),
+            self.fixed.clone(),
+            Arc::clone(&self.progress),
+        );
+        std::thread::Builder::new()
+            .name("fixed modules".to_owned())
+            .spawn(move || load(&tables, host.as_ref(), &fixed, &progress))
+            .map_err(|_| {
+                Box::new(load(
+                    &self.tables,
+                    self.host.as_ref(),
+                    &self.fixed,
+                    &self.progress,
+                ))
+            })
+    }
+
+    /// The drivers the devices ask for, each on a thread of its own (a probe that waits for its
+    /// hardware, a NIC's reset, overlaps with the others), the devices looked at again as
+    /// soon as any driver loaded, until none is loading and no device wants a new one (as
+    /// udev loads a driver for each device as it appears). Returns the report, the drivers
+    /// matched so far and the late ones the devices asked for.
+    #[allow(clippy::type_complexity)]
+    fn drivers(&mut self) -> (Report, BTreeSet<String>, Vec<(String, String)>) {
+        let mut report = Report::default();
+        let mut matched: BTreeSet<String> = BTreeSet::new();
+        let mut late_drivers = Vec::new();
+        let (sender, receiver) = std::sync::mpsc::channel::<(String, Report)>();
+        let mut running = 0usize;
+        let mut finished: Option<String> = None;
+        loop {
+            let found = devices(&self.sys);
+            report.devices = found.len();
+            let mut started: Vec<(String, bool)> = Vec::new();
+            for (module, (modalias, nic)) in wanted(&self.tables.aliases, &found, &matched) {
+                matched.insert(module.clone());
+                if is_late(&module) {
+                    self.late.push(module.clone());
+                    late_drivers.push((module, modalias));
+                } else {
+                    report.drivers.push((module.clone(), modalias));
+                    started.push((module, nic));
+                }
+            }
+            // The new drivers count as loading before the one that just finished stops
+            // counting: a step waiting for drivers never sees a moment with none between them.
+            self.progress.update(|seen| {
+                let loading = seen.loading.get_or_insert_with(BTreeMap::new);
+                loading.extend(started.iter().cloned());
+                if let Some(name) = finished.take() {
+                    loading.remove(&name);
+                }
+            });
+            for (name, _) in started {
+                running += 1;
+                let own = Report {
+                    modules: report.modules.clone(),
+                    ..Report::default()
+                };
+                let (tables, host, progress, theirs) = (
+                    Arc::clone(&self.tables),
+                    Arc::clone(&self.host),
+                    Arc::clone(&self.progress),
+                    sender.clone(),
+                );
+                let (their_name, their_own) = (name.clone(), own.clone());
+                let spawned = std::thread::Builder::new()
+                    .name(format!("driver {name}"))
+                    .spawn(move || {
+                        let loaded =
+                            load_driver(&tables, host.as_ref(), &progress, &their_name, their_own);
+                        let _ = theirs.send((their_name, loaded));
+                    });
+                if spawned.is_err() {
+                    // No thread to be had: load it here instead.
+                    let loaded =
+                        load_driver(&self.tables, self.host.as_ref(), &self.progress, &name, own);
+                    let _ = sender.send((name, loaded));
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            // Each thread sends once, panic or not; this thread holds a sender, so this only
+            // ends with a message.
+            let Ok((name, part)) = receiver.recv() else {
+                break;
+            };
+            running -= 1;
+            report.merge(part);
+            finished = Some(name);
+        }
+        (report, matched, late_drivers)
+    }
+
+    /// [`LATE`]'s modules and what they need that is not loaded yet, then the drivers of
+    /// devices that appear later, until [`Modules::finish`] (or [`HOTPLUG_FOR`] has passed).
+    fn late(
+        &self,
+        loaded: &Report,
+        mut matched: BTreeSet<String>,
+        mut drivers: Vec<(String, String)>,
+    ) -> Report {
         let mut report = Report {
-            modules: std::mem::take(&mut self.done),
+            modules: loaded.modules.clone(),
             ..Report::default()
         };
         let already: BTreeSet<String> = report.modules.keys().cloned().collect();
-        let mut unknown = self.tables.load(host, &self.names, &mut report);
-        let mut drivers = std::mem::take(&mut self.drivers);
-        let started = std::time::Instant::now();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < HOTPLUG_FOR {
-            let found = modaliases(&self.sys);
-            let wanted: Vec<(String, String)> =
-                matching(&self.tables.aliases, &found, &self.matched)
-                    .into_iter()
-                    .map(|(module, modalias)| (module.to_owned(), modalias.to_owned()))
-                    .collect();
-            for (module, modalias) in wanted {
-                self.matched.insert(module.clone());
-                unknown.extend(
-                    self.tables
-                        .load(host, std::slice::from_ref(&module), &mut report),
-                );
+        let began = Instant::now();
+        let mut unknown = self
+            .tables
+            .load(self.host.as_ref(), &self.late, &mut report, None);
+        while !self.stop.load(Ordering::Relaxed) && began.elapsed() < HOTPLUG_FOR {
+            let found = devices(&self.sys);
+            for (module, (modalias, nic)) in wanted(&self.tables.aliases, &found, &matched) {
+                matched.insert(module.clone());
+                // Loading, for storage's wait before it gives up.
+                self.progress.update(|seen| {
+                    seen.loading
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(module.clone(), nic);
+                });
+                unknown.extend(self.tables.load(
+                    self.host.as_ref(),
+                    std::slice::from_ref(&module),
+                    &mut report,
+                    Some(&self.progress),
+                ));
+                self.progress.update(|seen| {
+                    if let Some(loading) = seen.loading.as_mut() {
+                        loading.remove(&module);
+                    }
+                });
                 drivers.push((module, modalias));
             }
-            std::thread::sleep(HOTPLUG_EVERY);
+            match &self.events {
+                Some(events) => {
+                    events.wait(HOTPLUG_EVERY * 10, |event| event.wants_driver());
+                }
+                None => std::thread::sleep(HOTPLUG_EVERY),
+            }
         }
         report.modules.retain(|name, _| !already.contains(name));
         report.other_problems = unknown
@@ -110,72 +552,28 @@ impl Deferred {
             .collect();
         report.drivers = drivers;
         report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+        report.took = began.elapsed();
         report
     }
-
-    /// [`Deferred::load`] on a thread of its own; when no thread can be had, on this one (the
-    /// handle then holds the finished report).
-    /// The thread then goes on loading the drivers of devices that appear later, until
-    /// [`Late::wait`].
-    pub fn spawn(self, host: &Arc<dyn Host>) -> Late {
-        let shared = Arc::new(std::sync::Mutex::new(Some(self)));
-        let theirs = Arc::clone(&shared);
-        let thread_host = Arc::clone(host);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
-        let spawned = std::thread::Builder::new()
-            .name("late modules".to_owned())
-            .spawn(move || {
-                let deferred = theirs.lock().ok().and_then(|mut d| d.take());
-                deferred.map(|d| d.load_then_watch(thread_host.as_ref(), &thread_stop))
-            });
-        match spawned {
-            Ok(handle) => Late::Running(handle, stop),
-            Err(error) => {
-                let deferred = shared.lock().ok().and_then(|mut d| d.take());
-                let mut report = deferred.map(|d| d.load(host.as_ref())).unwrap_or_default();
-                report.other_problems.push(format!(
-                    "cannot start a thread for the late modules: {error}"
-                ));
-                Late::Done(report)
-            }
-        }
-    }
 }
 
-/// The late modules, loading or loaded, and the drivers of devices that appeared since.
-pub enum Late {
-    Running(
-        std::thread::JoinHandle<Option<Report>>,
-        Arc<std::sync::atomic::AtomicBool>,
-    ),
-    Done(Report),
-}
-
-impl Late {
-    /// Stops looking for new devices, waits for the late modules and gives their report.
-    pub fn wait(self) -> Report {
-        match self {
-            Late::Done(report) => report,
-            Late::Running(handle, stop) => {
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                Late::joined(handle)
-            }
-        }
-    }
-
-    fn joined(handle: std::thread::JoinHandle<Option<Report>>) -> Report {
-        {
-            match handle.join() {
-                Ok(Some(report)) => report,
-                Ok(None) => Report::default(),
-                Err(_) => Report {
-                    other_problems: vec!["the thread loading the late modules panicked".to_owned()],
-                    ..Report::default()
-                },
-            }
-        }
-    }
+/// Loads one driver the devices asked for, with what it needs that `own` does not hold yet; a
+/// panic is a problem of the report, never the end of the loading.
+fn load_driver(
+    tables: &Tables,
+    host: &dyn Host,
+    progress: &Progress,
+    name: &str,
+    mut own: Report,
+) -> Report {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        tables.load(host, &[name.to_owned()], &mut own, Some(progress));
+        own
+    }))
+    .unwrap_or_else(|_| Report {
+        other_problems: vec![format!("the thread loading driver {name} panicked")],
+        ..Report::default()
+    })
 }
 
 /// modules.alias: `alias <pattern> <module>` lines.
@@ -266,23 +664,64 @@ impl Softdeps {
 /// udev's coldplug visits; a walk of all /sys/devices finds the same set but reads tens of
 /// thousands of entries, which took 0.3 s per pass under software emulation.
 pub fn modaliases(sys: &Path) -> BTreeSet<String> {
-    let mut files = vec![sys.join("devices/system/cpu/modalias")];
+    devices(sys).into_keys().collect()
+}
+
+/// [`modaliases`], each with whether a device that has it may bring a network interface
+/// ([`may_bring_a_nic`]).
+pub fn devices(sys: &Path) -> BTreeMap<String, bool> {
+    let mut dirs = vec![sys.join("devices/system/cpu")];
     let buses = entries(&sys.join("bus"))
         .into_iter()
         .map(|bus| bus.join("devices"));
     for devices in buses.chain(entries(&sys.join("class"))) {
-        files.extend(
-            entries(&devices)
-                .into_iter()
-                .map(|device| device.join("modalias")),
-        );
+        dirs.extend(entries(&devices));
     }
-    files
-        .into_iter()
-        .filter_map(|file| std::fs::read_to_string(file).ok())
-        .map(|text| text.trim().to_owned())
-        .filter(|text| !text.is_empty())
-        .collect()
+    let mut found: BTreeMap<String, bool> = BTreeMap::new();
+    for dir in dirs {
+        let Ok(text) = std::fs::read_to_string(dir.join("modalias")) else {
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let nic = may_bring_a_nic(&dir);
+        *found.entry(text.to_owned()).or_default() |= nic;
+    }
+    found
+}
+
+/// Whether the device at `dir` (a sysfs device directory or a link to one) may bring a network
+/// interface, from the PCI function it is or sits under (the nearest one in its sysfs path): a
+/// network controller (class 02) or a USB controller (class 0c03: a USB NIC) may; a PCI
+/// function of any other class (a storage controller, a display) cannot, nor can what sits
+/// under it (the disks behind a SATA controller, its CD-ROM). A device under no PCI function
+/// (the CPUs, platform and ACPI devices, Hyper-V's VMBus) may, as may one whose class cannot
+/// be read: the network step waits for those drivers too.
+pub fn may_bring_a_nic(dir: &Path) -> bool {
+    let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let Some(function) = real.ancestors().find(|dir| {
+        dir.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(is_pci_address)
+    }) else {
+        return true;
+    };
+    let class = std::fs::read_to_string(function.join("class")).unwrap_or_default();
+    let class = class.trim().trim_start_matches("0x").to_ascii_lowercase();
+    class.len() != 6 || class.starts_with("02") || class.starts_with("0c03")
+}
+
+/// A PCI function's sysfs name: `0000:00:03.0` (domain, bus, device, function in hex).
+fn is_pci_address(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() == 12
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b':',
+            10 => *b == b'.',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// The paths in `dir`, none when it cannot be read.
@@ -310,7 +749,28 @@ pub fn matching<'a>(
     wanted
 }
 
-/// A PCI network or storage controller that no driver claimed after the modules step: the
+/// [`matching`] over [`devices`]: each module wanted, with one device that wants it and
+/// whether any device wanting it may bring a network interface.
+fn wanted(
+    aliases: &Aliases,
+    found: &BTreeMap<String, bool>,
+    known: &BTreeSet<String>,
+) -> BTreeMap<String, (String, bool)> {
+    let mut wanted: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for (modalias, nic) in found {
+        for module in aliases.modules_for(modalias) {
+            if !known.contains(module) {
+                wanted
+                    .entry(module.to_owned())
+                    .or_insert_with(|| (modalias.clone(), false))
+                    .1 |= nic;
+            }
+        }
+    }
+    wanted
+}
+
+/// A PCI network or storage controller that no driver claimed once every driver loaded: the
 /// image carries no module for it (or its module failed), so its disks or its link never appear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unclaimed {
@@ -411,7 +871,7 @@ pub enum Loaded {
 }
 
 /// What loading modules did, for the console and the boot report.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Report {
     /// Every module file attempted, by name.
     pub modules: BTreeMap<String, Loaded>,
@@ -426,6 +886,8 @@ pub struct Report {
     pub timings: Vec<(std::time::Duration, String)>,
     /// Network and storage controllers left without a driver once every driver was loaded.
     pub unclaimed: Vec<Unclaimed>,
+    /// From the start of the loading until every module of this report was loaded.
+    pub took: Duration,
 }
 
 impl Report {
@@ -472,10 +934,6 @@ impl Report {
         self.timings.extend(other.timings);
     }
 }
-
-/// At most this many passes of matching devices to drivers; drivers that create devices
-/// needing more drivers are two or three deep in practice.
-const PASSES: usize = 6;
 
 /// The image's module tables, and how to order a load from them.
 pub struct Tables {
@@ -566,9 +1024,15 @@ impl Tables {
         }
     }
 
-    /// Loads `names` and what they need, skipping modules this report already has. Returns
-    /// the names the image does not have.
-    fn load(&self, host: &dyn Host, names: &[String], report: &mut Report) -> Vec<String> {
+    /// Loads `names` and what they need, skipping modules this report already has, and tells
+    /// `progress` of each module as it is done. Returns the names the image does not have.
+    fn load(
+        &self,
+        host: &dyn Host,
+        names: &[String],
+        report: &mut Report,
+        progress: Option<&Progress>,
+    ) -> Vec<String> {
         let done: BTreeSet<String> = report.modules.keys().cloned().collect();
         let (order, unknown) = self.plan(names, &done);
         for (name, path) in order {
@@ -582,6 +1046,11 @@ impl Tables {
                 Err(error) => Loaded::Failed(error.to_string()),
             };
             report.timings.push((began.elapsed(), name.clone()));
+            if let Some(progress) = progress {
+                progress.update(|seen| {
+                    seen.attempted.insert(name.clone());
+                });
+            }
             report.modules.insert(name, outcome);
         }
         unknown
@@ -593,135 +1062,8 @@ fn read_table(dir: &Path, name: &str) -> Result<String, FileError> {
     std::fs::read_to_string(&path).map_err(FileError::on("read", &path))
 }
 
-/// Loads the fixed set on one thread while matching devices to drivers on this one, so that
-/// slow module initialisation (btrfs's RAID checksum benchmarks) overlaps with device probes
-/// that wait for hardware. [`LATE`]'s modules, fixed or asked for, are not loaded but returned
-/// as [`Deferred`]. `sys` is normally /sys.
-pub fn load_modules(
-    host: &Arc<dyn Host>,
-    dir: &Path,
-    fixed: Vec<String>,
-    sys: &Path,
-) -> Result<(Report, Deferred), FileError> {
-    let tables = std::sync::Arc::new(Tables::parse(
-        dir,
-        &read_table(dir, buildos_contract::modules::DEP)?,
-        &read_table(dir, buildos_contract::modules::SOFTDEP).unwrap_or_default(),
-        &read_table(dir, buildos_contract::modules::ALIAS).unwrap_or_default(),
-        &read_table(dir, buildos_contract::modules::BUILTIN).unwrap_or_default(),
-    ));
-
-    let (mut late, fixed): (Vec<String>, Vec<String>) =
-        fixed.into_iter().partition(|name| is_late(name));
-    let mut late_drivers = Vec::new();
-    let fixed_tables = std::sync::Arc::clone(&tables);
-    let fixed_host = Arc::clone(host);
-    let fixed_thread = std::thread::Builder::new()
-        .name("modules".to_owned())
-        .spawn(move || {
-            let mut report = Report::default();
-            let unknown = fixed_tables.load(fixed_host.as_ref(), &fixed, &mut report);
-            report.other_problems = unknown
-                .into_iter()
-                .map(|name| format!("module {name} is not in this image"))
-                .collect();
-            report
-        });
-
-    let mut report = Report::default();
-    let mut matched = BTreeSet::new();
-    for _ in 0..PASSES {
-        let found = modaliases(sys);
-        report.devices = found.len();
-        // (driver, the device that asked for it): those for later, those for now.
-        type Asked = Vec<(String, String)>;
-        let (later, wanted): (Asked, Asked) = matching(&tables.aliases, &found, &matched)
-            .into_iter()
-            .map(|(module, modalias)| (module.to_owned(), modalias.to_owned()))
-            .partition(|(module, _)| is_late(module));
-        for (module, modalias) in later {
-            matched.insert(module.clone());
-            late.push(module.clone());
-            late_drivers.push((module, modalias));
-        }
-        if wanted.is_empty() {
-            break;
-        }
-        let names: Vec<String> = wanted.iter().map(|(module, _)| module.clone()).collect();
-        // One thread per driver: a probe that waits for its hardware (a NIC's reset) overlaps
-        // with the others. A dependency two drivers share is loaded once; the second finit
-        // waits for the first and counts it as loaded.
-        let loaded: Vec<Report> = std::thread::scope(|scope| {
-            let mut parts = Vec::new();
-            let mut handles = Vec::new();
-            for name in &names {
-                let tables = &tables;
-                let mut own = Report {
-                    modules: report.modules.clone(),
-                    ..Report::default()
-                };
-                let spawned = std::thread::Builder::new()
-                    .name(format!("driver {name}"))
-                    .spawn_scoped(scope, move || {
-                        tables.load(host.as_ref(), std::slice::from_ref(name), &mut own);
-                        own
-                    });
-                match spawned {
-                    Ok(handle) => handles.push(handle),
-                    // No thread to be had: load it here instead.
-                    Err(_) => {
-                        let mut own = Report {
-                            modules: report.modules.clone(),
-                            ..Report::default()
-                        };
-                        tables.load(host.as_ref(), std::slice::from_ref(name), &mut own);
-                        parts.push(own);
-                    }
-                }
-            }
-            for handle in handles {
-                parts.push(handle.join().unwrap_or_else(|_| Report {
-                    other_problems: vec!["a thread loading a driver panicked".to_owned()],
-                    ..Report::default()
-                }));
-            }
-            parts
-        });
-        for part in loaded {
-            report.merge(part);
-        }
-        matched.extend(names);
-        report.drivers.extend(wanted);
-    }
-
-    match fixed_thread {
-        Ok(handle) => match handle.join() {
-            Ok(fixed) => report.merge(fixed),
-            Err(_) => report
-                .other_problems
-                .push("the thread loading the fixed modules panicked".to_owned()),
-        },
-        Err(error) => report
-            .other_problems
-            .push(format!("cannot start a thread to load modules: {error}")),
-    }
-    report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
-    // Every driver the devices asked for is loaded now: a network or storage controller left
-    // without one is hardware this image cannot use, and the operator hears which.
-    report.unclaimed = unclaimed(sys, &tables.aliases);
-    let deferred = Deferred {
-        tables,
-        names: late,
-        drivers: late_drivers,
-        done: report.modules.clone(),
-        matched,
-        sys: sys.to_path_buf(),
-    };
-    Ok((report, deferred))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const ALIAS: &str = "\
@@ -994,8 +1336,29 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
         (root, modules)
     }
 
+    /// The names of the modules `calls` loaded, in order.
+    fn names_of(calls: Vec<String>) -> Vec<String> {
+        calls
+            .iter()
+            .map(|c| crate::kmod::module_name(c.trim_start_matches("load_module ")))
+            .collect()
+    }
+
+    /// Waits (bounded) until `recording` has been asked to load `module`.
+    pub(crate) fn until_asked(recording: &crate::host::Recording, module: &str) {
+        let started = Instant::now();
+        while !names_of(recording.calls_of("load_module")).contains(&module.to_owned()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{module} was never loaded: {:?}",
+                recording.calls()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
-    fn a_device_that_appears_after_the_modules_step_gets_its_driver_before_ready() {
+    fn a_device_that_appears_after_the_drivers_loaded_gets_its_driver_before_ready() {
         let dep = "\
 kernel/drivers/net/virtio_net.ko:
 kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/scsi_mod.ko
@@ -1009,9 +1372,9 @@ alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
         let sys = root.path().join("sys");
         let recording = Arc::new(crate::host::Recording::new());
         let host: Arc<dyn Host> = recording.clone();
-        let (report, deferred) = load_modules(&host, &dir, Vec::new(), &sys).unwrap();
-        assert_eq!(report.loaded(), 1, "the NIC's driver, the one device there");
-        let late = deferred.spawn(&host);
+        let modules = Modules::start(&host, &dir, Vec::new(), &sys).unwrap();
+        assert!(modules.wait(Need::Drivers, Instant::now() + Duration::from_secs(30)));
+        assert_eq!(names_of(recording.calls_of("load_module")), ["virtio_net"]);
 
         // A USB stick, enumerated once its controller's driver loaded.
         let stick = sys.join("bus/usb/devices/2-1:1.0");
@@ -1021,21 +1384,16 @@ alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
             "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00\n",
         )
         .unwrap();
-        let loaded = || recording.calls_of("load_module").len();
-        let started = std::time::Instant::now();
-        while loaded() < 3 && started.elapsed() < std::time::Duration::from_secs(30) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let late = late.wait();
-        let names: Vec<String> = recording
-            .calls_of("load_module")
-            .iter()
-            .map(|c| crate::kmod::module_name(c.trim_start_matches("load_module ")))
-            .collect();
-        assert_eq!(names, ["virtio_net", "scsi_mod", "usb_storage"]);
-        assert_eq!(late.loaded(), 2);
-        assert_eq!(late.drivers.len(), 1);
-        assert_eq!(late.drivers[0].0, "usb_storage");
+        until_asked(&recording, "usb_storage");
+        let loaded = modules.finish();
+        assert_eq!(
+            names_of(recording.calls_of("load_module")),
+            ["virtio_net", "scsi_mod", "usb_storage"]
+        );
+        assert_eq!(loaded.report.loaded(), 1);
+        assert_eq!(loaded.late.loaded(), 2);
+        assert_eq!(loaded.late.drivers.len(), 1);
+        assert_eq!(loaded.late.drivers[0].0, "usb_storage");
     }
 
     #[test]
@@ -1066,41 +1424,37 @@ alias virtio:d00000001v* virtio_net
         let fixed = ["btrfs", "bridge", "tun", "vhost-net"]
             .map(String::from)
             .to_vec();
-        let (report, deferred) =
-            load_modules(&host, &dir, fixed, &root.path().join("sys")).unwrap();
-        let loaded = |calls: Vec<String>| -> BTreeSet<String> {
-            calls
-                .iter()
-                .map(|c| crate::kmod::module_name(c.trim_start_matches("load_module ")))
-                .collect()
-        };
-        let early = loaded(recording.calls_of("load_module"));
+        let modules = Modules::start(&host, &dir, fixed, &root.path().join("sys")).unwrap();
+        assert_eq!(modules.late_fixed, ["tun", "vhost-net"]);
+        let loaded = modules.finish();
+        let all = names_of(recording.calls_of("load_module"));
+        assert_eq!(all.len(), 10, "each module loads once: {all:?}");
+        let set = |list: &[String]| list.iter().cloned().collect::<BTreeSet<_>>();
         let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
         assert_eq!(
-            early,
+            set(&all[..5]),
             names(&["btrfs", "raid6_pq", "bridge", "llc", "virtio_net"]),
             "storage's and the network's modules, and the NIC the devices asked for"
         );
-        assert_eq!(deferred.names, ["tun", "vhost-net", "kvm_intel"]);
-        assert_eq!(report.loaded(), 5);
-        assert!(report.drivers.iter().all(|(m, _)| m != "kvm_intel"));
-
-        let late = deferred.load(host.as_ref());
-        let all = recording.calls_of("load_module");
-        assert_eq!(all.len(), 10, "each module loads once: {all:?}");
         assert_eq!(
-            loaded(all[5..].to_vec()),
+            set(&all[5..]),
             names(&["tun", "vhost", "vhost_net", "kvm", "kvm_intel"]),
             "the late ones, and of their dependencies only those not loaded yet (llc)"
         );
-        assert_eq!(late.loaded(), 5);
+        assert_eq!(loaded.report.loaded(), 5);
+        assert!(loaded.report.drivers.iter().all(|(m, _)| m != "kvm_intel"));
+        assert_eq!(loaded.late.loaded(), 5);
         assert_eq!(
-            late.modules.len(),
+            loaded.late.modules.len(),
             5,
-            "the report holds the late modules only"
+            "the late report holds the late modules only"
         );
-        assert_eq!(late.drivers.len(), 1);
-        assert!(late.problems().is_empty(), "{:?}", late.problems());
+        assert_eq!(loaded.late.drivers.len(), 1);
+        assert!(
+            loaded.late.problems().is_empty(),
+            "{:?}",
+            loaded.late.problems()
+        );
     }
 
     #[test]
@@ -1111,12 +1465,178 @@ alias virtio:d00000001v* virtio_net
         recording.fail("load_module", nix::errno::Errno::EINVAL);
         let host: Arc<dyn Host> = recording.clone();
         let fixed = ["ext4", "tun", "nosuch"].map(String::from).to_vec();
-        let (report, deferred) =
-            load_modules(&host, &dir, fixed, &root.path().join("sys")).unwrap();
-        assert_eq!(report.problems().len(), 2, "{:?}", report.problems());
-        let late = deferred.spawn(&host).wait();
-        let problems = late.problems();
+        let loaded = Modules::start(&host, &dir, fixed, &root.path().join("sys"))
+            .unwrap()
+            .finish();
+        assert_eq!(
+            loaded.report.problems().len(),
+            2,
+            "{:?}",
+            loaded.report.problems()
+        );
+        let problems = loaded.late.problems();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("tun.ko"), "{problems:?}");
+    }
+
+    /// A module tree and a sysfs like QEMU's PC with a virtio NIC, a virtio disk and a PIIX
+    /// IDE controller holding a CD-ROM drive (every device there from the start), and the
+    /// Recording host that loads the modules. Returns the scratch directory, the module tree
+    /// and the sysfs.
+    pub(crate) fn pc() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dep = "\
+kernel/drivers/virtio/virtio_pci.ko:
+kernel/drivers/net/virtio_net.ko:
+kernel/drivers/block/virtio_blk.ko:
+kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko
+kernel/drivers/ata/libata.ko:
+kernel/drivers/scsi/sr_mod.ko: kernel/drivers/cdrom/cdrom.ko
+kernel/drivers/cdrom/cdrom.ko:
+kernel/fs/btrfs/btrfs.ko: kernel/lib/raid6/raid6_pq.ko
+kernel/lib/raid6/raid6_pq.ko:
+kernel/fs/ext4/ext4.ko:
+kernel/net/bridge/bridge.ko: kernel/net/llc/llc.ko
+kernel/net/llc/llc.ko:
+kernel/drivers/net/tun.ko:
+";
+        let alias = "\
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias virtio:d00000001v* virtio_net
+alias virtio:d00000002v* virtio_blk
+alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix
+alias scsi:t-0x05* sr_mod
+";
+        let (root, dir) = module_tree(dep, alias, "cpu:type:x86\n");
+        let sys = root.path().join("sys");
+        // module_tree's NIC under no PCI device: this machine's is under its PCI function.
+        std::fs::remove_dir_all(sys.join("bus/virtio")).unwrap();
+        pci_device(&sys, "0000:00:03.0", ("1af4", "1000", "020000"), None);
+        pci_device(&sys, "0000:00:04.0", ("1af4", "1001", "010000"), None);
+        pci_device(&sys, "0000:00:01.1", ("8086", "7010", "010180"), None);
+        let child = |parent: &str, path: &str, bus: &str, modalias: &str| {
+            let dir = sys.join("devices/pci0000:00").join(parent).join(path);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("modalias"), modalias).unwrap();
+            let link = sys.join("bus").join(bus).join("devices");
+            std::fs::create_dir_all(&link).unwrap();
+            std::os::unix::fs::symlink(&dir, link.join(dir.file_name().unwrap())).unwrap();
+        };
+        child(
+            "0000:00:03.0",
+            "virtio0",
+            "virtio",
+            "virtio:d00000001v00001AF4\n",
+        );
+        child(
+            "0000:00:04.0",
+            "virtio1",
+            "virtio",
+            "virtio:d00000002v00001AF4\n",
+        );
+        child(
+            "0000:00:01.1",
+            "ata1/host0/target0:0:0/0:0:0:0",
+            "scsi",
+            "scsi:t-0x05\n",
+        );
+        (root, dir, sys)
+    }
+
+    /// The Recording host's line for loading `path` of the module tree `dir`.
+    pub(crate) fn load_line(dir: &Path, path: &str) -> String {
+        format!("load_module {}", dir.join(path).display())
+    }
+
+    pub(crate) fn pc_fixed() -> Vec<String> {
+        ["btrfs", "ext4", "bridge", "tun"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn devices_under_a_network_or_no_pci_function_may_bring_a_nic() {
+        let (_root, _dir, sys) = pc();
+        let found = devices(&sys);
+        assert!(found["virtio:d00000001v00001AF4"], "the NIC");
+        assert!(!found["virtio:d00000002v00001AF4"], "the disk");
+        assert!(!found["scsi:t-0x05"], "the CD-ROM");
+        assert!(found["cpu:type:x86"], "under no PCI function");
+        let aliases = Aliases::parse(
+            "alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\nalias scsi:t-0x05* sr_mod\n",
+        );
+        let wanted = wanted(&aliases, &found, &BTreeSet::new());
+        assert!(
+            wanted["virtio_pci"].1,
+            "one of virtio_pci's devices is a NIC"
+        );
+        assert!(!wanted["sr_mod"].1);
+    }
+
+    #[test]
+    fn the_network_waits_for_its_nic_driver_and_not_for_the_cd_rom() {
+        let (_root, dir, sys) = pc();
+        let recording = Arc::new(crate::host::Recording::new());
+        let nic = recording.hold(&load_line(&dir, "kernel/drivers/net/virtio_net.ko"));
+        let cd = recording.hold(&load_line(&dir, "kernel/drivers/scsi/sr_mod.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let modules = Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        until_asked(&recording, "virtio_net");
+        until_asked(&recording, "sr_mod");
+        let soon = || Instant::now() + Duration::from_millis(100);
+        assert!(
+            !modules.wait(Need::Nics, soon()),
+            "the NIC's driver is loading"
+        );
+        nic.release();
+        assert!(modules.wait(Need::Nics, Instant::now() + Duration::from_secs(30)));
+        assert!(
+            !modules.wait(Need::Drivers, soon()),
+            "the CD-ROM's driver is still loading"
+        );
+        assert!(modules.wait(Need::NetworkStack, Instant::now() + Duration::from_secs(30)));
+        cd.release();
+        assert!(modules.wait(Need::Drivers, Instant::now() + Duration::from_secs(30)));
+        let loaded = modules.finish();
+        assert!(loaded.waited >= Duration::from_millis(200), "{loaded:?}");
+    }
+
+    #[test]
+    fn ready_waits_for_every_module_and_the_report_is_complete() {
+        let (_root, dir, sys) = pc();
+        let recording = Arc::new(crate::host::Recording::new());
+        let cd = recording.hold(&load_line(&dir, "kernel/drivers/scsi/sr_mod.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let modules = Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        until_asked(&recording, "sr_mod");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let finishing = std::thread::spawn(move || tx.send(modules.finish()).unwrap());
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "finished while sr_mod was loading"
+        );
+        cd.release();
+        let loaded = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        finishing.join().unwrap();
+        let report = &loaded.report;
+        let mut drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
+        drivers.sort();
+        assert_eq!(
+            drivers,
+            [
+                "ata_piix",
+                "sr_mod",
+                "virtio_blk",
+                "virtio_net",
+                "virtio_pci"
+            ]
+        );
+        assert_eq!(report.loaded(), 13 - 1, "every module but the late tun");
+        assert_eq!(report.modules.get("sr_mod"), Some(&Loaded::Yes));
+        assert_eq!(report.timings.len(), 12);
+        assert_eq!(report.devices, 7);
+        // No PCI device claimed: the Recording host binds nothing.
+        assert_eq!(report.unclaimed.len(), 3, "{:?}", report.unclaimed);
+        assert_eq!(loaded.late.modules.keys().collect::<Vec<_>>(), ["tun"]);
+        assert!(report.took > Duration::ZERO);
     }
 }

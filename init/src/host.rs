@@ -10,8 +10,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
@@ -64,6 +65,37 @@ pub trait Host: Send + Sync {
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     /// reboot(2): returns only when the kernel refused, with why.
     fn reboot(&self, kind: Shutdown) -> Errno;
+    /// fsync(2) then syncfs(2) on the directory `dir`: a rename in it, and everything else
+    /// written to its filesystem (on ext4 without a journal, the inode and block bitmaps no
+    /// fsync of a file writes), is on the disk when it returns.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Runs `command` to its end, its standard output and error together in [`Ran::output`];
+    /// after `bound` it is killed and waited for. An error only when it could not start.
+    fn run(&self, command: Command, bound: Duration) -> io::Result<Ran>;
+}
+
+/// How a program [`Host::run`] ran ended, and what it printed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ran {
+    pub end: End,
+    /// Its standard output and error, as one text (at most [`Ran::KEPT`] bytes of it).
+    pub output: String,
+}
+
+/// How a program ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled(i32),
+    /// It ran past its bound and was killed.
+    TimedOut,
+}
+
+impl Ran {
+    /// The most output kept: what a person reads on a console, not a flood.
+    pub const KEPT: usize = 64 * 1024;
 }
 
 /// Why the kernel's btrfs registry could not answer.
@@ -182,6 +214,68 @@ impl Host for Linux {
         let Err(errno) = nix::sys::reboot::reboot(mode);
         errno
     }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let handle = File::open(dir)?;
+        handle.sync_all()?;
+        nix::unistd::syncfs(handle.as_raw_fd()).map_err(io::Error::from)
+    }
+
+    fn run(&self, mut command: Command, bound: Duration) -> io::Result<Ran> {
+        let (reader, writer) = io::pipe()?;
+        command
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer);
+        let mut child = command.spawn()?;
+        // The command holds the pipe's writing ends: once it is gone, only the child does.
+        drop(command);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reading = std::thread::Builder::new()
+            .name("run-output".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut reader = reader;
+                let (mut kept, mut buffer) = (Vec::new(), [0u8; 4096]);
+                // Past the limit the output is read and dropped, so the child never blocks.
+                while let Ok(n @ 1..) = reader.read(&mut buffer) {
+                    let room = Ran::KEPT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buffer[..n.min(room)]);
+                }
+                let _ = tx.send(kept);
+            });
+        let deadline = Instant::now() + bound;
+        let end = loop {
+            match child.try_wait()? {
+                Some(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    break match (status.code(), status.signal()) {
+                        (Some(code), _) => End::Exited(code),
+                        (None, Some(signal)) => End::Signaled(signal),
+                        (None, None) => End::Signaled(0),
+                    };
+                }
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break End::TimedOut;
+                }
+                // A bounded wait on the child's end: SIGCHLD is blocked in PID 1 and the main
+                // loop's signalfd is not running yet.
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        // A grandchild may hold the pipe open: the output so far is enough then.
+        let kept = match reading {
+            Ok(_) => rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        Ok(Ran {
+            end,
+            output: String::from_utf8_lossy(&kept).into_owned(),
+        })
+    }
 }
 
 /// A host for tests: every call becomes one line in [`Recording::calls`] (`mount ext4
@@ -195,7 +289,37 @@ pub struct Recording {
     loops: Mutex<usize>,
     failures: Mutex<Vec<(String, Errno)>>,
     not_ready: Mutex<Vec<String>>,
+    answers: Mutex<Vec<(String, Ran)>>,
+    holds: Mutex<Vec<(String, Arc<Hold>)>>,
 }
+
+/// A call [`Recording::hold`] keeps from returning until [`Hold::release`]: a module whose
+/// load takes as long as a test wants.
+#[derive(Default)]
+pub struct Hold {
+    released: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Hold {
+    /// Lets the held calls return, and every later one at once.
+    pub fn release(&self) {
+        *self.released.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until released, or for at most [`HOLD_BOUND`] (so a test that forgets to
+    /// release fails instead of hanging).
+    fn wait(&self) {
+        let released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(released, HOLD_BOUND, |released| !*released);
+    }
+}
+
+/// The longest a held call waits for its release.
+const HOLD_BOUND: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Recording {
     pub fn new() -> Recording {
@@ -215,6 +339,24 @@ impl Recording {
         if let Ok(mut not_ready) = self.not_ready.lock() {
             not_ready.push(device.display().to_string());
         }
+    }
+
+    /// Makes every program run whose line (`run PROGRAM ARGS...`) starts with `prefix` end as
+    /// `ran` says; the others exit 0 and print nothing.
+    pub fn answer(&self, prefix: &str, ran: Ran) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.push((prefix.to_owned(), ran));
+        }
+    }
+
+    /// Makes every call whose line starts with `prefix` wait, after it is recorded, until the
+    /// returned hold is released.
+    pub fn hold(&self, prefix: &str) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        if let Ok(mut holds) = self.holds.lock() {
+            holds.push((prefix.to_owned(), Arc::clone(&hold)));
+        }
+        hold
     }
 
     /// The calls so far, one line each, in order.
@@ -237,8 +379,17 @@ impl Recording {
                 .find(|(prefix, _)| line.starts_with(prefix.as_str()))
                 .map(|(_, errno)| *errno)
         });
+        let hold = self.holds.lock().ok().and_then(|holds| {
+            holds
+                .iter()
+                .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, hold)| Arc::clone(hold))
+        });
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(line);
+        }
+        if let Some(hold) = hold {
+            hold.wait();
         }
         failure.map_or(Ok(()), Err)
     }
@@ -358,6 +509,30 @@ impl Host for Recording {
         // Recorded, and said not to have happened: the test goes on.
         self.record(verb.to_owned()).err().unwrap_or(Errno::ENOSYS)
     }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.record(format!("sync {}", dir.display()))
+            .map_err(io::Error::from)
+    }
+
+    fn run(&self, command: Command, _bound: Duration) -> io::Result<Ran> {
+        let mut line = format!("run {}", command.get_program().to_string_lossy());
+        for arg in command.get_args() {
+            line.push(' ');
+            line.push_str(&arg.to_string_lossy());
+        }
+        let answer = self.answers.lock().ok().and_then(|answers| {
+            answers
+                .iter()
+                .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, ran)| ran.clone())
+        });
+        self.record(line).map_err(io::Error::from)?;
+        Ok(answer.unwrap_or(Ran {
+            end: End::Exited(0),
+            output: String::new(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +563,76 @@ mod tests {
                 "umount /busy",
                 "chown /build 0:0",
                 "poweroff"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_program_run_gives_its_exit_and_output_and_is_killed_at_its_bound() {
+        let sh = |script: &str| {
+            let mut command = Command::new("/bin/sh");
+            command.args(["-c", script]);
+            command
+        };
+        let ran = Linux
+            .run(
+                sh("echo out; echo err >&2; exit 4"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(ran.end, End::Exited(4));
+        assert_eq!(ran.output, "out\nerr\n");
+        let started = Instant::now();
+        let ran = Linux
+            .run(
+                sh("echo started; exec sleep 60"),
+                Duration::from_millis(300),
+            )
+            .unwrap();
+        assert_eq!(ran.end, End::TimedOut);
+        assert_eq!(ran.output, "started\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        // A flood is cut at what a console can show, and the program is not blocked by it.
+        let ran = Linux
+            .run(
+                sh("head -c 1000000 /dev/zero | tr '\\0' x"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!((ran.end, ran.output.len()), (End::Exited(0), Ran::KEPT));
+        let missing = Linux
+            .run(Command::new("/nonexistent/e2fsck"), Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn recording_host_writes_runs_and_syncs_down_and_answers_as_told() {
+        let host = Recording::new();
+        let failed = Ran {
+            end: End::Exited(4),
+            output: "UNEXPECTED INCONSISTENCY".into(),
+        };
+        host.answer("run /sbin/e2fsck -p /dev/vda", failed.clone());
+        let mut command = Command::new("/sbin/e2fsck");
+        command.args(["-p", "/dev/vda"]);
+        assert_eq!(host.run(command, Duration::ZERO).unwrap(), failed);
+        let ran = host.run(Command::new("/bin/true"), Duration::ZERO).unwrap();
+        assert_eq!(ran.end, End::Exited(0));
+        host.fail("sync /gone", Errno::ENOENT);
+        assert!(host.sync_dir(Path::new("/state")).is_ok());
+        assert!(host.sync_dir(Path::new("/gone")).is_err());
+        assert_eq!(
+            host.calls(),
+            [
+                "run /sbin/e2fsck -p /dev/vda",
+                "run /bin/true",
+                "sync /state",
+                "sync /gone"
             ]
         );
     }

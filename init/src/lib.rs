@@ -26,6 +26,7 @@ pub mod services;
 pub mod state;
 pub mod storage;
 pub mod tunnel;
+pub mod uevent;
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -50,9 +51,9 @@ pub struct Boot {
     pub services: Supervisor,
     /// The NTP servers DHCP named (option 42), for the clock step.
     pub dhcp_ntp: Vec<std::net::Ipv4Addr>,
-    /// The modules the modules step left loading for the devices step
-    /// ([`hardware::LATE`]).
-    pub late_modules: Option<hardware::Late>,
+    /// The modules loading since the modules step: storage and the network wait for what
+    /// they need of them, the devices step for all.
+    pub modules: Option<hardware::Modules>,
 }
 
 pub type StepResult = Result<Outcome, StepError>;
@@ -184,7 +185,7 @@ pub fn run() -> ! {
         problems: Vec::new(),
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
-        late_modules: None,
+        modules: None,
     };
     let decision = live(&host, STEPS, &mut boot, |host, boot| serve(host, boot));
     conclude(host.as_ref(), decision, &mut boot)
@@ -370,18 +371,27 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .map_err(FileError::on("read", fixed_path))
         .map_err(|error| fail(ModulesError::Fixed(error)))?;
     let fixed = contract::etc::parse_modules_boot(&fixed);
-    let (report, deferred) =
-        hardware::load_modules(host, &dir, fixed, std::path::Path::new("/sys"))
-            .map_err(|error| fail(ModulesError::Tables(error)))?;
-    if !deferred.names.is_empty() {
-        console::info(&format!(
-            "loading later, while storage and the network start: {}",
-            deferred.names.join(", ")
-        ));
-    }
-    boot.late_modules = Some(deferred.spawn(host));
-    let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
+    let modules = hardware::Modules::start(host, &dir, fixed, std::path::Path::new("/sys"))
+        .map_err(|error| fail(ModulesError::Tables(error)))?;
     console::info(&format!(
+        "loading modules beside storage and the network, each step waiting only for its own; \
+         build machines' last: {}",
+        hardware::LATE
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    boot.modules = Some(modules);
+    Ok(Outcome::Ok)
+}
+
+/// The modules' report lines, now that every module is loaded.
+fn module_lines(loaded: &hardware::Finished) -> Vec<String> {
+    let report = &loaded.report;
+    let mut lines = Vec::new();
+    let drivers: Vec<&str> = report.drivers.iter().map(|(m, _)| m.as_str()).collect();
+    lines.push(format!(
         "{} devices asked for {} drivers{}",
         report.devices,
         drivers.len(),
@@ -397,9 +407,9 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .take(5)
         .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
         .collect();
-    console::info(&format!("slowest modules: {}", slowest.join(", ")));
+    lines.push(format!("slowest modules: {}", slowest.join(", ")));
     let absent = report.without_hardware();
-    console::info(&format!(
+    lines.push(format!(
         "loaded {} of {} modules, {} without their hardware{}",
         report.loaded(),
         report.modules.len(),
@@ -410,40 +420,46 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
             format!(" ({})", absent.join(", "))
         }
     ));
-    let problems = report.problems();
-    Ok(if problems.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Warnings(problems)
-    })
+    let late = &loaded.late;
+    if !late.modules.is_empty() {
+        let timings: Vec<String> = late
+            .timings
+            .iter()
+            .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
+            .collect();
+        let absent = late.without_hardware();
+        lines.push(format!(
+            "late modules: loaded {} of {}{}: {}",
+            late.loaded(),
+            late.modules.len(),
+            if absent.is_empty() {
+                String::new()
+            } else {
+                format!(", without their hardware {}", absent.join(", "))
+            },
+            timings.join(", ")
+        ));
+    }
+    lines.push(format!(
+        "modules loaded {} ms after the modules step began; the boot steps waited {} ms for \
+         them",
+        report.took.as_millis(),
+        loaded.waited.as_millis()
+    ));
+    lines
 }
 
-/// Waits for the late modules (loading since the modules step), then gives the build user the
-/// nodes they made.
+/// Waits for every module (loading since the modules step) and reports them, then gives the
+/// build user the nodes they made.
 fn step_devices(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let mut problems = Vec::new();
-    if let Some(late) = boot.late_modules.take() {
-        let report = late.wait();
-        if !report.modules.is_empty() {
-            let timings: Vec<String> = report
-                .timings
-                .iter()
-                .map(|(took, name)| format!("{name} {} ms", took.as_millis()))
-                .collect();
-            let absent = report.without_hardware();
-            console::info(&format!(
-                "late modules: loaded {} of {}{}: {}",
-                report.loaded(),
-                report.modules.len(),
-                if absent.is_empty() {
-                    String::new()
-                } else {
-                    format!(", without their hardware {}", absent.join(", "))
-                },
-                timings.join(", ")
-            ));
-        }
-        problems.extend(report.problems());
+    if let Some(modules) = boot.modules.take() {
+        let loaded = modules.finish();
+        module_lines(&loaded)
+            .iter()
+            .for_each(|line| console::info(line));
+        problems.extend(loaded.report.problems());
+        problems.extend(loaded.late.problems());
     }
     // The modules made the nodes; now the build user may use them.
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
@@ -461,7 +477,11 @@ fn step_devices(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
 /// br1's dnsmasq goes to the supervisor when br1 is up and the image has dnsmasq.
 fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let paths = net::Paths::default();
-    let report = net::setup(host.as_ref(), &boot.config, &paths);
+    let modules: &dyn hardware::Wait = match &boot.modules {
+        Some(modules) => modules,
+        None => &hardware::AllLoaded,
+    };
+    let report = net::setup_with(host.as_ref(), &boot.config, &paths, modules);
     let mut problems = report.problems;
     if let Some(public) = &report.public {
         boot.dhcp_ntp = public.lease.ntp.clone();
@@ -547,18 +567,18 @@ fn write_report(problems: &[String], mode: &firmware::BootMode) {
     }
 }
 
-fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
+fn step_state(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let state = std::path::Path::new(state::STATE);
     if !mounts::is_mount_point(state) {
         return Err(StepError::State);
     }
     let mut warnings = Vec::new();
-    match state::restore_seed(state, std::path::Path::new("/dev/urandom")) {
+    match state::restore_seed(host.as_ref(), state, std::path::Path::new("/dev/urandom")) {
         Ok(line) => console::info(&line),
         Err(error) => warnings.push(format!("random seed: {}", console::oneline(&error))),
     }
     if std::path::Path::new(contract::programs::SSHD).is_file() {
-        match state::host_keys(state, std::path::Path::new("/etc/ssh")) {
+        match state::host_keys(host.as_ref(), state, std::path::Path::new("/etc/ssh")) {
             Ok(lines) => lines.iter().for_each(|line| console::info(line)),
             Err(error) => warnings.push(format!("ssh host keys: {}", console::oneline(&error))),
         }
@@ -575,6 +595,10 @@ fn step_state(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                 if made { "made" } else { "kept" }
             )),
             Err(error) => warnings.push(format!("tunnel key: {}", console::oneline(&error))),
+        }
+        // ssh-keygen wrote the tunnel key in place, unsynced: on the disk before boot goes on.
+        if let Err(error) = host.sync_dir(state) {
+            warnings.push(format!("cannot sync {}: {error}", state.display()));
         }
     }
     Ok(if warnings.is_empty() {
@@ -661,10 +685,14 @@ fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
 
 fn step_storage(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let log = |line: &str| console::info(line);
+    let modules: &dyn hardware::Wait = match &boot.modules {
+        Some(modules) => modules,
+        None => &hardware::AllLoaded,
+    };
     let report = storage::setup(
         host.as_ref(),
         &boot.config,
-        &storage::Environment::host(&log),
+        &storage::Environment::host(&log, modules),
     )
     .map_err(StepError::Storage)?;
     for line in report.lines() {
@@ -778,7 +806,7 @@ mod tests {
             problems: Vec::new(),
             services: Supervisor::new(),
             dhcp_ntp: Vec::new(),
-            late_modules: None,
+            modules: None,
         }
     }
 

@@ -219,7 +219,7 @@ pub fn shutdown(host: &dyn Host, kind: Shutdown, why: &str, services: &mut Super
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     reap();
     if mounts::is_mount_point(std::path::Path::new(state::STATE)) {
-        if let Err(error) = state::save_seed(std::path::Path::new(state::STATE)) {
+        if let Err(error) = state::save_seed(host, std::path::Path::new(state::STATE)) {
             console::warn(&format!("random seed not saved: {error}"));
         }
     }

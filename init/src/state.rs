@@ -6,6 +6,11 @@
 //!   (`openssh-key-v1`, 0600; the `.pub` line, 0644), then reused, so a host keeps its
 //!   fingerprint; /etc/ssh points at them.
 //! - `/build/.ssh/authorized_keys`: every `buildos.ssh_key`, for the user `build`.
+//!
+//! The state disk may lose power at any moment, and is often ext4 without a journal (a USB
+//! flash drive): every file is written through a temporary file and a rename, and the
+//! directory and the filesystem are synced after the rename ([`write_atomically`]), so after a
+//! power cut a file is there whole, old or new, and the filesystem's bitmaps agree with it.
 
 use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -37,8 +42,17 @@ pub enum KeyError {
     Generate { kind: &'static str, reason: String },
 }
 
-/// Writes `data` to `path` through a temporary file and a rename, with `mode`.
-pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
+/// Writes `data` to `path` through a temporary file and a rename, with `mode`, and makes it
+/// durable: the file is synced before the rename, its directory and filesystem after it
+/// ([`Host::sync_dir`]). Without the last sync a power cut loses the rename, and on ext4
+/// without a journal leaves the new inodes marked free in a bitmap the kernel then hands out
+/// twice ("doubly allocated"), failing the next boot's writes.
+pub fn write_atomically(
+    host: &dyn Host,
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), FileError> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -50,12 +64,17 @@ pub fn write_atomically(path: &Path, data: &[u8], mode: u32) -> Result<(), FileE
         .map_err(io("set the mode of", &tmp))?;
     file.write_all(data).map_err(io("write", &tmp))?;
     file.sync_all().map_err(io("sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("rename into", path))
+    std::fs::rename(&tmp, path).map_err(io("rename into", path))?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    host.sync_dir(dir).map_err(io("sync the directory", dir))
 }
 
 /// Mixes the saved seed (if any) into the kernel's pool via `urandom`, then saves a fresh one.
 /// Returns a line for the console.
-pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, FileError> {
+pub fn restore_seed(host: &dyn Host, state: &Path, urandom: &Path) -> Result<String, FileError> {
     let seed_path = state.join(buildos_contract::state::RANDOM_SEED);
     let said = match std::fs::read(&seed_path) {
         Ok(seed) if !seed.is_empty() => {
@@ -79,15 +98,16 @@ pub fn restore_seed(state: &Path, urandom: &Path) -> Result<String, FileError> {
         }
         Err(error) => return Err(io("read", &seed_path)(error)),
     };
-    save_seed(state)?;
+    save_seed(host, state)?;
     Ok(said)
 }
 
 /// Saves fresh bytes from the kernel as the next boot's seed.
-pub fn save_seed(state: &Path) -> Result<(), FileError> {
+pub fn save_seed(host: &dyn Host, state: &Path) -> Result<(), FileError> {
     let mut seed = vec![0u8; SEED_BYTES];
     getrandom(&mut seed)?;
     write_atomically(
+        host,
         &state.join(buildos_contract::state::RANDOM_SEED),
         &seed,
         0o600,
@@ -108,7 +128,7 @@ fn getrandom(buffer: &mut [u8]) -> Result<(), FileError> {
 /// `etc_ssh`, and returns a line per key with its fingerprint, computed here: an
 /// `ssh-keygen -l` per key cost hundreds of milliseconds of every boot under software
 /// emulation.
-pub fn host_keys(state: &Path, etc_ssh: &Path) -> Result<Vec<String>, KeyError> {
+pub fn host_keys(host: &dyn Host, state: &Path, etc_ssh: &Path) -> Result<Vec<String>, KeyError> {
     let dir = state.join(buildos_contract::state::SSH);
     std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
@@ -118,7 +138,7 @@ pub fn host_keys(state: &Path, etc_ssh: &Path) -> Result<Vec<String>, KeyError> 
     for &kind in HOST_KEY_TYPES {
         let name = format!("ssh_host_{kind}_key");
         let (key, public) = (dir.join(&name), dir.join(format!("{name}.pub")));
-        let made = if make_key(kind, &key, &public)? {
+        let made = if make_key(host, kind, &key, &public)? {
             "made"
         } else {
             "kept"
@@ -173,14 +193,19 @@ pub fn new_key(kind: &'static str) -> Result<(String, String), KeyError> {
 
 /// Makes the `kind` key pair at `key` and `public` unless both are there: whether it made it.
 /// The private key is written first, so a key whose public half is there is whole.
-fn make_key(kind: &'static str, key: &Path, public: &Path) -> Result<bool, KeyError> {
+fn make_key(
+    host: &dyn Host,
+    kind: &'static str,
+    key: &Path,
+    public: &Path,
+) -> Result<bool, KeyError> {
     if key.is_file() && public.is_file() {
         return Ok(false);
     }
     let _ = std::fs::remove_file(public);
     let (private_text, public_text) = new_key(kind)?;
-    write_atomically(key, private_text.as_bytes(), 0o600)?;
-    write_atomically(public, public_text.as_bytes(), 0o644)?;
+    write_atomically(host, key, private_text.as_bytes(), 0o600)?;
+    write_atomically(host, public, public_text.as_bytes(), 0o644)?;
     Ok(true)
 }
 
@@ -241,7 +266,7 @@ pub fn authorize(host: &dyn Host, user: &User, keys: &[String]) -> Result<PathBu
         .map_err(io("set the mode of", &dir))?;
     let file = dir.join("authorized_keys");
     let text: String = keys.iter().map(|key| format!("{key}\n")).collect();
-    write_atomically(&file, text.as_bytes(), 0o600)?;
+    write_atomically(host, &file, text.as_bytes(), 0o600)?;
     give(&file)?;
     Ok(file)
 }
@@ -249,6 +274,8 @@ pub fn authorize(host: &dyn Host, user: &User, keys: &[String]) -> Result<PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{Linux, Recording};
+    use nix::errno::Errno;
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("buildos-state-{name}-{}", std::process::id()));
@@ -262,11 +289,11 @@ mod tests {
         let state = temp("seed");
         let pool = state.join("pool");
         std::fs::write(&pool, b"").unwrap();
-        let first = restore_seed(&state, &pool).unwrap();
+        let first = restore_seed(&Linux, &state, &pool).unwrap();
         assert!(first.starts_with("no random seed in"), "{first}");
         let seed = std::fs::read(state.join("random-seed")).unwrap();
         assert_eq!(seed.len(), SEED_BYTES);
-        let second = restore_seed(&state, &pool).unwrap();
+        let second = restore_seed(&Linux, &state, &pool).unwrap();
         assert!(
             second.contains("restored") && second.contains("512 bytes"),
             "{second}"
@@ -280,6 +307,49 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&state).unwrap();
+    }
+
+    #[test]
+    fn every_file_written_to_state_is_followed_by_a_sync_of_its_directory() {
+        let root = temp("durable");
+        let (state, etc, pool) = (root.join("state"), root.join("etc/ssh"), root.join("pool"));
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(&pool, b"").unwrap();
+        let host = Recording::new();
+        restore_seed(&host, &state, &pool).unwrap();
+        host_keys(&host, &state, &etc).unwrap();
+        let (top, ssh) = (state.display(), state.join("ssh").display().to_string());
+        assert_eq!(
+            host.calls(),
+            [
+                format!("sync {top}"),
+                format!("sync {ssh}"),
+                format!("sync {ssh}"),
+                format!("sync {ssh}"),
+                format!("sync {ssh}"),
+            ]
+        );
+        // Each sync came after its rename: the files are there under their own names.
+        for name in [
+            "random-seed",
+            "ssh/ssh_host_ed25519_key.pub",
+            "ssh/ssh_host_ecdsa_key.pub",
+        ] {
+            assert!(state.join(name).is_file(), "{name}");
+        }
+        assert!(!state.join("random-seed.tmp").exists());
+        // Kept keys are not written again: the seed alone is.
+        host_keys(&host, &state, &etc).unwrap();
+        assert_eq!(host.calls().len(), 5, "{:?}", host.calls());
+        // A sync the disk refuses is an error naming the directory: the file may not survive
+        // a power cut.
+        host.fail("sync", Errno::EIO);
+        let error = save_seed(&host, &state).unwrap_err().to_string();
+        assert!(
+            error.contains("sync the directory") && error.contains(&top.to_string()),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// OpenSSH's own programs, which the keys init makes must satisfy.
@@ -308,7 +378,7 @@ mod tests {
     fn host_keys_are_made_once_and_kept() {
         let root = temp("keys");
         let (state, etc) = (root.join("state"), root.join("etc/ssh"));
-        let made = host_keys(&state, &etc).unwrap();
+        let made = host_keys(&Linux, &state, &etc).unwrap();
         assert_eq!(made.len(), 2, "{made:?}");
         assert!(
             made[0].starts_with("ssh host key ed25519 made: SHA256:"),
@@ -319,7 +389,7 @@ mod tests {
             "{made:?}"
         );
         let key = std::fs::read(state.join("ssh/ssh_host_ed25519_key")).unwrap();
-        let kept = host_keys(&state, &etc).unwrap();
+        let kept = host_keys(&Linux, &state, &etc).unwrap();
         assert!(
             kept[0].starts_with("ssh host key ed25519 kept: "),
             "{kept:?}"
@@ -346,7 +416,7 @@ mod tests {
     fn host_keys_made_by_init_are_read_by_ssh_keygen_and_accepted_by_sshd() {
         let root = temp("openssh");
         let (state, etc) = (root.join("state"), root.join("etc/ssh"));
-        host_keys(&state, &etc).unwrap();
+        host_keys(&Linux, &state, &etc).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         for (kind, openssh_type) in HOST_KEY_TYPES
             .iter()
@@ -399,7 +469,7 @@ mod tests {
         }
         // Two hosts never share a key.
         let other = root.join("other");
-        host_keys(&other, &root.join("other-etc")).unwrap();
+        host_keys(&Linux, &other, &root.join("other-etc")).unwrap();
         for kind in HOST_KEY_TYPES {
             let name = format!("ssh/ssh_host_{kind}_key.pub");
             assert_ne!(
@@ -414,9 +484,9 @@ mod tests {
     fn a_host_key_without_its_public_half_is_made_again() {
         let root = temp("half");
         let (state, etc) = (root.join("state"), root.join("etc/ssh"));
-        let made = host_keys(&state, &etc).unwrap();
+        let made = host_keys(&Linux, &state, &etc).unwrap();
         std::fs::remove_file(state.join("ssh/ssh_host_ecdsa_key.pub")).unwrap();
-        let again = host_keys(&state, &etc).unwrap();
+        let again = host_keys(&Linux, &state, &etc).unwrap();
         assert!(
             again[0].starts_with("ssh host key ed25519 kept: "),
             "{again:?}"
@@ -436,7 +506,7 @@ mod tests {
         // A directory where the temporary file goes: even root cannot open it for writing.
         let blocker = state.join("ssh/ssh_host_ed25519_key.tmp");
         std::fs::create_dir_all(&blocker).unwrap();
-        let error = host_keys(&state, &etc).unwrap_err().to_string();
+        let error = host_keys(&Linux, &state, &etc).unwrap_err().to_string();
         assert!(
             error.contains(&blocker.display().to_string()) && error.contains("create"),
             "{error}"

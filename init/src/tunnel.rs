@@ -127,7 +127,12 @@ pub fn host_key_check(
             let dir = run.join("tunnel");
             std::fs::create_dir_all(&dir).map_err(FileError::on("create", &dir))?;
             let file = dir.join("known_hosts");
-            crate::state::write_atomically(&file, known_hosts_line(key).as_bytes(), 0o644)?;
+            crate::state::write_atomically(
+                &crate::host::Linux,
+                &file,
+                known_hosts_line(key).as_bytes(),
+                0o644,
+            )?;
             Ok(HostKeyCheck {
                 known_hosts: file,
                 strict: "yes",

@@ -1090,3 +1090,37 @@ fn keeper_with_a_lease_time_of_zero_waits_before_renewing_and_keeps_br0() {
     let br0 = client.ip("-o addr show dev br0");
     assert!(br0.contains("10.77.0.50/24"), "br0: {br0}");
 }
+
+#[test]
+fn link_events_announce_a_carrier_as_it_comes() {
+    if !need_root() {
+        return;
+    }
+    let ns = Netns::new("ev");
+    ns.ip("link add ev0 type veth peer name ev1");
+    // Up, but no carrier while its peer is down.
+    ns.ip("link set ev0 up");
+    let (listening, listens) = std::sync::mpsc::channel();
+    let waiter = ns.spawn(move || {
+        let events = buildos_init::net::netlink::LinkEvents::open().unwrap();
+        let mut netlink = Netlink::open().unwrap();
+        assert!(!netlink.link("ev0").unwrap().unwrap().carrier);
+        assert!(
+            !events.wait(Duration::from_millis(50)),
+            "an announcement while nothing changed"
+        );
+        listening.send(()).unwrap();
+        let started = Instant::now();
+        // Each announcement ends a wait; carrier comes with one of them, long before a minute.
+        while !netlink.link("ev0").unwrap().unwrap().carrier {
+            assert!(
+                events.wait(Duration::from_secs(60)),
+                "no announcement within a minute"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30));
+        }
+    });
+    listens.recv().unwrap();
+    ns.ip("link set ev1 up");
+    waiter.join().unwrap();
+}

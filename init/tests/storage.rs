@@ -154,6 +154,16 @@ impl Scratch {
     }
 
     fn setup(&self, wait: u32, log: &(dyn Fn(&str) + Sync)) -> Result<StorageReport, StorageError> {
+        self.setup_polling(wait, Duration::from_millis(20), log)
+    }
+
+    /// [`Scratch::setup`] looking at the devices at most `poll` apart when nothing happens.
+    fn setup_polling(
+        &self,
+        wait: u32,
+        poll: Duration,
+        log: &(dyn Fn(&str) + Sync),
+    ) -> Result<StorageReport, StorageError> {
         let config = Config {
             storage_wait: wait,
             ..Config::default()
@@ -162,9 +172,10 @@ impl Scratch {
             sys_block: self.dir.path().join("sys"),
             dev: self.dir.path().join("dev"),
             root: self.root(),
-            poll: Duration::from_millis(20),
+            poll,
             read_bound: Duration::from_secs(2),
             log,
+            modules: &buildos_init::hardware::AllLoaded,
         };
         storage::setup(&buildos_init::host::Linux, &config, &env)
     }
@@ -309,6 +320,46 @@ fn state_may_be_any_filesystem_and_is_mounted_with_the_type_its_superblock_names
             ),
             ("/state".into(), "btrfs".into(), "rw,noatime".into()),
         ]
+    );
+}
+
+#[test]
+fn a_disk_that_appears_ends_the_wait_at_its_uevent_not_at_the_next_look() {
+    let Some(mut s) = Scratch::new() else {
+        return;
+    };
+    s.ext4("buildos.state");
+    let machines = s.btrfs("buildos.machines", 1)[0];
+    let (lines, waiting) = mpsc::channel::<String>();
+    let lines = std::sync::Mutex::new(lines);
+    let log = move |line: &str| {
+        let _ = lines.lock().unwrap().send(line.to_owned());
+    };
+    // Looks a minute apart unless the kernel says a block device changed.
+    let poll = Duration::from_secs(60);
+    let (result, woken) = std::thread::scope(|scope| {
+        let setup = scope.spawn(|| s.setup_polling(120, poll, &log));
+        let line = waiting
+            .recv_timeout(Duration::from_secs(60))
+            .expect("setup says what it waits for");
+        assert!(
+            line.starts_with("waiting up to 120 s for storage: no disk labeled buildos.machines"),
+            "{line}"
+        );
+        // The disk comes, and the kernel says so, as when a controller brings one up.
+        s.expose(machines);
+        let event = Path::new("/sys/class/block")
+            .join(s.device(machines).file_name().unwrap())
+            .join("uevent");
+        let woken = Instant::now();
+        std::fs::write(&event, "change").unwrap();
+        (setup.join().unwrap(), woken.elapsed())
+    });
+    let report = result.unwrap();
+    assert_eq!(report.mounted.len(), 2);
+    assert!(
+        woken < Duration::from_secs(20),
+        "setup waited for its next look, not for the disk's uevent: {woken:?}"
     );
 }
 

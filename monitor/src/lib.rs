@@ -11,6 +11,8 @@
 //! - A queued mail is removed only after the relay accepted it, or moved to `dead/` (with one
 //!   notice to the admin) when the relay refused it for good.
 //! - A failed or malformed fetch never reboots the host.
+//! - Every change under `/state` ends with its directory and filesystem synced
+//!   ([`durable`]), so a power cut leaves it done or not done, and the disk consistent.
 
 pub mod agentkey;
 pub mod agents;
@@ -18,6 +20,7 @@ pub mod checksums;
 pub mod cli;
 pub mod console;
 pub mod daemon;
+pub mod durable;
 pub mod fetch;
 pub mod mail;
 pub mod paths;

@@ -102,6 +102,8 @@ pub enum QueueError {
         path: PathBuf,
         error: io::Error,
     },
+    /// Writing the message, or making it durable, failed.
+    Disk(crate::durable::Error),
 }
 
 impl fmt::Display for QueueError {
@@ -124,6 +126,7 @@ impl fmt::Display for QueueError {
                 dir.join(buildos_contract::mail::DEAD).display()
             ),
             QueueError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            QueueError::Disk(e) => write!(f, "{e}"),
         }
     }
 }
@@ -136,6 +139,7 @@ impl From<QueueError> for io::Error {
             QueueError::TooLarge { .. } => io::ErrorKind::InvalidData,
             QueueError::Full { .. } => io::ErrorKind::StorageFull,
             QueueError::Io { error, .. } => error.kind(),
+            QueueError::Disk(e) => e.source.kind(),
         };
         io::Error::new(kind, e.to_string())
     }
@@ -158,27 +162,19 @@ fn unique_name() -> String {
     format!("{now:024}-{}-{seq}", std::process::id())
 }
 
-/// Writes `bytes` to a new file `dir/.<name>.tmp` (mode 0600) and renames it to
-/// `dir/<name>.mail`.
+/// Writes `bytes` to a new file `dir/.<name>.tmp` (mode 0600), renames it to
+/// `dir/<name>.mail` and syncs the directory and filesystem ([`crate::durable::write`]).
 fn write_new(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, QueueError> {
     let temporary = dir.join(format!(".{name}.tmp"));
     let path = dir.join(format!("{name}.{}", buildos_contract::mail::EXTENSION));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io_at(&temporary))?;
-    let written = file.write_all(bytes).and_then(|()| file.sync_all());
-    drop(file);
-    if let Err(e) = written.and_then(|()| fs::rename(&temporary, &path)) {
-        let _ = fs::remove_file(&temporary);
-        return Err(io_at(&path)(e));
-    }
-    if let Ok(dir) = fs::File::open(dir) {
-        let _ = dir.sync_all();
-    }
+    crate::durable::write(&temporary, &path, bytes, 0o600)?;
     Ok(path)
+}
+
+impl From<crate::durable::Error> for QueueError {
+    fn from(e: crate::durable::Error) -> QueueError {
+        QueueError::Disk(e)
+    }
 }
 
 /// The envelope and message as a queued file holds them.
@@ -229,7 +225,7 @@ impl Queue {
 
     /// Sets the queue up for root: the directories with their modes (a queue an older
     /// version made 0755 is closed), messages 0600, and temporary files that writers which
-    /// died left behind removed. The monitor calls it at start.
+    /// died left behind removed; then synced. The monitor calls it at start.
     pub fn prepare(&self) -> Result<(), QueueError> {
         crate::paths::private_dir(&self.dir).map_err(|reason| QueueError::Io {
             path: self.dir.clone(),
@@ -271,6 +267,8 @@ impl Queue {
                 }
             }
         }
+        // The directories made, their modes and the removals, on the disk.
+        crate::durable::sync_dir(&self.dir)?;
         Ok(())
     }
 
@@ -384,13 +382,24 @@ impl Queue {
             reason,
         };
         fs::create_dir_all(&self.dir).map_err(|e| failed(e.to_string()))?;
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| failed(e.to_string()))?;
+        let open = |create_new| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(create_new)
+                .truncate(false)
+                .mode(0o600)
+                .open(&lock_path)
+        };
+        let file = match open(true) {
+            // A new file on the state disk: synced like every other.
+            Ok(file) => crate::durable::sync_dir(&self.dir)
+                .map(|()| file)
+                .map_err(|e| failed(e.to_string()))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                open(false).map_err(|e| failed(e.to_string()))?
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        };
         let _lock = match Flock::lock(file, how) {
             Ok(lock) => lock,
             Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
@@ -408,7 +417,9 @@ impl Queue {
             let taken = match read_dropped(&file) {
                 Err(Dropped::Gone) => continue,
                 Err(Dropped::Link(why)) => {
-                    let _ = fs::remove_file(&file);
+                    if let Err(e) = crate::durable::remove(&file) {
+                        log::error!("mail: {e}");
+                    }
                     self.notice_refused(relay, &file, &why, None);
                     continue;
                 }
@@ -439,8 +450,12 @@ impl Queue {
             // Other users' mail goes to the admin only: the host relays for no one else.
             let _ = to;
             match self.enqueue_checked(&from, &["root".to_string()], false, message) {
+                // Taken: a power cut before the removal is synced sends it twice, never
+                // not at all.
                 Ok(_) => {
-                    let _ = fs::remove_file(&file);
+                    if let Err(e) = crate::durable::remove(&file) {
+                        log::error!("mail: {e}");
+                    }
                 }
                 Err(e @ QueueError::Full { .. }) => {
                     log::warn!(
@@ -457,13 +472,23 @@ impl Queue {
         }
     }
 
-    /// Moves `file` into `dead/`; returns where it is now.
+    /// Moves `file` into `dead/`, durably (a buried message must not come back to be sent
+    /// again after a power cut); returns where it is now.
     fn bury(&self, file: &Path) -> Option<PathBuf> {
         let dead = self.dead_dir();
         let _ = fs::create_dir_all(&dead);
         let to = dead.join(file.file_name()?);
-        match fs::rename(file, &to) {
+        match crate::durable::rename(file, &to) {
             Ok(()) => Some(to),
+            // Renamed, but not synced: it is there now, and the next sync may save it.
+            Err(e) if e.made => {
+                log::error!(
+                    "mail: {} moved to {}, but {e}",
+                    file.display(),
+                    to.display()
+                );
+                Some(to)
+            }
             Err(e) => {
                 log::error!(
                     "mail: cannot move {} to {}: {e}",
@@ -563,9 +588,12 @@ impl Queue {
                     format!("{from}@{}", relay.hostname)
                 };
                 match smtp_send(relay, &from, &to, message) {
+                    // Removed and synced before the next is sent: after a power cut a sent
+                    // message is not sent again (unless the cut came between the relay's
+                    // `250` and this sync).
                     Ok(()) => {
-                        fs::remove_file(&file)
-                            .map_err(|e| failed(format!("sent, but not removed: {e}")))?;
+                        crate::durable::remove(&file)
+                            .map_err(|e| failed(format!("sent, but {e}")))?;
                         sent += 1;
                     }
                     Err(Failure::Relay(reason)) => return Err(failed(reason)),
@@ -1078,6 +1106,51 @@ mod tests {
         assert!(!notice);
         assert_eq!(message, b"Subject: x\n\nhi\n");
         assert_eq!(queue.len(), 1);
+    }
+
+    /// Every change to the queue on the state disk is followed by a sync of its directory and
+    /// filesystem, so a power cut neither sends a sent message again, nor brings a buried one
+    /// back, nor loses a queued one, nor leaves the disk's bitmaps behind its files.
+    #[test]
+    fn every_change_to_the_queue_is_synced_with_its_directory() {
+        use crate::durable::take_synced;
+        let state = tempfile::tempdir().unwrap();
+        let received = tempfile::tempdir().unwrap();
+        let smtp = buildos_testpeers::Smtp::start(received.path(), buildos_testpeers::free_port());
+        let relay = Relay {
+            relay: format!("127.0.0.1:{}", smtp.port),
+            admin: "admin@example.org".to_string(),
+            hostname: "build-1".to_string(),
+            timeout: Duration::from_secs(5),
+        };
+        let queue = Queue::new(state.path().join("mail"));
+        let (dir, drop_dir, dead) = (queue.dir(), &*queue.drop_dir(), &*queue.dead_dir());
+        take_synced();
+        queue.prepare().unwrap();
+        assert_eq!(take_synced(), [dir], "prepare");
+
+        let message = compose("build-1", "x", "s", "b\n");
+        queue.enqueue("", &["root".into()], &message).unwrap();
+        queue
+            .enqueue("", &["refused@example.org".into()], &message)
+            .unwrap();
+        queue.submit("", &["root".into()], &message).unwrap();
+        assert_eq!(take_synced(), [dir, dir, drop_dir], "queued and handed in");
+
+        // The lock made; the handed-in message taken in, then removed from drop/; the first
+        // sent and removed; the refused one buried in dead/ and a notice queued about it;
+        // the handed-in one and the notice sent and removed.
+        assert_eq!(queue.flush(&relay).unwrap(), 3);
+        assert_eq!(
+            take_synced(),
+            [dir, dir, drop_dir, dir, dead, dir, dir, dir],
+            "flush"
+        );
+        assert_eq!((queue.len(), queue.dead().len()), (0, 1));
+        assert_eq!(smtp.received().len(), 3);
+        // The lock is made once.
+        assert_eq!(queue.flush(&relay).unwrap(), 0);
+        assert!(take_synced().is_empty());
     }
 
     #[test]

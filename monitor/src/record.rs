@@ -786,6 +786,7 @@ mod tests {
                         fingerprint: key(&public).map(|k| k.fingerprint).unwrap_or_default(),
                         public,
                         made: false,
+                        replaced: None,
                     }
                 });
                 let facts =

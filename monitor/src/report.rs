@@ -64,7 +64,12 @@ pub fn host_up(up: &HostUp) -> Report {
                 "  {}\n  fingerprint {}\n  private key {}\n",
                 key.public, key.fingerprint, key.path
             ));
-            if key.made {
+            if let Some(replaced) = &key.replaced {
+                body.push_str(&format!(
+                    "  NEW: made on this boot, the state disk's could not be used: {replaced}; \
+                     give this public key to every controller\n"
+                ));
+            } else if key.made {
                 body.push_str(
                     "  NEW: made on this boot, the state disk had none (it is new or was \
                      replaced); give this public key to every controller\n",

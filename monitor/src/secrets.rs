@@ -9,8 +9,8 @@
 //! SSH, puts one there from its standard input ([`put`]).
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The directory under the state disk that holds one directory per toolchain.
@@ -116,13 +116,18 @@ pub fn toolchain_dir(state: &Path, toolchain: &str) -> PathBuf {
 }
 
 /// Makes `<state>/secrets/<toolchain>` the agents' user's (`owner`; the monitor's own when
-/// `None`), mode 0700, in a directory of root's; returns it.
+/// `None`), mode 0700, in a directory of root's, synced; returns it.
 pub fn make_dir(
     state: &Path,
     toolchain: &str,
     owner: Option<(u32, u32)>,
 ) -> Result<PathBuf, crate::agents::AgentError> {
-    crate::agents::user_dir(&state.join(DIR), toolchain, owner, 0o700)
+    let dir = crate::agents::user_dir(&state.join(DIR), toolchain, owner, 0o700)?;
+    crate::durable::sync_dir(&state.join(DIR)).map_err(|e| crate::agents::AgentError {
+        what: format!("{}", e.path.display()),
+        reason: format!("cannot {}: {}", e.what, e.source),
+    })?;
+    Ok(dir)
 }
 
 /// Stores the bytes of `input` as the secret `name` of `toolchain`, replacing any earlier one
@@ -180,33 +185,12 @@ pub fn put(
     }
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let io = |what, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SecretError::Io { what, path, source }
-    };
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        // Whatever the umask made of it.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io("set the mode of", &tmp))?;
-        file.write_all(&bytes).map_err(io("write", &tmp))?;
-        file.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("rename into", &path))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    // The rename itself survives a crash once the directory is synced.
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync", &dir))?;
+    // Synced with its directory and filesystem: a secret put there survives a power cut.
+    crate::durable::write(&tmp, &path, &bytes, 0o600).map_err(|e| SecretError::Io {
+        what: e.what,
+        path: e.path,
+        source: e.source,
+    })?;
     Ok(path)
 }
 
@@ -214,6 +198,26 @@ pub fn put(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The directory made at start and each secret put there are synced with the filesystem:
+    /// a power cut right after leaves the secret whole or the old one, and the disk consistent.
+    #[test]
+    fn a_secret_and_its_directory_are_synced_with_the_filesystem() {
+        use crate::durable::take_synced;
+        let state = tempfile::tempdir().unwrap();
+        take_synced();
+        let dir = make_dir(state.path(), "default", None).unwrap();
+        assert_eq!(take_synced(), [state.path().join(DIR)]);
+        let path = put(state.path(), "default", "password", &mut &b"hunter2"[..]).unwrap();
+        assert_eq!(take_synced(), [dir.as_path()]);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hunter2");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, ["password"]);
+    }
 
     #[test]
     fn names_are_plain_file_names() {

@@ -133,6 +133,9 @@ impl Status {
             Some(key) => {
                 let _ = writeln!(out, "agent key: {} ({})", key.fingerprint, key.path);
                 let _ = writeln!(out, "  {}", key.public);
+                if let Some(replaced) = &key.replaced {
+                    let _ = writeln!(out, "  made on this boot: {replaced}");
+                }
             }
             None => {
                 let _ = writeln!(out, "agent key: none");
@@ -249,6 +252,7 @@ mod tests {
                 public: "ssh-ed25519 AAAAC3Nz buildos agent key of h".into(),
                 fingerprint: "SHA256:abc".into(),
                 made: false,
+                replaced: None,
             }),
         };
         let dir = tempfile::tempdir().unwrap();

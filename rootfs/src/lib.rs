@@ -815,6 +815,7 @@ mod tests {
             "ca-certificates",
             "busybox",
             "iproute2",
+            "e2fsprogs",
             "gcc",
             "g++",
             "libc6-dev",

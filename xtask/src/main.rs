@@ -125,6 +125,11 @@ enum Task {
         /// squashfs compressor) and the cached assembly
         #[arg(long, group = "only")]
         layers_only: bool,
+        /// Measure only the minimal image's boot: its assembly beside mkinitramfs, init's own
+        /// work less the modules step, the modules step beside busybox's modprobe, and each
+        /// boot phase with an e1000, a virtio-net and no network card
+        #[arg(long, group = "only")]
+        boot_only: bool,
     },
     /// List what an initrd contains: path, mode, size
     Ls { initrd: PathBuf },
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
             register_only,
             largest_only,
             layers_only,
+            boot_only,
         } => xtask::bench::run(if monitor_only {
             xtask::bench::Only::Monitor
         } else if compression_only {
@@ -217,6 +223,8 @@ fn main() -> ExitCode {
             xtask::bench::Only::Largest
         } else if layers_only {
             xtask::bench::Only::Layers
+        } else if boot_only {
+            xtask::bench::Only::Boot
         } else {
             xtask::bench::Only::All
         }),

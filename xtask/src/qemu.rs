@@ -738,13 +738,16 @@ pub fn run(options: &Options) -> Result<()> {
     let mut config = VmConfig::new(&out).host_disks(&disks)?;
     config.memory_mib = options.memory_mib;
     config.cpus = options.cpus;
-    // User-mode networking, with the host's SSH reachable on loopback port 2222.
+    // User-mode networking, with the host's SSH reachable on loopback port 2222, on a
+    // virtio-net card: QEMU's e1000 holds received frames for 1 s after each write of its
+    // receive control register, which every boot makes twice (the link coming up, br0 making
+    // it promiscuous), and the DHCP offer and the first NTP answer would wait them out.
     config.extra.extend(
         [
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{SSH_PORT}-:22"),
             "-device",
-            "e1000,netdev=n0",
+            "virtio-net-pci,netdev=n0",
         ]
         .map(str::to_owned),
     );

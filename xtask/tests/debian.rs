@@ -52,7 +52,7 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(ready.ends_with(", 0 problem(s)"), "{}", vm.console());
-    // The modules only build machines use loaded while storage and the network started, and
+    // The modules loaded while storage and the network started, the build machines' last, and
     // ready waited for them.
     let console = vm.console();
     let at = |text: &str| {
@@ -60,7 +60,7 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
             .find(text)
             .unwrap_or_else(|| panic!("no {text:?} on the console: {console}"))
     };
-    assert!(at("loading later, while storage") < at("phase storage "));
+    assert!(at("loading modules beside storage and the network") < at("phase storage "));
     assert!(at("late modules: loaded ") < at("phase devices ok"));
     assert!(at("phase devices ok") < at("buildos-init: ready at"));
     // The root is the layered one, switched into before anything read the root filesystem.

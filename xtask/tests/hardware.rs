@@ -46,9 +46,9 @@ fn boots_with(case: Case) {
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     let console = vm.console();
-    // The modules step names the drivers the devices asked for; a device that appears later
-    // (a USB stick, enumerated after its controller's driver loaded) gets its driver on the
-    // late thread, named in the devices step's line.
+    // The devices step names the drivers the devices asked for; a device that appears later
+    // (a USB stick, enumerated after its controller's driver loaded) gets its driver from the
+    // hotplug watch, named in the late modules' line.
     let drivers: Vec<&str> = console
         .lines()
         .filter(|l| l.contains("devices asked for") || l.contains("late modules: loaded "))

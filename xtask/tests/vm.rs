@@ -290,7 +290,8 @@ fn drivers_load_for_the_devices_present_with_their_dependencies() {
     assert_eq!(numbers.len(), 3, "{loaded}");
     assert_eq!(numbers[0] + numbers[2], numbers[1], "{}", vm.console());
     assert!(numbers[0] > 20, "dependencies were not loaded: {loaded}");
-    vm.wait_for("phase modules ok", BOOT).unwrap();
+    // The report comes from the devices step, once every module loaded beside the steps.
+    vm.wait_for("phase devices ok", BOOT).unwrap();
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();
     let console = vm.console();
     assert!(console.contains(&problems(&console, 0)), "{console}");

@@ -44,7 +44,11 @@ pub const BR1: &str = "br1";
 
 /// How long after the winner a losing interface may take to stop.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How often carrier is looked at while waiting for it.
+/// The longest wait between two looks at a link's carrier: the kernel's announcement of a
+/// link change ends it sooner (and so carrier is seen as it comes). The bound is how soon an
+/// interface still without carrier stops once another one won; without the announcements
+/// (their socket could not be opened) carrier is looked at every 100 ms.
+const CARRIER_WAKE: Duration = Duration::from_millis(500);
 const CARRIER_POLL: Duration = Duration::from_millis(100);
 
 /// Where the files go: `/etc`, `/run/buildos` and `/build/tftp` on a host; a test's own
@@ -153,8 +157,28 @@ pub fn is_ethernet(link: &Link) -> bool {
 /// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
 /// back in the report for the caller to print and keep.
 pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
+    setup_with(host, config, paths, &crate::hardware::AllLoaded)
+}
+
+/// [`setup`] while `modules` load beside it: the NICs' drivers before the interfaces are
+/// listed, the bridge and nftables modules before br0 and br1 are made; each wait within
+/// `config.dhcp_wait`.
+pub fn setup_with(
+    host: &dyn Host,
+    config: &Config,
+    paths: &Paths,
+    modules: &dyn crate::hardware::Wait,
+) -> NetReport {
     let mut problems = Vec::new();
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
+    let deadline = Instant::now() + bound;
+    if !modules.wait(crate::hardware::Need::Nics, deadline) {
+        problems.push(format!(
+            "network: the network cards' drivers were still loading after {} s; DHCP on the \
+             interfaces there are",
+            bound.as_secs()
+        ));
+    }
     let mut netlink = Netlink::open();
     let links = match netlink.as_mut().map(|n| n.links()) {
         Ok(Ok(links)) => links,
@@ -186,7 +210,9 @@ pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
         ));
     }
 
-    let (won, attempts) = acquire_any(&ethernet, Instant::now() + bound);
+    let (won, attempts) = acquire_any(&ethernet, deadline);
+    // The bridges and the NAT need their modules; they loaded while DHCP ran.
+    modules.wait(crate::hardware::Need::NetworkStack, deadline + STOP_GRACE);
     for attempt in &attempts {
         console::info(&format!("network: {}", attempt.line()));
     }
@@ -379,6 +405,8 @@ fn acquire_with(
 fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, Outcome> {
     let failed = |error: &dyn std::fmt::Display| Outcome::Failed(format!("{}: {error}", link.name));
     let mut netlink = Netlink::open().map_err(|e| failed(&e))?;
+    // Opened before the link is brought up, so that its carrier's announcement is not missed.
+    let events = netlink::LinkEvents::open().ok();
     netlink.set_up(link).map_err(|e| failed(&e))?;
     // Carrier: a bounded wait on the link's state.
     loop {
@@ -391,10 +419,16 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
             Ok(_) => {}
             Err(error) => return Err(failed(&error)),
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(Outcome::NoCarrier);
         }
-        std::thread::sleep(CARRIER_POLL);
+        match &events {
+            Some(events) => {
+                events.wait(CARRIER_WAKE.min(left));
+            }
+            None => std::thread::sleep(CARRIER_POLL.min(left)),
+        }
     }
     let mac = link.mac.unwrap_or_default();
     let client = Client::new(&link.name, mac).map_err(|e| Outcome::Failed(e.to_string()))?;

@@ -59,6 +59,56 @@ pub struct Netlink {
     sequence: u32,
 }
 
+/// rtnetlink's multicast group of link changes (`RTMGRP_LINK`): a link's carrier, state or
+/// name changed, or a link appeared.
+const RTMGRP_LINK: u32 = 1;
+
+/// The kernel's announcements of link changes, from the moment this is opened: a wait for
+/// carrier sleeps here and looks at the link again when the kernel says a link changed.
+pub struct LinkEvents {
+    socket: Socket,
+}
+
+impl LinkEvents {
+    pub fn open() -> Result<LinkEvents> {
+        let fail = |error| NetlinkError {
+            what: "listen for link changes".into(),
+            error,
+        };
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(fail)?;
+        socket
+            .bind(&SocketAddr::new(0, RTMGRP_LINK))
+            .map_err(fail)?;
+        Ok(LinkEvents { socket })
+    }
+
+    /// Waits until the kernel announces a link change or `timeout` passes; whether it did.
+    /// Every announcement queued is read: the caller looks at the links itself. A socket
+    /// error (a full receive buffer drops announcements) counts as a change.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        use std::os::fd::{AsFd, AsRawFd};
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            self.socket.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(millis)) {
+            Ok(0) => return false,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return true,
+        }
+        let mut buffer = vec![0u8; 8192];
+        while nix::sys::socket::recv(
+            self.socket.as_raw_fd(),
+            &mut buffer,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .is_ok()
+        {}
+        true
+    }
+}
+
 impl Netlink {
     pub fn open() -> Result<Netlink> {
         let fail = |error| NetlinkError {

@@ -12,6 +12,7 @@
 //! device is read from a helper thread, so a read that hangs in the kernel is given up after
 //! [`Environment::read_bound`] and that device is skipped.
 
+pub mod fsck;
 pub mod superblock;
 
 use std::collections::BTreeMap;
@@ -26,7 +27,20 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use self::superblock::{FsType, Superblock};
+use crate::hardware::{Need, Wait};
 use crate::host::{Host, RegistryError};
+use crate::uevent::Uevents;
+
+/// Looks at the devices this often while waiting, when no uevent socket could be opened.
+const NO_EVENTS_POLL: Duration = Duration::from_millis(100);
+/// The longest storage waits for the filesystems' modules (btrfs's RAID benchmarks take a
+/// second under software emulation), and, once its own bound passed, for drivers still
+/// loading: a module whose probe takes longer is stuck.
+const MODULES_BOUND: Duration = Duration::from_secs(30);
+/// How long storage goes on waiting for its disks after drivers that were still loading at its
+/// bound finished: a controller's disks appear a moment after its driver loaded (libata
+/// scans its ports after the driver's init returned).
+const AFTER_DRIVERS: Duration = Duration::from_secs(2);
 
 /// The label of the state disk.
 pub const STATE_LABEL: &str = "buildos.state";
@@ -61,24 +75,30 @@ pub struct Environment<'a> {
     pub dev: PathBuf,
     /// The root the mount points and etc/fstab are made under.
     pub root: PathBuf,
-    /// How long to sleep between two looks at the devices while waiting.
+    /// The longest wait between two looks at the devices: a block device's uevent (a disk
+    /// appeared) ends it sooner. Without a uevent socket, looks are at most 100 ms apart.
     pub poll: Duration,
     /// How long reading one device may take before it is taken for hung and skipped.
     pub read_bound: Duration,
     /// Where progress lines go (the console on a host).
     pub log: &'a (dyn Fn(&str) + Sync),
+    /// The modules loading beside storage: the filesystems' before anything is registered or
+    /// mounted, every driver before a missing disk is given up on.
+    pub modules: &'a dyn Wait,
 }
 
 impl<'a> Environment<'a> {
-    /// The running host: /sys/class/block, /dev, mounts under /.
-    pub fn host(log: &'a (dyn Fn(&str) + Sync)) -> Self {
+    /// The running host: /sys/class/block, /dev, mounts under /, and the modules `modules`
+    /// is loading.
+    pub fn host(log: &'a (dyn Fn(&str) + Sync), modules: &'a dyn Wait) -> Self {
         Environment {
             sys_block: "/sys/class/block".into(),
             dev: "/dev".into(),
             root: "/".into(),
-            poll: Duration::from_millis(100),
+            poll: Duration::from_secs(1),
             read_bound: Duration::from_secs(5),
             log,
+            modules,
         }
     }
 }
@@ -469,14 +489,32 @@ pub fn setup(
 ) -> Result<StorageReport, StorageError> {
     let started = Instant::now();
     let bound = Duration::from_secs(u64::from(config.storage_wait));
+    let mut deadline = started + bound;
+    // Opened before the first look, so that a disk appearing after it wakes the wait.
+    let events = Uevents::open().ok();
     let mut kernel = Kernel::new(host);
     let mut scanner = Scanner {
         hung: Vec::new(),
         warnings: Vec::new(),
     };
     let mut last_waiting = String::new();
+    let mut filesystems = false;
+    let mut drivers_checked = false;
     let found = loop {
         let (devices, complete) = scanner.pass(env);
+        if !filesystems {
+            // Reading superblocks needs no module; registering btrfs devices and mounting do.
+            filesystems = true;
+            if !env
+                .modules
+                .wait(Need::Filesystems, Instant::now() + MODULES_BOUND)
+            {
+                (env.log)(&format!(
+                    "the filesystems' modules are still loading after {} s; going on",
+                    MODULES_BOUND.as_secs()
+                ));
+            }
+        }
         let found = Found::new(devices, &mut kernel);
         if !complete {
             // Look again at once, without the device that hung.
@@ -486,11 +524,28 @@ pub fn setup(
         if missing.is_empty() {
             break found;
         }
-        let elapsed = started.elapsed();
-        if elapsed >= bound {
+        let now = Instant::now();
+        if now >= deadline {
+            if !drivers_checked {
+                // A disk can be behind a controller whose driver is still loading: it is not
+                // missing until every driver has loaded.
+                drivers_checked = true;
+                if !env.modules.wait(Need::Drivers, Instant::now()) {
+                    (env.log)(&format!(
+                        "waiting up to {} s for drivers still loading before giving up on \
+                         storage: {}",
+                        MODULES_BOUND.as_secs(),
+                        missing.join("; ")
+                    ));
+                    env.modules
+                        .wait(Need::Drivers, Instant::now() + MODULES_BOUND);
+                    deadline = Instant::now() + AFTER_DRIVERS;
+                }
+                continue;
+            }
             (env.log)(&format!(
                 "gave up waiting for storage after {} ms: {}",
-                elapsed.as_millis(),
+                started.elapsed().as_millis(),
                 missing.join("; ")
             ));
             break found;
@@ -503,7 +558,18 @@ pub fn setup(
             ));
             last_waiting = waiting;
         }
-        std::thread::sleep(env.poll.min(bound - elapsed));
+        let left = deadline.saturating_duration_since(now);
+        // While a driver loads, the disk may be behind it: that wait is the modules' time.
+        let loading = !env.modules.wait(Need::Drivers, now);
+        match &events {
+            Some(events) => {
+                events.wait(env.poll.min(left), |event| event.is_block());
+            }
+            None => std::thread::sleep(env.poll.min(NO_EVENTS_POLL).min(left)),
+        }
+        if loading {
+            env.modules.count(now.elapsed());
+        }
     };
     let waited = started.elapsed();
     let problems = found.problems(config.storage_wait);
@@ -515,10 +581,14 @@ pub fn setup(
     }
     let mut mounted = Vec::new();
     let mut problems = Vec::new();
+    let mut checked = Vec::new();
     for (role, filesystems) in &found.by_role {
         let Some(fs) = filesystems.first() else {
             continue;
         };
+        if *role == Role::State {
+            checked = check_state(host, fs, env);
+        }
         match mount(host, env, role, fs) {
             Ok(m) => mounted.push(m),
             Err(problem) => problems.push(problem),
@@ -537,6 +607,7 @@ pub fn setup(
     }
     let mut warnings = scanner.warnings;
     warnings.extend(kernel.warnings);
+    warnings.extend(checked);
     let fstab_path = env.root.join("etc/fstab");
     if let Err(error) = write_fstab(&fstab_path, &mounted) {
         warnings.push(format!("cannot write {}: {error}", fstab_path.display()));
@@ -546,6 +617,18 @@ pub fn setup(
         waited,
         warnings,
     })
+}
+
+/// The state filesystem's check just before it is mounted ([`fsck`]): the image's e2fsck when
+/// the superblock says a power cut or an error left it unchecked. Returns boot problems.
+fn check_state(host: &dyn Host, fs: &Filesystem, env: &Environment) -> Vec<String> {
+    fsck::before_mount(
+        host,
+        fs,
+        Path::new(buildos_contract::programs::E2FSCK),
+        fsck::BOUND,
+        env.log,
+    )
 }
 
 /// One line per block device seen, and one per device skipped because reading it hung.
@@ -582,6 +665,13 @@ fn device_names(sys_block: &Path) -> Vec<String> {
 }
 
 fn read_device(sys_block: &Path, dev: &Path, name: String) -> Option<Device> {
+    // A device the kernel gives no size holds nothing to mount: a CD-ROM drive without a disc,
+    // a card reader without a card, an unbacked loop device. It is not opened: opening an
+    // empty CD-ROM drive asks the drive for a medium, which took 0.3 s of every look under
+    // software emulation.
+    if sysfs_size(&sys_block.join(&name)) == Some(0) {
+        return None;
+    }
     let node = dev.join(&name);
     let path = std::fs::canonicalize(&node).unwrap_or(node);
     // A device that cannot be opened (no medium, gone already) holds nothing to mount.
@@ -991,6 +1081,7 @@ mod tests {
 
     use super::*;
     use crate::host::Recording;
+    use std::os::unix::fs::OpenOptionsExt;
 
     /// Disks as files in a scratch directory: `dev/<name>` holds a superblock, `sys/<name>`
     /// is its sysfs entry; mounts go to the recording host under `root`.
@@ -1019,8 +1110,18 @@ mod tests {
         }
 
         fn setup(&self, host: &Recording) -> Result<StorageReport, StorageError> {
+            self.setup_with(host, 0, &crate::hardware::AllLoaded)
+        }
+
+        /// [`Disks::setup`] waiting `wait` seconds, with `modules` loading beside it.
+        fn setup_with(
+            &self,
+            host: &Recording,
+            wait: u32,
+            modules: &dyn Wait,
+        ) -> Result<StorageReport, StorageError> {
             let config = Config {
-                storage_wait: 0,
+                storage_wait: wait,
                 ..Config::default()
             };
             let quiet = |_: &str| {};
@@ -1031,9 +1132,113 @@ mod tests {
                 poll: Duration::from_millis(10),
                 read_bound: Duration::from_secs(5),
                 log: &quiet,
+                modules,
             };
             setup(host, &config, &env)
         }
+    }
+
+    /// The modules of a PC with a virtio NIC and disk and a PIIX IDE controller, loading on a
+    /// Recording host, `held` of them (paths in the module tree) held until released.
+    fn pc_loading(
+        held: &[&str],
+    ) -> (
+        tempfile::TempDir,
+        std::sync::Arc<Recording>,
+        crate::hardware::Modules,
+        Vec<std::sync::Arc<crate::host::Hold>>,
+    ) {
+        use crate::hardware::tests::{load_line, pc, pc_fixed};
+        let (root, dir, sys) = pc();
+        let recording = std::sync::Arc::new(Recording::new());
+        let holds = held
+            .iter()
+            .map(|path| recording.hold(&load_line(&dir, path)))
+            .collect();
+        let host: std::sync::Arc<dyn Host> = recording.clone();
+        let modules = crate::hardware::Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        (root, recording, modules, holds)
+    }
+
+    #[test]
+    fn storage_mounts_its_labeled_disks_without_waiting_for_drivers_it_does_not_need() {
+        // The CD-ROM's driver and the IDE controller's load for as long as the test wants.
+        let (_root, recording, modules, holds) = pc_loading(&[
+            "kernel/drivers/scsi/sr_mod.ko",
+            "kernel/drivers/ata/ata_piix.ko",
+        ]);
+        let disks = Disks::new();
+        disks.add("vda", ext4(STATE_LABEL, 1));
+        disks.add("vdb", btrfs(MACHINES_LABEL, 2, 1, 1));
+        let report = disks.setup_with(&recording, 10, &modules).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert!(
+            !modules.wait(Need::Drivers, Instant::now()),
+            "storage was done while the drivers it did not need were loading"
+        );
+        // The filesystems' modules came before anything used them.
+        let calls = recording.calls();
+        let at = |prefix: &str| {
+            calls
+                .iter()
+                .position(|c| c.starts_with(prefix) || c.contains(prefix))
+                .unwrap_or_else(|| panic!("no {prefix}: {calls:?}"))
+        };
+        assert!(at("btrfs.ko") < at("btrfs_register"), "{calls:?}");
+        assert!(at("ext4.ko") < at("mount ext4"), "{calls:?}");
+        holds.iter().for_each(|hold| hold.release());
+        let loaded = modules.finish();
+        assert_eq!(
+            loaded.report.modules.get("sr_mod"),
+            Some(&crate::hardware::Loaded::Yes)
+        );
+    }
+
+    #[test]
+    fn storage_waits_for_a_storage_driver_still_loading_before_giving_up() {
+        let (_root, recording, modules, holds) = pc_loading(&["kernel/drivers/ata/ata_piix.ko"]);
+        let disks = Disks::new();
+        disks.add("vda", ext4(STATE_LABEL, 1));
+        // No time of its own to wait: only the IDE controller's driver, still loading, keeps
+        // storage from giving up on the machines disk.
+        let report = std::thread::scope(|scope| {
+            let storage = scope.spawn(|| disks.setup_with(&recording, 0, &modules));
+            crate::hardware::tests::until_asked(&recording, "ata_piix");
+            // The disk behind the controller, as its driver finds it.
+            disks.add("sda", btrfs(MACHINES_LABEL, 2, 1, 1));
+            holds[0].release();
+            storage.join().unwrap()
+        });
+        let report = report.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.mounted.len(), 2);
+        modules.finish();
+    }
+
+    #[test]
+    fn a_device_the_kernel_gives_no_size_is_not_opened() {
+        let disks = Disks::new();
+        disks.add("vda", ext4(STATE_LABEL, 1));
+        disks.add("vdb", btrfs(MACHINES_LABEL, 2, 1, 1));
+        // A drive without a medium: sysfs says 0 sectors, and opening its node would block (a
+        // FIFO without a writer stands in for a drive that takes its time to say so).
+        let sys = disks.dir.path().join("sys/sr0");
+        std::fs::create_dir(&sys).unwrap();
+        std::fs::write(sys.join("size"), "0\n").unwrap();
+        let node = disks.dir.path().join("dev/sr0");
+        nix::unistd::mkfifo(&node, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let started = Instant::now();
+        let report = disks.setup(&Recording::new()).unwrap();
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert!(started.elapsed() < Duration::from_secs(4));
+        // The node was never opened: a writer now would block, with no reader.
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&node);
+        assert_eq!(
+            opened.map_err(|e| e.raw_os_error()).err(),
+            Some(Some(nix::libc::ENXIO))
+        );
     }
 
     fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
@@ -1044,6 +1249,8 @@ mod tests {
         let mut buf = vec![0u8; superblock::PROBE_LEN];
         let sb = 1024;
         put(&mut buf, sb + 0x38, &0xEF53u16.to_le_bytes());
+        // Cleanly unmounted, as mkfs leaves it.
+        put(&mut buf, sb + 0x3a, &1u16.to_le_bytes());
         put(&mut buf, sb + 0x60, &0x40u32.to_le_bytes());
         put(&mut buf, sb + 0x68, &[uuid; 16]);
         put(&mut buf, sb + 0x78, label.as_bytes());
@@ -1093,10 +1300,77 @@ mod tests {
             [format!("btrfs_register {}", machines.display())]
         );
         assert_eq!(report.mounted.len(), 2);
+        // Both were left clean: nothing is checked.
+        assert!(host.calls_of("run").is_empty(), "{:?}", host.calls());
         let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
         assert!(
             fstab.contains("LABEL=buildos.state\t/state\text4"),
             "{fstab}"
+        );
+    }
+
+    #[test]
+    fn a_state_disk_left_unclean_is_checked_before_it_is_mounted_and_mounted_even_if_unrepaired() {
+        let disks = Disks::new();
+        let mut dirty = ext4("buildos.state", 1);
+        // Mounted writable without a journal, then the power went: the valid flag is clear.
+        put(&mut dirty, 1024 + 0x3a, &0u16.to_le_bytes());
+        let state = disks.add("vda", dirty);
+        disks.add("vdb", btrfs("buildos.machines", 2, 1, 1));
+        let e2fsck = format!(
+            "run {} -p {}",
+            buildos_contract::programs::E2FSCK,
+            state.display()
+        );
+        let mount = format!("mount ext4 {}", state.display());
+
+        let host = Recording::new();
+        let report = disks.setup(&host).unwrap();
+        let calls = host.calls();
+        let at = |line: &str| calls.iter().position(|c| c.starts_with(line));
+        assert!(at(&e2fsck).unwrap() < at(&mount).unwrap(), "{calls:?}");
+        // Only the state disk: btrfs needs no check.
+        assert_eq!(host.calls_of("run"), [e2fsck]);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+        // e2fsck cannot repair it: mounted as before, and a problem says what to run.
+        let host = Recording::new();
+        host.answer(
+            "run",
+            crate::host::Ran {
+                end: crate::host::End::Exited(4),
+                output: "buildos.state: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY.\n".into(),
+            },
+        );
+        let report = disks.setup(&host).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let problem = &report.warnings[0];
+        for part in [
+            &format!("state disk {} (ext4, label buildos.state)", state.display()),
+            "was not cleanly unmounted",
+            "e2fsck -p could not repair it (exit 4: errors left uncorrected): \
+             buildos.state: UNEXPECTED INCONSISTENCY",
+            &format!("run `e2fsck -f -y {}`", state.display()),
+        ] {
+            assert!(problem.contains(part), "{part:?} not in {problem}");
+        }
+
+        // No e2fsck in the image (the minimal profile): mounted unchecked, with what to do.
+        let host = Recording::new();
+        host.fail("run", Errno::ENOENT);
+        let report = disks.setup(&host).unwrap();
+        assert_eq!(report.mounted.len(), 2);
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let problem = &report.warnings[0];
+        assert!(
+            problem.contains("was not checked: this image has no /usr/sbin/e2fsck")
+                && problem.contains(&format!(
+                    "boot an image with e2fsprogs, which checks it before mounting it, or run \
+                     `e2fsck -f -y {}` on it on another machine",
+                    state.display()
+                )),
+            "{problem}"
         );
     }
 

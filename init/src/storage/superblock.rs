@@ -66,6 +66,62 @@ pub struct Superblock {
     pub uuid: String,
     /// btrfs only: how many devices the filesystem spans and which one this is.
     pub btrfs: Option<BtrfsDevice>,
+    /// ext2/3/4 only: how the filesystem was left when it was last written.
+    pub ext_state: Option<ExtState>,
+}
+
+/// How an ext2/3/4 superblock says the filesystem was left: its `s_state` flags and
+/// `s_error_count`. Without a journal the kernel clears the valid flag when it mounts the
+/// filesystem writable and sets it again only at a clean unmount (or a read-only remount), so a
+/// power cut or a reset while it was mounted leaves it not clean; an error the kernel met sets
+/// the error flag and counts it. (`s_errors` is only what the kernel does on an error, not
+/// whether one happened.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtState {
+    /// Cleanly unmounted, no error recorded.
+    Clean,
+    /// Not cleanly unmounted (or still mounted), no error recorded.
+    NotClean,
+    /// The kernel recorded errors (`errors` of them when it counted; ext2 and ext3 do not).
+    Errors { errors: u32 },
+}
+
+impl ExtState {
+    /// Whether e2fsck should check the filesystem before it is mounted.
+    pub fn needs_check(self) -> bool {
+        self != ExtState::Clean
+    }
+}
+
+impl fmt::Display for ExtState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExtState::Clean => f.write_str("was cleanly unmounted"),
+            ExtState::NotClean => {
+                f.write_str("was not cleanly unmounted (a power cut, a reset or a crash)")
+            }
+            ExtState::Errors { errors: 0 } => f.write_str("has errors the kernel recorded"),
+            ExtState::Errors { errors } => {
+                write!(f, "has {errors} error(s) the kernel recorded")
+            }
+        }
+    }
+}
+
+/// `s_state`'s flags and `s_error_count`, as ext2/3/4 lay them out.
+const EXT_STATE_VALID: u16 = 0x1;
+const EXT_STATE_ERROR: u16 = 0x2;
+
+fn ext_state(sb: &[u8]) -> Option<ExtState> {
+    let state = le_u16(sb, 0x3a)?;
+    let errors = le_u32(sb, 0x194)?;
+    Some(if state & EXT_STATE_ERROR != 0 || errors != 0 {
+        ExtState::Errors { errors }
+    } else if state & EXT_STATE_VALID == 0 {
+        ExtState::NotClean
+    } else {
+        ExtState::Clean
+    })
 }
 
 /// The multi-device part of a btrfs superblock.
@@ -96,6 +152,7 @@ fn probe_btrfs(bytes: &[u8]) -> Option<Superblock> {
             num_devices: le_u64(sb, 0x88)?,
             devid: le_u64(sb, 0xc9)?,
         }),
+        ext_state: None,
     })
 }
 
@@ -108,6 +165,7 @@ fn probe_xfs(bytes: &[u8]) -> Option<Superblock> {
         label: text(bytes.get(108..120)?),
         uuid: uuid(bytes.get(32..48)?),
         btrfs: None,
+        ext_state: None,
     })
 }
 
@@ -142,6 +200,7 @@ fn probe_ext(bytes: &[u8]) -> Option<Superblock> {
         label: text(sb.get(0x78..0x88)?),
         uuid: uuid(sb.get(0x68..0x78)?),
         btrfs: None,
+        ext_state: ext_state(sb),
     })
 }
 
@@ -236,6 +295,7 @@ mod tests {
                     num_devices: 2,
                     devid: 1
                 }),
+                ext_state: None,
             }
         );
     }
@@ -335,5 +395,68 @@ mod tests {
         assert_eq!(FsType::Ext2.driver(), "ext4");
         assert_eq!(FsType::Ext3.driver(), "ext4");
         assert_eq!(FsType::Btrfs.driver(), "btrfs");
+    }
+
+    /// An ext4 superblock with `s_state` and `s_error_count` set.
+    fn ext4_left(state: u16, errors: u32) -> Vec<u8> {
+        let mut buf = ext("buildos.state", 0, 0x40, 0);
+        put(&mut buf, EXT_SUPER_OFFSET + 0x3a, &state.to_le_bytes());
+        put(&mut buf, EXT_SUPER_OFFSET + 0x194, &errors.to_le_bytes());
+        buf
+    }
+
+    #[test]
+    fn ext_state_says_clean_not_clean_or_errors() {
+        let state = |s, e| probe(&ext4_left(s, e)).unwrap().ext_state;
+        // As mkfs leaves it and a clean unmount writes it back.
+        assert_eq!(state(0x1, 0), Some(ExtState::Clean));
+        // Mounted writable without a journal and never unmounted.
+        assert_eq!(state(0x0, 0), Some(ExtState::NotClean));
+        // Orphans being recovered (0x4) is still a valid filesystem.
+        assert_eq!(state(0x5, 0), Some(ExtState::Clean));
+        // The kernel met an error: the flag, the count, or both.
+        assert_eq!(state(0x3, 0), Some(ExtState::Errors { errors: 0 }));
+        assert_eq!(state(0x1, 2), Some(ExtState::Errors { errors: 2 }));
+        assert_eq!(state(0x2, 7), Some(ExtState::Errors { errors: 7 }));
+        assert!(!ExtState::Clean.needs_check());
+        assert!(ExtState::NotClean.needs_check());
+        assert!(ExtState::Errors { errors: 1 }.needs_check());
+        assert_eq!(
+            ExtState::Errors { errors: 2 }.to_string(),
+            "has 2 error(s) the kernel recorded"
+        );
+        // Other filesystems say nothing of it: btrfs needs no check before mounting.
+        assert_eq!(
+            probe(&btrfs("buildos.machines", 1, 1)).unwrap().ext_state,
+            None
+        );
+        assert_eq!(probe(&xfs("state")).unwrap().ext_state, None);
+    }
+
+    proptest::proptest! {
+        /// Any `s_state` and `s_error_count`, with any other byte of the superblock changed:
+        /// the state is what those two fields say, and only a clean one skips the check.
+        #[test]
+        fn fuzz_ext_state(
+            state in proptest::prelude::any::<u16>(),
+            errors in proptest::prelude::any::<u32>(),
+            at in 0x100usize..0x400,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut buf = ext4_left(state, errors);
+            if !(0x194..0x198).contains(&at) {
+                buf[EXT_SUPER_OFFSET + at] = byte;
+            }
+            let sb = probe(&buf).unwrap();
+            let expected = if state & 0x2 != 0 || errors != 0 {
+                ExtState::Errors { errors }
+            } else if state & 0x1 == 0 {
+                ExtState::NotClean
+            } else {
+                ExtState::Clean
+            };
+            proptest::prop_assert_eq!(sb.ext_state, Some(expected));
+            proptest::prop_assert_eq!(expected.needs_check(), expected != ExtState::Clean);
+        }
     }
 }
