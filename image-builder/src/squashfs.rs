@@ -688,6 +688,20 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_archive_gives_a_cold_image_of_nothing_but_its_root() {
+        // A profile with a root filesystem and no `[layers] cold` patterns still gets a cold
+        // image: init mounts every image the contract lists.
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("cold.squashfs");
+        make(&Archive::new(), COLD_COMPRESSION, 0, &image).unwrap();
+        let bytes = std::fs::read(&image).unwrap();
+        assert_eq!(inspect(&bytes), Found::Squashfs(COLD_COMPRESSION));
+        let listing = listing(&image);
+        assert_eq!(listing.len(), 1, "{listing:?}");
+        assert_eq!(listing[""], ("drwxr-xr-x".into(), "0/0".into(), None));
+    }
+
+    #[test]
     fn another_epoch_or_compressor_gives_another_image() {
         let dir = tempfile::tempdir().unwrap();
         let at = |name: &str, c, t| {
