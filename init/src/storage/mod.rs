@@ -1333,7 +1333,8 @@ mod tests {
         assert_eq!(host.calls_of("run"), [e2fsck]);
         assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 
-        // e2fsck cannot repair it: mounted as before, and a problem says what to run.
+        // e2fsck cannot repair it, preening or not: mounted as before, and a problem says
+        // what to run.
         let host = Recording::new();
         host.answer(
             "run",
@@ -1343,14 +1344,30 @@ mod tests {
             },
         );
         let report = disks.setup(&host).unwrap();
+        assert_eq!(
+            host.calls_of("run"),
+            [
+                format!(
+                    "run {} -p {}",
+                    buildos_contract::programs::E2FSCK,
+                    state.display()
+                ),
+                format!(
+                    "run {} -f -y {}",
+                    buildos_contract::programs::E2FSCK,
+                    state.display()
+                ),
+            ]
+        );
         assert_eq!(report.mounted.len(), 2);
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         let problem = &report.warnings[0];
         for part in [
             &format!("state disk {} (ext4, label buildos.state)", state.display()),
             "was not cleanly unmounted",
-            "e2fsck -p could not repair it (exit 4: errors left uncorrected): \
+            "neither e2fsck -p (exit 4: errors left uncorrected): \
              buildos.state: UNEXPECTED INCONSISTENCY",
+            "nor e2fsck -f -y (exit 4: errors left uncorrected)",
             &format!("run `e2fsck -f -y {}`", state.display()),
         ] {
             assert!(problem.contains(part), "{part:?} not in {problem}");
