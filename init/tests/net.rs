@@ -309,6 +309,12 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
         let paths = paths.clone();
         client.enter(move || {
             let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
+            // At once: the step after the network's sends its first packet now.
+            let br0_now = std::process::Command::new("ip")
+                .args(["-o", "link", "show", "dev", "br0"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             let hostname = nix::unistd::gethostname().expect("gethostname");
             (
                 report.attempts,
@@ -317,10 +323,16 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
                 report.private_ready,
                 report.problems,
                 hostname,
+                br0_now,
             )
         })
     };
-    let (attempts, public, hostname, private_ready, problems, kernel_hostname) = report;
+    let (attempts, public, hostname, private_ready, problems, kernel_hostname, br0_now) = report;
+    // br0 forwards when the step ends: a packet sent before that is lost.
+    assert!(
+        br0_now.contains("LOWER_UP") && !br0_now.contains("NO-CARRIER"),
+        "br0 has no carrier when the network step ends: {br0_now}"
+    );
     let public =
         public.unwrap_or_else(|| panic!("no lease; attempts {attempts:?}, problems {problems:?}"));
     assert_eq!(public.port, "c0");

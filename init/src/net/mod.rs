@@ -438,15 +438,62 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     })
 }
 
-/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route.
+/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route,
+/// and br0 forwarding: its port is briefly disabled when it joins (the NIC's link goes down and
+/// up again), and a packet br0 sends before it forwards is lost. The clock step's NTP query,
+/// the first packet out, then waited for ARP's retry a second later (seen on every other
+/// boot under QEMU). So this waits, on the kernel's link announcements and at most
+/// [`BRIDGE_FORWARDING`], until br0 has carrier, which a bridge has once a port forwards.
 fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), NetlinkError> {
     let bridge = netlink.bridge(BR0)?;
     if let Some(mac) = port.mac {
         netlink.set_mac(&bridge, mac)?;
     }
+    // Opened before the port joins, so that br0's carrier's announcement is not missed.
+    let events = netlink::LinkEvents::open().ok();
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
-    apply_lease(netlink, &bridge, None, lease)
+    apply_lease(netlink, &bridge, None, lease)?;
+    if !wait_for_carrier(netlink, BR0, events.as_ref(), BRIDGE_FORWARDING) {
+        console::warn(&format!(
+            "network: br0 has no carrier {} s after {} joined it: its port does not forward \
+             yet, and the first packets out wait for it",
+            BRIDGE_FORWARDING.as_secs(),
+            port.name
+        ));
+    }
+    Ok(())
+}
+
+/// How long [`make_public`] waits for br0 to forward.
+const BRIDGE_FORWARDING: Duration = Duration::from_secs(3);
+
+/// Waits until the link `name` has carrier, at most `bound`, waking on `events` (or every
+/// [`CARRIER_POLL`] without them); whether it has.
+fn wait_for_carrier(
+    netlink: &mut Netlink,
+    name: &str,
+    events: Option<&netlink::LinkEvents>,
+    bound: Duration,
+) -> bool {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Ok(Some(link)) = netlink.link(name) {
+            if link.carrier {
+                return true;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match events {
+            Some(events) => {
+                events.wait(CARRIER_WAKE.min(left));
+            }
+            None => std::thread::sleep(CARRIER_POLL.min(left)),
+        }
+    }
 }
 
 /// Puts a lease's address and default route on `link`, replacing the previous lease's.
