@@ -408,27 +408,18 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     // Opened before the link is brought up, so that its carrier's announcement is not missed.
     let events = netlink::LinkEvents::open().ok();
     netlink.set_up(link).map_err(|e| failed(&e))?;
-    // Carrier: a bounded wait on the link's state.
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            // Still without carrier when another interface won.
-            return Err(Outcome::NoCarrier);
-        }
-        match netlink.link(&link.name) {
-            Ok(Some(now)) if now.carrier => break,
-            Ok(_) => {}
-            Err(error) => return Err(failed(&error)),
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Outcome::NoCarrier);
-        }
-        match &events {
-            Some(events) => {
-                events.wait(CARRIER_WAKE.min(left));
-            }
-            None => std::thread::sleep(CARRIER_POLL.min(left)),
-        }
+    // Carrier: a bounded wait on the link's state; still without it when another interface
+    // won, or at the deadline, this one is out.
+    match wait_for_carrier(
+        &mut netlink,
+        &link.name,
+        events.as_ref(),
+        deadline,
+        Some(stop),
+    ) {
+        Ok(true) => {}
+        Ok(false) => return Err(Outcome::NoCarrier),
+        Err(error) => return Err(failed(&error)),
     }
     let mac = link.mac.unwrap_or_default();
     let client = Client::new(&link.name, mac).map_err(|e| Outcome::Failed(e.to_string()))?;
@@ -454,13 +445,18 @@ fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), 
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
     apply_lease(netlink, &bridge, None, lease)?;
-    if !wait_for_carrier(netlink, BR0, events.as_ref(), BRIDGE_FORWARDING) {
-        console::warn(&format!(
+    let deadline = Instant::now() + BRIDGE_FORWARDING;
+    match wait_for_carrier(netlink, BR0, events.as_ref(), deadline, None) {
+        Ok(true) => {}
+        Ok(false) => console::warn(&format!(
             "network: br0 has no carrier {} s after {} joined it: its port does not forward \
              yet, and the first packets out wait for it",
             BRIDGE_FORWARDING.as_secs(),
             port.name
-        ));
+        )),
+        Err(error) => console::warn(&format!(
+            "network: cannot see whether br0 forwards yet: {error}"
+        )),
     }
     Ok(())
 }
@@ -468,24 +464,25 @@ fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), 
 /// How long [`make_public`] waits for br0 to forward.
 const BRIDGE_FORWARDING: Duration = Duration::from_secs(3);
 
-/// Waits until the link `name` has carrier, at most `bound`, waking on `events` (or every
-/// [`CARRIER_POLL`] without them); whether it has.
+/// Waits until the link `name` has carrier, until `deadline` or until `stop` is set, waking on
+/// `events` (or every [`CARRIER_POLL`] without them); whether it has.
 fn wait_for_carrier(
     netlink: &mut Netlink,
     name: &str,
     events: Option<&netlink::LinkEvents>,
-    bound: Duration,
-) -> bool {
-    let deadline = Instant::now() + bound;
+    deadline: Instant,
+    stop: Option<&AtomicBool>,
+) -> Result<bool, NetlinkError> {
     loop {
-        if let Ok(Some(link)) = netlink.link(name) {
-            if link.carrier {
-                return true;
-            }
+        if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+            return Ok(false);
+        }
+        if netlink.link(name)?.is_some_and(|link| link.carrier) {
+            return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return false;
+            return Ok(false);
         }
         match events {
             Some(events) => {
