@@ -1833,11 +1833,11 @@ fn layers() -> Result<()> {
             buildos_rootfs::DEFAULT_PROFILE
         );
     };
+    // from_cpio decompresses a segment itself, as the layered layout's images are made.
     let segment = std::fs::read(&rootfs.segment)
         .with_context(|| format!("cannot read {}", rootfs.segment.display()))?;
-    let format = builder::Compression::detect(&segment)
-        .with_context(|| format!("{} is in no known compression", rootfs.segment.display()))?;
-    let archive = builder::cpio::Archive::from_cpio(&format.decompress(&segment)?)?;
+    let archive = builder::cpio::Archive::from_cpio(&segment)
+        .with_context(|| format!("cannot read {} back", rootfs.segment.display()))?;
     drop(segment);
     let default_layout = inputs.layout;
     let default_squashfs = inputs.squashfs_compression;
