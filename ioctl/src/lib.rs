@@ -1,6 +1,8 @@
 //! The few ioctls buildos needs, each behind a safe function: registering btrfs devices,
 //! deleting a subvolume by its directory's descriptor and its name, and attaching a file to a
-//! loop device read-only (init's layered root mounts its squashfs images from them).
+//! loop device read-only (init's layered root mounts its squashfs images from them); and the
+//! two scheduling calls nix lacks, which put the calling thread in the background (init loads
+//! the build machines' modules on such a thread).
 //!
 //! Unsafe code is denied everywhere else in the workspace. Every ioctl here takes only
 //! arguments this module builds itself (a fixed-size, zero-initialised argument struct and a
@@ -267,6 +269,33 @@ pub fn loop_clear(device: &File) -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// `sched_setscheduler(0, SCHED_IDLE)`: the calling thread (Linux applies a policy per
+/// thread, and 0 is the caller) runs only on CPU time no thread of another policy wants. Any
+/// thread may lower itself to it; only a privileged one may leave it.
+///
+/// Sound because the argument is a fully initialised `sched_param` owned by this frame that
+/// the kernel only reads during the call.
+pub fn sched_idle() -> io::Result<()> {
+    let param = nix::libc::sched_param { sched_priority: 0 };
+    // SAFETY: see the doc comment.
+    match unsafe { nix::libc::sched_setscheduler(0, nix::libc::SCHED_IDLE, &param) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `setpriority(PRIO_PROCESS, 0, nice)`: the calling thread's nice value (on Linux a nice value
+/// is a thread's, and 0 is the caller). Raising it needs no privilege; lowering it does.
+///
+/// Sound because it takes no pointer.
+pub fn nice_thread(nice: i32) -> io::Result<()> {
+    // SAFETY: see the doc comment.
+    match unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// A file attached to a loop device: the device's path and the device, open.
 #[derive(Debug)]
 pub struct Attached {
@@ -312,6 +341,49 @@ pub fn attach_read_only(control: &File, backing: &File) -> io::Result<Attached> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scheduling policy (field 41) and nice value (field 19) of the calling thread, from
+    /// the kernel's own account of it.
+    fn policy_and_nice() -> (u32, i32) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name, in parentheses, may hold spaces: count fields after it.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        (
+            fields[41 - 3].parse().unwrap(),
+            fields[19 - 3].parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn sched_idle_puts_the_calling_thread_alone_in_the_background() {
+        let before = policy_and_nice();
+        let theirs = std::thread::spawn(|| {
+            sched_idle().unwrap();
+            policy_and_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            theirs.0,
+            nix::libc::SCHED_IDLE as u32,
+            "the thread that asked"
+        );
+        assert_eq!(policy_and_nice(), before, "the other threads keep theirs");
+    }
+
+    #[test]
+    fn nice_thread_renices_the_calling_thread_alone() {
+        let before = policy_and_nice();
+        let theirs = std::thread::spawn(|| {
+            nice_thread(10).unwrap();
+            policy_and_nice()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(theirs, (before.0, 10), "the thread that asked");
+        assert_eq!(policy_and_nice(), before, "the other threads keep theirs");
+    }
 
     #[test]
     fn loop_config_has_the_kernel_size() {
