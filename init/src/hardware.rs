@@ -25,11 +25,13 @@ use crate::host::Host;
 pub const FIXED_MODULES: &str = buildos_contract::etc::MODULES_BOOT;
 
 /// Modules that neither storage nor the network needs, only the build machines that start
-/// after ready: they load on a thread of their own while storage, state and the network do
-/// their work (waiting for disks, DHCP), and the `devices` step waits for them before the
-/// build user gets their nodes, so ready still means every module is loaded. Each with why
-/// it can wait. Whether one comes from the profile's fixed set or a device asked for it, the
-/// table decides; what it depends on loads with it, unless an earlier module already needed it.
+/// after ready: they load from the start, beside the fixed set and the drivers, on a thread of
+/// their own at idle priority (SCHED_IDLE: it runs only on CPU time the other loading and the
+/// steps leave idle, so it never delays storage's or the network's modules), and the `devices`
+/// step waits for them before the build user gets their nodes, so ready still means every
+/// module is loaded. Each with why it can wait. Whether one comes from the profile's fixed set
+/// or a device asked for it (kvm_intel by the CPUs' modalias), the table decides; what it
+/// depends on loads with it, unless another thread loads it (the fixed set's always do).
 pub const LATE: &[(&str, &str)] = &[
     ("kvm", "hardware virtualisation, for build machines only"),
     (
@@ -113,6 +115,13 @@ struct Seen {
     fixed_done: bool,
     /// The loading thread ended (normally or not): nothing more will change.
     ended: bool,
+    /// Every module a thread took to load (it is in `attempted` once that thread is done with
+    /// it): each module is loaded by one thread and is in one report, and a thread that needs
+    /// a module another took waits until it is done, as the kernel would make it wait.
+    claimed: BTreeSet<String>,
+    /// The modules the fixed set loads, with their dependencies: the late thread waits for
+    /// them rather than take them, so a fixed module never waits for a thread at idle priority.
+    reserved: BTreeSet<String>,
     /// How long boot steps waited for modules in all.
     waited: Duration,
 }
@@ -131,6 +140,53 @@ impl Progress {
     fn update(&self, change: impl FnOnce(&mut Seen)) {
         change(&mut self.lock());
         self.changed.notify_all();
+    }
+
+    /// Takes `module` for the calling thread to load, when no thread took it yet (nor, for the
+    /// late thread, does the fixed set load it); otherwise waits until it was attempted and
+    /// gives `None`. A module the fixed set was to load and did not (its thread panicked) is
+    /// the late thread's to take once the fixed set is done.
+    fn claim<'a>(&'a self, module: &str, loader: Loader) -> Option<Claim<'a>> {
+        let mut seen = self.lock();
+        loop {
+            if seen.attempted.contains(module) || seen.ended {
+                return None;
+            }
+            let fixed_will =
+                loader == Loader::Background && seen.reserved.contains(module) && !seen.fixed_done;
+            if !seen.claimed.contains(module) && !fixed_will {
+                seen.claimed.insert(module.to_owned());
+                return Some(Claim {
+                    progress: self,
+                    module: module.to_owned(),
+                });
+            }
+            seen = self.changed.wait(seen).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Which thread loads: one of the fixed set's, a driver's or the hotplug watch's, or the late
+/// modules' thread at idle priority (see [`Progress::claim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loader {
+    Foreground,
+    Background,
+}
+
+/// A module a thread took to load: attempted once dropped, even by a panic, so a thread
+/// waiting for it never waits forever.
+struct Claim<'a> {
+    progress: &'a Progress,
+    module: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let module = std::mem::take(&mut self.module);
+        self.progress.update(|seen| {
+            seen.attempted.insert(module);
+        });
     }
 }
 
@@ -154,7 +210,8 @@ const HOTPLUG_EVERY: Duration = Duration::from_millis(100);
 const HOTPLUG_FOR: Duration = Duration::from_secs(120);
 
 /// Everything the modules step started: the profile's fixed set, the drivers the devices ask
-/// for, then [`LATE`]'s, all loading on threads of their own while the later steps run. A step
+/// for and [`LATE`]'s (at idle priority), all loading on threads of their own from the start
+/// while the later steps run, then the hotplug watch. A step
 /// waits only for what it needs ([`Modules::wait`]); the `devices` step waits for it all
 /// ([`Modules::finish`]), so ready still means every module is loaded.
 pub struct Modules {
@@ -176,7 +233,8 @@ enum Running {
 }
 
 /// What the loading did: the report of the fixed set and the devices' drivers, and that of
-/// [`LATE`]'s modules (those build machines need).
+/// [`LATE`]'s modules (those build machines need) with the drivers of devices that appeared
+/// later.
 #[derive(Debug, Default)]
 pub struct Finished {
     pub report: Report,
@@ -233,6 +291,12 @@ impl Modules {
         let mut fixed = fixed;
         fixed.sort_by_key(rank);
         let progress = Arc::new(Progress::default());
+        progress.lock().reserved = tables
+            .plan(&fixed, &BTreeSet::new())
+            .0
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         // Opened now, before the first look at the devices: no device that appears after it
         // is missed.
@@ -350,7 +414,7 @@ struct Job {
     host: Arc<dyn Host>,
     tables: Arc<Tables>,
     fixed: Vec<String>,
-    /// [`LATE`]'s modules to load last; the devices add theirs.
+    /// The fixed set's [`LATE`] modules; the devices ask for more.
     late: Vec<String>,
     sys: PathBuf,
     stop: Arc<AtomicBool>,
@@ -358,13 +422,20 @@ struct Job {
     events: Option<crate::uevent::Uevents>,
 }
 
+/// A late module a device asked for, with the device's modalias, for the late modules' thread.
+type Asked = (String, String);
+
 impl Job {
-    fn run(mut self) -> Finished {
+    fn run(self) -> Finished {
         let progress = Arc::clone(&self.progress);
         let _ended = Ended(&progress);
         let began = Instant::now();
         let fixed = self.start_fixed();
-        let (mut report, matched, late_drivers) = self.drivers();
+        let (asks, asked) = std::sync::mpsc::channel::<Asked>();
+        let late = self.start_late(asked, began);
+        let (mut report, matched) = self.drivers(&asks);
+        // Every late module the devices asked for is sent: the late thread ends when done.
+        drop(asks);
         match fixed {
             Ok(handle) => match handle.join() {
                 Ok(fixed) => report.merge(fixed),
@@ -380,11 +451,78 @@ impl Job {
         // Every driver the devices asked for is loaded now: a network or storage controller left
         // without one is hardware this image cannot use, and the operator hears which.
         report.unclaimed = unclaimed(&self.sys, &self.tables.aliases);
-        let late = self.late(&report, matched, late_drivers);
+        // No thread for the late modules: they load here, before the hotplug watch, as they
+        // did before they had one.
+        let (mut late, thread) = match late {
+            Ok(thread) => (Report::default(), Some(thread)),
+            Err((asked, error)) => {
+                let mut late = self.load_late(asked, began);
+                late.other_problems.push(format!(
+                    "cannot start a thread to load the late modules: {error}; they loaded \
+                     after the drivers"
+                ));
+                (late, None)
+            }
+        };
+        let hotplug = self.hotplug(matched);
+        if let Some(thread) = thread {
+            late = thread.join().unwrap_or_else(|_| Report {
+                other_problems: vec!["the thread loading the late modules panicked".to_owned()],
+                ..Report::default()
+            });
+        }
+        late.merge(hotplug);
+        late.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
         Finished {
             report,
             late,
             waited: Duration::ZERO,
+        }
+    }
+
+    /// The late modules on a thread of their own at idle priority (see [`background`]), from
+    /// now on; when none can be had, the receiver back with why, to load them on this thread.
+    fn start_late(
+        &self,
+        asked: std::sync::mpsc::Receiver<Asked>,
+        began: Instant,
+    ) -> Result<std::thread::JoinHandle<Report>, (std::sync::mpsc::Receiver<Asked>, std::io::Error)>
+    {
+        let shared = Arc::new(Mutex::new(Some(asked)));
+        let theirs = Arc::clone(&shared);
+        let job = self.late_job();
+        let spawned = std::thread::Builder::new()
+            .name("late modules".to_owned())
+            .spawn(move || {
+                let lowered = background();
+                let asked = theirs.lock().ok().and_then(|mut asked| asked.take());
+                let mut report = match asked {
+                    Some(asked) => job.load(asked, began),
+                    None => Report::default(),
+                };
+                if let Err(why) = lowered {
+                    report.other_problems.push(why);
+                }
+                report
+            });
+        spawned.map_err(|error| {
+            let taken = shared.lock().ok().and_then(|mut asked| asked.take());
+            // The thread never ran, so the receiver is still in `shared`.
+            (taken.unwrap_or_else(|| std::sync::mpsc::channel().1), error)
+        })
+    }
+
+    /// [`LateJob::load`] on this thread, at its priority.
+    fn load_late(&self, asked: std::sync::mpsc::Receiver<Asked>, began: Instant) -> Report {
+        self.late_job().load(asked, began)
+    }
+
+    fn late_job(&self) -> LateJob {
+        LateJob {
+            tables: Arc::clone(&self.tables),
+            host: Arc::clone(&self.host),
+            progress: Arc::clone(&self.progress),
+            late: self.late.clone(),
         }
     }
 
@@ -393,7 +531,7 @@ impl Job {
     fn start_fixed(&self) -> Result<std::thread::JoinHandle<Report>, Box<Report>> {
         let load = |tables: &Tables, host: &dyn Host, fixed: &[String], progress: &Progress| {
             let mut report = Report::default();
-            let unknown = tables.load(host, fixed, &mut report, Some(progress));
+            let unknown = tables.load(host, fixed, &mut report, progress, Loader::Foreground);
             report.other_problems = unknown
                 .into_iter()
                 .map(|name| format!("module {name} is not in this image"))
@@ -423,13 +561,12 @@ impl Job {
     /// The drivers the devices ask for, each on a thread of its own (a probe that waits for its
     /// hardware, a NIC's reset, overlaps with the others), the devices looked at again as
     /// soon as any driver loaded, until none is loading and no device wants a new one (as
-    /// udev loads a driver for each device as it appears). Returns the report, the drivers
-    /// matched so far and the late ones the devices asked for.
-    #[allow(clippy::type_complexity)]
-    fn drivers(&mut self) -> (Report, BTreeSet<String>, Vec<(String, String)>) {
+    /// udev loads a driver for each device as it appears). The late ones the devices ask for
+    /// (kvm_intel, kvm_amd) go to the late modules' thread through `late` as soon as they are
+    /// found. Returns the report and the drivers matched so far.
+    fn drivers(&self, late: &std::sync::mpsc::Sender<Asked>) -> (Report, BTreeSet<String>) {
         let mut report = Report::default();
         let mut matched: BTreeSet<String> = BTreeSet::new();
-        let mut late_drivers = Vec::new();
         let (sender, receiver) = std::sync::mpsc::channel::<(String, Report)>();
         let mut running = 0usize;
         let mut finished: Option<String> = None;
@@ -440,8 +577,9 @@ impl Job {
             for (module, (modalias, nic)) in wanted(&self.tables.aliases, &found, &matched) {
                 matched.insert(module.clone());
                 if is_late(&module) {
-                    self.late.push(module.clone());
-                    late_drivers.push((module, modalias));
+                    // Refused only when the late thread ended by a panic, which is a problem
+                    // of its own.
+                    let _ = late.send((module, modalias));
                 } else {
                     report.drivers.push((module.clone(), modalias));
                     started.push((module, nic));
@@ -495,26 +633,16 @@ impl Job {
             report.merge(part);
             finished = Some(name);
         }
-        (report, matched, late_drivers)
+        (report, matched)
     }
 
-    /// [`LATE`]'s modules and what they need that is not loaded yet, then the drivers of
-    /// devices that appear later, until [`Modules::finish`] (or [`HOTPLUG_FOR`] has passed).
-    fn late(
-        &self,
-        loaded: &Report,
-        mut matched: BTreeSet<String>,
-        mut drivers: Vec<(String, String)>,
-    ) -> Report {
-        let mut report = Report {
-            modules: loaded.modules.clone(),
-            ..Report::default()
-        };
-        let already: BTreeSet<String> = report.modules.keys().cloned().collect();
+    /// The drivers of devices that appear after the drivers loaded, until [`Modules::finish`]
+    /// (or [`HOTPLUG_FOR`] has passed), at this thread's priority: a USB stick's driver must
+    /// not wait for idle time.
+    fn hotplug(&self, mut matched: BTreeSet<String>) -> Report {
+        let mut report = Report::default();
+        let mut unknown = Vec::new();
         let began = Instant::now();
-        let mut unknown = self
-            .tables
-            .load(self.host.as_ref(), &self.late, &mut report, None);
         while !self.stop.load(Ordering::Relaxed) && began.elapsed() < HOTPLUG_FOR {
             let found = devices(&self.sys);
             for (module, (modalias, nic)) in wanted(&self.tables.aliases, &found, &matched) {
@@ -529,14 +657,15 @@ impl Job {
                     self.host.as_ref(),
                     std::slice::from_ref(&module),
                     &mut report,
-                    Some(&self.progress),
+                    &self.progress,
+                    Loader::Foreground,
                 ));
                 self.progress.update(|seen| {
                     if let Some(loading) = seen.loading.as_mut() {
                         loading.remove(&module);
                     }
                 });
-                drivers.push((module, modalias));
+                report.drivers.push((module, modalias));
             }
             match &self.events {
                 Some(events) => {
@@ -545,16 +674,67 @@ impl Job {
                 None => std::thread::sleep(HOTPLUG_EVERY),
             }
         }
-        report.modules.retain(|name, _| !already.contains(name));
         report.other_problems = unknown
             .into_iter()
             .map(|name| format!("module {name} is not in this image"))
             .collect();
-        report.drivers = drivers;
-        report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
+        report
+    }
+}
+
+/// The late modules' loading, on their thread.
+struct LateJob {
+    tables: Arc<Tables>,
+    host: Arc<dyn Host>,
+    progress: Arc<Progress>,
+    /// The fixed set's [`LATE`] modules.
+    late: Vec<String>,
+}
+
+impl LateJob {
+    /// The fixed set's late modules, then each one `asked` brings as the devices ask for it,
+    /// until its sender is gone, each with what it needs that no other thread loads. The
+    /// report holds what this thread loaded; its `took` runs from `began`, the start of the
+    /// loading.
+    fn load(self, asked: std::sync::mpsc::Receiver<Asked>, began: Instant) -> Report {
+        let mut report = Report::default();
+        let (tables, host, progress) = (&self.tables, self.host.as_ref(), &self.progress);
+        let mut unknown = tables.load(host, &self.late, &mut report, progress, Loader::Background);
+        for (module, modalias) in asked {
+            unknown.extend(tables.load(
+                host,
+                std::slice::from_ref(&module),
+                &mut report,
+                progress,
+                Loader::Background,
+            ));
+            report.drivers.push((module, modalias));
+        }
+        report.other_problems = unknown
+            .into_iter()
+            .map(|name| format!("module {name} is not in this image"))
+            .collect();
         report.took = began.elapsed();
         report
     }
+}
+
+/// Puts the calling thread in the background for the late modules: SCHED_IDLE, so that it
+/// runs only on CPU time no other thread wants (the modules boot waits for, the steps) and
+/// never delays storage's or the network's modules; nice 19 where SCHED_IDLE cannot be had (a
+/// kernel without it refuses with EINVAL). Linux applies either to this thread alone. When
+/// neither can be set, the thread loads at the priority it has, and says why.
+fn background() -> Result<(), String> {
+    let idle = match buildos_ioctl::sched_idle() {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    buildos_ioctl::nice_thread(19).map_err(|nice| {
+        format!(
+            "cannot lower the priority of the late modules' thread (SCHED_IDLE: {idle}; \
+             nice 19: {nice}): they load at normal priority"
+        )
+    })
 }
 
 /// Loads one driver the devices asked for, with what it needs that `own` does not hold yet; a
@@ -567,7 +747,13 @@ fn load_driver(
     mut own: Report,
 ) -> Report {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
-        tables.load(host, &[name.to_owned()], &mut own, Some(progress));
+        tables.load(
+            host,
+            &[name.to_owned()],
+            &mut own,
+            progress,
+            Loader::Foreground,
+        );
         own
     }))
     .unwrap_or_else(|_| Report {
@@ -1025,17 +1211,23 @@ impl Tables {
     }
 
     /// Loads `names` and what they need, skipping modules this report already has, and tells
-    /// `progress` of each module as it is done. Returns the names the image does not have.
+    /// `progress` of each module as it is done. A module another thread took is left to it
+    /// (this one waits until it is done: what comes next may need it), so each module is
+    /// loaded once and is in one report. Returns the names the image does not have.
     fn load(
         &self,
         host: &dyn Host,
         names: &[String],
         report: &mut Report,
-        progress: Option<&Progress>,
+        progress: &Progress,
+        loader: Loader,
     ) -> Vec<String> {
         let done: BTreeSet<String> = report.modules.keys().cloned().collect();
         let (order, unknown) = self.plan(names, &done);
         for (name, path) in order {
+            let Some(_claim) = progress.claim(&name, loader) else {
+                continue;
+            };
             let began = std::time::Instant::now();
             let outcome = match crate::kmod::load(host, &self.dir.join(&path)) {
                 Ok(()) => Loaded::Yes,
@@ -1046,11 +1238,6 @@ impl Tables {
                 Err(error) => Loaded::Failed(error.to_string()),
             };
             report.timings.push((began.elapsed(), name.clone()));
-            if let Some(progress) = progress {
-                progress.update(|seen| {
-                    seen.attempted.insert(name.clone());
-                });
-            }
             report.modules.insert(name, outcome);
         }
         unknown
@@ -1397,7 +1584,7 @@ alias usb:v*p*d*dc*dsc*dp*ic08isc06ip50in* usb_storage
     }
 
     #[test]
-    fn build_machine_modules_load_after_the_rest_and_each_module_once() {
+    fn build_machine_modules_load_each_once_and_only_they_are_in_the_late_report() {
         let dep = "\
 kernel/fs/btrfs/btrfs.ko: kernel/lib/raid6/raid6_pq.ko
 kernel/lib/raid6/raid6_pq.ko:
@@ -1420,40 +1607,123 @@ alias virtio:d00000001v* virtio_net
             "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
         );
         let recording = Arc::new(crate::host::Recording::new());
+        // llc, which the fixed set's bridge and the late vhost_net both need, loads slowly:
+        // the late thread must wait for it rather than load vhost_net without it, or load it
+        // a second time.
+        let llc = recording.hold(&load_line(&dir, "kernel/net/llc/llc.ko"));
         let host: Arc<dyn Host> = recording.clone();
         let fixed = ["btrfs", "bridge", "tun", "vhost-net"]
             .map(String::from)
             .to_vec();
         let modules = Modules::start(&host, &dir, fixed, &root.path().join("sys")).unwrap();
         assert_eq!(modules.late_fixed, ["tun", "vhost-net"]);
+        until_asked(&recording, "llc");
+        until_asked(&recording, "tun");
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!modules.wait(Need::NetworkStack, soon), "llc is loading");
+        let asked = names_of(recording.calls_of("load_module"));
+        assert!(
+            !asked.contains(&"vhost_net".to_owned()),
+            "vhost_net before its llc was loaded: {asked:?}"
+        );
+        llc.release();
         let loaded = modules.finish();
         let all = names_of(recording.calls_of("load_module"));
-        assert_eq!(all.len(), 10, "each module loads once: {all:?}");
         let set = |list: &[String]| list.iter().cloned().collect::<BTreeSet<_>>();
         let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+        assert_eq!(all.len(), 10, "each module loads once: {all:?}");
+        assert_eq!(set(&all).len(), 10, "each module loads once: {all:?}");
+        let at = |name: &str| all.iter().position(|n| n == name).unwrap();
+        assert!(at("llc") < at("vhost_net"), "{all:?}");
+        assert!(at("kvm") < at("kvm_intel"), "{all:?}");
         assert_eq!(
-            set(&all[..5]),
+            set(&loaded.report.modules.keys().cloned().collect::<Vec<_>>()),
             names(&["btrfs", "raid6_pq", "bridge", "llc", "virtio_net"]),
             "storage's and the network's modules, and the NIC the devices asked for"
         );
-        assert_eq!(
-            set(&all[5..]),
-            names(&["tun", "vhost", "vhost_net", "kvm", "kvm_intel"]),
-            "the late ones, and of their dependencies only those not loaded yet (llc)"
-        );
         assert_eq!(loaded.report.loaded(), 5);
         assert!(loaded.report.drivers.iter().all(|(m, _)| m != "kvm_intel"));
-        assert_eq!(loaded.late.loaded(), 5);
         assert_eq!(
-            loaded.late.modules.len(),
-            5,
-            "the late report holds the late modules only"
+            set(&loaded.late.modules.keys().cloned().collect::<Vec<_>>()),
+            names(&["tun", "vhost", "vhost_net", "kvm", "kvm_intel"]),
+            "the late report holds the late modules only, and of their dependencies only \
+             those no other thread loads (not llc)"
         );
+        assert_eq!(loaded.late.loaded(), 5);
+        assert_eq!(loaded.late.timings.len(), 5);
         assert_eq!(loaded.late.drivers.len(), 1);
         assert!(
             loaded.late.problems().is_empty(),
             "{:?}",
             loaded.late.problems()
+        );
+    }
+
+    /// The scheduling policy of each thread of this process named `name`, from the kernel's
+    /// own account of it (field 41 of its stat).
+    fn policies_of_threads(name: &str) -> Vec<u32> {
+        entries(Path::new("/proc/self/task"))
+            .into_iter()
+            .filter(|task| {
+                std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name)
+            })
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(41 - 3)?.parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn late_modules_load_at_idle_priority_while_the_rest_is_still_loading() {
+        let dep = "\
+kernel/fs/btrfs/btrfs.ko:
+kernel/drivers/net/tun.ko:
+kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko
+kernel/arch/x86/kvm/kvm.ko:
+kernel/drivers/net/virtio_net.ko:
+";
+        let alias = "\
+alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
+alias virtio:d00000001v* virtio_net
+";
+        let (root, dir) = module_tree(
+            dep,
+            alias,
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
+        );
+        let recording = Arc::new(crate::host::Recording::new());
+        // Storage's filesystem and the NIC's driver do not finish until the test says so.
+        let btrfs = recording.hold(&load_line(&dir, "kernel/fs/btrfs/btrfs.ko"));
+        let nic = recording.hold(&load_line(&dir, "kernel/drivers/net/virtio_net.ko"));
+        let kvm_intel = recording.hold(&load_line(&dir, "kernel/arch/x86/kvm/kvm-intel.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let fixed = ["btrfs", "tun"].map(String::from).to_vec();
+        let modules = Modules::start(&host, &dir, fixed, &root.path().join("sys")).unwrap();
+        until_asked(&recording, "btrfs");
+        until_asked(&recording, "virtio_net");
+        // Meanwhile the late ones: the fixed set's, and the one the CPUs asked for.
+        until_asked(&recording, "tun");
+        until_asked(&recording, "kvm_intel");
+        assert!(
+            policies_of_threads("late modules").contains(&(nix::libc::SCHED_IDLE as u32)),
+            "the thread loading kvm_intel runs at idle priority: {:?}",
+            policies_of_threads("late modules")
+        );
+        let soon = Instant::now() + Duration::from_millis(100);
+        assert!(!modules.wait(Need::Filesystems, soon), "btrfs is loading");
+        btrfs.release();
+        nic.release();
+        kvm_intel.release();
+        let loaded = modules.finish();
+        let mut late: Vec<&String> = loaded.late.modules.keys().collect();
+        late.sort();
+        assert_eq!(late, ["kvm", "kvm_intel", "tun"]);
+        assert_eq!(loaded.late.loaded(), 3);
+        assert_eq!(
+            loaded.report.modules.keys().collect::<Vec<_>>(),
+            ["btrfs", "virtio_net"]
         );
     }
 

@@ -375,7 +375,7 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .map_err(|error| fail(ModulesError::Tables(error)))?;
     console::info(&format!(
         "loading modules beside storage and the network, each step waiting only for its own; \
-         build machines' last: {}",
+         build machines' at idle priority: {}",
         hardware::LATE
             .iter()
             .map(|(name, _)| *name)

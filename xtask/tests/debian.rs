@@ -52,8 +52,8 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         .wait_for("buildos-init: ready at", BOOT)
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(ready.ends_with(", 0 problem(s)"), "{}", vm.console());
-    // The modules loaded while storage and the network started, the build machines' last, and
-    // ready waited for them.
+    // The modules loaded while storage and the network started, the build machines' at idle
+    // priority, and ready waited for them.
     let console = vm.console();
     let at = |text: &str| {
         console
