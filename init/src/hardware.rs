@@ -1749,6 +1749,116 @@ alias virtio:d00000001v* virtio_net
         assert!(problems[0].contains("tun.ko"), "{problems:?}");
     }
 
+    /// Modules for [`fuzz_each_module_loads_once_after_its_dependencies_and_in_one_report`],
+    /// each with its file: storage's and the network's (their paths are what the fixed set's
+    /// order and the steps' needs go by), every late one, and others. A module may depend on
+    /// any before it.
+    const FUZZ_MODULES: &[&str] = &[
+        "kernel/lib/raid6/raid6_pq.ko",
+        "kernel/fs/btrfs/btrfs.ko",
+        "kernel/net/llc/llc.ko",
+        "kernel/drivers/net/tun.ko",
+        "kernel/net/bridge/bridge.ko",
+        "kernel/virt/lib/irqbypass.ko",
+        "kernel/arch/x86/kvm/kvm.ko",
+        "kernel/drivers/vhost/vhost.ko",
+        "kernel/drivers/vhost/vhost_net.ko",
+        "kernel/arch/x86/kvm/kvm-intel.ko",
+        "kernel/fs/ext4/ext4.ko",
+        "kernel/drivers/net/virtio_net.ko",
+        "kernel/drivers/cdrom/cdrom.ko",
+    ];
+
+    /// Every module `roots` need, by the module tree's `deps` (indices into [`FUZZ_MODULES`]).
+    fn closure(roots: &[usize], deps: &[Vec<usize>]) -> BTreeSet<usize> {
+        let mut all = BTreeSet::new();
+        let mut todo = roots.to_vec();
+        while let Some(module) = todo.pop() {
+            if all.insert(module) {
+                todo.extend(&deps[module]);
+            }
+        }
+        all
+    }
+
+    proptest::proptest! {
+        /// Whatever the fixed set, the dependencies between the modules and whether the CPUs
+        /// ask for kvm_intel and the NIC for its driver: the fixed set, the drivers and the
+        /// late modules loading on their threads at once load each module once, after its
+        /// dependencies (whichever thread took them), lose none, and put each in one report,
+        /// the late report holding only what the late modules need.
+        #[test]
+        fn fuzz_each_module_loads_once_after_its_dependencies_and_in_one_report(
+            edges in proptest::collection::vec(proptest::bool::weighted(0.25), 13 * 13),
+            fixed in proptest::collection::vec(proptest::bool::ANY, 13),
+            kvm_cpu in proptest::bool::ANY,
+            nic_driver in proptest::option::of(0usize..13),
+        ) {
+            let n = FUZZ_MODULES.len();
+            let deps: Vec<Vec<usize>> = (0..n)
+                .map(|i| (0..i).filter(|&j| edges[i * n + j]).collect())
+                .collect();
+            let dep: String = (0..n)
+                .map(|i| {
+                    let needs: Vec<&str> = deps[i].iter().map(|&j| FUZZ_MODULES[j]).collect();
+                    format!("{}: {}\n", FUZZ_MODULES[i], needs.join(" "))
+                })
+                .collect();
+            let name = |i: usize| crate::kmod::module_name(FUZZ_MODULES[i]);
+            let mut alias = "alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel\n".to_owned();
+            if let Some(driver) = nic_driver {
+                alias.push_str(&format!("alias virtio:d00000001v* {}\n", name(driver)));
+            }
+            let cpu = if kvm_cpu {
+                "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n"
+            } else {
+                "cpu:type:x86,ven0000fam0006mod003F:feature:,0001\n"
+            };
+            let (root, dir) = module_tree(&dep, &alias, cpu);
+            let recording = Arc::new(crate::host::Recording::new());
+            let host: Arc<dyn Host> = recording.clone();
+            let fixed_names: Vec<String> = (0..n).filter(|&i| fixed[i]).map(name).collect();
+            let loaded = Modules::start(&host, &dir, fixed_names, &root.path().join("sys"))
+                .unwrap()
+                .finish();
+            let all = names_of(recording.calls_of("load_module"));
+
+            let mut roots: Vec<usize> = (0..n).filter(|&i| fixed[i]).collect();
+            let kvm_intel = FUZZ_MODULES.iter().position(|p| p.ends_with("kvm-intel.ko")).unwrap();
+            if kvm_cpu {
+                roots.push(kvm_intel);
+            }
+            roots.extend(nic_driver);
+            let wanted: BTreeSet<String> = closure(&roots, &deps).into_iter().map(name).collect();
+            let once: BTreeSet<String> = all.iter().cloned().collect();
+            proptest::prop_assert_eq!(once.len(), all.len(), "a module loaded twice: {:?}", all);
+            proptest::prop_assert_eq!(&once, &wanted, "loaded {:?}", all);
+            let at = |module: &str| all.iter().position(|m| m == module);
+            for (i, needs) in deps.iter().enumerate() {
+                let Some(here) = at(&name(i)) else { continue };
+                for &j in needs {
+                    proptest::prop_assert!(
+                        at(&name(j)).is_some_and(|there| there < here),
+                        "{} before its dependency {}: {:?}", name(i), name(j), all
+                    );
+                }
+            }
+            let main: BTreeSet<String> = loaded.report.modules.keys().cloned().collect();
+            let late: BTreeSet<String> = loaded.late.modules.keys().cloned().collect();
+            proptest::prop_assert!(main.is_disjoint(&late), "in both reports: {:?} {:?}", main, late);
+            let reported: BTreeSet<String> = main.union(&late).cloned().collect();
+            proptest::prop_assert_eq!(&reported, &once);
+            let late_roots: Vec<usize> = roots.iter().copied().filter(|&i| is_late(&name(i))).collect();
+            let late_need: BTreeSet<String> =
+                closure(&late_roots, &deps).into_iter().map(name).collect();
+            proptest::prop_assert!(late.is_subset(&late_need), "late report {:?}", late);
+            proptest::prop_assert!(
+                loaded.report.problems().is_empty() && loaded.late.problems().is_empty(),
+                "{:?} {:?}", loaded.report.problems(), loaded.late.problems()
+            );
+        }
+    }
+
     /// A module tree and a sysfs like QEMU's PC with a virtio NIC, a virtio disk and a PIIX
     /// IDE controller holding a CD-ROM drive (every device there from the start), and the
     /// Recording host that loads the modules. Returns the scratch directory, the module tree
