@@ -310,11 +310,15 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
         client.enter(move || {
             let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             // At once: the step after the network's sends its first packet now.
-            let br0_now = std::process::Command::new("ip")
-                .args(["-o", "link", "show", "dev", "br0"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
+            let show = |program: &str, args: &[&str]| {
+                std::process::Command::new(program)
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let br0_now = show("ip", &["-o", "link", "show", "dev", "br0"])
+                + &show("bridge", &["-o", "link", "show", "dev", "c0"]);
             let hostname = nix::unistd::gethostname().expect("gethostname");
             (
                 report.attempts,
@@ -332,6 +336,10 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
     assert!(
         br0_now.contains("LOWER_UP") && !br0_now.contains("NO-CARRIER"),
         "br0 has no carrier when the network step ends: {br0_now}"
+    );
+    assert!(
+        br0_now.contains("state forwarding"),
+        "br0's port c0 does not forward when the network step ends: {br0_now}"
     );
     let public =
         public.unwrap_or_else(|| panic!("no lease; attempts {attempts:?}, problems {problems:?}"));
@@ -1116,7 +1124,9 @@ fn link_events_announce_a_carrier_as_it_comes() {
     let waiter = ns.spawn(move || {
         let events = buildos_init::net::netlink::LinkEvents::open().unwrap();
         let mut netlink = Netlink::open().unwrap();
-        assert!(!netlink.link("ev0").unwrap().unwrap().carrier);
+        let ev0 = netlink.link("ev0").unwrap().unwrap();
+        assert!(!ev0.carrier);
+        assert!(!ev0.oper_up, "ev0 is operationally up without carrier");
         assert!(
             !events.wait(Duration::from_millis(50)),
             "an announcement while nothing changed"
@@ -1128,6 +1138,15 @@ fn link_events_announce_a_carrier_as_it_comes() {
             assert!(
                 events.wait(Duration::from_secs(60)),
                 "no announcement within a minute"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30));
+        }
+        // What a bridge waits for before it enables a port: the operational state, which the
+        // kernel's link watch sets after carrier.
+        while !netlink.link("ev0").unwrap().unwrap().oper_up {
+            assert!(
+                events.wait(Duration::from_secs(60)),
+                "no announcement of ev0 operationally up within a minute"
             );
             assert!(started.elapsed() < Duration::from_secs(30));
         }

@@ -410,13 +410,9 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     netlink.set_up(link).map_err(|e| failed(&e))?;
     // Carrier: a bounded wait on the link's state; still without it when another interface
     // won, or at the deadline, this one is out.
-    match wait_for_carrier(
-        &mut netlink,
-        &link.name,
-        events.as_ref(),
-        deadline,
-        Some(stop),
-    ) {
+    let carrier =
+        |netlink: &mut Netlink| Ok(netlink.link(&link.name)?.is_some_and(|link| link.carrier));
+    match wait_until(&mut netlink, carrier, events.as_ref(), deadline, Some(stop)) {
         Ok(true) => {}
         Ok(false) => return Err(Outcome::NoCarrier),
         Err(error) => return Err(failed(&error)),
@@ -430,27 +426,37 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
 }
 
 /// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route,
-/// and br0 forwarding: its port is briefly disabled when it joins (the NIC's link goes down and
-/// up again), and a packet br0 sends before it forwards is lost. The clock step's NTP query,
-/// the first packet out, then waited for ARP's retry a second later (seen on every other
-/// boot under QEMU). So this waits, on the kernel's link announcements and at most
-/// [`BRIDGE_FORWARDING`], until br0 has carrier, which a bridge has once a port forwards.
+/// and br0 forwarding. A port joins disabled and the bridge enables it only once the kernel
+/// has seen the port's link up: the kernel's link watch does that at most once a second, so a
+/// NIC brought up just before can wait up to a second, and a packet br0 sends meanwhile is
+/// lost (the clock step's first NTP or DNS query then waited a second for its retry, on about
+/// every other boot under QEMU). br0's own carrier does not tell: a bridge none of whose ports
+/// the kernel enabled yet can still say it has one. So this waits, on the kernel's link
+/// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and
+/// br0 has carrier.
 fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), NetlinkError> {
     let bridge = netlink.bridge(BR0)?;
     if let Some(mac) = port.mac {
         netlink.set_mac(&bridge, mac)?;
     }
-    // Opened before the port joins, so that br0's carrier's announcement is not missed.
+    // Opened before the port joins, so that no announcement is missed.
     let events = netlink::LinkEvents::open().ok();
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
     apply_lease(netlink, &bridge, None, lease)?;
     let deadline = Instant::now() + BRIDGE_FORWARDING;
-    match wait_for_carrier(netlink, BR0, events.as_ref(), deadline, None) {
+    let forwarding = |netlink: &mut Netlink| {
+        let port = netlink.link(&port.name)?;
+        let bridge = netlink.link(BR0)?;
+        Ok(port
+            .zip(bridge)
+            .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
+    };
+    match wait_until(netlink, forwarding, events.as_ref(), deadline, None) {
         Ok(true) => {}
         Ok(false) => console::warn(&format!(
-            "network: br0 has no carrier {} s after {} joined it: its port does not forward \
-             yet, and the first packets out wait for it",
+            "network: br0 does not forward {} s after {} joined it: the kernel has not seen the \
+             port's link up yet, and the first packets out wait for it",
             BRIDGE_FORWARDING.as_secs(),
             port.name
         )),
@@ -461,14 +467,21 @@ fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), 
     Ok(())
 }
 
+/// Whether `bridge` forwards through `port`: the kernel has seen the port's link up (and so
+/// enabled it), and the bridge has carrier. The bridge's carrier alone does not tell: one none
+/// of whose ports is enabled yet can say it has carrier.
+fn forwards(port: &Link, bridge: &Link) -> bool {
+    port.oper_up && bridge.carrier
+}
+
 /// How long [`make_public`] waits for br0 to forward.
 const BRIDGE_FORWARDING: Duration = Duration::from_secs(3);
 
-/// Waits until the link `name` has carrier, until `deadline` or until `stop` is set, waking on
-/// `events` (or every [`CARRIER_POLL`] without them); whether it has.
-fn wait_for_carrier(
+/// Waits until `ready` says the links are as wanted, until `deadline` or until `stop` is set,
+/// waking on `events` (or every [`CARRIER_POLL`] without them); whether they are.
+fn wait_until(
     netlink: &mut Netlink,
-    name: &str,
+    mut ready: impl FnMut(&mut Netlink) -> Result<bool, NetlinkError>,
     events: Option<&netlink::LinkEvents>,
     deadline: Instant,
     stop: Option<&AtomicBool>,
@@ -477,7 +490,7 @@ fn wait_for_carrier(
         if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
             return Ok(false);
         }
-        if netlink.link(name)?.is_some_and(|link| link.carrier) {
+        if ready(netlink)? {
             return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1015,9 +1028,28 @@ mod tests {
             master: None,
             up: false,
             carrier: false,
+            oper_up: false,
             ether: true,
             loopback: false,
         }
+    }
+
+    /// Seen under QEMU: eth0 joined br0 with carrier but before the kernel's link watch saw
+    /// it up (up to a second later), br0 said it had carrier, and the first packet out was
+    /// lost.
+    #[test]
+    fn br0_forwards_only_once_the_kernel_has_seen_its_port_up() {
+        let mut port = link("eth0", None);
+        port.up = true;
+        port.carrier = true;
+        let mut bridge = link(BR0, Some("bridge"));
+        bridge.up = true;
+        bridge.carrier = true;
+        assert!(!forwards(&port, &bridge), "the port is not enabled yet");
+        port.oper_up = true;
+        assert!(forwards(&port, &bridge));
+        bridge.carrier = false;
+        assert!(!forwards(&port, &bridge));
     }
 
     fn lease(address: [u8; 4]) -> Lease {
