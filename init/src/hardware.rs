@@ -101,6 +101,65 @@ impl Wait for Modules {
     }
 }
 
+/// Waits on the loading as [`Modules::wait`] does, from a thread of its own; see
+/// [`Modules::watch`].
+#[derive(Clone)]
+pub struct Watch {
+    progress: Arc<Progress>,
+    filesystems: Vec<String>,
+    network_stack: Vec<String>,
+}
+
+impl Wait for Watch {
+    fn wait(&self, need: Need, until: Instant) -> bool {
+        wait_for(&self.progress, until, |seen| {
+            met(need, seen, &self.filesystems, &self.network_stack)
+        })
+        .0
+    }
+}
+
+/// Waits until `met` holds of what the loading has done, or until `until`: whether it does,
+/// and how long that took.
+fn wait_for(progress: &Progress, until: Instant, met: impl Fn(&Seen) -> bool) -> (bool, Duration) {
+    let began = Instant::now();
+    let mut seen = progress.lock();
+    let met = loop {
+        if met(&seen) {
+            break true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        seen = progress
+            .changed
+            .wait_timeout(seen, left)
+            .map(|(seen, _)| seen)
+            .unwrap_or_else(|e| e.into_inner().0);
+    };
+    (met, began.elapsed())
+}
+
+/// Whether what `need` names is loaded, given the fixed set's `filesystems` and
+/// `network_stack`.
+fn met(need: Need, seen: &Seen, filesystems: &[String], network_stack: &[String]) -> bool {
+    if seen.ended {
+        return true;
+    }
+    let attempted =
+        |names: &[String]| seen.fixed_done || names.iter().all(|n| seen.attempted.contains(n));
+    match need {
+        Need::Filesystems => attempted(filesystems),
+        Need::NetworkStack => attempted(network_stack),
+        Need::Nics => seen
+            .loading
+            .as_ref()
+            .is_some_and(|loading| !loading.values().any(|nic| *nic)),
+        Need::Drivers => seen.loading.as_ref().is_some_and(BTreeMap::is_empty),
+    }
+}
+
 /// What the loading has done so far, for the steps that wait on it.
 #[derive(Default)]
 struct Seen {
@@ -284,41 +343,21 @@ impl Modules {
     /// Waits until what `need` names is loaded, or until `until`; whether it is. The time
     /// waited counts in [`Finished::waited`].
     pub fn wait(&self, need: Need, until: Instant) -> bool {
-        let began = Instant::now();
-        let mut seen = self.progress.lock();
-        let met = loop {
-            if self.met(need, &seen) {
-                break true;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            seen = self
-                .progress
-                .changed
-                .wait_timeout(seen, left)
-                .map(|(seen, _)| seen)
-                .unwrap_or_else(|e| e.into_inner().0);
-        };
-        seen.waited += began.elapsed();
+        let (met, waited) = wait_for(&self.progress, until, |seen| {
+            met(need, seen, &self.filesystems, &self.network_stack)
+        });
+        self.progress.lock().waited += waited;
         met
     }
 
-    fn met(&self, need: Need, seen: &Seen) -> bool {
-        if seen.ended {
-            return true;
-        }
-        let attempted =
-            |names: &[String]| seen.fixed_done || names.iter().all(|n| seen.attempted.contains(n));
-        match need {
-            Need::Filesystems => attempted(&self.filesystems),
-            Need::NetworkStack => attempted(&self.network_stack),
-            Need::Nics => seen
-                .loading
-                .as_ref()
-                .is_some_and(|loading| !loading.values().any(|nic| *nic)),
-            Need::Drivers => seen.loading.as_ref().is_some_and(BTreeMap::is_empty),
+    /// A handle to wait on the loading from a thread that works beside the boot steps (the
+    /// network's first part, [`crate::net::start`]): its waits are not a step's, and do not
+    /// count in [`Finished::waited`].
+    pub fn watch(&self) -> Watch {
+        Watch {
+            progress: Arc::clone(&self.progress),
+            filesystems: self.filesystems.clone(),
+            network_stack: self.network_stack.clone(),
         }
     }
 

@@ -404,6 +404,50 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
     );
 }
 
+/// The modules step starts the network's first part on a thread of its own, so that DHCP, br0
+/// and br1 come up while storage and state do their work: here they are up before the network
+/// step's part (`finish`) is even called, and `finish` reports what the thread did.
+#[test]
+fn the_network_comes_up_on_its_own_thread_before_the_network_step_finishes_it() {
+    if !need_root() {
+        return;
+    }
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0a");
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
+    let paths = dir.paths();
+    let (seen, report) = client.enter(move || {
+        let started = net::start(&config(10), buildos_init::hardware::AllLoaded);
+        let show = |dev: &str| {
+            std::process::Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "dev", dev])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let mut seen = String::new();
+        wait_for(
+            "br0's lease and br1's address, with nobody waiting for them",
+            Duration::from_secs(20),
+            || {
+                seen = format!("{}{}", show("br0"), show("br1"));
+                seen.contains("10.77.0.") && seen.contains("172.30.0.1/24")
+            },
+        );
+        let report = started.finish(&buildos_init::host::Linux, &config(10), &paths);
+        (seen, report)
+    });
+    let public = report
+        .public
+        .unwrap_or_else(|| panic!("no lease in the report: {:?}", report.problems));
+    assert!(
+        seen.contains(&format!("{}/24", public.lease.address)),
+        "br0 had another address before the report: {seen}"
+    );
+    assert!(report.private_ready);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
 #[test]
 fn setup_without_an_answering_server_gives_up_within_its_bound_and_still_makes_br1() {
     if !need_root() {

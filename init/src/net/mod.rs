@@ -154,26 +154,145 @@ pub fn is_ethernet(link: &Link) -> bool {
 }
 
 /// Brings up networking at boot. Never fails hard and never waits longer than
-/// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
-/// back in the report for the caller to print and keep.
+/// `config.dhcp_wait` for DHCP. The lines it has for the console are said as it ends; the
+/// problems come back in the report for the caller to print and keep.
 pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
-    setup_with(host, config, paths, &crate::hardware::AllLoaded)
+    start(config, crate::hardware::AllLoaded).finish(host, config, paths)
 }
 
-/// [`setup`] while `modules` load beside it: the NICs' drivers before the interfaces are
-/// listed, the bridge and nftables modules before br0 and br1 are made; each wait within
-/// `config.dhcp_wait`.
-pub fn setup_with(
-    host: &dyn Host,
-    config: &Config,
-    paths: &Paths,
-    modules: &dyn crate::hardware::Wait,
-) -> NetReport {
-    let mut problems = Vec::new();
+/// The network's first part, started by the modules step on a thread of its own so that it
+/// runs beside storage and state: the NICs' drivers, the interfaces up, DHCP, br0 with the
+/// first lease, br1 with NAT. It waits for no step's work and none waits for it but the
+/// network step ([`Started::finish`]), which does the rest. A NIC's link comes up, the kernel
+/// sees it (up to a second) and a DHCP server answers while the disks are mounted and the
+/// host keys made, instead of after.
+pub struct Started {
+    running: Running,
+}
+
+enum Running {
+    Thread(std::thread::JoinHandle<Early>),
+    /// No thread could be had: the first part runs in [`Started::finish`].
+    Here(Box<dyn FnOnce() -> Early + Send>, String),
+}
+
+/// Starts the network's first part on a thread of its own, `modules` loading beside it; its
+/// bound, `config.dhcp_wait`, counts from now.
+pub fn start(config: &Config, modules: impl crate::hardware::Wait + Send + 'static) -> Started {
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
+    let br1 = config.br1_address;
     let deadline = Instant::now() + bound;
+    let (work, theirs) = {
+        let shared = Arc::new(std::sync::Mutex::new(Some(modules)));
+        (Arc::clone(&shared), shared)
+    };
+    let spawned = std::thread::Builder::new()
+        .name("network".to_owned())
+        .spawn(move || {
+            let modules = theirs.lock().ok().and_then(|mut m| m.take());
+            match modules {
+                Some(modules) => early(&modules, bound, deadline, br1),
+                None => Early::default(),
+            }
+        });
+    let running = match spawned {
+        Ok(handle) => Running::Thread(handle),
+        Err(error) => Running::Here(
+            Box::new(move || match work.lock().ok().and_then(|mut m| m.take()) {
+                Some(modules) => early(&modules, bound, Instant::now() + bound, br1),
+                None => Early::default(),
+            }),
+            format!("network: cannot start its thread ({error}); it ran in the network step"),
+        ),
+    };
+    Started { running }
+}
+
+/// What the network's first part did: the lines it has for the console, in order, and the rest
+/// for [`Started::finish`].
+#[derive(Default)]
+struct Early {
+    lines: Vec<Said>,
+    problems: Vec<String>,
+    names: Vec<String>,
+    /// The first Ethernet interface's MAC address: the host name's when no lease came.
+    first_mac: Option<[u8; 6]>,
+    attempts: Vec<Attempt>,
+    public: Option<Public>,
+    private_ready: bool,
+}
+
+/// A console line kept for later.
+enum Said {
+    Info(String),
+    Warn(String),
+}
+
+impl Started {
+    /// Waits for the first part to end (it is bounded by `config.dhcp_wait`), says what it did,
+    /// then sets the host name and writes the files that describe the network.
+    pub fn finish(self, host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
+        let early = match self.running {
+            Running::Thread(handle) => handle.join().unwrap_or_else(|_| Early {
+                problems: vec!["network: its thread panicked; no br0, no br1".to_owned()],
+                ..Early::default()
+            }),
+            Running::Here(work, why) => {
+                let mut early = work();
+                early.problems.insert(0, why);
+                early
+            }
+        };
+        for said in &early.lines {
+            match said {
+                Said::Info(line) => console::info(line),
+                Said::Warn(line) => console::warn(line),
+            }
+        }
+        let mut problems = early.problems;
+        let public = early.public;
+        let mac_source = public.as_ref().map(|p| p.mac).or(early.first_mac);
+        let hostname = choose_hostname(
+            config.hostname.as_deref(),
+            public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
+            mac_source,
+        );
+        if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
+            problems.push(format!("hostname: {}", console::oneline(&error)));
+        }
+        if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
+            problems.push(format!("network: {}", console::oneline(&error)));
+        }
+        let keeper = Keeper {
+            paths: paths.clone(),
+            br1: config.br1_address,
+            hostname: hostname.clone(),
+            public: public.clone(),
+        };
+        NetReport {
+            interfaces: early.names,
+            attempts: early.attempts,
+            public,
+            hostname,
+            private_ready: early.private_ready,
+            problems,
+            keeper,
+        }
+    }
+}
+
+/// The first part, on its thread: the interfaces once their drivers loaded, DHCP on them until
+/// `deadline`, br0 with the winner and br1 with NAT once the bridge and nftables modules
+/// loaded.
+fn early(
+    modules: &dyn crate::hardware::Wait,
+    bound: Duration,
+    deadline: Instant,
+    br1: Ipv4Net,
+) -> Early {
+    let mut early = Early::default();
     if !modules.wait(crate::hardware::Need::Nics, deadline) {
-        problems.push(format!(
+        early.problems.push(format!(
             "network: the network cards' drivers were still loading after {} s; DHCP on the \
              interfaces there are",
             bound.as_secs()
@@ -183,131 +302,111 @@ pub fn setup_with(
     let links = match netlink.as_mut().map(|n| n.links()) {
         Ok(Ok(links)) => links,
         Ok(Err(error)) => {
-            problems.push(error.to_string());
+            early.problems.push(error.to_string());
             Vec::new()
         }
         Err(error) => {
-            problems.push(error.to_string());
+            early.problems.push(error.to_string());
             Vec::new()
         }
     };
     if let Ok(netlink) = netlink.as_mut() {
         if let Some(lo) = links.iter().find(|l| l.loopback) {
             if let Err(error) = netlink.set_up(lo) {
-                problems.push(error.to_string());
+                early.problems.push(error.to_string());
             }
         }
     }
     let ethernet: Vec<Link> = links.into_iter().filter(is_ethernet).collect();
-    let names: Vec<String> = ethernet.iter().map(|l| l.name.clone()).collect();
+    early.names = ethernet.iter().map(|l| l.name.clone()).collect();
+    early.first_mac = ethernet.first().and_then(|l| l.mac);
     if ethernet.is_empty() {
-        problems.push("network: no Ethernet interface found; no DHCP, no br0".into());
+        early
+            .problems
+            .push("network: no Ethernet interface found; no DHCP, no br0".into());
     } else {
-        console::info(&format!(
+        early.lines.push(Said::Info(format!(
             "network: Ethernet interfaces {}; DHCP on those with carrier, for up to {} s",
-            names.join(", "),
+            early.names.join(", "),
             bound.as_secs()
-        ));
+        )));
     }
 
     let (won, attempts) = acquire_any(&ethernet, deadline);
     // The bridges and the NAT need their modules; they loaded while DHCP ran.
     modules.wait(crate::hardware::Need::NetworkStack, deadline + STOP_GRACE);
     for attempt in &attempts {
-        console::info(&format!("network: {}", attempt.line()));
+        early
+            .lines
+            .push(Said::Info(format!("network: {}", attempt.line())));
     }
-    let mut public = None;
     if let Some((port, lease)) = won {
-        problems.extend(lease.rejected.iter().map(|r| format!("network: {r}")));
+        early
+            .problems
+            .extend(lease.rejected.iter().map(|r| format!("network: {r}")));
         match netlink
             .as_mut()
             .map_err(|e| e.to_string())
             .and_then(|n| make_public(n, &port, &lease).map_err(|e| e.to_string()))
         {
-            Ok(()) => {
-                console::info(&format!(
+            Ok(warning) => {
+                early.lines.extend(warning.map(Said::Warn));
+                early.lines.push(Said::Info(format!(
                     "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
                     port.name,
                     netlink::mac_text(port.mac.unwrap_or_default()),
                     lease.address,
                     lease.prefix,
                     lease.server
-                ));
-                public = Some(Public {
+                )));
+                early.public = Some(Public {
                     port: port.name.clone(),
                     mac: port.mac.unwrap_or_default(),
                     lease,
                 });
             }
-            Err(error) => problems.push(format!("network: br0: {error}")),
+            Err(error) => early.problems.push(format!("network: br0: {error}")),
         }
     } else if !ethernet.is_empty() {
         let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
-        problems.push(format!(
+        early.problems.push(format!(
             "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
              keeps trying in the background",
             bound.as_secs(),
             tried.join("; ")
         ));
     }
-
-    let mac_source = public
-        .as_ref()
-        .map(|p| p.mac)
-        .or_else(|| ethernet.first().and_then(|l| l.mac));
-    let hostname = choose_hostname(
-        config.hostname.as_deref(),
-        public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
-        mac_source,
-    );
-    if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
-        problems.push(format!("hostname: {}", console::oneline(&error)));
-    }
+    early.attempts = attempts;
 
     let private = match netlink.as_mut() {
-        Ok(netlink) => make_private(netlink, config.br1_address),
+        Ok(netlink) => make_private(netlink, br1),
         // Said once already, with the public side.
         Err(error) => Err(PrivateError::Bridge(NetlinkError {
             what: error.what.clone(),
             error: io::Error::new(error.error.kind(), error.error.to_string()),
         })),
     };
-    let private_ready = match private {
+    early.private_ready = match private {
         Ok(()) => {
-            console::info(&format!(
-                "network: br1 at {}, NATed through br0",
-                config.br1_address
-            ));
+            early.lines.push(Said::Info(format!(
+                "network: br1 at {br1}, NATed through br0"
+            )));
             true
         }
         Err(PrivateError::Nat(nat)) => {
-            problems.push(format!("network: br1: {}", console::oneline(&nat)));
+            early
+                .problems
+                .push(format!("network: br1: {}", console::oneline(&nat)));
             true
         }
         Err(error) => {
-            problems.push(format!("network: br1: {}", console::oneline(&error)));
+            early
+                .problems
+                .push(format!("network: br1: {}", console::oneline(&error)));
             false
         }
     };
-
-    if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
-        problems.push(format!("network: {}", console::oneline(&error)));
-    }
-    let keeper = Keeper {
-        paths: paths.clone(),
-        br1: config.br1_address,
-        hostname: hostname.clone(),
-        public: public.clone(),
-    };
-    NetReport {
-        interfaces: names,
-        attempts,
-        public,
-        hostname,
-        private_ready,
-        problems,
-        keeper,
-    }
+    early
 }
 
 /// DHCP on every interface at once, each first waiting for carrier, all until `deadline`;
@@ -426,7 +525,7 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
 }
 
 /// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route,
-/// and br0 forwarding. A port joins disabled and the bridge enables it only once the kernel
+/// and br0 forwarding; a warning when it does not yet. A port joins disabled and the bridge enables it only once the kernel
 /// has seen the port's link up: the kernel's link watch does that at most once a second, so a
 /// NIC brought up just before can wait up to a second, and a packet br0 sends meanwhile is
 /// lost (the clock step's first NTP or DNS query then waited a second for its retry, on about
@@ -434,7 +533,11 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
 /// the kernel enabled yet can still say it has one. So this waits, on the kernel's link
 /// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and
 /// br0 has carrier.
-fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), NetlinkError> {
+fn make_public(
+    netlink: &mut Netlink,
+    port: &Link,
+    lease: &Lease,
+) -> Result<Option<String>, NetlinkError> {
     let bridge = netlink.bridge(BR0)?;
     if let Some(mac) = port.mac {
         netlink.set_mac(&bridge, mac)?;
@@ -452,19 +555,20 @@ fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), 
             .zip(bridge)
             .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
     };
-    match wait_until(netlink, forwarding, events.as_ref(), deadline, None) {
-        Ok(true) => {}
-        Ok(false) => console::warn(&format!(
-            "network: br0 does not forward {} s after {} joined it: the kernel has not seen the \
-             port's link up yet, and the first packets out wait for it",
-            BRIDGE_FORWARDING.as_secs(),
-            port.name
-        )),
-        Err(error) => console::warn(&format!(
-            "network: cannot see whether br0 forwards yet: {error}"
-        )),
-    }
-    Ok(())
+    Ok(
+        match wait_until(netlink, forwarding, events.as_ref(), deadline, None) {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "network: br0 does not forward {} s after {} joined it: the kernel has not seen \
+                 the port's link up yet, and the first packets out wait for it",
+                BRIDGE_FORWARDING.as_secs(),
+                port.name
+            )),
+            Err(error) => Some(format!(
+                "network: cannot see whether br0 forwards yet: {error}"
+            )),
+        },
+    )
 }
 
 /// Whether `bridge` forwards through `port`: the kernel has seen the port's link up (and so
@@ -960,7 +1064,10 @@ impl Keeper {
         }
         match won {
             Some((port, lease)) => match make_public(&mut netlink, &port, &lease) {
-                Ok(()) => {
+                Ok(warning) => {
+                    if let Some(warning) = warning {
+                        console::warn(&warning);
+                    }
                     console::info(&format!(
                         "network: br0 holds {} with {}/{} from DHCP server {}",
                         port.name, lease.address, lease.prefix, lease.server
