@@ -340,44 +340,40 @@ fn early(
             .lines
             .push(Said::Info(format!("network: {}", attempt.line())));
     }
-    if let Some((port, lease)) = won {
-        early
-            .problems
-            .extend(lease.rejected.iter().map(|r| format!("network: {r}")));
-        match netlink
-            .as_mut()
-            .map_err(|e| e.to_string())
-            .and_then(|n| make_public(n, &port, &lease).map_err(|e| e.to_string()))
-        {
-            Ok(warning) => {
-                early.lines.extend(warning.map(Said::Warn));
-                early.lines.push(Said::Info(format!(
-                    "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
-                    port.name,
-                    netlink::mac_text(port.mac.unwrap_or_default()),
-                    lease.address,
-                    lease.prefix,
-                    lease.server
-                )));
-                early.public = Some(Public {
-                    port: port.name.clone(),
-                    mac: port.mac.unwrap_or_default(),
-                    lease,
-                });
+    let joined = match won {
+        Some((port, lease)) => {
+            early
+                .problems
+                .extend(lease.rejected.iter().map(|r| format!("network: {r}")));
+            match netlink
+                .as_mut()
+                .map_err(|e| e.to_string())
+                .and_then(|n| join_public(n, &port, &lease).map_err(|e| e.to_string()))
+            {
+                Ok(joined) => Some((joined, port, lease)),
+                Err(error) => {
+                    early.problems.push(format!("network: br0: {error}"));
+                    None
+                }
             }
-            Err(error) => early.problems.push(format!("network: br0: {error}")),
         }
-    } else if !ethernet.is_empty() {
-        let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
-        early.problems.push(format!(
-            "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
-             keeps trying in the background",
-            bound.as_secs(),
-            tried.join("; ")
-        ));
-    }
+        None => {
+            if !ethernet.is_empty() {
+                let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
+                early.problems.push(format!(
+                    "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
+                     keeps trying in the background",
+                    bound.as_secs(),
+                    tried.join("; ")
+                ));
+            }
+            None
+        }
+    };
     early.attempts = attempts;
 
+    // br1 and its NAT (nft takes a quarter of a second under emulation) while the kernel gets
+    // to see br0's port up (up to a second).
     let private = match netlink.as_mut() {
         Ok(netlink) => make_private(netlink, br1),
         // Said once already, with the public side.
@@ -386,6 +382,24 @@ fn early(
             error: io::Error::new(error.error.kind(), error.error.to_string()),
         })),
     };
+    if let (Some((joined, port, lease)), Ok(netlink)) = (joined, netlink.as_mut()) {
+        early
+            .lines
+            .extend(joined.forwarding(netlink).map(Said::Warn));
+        early.lines.push(Said::Info(format!(
+            "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
+            port.name,
+            netlink::mac_text(port.mac.unwrap_or_default()),
+            lease.address,
+            lease.prefix,
+            lease.server
+        )));
+        early.public = Some(Public {
+            port: port.name.clone(),
+            mac: port.mac.unwrap_or_default(),
+            lease,
+        });
+    }
     early.private_ready = match private {
         Ok(()) => {
             early.lines.push(Said::Info(format!(
@@ -524,20 +538,26 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     })
 }
 
-/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route,
-/// and br0 forwarding; a warning when it does not yet. A port joins disabled and the bridge enables it only once the kernel
-/// has seen the port's link up: the kernel's link watch does that at most once a second, so a
-/// NIC brought up just before can wait up to a second, and a packet br0 sends meanwhile is
-/// lost (the clock step's first NTP or DNS query then waited a second for its retry, on about
-/// every other boot under QEMU). br0's own carrier does not tell: a bridge none of whose ports
-/// the kernel enabled yet can still say it has one. So this waits, on the kernel's link
-/// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and
-/// br0 has carrier.
+/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route, and br0
+/// forwarding; a warning when it does not yet. A port joins disabled and the bridge enables it only
+/// once the kernel has seen the port's link up: the kernel's link watch does that at most once a
+/// second, so a NIC brought up just before can wait up to a second, and a packet br0 sends
+/// meanwhile is lost (the clock step's first NTP or DNS query then waited a second for its retry,
+/// on about every other boot under QEMU). br0's own carrier does not tell: a bridge none of whose
+/// ports the kernel enabled yet can still say it has one. So this waits, on the kernel's link
+/// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and br0 has
+/// carrier.
 fn make_public(
     netlink: &mut Netlink,
     port: &Link,
     lease: &Lease,
 ) -> Result<Option<String>, NetlinkError> {
+    Ok(join_public(netlink, port, lease)?.forwarding(netlink))
+}
+
+/// [`make_public`]'s first half: br0 made, `port` in it, the lease on it; its forwarding is
+/// still to be waited for ([`Joined::forwarding`]), meanwhile other work can be done.
+fn join_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<Joined, NetlinkError> {
     let bridge = netlink.bridge(BR0)?;
     if let Some(mac) = port.mac {
         netlink.set_mac(&bridge, mac)?;
@@ -547,28 +567,51 @@ fn make_public(
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
     apply_lease(netlink, &bridge, None, lease)?;
-    let deadline = Instant::now() + BRIDGE_FORWARDING;
-    let forwarding = |netlink: &mut Netlink| {
-        let port = netlink.link(&port.name)?;
-        let bridge = netlink.link(BR0)?;
-        Ok(port
-            .zip(bridge)
-            .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
-    };
-    Ok(
-        match wait_until(netlink, forwarding, events.as_ref(), deadline, None) {
+    Ok(Joined {
+        events,
+        port: port.name.clone(),
+        deadline: Instant::now() + BRIDGE_FORWARDING,
+    })
+}
+
+/// br0 with its port joined, not known to forward yet.
+struct Joined {
+    events: Option<netlink::LinkEvents>,
+    port: String,
+    /// [`BRIDGE_FORWARDING`] after the port joined.
+    deadline: Instant,
+}
+
+impl Joined {
+    /// Waits until br0 forwards, at most until the deadline: a warning when it does not.
+    fn forwarding(self, netlink: &mut Netlink) -> Option<String> {
+        let name = &self.port;
+        let forwarding = |netlink: &mut Netlink| {
+            let port = netlink.link(name)?;
+            let bridge = netlink.link(BR0)?;
+            Ok(port
+                .zip(bridge)
+                .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
+        };
+        match wait_until(
+            netlink,
+            forwarding,
+            self.events.as_ref(),
+            self.deadline,
+            None,
+        ) {
             Ok(true) => None,
             Ok(false) => Some(format!(
                 "network: br0 does not forward {} s after {} joined it: the kernel has not seen \
                  the port's link up yet, and the first packets out wait for it",
                 BRIDGE_FORWARDING.as_secs(),
-                port.name
+                name
             )),
             Err(error) => Some(format!(
                 "network: cannot see whether br0 forwards yet: {error}"
             )),
-        },
-    )
+        }
+    }
 }
 
 /// Whether `bridge` forwards through `port`: the kernel has seen the port's link up (and so
