@@ -1639,6 +1639,40 @@ alias scsi:t-0x05* sr_mod
         assert!(loaded.waited >= Duration::from_millis(200), "{loaded:?}");
     }
 
+    /// The network's first part waits for its modules on a thread beside the steps: it waits
+    /// as they do, but its wait is not a step's and does not count in what the steps waited.
+    #[test]
+    fn a_watch_waits_as_the_steps_do_and_its_wait_is_not_theirs() {
+        let (_root, dir, sys) = pc();
+        let recording = Arc::new(crate::host::Recording::new());
+        let nic = recording.hold(&load_line(&dir, "kernel/drivers/net/virtio_net.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let modules = Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        until_asked(&recording, "virtio_net");
+        let watch = modules.watch();
+        let waiting = std::thread::spawn(move || {
+            let began = Instant::now();
+            let met = watch.wait(Need::Nics, Instant::now() + Duration::from_secs(30));
+            (met, began.elapsed())
+        });
+        assert!(
+            !modules
+                .watch()
+                .wait(Need::Nics, Instant::now() + Duration::from_millis(300)),
+            "the NIC's driver is loading"
+        );
+        nic.release();
+        let (met, took) = waiting.join().unwrap();
+        assert!(met);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        let loaded = modules.finish();
+        assert!(
+            loaded.waited < took,
+            "the watches' {took:?} counted as the steps' wait: {:?}",
+            loaded.waited
+        );
+    }
+
     #[test]
     fn ready_waits_for_every_module_and_the_report_is_complete() {
         let (_root, dir, sys) = pc();
