@@ -103,6 +103,65 @@ impl Wait for Modules {
     }
 }
 
+/// Waits on the loading as [`Modules::wait`] does, from a thread of its own; see
+/// [`Modules::watch`].
+#[derive(Clone)]
+pub struct Watch {
+    progress: Arc<Progress>,
+    filesystems: Vec<String>,
+    network_stack: Vec<String>,
+}
+
+impl Wait for Watch {
+    fn wait(&self, need: Need, until: Instant) -> bool {
+        wait_for(&self.progress, until, |seen| {
+            met(need, seen, &self.filesystems, &self.network_stack)
+        })
+        .0
+    }
+}
+
+/// Waits until `met` holds of what the loading has done, or until `until`: whether it does,
+/// and how long that took.
+fn wait_for(progress: &Progress, until: Instant, met: impl Fn(&Seen) -> bool) -> (bool, Duration) {
+    let began = Instant::now();
+    let mut seen = progress.lock();
+    let met = loop {
+        if met(&seen) {
+            break true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break false;
+        }
+        seen = progress
+            .changed
+            .wait_timeout(seen, left)
+            .map(|(seen, _)| seen)
+            .unwrap_or_else(|e| e.into_inner().0);
+    };
+    (met, began.elapsed())
+}
+
+/// Whether what `need` names is loaded, given the fixed set's `filesystems` and
+/// `network_stack`.
+fn met(need: Need, seen: &Seen, filesystems: &[String], network_stack: &[String]) -> bool {
+    if seen.ended {
+        return true;
+    }
+    let attempted =
+        |names: &[String]| seen.fixed_done || names.iter().all(|n| seen.attempted.contains(n));
+    match need {
+        Need::Filesystems => attempted(filesystems),
+        Need::NetworkStack => attempted(network_stack),
+        Need::Nics => seen
+            .loading
+            .as_ref()
+            .is_some_and(|loading| !loading.values().any(|nic| *nic)),
+        Need::Drivers => seen.loading.as_ref().is_some_and(BTreeMap::is_empty),
+    }
+}
+
 /// What the loading has done so far, for the steps that wait on it.
 #[derive(Default)]
 struct Seen {
@@ -348,41 +407,21 @@ impl Modules {
     /// Waits until what `need` names is loaded, or until `until`; whether it is. The time
     /// waited counts in [`Finished::waited`].
     pub fn wait(&self, need: Need, until: Instant) -> bool {
-        let began = Instant::now();
-        let mut seen = self.progress.lock();
-        let met = loop {
-            if self.met(need, &seen) {
-                break true;
-            }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break false;
-            }
-            seen = self
-                .progress
-                .changed
-                .wait_timeout(seen, left)
-                .map(|(seen, _)| seen)
-                .unwrap_or_else(|e| e.into_inner().0);
-        };
-        seen.waited += began.elapsed();
+        let (met, waited) = wait_for(&self.progress, until, |seen| {
+            met(need, seen, &self.filesystems, &self.network_stack)
+        });
+        self.progress.lock().waited += waited;
         met
     }
 
-    fn met(&self, need: Need, seen: &Seen) -> bool {
-        if seen.ended {
-            return true;
-        }
-        let attempted =
-            |names: &[String]| seen.fixed_done || names.iter().all(|n| seen.attempted.contains(n));
-        match need {
-            Need::Filesystems => attempted(&self.filesystems),
-            Need::NetworkStack => attempted(&self.network_stack),
-            Need::Nics => seen
-                .loading
-                .as_ref()
-                .is_some_and(|loading| !loading.values().any(|nic| *nic)),
-            Need::Drivers => seen.loading.as_ref().is_some_and(BTreeMap::is_empty),
+    /// A handle to wait on the loading from a thread that works beside the boot steps (the
+    /// network's first part, [`crate::net::start`]): its waits are not a step's, and do not
+    /// count in [`Finished::waited`].
+    pub fn watch(&self) -> Watch {
+        Watch {
+            progress: Arc::clone(&self.progress),
+            filesystems: self.filesystems.clone(),
+            network_stack: self.network_stack.clone(),
         }
     }
 
@@ -1978,6 +2017,40 @@ alias scsi:t-0x05* sr_mod
         assert!(modules.wait(Need::Drivers, Instant::now() + Duration::from_secs(30)));
         let loaded = modules.finish();
         assert!(loaded.waited >= Duration::from_millis(200), "{loaded:?}");
+    }
+
+    /// The network's first part waits for its modules on a thread beside the steps: it waits
+    /// as they do, but its wait is not a step's and does not count in what the steps waited.
+    #[test]
+    fn a_watch_waits_as_the_steps_do_and_its_wait_is_not_theirs() {
+        let (_root, dir, sys) = pc();
+        let recording = Arc::new(crate::host::Recording::new());
+        let nic = recording.hold(&load_line(&dir, "kernel/drivers/net/virtio_net.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let modules = Modules::start(&host, &dir, pc_fixed(), &sys).unwrap();
+        until_asked(&recording, "virtio_net");
+        let watch = modules.watch();
+        let waiting = std::thread::spawn(move || {
+            let began = Instant::now();
+            let met = watch.wait(Need::Nics, Instant::now() + Duration::from_secs(30));
+            (met, began.elapsed())
+        });
+        assert!(
+            !modules
+                .watch()
+                .wait(Need::Nics, Instant::now() + Duration::from_millis(300)),
+            "the NIC's driver is loading"
+        );
+        nic.release();
+        let (met, took) = waiting.join().unwrap();
+        assert!(met);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        let loaded = modules.finish();
+        assert!(
+            loaded.waited < took,
+            "the watches' {took:?} counted as the steps' wait: {:?}",
+            loaded.waited
+        );
     }
 
     #[test]

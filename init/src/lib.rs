@@ -54,6 +54,9 @@ pub struct Boot {
     /// The modules loading since the modules step: storage and the network wait for what
     /// they need of them, the devices step for all.
     pub modules: Option<hardware::Modules>,
+    /// The network's first part, running since the modules step beside storage and state
+    /// ([`net::start`]); the network step finishes it.
+    pub network: Option<net::Started>,
 }
 
 pub type StepResult = Result<Outcome, StepError>;
@@ -186,6 +189,7 @@ pub fn run() -> ! {
         services: Supervisor::new(),
         dhcp_ntp: Vec::new(),
         modules: None,
+        network: None,
     };
     let decision = live(&host, STEPS, &mut boot, |host, boot| serve(host, boot));
     conclude(host.as_ref(), decision, &mut boot)
@@ -382,6 +386,9 @@ fn step_modules(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    // The network's first part needs only the NICs' drivers and the network modules: it
+    // starts now, beside storage and state.
+    boot.network = Some(net::start(&boot.config, modules.watch()));
     boot.modules = Some(modules);
     Ok(Outcome::Ok)
 }
@@ -477,11 +484,12 @@ fn step_devices(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
 /// br1's dnsmasq goes to the supervisor when br1 is up and the image has dnsmasq.
 fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     let paths = net::Paths::default();
-    let modules: &dyn hardware::Wait = match &boot.modules {
-        Some(modules) => modules,
-        None => &hardware::AllLoaded,
-    };
-    let report = net::setup_with(host.as_ref(), &boot.config, &paths, modules);
+    // Started by the modules step; without one (it failed), here, nothing loading beside.
+    let started = boot
+        .network
+        .take()
+        .unwrap_or_else(|| net::start(&boot.config, hardware::AllLoaded));
+    let report = started.finish(host.as_ref(), &boot.config, &paths);
     let mut problems = report.problems;
     if let Some(public) = &report.public {
         boot.dhcp_ntp = public.lease.ntp.clone();
@@ -807,6 +815,7 @@ mod tests {
             services: Supervisor::new(),
             dhcp_ntp: Vec::new(),
             modules: None,
+            network: None,
         }
     }
 

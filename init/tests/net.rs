@@ -310,11 +310,15 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
         client.enter(move || {
             let report = net::setup(&buildos_init::host::Linux, &config(10), &paths);
             // At once: the step after the network's sends its first packet now.
-            let br0_now = std::process::Command::new("ip")
-                .args(["-o", "link", "show", "dev", "br0"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
+            let show = |program: &str, args: &[&str]| {
+                std::process::Command::new(program)
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default()
+            };
+            let br0_now = show("ip", &["-o", "link", "show", "dev", "br0"])
+                + &show("bridge", &["-o", "link", "show", "dev", "c0"]);
             let hostname = nix::unistd::gethostname().expect("gethostname");
             (
                 report.attempts,
@@ -332,6 +336,10 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
     assert!(
         br0_now.contains("LOWER_UP") && !br0_now.contains("NO-CARRIER"),
         "br0 has no carrier when the network step ends: {br0_now}"
+    );
+    assert!(
+        br0_now.contains("state forwarding"),
+        "br0's port c0 does not forward when the network step ends: {br0_now}"
     );
     let public =
         public.unwrap_or_else(|| panic!("no lease; attempts {attempts:?}, problems {problems:?}"));
@@ -394,6 +402,50 @@ fn setup_bridges_the_interface_with_the_server_and_reports_the_one_without_carri
         )),
         "{hosts}"
     );
+}
+
+/// The modules step starts the network's first part on a thread of its own, so that DHCP, br0
+/// and br1 come up while storage and state do their work: here they are up before the network
+/// step's part (`finish`) is even called, and `finish` reports what the thread did.
+#[test]
+fn the_network_comes_up_on_its_own_thread_before_the_network_step_finishes_it() {
+    if !need_root() {
+        return;
+    }
+    let dir = TempDir::new();
+    let (client, server) = client_and_server("02:00:00:77:00:0a");
+    let _dnsmasq = Dnsmasq::start(&server, "s0", "10.77.0", &dir, &[]);
+    let paths = dir.paths();
+    let (seen, report) = client.enter(move || {
+        let started = net::start(&config(10), buildos_init::hardware::AllLoaded);
+        let show = |dev: &str| {
+            std::process::Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "dev", dev])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let mut seen = String::new();
+        wait_for(
+            "br0's lease and br1's address, with nobody waiting for them",
+            Duration::from_secs(20),
+            || {
+                seen = format!("{}{}", show("br0"), show("br1"));
+                seen.contains("10.77.0.") && seen.contains("172.30.0.1/24")
+            },
+        );
+        let report = started.finish(&buildos_init::host::Linux, &config(10), &paths);
+        (seen, report)
+    });
+    let public = report
+        .public
+        .unwrap_or_else(|| panic!("no lease in the report: {:?}", report.problems));
+    assert!(
+        seen.contains(&format!("{}/24", public.lease.address)),
+        "br0 had another address before the report: {seen}"
+    );
+    assert!(report.private_ready);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 #[test]
@@ -1116,7 +1168,9 @@ fn link_events_announce_a_carrier_as_it_comes() {
     let waiter = ns.spawn(move || {
         let events = buildos_init::net::netlink::LinkEvents::open().unwrap();
         let mut netlink = Netlink::open().unwrap();
-        assert!(!netlink.link("ev0").unwrap().unwrap().carrier);
+        let ev0 = netlink.link("ev0").unwrap().unwrap();
+        assert!(!ev0.carrier);
+        assert!(!ev0.oper_up, "ev0 is operationally up without carrier");
         assert!(
             !events.wait(Duration::from_millis(50)),
             "an announcement while nothing changed"
@@ -1128,6 +1182,15 @@ fn link_events_announce_a_carrier_as_it_comes() {
             assert!(
                 events.wait(Duration::from_secs(60)),
                 "no announcement within a minute"
+            );
+            assert!(started.elapsed() < Duration::from_secs(30));
+        }
+        // What a bridge waits for before it enables a port: the operational state, which the
+        // kernel's link watch sets after carrier.
+        while !netlink.link("ev0").unwrap().unwrap().oper_up {
+            assert!(
+                events.wait(Duration::from_secs(60)),
+                "no announcement of ev0 operationally up within a minute"
             );
             assert!(started.elapsed() < Duration::from_secs(30));
         }

@@ -282,7 +282,7 @@ fn boot(out: &Path) -> Result<()> {
     row("init, first line to ready", &|b| b.init);
     row("  less waiting for modules", &|b| b.own());
     println!("  (the same image and disks with QEMU's default NIC, an e1000, with a virtio-net NIC, and with none; bounds: buildos.storage_wait and buildos.dhcp_wait + 2 s at their defaults)");
-    println!("  (QEMU's e1000 holds back received frames for 1 s after each write of its receive control register: when the link comes up the DHCP offer waits there, when br0 makes the NIC promiscuous the clock step's NTP answer does)");
+    println!("  (QEMU's e1000 holds back received frames for 1 s after each write of its receive control register: when the link comes up the DHCP offer waits there, when br0 makes the NIC promiscuous the clock step's NTP answer does; and it raises no interrupt when its emulated autonegotiation ends, 0.5 s after the driver's probe, so a card brought up before that, as the network's first part does as soon as the driver loaded, sees its link only at the driver's next check, 2 s later)");
     let storage = full.phase("storage");
     let bound = Duration::from_secs(10);
     println!(

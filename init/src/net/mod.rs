@@ -154,26 +154,145 @@ pub fn is_ethernet(link: &Link) -> bool {
 }
 
 /// Brings up networking at boot. Never fails hard and never waits longer than
-/// `config.dhcp_wait` for DHCP. Progress goes to the console as it happens; the problems come
-/// back in the report for the caller to print and keep.
+/// `config.dhcp_wait` for DHCP. The lines it has for the console are said as it ends; the
+/// problems come back in the report for the caller to print and keep.
 pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
-    setup_with(host, config, paths, &crate::hardware::AllLoaded)
+    start(config, crate::hardware::AllLoaded).finish(host, config, paths)
 }
 
-/// [`setup`] while `modules` load beside it: the NICs' drivers before the interfaces are
-/// listed, the bridge and nftables modules before br0 and br1 are made; each wait within
-/// `config.dhcp_wait`.
-pub fn setup_with(
-    host: &dyn Host,
-    config: &Config,
-    paths: &Paths,
-    modules: &dyn crate::hardware::Wait,
-) -> NetReport {
-    let mut problems = Vec::new();
+/// The network's first part, started by the modules step on a thread of its own so that it
+/// runs beside storage and state: the NICs' drivers, the interfaces up, DHCP, br0 with the
+/// first lease, br1 with NAT. It waits for no step's work and none waits for it but the
+/// network step ([`Started::finish`]), which does the rest. A NIC's link comes up, the kernel
+/// sees it (up to a second) and a DHCP server answers while the disks are mounted and the
+/// host keys made, instead of after.
+pub struct Started {
+    running: Running,
+}
+
+enum Running {
+    Thread(std::thread::JoinHandle<Early>),
+    /// No thread could be had: the first part runs in [`Started::finish`].
+    Here(Box<dyn FnOnce() -> Early + Send>, String),
+}
+
+/// Starts the network's first part on a thread of its own, `modules` loading beside it; its
+/// bound, `config.dhcp_wait`, counts from now.
+pub fn start(config: &Config, modules: impl crate::hardware::Wait + Send + 'static) -> Started {
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
+    let br1 = config.br1_address;
     let deadline = Instant::now() + bound;
+    let (work, theirs) = {
+        let shared = Arc::new(std::sync::Mutex::new(Some(modules)));
+        (Arc::clone(&shared), shared)
+    };
+    let spawned = std::thread::Builder::new()
+        .name("network".to_owned())
+        .spawn(move || {
+            let modules = theirs.lock().ok().and_then(|mut m| m.take());
+            match modules {
+                Some(modules) => early(&modules, bound, deadline, br1),
+                None => Early::default(),
+            }
+        });
+    let running = match spawned {
+        Ok(handle) => Running::Thread(handle),
+        Err(error) => Running::Here(
+            Box::new(move || match work.lock().ok().and_then(|mut m| m.take()) {
+                Some(modules) => early(&modules, bound, Instant::now() + bound, br1),
+                None => Early::default(),
+            }),
+            format!("network: cannot start its thread ({error}); it ran in the network step"),
+        ),
+    };
+    Started { running }
+}
+
+/// What the network's first part did: the lines it has for the console, in order, and the rest
+/// for [`Started::finish`].
+#[derive(Default)]
+struct Early {
+    lines: Vec<Said>,
+    problems: Vec<String>,
+    names: Vec<String>,
+    /// The first Ethernet interface's MAC address: the host name's when no lease came.
+    first_mac: Option<[u8; 6]>,
+    attempts: Vec<Attempt>,
+    public: Option<Public>,
+    private_ready: bool,
+}
+
+/// A console line kept for later.
+enum Said {
+    Info(String),
+    Warn(String),
+}
+
+impl Started {
+    /// Waits for the first part to end (it is bounded by `config.dhcp_wait`), says what it did,
+    /// then sets the host name and writes the files that describe the network.
+    pub fn finish(self, host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
+        let early = match self.running {
+            Running::Thread(handle) => handle.join().unwrap_or_else(|_| Early {
+                problems: vec!["network: its thread panicked; no br0, no br1".to_owned()],
+                ..Early::default()
+            }),
+            Running::Here(work, why) => {
+                let mut early = work();
+                early.problems.insert(0, why);
+                early
+            }
+        };
+        for said in &early.lines {
+            match said {
+                Said::Info(line) => console::info(line),
+                Said::Warn(line) => console::warn(line),
+            }
+        }
+        let mut problems = early.problems;
+        let public = early.public;
+        let mac_source = public.as_ref().map(|p| p.mac).or(early.first_mac);
+        let hostname = choose_hostname(
+            config.hostname.as_deref(),
+            public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
+            mac_source,
+        );
+        if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
+            problems.push(format!("hostname: {}", console::oneline(&error)));
+        }
+        if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
+            problems.push(format!("network: {}", console::oneline(&error)));
+        }
+        let keeper = Keeper {
+            paths: paths.clone(),
+            br1: config.br1_address,
+            hostname: hostname.clone(),
+            public: public.clone(),
+        };
+        NetReport {
+            interfaces: early.names,
+            attempts: early.attempts,
+            public,
+            hostname,
+            private_ready: early.private_ready,
+            problems,
+            keeper,
+        }
+    }
+}
+
+/// The first part, on its thread: the interfaces once their drivers loaded, DHCP on them until
+/// `deadline`, br0 with the winner and br1 with NAT once the bridge and nftables modules
+/// loaded.
+fn early(
+    modules: &dyn crate::hardware::Wait,
+    bound: Duration,
+    deadline: Instant,
+    br1: Ipv4Net,
+) -> Early {
+    let mut early = Early::default();
     if !modules.wait(crate::hardware::Need::Nics, deadline) {
-        problems.push(format!(
+        early.problems.push(format!(
             "network: the network cards' drivers were still loading after {} s; DHCP on the \
              interfaces there are",
             bound.as_secs()
@@ -183,131 +302,125 @@ pub fn setup_with(
     let links = match netlink.as_mut().map(|n| n.links()) {
         Ok(Ok(links)) => links,
         Ok(Err(error)) => {
-            problems.push(error.to_string());
+            early.problems.push(error.to_string());
             Vec::new()
         }
         Err(error) => {
-            problems.push(error.to_string());
+            early.problems.push(error.to_string());
             Vec::new()
         }
     };
     if let Ok(netlink) = netlink.as_mut() {
         if let Some(lo) = links.iter().find(|l| l.loopback) {
             if let Err(error) = netlink.set_up(lo) {
-                problems.push(error.to_string());
+                early.problems.push(error.to_string());
             }
         }
     }
     let ethernet: Vec<Link> = links.into_iter().filter(is_ethernet).collect();
-    let names: Vec<String> = ethernet.iter().map(|l| l.name.clone()).collect();
+    early.names = ethernet.iter().map(|l| l.name.clone()).collect();
+    early.first_mac = ethernet.first().and_then(|l| l.mac);
     if ethernet.is_empty() {
-        problems.push("network: no Ethernet interface found; no DHCP, no br0".into());
+        early
+            .problems
+            .push("network: no Ethernet interface found; no DHCP, no br0".into());
     } else {
-        console::info(&format!(
+        early.lines.push(Said::Info(format!(
             "network: Ethernet interfaces {}; DHCP on those with carrier, for up to {} s",
-            names.join(", "),
+            early.names.join(", "),
             bound.as_secs()
-        ));
+        )));
     }
 
     let (won, attempts) = acquire_any(&ethernet, deadline);
     // The bridges and the NAT need their modules; they loaded while DHCP ran.
     modules.wait(crate::hardware::Need::NetworkStack, deadline + STOP_GRACE);
     for attempt in &attempts {
-        console::info(&format!("network: {}", attempt.line()));
+        early
+            .lines
+            .push(Said::Info(format!("network: {}", attempt.line())));
     }
-    let mut public = None;
-    if let Some((port, lease)) = won {
-        problems.extend(lease.rejected.iter().map(|r| format!("network: {r}")));
-        match netlink
-            .as_mut()
-            .map_err(|e| e.to_string())
-            .and_then(|n| make_public(n, &port, &lease).map_err(|e| e.to_string()))
-        {
-            Ok(()) => {
-                console::info(&format!(
-                    "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
-                    port.name,
-                    netlink::mac_text(port.mac.unwrap_or_default()),
-                    lease.address,
-                    lease.prefix,
-                    lease.server
-                ));
-                public = Some(Public {
-                    port: port.name.clone(),
-                    mac: port.mac.unwrap_or_default(),
-                    lease,
-                });
+    let joined = match won {
+        Some((port, lease)) => {
+            early
+                .problems
+                .extend(lease.rejected.iter().map(|r| format!("network: {r}")));
+            match netlink
+                .as_mut()
+                .map_err(|e| e.to_string())
+                .and_then(|n| join_public(n, &port, &lease).map_err(|e| e.to_string()))
+            {
+                Ok(joined) => Some((joined, port, lease)),
+                Err(error) => {
+                    early.problems.push(format!("network: br0: {error}"));
+                    None
+                }
             }
-            Err(error) => problems.push(format!("network: br0: {error}")),
         }
-    } else if !ethernet.is_empty() {
-        let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
-        problems.push(format!(
-            "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
-             keeps trying in the background",
-            bound.as_secs(),
-            tried.join("; ")
-        ));
-    }
+        None => {
+            if !ethernet.is_empty() {
+                let tried: Vec<String> = attempts.iter().map(Attempt::line).collect();
+                early.problems.push(format!(
+                    "network: no DHCP lease within {} s ({}); boot goes on without br0 and \
+                     keeps trying in the background",
+                    bound.as_secs(),
+                    tried.join("; ")
+                ));
+            }
+            None
+        }
+    };
+    early.attempts = attempts;
 
-    let mac_source = public
-        .as_ref()
-        .map(|p| p.mac)
-        .or_else(|| ethernet.first().and_then(|l| l.mac));
-    let hostname = choose_hostname(
-        config.hostname.as_deref(),
-        public.as_ref().and_then(|p| p.lease.hostname.as_deref()),
-        mac_source,
-    );
-    if let Err(error) = apply_hostname(host, &hostname, public.as_ref(), paths) {
-        problems.push(format!("hostname: {}", console::oneline(&error)));
-    }
-
+    // br1 and its NAT (nft takes a quarter of a second under emulation) while the kernel gets
+    // to see br0's port up (up to a second).
     let private = match netlink.as_mut() {
-        Ok(netlink) => make_private(netlink, config.br1_address),
+        Ok(netlink) => make_private(netlink, br1),
         // Said once already, with the public side.
         Err(error) => Err(PrivateError::Bridge(NetlinkError {
             what: error.what.clone(),
             error: io::Error::new(error.error.kind(), error.error.to_string()),
         })),
     };
-    let private_ready = match private {
+    if let (Some((joined, port, lease)), Ok(netlink)) = (joined, netlink.as_mut()) {
+        early
+            .lines
+            .extend(joined.forwarding(netlink).map(Said::Warn));
+        early.lines.push(Said::Info(format!(
+            "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
+            port.name,
+            netlink::mac_text(port.mac.unwrap_or_default()),
+            lease.address,
+            lease.prefix,
+            lease.server
+        )));
+        early.public = Some(Public {
+            port: port.name.clone(),
+            mac: port.mac.unwrap_or_default(),
+            lease,
+        });
+    }
+    early.private_ready = match private {
         Ok(()) => {
-            console::info(&format!(
-                "network: br1 at {}, NATed through br0",
-                config.br1_address
-            ));
+            early.lines.push(Said::Info(format!(
+                "network: br1 at {br1}, NATed through br0"
+            )));
             true
         }
         Err(PrivateError::Nat(nat)) => {
-            problems.push(format!("network: br1: {}", console::oneline(&nat)));
+            early
+                .problems
+                .push(format!("network: br1: {}", console::oneline(&nat)));
             true
         }
         Err(error) => {
-            problems.push(format!("network: br1: {}", console::oneline(&error)));
+            early
+                .problems
+                .push(format!("network: br1: {}", console::oneline(&error)));
             false
         }
     };
-
-    if let Err(error) = write_files(paths, public.as_ref(), &hostname, config.br1_address) {
-        problems.push(format!("network: {}", console::oneline(&error)));
-    }
-    let keeper = Keeper {
-        paths: paths.clone(),
-        br1: config.br1_address,
-        hostname: hostname.clone(),
-        public: public.clone(),
-    };
-    NetReport {
-        interfaces: names,
-        attempts,
-        public,
-        hostname,
-        private_ready,
-        problems,
-        keeper,
-    }
+    early
 }
 
 /// DHCP on every interface at once, each first waiting for carrier, all until `deadline`;
@@ -410,13 +523,9 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     netlink.set_up(link).map_err(|e| failed(&e))?;
     // Carrier: a bounded wait on the link's state; still without it when another interface
     // won, or at the deadline, this one is out.
-    match wait_for_carrier(
-        &mut netlink,
-        &link.name,
-        events.as_ref(),
-        deadline,
-        Some(stop),
-    ) {
+    let carrier =
+        |netlink: &mut Netlink| Ok(netlink.link(&link.name)?.is_some_and(|link| link.carrier));
+    match wait_until(&mut netlink, carrier, events.as_ref(), deadline, Some(stop)) {
         Ok(true) => {}
         Ok(false) => return Err(Outcome::NoCarrier),
         Err(error) => return Err(failed(&error)),
@@ -429,46 +538,97 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
     })
 }
 
-/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route,
-/// and br0 forwarding: its port is briefly disabled when it joins (the NIC's link goes down and
-/// up again), and a packet br0 sends before it forwards is lost. The clock step's NTP query,
-/// the first packet out, then waited for ARP's retry a second later (seen on every other
-/// boot under QEMU). So this waits, on the kernel's link announcements and at most
-/// [`BRIDGE_FORWARDING`], until br0 has carrier, which a bridge has once a port forwards.
-fn make_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<(), NetlinkError> {
+/// br0 with `port` in it, `port`'s MAC address, and the lease's address and default route, and br0
+/// forwarding; a warning when it does not yet. A port joins disabled and the bridge enables it only
+/// once the kernel has seen the port's link up: the kernel's link watch does that at most once a
+/// second, so a NIC brought up just before can wait up to a second, and a packet br0 sends
+/// meanwhile is lost (the clock step's first NTP or DNS query then waited a second for its retry,
+/// on about every other boot under QEMU). br0's own carrier does not tell: a bridge none of whose
+/// ports the kernel enabled yet can still say it has one. So this waits, on the kernel's link
+/// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and br0 has
+/// carrier.
+fn make_public(
+    netlink: &mut Netlink,
+    port: &Link,
+    lease: &Lease,
+) -> Result<Option<String>, NetlinkError> {
+    Ok(join_public(netlink, port, lease)?.forwarding(netlink))
+}
+
+/// [`make_public`]'s first half: br0 made, `port` in it, the lease on it; its forwarding is
+/// still to be waited for ([`Joined::forwarding`]), meanwhile other work can be done.
+fn join_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<Joined, NetlinkError> {
     let bridge = netlink.bridge(BR0)?;
     if let Some(mac) = port.mac {
         netlink.set_mac(&bridge, mac)?;
     }
-    // Opened before the port joins, so that br0's carrier's announcement is not missed.
+    // Opened before the port joins, so that no announcement is missed.
     let events = netlink::LinkEvents::open().ok();
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
     apply_lease(netlink, &bridge, None, lease)?;
-    let deadline = Instant::now() + BRIDGE_FORWARDING;
-    match wait_for_carrier(netlink, BR0, events.as_ref(), deadline, None) {
-        Ok(true) => {}
-        Ok(false) => console::warn(&format!(
-            "network: br0 has no carrier {} s after {} joined it: its port does not forward \
-             yet, and the first packets out wait for it",
-            BRIDGE_FORWARDING.as_secs(),
-            port.name
-        )),
-        Err(error) => console::warn(&format!(
-            "network: cannot see whether br0 forwards yet: {error}"
-        )),
+    Ok(Joined {
+        events,
+        port: port.name.clone(),
+        deadline: Instant::now() + BRIDGE_FORWARDING,
+    })
+}
+
+/// br0 with its port joined, not known to forward yet.
+struct Joined {
+    events: Option<netlink::LinkEvents>,
+    port: String,
+    /// [`BRIDGE_FORWARDING`] after the port joined.
+    deadline: Instant,
+}
+
+impl Joined {
+    /// Waits until br0 forwards, at most until the deadline: a warning when it does not.
+    fn forwarding(self, netlink: &mut Netlink) -> Option<String> {
+        let name = &self.port;
+        let forwarding = |netlink: &mut Netlink| {
+            let port = netlink.link(name)?;
+            let bridge = netlink.link(BR0)?;
+            Ok(port
+                .zip(bridge)
+                .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
+        };
+        match wait_until(
+            netlink,
+            forwarding,
+            self.events.as_ref(),
+            self.deadline,
+            None,
+        ) {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "network: br0 does not forward {} s after {} joined it: the kernel has not seen \
+                 the port's link up yet, and the first packets out wait for it",
+                BRIDGE_FORWARDING.as_secs(),
+                name
+            )),
+            Err(error) => Some(format!(
+                "network: cannot see whether br0 forwards yet: {error}"
+            )),
+        }
     }
-    Ok(())
+}
+
+/// Whether `bridge` forwards through `port`: the kernel has seen the port's link up (and so
+/// enabled it), and the bridge has carrier. The bridge's carrier alone does not tell: one none
+/// of whose ports is enabled yet can say it has carrier.
+fn forwards(port: &Link, bridge: &Link) -> bool {
+    port.oper_up && bridge.carrier
 }
 
 /// How long [`make_public`] waits for br0 to forward.
 const BRIDGE_FORWARDING: Duration = Duration::from_secs(3);
 
-/// Waits until the link `name` has carrier, until `deadline` or until `stop` is set, waking on
-/// `events` (or every [`CARRIER_POLL`] without them); whether it has.
-fn wait_for_carrier(
+/// Waits until `ready` says the links are as wanted, until `deadline` or until `stop` is set,
+/// waking on `events` (or every [`CARRIER_POLL`] without them); whether they are.
+fn wait_until(
     netlink: &mut Netlink,
-    name: &str,
+    mut ready: impl FnMut(&mut Netlink) -> Result<bool, NetlinkError>,
     events: Option<&netlink::LinkEvents>,
     deadline: Instant,
     stop: Option<&AtomicBool>,
@@ -477,7 +637,7 @@ fn wait_for_carrier(
         if stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
             return Ok(false);
         }
-        if netlink.link(name)?.is_some_and(|link| link.carrier) {
+        if ready(netlink)? {
             return Ok(true);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -947,7 +1107,10 @@ impl Keeper {
         }
         match won {
             Some((port, lease)) => match make_public(&mut netlink, &port, &lease) {
-                Ok(()) => {
+                Ok(warning) => {
+                    if let Some(warning) = warning {
+                        console::warn(&warning);
+                    }
                     console::info(&format!(
                         "network: br0 holds {} with {}/{} from DHCP server {}",
                         port.name, lease.address, lease.prefix, lease.server
@@ -1015,9 +1178,28 @@ mod tests {
             master: None,
             up: false,
             carrier: false,
+            oper_up: false,
             ether: true,
             loopback: false,
         }
+    }
+
+    /// Seen under QEMU: eth0 joined br0 with carrier but before the kernel's link watch saw
+    /// it up (up to a second later), br0 said it had carrier, and the first packet out was
+    /// lost.
+    #[test]
+    fn br0_forwards_only_once_the_kernel_has_seen_its_port_up() {
+        let mut port = link("eth0", None);
+        port.up = true;
+        port.carrier = true;
+        let mut bridge = link(BR0, Some("bridge"));
+        bridge.up = true;
+        bridge.carrier = true;
+        assert!(!forwards(&port, &bridge), "the port is not enabled yet");
+        port.oper_up = true;
+        assert!(forwards(&port, &bridge));
+        bridge.carrier = false;
+        assert!(!forwards(&port, &bridge));
     }
 
     fn lease(address: [u8; 4]) -> Lease {

@@ -13,7 +13,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage, State,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -33,6 +33,10 @@ pub struct Link {
     pub master: Option<u32>,
     pub up: bool,
     pub carrier: bool,
+    /// The kernel sees the link operationally up (`IFLA_OPERSTATE` up, or unknown for a
+    /// driver that does not say): what a bridge waits for before it enables a port. It follows
+    /// carrier through the kernel's link watch, up to a second later.
+    pub oper_up: bool,
     pub ether: bool,
     pub loopback: bool,
 }
@@ -372,6 +376,7 @@ fn link_of(message: &LinkMessage) -> Link {
         master: None,
         up: message.header.flags.contains(LinkFlags::Up),
         carrier: message.header.flags.contains(LinkFlags::LowerUp),
+        oper_up: false,
         ether: message.header.link_layer_type == LinkLayerType::Ether,
         loopback: message.header.flags.contains(LinkFlags::Loopback)
             || message.header.link_layer_type == LinkLayerType::Loopback,
@@ -382,6 +387,9 @@ fn link_of(message: &LinkMessage) -> Link {
             LinkAttribute::Address(bytes) => link.mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             LinkAttribute::Controller(index) => link.master = Some(*index),
             LinkAttribute::Carrier(carrier) => link.carrier = link.up && *carrier != 0,
+            LinkAttribute::OperState(state) => {
+                link.oper_up = matches!(state, State::Up | State::Unknown)
+            }
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
