@@ -31,7 +31,8 @@ pub const FIXED_MODULES: &str = buildos_contract::etc::MODULES_BOOT;
 /// step waits for them before the build user gets their nodes, so ready still means every
 /// module is loaded. Each with why it can wait. Whether one comes from the profile's fixed set
 /// or a device asked for it (kvm_intel by the CPUs' modalias), the table decides; what it
-/// depends on loads with it, unless another thread loads it (the fixed set's always do).
+/// depends on loads with it, unless another thread loads it (what the fixed set and the drivers
+/// found in the same look need always does).
 pub const LATE: &[(&str, &str)] = &[
     ("kvm", "hardware virtualisation, for build machines only"),
     (
@@ -172,14 +173,18 @@ struct Seen {
     loading: Option<BTreeMap<String, bool>>,
     /// The fixed set is loaded.
     fixed_done: bool,
+    /// The fixed set and every driver the devices asked for are loaded (the hotplug watch
+    /// aside): what they reserved and did not take is the late thread's.
+    foreground_done: bool,
     /// The loading thread ended (normally or not): nothing more will change.
     ended: bool,
     /// Every module a thread took to load (it is in `attempted` once that thread is done with
     /// it): each module is loaded by one thread and is in one report, and a thread that needs
     /// a module another took waits until it is done, as the kernel would make it wait.
     claimed: BTreeSet<String>,
-    /// The modules the fixed set loads, with their dependencies: the late thread waits for
-    /// them rather than take them, so a fixed module never waits for a thread at idle priority.
+    /// The modules the fixed set and the drivers found so far load, with their dependencies:
+    /// the late thread waits for them rather than take them, so none of theirs waits for a
+    /// thread at idle priority.
     reserved: BTreeSet<String>,
     /// How long boot steps waited for modules in all.
     waited: Duration,
@@ -203,17 +208,18 @@ impl Progress {
 
     /// Takes `module` for the calling thread to load, when no thread took it yet (nor, for the
     /// late thread, does the fixed set load it); otherwise waits until it was attempted and
-    /// gives `None`. A module the fixed set was to load and did not (its thread panicked) is
-    /// the late thread's to take once the fixed set is done.
+    /// gives `None`. A module the fixed set or a driver was to load and did not (its thread
+    /// panicked) is the late thread's to take once they are all done.
     fn claim<'a>(&'a self, module: &str, loader: Loader) -> Option<Claim<'a>> {
         let mut seen = self.lock();
         loop {
             if seen.attempted.contains(module) || seen.ended {
                 return None;
             }
-            let fixed_will =
-                loader == Loader::Background && seen.reserved.contains(module) && !seen.fixed_done;
-            if !seen.claimed.contains(module) && !fixed_will {
+            let theirs_to_come = loader == Loader::Background
+                && seen.reserved.contains(module)
+                && !seen.foreground_done;
+            if !seen.claimed.contains(module) && !theirs_to_come {
                 seen.claimed.insert(module.to_owned());
                 return Some(Claim {
                     progress: self,
@@ -484,7 +490,10 @@ impl Job {
             },
             Err(fixed) => report.merge(*fixed),
         }
-        self.progress.update(|seen| seen.fixed_done = true);
+        self.progress.update(|seen| {
+            seen.fixed_done = true;
+            seen.foreground_done = true;
+        });
         report.timings.sort_by_key(|t| std::cmp::Reverse(t.0));
         report.took = began.elapsed();
         // Every driver the devices asked for is loaded now: a network or storage controller left
@@ -613,26 +622,36 @@ impl Job {
             let found = devices(&self.sys);
             report.devices = found.len();
             let mut started: Vec<(String, bool)> = Vec::new();
+            let mut asked: Vec<Asked> = Vec::new();
             for (module, (modalias, nic)) in wanted(&self.tables.aliases, &found, &matched) {
                 matched.insert(module.clone());
                 if is_late(&module) {
-                    // Refused only when the late thread ended by a panic, which is a problem
-                    // of its own.
-                    let _ = late.send((module, modalias));
+                    asked.push((module, modalias));
                 } else {
                     report.drivers.push((module.clone(), modalias));
                     started.push((module, nic));
                 }
             }
+            // What the new drivers need is theirs to load, not the late thread's (on an AMD
+            // host the CCP's driver, ccp, is also kvm_amd's dependency).
+            let theirs: Vec<String> = started.iter().map(|(name, _)| name.clone()).collect();
+            let (needed, _) = self.tables.plan(&theirs, &BTreeSet::new());
             // The new drivers count as loading before the one that just finished stops
             // counting: a step waiting for drivers never sees a moment with none between them.
             self.progress.update(|seen| {
+                seen.reserved
+                    .extend(needed.into_iter().map(|(name, _)| name));
                 let loading = seen.loading.get_or_insert_with(BTreeMap::new);
                 loading.extend(started.iter().cloned());
                 if let Some(name) = finished.take() {
                     loading.remove(&name);
                 }
             });
+            for ask in asked {
+                // Refused only when the late thread ended by a panic, which is a problem of
+                // its own.
+                let _ = late.send(ask);
+            }
             for (name, _) in started {
                 running += 1;
                 let own = Report {
@@ -1695,6 +1714,54 @@ alias virtio:d00000001v* virtio_net
             loaded.late.problems().is_empty(),
             "{:?}",
             loaded.late.problems()
+        );
+    }
+
+    #[test]
+    fn a_dependency_of_a_late_module_that_a_driver_needs_is_the_drivers_to_load() {
+        // On an AMD host kvm_amd needs ccp, which the driver of the CPU's crypto coprocessor,
+        // asked for in the same look at the devices, needs too. Here kvm_intel needs ccp, and
+        // so does the NIC's driver, after a module whose load is slow.
+        let dep = "\
+kernel/arch/x86/kvm/kvm-intel.ko: kernel/drivers/crypto/ccp/ccp.ko kernel/arch/x86/kvm/kvm.ko
+kernel/arch/x86/kvm/kvm.ko:
+kernel/drivers/crypto/ccp/ccp.ko:
+kernel/drivers/net/nic.ko: kernel/drivers/crypto/ccp/ccp.ko kernel/drivers/net/slow.ko
+kernel/drivers/net/slow.ko:
+";
+        let alias = "\
+alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
+alias virtio:d00000001v* nic
+";
+        let (root, dir) = module_tree(
+            dep,
+            alias,
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
+        );
+        let recording = Arc::new(crate::host::Recording::new());
+        let slow = recording.hold(&load_line(&dir, "kernel/drivers/net/slow.ko"));
+        let host: Arc<dyn Host> = recording.clone();
+        let modules = Modules::start(&host, &dir, Vec::new(), &root.path().join("sys")).unwrap();
+        until_asked(&recording, "slow");
+        until_asked(&recording, "kvm");
+        // The late thread, at ccp now, waits for the driver's thread to load it.
+        assert!(!modules.wait(Need::Nics, Instant::now() + Duration::from_millis(100)));
+        let asked = names_of(recording.calls_of("load_module"));
+        assert!(!asked.contains(&"ccp".to_owned()), "{asked:?}");
+        slow.release();
+        let loaded = modules.finish();
+        let all = names_of(recording.calls_of("load_module"));
+        assert_eq!(all.len(), 5, "each module loads once: {all:?}");
+        let at = |name: &str| all.iter().position(|n| n == name).unwrap();
+        assert!(at("ccp") < at("kvm_intel"), "{all:?}");
+        assert_eq!(
+            loaded.report.modules.keys().collect::<Vec<_>>(),
+            ["ccp", "nic", "slow"],
+            "the driver's thread loaded what it needs"
+        );
+        assert_eq!(
+            loaded.late.modules.keys().collect::<Vec<_>>(),
+            ["kvm", "kvm_intel"]
         );
     }
 
