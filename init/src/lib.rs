@@ -489,7 +489,11 @@ fn step_network(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         .network
         .take()
         .unwrap_or_else(|| net::start(&boot.config, hardware::AllLoaded));
-    let report = started.finish(host.as_ref(), &boot.config, &paths);
+    let modules: &dyn hardware::Wait = match &boot.modules {
+        Some(modules) => modules,
+        None => &hardware::AllLoaded,
+    };
+    let report = started.finish(host.as_ref(), &boot.config, &paths, modules);
     let mut problems = report.problems;
     if let Some(public) = &report.public {
         boot.dhcp_ntp = public.lease.ntp.clone();

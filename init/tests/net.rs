@@ -434,7 +434,12 @@ fn the_network_comes_up_on_its_own_thread_before_the_network_step_finishes_it() 
                 seen.contains("10.77.0.") && seen.contains("172.30.0.1/24")
             },
         );
-        let report = started.finish(&buildos_init::host::Linux, &config(10), &paths);
+        let report = started.finish(
+            &buildos_init::host::Linux,
+            &config(10),
+            &paths,
+            &buildos_init::hardware::AllLoaded,
+        );
         (seen, report)
     });
     let public = report

@@ -157,7 +157,12 @@ pub fn is_ethernet(link: &Link) -> bool {
 /// `config.dhcp_wait` for DHCP. The lines it has for the console are said as it ends; the
 /// problems come back in the report for the caller to print and keep.
 pub fn setup(host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
-    start(config, crate::hardware::AllLoaded).finish(host, config, paths)
+    start(config, crate::hardware::AllLoaded).finish(
+        host,
+        config,
+        paths,
+        &crate::hardware::AllLoaded,
+    )
 }
 
 /// The network's first part, started by the modules step on a thread of its own so that it
@@ -220,6 +225,8 @@ struct Early {
     attempts: Vec<Attempt>,
     public: Option<Public>,
     private_ready: bool,
+    /// When it waited for modules (the NICs' drivers, the network modules), from and to.
+    module_waits: Vec<(Instant, Instant)>,
 }
 
 /// A console line kept for later.
@@ -231,7 +238,16 @@ enum Said {
 impl Started {
     /// Waits for the first part to end (it is bounded by `config.dhcp_wait`), says what it did,
     /// then sets the host name and writes the files that describe the network.
-    pub fn finish(self, host: &dyn Host, config: &Config, paths: &Paths) -> NetReport {
+    /// The part of the wait for it during which it was waiting for modules counts in
+    /// `modules` as the step's wait for them (as it did when the step loaded nothing beside).
+    pub fn finish(
+        self,
+        host: &dyn Host,
+        config: &Config,
+        paths: &Paths,
+        modules: &dyn crate::hardware::Wait,
+    ) -> NetReport {
+        let joining = Instant::now();
         let early = match self.running {
             Running::Thread(handle) => handle.join().unwrap_or_else(|_| Early {
                 problems: vec!["network: its thread panicked; no br0, no br1".to_owned()],
@@ -243,6 +259,8 @@ impl Started {
                 early
             }
         };
+        let joined = Instant::now();
+        modules.count(overlap(&early.module_waits, joining, joined));
         for said in &early.lines {
             match said {
                 Said::Info(line) => console::info(line),
@@ -281,6 +299,18 @@ impl Started {
     }
 }
 
+/// How much of `waits` (from, to) falls between `from` and `to`.
+fn overlap(waits: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration {
+    waits
+        .iter()
+        .map(|(begun, ended)| {
+            (*ended)
+                .min(to)
+                .saturating_duration_since((*begun).max(from))
+        })
+        .sum()
+}
+
 /// The first part, on its thread: the interfaces once their drivers loaded, DHCP on them until
 /// `deadline`, br0 with the winner and br1 with NAT once the bridge and nftables modules
 /// loaded.
@@ -291,7 +321,10 @@ fn early(
     br1: Ipv4Net,
 ) -> Early {
     let mut early = Early::default();
-    if !modules.wait(crate::hardware::Need::Nics, deadline) {
+    let began = Instant::now();
+    let nics = modules.wait(crate::hardware::Need::Nics, deadline);
+    early.module_waits.push((began, Instant::now()));
+    if !nics {
         early.problems.push(format!(
             "network: the network cards' drivers were still loading after {} s; DHCP on the \
              interfaces there are",
@@ -334,7 +367,9 @@ fn early(
 
     let (won, attempts) = acquire_any(&ethernet, deadline);
     // The bridges and the NAT need their modules; they loaded while DHCP ran.
+    let began = Instant::now();
     modules.wait(crate::hardware::Need::NetworkStack, deadline + STOP_GRACE);
+    early.module_waits.push((began, Instant::now()));
     for attempt in &attempts {
         early
             .lines
@@ -1182,6 +1217,21 @@ mod tests {
             ether: true,
             loopback: false,
         }
+    }
+
+    /// The network step counts, of its wait for the first part, what the part spent waiting
+    /// for modules meanwhile: not its waits before the step began, all of those within it.
+    #[test]
+    fn the_step_counts_the_first_parts_waits_for_modules_that_fall_within_its_own() {
+        let at = Instant::now();
+        let ms = |n: u64| at + Duration::from_millis(n);
+        let waits = [(ms(0), ms(100)), (ms(150), ms(400)), (ms(450), ms(500))];
+        assert_eq!(
+            overlap(&waits, ms(200), ms(470)),
+            Duration::from_millis(220)
+        );
+        assert_eq!(overlap(&waits, ms(600), ms(700)), Duration::ZERO);
+        assert_eq!(overlap(&waits, ms(0), ms(700)), Duration::from_millis(400));
     }
 
     /// Seen under QEMU: eth0 joined br0 with carrier but before the kernel's link watch saw
