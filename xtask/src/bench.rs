@@ -236,6 +236,11 @@ fn boot(out: &Path) -> Result<()> {
     );
     println!("  (init's first line to ready with a virtio-net NIC, {:.3} s, less its modules step and the time its steps waited for the modules loading beside them ({:.3} s), which is the kernel's own module loading: see the modules below beside busybox's modprobe; anchor: kernel start to init start in the same QEMU boot; with QEMU's e1000 it is {:.3} s, the 1 s holds below)", init.as_secs_f64(), virtio.waited.as_secs_f64(), full.own().as_secs_f64());
     println!(
+        "  (of it, {:.3} s was the network step's wait for the kernel to see the NIC's link up, before br0 forwards: its link watch does that at most once a second, on any machine; init's own work less that wait too, {:.3} s)",
+        virtio.link_watch.as_secs_f64(),
+        own.saturating_sub(virtio.link_watch).as_secs_f64()
+    );
+    println!(
         "kernel start to ready           {:>8.3} s",
         (kernel + init).as_secs_f64()
     );
@@ -1446,6 +1451,9 @@ struct Boot {
     loaded: Option<Duration>,
     /// How long init's steps waited for those modules in all (the same line).
     waited: Duration,
+    /// How long the network step waited for the kernel to see the NIC's link up, so that br0
+    /// forwards (init's `br0 forwards ... the network step waited N ms for it` line).
+    link_watch: Duration,
 }
 
 impl Boot {
@@ -1495,6 +1503,7 @@ fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Re
     // What init loaded after its modules step, on its late thread.
     let mut late = Vec::new();
     let (mut loaded, mut waited) = (None, Duration::ZERO);
+    let mut link_watch = Duration::ZERO;
     let ready = loop {
         let line = vm.wait_for("buildos-init: ", Duration::from_secs(180))?;
         if line.contains("buildos-init: ready at ") {
@@ -1506,6 +1515,9 @@ fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Re
         if line.contains("buildos-init: modules loaded ") {
             let (all, steps) = module_times(&line)?;
             (loaded, waited) = (Some(all), steps);
+        }
+        if line.contains("buildos-init: network: br0 forwards ") {
+            link_watch = seconds_after(&line, "the network step waited ")? / 1000;
         }
         if let Some(rest) = line.split("buildos-init: phase ").nth(1) {
             let name = rest
@@ -1551,6 +1563,7 @@ fn boot_config_times(mut config: VmConfig, what: &str, read_modules: bool) -> Re
         modules,
         loaded,
         waited,
+        link_watch,
     })
 }
 
@@ -2143,6 +2156,18 @@ mod tests {
         assert_eq!(loaded, std::time::Duration::from_millis(2063));
         assert_eq!(waited, std::time::Duration::from_millis(1852));
         assert!(super::module_times("buildos-init: modules loaded soon").is_err());
+    }
+
+    #[test]
+    fn the_network_steps_wait_for_the_link_watch_is_read_from_inits_line() {
+        let line =
+            "[   4.5] buildos-init: network: br0 forwards 1004 ms after eth0 joined it (the \
+                    kernel sees a NIC's link up at most once a second); the network step waited \
+                    640 ms for it";
+        assert_eq!(
+            super::seconds_after(line, "the network step waited ").unwrap() / 1000,
+            std::time::Duration::from_millis(640)
+        );
     }
 
     #[test]

@@ -393,6 +393,13 @@ fn br0_holds_the_dhcp_address_of_qemus_user_network_and_names_the_host() {
         BOOT,
     )
     .unwrap();
+    // How long br0's port took to forward, and how much of it the network step waited.
+    let forwards = vm.wait_for("network: br0 forwards ", BOOT).unwrap();
+    assert!(
+        forwards.contains(" ms after eth0 joined it")
+            && forwards.contains("the network step waited "),
+        "{forwards}"
+    );
     vm.wait_for("hostname: build-525400123456", BOOT).unwrap();
     let phase = vm.wait_for("phase network ", BOOT).unwrap();
     vm.wait_for("buildos-init: ready at", BOOT).unwrap();

@@ -227,6 +227,8 @@ struct Early {
     private_ready: bool,
     /// When it waited for modules (the NICs' drivers, the network modules), from and to.
     module_waits: Vec<(Instant, Instant)>,
+    /// When br0's port joined, and when the wait for br0 to forward began and ended.
+    forwarding: Option<(Instant, (Instant, Instant))>,
 }
 
 /// A console line kept for later.
@@ -248,7 +250,7 @@ impl Started {
         modules: &dyn crate::hardware::Wait,
     ) -> NetReport {
         let joining = Instant::now();
-        let early = match self.running {
+        let mut early = match self.running {
             Running::Thread(handle) => handle.join().unwrap_or_else(|_| Early {
                 problems: vec!["network: its thread panicked; no br0, no br1".to_owned()],
                 ..Early::default()
@@ -261,6 +263,16 @@ impl Started {
         };
         let joined = Instant::now();
         modules.count(overlap(&early.module_waits, joining, joined));
+        if let (Some((port_joined, wait)), Some(public)) = (early.forwarding, &early.public) {
+            // The kernel's link watch, not init: the bench reads this line.
+            early.lines.push(Said::Info(format!(
+                "network: br0 forwards {} ms after {} joined it (the kernel sees a NIC's link \
+                 up at most once a second); the network step waited {} ms for it",
+                wait.1.saturating_duration_since(port_joined).as_millis(),
+                public.port,
+                overlap(&[wait], joining, joined).as_millis()
+            )));
+        }
         for said in &early.lines {
             match said {
                 Said::Info(line) => console::info(line),
@@ -418,9 +430,9 @@ fn early(
         })),
     };
     if let (Some((joined, port, lease)), Ok(netlink)) = (joined, netlink.as_mut()) {
-        early
-            .lines
-            .extend(joined.forwarding(netlink).map(Said::Warn));
+        let forwarding = joined.forwarding(netlink);
+        early.lines.extend(forwarding.warning.map(Said::Warn));
+        early.forwarding = Some((forwarding.joined, forwarding.wait));
         early.lines.push(Said::Info(format!(
             "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
             port.name,
@@ -587,7 +599,9 @@ fn make_public(
     port: &Link,
     lease: &Lease,
 ) -> Result<Option<String>, NetlinkError> {
-    Ok(join_public(netlink, port, lease)?.forwarding(netlink))
+    Ok(join_public(netlink, port, lease)?
+        .forwarding(netlink)
+        .warning)
 }
 
 /// [`make_public`]'s first half: br0 made, `port` in it, the lease on it; its forwarding is
@@ -602,10 +616,12 @@ fn join_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<Join
     netlink.set_master(port, &bridge)?;
     netlink.set_up(&bridge)?;
     apply_lease(netlink, &bridge, None, lease)?;
+    let joined = Instant::now();
     Ok(Joined {
         events,
         port: port.name.clone(),
-        deadline: Instant::now() + BRIDGE_FORWARDING,
+        joined,
+        deadline: joined + BRIDGE_FORWARDING,
     })
 }
 
@@ -613,13 +629,24 @@ fn join_public(netlink: &mut Netlink, port: &Link, lease: &Lease) -> Result<Join
 struct Joined {
     events: Option<netlink::LinkEvents>,
     port: String,
+    /// When the port joined.
+    joined: Instant,
     /// [`BRIDGE_FORWARDING`] after the port joined.
     deadline: Instant,
 }
 
+/// What [`Joined::forwarding`] saw: a warning when br0 does not forward yet, and when the
+/// port joined, the wait began and it ended.
+struct Forwarding {
+    warning: Option<String>,
+    joined: Instant,
+    wait: (Instant, Instant),
+}
+
 impl Joined {
-    /// Waits until br0 forwards, at most until the deadline: a warning when it does not.
-    fn forwarding(self, netlink: &mut Netlink) -> Option<String> {
+    /// Waits until br0 forwards, at most until the deadline.
+    fn forwarding(self, netlink: &mut Netlink) -> Forwarding {
+        let began = Instant::now();
         let name = &self.port;
         let forwarding = |netlink: &mut Netlink| {
             let port = netlink.link(name)?;
@@ -628,7 +655,7 @@ impl Joined {
                 .zip(bridge)
                 .is_some_and(|(port, bridge)| forwards(&port, &bridge)))
         };
-        match wait_until(
+        let warning = match wait_until(
             netlink,
             forwarding,
             self.events.as_ref(),
@@ -645,6 +672,11 @@ impl Joined {
             Err(error) => Some(format!(
                 "network: cannot see whether br0 forwards yet: {error}"
             )),
+        };
+        Forwarding {
+            warning,
+            joined: self.joined,
+            wait: (began, Instant::now()),
         }
     }
 }
