@@ -1560,6 +1560,20 @@ alias pci:v00008086d00007010sv*sd*bc*sc*i* ata-piix
 
     /// A module tree of empty `.ko` files with these modules.dep lines, and a sysfs whose only
     /// device is the CPU with `cpu_modalias` and a virtio NIC.
+    /// [`module_tree`] on an Intel CPU with VMX, whose modalias asks for kvm_intel, and a
+    /// virtio NIC that asks for `nic`.
+    fn intel_tree(dep: &str, nic: &str) -> (tempfile::TempDir, PathBuf) {
+        let alias = format!(
+            "alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel\n\
+             alias virtio:d00000001v* {nic}\n"
+        );
+        module_tree(
+            dep,
+            &alias,
+            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
+        )
+    }
+
     fn module_tree(dep: &str, alias: &str, cpu_modalias: &str) -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let modules = root.path().join("modules");
@@ -1655,15 +1669,7 @@ kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko
 kernel/arch/x86/kvm/kvm.ko:
 kernel/drivers/net/virtio_net.ko:
 ";
-        let alias = "\
-alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
-alias virtio:d00000001v* virtio_net
-";
-        let (root, dir) = module_tree(
-            dep,
-            alias,
-            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
-        );
+        let (root, dir) = intel_tree(dep, "virtio_net");
         let recording = Arc::new(crate::host::Recording::new());
         // llc, which the fixed set's bridge and the late vhost_net both need, loads slowly:
         // the late thread must wait for it rather than load vhost_net without it, or load it
@@ -1729,15 +1735,7 @@ kernel/drivers/crypto/ccp/ccp.ko:
 kernel/drivers/net/nic.ko: kernel/drivers/crypto/ccp/ccp.ko kernel/drivers/net/slow.ko
 kernel/drivers/net/slow.ko:
 ";
-        let alias = "\
-alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
-alias virtio:d00000001v* nic
-";
-        let (root, dir) = module_tree(
-            dep,
-            alias,
-            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
-        );
+        let (root, dir) = intel_tree(dep, "nic");
         let recording = Arc::new(crate::host::Recording::new());
         let slow = recording.hold(&load_line(&dir, "kernel/drivers/net/slow.ko"));
         let host: Arc<dyn Host> = recording.clone();
@@ -1790,15 +1788,7 @@ kernel/arch/x86/kvm/kvm-intel.ko: kernel/arch/x86/kvm/kvm.ko
 kernel/arch/x86/kvm/kvm.ko:
 kernel/drivers/net/virtio_net.ko:
 ";
-        let alias = "\
-alias cpu:type:x86,ven*fam*mod*:feature:*0085* kvm_intel
-alias virtio:d00000001v* virtio_net
-";
-        let (root, dir) = module_tree(
-            dep,
-            alias,
-            "cpu:type:x86,ven0000fam0006mod003F:feature:,0085\n",
-        );
+        let (root, dir) = intel_tree(dep, "virtio_net");
         let recording = Arc::new(crate::host::Recording::new());
         // Storage's filesystem and the NIC's driver do not finish until the test says so.
         let btrfs = recording.hold(&load_line(&dir, "kernel/fs/btrfs/btrfs.ko"));
