@@ -396,9 +396,9 @@ missing ones.",
         default: Some("15"),
         example: "60",
         doc: "How long, in seconds, init tries DHCP on the Ethernet interfaces with carrier \
-before it gives up and boots without a public network. A host that gets no lease still \
-reaches ready, sets up br1 for the build machines, says so on the console and keeps trying in \
-the background.",
+before it gives up and boots without a public network, counted from the `modules` step, which \
+starts the network beside storage. A host that gets no lease still reaches ready, sets up br1 \
+for the build machines, says so on the console and keeps trying in the background.",
         origin: Origin::Buildos,
     },
     Param {
