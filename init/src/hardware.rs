@@ -86,6 +86,7 @@ pub trait Wait: Sync {
 }
 
 /// Nothing is loading: every need is met.
+#[derive(Clone, Copy)]
 pub struct AllLoaded;
 
 impl Wait for AllLoaded {

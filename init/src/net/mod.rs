@@ -183,30 +183,21 @@ enum Running {
 
 /// Starts the network's first part on a thread of its own, `modules` loading beside it; its
 /// bound, `config.dhcp_wait`, counts from now.
-pub fn start(config: &Config, modules: impl crate::hardware::Wait + Send + 'static) -> Started {
+pub fn start(
+    config: &Config,
+    modules: impl crate::hardware::Wait + Clone + Send + 'static,
+) -> Started {
     let bound = Duration::from_secs(u64::from(config.dhcp_wait));
     let br1 = config.br1_address;
     let deadline = Instant::now() + bound;
-    let (work, theirs) = {
-        let shared = Arc::new(std::sync::Mutex::new(Some(modules)));
-        (Arc::clone(&shared), shared)
-    };
+    let theirs = modules.clone();
     let spawned = std::thread::Builder::new()
         .name("network".to_owned())
-        .spawn(move || {
-            let modules = theirs.lock().ok().and_then(|mut m| m.take());
-            match modules {
-                Some(modules) => early(&modules, bound, deadline, br1),
-                None => Early::default(),
-            }
-        });
+        .spawn(move || early(&theirs, bound, deadline, br1));
     let running = match spawned {
         Ok(handle) => Running::Thread(handle),
         Err(error) => Running::Here(
-            Box::new(move || match work.lock().ok().and_then(|mut m| m.take()) {
-                Some(modules) => early(&modules, bound, Instant::now() + bound, br1),
-                None => Early::default(),
-            }),
+            Box::new(move || early(&modules, bound, Instant::now() + bound, br1)),
             format!("network: cannot start its thread ({error}); it ran in the network step"),
         ),
     };
@@ -227,8 +218,8 @@ struct Early {
     private_ready: bool,
     /// When it waited for modules (the NICs' drivers, the network modules), from and to.
     module_waits: Vec<(Instant, Instant)>,
-    /// When br0's port joined, and when the wait for br0 to forward began and ended.
-    forwarding: Option<(Instant, (Instant, Instant))>,
+    /// br0's wait to forward, its warning said already.
+    forwarding: Option<Forwarding>,
 }
 
 /// A console line kept for later.
@@ -263,14 +254,15 @@ impl Started {
         };
         let joined = Instant::now();
         modules.count(overlap(&early.module_waits, joining, joined));
-        if let (Some((port_joined, wait)), Some(public)) = (early.forwarding, &early.public) {
+        if let (Some(forwarding), Some(public)) = (&early.forwarding, &early.public) {
             // The kernel's link watch, not init: the bench reads this line.
+            let (from, to) = forwarding.wait;
             early.lines.push(Said::Info(format!(
                 "network: br0 forwards {} ms after {} joined it (the kernel sees a NIC's link \
                  up at most once a second); the network step waited {} ms for it",
-                wait.1.saturating_duration_since(port_joined).as_millis(),
+                to.saturating_duration_since(forwarding.joined).as_millis(),
                 public.port,
-                overlap(&[wait], joining, joined).as_millis()
+                overlap(&[(from, to)], joining, joined).as_millis()
             )));
         }
         for said in &early.lines {
@@ -430,9 +422,11 @@ fn early(
         })),
     };
     if let (Some((joined, port, lease)), Ok(netlink)) = (joined, netlink.as_mut()) {
-        let forwarding = joined.forwarding(netlink);
-        early.lines.extend(forwarding.warning.map(Said::Warn));
-        early.forwarding = Some((forwarding.joined, forwarding.wait));
+        let mut forwarding = joined.forwarding(netlink);
+        early
+            .lines
+            .extend(forwarding.warning.take().map(Said::Warn));
+        early.forwarding = Some(forwarding);
         early.lines.push(Said::Info(format!(
             "network: br0 holds {} ({}) with {}/{} from DHCP server {}",
             port.name,
