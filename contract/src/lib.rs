@@ -187,6 +187,14 @@ pub mod mail {
     pub const EXTENSION: &str = "mail";
 }
 
+/// The reverse tunnel to a bastion (`buildos.tunnel`): who its `ssh` runs as.
+pub mod tunnel {
+    /// The user init runs the tunnel's `ssh` as: it owns the tunnel key on the state disk and
+    /// nothing else, so neither `build` nor a bastion that exploited the SSH client reaches
+    /// more than the tunnel. Its id is the image's (`/etc/passwd`), made by the profile.
+    pub const USER: &str = "buildos-tunnel";
+}
+
 /// The user builds and agents run as, its home and what lives there.
 pub mod build {
     /// The user's name.

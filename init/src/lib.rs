@@ -599,9 +599,10 @@ fn step_state(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     }
     let keygen = std::path::Path::new(contract::programs::SSH_KEYGEN);
     if boot.config.tunnel.is_some() {
+        let owner = tunnel_user().map(|user| (user.uid, user.gid));
         // On the console as one line, for whoever adds it to the bastion's authorized_keys;
         // the monitor puts it in the host-up mail.
-        match tunnel::key(state, keygen) {
+        match tunnel::key(state, keygen, owner) {
             Ok((line, fingerprint, made)) => console::info(&format!(
                 "tunnel key {}: {line} ({fingerprint})",
                 if made { "made" } else { "kept" }
@@ -618,6 +619,12 @@ fn step_state(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
     } else {
         Outcome::Warnings(warnings)
     })
+}
+
+/// The image's user for the tunnel's `ssh` ([`contract::tunnel::USER`]), when it has one.
+fn tunnel_user() -> Option<state::User> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    state::find_user(&passwd, contract::tunnel::USER)
 }
 
 fn step_users(boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
@@ -673,10 +680,26 @@ fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                 let key = tunnel::dir(state).join("id_ed25519");
                 let args = tunnel::args(target, &key, &check);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                boot.services
-                    .add(Service::new(tunnel::SERVICE, tunnel::SSH, &args), now);
+                let mut service = Service::new(tunnel::SERVICE, tunnel::SSH, &args);
+                service.user = tunnel_user().map(|user| services::RunAs {
+                    name: contract::tunnel::USER.to_owned(),
+                    uid: user.uid,
+                    gid: user.gid,
+                    home: user.home,
+                });
+                let user = match &service.user {
+                    Some(_) => contract::tunnel::USER.to_owned(),
+                    None => {
+                        warnings.push(format!(
+                            "tunnel: this image has no user {}: its ssh runs as root",
+                            contract::tunnel::USER
+                        ));
+                        "root".to_owned()
+                    }
+                };
+                boot.services.add(service, now);
                 names.push(format!(
-                    "tunnel (to {target}, the bastion's host key {})",
+                    "tunnel (to {target} as {user}, the bastion's host key {})",
                     if pinned.is_some() {
                         "from buildos.tunnel_host_key".to_string()
                     } else {

@@ -7,6 +7,7 @@
 //! there are, with their programs, arguments and graces, is the host contract's table
 //! ([`buildos_contract::services::SERVICES`]); [`Service::from_contract`] makes one of an entry.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,6 +42,19 @@ pub struct Service {
     /// Started through `<trampoline> exec-unblocked <program>` so that it runs with no signal
     /// blocked (see [`crate::lifecycle::unblocked`]); None starts it directly.
     pub trampoline: Option<PathBuf>,
+    /// The user it runs as, with that user's group and no other; None runs it as root.
+    pub user: Option<RunAs>,
+}
+
+/// A user a service runs as instead of root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// Its name, for `USER` and `LOGNAME`.
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Its home, for `HOME`.
+    pub home: PathBuf,
 }
 
 impl Service {
@@ -53,6 +67,7 @@ impl Service {
             log: Some(PathBuf::from(LOG_DIR).join(format!("{name}.log"))),
             grace: DEFAULT_GRACE,
             trampoline: std::env::current_exe().ok(),
+            user: None,
         }
     }
 
@@ -294,6 +309,15 @@ fn spawn(host: &dyn Host, service: &Service) -> std::io::Result<Pid> {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("HOME", "/root")
         .stdin(Stdio::null());
+    if let Some(user) = &service.user {
+        // std drops root's supplementary groups before it changes the user.
+        command
+            .uid(user.uid)
+            .gid(user.gid)
+            .env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
     if let Some(log) = &service.log {
         // Through a pipe to a thread that keeps the log bounded: /run is RAM.
         let file = buildos_logcap::open(log, buildos_logcap::DEFAULT_BOUND)?;
@@ -404,6 +428,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(log.matches("out\n").count(), 3, "{log}");
         assert_eq!(log.matches("err\n").count(), 3, "{log}");
+    }
+
+    #[test]
+    fn a_service_with_a_user_runs_as_it_with_its_group_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut service = Service::new(
+            "tunnel",
+            "/bin/sh",
+            &["-c", "echo $(id -u) $(id -g) $(id -G) $HOME $USER $LOGNAME"],
+        );
+        service.log = Some(dir.path().join("tunnel.log"));
+        service.trampoline = None;
+        service.user = Some(RunAs {
+            name: "nobody".to_owned(),
+            uid: 65534,
+            gid: 65534,
+            home: PathBuf::from("/nonexistent"),
+        });
+        let mut supervisor = Supervisor::new();
+        let now = Instant::now();
+        supervisor.add(service, now);
+        let lines = supervisor.start_due(&Linux, now);
+        assert!(lines[0].starts_with("tunnel started, pid "), "{lines:?}");
+        let (_, pid) = supervisor.running()[0];
+        assert_eq!(describe(&wait(pid)), "exited with status 0");
+        // The log is copied in by a thread: wait for the line, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = String::new();
+        while Instant::now() < deadline && !log.ends_with('\n') {
+            std::thread::sleep(Duration::from_millis(10));
+            log = std::fs::read_to_string(dir.path().join("tunnel.log")).unwrap_or_default();
+        }
+        assert_eq!(log, "65534 65534 65534 /nonexistent nobody nobody\n");
     }
 
     #[test]

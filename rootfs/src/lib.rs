@@ -610,9 +610,13 @@ impl Profile {
             } else {
                 format!(" --groups {}", shell_quote(&user.groups.join(",")))
             };
+            // A user below Debian's first login uid (1000) is a system user, as Debian's own
+            // are: useradd then warns of nothing and gives it no password ageing.
+            let system = if user.uid < 1000 { " --system" } else { "" };
             script.push_str(&format!(
-                "; chroot \"$1\" groupadd --gid {gid} {name}; chroot \"$1\" useradd --uid {uid} \
-                 --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} {name}",
+                "; chroot \"$1\" groupadd{system} --gid {gid} {name}; chroot \"$1\" useradd{system} \
+                 --uid {uid} --gid {gid}{groups} --home-dir {home} --no-create-home --shell {shell} \
+                 {name}",
                 gid = user.gid,
                 uid = user.uid,
                 name = shell_quote(&user.name),
@@ -701,14 +705,17 @@ mod tests {
     }
 
     #[test]
-    fn debian_users_script_makes_kvm_then_build_then_the_setuid_helper() {
+    fn debian_users_script_makes_kvm_then_build_then_the_tunnels_user_then_the_setuid_helper() {
         let script = load("debian").unwrap().users_script();
         assert_eq!(
             script,
             "set -e; chroot \"$1\" getent group 'kvm' >/dev/null || chroot \"$1\" groupadd \
              --system 'kvm'; chroot \"$1\" groupadd --gid 1000 'build'; chroot \"$1\" useradd \
              --uid 1000 --gid 1000 --groups 'kvm' --home-dir '/build' --no-create-home --shell \
-             '/bin/bash' 'build'; chmod u+s \"$1\"'/usr/lib/qemu/qemu-bridge-helper'"
+             '/bin/bash' 'build'; chroot \"$1\" groupadd --system --gid 900 'buildos-tunnel'; \
+             chroot \"$1\" useradd --system --uid 900 --gid 900 --home-dir '/nonexistent' \
+             --no-create-home --shell '/usr/sbin/nologin' 'buildos-tunnel'; chmod u+s \
+             \"$1\"'/usr/lib/qemu/qemu-bridge-helper'"
         );
         assert_eq!(load("minimal").unwrap().users_script(), "set -e");
     }
@@ -827,14 +834,24 @@ mod tests {
         assert!(debian.remove.iter().any(|p| p == "etc/ssh/ssh_host_*"));
         assert_eq!(
             profile.users,
-            vec![User {
-                name: buildos_contract::build::USER.into(),
-                uid: buildos_contract::build::UID,
-                gid: buildos_contract::build::GID,
-                home: buildos_contract::build::HOME.into(),
-                shell: "/bin/bash".into(),
-                groups: vec!["kvm".into()],
-            }]
+            vec![
+                User {
+                    name: buildos_contract::build::USER.into(),
+                    uid: buildos_contract::build::UID,
+                    gid: buildos_contract::build::GID,
+                    home: buildos_contract::build::HOME.into(),
+                    shell: "/bin/bash".into(),
+                    groups: vec!["kvm".into()],
+                },
+                User {
+                    name: buildos_contract::tunnel::USER.into(),
+                    uid: 900,
+                    gid: 900,
+                    home: "/nonexistent".into(),
+                    shell: "/usr/sbin/nologin".into(),
+                    groups: Vec::new(),
+                }
+            ]
         );
         assert!(load("minimal").unwrap().debian.is_none());
     }

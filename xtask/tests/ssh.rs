@@ -210,6 +210,21 @@ fn tunnel_reaches_the_host_and_comes_back(vm: &Vm, dir: &Path, bastion: &Bastion
     // QEMU's 10.0.2.2 that its forwarded port shows.
     let said = through_tunnel(vm, dir, remote, LOGIN);
     assert!(loopback(&said) && said.ends_with("\nbuild\n"), "{said}");
+    // The tunnel's ssh runs as its own user, not root, and build cannot reach its key.
+    let output = agents::login(
+        vm,
+        dir,
+        remote,
+        &["-o", "StrictHostKeyChecking=accept-new"],
+        "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = ssh ] && stat -c %U $p; done; \
+         ls /state/tunnel 2>/dev/null || echo build cannot list the tunnel key",
+        LOGIN,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "buildos-tunnel\nbuild cannot list the tunnel key\n"
+    );
     let restarts = |vm: &Vm| vm.console().matches("tunnel restarted, pid").count();
     let before = restarts(vm);
     let killed = Instant::now();
