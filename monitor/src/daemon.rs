@@ -511,6 +511,9 @@ pub struct Daemon {
     buildid: Option<String>,
     agent_key: Result<agentkey::AgentKey, String>,
     host: Host,
+    /// What went wrong as the monitor started that the admin must hear of: the host-up mail
+    /// lists it beside init's problems (the agent key has its own part of the mail).
+    problems: Vec<String>,
 }
 
 impl Daemon {
@@ -522,13 +525,17 @@ impl Daemon {
             log::warn!("{diagnostic}");
         }
         let config = parsed.config;
+        let mut problems = Vec::new();
         match fetch::trust_also(&paths.ca_certificates) {
             Ok(0) => {}
             Ok(n) => log::info!(
                 "HTTPS trusts {n} CA certificate(s) of {} besides the built-in roots",
                 paths.ca_certificates.display()
             ),
-            Err(e) => log::error!("{e}"),
+            Err(e) => {
+                log::error!("{e}");
+                problems.push(format!("{e}; HTTPS trusts the built-in roots only"));
+            }
         }
         let hostname = paths::hostname(paths);
         let mailer = Mailer::start(&config, paths, &hostname, options.mail_delay);
@@ -552,6 +559,7 @@ impl Daemon {
         for name in config.toolchains.keys() {
             if let Err(e) = secrets::make_dir(&paths.state, name, options.agent_user) {
                 log::error!("toolchain {name}: no secrets directory: {e}");
+                problems.push(format!("toolchain {name}: no secrets directory: {e}"));
             }
         }
         let buildid = std::fs::read_to_string(&paths.buildid)
@@ -566,6 +574,7 @@ impl Daemon {
             buildid,
             agent_key,
             host,
+            problems,
         }
     }
 
@@ -765,9 +774,12 @@ fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report
                 text.lines()
                     .filter(|l| !l.trim().is_empty())
                     .map(str::to_string)
-                    .collect()
+                    .collect::<Vec<_>>()
             })
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .chain(daemon.problems.iter().cloned())
+            .collect(),
         agent_key: Some(daemon.agent_key.clone()),
         tunnel: tunnel_key(&daemon.config, paths),
     });

@@ -78,6 +78,8 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         ),
     );
     fs::write(paths.problems(), "no disk labeled buildos.state\n").unwrap();
+    // A CA certificates file the image carries but nothing can use.
+    fs::write(&paths.ca_certificates, "not a certificate\n").unwrap();
     fs::write(
         &paths.mounts,
         "/dev/vdb /build/machines/default btrfs rw 0 0\n",
@@ -172,6 +174,10 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         &format!("  default instance 2/2: {cpus_each} CPUs on {online}, 4 GiB build RAM, 0 GiB auxiliary RAM"),
         "  /build/machines/default: /dev/vdb (btrfs)",
         "  no disk labeled buildos.state",
+        &format!(
+            "  cannot trust the CA certificates of {}: it holds no certificate; expected PEM",
+            paths.ca_certificates.display()
+        ),
     ] {
         assert!(up.message.contains(want), "host-up mail lacks {want:?}:\n{}", up.message);
     }
