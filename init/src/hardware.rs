@@ -958,12 +958,12 @@ fn with_virtio_children(mut found: BTreeMap<String, bool>) -> BTreeMap<String, b
 /// device ID less 0x1040 for a modern one (0x1040 to 0x107f), the vendor the subsystem's vendor.
 /// So the virtio NIC's and disk's drivers load beside virtio_pci instead of after it, and the
 /// kernel probes them the moment virtio_pci registers their devices: under software emulation
-/// virtio_pci's own loading and probing took 0.4 to 0.7 s, and the NIC's link is seen up by the
-/// kernel's link watch a second after its driver's probe (a NIC driver that reports its link
-/// once it probed, as virtio_net does, raises that event outside the interface being up, where
-/// the link watch runs it at most once a second), which br0 then waited for. `None` for any
-/// other device, or a modalias that is not a PCI function's.
-pub fn virtio_child(pci_modalias: &str) -> Option<String> {
+/// virtio_pci's own loading and probing took 0.4 to 0.7 s, and the kernel sees a virtio NIC's
+/// link up only a second after its driver's probe (virtio_net reports the link while the
+/// interface is still down, and the kernel's link watch runs such an event at most once a
+/// second), which br0 then waited for. `None` for any other device, or a modalias that is not a
+/// PCI function's.
+fn virtio_child(pci_modalias: &str) -> Option<String> {
     let rest = pci_modalias.strip_prefix("pci:")?;
     let field = |rest: &str, tag: &str| -> Option<u32> {
         let digits = rest.strip_prefix(tag)?.get(..8)?;
@@ -2014,6 +2014,40 @@ kernel/drivers/net/virtio_net.ko:
     }
 
     proptest::proptest! {
+        /// Whatever a modalias holds, reading a virtio child from it never panics, and what it
+        /// gives is a virtio modalias of a device type and a vendor in eight hex digits each,
+        /// from a virtio PCI function's modalias only.
+        #[test]
+        fn fuzz_virtio_child(
+            device in 0x0f00u32..0x1100,
+            subsystem in proptest::prelude::any::<u16>(),
+            cut in 0usize..64,
+            noise in "[ -~]{0,8}",
+        ) {
+            let valid = format!(
+                "pci:v00001AF4d{device:08X}sv00001AF4sd{subsystem:08X}bc02sc00i00"
+            );
+            let mut mutated = valid.clone();
+            mutated.truncate(cut.min(valid.len()));
+            mutated.push_str(&noise);
+            for modalias in [&valid, &mutated] {
+                if let Some(child) = virtio_child(modalias) {
+                    let (kind, vendor) = child
+                        .strip_prefix("virtio:d")
+                        .and_then(|rest| rest.split_once('v'))
+                        .unwrap_or_default();
+                    proptest::prop_assert!(kind.len() == 8 && vendor.len() == 8, "{child}");
+                    proptest::prop_assert!(modalias.starts_with("pci:v00001AF4d"), "{modalias}");
+                }
+            }
+            let expected = match device {
+                0x1000..=0x103f if subsystem != 0 => Some(format!("virtio:d{subsystem:08X}v00001AF4")),
+                0x1041..=0x107f => Some(format!("virtio:d{:08X}v00001AF4", device - 0x1040)),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(virtio_child(&valid), expected);
+        }
+
         /// Whatever the fixed set, the dependencies between the modules and whether the CPUs
         /// ask for kvm_intel and the NIC for its driver: the fixed set, the drivers and the
         /// late modules loading on their threads at once load each module once, after its
