@@ -122,7 +122,8 @@ pub fn key(
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))
             .map_err(|e| FileError::new(format!("give {} to uid {uid}", path.display()), e))?;
     }
-    Ok((line.clone(), fingerprint(&line, ssh_keygen), made))
+    let fingerprint = fingerprint(&line, ssh_keygen);
+    Ok((line, fingerprint, made))
 }
 
 /// Whether `line` is what ssh-keygen writes for an ed25519 key: its type, its base64 blob and a
