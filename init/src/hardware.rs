@@ -1657,16 +1657,13 @@ kernel/drivers/net/virtio_net.ko:
         // The virtio NIC is not there yet: only its PCI function, which virtio_pci brings it
         // from.
         std::fs::remove_dir_all(sys.join("bus/virtio")).unwrap();
-        let function = sys.join("devices/pci0000:00/0000:00:03.0");
-        std::fs::create_dir_all(&function).unwrap();
+        pci_device(&sys, "0000:00:03.0", ("1af4", "1000", "020000"), None);
+        // As QEMU gives it: the subsystem's device ID is the virtio type, 1 for a NIC.
         std::fs::write(
-            function.join("modalias"),
+            sys.join("devices/pci0000:00/0000:00:03.0/modalias"),
             "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00\n",
         )
         .unwrap();
-        std::fs::write(function.join("class"), "0x020000\n").unwrap();
-        std::fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
-        std::os::unix::fs::symlink(&function, sys.join("bus/pci/devices/0000:00:03.0")).unwrap();
         let recording = Arc::new(crate::host::Recording::new());
         let virtio_pci = recording.hold(&load_line(&dir, "kernel/drivers/virtio/virtio_pci.ko"));
         let host: Arc<dyn Host> = recording.clone();
