@@ -236,7 +236,7 @@ fn boot(out: &Path) -> Result<()> {
     );
     println!("  (init's first line to ready with a virtio-net NIC, {:.3} s, less its modules step and the time its steps waited for the modules loading beside them ({:.3} s), which is the kernel's own module loading: see the modules below beside busybox's modprobe; anchor: kernel start to init start in the same QEMU boot; with QEMU's e1000 it is {:.3} s, the 1 s holds below)", init.as_secs_f64(), virtio.waited.as_secs_f64(), full.own().as_secs_f64());
     println!(
-        "  (of it, {:.3} s was the network step's wait for the kernel to see the NIC's link up, before br0 forwards: its link watch does that at most once a second, on any machine; init's own work less that wait too, {:.3} s)",
+        "  (of it, {:.3} s was the network step's wait for the kernel to see the NIC's link up, before br0 forwards: its link watch does that at most once a second for a link that came up while the interface was down, as virtio_net's does at its probe; init's own work less that wait too, {:.3} s)",
         virtio.link_watch.as_secs_f64(),
         own.saturating_sub(virtio.link_watch).as_secs_f64()
     );
