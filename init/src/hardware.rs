@@ -1691,8 +1691,6 @@ kernel/drivers/net/virtio_net.ko:
         assert_eq!(loaded.report.loaded(), 2);
     }
 
-    /// A module tree of empty `.ko` files with these modules.dep lines, and a sysfs whose only
-    /// device is the CPU with `cpu_modalias` and a virtio NIC.
     /// [`module_tree`] on an Intel CPU with VMX, whose modalias asks for kvm_intel, and a
     /// virtio NIC that asks for `nic`.
     fn intel_tree(dep: &str, nic: &str) -> (tempfile::TempDir, PathBuf) {
@@ -1707,6 +1705,8 @@ kernel/drivers/net/virtio_net.ko:
         )
     }
 
+    /// A module tree of empty `.ko` files with these modules.dep lines, and a sysfs whose only
+    /// device is the CPU with `cpu_modalias` and a virtio NIC.
     fn module_tree(dep: &str, alias: &str, cpu_modalias: &str) -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let modules = root.path().join("modules");

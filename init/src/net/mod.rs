@@ -584,11 +584,11 @@ fn try_link(link: &Link, deadline: Instant, stop: &AtomicBool) -> Result<Lease, 
 /// once the kernel has seen the port's link up: the kernel's link watch does that at once for a
 /// link that comes up while its interface is up, but at most once a second for one that came up
 /// while it was down (virtio_net's, at its probe), so such a NIC can wait up to a second after
-/// its probe, and a packet br0 sends meanwhile is lost (the clock step's first NTP or DNS query then waited a second for its retry,
-/// on about every other boot under QEMU). br0's own carrier does not tell: a bridge none of whose
-/// ports the kernel enabled yet can still say it has one. So this waits, on the kernel's link
-/// announcements and at most [`BRIDGE_FORWARDING`], until the port is operationally up and br0 has
-/// carrier.
+/// its probe, and a packet br0 sends meanwhile is lost (the clock step's first NTP or DNS query
+/// then waited a second for its retry, on about every other boot under QEMU). br0's own carrier
+/// does not tell: a bridge none of whose ports the kernel enabled yet can still say it has one.
+/// So this waits, on the kernel's link announcements and at most [`BRIDGE_FORWARDING`], until
+/// the port is operationally up and br0 has carrier.
 fn make_public(
     netlink: &mut Netlink,
     port: &Link,
