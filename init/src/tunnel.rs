@@ -77,9 +77,12 @@ pub fn key(
     let public = dir.join("id_ed25519.pub");
     // A public key line that is not one (the user could have written anything there, and it
     // goes to the console and the mail) makes a new pair too.
-    let made = !(regular(&key)
-        && regular(&public)
-        && read_regular(&public).is_ok_and(|text| is_public_key_line(text.trim())));
+    let kept = regular(&key)
+        .then(|| read_regular(&public).ok())
+        .flatten()
+        .map(|text| text.trim().to_string())
+        .filter(|line| is_public_key_line(line));
+    let made = kept.is_none();
     if made {
         for path in [&key, &public] {
             match std::fs::remove_file(path) {
@@ -111,7 +114,10 @@ pub fn key(
             });
         }
     }
-    let line = read_regular(&public)?.trim().to_string();
+    let line = match kept {
+        Some(line) => line,
+        None => read_regular(&public)?.trim().to_string(),
+    };
     // Every boot: a host whose tunnel ran as root before has root's files here.
     let (uid, gid) = owner.unwrap_or((0, 0));
     let learnt = dir.join("known_hosts");
