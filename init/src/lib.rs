@@ -687,16 +687,17 @@ fn step_services(boot: &mut Boot, _host: &Arc<dyn Host>) -> StepResult {
                     gid: user.gid,
                     home: user.home,
                 });
-                let user = match &service.user {
-                    Some(_) => contract::tunnel::USER.to_owned(),
-                    None => {
-                        warnings.push(format!(
-                            "tunnel: this image has no user {}: its ssh runs as root",
-                            contract::tunnel::USER
-                        ));
-                        "root".to_owned()
-                    }
-                };
+                if service.user.is_none() {
+                    warnings.push(format!(
+                        "tunnel: this image has no user {}: its ssh runs as root",
+                        contract::tunnel::USER
+                    ));
+                }
+                let user = service
+                    .user
+                    .as_ref()
+                    .map_or("root", |user| user.name.as_str())
+                    .to_owned();
                 boot.services.add(service, now);
                 names.push(format!(
                     "tunnel (to {target} as {user}, the bastion's host key {})",
