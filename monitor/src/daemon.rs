@@ -753,6 +753,16 @@ fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report
     }
     let paths = &daemon.options.paths;
     let made = running.sliced.as_ref();
+    // init's, then the monitor's own.
+    let mut problems: Vec<String> = std::fs::read_to_string(paths.problems())
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    problems.extend(daemon.problems.iter().cloned());
     let report = report::host_up(&HostUp {
         buildid: daemon
             .buildid
@@ -769,17 +779,7 @@ fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report
             .unwrap_or_default(),
         slice_error: made.and_then(|m| m.as_ref().err()).cloned(),
         disks: disks(paths),
-        problems: std::fs::read_to_string(paths.problems())
-            .map(|text| {
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .chain(daemon.problems.iter().cloned())
-            .collect(),
+        problems,
         agent_key: Some(daemon.agent_key.clone()),
         tunnel: tunnel_key(&daemon.config, paths),
     });
