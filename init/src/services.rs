@@ -418,16 +418,25 @@ mod tests {
             .unwrap();
         assert!(line.ends_with("restarting in 1 s"), "{line}");
 
-        // The log is copied in by a thread: wait for the last run's lines, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut log = String::new();
-        while Instant::now() < deadline && log.matches("err\n").count() < 3 {
-            std::thread::sleep(Duration::from_millis(10));
-            log = std::fs::read_to_string(dir.join("flaky.log")).unwrap_or_default();
-        }
+        // The last run's lines.
+        let log = log_once(&dir.join("flaky.log"), |log| {
+            log.matches("err\n").count() >= 3
+        });
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(log.matches("out\n").count(), 3, "{log}");
         assert_eq!(log.matches("err\n").count(), 3, "{log}");
+    }
+
+    /// The service log at `path` once `done` says it holds what is awaited, or as it is after
+    /// 10 s: a thread copies it in, so it can lag the service's end.
+    fn log_once(path: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut log = String::new();
+        while Instant::now() < deadline && !done(&log) {
+            std::thread::sleep(Duration::from_millis(10));
+            log = std::fs::read_to_string(path).unwrap_or_default();
+        }
+        log
     }
 
     #[test]
@@ -453,13 +462,7 @@ mod tests {
         assert!(lines[0].starts_with("tunnel started, pid "), "{lines:?}");
         let (_, pid) = supervisor.running()[0];
         assert_eq!(describe(&wait(pid)), "exited with status 0");
-        // The log is copied in by a thread: wait for the line, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut log = String::new();
-        while Instant::now() < deadline && !log.ends_with('\n') {
-            std::thread::sleep(Duration::from_millis(10));
-            log = std::fs::read_to_string(dir.path().join("tunnel.log")).unwrap_or_default();
-        }
+        let log = log_once(&dir.path().join("tunnel.log"), |log| log.ends_with('\n'));
         assert_eq!(log, "65534 65534 65534 /nonexistent nobody nobody\n");
     }
 
