@@ -45,14 +45,16 @@ impl Qemu {
             socket,
             _dir: dir,
         };
+        // Until the socket takes a connection, not only until its file is there: QEMU binds
+        // it before it listens, and a connection between the two is refused.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !qemu.socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&qemu.socket).is_err() {
             if let Some(status) = qemu.child.try_wait().unwrap() {
-                panic!("QEMU exited ({status}) before making its monitor socket");
+                panic!("QEMU exited ({status}) before its monitor socket took a connection");
             }
             assert!(
                 Instant::now() < deadline,
-                "QEMU made no monitor socket in 60 s"
+                "QEMU's monitor socket took no connection in 60 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
