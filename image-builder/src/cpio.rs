@@ -314,6 +314,35 @@ impl Archive {
         out
     }
 
+    /// Every regular file added (not its other names): path and data.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.nodes.iter().filter_map(|(path, node)| match node {
+            Node::File { data, .. } => Some((path.as_str(), data.as_slice())),
+            _ => None,
+        })
+    }
+
+    /// Every path added but directories' (files, their other names, symlinks).
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .filter(|(_, node)| !matches!(node, Node::Dir { .. }))
+            .map(|(path, _)| path.as_str())
+    }
+
+    /// The regular file at `path` (a normalized path), by the name that holds its data (a hard
+    /// link's file), and its data; `None` for anything else.
+    pub fn file(&self, path: &str) -> Option<(&str, &[u8])> {
+        let (path, node) = match self.nodes.get_key_value(path)? {
+            (_, Node::Hardlink { target }) => self.nodes.get_key_value(target)?,
+            found => found,
+        };
+        match node {
+            Node::File { data, .. } => Some((path.as_str(), data.as_slice())),
+            _ => None,
+        }
+    }
+
     /// Whether `path` was added (implicit parents don't count).
     pub fn contains(&self, path: &str) -> bool {
         normalize(path).is_ok_and(|p| self.nodes.contains_key(&p))

@@ -15,6 +15,8 @@
 //! - [`cpio`]: reproducible newc writer and a reader that lists initrds.
 //! - [`rootfs`]: a root filesystem tar archive as a cpio segment, and path resolution through
 //!   its directory symlinks.
+//! - [`linked`]: which files of a root filesystem a set of programs runs (their shared
+//!   libraries, from their ELF dynamic sections), for the layered layout's split.
 //! - [`squashfs`]: read-only squashfs images of an archive (the layered layout's root and
 //!   modules images), made with `mksquashfs`, and their cache.
 //! - [`image`]: assembles and writes `buildos-image`, `buildos-initrd` (segments: the root
@@ -39,6 +41,7 @@ mod elf;
 pub mod firmware;
 pub mod image;
 pub mod kmod;
+pub mod linked;
 pub mod rootfs;
 pub mod squashfs;
 

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
 use crate::cpio::{Archive, CpioError};
+use crate::linked::{self, LinkedError};
 use buildos_kmodnames::fnmatch;
+use sha2::{Digest, Sha256};
 
 /// What went wrong reading a root filesystem tar archive.
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +44,42 @@ fn clean(path: &str) -> String {
     p.trim_end_matches('/').to_string()
 }
 
-/// Splits the files of a root filesystem that match one of `cold` (shell patterns as for
-/// [`from_tar`]'s `remove`) off `root` into an archive of their own, the layered layout's
-/// cold image (see [`Archive::split_off`]: directories stay, a hard link follows its file).
-pub fn split_cold(root: &mut Archive, cold: &[String]) -> Archive {
-    root.split_off(|path| cold.iter().any(|pattern| fnmatch(pattern, path)))
+/// What [`split_cold`] is made of, for a cache of its results: a SHA-256 of its code and of
+/// [`linked`]'s, which finds what boot runs.
+pub fn split_key() -> String {
+    let mut h = Sha256::new();
+    for part in [
+        include_bytes!("rootfs.rs").as_slice(),
+        include_bytes!("linked.rs"),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Splits the files of a root filesystem that boot never reads off `root` into an archive of
+/// their own, the layered layout's cold image (see [`Archive::split_off`]: directories stay,
+/// a hard link follows its file): those that match one of `cold` (shell patterns as for
+/// [`from_tar`]'s `remove`) and, when `boot` names any (patterns too), every ELF file that is
+/// neither one of them nor a library they load ([`linked::closure`]).
+pub fn split_cold(
+    root: &mut Archive,
+    cold: &[String],
+    boot: &[String],
+) -> Result<Archive, LinkedError> {
+    let unlinked: BTreeSet<String> = if boot.is_empty() {
+        BTreeSet::new()
+    } else {
+        let runs = linked::closure(root, boot)?;
+        root.files()
+            .filter(|(path, data)| linked::is_elf(data) && !runs.contains(*path))
+            .map(|(path, _)| path.to_owned())
+            .collect()
+    };
+    Ok(root.split_off(|path| {
+        unlinked.contains(path) || cold.iter().any(|pattern| fnmatch(pattern, path))
+    }))
 }
 
 /// Reads a root filesystem tar archive into a cpio [`Archive`], leaving out every path that
@@ -232,6 +265,60 @@ mod tests {
         assert_eq!((get("etc/shadow").0.uid, get("etc/shadow").0.gid), (0, 42));
         assert!(entries.iter().all(|(e, _)| e.mtime == 7));
         assert_eq!(get("bin").0.link_target.as_deref(), Some("usr/bin"));
+    }
+
+    #[test]
+    fn the_cold_split_takes_the_patterns_and_every_elf_file_boot_does_not_run() {
+        use crate::linked::tests::elf64;
+        let mut root = Archive::new();
+        root.add_dir("usr/bin", 0o755).unwrap();
+        root.add_dir("usr/lib", 0o755).unwrap();
+        root.add_file("usr/lib/libc.so.6", 0o644, elf64(None, &[]))
+            .unwrap();
+        root.add_file("usr/lib/libspice.so.1", 0o644, elf64(None, &["libc.so.6"]))
+            .unwrap();
+        root.add_file("usr/bin/sshd", 0o755, elf64(None, &["libc.so.6"]))
+            .unwrap();
+        root.add_file("usr/bin/qemu", 0o755, elf64(None, &["libspice.so.1"]))
+            .unwrap();
+        root.add_hardlink("usr/bin/qemu-kvm", "usr/bin/qemu")
+            .unwrap();
+        root.add_file("usr/bin/cc1", 0o755, elf64(None, &["libc.so.6"]))
+            .unwrap();
+        root.add_file("usr/lib/qemu.rom", 0o644, b"not a program".to_vec())
+            .unwrap();
+        let everything = root.clone();
+        let paths = |a: &Archive| a.paths().map(str::to_owned).collect::<Vec<_>>();
+
+        // Without boot programs, the patterns alone.
+        let mut only = everything.clone();
+        let cold = split_cold(&mut only, &["usr/bin/cc1".into()], &[]).unwrap();
+        assert_eq!(paths(&cold), ["usr/bin/cc1"]);
+
+        // With them, every ELF file they do not load too; a pattern still wins, a file that is
+        // not ELF stays, a hard link goes with its file.
+        let cold =
+            split_cold(&mut root, &["usr/bin/cc1".into()], &["usr/bin/sshd".into()]).unwrap();
+        assert_eq!(
+            paths(&cold),
+            [
+                "usr/bin/cc1",
+                "usr/bin/qemu",
+                "usr/bin/qemu-kvm",
+                "usr/lib/libspice.so.1"
+            ]
+        );
+        assert_eq!(
+            paths(&root),
+            ["usr/bin/sshd", "usr/lib/libc.so.6", "usr/lib/qemu.rom"]
+        );
+        let error = split_cold(&mut everything.clone(), &[], &["usr/bin/ssdh".into()])
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("\"usr/bin/ssdh\" names no file"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct Layers {
     /// overlay shows both images as one tree.
     #[serde(default)]
     pub cold: Vec<String>,
+    /// The files boot runs or loads itself (shell patterns as `cold`: init's programs and
+    /// services, sshd's PAM modules): they and every shared library they load stay in the
+    /// root image, and every other program and shared library (ELF file) goes into the cold
+    /// image with the `cold` paths. Empty: only the `cold` paths go.
+    #[serde(default)]
+    pub boot: Vec<String>,
 }
 
 /// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
@@ -429,12 +435,25 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
             )));
         }
     }
-    if !profile.layers.cold.is_empty() && profile.debian.is_none() {
-        return Err(invalid(
-            "layers.cold names paths of a Debian root filesystem, and the profile has no \
-             [debian] table"
-                .to_owned(),
-        ));
+    for pattern in &profile.layers.boot {
+        if pattern.is_empty() || pattern.starts_with('/') || pattern.trim_matches('*').is_empty() {
+            return Err(invalid(format!(
+                "layers.boot entry {pattern:?} is not a pattern of root filesystem paths; \
+                 expected a path without its leading /, like \"usr/sbin/sshd\" (a lone * \
+                 would keep every program in what boot reads)"
+            )));
+        }
+    }
+    for (key, names) in [
+        ("cold", &profile.layers.cold),
+        ("boot", &profile.layers.boot),
+    ] {
+        if !names.is_empty() && profile.debian.is_none() {
+            return Err(invalid(format!(
+                "layers.{key} names paths of a Debian root filesystem, and the profile has no \
+                 [debian] table"
+            )));
+        }
     }
     if let Some(debian) = &profile.debian {
         if debian.packages.is_empty() {
@@ -1101,28 +1120,36 @@ mod tests {
     }
 
     #[test]
-    fn a_cold_pattern_that_is_absolute_empty_or_everything_is_an_error_naming_it() {
-        for pattern in ["/usr/lib/gcc/*", "", "*"] {
+    fn a_cold_or_boot_pattern_that_is_absolute_empty_or_everything_is_an_error_naming_it() {
+        for key in ["cold", "boot"] {
+            for pattern in ["/usr/lib/gcc/*", "", "*"] {
+                let error = parse(
+                    "x",
+                    &format!("extends = \"debian\"\n[layers]\n{key} = [{pattern:?}]\n"),
+                )
+                .unwrap_err()
+                .to_string();
+                assert!(
+                    error.contains(&format!("layers.{key} entry {pattern:?} is not a pattern")),
+                    "{error}"
+                );
+            }
             let error = parse(
                 "x",
-                &format!("extends = \"debian\"\n[layers]\ncold = [{pattern:?}]\n"),
+                &format!("extends = \"minimal\"\n[layers]\n{key} = [\"usr/*\"]\n"),
             )
             .unwrap_err()
             .to_string();
             assert!(
-                error.contains(&format!("layers.cold entry {pattern:?} is not a pattern")),
+                error.contains(&format!(
+                    "layers.{key} names paths of a Debian root filesystem"
+                )) && error.contains("the profile has no [debian] table"),
                 "{error}"
             );
         }
-        let error = parse("x", "extends = \"minimal\"\n[layers]\ncold = [\"usr/*\"]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("the profile has no [debian] table"),
-            "{error}"
-        );
         let debian = load("debian").unwrap();
         assert!(debian.layers.cold.iter().any(|p| p == "usr/lib/gcc/*"));
+        assert!(debian.layers.boot.iter().any(|p| p == "usr/sbin/sshd"));
     }
 
     #[test]

@@ -365,7 +365,7 @@ pub fn assemble(inputs: &Inputs, out: &Path) -> Result<Built> {
                 builder::image::Layout::Layered => {
                     let images = r.squashfs_in(
                         inputs.squashfs_compression,
-                        &inputs.profile.layers.cold,
+                        &inputs.profile.layers,
                         inputs.source_date_epoch,
                     )?;
                     (images.root, Some(images.cold))

@@ -1,7 +1,7 @@
 //! The layered layout's squashfs images on the build machine: the root filesystem's two, made
 //! once from its cached segment and kept beside it (the root image, what boot reads, in the
-//! chosen compressor; the cold image, the profile's `[layers] cold` paths, in
-//! [`squashfs::COLD_COMPRESSION`]), and the directory where assembly keeps the modules images
+//! chosen compressor; the cold image, the profile's `[layers] cold` paths and every program
+//! and library its `[layers] boot` files do not load, in [`squashfs::COLD_COMPRESSION`]), and the directory where assembly keeps the modules images
 //! it made ([`buildos_image_builder::squashfs::Cache`]).
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use builder::squashfs;
 use builder::SquashfsCompression;
 use buildos_image_builder as builder;
+use buildos_rootfs::Layers;
 use sha2::{Digest, Sha256};
 
 use crate::debian::Rootfs;
@@ -34,22 +35,25 @@ fn cold_file() -> String {
 pub struct RootImages {
     /// What boot reads, in the chosen compressor.
     pub root: PathBuf,
-    /// The profile's cold paths, in [`squashfs::COLD_COMPRESSION`].
+    /// What boot never reads, in [`squashfs::COLD_COMPRESSION`].
     pub cold: PathBuf,
 }
 
 /// What an image kept beside the segment was made by: the squashfs step
 /// ([`squashfs::step_key`]: the code, mksquashfs's version, the compressor's options), the
-/// split (this file) and the cold patterns.
-fn key(compression: SquashfsCompression, cold: &[String]) -> Result<String> {
+/// split (this file, and [`builder::rootfs::split_key`]: the image builder's split and what
+/// finds the files boot runs) and the profile's cold and boot patterns.
+fn key(compression: SquashfsCompression, layers: &Layers) -> Result<String> {
     Ok(format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\nboot:\n{}",
         squashfs::step_key(compression)?,
         Sha256::digest(include_bytes!("layers.rs"))
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>(),
-        cold.join("\n")
+        builder::rootfs::split_key(),
+        layers.cold.join("\n"),
+        layers.boot.join("\n"),
     ))
 }
 
@@ -86,16 +90,18 @@ fn mb(path: &Path) -> f64 {
 }
 
 impl Rootfs {
-    /// The root filesystem as the layered layout's two images: the paths `cold` matches (shell
-    /// patterns, `*` across `/`, on paths without the leading `/`) split off into the cold
-    /// image, the rest the root image compressed with `compression`. Both are made once from
+    /// The root filesystem as the layered layout's two images: the paths `layers.cold` matches
+    /// (shell patterns, `*` across `/`, on paths without the leading `/`) and every program and
+    /// library the `layers.boot` files do not load split off into the cold image
+    /// ([`builder::rootfs::split_cold`]), the rest the root image compressed with
+    /// `compression`. Both are made once from
     /// the segment (the same tree, read back into an archive) and kept beside it, each with
     /// the key of what made it (see [`key`]) in `<image>.key`; an image whose key changed
     /// since is made again, one with the same key is taken as it is.
     pub fn squashfs_in(
         &self,
         compression: SquashfsCompression,
-        cold: &[String],
+        layers: &Layers,
         source_date_epoch: u64,
     ) -> Result<RootImages> {
         crate::system::ensure(&[crate::system::MKSQUASHFS])?;
@@ -103,8 +109,8 @@ impl Rootfs {
             root: self.dir.join(image_file(compression)),
             cold: self.dir.join(cold_file()),
         };
-        let root_key = key(compression, cold)?;
-        let cold_key = key(squashfs::COLD_COMPRESSION, cold)?;
+        let root_key = key(compression, layers)?;
+        let cold_key = key(squashfs::COLD_COMPRESSION, layers)?;
         let root_ok = cached(&images.root, &root_key);
         let cold_ok = cached(&images.cold, &cold_key);
         if root_ok && cold_ok {
@@ -116,7 +122,13 @@ impl Rootfs {
         let mut archive = builder::cpio::Archive::from_cpio(&packed)
             .with_context(|| format!("cannot read {} back", self.segment.display()))?;
         drop(packed);
-        let cold_archive = builder::rootfs::split_cold(&mut archive, cold);
+        let cold_archive = builder::rootfs::split_cold(&mut archive, &layers.cold, &layers.boot)
+            .with_context(|| {
+                format!(
+                    "cannot split the root filesystem of {} into what boot reads and the rest",
+                    self.segment.display()
+                )
+            })?;
         let read = started.elapsed();
         let mut made = Vec::new();
         if !root_ok {

@@ -1,7 +1,8 @@
 //! The layered layout of the debian image `cargo xtask test` built, read without booting it
 //! (the boot is `debian.rs`'s): the segments and paths the host contract's `layers` names, the
-//! root image's modes, owners and setuid bits as the profile makes them, the cold image's
-//! compiler apart from what boot reads, and the modules image's tables where init reads them.
+//! root and cold images' modes, owners and setuid bits as the profile makes them, the cold
+//! image's compiler, QEMU and every other program boot does not run apart from what boot
+//! reads, and the modules image's tables where init reads them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,12 +118,17 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
         images.insert(image, listing(&file));
     }
 
-    // The root image keeps the root filesystem's modes and owners: the profile's setuid files,
-    // sudo's, a file of group shadow, and a setgid directory of group mail.
+    // The root and cold images keep the root filesystem's modes and owners: the profile's
+    // setuid files, sudo's (both programs no step of boot runs, so in the cold image), a file
+    // of group shadow, and a setgid directory of group mail.
     let root = &images[layers::ROOT_IMAGE];
+    let cold = &images[layers::COLD_IMAGE];
     let entry = |path: &str| {
         root.get(path)
-            .unwrap_or_else(|| panic!("{path} is not in the root image"))
+            .filter(|(mode, _)| !mode.starts_with('d'))
+            .or_else(|| cold.get(path))
+            .or_else(|| root.get(path))
+            .unwrap_or_else(|| panic!("{path} is in neither the root nor the cold image"))
             .clone()
     };
     assert_eq!(entry("/"), ("drwxr-xr-x".into(), "0/0".into()));
@@ -141,15 +147,21 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
     assert!(root.keys().all(|p| !p.starts_with("/usr/lib/modules/")));
     assert!(!root.contains_key(contract::programs::MONITOR));
 
-    // The cold image holds the profile's cold paths (the compiler), and the root image none of
-    // its files; the programs boot runs and their libraries stay in the root image. Only
-    // directories are in both.
-    let cold = &images[layers::COLD_IMAGE];
+    // The cold image holds the profile's cold paths (the compiler) and every program and
+    // library the `[layers] boot` files do not load (QEMU, the graphics and sound libraries
+    // it links, qemu-img, apt), and the root image none of its files; the programs boot runs
+    // and the libraries they load stay in the root image. Only directories are in both.
     for path in [
         "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
         "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
         "/usr/include/stdio.h",
         "/usr/bin/x86_64-linux-gnu-ld.bfd",
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/bin/qemu-img",
+        "/usr/lib/x86_64-linux-gnu/libcapstone.so.4",
+        "/usr/lib/x86_64-linux-gnu/libspice-server.so.1.14.2",
+        "/usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0.0",
+        "/usr/bin/sudo",
     ] {
         assert!(cold.contains_key(path), "{path} is not in the cold image");
         assert!(!root.contains_key(path), "{path} is in the root image too");
@@ -159,10 +171,18 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
         contract::programs::DNSMASQ,
         contract::programs::NFT,
         contract::programs::SSH_KEYGEN,
+        contract::programs::E2FSCK,
+        "/usr/bin/busybox",
+        "/usr/bin/ssh",
+        "/usr/bin/bash",
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
         "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu/libcrypto.so.3",
         "/usr/lib/x86_64-linux-gnu/libjansson.so.4.14.0",
+        "/usr/lib/x86_64-linux-gnu/security/pam_unix.so",
     ] {
         assert!(root.contains_key(path), "{path} is not in the root image");
+        assert!(!cold.contains_key(path), "{path} is in the cold image too");
     }
     for (path, (mode, _)) in cold {
         assert!(
