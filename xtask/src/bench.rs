@@ -1950,7 +1950,7 @@ fn layers() -> Result<()> {
         "  the default squashfs compressor is the least ready plus transfer at 100 MB/s ({})",
         verdict(default.make.is_some() && std::ptr::eq(default, least))
     );
-    println!("  (the same kernel, disks and virtio NIC, {} CPUs as `cargo xtask qemu` gives; unpack and ready: the median of {BOOTS} boots, each with fresh disks; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the whole root filesystem in the row's compressor, uncached, on this machine's cores; each row's root and modules images are in its compressor, its cold image (the profile's [layers] cold paths: the compiler, perl) always in {})", crate::qemu::QEMU_CPUS, builder::squashfs::COLD_COMPRESSION);
+    println!("  (the same kernel, disks and virtio NIC, {} CPUs as `cargo xtask qemu` gives; unpack and ready: the median of {BOOTS} boots, each with fresh disks; unpack: the kernel's \"Trying to unpack rootfs\" to \"Freeing initrd memory\"; make: mksquashfs of the whole root filesystem in the row's compressor, uncached, on this machine's cores; each row's root and modules images are in its compressor, its cold image (what boot never reads: the profile's [layers] cold paths and every program and library its [layers] boot files do not load: the compiler, QEMU, perl) always in {})", crate::qemu::QEMU_CPUS, builder::squashfs::COLD_COMPRESSION);
     println!("figure                          buildos      anchor       ratio   target");
     println!(
         "default initrd size             {:>8.1} MB  {:>8.1} MB  {:>6.2}   < {:.0} MB with drivers and firmware ({})",
