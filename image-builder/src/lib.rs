@@ -15,8 +15,8 @@
 //! - [`cpio`]: reproducible newc writer and a reader that lists initrds.
 //! - [`rootfs`]: a root filesystem tar archive as a cpio segment, and path resolution through
 //!   its directory symlinks.
-//! - [`squashfs`]: read-only squashfs images of an archive (the layered layout's root and
-//!   modules images), made with `mksquashfs`, and their cache.
+//! - [`squashfs`]: read-only squashfs images of an archive (the layered layout's root, cold,
+//!   modules and drivers images), made with `mksquashfs`, and their cache.
 //! - [`image`]: assembles and writes `buildos-image`, `buildos-initrd` (segments: the root
 //!   filesystem if any, the image's own entries, the buildid) and `buildos-buildid`.
 //!
