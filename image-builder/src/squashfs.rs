@@ -473,8 +473,9 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// How many images a cache keeps unless told otherwise: a few module sets (a bench run
-    /// that leaves out each driver class in turn makes one per class; about 30 MB each).
+    /// How many images a cache keeps unless told otherwise: a few module sets, each a modules
+    /// and a drivers image (a bench run that leaves out each driver class in turn makes one or
+    /// both per class; 6 and 18 MB for the debian profile).
     pub const KEEP: usize = 8;
 
     /// A cache in `dir` keeping [`Cache::KEEP`] images.
