@@ -273,8 +273,15 @@ pub mod modules {
 pub mod layers {
     /// Everything of the layered root that lives in the initramfs beside `/init`.
     pub const DIR: &str = "/.buildos";
-    /// The kernel modules, their tables and firmware: the overlay's top read-only layer.
+    /// The kernel modules boot may load and their tables (and the firmware, when the profile
+    /// names no `[layers] drivers` classes): the overlay's top read-only layer.
     pub const MODULES_IMAGE: &str = "/.buildos/layers/modules.squashfs";
+    /// The modules of the profile's `[layers] drivers` classes that no module of the modules
+    /// image needs (real NICs' and SAS controllers' drivers and what only they need), and the
+    /// firmware, compressed for size as the cold image is: a host loads one or two of them,
+    /// an emulated one none. Right under the modules image. Empty, but present, when the
+    /// profile names no drivers classes.
+    pub const DRIVERS_IMAGE: &str = "/.buildos/layers/drivers.squashfs";
     /// The root filesystem but for what boot never reads: the overlay's middle layer.
     pub const ROOT_IMAGE: &str = "/.buildos/layers/root.squashfs";
     /// The root filesystem's files that boot never reads (the compiler, its headers, perl;
@@ -284,9 +291,9 @@ pub mod layers {
     /// The images in the overlay's order, top first (overlayfs's `lowerdir` order). No path is
     /// a file in two of them (only directories are shared), so the order decides nothing but
     /// a shared directory's mode, which is the same in each.
-    pub const IMAGES: [&str; 3] = [MODULES_IMAGE, ROOT_IMAGE, COLD_IMAGE];
-    /// Where init mounts each image read-only: `<LOWER>/<file stem>` (`modules`, `root`,
-    /// `cold`).
+    pub const IMAGES: [&str; 4] = [MODULES_IMAGE, DRIVERS_IMAGE, ROOT_IMAGE, COLD_IMAGE];
+    /// Where init mounts each image read-only: `<LOWER>/<file stem>` (`modules`, `drivers`,
+    /// `root`, `cold`).
     pub const LOWER: &str = "/.buildos/lower";
     /// The overlay's writable layer, in the initramfs: the image's own entries (init, the
     /// monitor, `/etc/buildos/*`, the build id) are unpacked here by the kernel, placed
@@ -374,6 +381,10 @@ mod tests {
         assert_eq!(
             layers::lower_dir(layers::MODULES_IMAGE),
             "/.buildos/lower/modules"
+        );
+        assert_eq!(
+            layers::lower_dir(layers::DRIVERS_IMAGE),
+            "/.buildos/lower/drivers"
         );
         assert_eq!(
             layers::lower_dir(layers::COLD_IMAGE),

@@ -28,9 +28,12 @@
 //!
 //! 1. one uncompressed segment: the base's squashfs image (`/.buildos/layers/root.squashfs`),
 //!    its cold image (`cold.squashfs`: the root filesystem's files boot never reads, in
-//!    [`squashfs::COLD_COMPRESSION`]) and one of the modules and firmware
-//!    (`modules.squashfs`: the tree of the cpio layout's second segment, placed through the
-//!    root's symlinks; made once per module set through a [`squashfs::Cache`]);
+//!    [`squashfs::COLD_COMPRESSION`]), and the tree of the cpio layout's second segment,
+//!    placed through the root's symlinks, in two: `drivers.squashfs`, the modules of the
+//!    spec's `drivers` classes no other module needs ([`ModuleDb::drivers_of`]) and, when it
+//!    names any, the firmware, in [`squashfs::COLD_COMPRESSION`] too; and `modules.squashfs`,
+//!    the rest and the module tables, in the spec's compressor (each made once per content
+//!    through a [`squashfs::Cache`]);
 //! 2. `/init`, the early modules (`/.buildos/early/<name>.ko`, each checked to have no
 //!    dependency), the overlay's empty directories, and the image's other entries placed
 //!    through the root's symlinks and then under `/.buildos/upper/`, the overlay's upper layer
@@ -232,6 +235,11 @@ pub struct ImageSpec {
     pub classes: Vec<String>,
     /// Modules left out of `modules` and `classes` by name.
     pub exclude: Vec<String>,
+    /// In [`Layout::Layered`], driver classes (as `classes`) whose modules go into the drivers
+    /// image with every firmware file, but those a module outside them needs
+    /// ([`ModuleDb::drivers_of`]); none gives a drivers image of nothing. Unused by
+    /// [`Layout::Cpio`], whose modules are all unpacked.
+    pub drivers: Vec<String>,
     /// Firmware packages the modules' declared files are taken from, first match first; none
     /// carries no firmware (the manifest still lists what the modules declare).
     pub firmware_debs: Vec<PathBuf>,
@@ -268,6 +276,7 @@ impl ImageSpec {
             modules: Vec::new(),
             classes: Vec::new(),
             exclude: Vec::new(),
+            drivers: Vec::new(),
             firmware_debs: Vec::new(),
             entries: Vec::new(),
             source_date_epoch,
@@ -296,12 +305,17 @@ pub struct ImageOutput {
     pub base_size: u64,
     /// Size of the modules image in the initrd (0 but in the layered layout).
     pub modules_image_size: u64,
+    /// Size of the drivers image in the initrd (0 but in the layered layout).
+    pub drivers_image_size: u64,
     /// Size of the cold image in the initrd (0 but in the layered layout).
     pub cold_image_size: u64,
     /// How the initrd holds the base.
     pub layout: Layout,
     /// Module names in load order.
     pub modules: Vec<String>,
+    /// The names of `modules` in the drivers image, in load order (none but in the layered
+    /// layout).
+    pub drivers: Vec<String>,
     /// Bytes of module files in the initrd.
     pub module_bytes: u64,
     /// The firmware carried and what each module declares.
@@ -318,10 +332,12 @@ pub struct Assembled {
     pub initrd_uncompressed_size: u64,
     pub base_size: u64,
     pub modules_image_size: u64,
+    pub drivers_image_size: u64,
     pub cold_image_size: u64,
     pub layout: Layout,
     pub kernel_version: String,
     pub modules: Vec<String>,
+    pub drivers: Vec<String>,
     pub module_bytes: u64,
     pub firmware: Firmware,
     pub buildid: String,
@@ -408,6 +424,21 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot choose the modules of the drivers image (drivers classes {}) for kernel {version}", .classes.join(", "))]
+    Drivers {
+        classes: Vec<String>,
+        version: String,
+        #[source]
+        source: Box<KmodError>,
+    },
+    #[error("cannot make the drivers image")]
+    DriversImage(#[source] Box<SquashfsError>),
+    #[error("cannot read the drivers image {path}")]
+    ReadDriversImage {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("early module {module} of kernel {version} depends on {}; init loads the early modules ({}) from single files before any module tree is mounted, so none may have a dependency", .depends.join(", "), contract::layers::EARLY_MODULES.join(", "))]
     EarlyModuleDepends {
         module: String,
@@ -476,6 +507,17 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             source: Box::new(source),
         })?;
 
+    let drivers = db
+        .drivers_of(&closure, &spec.modules, &spec.classes, &spec.drivers)
+        .map_err(|source| ImageError::Drivers {
+            classes: spec.drivers.clone(),
+            version: version.clone(),
+            source: Box::new(source),
+        })?;
+    let in_drivers: std::collections::BTreeSet<&str> = drivers.iter().map(String::as_str).collect();
+    // The paths of the modules archive the layered layout puts into the drivers image.
+    let mut drivers_paths = std::collections::BTreeSet::new();
+
     // The modules in one archive and everything else in another, so that the two are
     // compressed at once.
     let mut modules = Archive::new();
@@ -499,6 +541,9 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         module_bytes += bytes.len() as u64;
         let path = format!("{base}/{}", m.path);
         add(&path, modules.add_file(&path, 0o644, bytes))?;
+        if in_drivers.contains(m.name.as_str()) {
+            drivers_paths.insert(path);
+        }
     }
     let generated = [
         (contract::modules::DEP, db.render_modules_dep(&closure)),
@@ -527,6 +572,10 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
             firmware::Item::Symlink(target) => modules.add_symlink(&path, target),
         };
         add(&path, result)?;
+        // Firmware goes with the drivers, when the spec names any.
+        if !spec.drivers.is_empty() {
+            drivers_paths.insert(path);
+        }
     }
     let names: Vec<String> = closure.iter().map(|m| m.name.clone()).collect();
 
@@ -551,13 +600,21 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     let place = |path: &str| crate::rootfs::resolve(symlinks, path);
     let segments = match (spec.layout, &spec.base) {
         (Layout::Layered, None) => return Err(ImageError::LayeredWithoutBase),
-        (Layout::Layered, Some(base)) => layered(spec, &package, base, modules, archive, &place)?,
+        (Layout::Layered, Some(base)) => layered(
+            spec,
+            &package,
+            base,
+            (modules, &drivers_paths),
+            archive,
+            &place,
+        )?,
         (Layout::Cpio, base) => unpacked(spec, base.as_ref(), modules, archive, &place)?,
     };
     let Segments {
         mut initrd,
         base_size,
         modules_image_size,
+        drivers_image_size,
         cold_image_size,
         uncompressed_size,
         buildid_path,
@@ -586,11 +643,16 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         initrd,
         base_size,
         modules_image_size,
+        drivers_image_size,
         cold_image_size,
         layout: spec.layout,
         initrd_uncompressed_size: uncompressed_size,
         kernel_version: version,
         modules: names,
+        drivers: match spec.layout {
+            Layout::Layered => drivers,
+            Layout::Cpio => Vec::new(),
+        },
         module_bytes,
         firmware,
         buildid: id,
@@ -602,6 +664,7 @@ struct Segments {
     initrd: Vec<u8>,
     base_size: u64,
     modules_image_size: u64,
+    drivers_image_size: u64,
     cold_image_size: u64,
     /// The compressed segments' size before compression.
     uncompressed_size: u64,
@@ -684,6 +747,7 @@ fn unpacked(
         initrd,
         base_size,
         modules_image_size: 0,
+        drivers_image_size: 0,
         cold_image_size: 0,
         uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
         buildid_path: place(BUILDID_PATH),
@@ -691,16 +755,16 @@ fn unpacked(
 }
 
 /// The layered layout ([`buildos_contract::layers`]): one uncompressed segment with the root
-/// image, the cold image and the modules image (a squashfs image gains nothing from another
-/// compression),
-/// then one compressed segment with `/init`, the early modules, the overlay's empty
-/// directories and the image's entries in the upper layer, placed through the root's
-/// symlinks (`/init` and the upper layer's `init` are one file).
+/// image, the cold image, the modules image and the drivers image (a squashfs image gains
+/// nothing from another compression), then one compressed segment with `/init`, the early
+/// modules, the overlay's empty directories and the image's entries in the upper layer,
+/// placed through the root's symlinks (`/init` and the upper layer's `init` are one file).
+/// `modules` is the modules archive and the paths of it that go into the drivers image.
 fn layered(
     spec: &ImageSpec,
     package: &KernelPackage,
     base: &Base,
-    modules: Archive,
+    modules: (Archive, &std::collections::BTreeSet<String>),
     entries: Archive,
     place: &dyn Fn(&str) -> String,
 ) -> Result<Segments, ImageError> {
@@ -718,23 +782,36 @@ fn layered(
     })?;
     check_image(&cold, cold_path, squashfs::COLD_COMPRESSION)?;
     let cache = squashfs::Cache::new(spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?);
-    let modules = modules
-        .relocate(place)
-        .map_err(initrd_error("the modules over the root filesystem"))?;
-    let modules_cpio = modules
-        .to_bytes(epoch)
-        .map_err(initrd_error("the modules"))?;
-    let modules_path = cache
-        .image(&modules, &modules_cpio, spec.squashfs_compression, epoch)
-        .map_err(|e| ImageError::ModulesImage(Box::new(e)))?;
-    drop(modules_cpio);
+    let (mut modules, drivers_paths) = modules;
+    let drivers = modules.split_off(|path| drivers_paths.contains(path));
+    let modules_path = squashfs_of(
+        &cache,
+        modules,
+        spec.squashfs_compression,
+        epoch,
+        place,
+        ("the modules", ImageError::ModulesImage),
+    )?;
     let modules_image = fs::read(&modules_path).map_err(|source| ImageError::ReadModulesImage {
-        path: modules_path.clone(),
+        path: modules_path,
         source,
     })?;
-    let (base_size, modules_image_size, cold_image_size) = (
+    let drivers_path = squashfs_of(
+        &cache,
+        drivers,
+        squashfs::COLD_COMPRESSION,
+        epoch,
+        place,
+        ("the drivers", ImageError::DriversImage),
+    )?;
+    let drivers_image = fs::read(&drivers_path).map_err(|source| ImageError::ReadDriversImage {
+        path: drivers_path,
+        source,
+    })?;
+    let (base_size, modules_image_size, drivers_image_size, cold_image_size) = (
         root.len() as u64,
         modules_image.len() as u64,
+        drivers_image.len() as u64,
         cold.len() as u64,
     );
     let mut images = Archive::new();
@@ -744,6 +821,9 @@ fn layered(
     images
         .add_file(layers::MODULES_IMAGE, 0o644, modules_image)
         .map_err(initrd_error(layers::MODULES_IMAGE))?;
+    images
+        .add_file(layers::DRIVERS_IMAGE, 0o644, drivers_image)
+        .map_err(initrd_error(layers::DRIVERS_IMAGE))?;
     images
         .add_file(layers::COLD_IMAGE, 0o644, cold)
         .map_err(initrd_error(layers::COLD_IMAGE))?;
@@ -783,10 +863,30 @@ fn layered(
         initrd,
         base_size,
         modules_image_size,
+        drivers_image_size,
         cold_image_size,
         uncompressed_size: own.len() as u64,
         buildid_path: upper(BUILDID_PATH),
     })
+}
+
+/// The squashfs image of `archive` (a part of the modules tree, `what`, whose failure
+/// `failed` wraps) placed through the root's symlinks, from `cache` or made into it.
+fn squashfs_of(
+    cache: &squashfs::Cache,
+    archive: Archive,
+    compression: SquashfsCompression,
+    epoch: u64,
+    place: &dyn Fn(&str) -> String,
+    (what, failed): (&str, fn(Box<SquashfsError>) -> ImageError),
+) -> Result<PathBuf, ImageError> {
+    let archive = archive
+        .relocate(place)
+        .map_err(initrd_error(&format!("{what} over the root filesystem")))?;
+    let cpio = archive.to_bytes(epoch).map_err(initrd_error(what))?;
+    cache
+        .image(&archive, &cpio, compression, epoch)
+        .map_err(|e| failed(Box::new(e)))
 }
 
 /// Checks that `image` (read from `path`) is a squashfs image compressed with `expected`.
@@ -940,9 +1040,11 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         initrd_uncompressed_size: image.initrd_uncompressed_size,
         base_size: image.base_size,
         modules_image_size: image.modules_image_size,
+        drivers_image_size: image.drivers_image_size,
         cold_image_size: image.cold_image_size,
         layout: image.layout,
         modules: image.modules,
+        drivers: image.drivers,
         module_bytes: image.module_bytes,
         firmware: image.firmware,
         buildid: image.buildid,
@@ -1339,7 +1441,14 @@ mod tests {
             squashfs::inspect(&cold),
             squashfs::Found::Squashfs(SquashfsCompression::Xz)
         );
-        // The three images come first, in one uncompressed segment.
+        // The drivers image, of nothing when the spec names no drivers class, in xz too.
+        let drivers = file(&entries, &layers::DRIVERS_IMAGE[1..]);
+        assert_eq!(out.drivers_image_size, drivers.len() as u64);
+        assert_eq!(
+            squashfs::inspect(drivers),
+            squashfs::Found::Squashfs(SquashfsCompression::Xz)
+        );
+        // The four images come first, in one uncompressed segment.
         let images: Vec<&str> = entries
             .iter()
             .map(|(e, _)| e.path.as_str())
@@ -1349,6 +1458,7 @@ mod tests {
             images,
             [
                 &layers::COLD_IMAGE[1..],
+                &layers::DRIVERS_IMAGE[1..],
                 &layers::MODULES_IMAGE[1..],
                 &layers::ROOT_IMAGE[1..]
             ]
@@ -1426,6 +1536,154 @@ mod tests {
         );
     }
 
+    /// `unsquashfs -lln` of an image's bytes (written to `dir/name`): path → its type letter.
+    fn squashfs_listing(dir: &Path, name: &str, image: &[u8]) -> BTreeMap<String, char> {
+        let path = dir.join(name);
+        std::fs::write(&path, image).unwrap();
+        let out = std::process::Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|line| {
+                let at = line.find("squashfs-root")?;
+                let path = &line[at + "squashfs-root".len()..];
+                let path = path.split(" -> ").next().unwrap_or(path);
+                Some((path.to_owned(), line.chars().next()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_drivers_image_holds_the_drivers_classes_and_firmware_and_the_modules_image_the_rest() {
+        use contract::layers;
+        let inputs = Inputs::new(b"the kernel");
+        let realtek = inputs.dir.path().join("firmware-realtek.deb");
+        std::fs::write(
+            &realtek,
+            testdeb::build(
+                "Package: firmware-realtek\nVersion: 20230210-5\n",
+                &[Item::File(
+                    "lib/firmware/rtl_nic/rtl8168d-1.fw",
+                    0o644,
+                    b"8168d",
+                )],
+                ".xz",
+            ),
+        )
+        .unwrap();
+        let mut spec = layered_spec(&inputs, "out");
+        // nvme is named (as `hardware` names a driver); nvme_core, of a drivers class, is
+        // what it needs. r8169 is a driver no other module needs.
+        spec.modules.push("nvme".into());
+        spec.classes = vec!["drivers/net/ethernet".into(), "drivers/nvme".into()];
+        spec.drivers = spec.classes.clone();
+        spec.firmware_debs = vec![realtek];
+        let out = build(&spec).unwrap();
+        assert_eq!(out.drivers, ["r8169"]);
+        let entries = read_initrd(&out.initrd_path);
+        let drivers = file(&entries, &layers::DRIVERS_IMAGE[1..]);
+        assert_eq!(out.drivers_image_size, drivers.len() as u64);
+        // Compressed as the cold image, whatever the modules image's compressor.
+        assert_eq!(
+            squashfs::inspect(drivers),
+            squashfs::Found::Squashfs(squashfs::COLD_COMPRESSION)
+        );
+        let scratch = inputs.dir.path();
+        let drivers = squashfs_listing(scratch, "drivers.squashfs", drivers);
+        let modules = squashfs_listing(
+            scratch,
+            "modules.squashfs",
+            file(&entries, &layers::MODULES_IMAGE[1..]),
+        );
+        let tree = format!("/usr/lib/modules/{VERSION}");
+        for path in [
+            format!("{tree}/kernel/drivers/net/ethernet/realtek/r8169.ko"),
+            "/usr/lib/firmware/rtl_nic/rtl8168d-1.fw".to_owned(),
+        ] {
+            assert_eq!(drivers.get(&path), Some(&'-'), "{path}: {drivers:?}");
+        }
+        for path in [
+            format!("{tree}/kernel/drivers/nvme/host/nvme.ko"),
+            format!("{tree}/kernel/drivers/nvme/host/nvme-core.ko"),
+            format!("{tree}/kernel/fs/btrfs/btrfs.ko"),
+        ]
+        .into_iter()
+        .chain(
+            contract::modules::READ_AT_BOOT
+                .iter()
+                .map(|t| format!("{tree}/{t}")),
+        ) {
+            assert_eq!(modules.get(&path), Some(&'-'), "{path}: {modules:?}");
+        }
+        // No file is in both: only the directories they share.
+        for (path, kind) in &drivers {
+            assert!(
+                *kind == 'd' || !modules.contains_key(path),
+                "{path} is in both images"
+            );
+        }
+        // The tables name every module, wherever its file is: init finds r8169 by them.
+        let dep = std::process::Command::new("unsquashfs")
+            .args(["-cat"])
+            .arg(scratch.join("modules.squashfs"))
+            .arg(format!("{tree}/modules.dep"))
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&dep.stdout)
+            .contains("kernel/drivers/net/ethernet/realtek/r8169.ko:"));
+
+        // Without drivers classes the drivers image is one of nothing, and every module and
+        // the firmware are in the modules image.
+        spec.drivers.clear();
+        spec.out_dir = inputs.dir.path().join("none");
+        let none = build(&spec).unwrap();
+        assert!(none.drivers.is_empty());
+        let entries = read_initrd(&none.initrd_path);
+        let drivers = squashfs_listing(
+            scratch,
+            "drivers.squashfs",
+            file(&entries, &layers::DRIVERS_IMAGE[1..]),
+        );
+        assert_eq!(drivers.keys().collect::<Vec<_>>(), [""], "{drivers:?}");
+        let modules = squashfs_listing(
+            scratch,
+            "modules.squashfs",
+            file(&entries, &layers::MODULES_IMAGE[1..]),
+        );
+        assert!(modules.contains_key(&format!(
+            "{tree}/kernel/drivers/net/ethernet/realtek/r8169.ko"
+        )));
+        assert!(modules.contains_key("/usr/lib/firmware/rtl_nic/rtl8168d-1.fw"));
+
+        // A drivers class of no module is an error naming it.
+        spec.drivers = vec!["drivers/net/etherent".into()];
+        let err = chain(&build(&spec).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "cannot choose the modules of the drivers image (drivers classes \
+                 drivers/net/etherent) for kernel {VERSION}: driver class drivers/net/etherent \
+                 holds no module"
+            )),
+            "{err}"
+        );
+    }
+
+    /// An error and its causes, `: ` between them.
+    fn chain(error: &dyn std::error::Error) -> String {
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+
     #[test]
     fn a_layered_image_without_its_cold_image_or_with_one_not_in_xz_is_an_error_naming_it() {
         let inputs = Inputs::new(b"the kernel");
@@ -1451,11 +1709,12 @@ mod tests {
     fn layered_initrd_is_the_same_bytes_again_and_reuses_its_modules_image() {
         let inputs = Inputs::new(b"the kernel");
         let a = build(&layered_spec(&inputs, "a")).unwrap();
+        // The modules image and the drivers image (of nothing here).
         let cached: Vec<_> = std::fs::read_dir(inputs.dir.path().join("layers"))
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
-        assert_eq!(cached.len(), 1, "{cached:?}");
+        assert_eq!(cached.len(), 2, "{cached:?}");
         let mut spec = layered_spec(&inputs, "b");
         spec.entries.reverse();
         let b = build(&spec).unwrap();
@@ -1465,9 +1724,9 @@ mod tests {
             std::fs::read_dir(inputs.dir.path().join("layers"))
                 .unwrap()
                 .count(),
-            1
+            2
         );
-        // Another module set is another image.
+        // Another module set is another modules image; the drivers image is the same.
         spec.modules.push("tun".into());
         spec.out_dir = inputs.dir.path().join("c");
         let c = build(&spec).unwrap();
@@ -1476,7 +1735,7 @@ mod tests {
             std::fs::read_dir(inputs.dir.path().join("layers"))
                 .unwrap()
                 .count(),
-            2
+            3
         );
     }
 

@@ -489,6 +489,50 @@ impl ModuleDb {
             .collect())
     }
 
+    /// Which of `carried` (what [`ModuleDb::select`] chose for `named`, `classes` and its
+    /// exclusions) the layered layout puts into its drivers image: every carried module but
+    /// the hot ones, the closure (hard and soft dependencies, as init loads them) of `named`
+    /// and of the `classes`' modules outside the `drivers` classes. So a module of a drivers
+    /// class that a hot module needs (scsi_mod, for sd_mod) stays hot, and a module outside
+    /// them that only drivers need (ib_core, for a NIC's RDMA part) goes with the drivers.
+    /// Names, in `carried`'s order; none when `drivers` names no class. A drivers class that
+    /// holds no module of the kernel is an error ([`KmodError::EmptyClass`]), as in `classes`.
+    pub fn drivers_of<S: AsRef<str>>(
+        &self,
+        carried: &[Module],
+        named: &[S],
+        classes: &[S],
+        drivers: &[S],
+    ) -> Result<Vec<String>, KmodError> {
+        if drivers.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.in_classes(drivers)?;
+        let prefixes: Vec<String> = drivers
+            .iter()
+            .map(|c| format!("kernel/{}/", c.as_ref().trim_matches('/')))
+            .collect();
+        let is_carried: BTreeSet<&str> = carried.iter().map(|m| m.name.as_str()).collect();
+        let mut roots: Vec<String> = named
+            .iter()
+            .map(|n| normalize_name(n.as_ref()))
+            .filter(|n| is_carried.contains(n.as_str()))
+            .collect();
+        roots.extend(
+            self.in_classes(classes)?
+                .into_iter()
+                .filter(|m| is_carried.contains(m.name.as_str()))
+                .filter(|m| !prefixes.iter().any(|p| m.path.starts_with(p)))
+                .map(|m| m.name.clone()),
+        );
+        let hot: BTreeSet<String> = self.closure(&roots)?.into_iter().map(|m| m.name).collect();
+        Ok(carried
+            .iter()
+            .filter(|m| !hot.contains(&m.name))
+            .map(|m| m.name.clone())
+            .collect())
+    }
+
     /// Like [`ModuleDb::closure`], choosing whether to follow soft dependencies.
     pub fn closure_with<S: AsRef<str>>(
         &self,
@@ -1221,6 +1265,128 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("module brige is neither"), "{err}");
+    }
+
+    /// The test kernel with SCSI, ATA, RDMA and target modules shaped as Debian's are: each
+    /// `(path below kernel/, hard dependencies, soft pre-dependencies)`.
+    fn db_with_drivers() -> ModuleDb {
+        let mut db = db().1;
+        for (path, depends, soft) in [
+            ("drivers/scsi/scsi_mod.ko", &[][..], &[][..]),
+            ("drivers/scsi/scsi_common.ko", &[], &[]),
+            ("drivers/scsi/virtio_scsi.ko", &["scsi_mod"], &[]),
+            ("drivers/scsi/megaraid/megaraid_sas.ko", &["scsi_mod"], &[]),
+            (
+                "drivers/scsi/qla2xxx/tcm_qla2xxx.ko",
+                &["target_core_mod", "scsi_mod"],
+                &[],
+            ),
+            ("drivers/target/target_core_mod.ko", &["scsi_common"], &[]),
+            ("drivers/ata/libata.ko", &["scsi_mod"], &[]),
+            ("drivers/ata/ahci.ko", &["libata"], &["scsi_common"]),
+            ("drivers/net/ethernet/fake/rdma_nic.ko", &["ib_core"], &[]),
+            ("drivers/infiniband/core/ib_core.ko", &[], &[]),
+        ] {
+            let path = format!("kernel/{path}");
+            let name = name_from_path(&path).unwrap();
+            let module = Module {
+                name: name.clone(),
+                path,
+                depends: depends.iter().map(|d| d.to_string()).collect(),
+                softdeps_pre: soft.iter().map(|d| d.to_string()).collect(),
+                softdeps_post: Vec::new(),
+                aliases: Vec::new(),
+                firmware: Vec::new(),
+                size: 1,
+            };
+            db.modules.insert(name, module);
+        }
+        db
+    }
+
+    #[test]
+    fn drivers_take_their_classes_but_what_a_hot_module_needs_and_what_only_they_need() {
+        let db = db_with_drivers();
+        let named = ["btrfs", "virtio_scsi"];
+        let classes = ["drivers/ata", "drivers/scsi", "drivers/net/ethernet"];
+        let carried = db.select(&named, &classes, &[]).unwrap();
+        let drivers = db
+            .drivers_of(
+                &carried,
+                &named,
+                &classes,
+                &["drivers/scsi", "drivers/net/ethernet"],
+            )
+            .unwrap();
+        // megaraid_sas and the NICs of the drivers classes; the target core and ib_core,
+        // of no class, which only they need.
+        let mut sorted = drivers.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "ib_core",
+                "megaraid_sas",
+                "r8169",
+                "rdma_nic",
+                "target_core_mod",
+                "tcm_qla2xxx"
+            ]
+        );
+        // Hot, though of a drivers class: scsi_mod (libata of the hot ATA class needs it),
+        // scsi_common (ahci's soft dependency), virtio_scsi (named, as `hardware` names it).
+        for hot in [
+            "scsi_mod",
+            "scsi_common",
+            "virtio_scsi",
+            "libata",
+            "ahci",
+            "btrfs",
+        ] {
+            assert!(
+                carried.iter().any(|m| m.name == hot) && !drivers.iter().any(|d| d == hot),
+                "{hot}: {drivers:?}"
+            );
+        }
+        // In the carried order.
+        let order: Vec<&str> = carried
+            .iter()
+            .map(|m| m.name.as_str())
+            .filter(|n| drivers.iter().any(|d| d == n))
+            .collect();
+        assert_eq!(drivers, order);
+    }
+
+    #[test]
+    fn no_drivers_class_keeps_every_module_hot_and_an_empty_one_is_an_error_naming_it() {
+        let db = db_with_drivers();
+        let classes = ["drivers/scsi", "drivers/net/ethernet"];
+        let carried = db.select(&["btrfs"], &classes, &[]).unwrap();
+        let none: [&str; 0] = [];
+        assert!(db
+            .drivers_of(&carried, &["btrfs"], &classes, &none)
+            .unwrap()
+            .is_empty());
+        let err = db
+            .drivers_of(&carried, &["btrfs"], &classes, &["drivers/scsci"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            format!(
+                "driver class drivers/scsci holds no module of kernel {VERSION}; expected \
+                 a directory of its module tree below kernel/, like drivers/net/ethernet"
+            )
+        );
+        // Every module of the classes a drivers class covers whole goes, but what a named one
+        // needs.
+        let drivers = db
+            .drivers_of(&carried, &["btrfs", "megaraid_sas"], &classes, &classes)
+            .unwrap();
+        assert!(!drivers
+            .iter()
+            .any(|d| d == "scsi_mod" || d == "megaraid_sas"));
+        assert!(drivers.iter().any(|d| d == "virtio_scsi"));
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //!   its directory symlinks.
 //! - [`linked`]: which files of a root filesystem a set of programs runs (their shared
 //!   libraries, from their ELF dynamic sections), for the layered layout's split.
-//! - [`squashfs`]: read-only squashfs images of an archive (the layered layout's root and
-//!   modules images), made with `mksquashfs`, and their cache.
+//! - [`squashfs`]: read-only squashfs images of an archive (the layered layout's root, cold,
+//!   modules and drivers images), made with `mksquashfs`, and their cache.
 //! - [`image`]: assembles and writes `buildos-image`, `buildos-initrd` (segments: the root
 //!   filesystem if any, the image's own entries, the buildid) and `buildos-buildid`.
 //!

@@ -66,8 +66,9 @@ pub struct Report {
 }
 
 impl Report {
-    /// The step's console line: `layers: root on an overlay of modules.squashfs (28.5 MB,
-    /// /dev/loop0) and root.squashfs (120.4 MB, /dev/loop1), writes in /.buildos/upper (RAM);
+    /// The step's console line: `layers: root on an overlay of modules.squashfs (3.4 MB,
+    /// /dev/loop0) and drivers.squashfs (20.6 MB, /dev/loop1) and root.squashfs (52.7 MB,
+    /// /dev/loop2) and cold.squashfs (31.9 MB, /dev/loop3), writes in /.buildos/upper (RAM);
     /// early modules loop, squashfs, overlay 104 ms, mounts and switch 78 ms`.
     pub fn line(&self) -> String {
         let images: Vec<String> = self
@@ -343,7 +344,10 @@ mod tests {
             std::fs::write(path, b"\x7fELF").unwrap();
         }
         if layered {
-            for (image, bytes) in layers::IMAGES.iter().zip([3_000_000, 5_000_000, 2_000_000]) {
+            for (image, bytes) in layers::IMAGES
+                .iter()
+                .zip([3_000_000, 4_000_000, 5_000_000, 2_000_000])
+            {
                 let path = under(dir.path(), image);
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                 std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
@@ -375,19 +379,23 @@ mod tests {
                 "load_module /.buildos/early/squashfs.ko",
                 "load_module /.buildos/early/overlay.ko",
                 "attach_loop /.buildos/layers/modules.squashfs",
+                "attach_loop /.buildos/layers/drivers.squashfs",
                 "attach_loop /.buildos/layers/root.squashfs",
                 "attach_loop /.buildos/layers/cold.squashfs",
                 "mkdir /.buildos/lower/modules",
                 "mount squashfs /dev/loop0 on /.buildos/lower/modules MS_RDONLY",
+                "mkdir /.buildos/lower/drivers",
+                "mount squashfs /dev/loop1 on /.buildos/lower/drivers MS_RDONLY",
                 "mkdir /.buildos/lower/root",
-                "mount squashfs /dev/loop1 on /.buildos/lower/root MS_RDONLY",
+                "mount squashfs /dev/loop2 on /.buildos/lower/root MS_RDONLY",
                 "mkdir /.buildos/lower/cold",
-                "mount squashfs /dev/loop2 on /.buildos/lower/cold MS_RDONLY",
+                "mount squashfs /dev/loop3 on /.buildos/lower/cold MS_RDONLY",
                 "mkdir /.buildos/upper",
                 "mkdir /.buildos/work",
                 "mkdir /.buildos/root",
                 "mount overlay overlay on /.buildos/root lowerdir=/.buildos/lower/modules:\
-                 /.buildos/lower/root:/.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work",
+                 /.buildos/lower/drivers:/.buildos/lower/root:/.buildos/lower/cold,\
+                 upperdir=/.buildos/upper,workdir=/.buildos/work",
                 "mkdir /.buildos/root/proc",
                 "mount none /proc on /.buildos/root/proc MS_MOVE",
                 "mkdir /.buildos/root/sys",
@@ -400,6 +408,9 @@ mod tests {
                 "mount none /tmp on /.buildos/root/tmp MS_MOVE",
                 "mkdir /.buildos/root/.buildos/lower/modules",
                 "mount none /.buildos/lower/modules on /.buildos/root/.buildos/lower/modules \
+                 MS_MOVE",
+                "mkdir /.buildos/root/.buildos/lower/drivers",
+                "mount none /.buildos/lower/drivers on /.buildos/root/.buildos/lower/drivers \
                  MS_MOVE",
                 "mkdir /.buildos/root/.buildos/lower/root",
                 "mount none /.buildos/lower/root on /.buildos/root/.buildos/lower/root MS_MOVE",
@@ -415,8 +426,9 @@ mod tests {
         assert!(
             line.starts_with(
                 "layers: root on an overlay of modules.squashfs (3.0 MB, /dev/loop0) and \
-                 root.squashfs (5.0 MB, /dev/loop1) and cold.squashfs (2.0 MB, /dev/loop2), writes in /.buildos/upper (RAM); early \
-                 modules loop, squashfs, overlay "
+                 drivers.squashfs (4.0 MB, /dev/loop1) and root.squashfs (5.0 MB, /dev/loop2) \
+                 and cold.squashfs (2.0 MB, /dev/loop3), writes in /.buildos/upper (RAM); \
+                 early modules loop, squashfs, overlay "
             ),
             "{line}"
         );
@@ -426,8 +438,8 @@ mod tests {
     fn the_overlay_has_the_modules_above_the_root_and_its_writes_in_the_initramfs() {
         assert_eq!(
             overlay_options(),
-            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root:/.buildos/lower/cold,\
-             upperdir=/.buildos/upper,workdir=/.buildos/work"
+            "lowerdir=/.buildos/lower/modules:/.buildos/lower/drivers:/.buildos/lower/root:\
+             /.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work"
         );
     }
 
@@ -492,18 +504,29 @@ mod tests {
 
     #[test]
     fn a_missing_image_fails_naming_it() {
-        let files = initramfs(true);
-        std::fs::remove_file(under(files.path(), layers::MODULES_IMAGE)).unwrap();
-        // The root image alone still makes the initramfs a layered one.
-        let host = Recording::new();
-        let error = switch(&host, files.path(), MOVED).unwrap_err();
-        let chain = crate::console::chain(&error).replace(&files.path().display().to_string(), "");
-        assert_eq!(
-            chain,
-            "cannot open image /.buildos/layers/modules.squashfs\n  \
-             caused by: No such file or directory (os error 2)"
-        );
-        assert!(host.calls_of("mount").is_empty());
+        // The root image alone makes the initramfs a layered one; every other image the
+        // contract lists must be there too (the image builder makes an empty one rather than
+        // none).
+        for image in [
+            layers::MODULES_IMAGE,
+            layers::DRIVERS_IMAGE,
+            layers::COLD_IMAGE,
+        ] {
+            let files = initramfs(true);
+            std::fs::remove_file(under(files.path(), image)).unwrap();
+            let host = Recording::new();
+            let error = switch(&host, files.path(), MOVED).unwrap_err();
+            let chain =
+                crate::console::chain(&error).replace(&files.path().display().to_string(), "");
+            assert_eq!(
+                chain,
+                format!(
+                    "cannot open image {image}\n  \
+                     caused by: No such file or directory (os error 2)"
+                )
+            );
+            assert!(host.calls_of("mount").is_empty());
+        }
     }
 
     #[test]
@@ -515,8 +538,9 @@ mod tests {
         assert_eq!(
             crate::console::chain(&error),
             "cannot mount the root's overlay: mount overlay on /.buildos/root (type overlay, \
-             options lowerdir=/.buildos/lower/modules:/.buildos/lower/root:\
-             /.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work)\n  \
+             options lowerdir=/.buildos/lower/modules:/.buildos/lower/drivers:\
+             /.buildos/lower/root:/.buildos/lower/cold,upperdir=/.buildos/upper,\
+             workdir=/.buildos/work)\n  \
              caused by: EINVAL: Invalid argument"
         );
         assert!(
@@ -529,11 +553,11 @@ mod tests {
         );
 
         let host = Recording::new();
-        host.fail("mount squashfs /dev/loop1", Errno::ENODEV);
+        host.fail("mount squashfs /dev/loop2", Errno::ENODEV);
         let error = switch(&host, files.path(), MOVED).unwrap_err();
         assert_eq!(
             crate::console::oneline(&error),
-            "cannot mount image /.buildos/layers/root.squashfs: mount /dev/loop1 on \
+            "cannot mount image /.buildos/layers/root.squashfs: mount /dev/loop2 on \
              /.buildos/lower/root (type squashfs, options none): ENODEV: No such device"
         );
 

@@ -1,5 +1,6 @@
-//! The `layers` step on the real kernel: an initramfs in a scratch tmpfs with three squashfs
-//! images made by `mksquashfs` (the cold one in xz, as the image builder makes it) and an
+//! The `layers` step on the real kernel: an initramfs in a scratch tmpfs with four squashfs
+//! images made by `mksquashfs` (the drivers and cold ones in xz, as the image builder makes
+//! them) and an
 //! upper layer, which a thread of its own (its own mount
 //! namespace and root, so nothing outside changes) switches into with the same code PID 1
 //! runs, on `Linux`.
@@ -98,6 +99,15 @@ fn the_layers_step_makes_an_overlay_of_the_images_the_root_with_its_writes_in_th
         );
         squashfs(
             sources.as_path(),
+            &at(layers::DRIVERS_IMAGE),
+            &[(
+                "usr/lib/modules/6.1/kernel/drivers/net/ethernet/e1000e.ko",
+                "from the drivers image\n",
+            )],
+            &["-comp", "xz"],
+        );
+        squashfs(
+            sources.as_path(),
             &at(layers::COLD_IMAGE),
             &[("usr/lib/gcc/cc1", "from the cold image\n")],
             &["-comp", "xz"],
@@ -152,6 +162,11 @@ fn the_layers_step_makes_an_overlay_of_the_images_the_root_with_its_writes_in_th
             "from the modules image\n"
         );
         assert_eq!(read("/etc/buildos/buildid"), "0123abcd\n");
+        // The drivers image's files beside the modules image's, in the directories they share.
+        assert_eq!(
+            read("/usr/lib/modules/6.1/kernel/drivers/net/ethernet/e1000e.ko"),
+            "from the drivers image\n"
+        );
         // The cold image's files beside the root image's, in the directories they share.
         assert_eq!(read("/usr/lib/gcc/cc1"), "from the cold image\n");
         assert!(Path::new("/usr/lib/modules/6.1").is_dir());

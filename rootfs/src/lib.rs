@@ -82,6 +82,14 @@ pub struct Layers {
     /// image with the `cold` paths. Empty: only the `cold` paths go.
     #[serde(default)]
     pub boot: Vec<String>,
+    /// Driver classes (directories of the kernel's module tree below `kernel/`, as
+    /// `[modules] classes` names them) whose modules go into the drivers image, compressed for
+    /// size, together with every firmware file: each but those a module of the modules image
+    /// needs (the closure of `[modules]`'s `boot`, `hardware` and the classes' modules outside
+    /// these), which stay there. A module of the drivers image is loaded where its device is, and its first
+    /// load after boot unpacks xz.
+    #[serde(default)]
+    pub drivers: Vec<String>,
 }
 
 /// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
@@ -454,6 +462,21 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
                  [debian] table"
             )));
         }
+    }
+    for class in &profile.layers.drivers {
+        if !valid_class(class) {
+            return Err(invalid(format!(
+                "layers.drivers entry {class:?} is not a directory of the kernel's module tree \
+                 below kernel/, like \"drivers/net/ethernet\""
+            )));
+        }
+    }
+    if !profile.layers.drivers.is_empty() && profile.debian.is_none() {
+        return Err(invalid(
+            "layers.drivers splits the modules of the layered layout, which needs a Debian \
+             root filesystem, and the profile has no [debian] table"
+                .to_owned(),
+        ));
     }
     if let Some(debian) = &profile.debian {
         if debian.packages.is_empty() {
@@ -1150,6 +1173,49 @@ mod tests {
         let debian = load("debian").unwrap();
         assert!(debian.layers.cold.iter().any(|p| p == "usr/lib/gcc/*"));
         assert!(debian.layers.boot.iter().any(|p| p == "usr/sbin/sshd"));
+    }
+
+    #[test]
+    fn a_drivers_class_that_is_no_directory_of_the_module_tree_is_an_error_naming_it() {
+        for class in ["/drivers/scsi", "drivers/../scsi", "", "drivers//scsi"] {
+            let error = parse(
+                "x",
+                &format!("extends = \"debian\"\n[layers]\ndrivers = [{class:?}]\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(&format!(
+                    "layers.drivers entry {class:?} is not a directory of the kernel's module \
+                     tree below kernel/, like \"drivers/net/ethernet\""
+                )),
+                "{error}"
+            );
+        }
+        let error = parse(
+            "x",
+            "extends = \"minimal\"\n[layers]\ndrivers = [\"drivers/scsi\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("the profile has no [debian] table"),
+            "{error}"
+        );
+        // The debian profile's real NICs and SCSI, SAS and RAID controllers, not the
+        // controllers an emulated machine has.
+        let debian = load("debian").unwrap();
+        assert_eq!(
+            debian.layers.drivers,
+            [
+                "drivers/net/ethernet",
+                "drivers/scsi",
+                "drivers/message/fusion"
+            ]
+        );
+        for class in &debian.layers.drivers {
+            assert!(debian.modules.classes.contains(class), "{class}");
+        }
     }
 
     #[test]

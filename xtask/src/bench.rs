@@ -29,8 +29,8 @@
 //!   description (see [`crate::footprint`]);
 //! - the layered root: the default image (root filesystem and modules as squashfs images
 //!   under an overlay) against the same profile's root filesystem unpacked from a gzip initrd
-//!   (the anchor): the initrd's size (target: under 97 MB with drivers and firmware), the
-//!   kernel's unpack (target: 40% of the anchor's) and ready (target: half of the anchor's),
+//!   (the anchor): the initrd's size (target: under 97 MB with drivers and firmware) and its
+//!   parts (root, modules, drivers and cold images, the rest), the kernel's unpack (target: 40% of the anchor's) and ready (target: half of the anchor's),
 //!   each squashfs compressor's size, time to make and ready, and whether the default is the
 //!   one with the least ready plus transfer at 100 MB/s; the default image's assembly from its
 //!   caches (target: under 2 s).
@@ -1816,6 +1816,8 @@ const SIZE_TARGET: u64 = 97_000_000;
 struct LayoutRow {
     label: String,
     size: u64,
+    /// What the initrd is made of, as `cargo xtask image` prints it ([`image::parts`]).
+    parts: String,
     make: Option<Duration>,
     unpack: Duration,
     ready: Duration,
@@ -1869,6 +1871,12 @@ fn layers() -> Result<()> {
         rows.push(LayoutRow {
             label,
             size: built.output.initrd_size,
+            parts: image::parts(
+                &built.output,
+                inputs.rootfs.is_some(),
+                inputs.compression,
+                inputs.squashfs_compression,
+            ),
             make,
             unpack,
             ready,
@@ -1961,6 +1969,7 @@ fn layers() -> Result<()> {
         verdict(default.size < SIZE_TARGET)
     );
     let unpack = default.unpack.as_secs_f64() / anchor.unpack.as_secs_f64();
+    println!("  (the default initrd: {})", default.parts);
     println!(
         "kernel unpack of the initrd     {:>8.2} s   {:>8.2} s   {:>6.2}   <= 0.40 ({})",
         default.unpack.as_secs_f64(),

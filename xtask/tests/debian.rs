@@ -279,14 +279,14 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     assert!(count.parse::<u32>().is_ok_and(|n| n > 100), "{needed}");
     assert_eq!(unresolved, ".", "libraries no file provides: {needed}");
 
-    // `/` is an overlay of the three squashfs images, each on a loop device of its image, with
+    // `/` is an overlay of the four squashfs images, each on a loop device of its image, with
     // its writes in the initramfs (RAM).
     let overlay = run(&mut vm, "grep '^overlay / overlay ' /proc/mounts");
     eprintln!("guest: the root: {overlay}");
     assert!(
         overlay.contains(
-            "lowerdir=/.buildos/lower/modules:/.buildos/lower/root:/.buildos/lower/cold,\
-             upperdir=/.buildos/upper,workdir=/.buildos/work"
+            "lowerdir=/.buildos/lower/modules:/.buildos/lower/drivers:/.buildos/lower/root:\
+             /.buildos/lower/cold,upperdir=/.buildos/upper,workdir=/.buildos/work"
         ),
         "{overlay}"
     );
@@ -296,9 +296,10 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
     );
     eprintln!("guest: the images: {images}");
     let images: Vec<&str> = images.lines().map(str::trim).collect();
-    assert_eq!(images.len(), 3, "{images:?}");
+    assert_eq!(images.len(), 4, "{images:?}");
     for (line, (image, lower)) in images.iter().zip([
         ("modules.squashfs", "/.buildos/lower/modules"),
+        ("drivers.squashfs", "/.buildos/lower/drivers"),
         ("root.squashfs", "/.buildos/lower/root"),
         ("cold.squashfs", "/.buildos/lower/cold"),
     ]) {
@@ -359,12 +360,27 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         "cc1plus is not in the cold image alone: {cold}"
     );
 
+    // A driver of the drivers image loaded where its device is: e100, for the i82551, from
+    // that image alone.
+    assert_eq!(run(&mut vm, "grep -c '^e100 ' /proc/modules").trim(), "1");
+    let e100 = run(
+        &mut vm,
+        "ls /.buildos/lower/drivers/usr/lib/modules/$(uname -r)/kernel/drivers/net/ethernet/intel/ \
+         && ls /.buildos/lower/modules/usr/lib/modules/$(uname -r)/kernel/drivers/net/ethernet/intel/e100.ko \
+         2>&1",
+    );
+    assert!(
+        e100.contains("e100.ko") && e100.contains("No such"),
+        "e100 is not in the drivers image alone: {e100}"
+    );
+
     // The kernel's firmware loader reads the new root too (it shares init's root): e100's
-    // microcode was read from the modules image, and no load failed.
+    // microcode was read from the drivers image, where all firmware is, and no load failed.
     let firmware = run(
         &mut vm,
         "grep -l e100 /sys/class/net/*/device/uevent | wc -l; \
-         fincore --noheadings --output PAGES /lib/firmware/e100/d102e_ucode.bin*; \
+         fincore --noheadings --output PAGES \
+         /.buildos/lower/drivers/usr/lib/firmware/e100/d102e_ucode.bin*; \
          dmesg | grep -c 'firmware load for' || true",
     );
     eprintln!("guest: e100 interfaces, resident pages of its firmware, failed loads: {firmware}");

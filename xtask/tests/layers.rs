@@ -2,7 +2,8 @@
 //! (the boot is `debian.rs`'s): the segments and paths the host contract's `layers` names, the
 //! root and cold images' modes, owners and setuid bits as the profile makes them, the cold
 //! image's compiler, QEMU and every other program boot does not run apart from what boot
-//! reads, and the modules image's tables where init reads them.
+//! reads, the modules image's tables where init reads them, and the drivers image's NIC and
+//! SAS drivers and firmware apart from the modules boot loads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,7 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
     let mut images = BTreeMap::new();
     for image in layers::IMAGES {
         let data = &get(image).1;
-        let expected = if image == layers::COLD_IMAGE {
+        let expected = if image == layers::COLD_IMAGE || image == layers::DRIVERS_IMAGE {
             squashfs::COLD_COMPRESSION
         } else {
             SquashfsCompression::default()
@@ -202,5 +203,66 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
         let path = format!("/usr/lib/modules/{release}/{table}");
         assert!(modules.contains_key(&path), "{path}");
     }
-    assert!(modules.keys().any(|p| p.starts_with("/usr/lib/firmware/")));
+
+    // The drivers image holds the profile's `[layers] drivers` classes (real NICs, SCSI, SAS
+    // and RAID controllers) and what only they need, and every firmware file; the modules
+    // image what boot loads, the drivers of those classes a module outside them needs (SCSI
+    // disks' sd_mod and scsi_mod, which boot loads; libata's), and what an emulated machine
+    // has (PIIX ATA, virtio, the paravirtual SCSI controllers `hardware` names).
+    let drivers = &images[layers::DRIVERS_IMAGE];
+    let tree = format!("/usr/lib/modules/{release}/kernel");
+    for path in [
+        "drivers/net/ethernet/intel/e1000e/e1000e.ko",
+        "drivers/net/ethernet/intel/e100.ko",
+        "drivers/net/ethernet/realtek/r8169.ko",
+        "drivers/scsi/megaraid/megaraid_sas.ko",
+        "drivers/scsi/mpt3sas/mpt3sas.ko",
+        "drivers/message/fusion/mptsas.ko",
+        "drivers/net/phy/libphy.ko",
+        "drivers/net/mdio.ko",
+        "drivers/target/target_core_mod.ko",
+    ] {
+        let path = format!("{tree}/{path}");
+        assert!(
+            drivers.contains_key(&path),
+            "{path} is not in the drivers image"
+        );
+        assert!(
+            !modules.contains_key(&path),
+            "{path} is in the modules image too"
+        );
+    }
+    for path in [
+        "drivers/scsi/sd_mod.ko",
+        "drivers/scsi/scsi_mod.ko",
+        "drivers/ata/ata_piix.ko",
+        "drivers/ata/ahci.ko",
+        "drivers/nvme/host/nvme.ko",
+        "drivers/block/virtio_blk.ko",
+        "drivers/net/virtio_net.ko",
+        "drivers/scsi/virtio_scsi.ko",
+        "drivers/scsi/vmw_pvscsi.ko",
+        "drivers/scsi/hv_storvsc.ko",
+        "drivers/scsi/sr_mod.ko",
+        "fs/btrfs/btrfs.ko",
+    ] {
+        let path = format!("{tree}/{path}");
+        assert!(
+            modules.contains_key(&path),
+            "{path} is not in the modules image"
+        );
+        assert!(
+            !drivers.contains_key(&path),
+            "{path} is in the drivers image too"
+        );
+    }
+    assert!(drivers.keys().any(|p| p.starts_with("/usr/lib/firmware/")));
+    assert!(modules.keys().all(|p| !p.starts_with("/usr/lib/firmware/")));
+    // Only directories are in both.
+    for (path, (mode, _)) in drivers {
+        assert!(
+            mode.starts_with('d') || !modules.contains_key(path),
+            "{path} is a file of both the modules and the drivers image"
+        );
+    }
 }
