@@ -284,9 +284,11 @@ pub mod layers {
     pub const DRIVERS_IMAGE: &str = "/.buildos/layers/drivers.squashfs";
     /// The root filesystem but for what boot never reads: the overlay's middle layer.
     pub const ROOT_IMAGE: &str = "/.buildos/layers/root.squashfs";
-    /// The root filesystem's files that boot never reads (the compiler, its headers, perl;
-    /// the profile's `[layers] cold` patterns), compressed for size rather than for speed:
-    /// the overlay's bottom layer. Empty, but present, when the profile names none.
+    /// The root filesystem's files that boot never reads (the profile's `[layers] cold`
+    /// patterns: the compiler, its headers, perl; and every program and library the files of
+    /// its `[layers] boot` patterns do not load: QEMU, apt, coreutils), compressed for size
+    /// rather than for speed: the overlay's bottom layer. Empty, but present, when the profile
+    /// names none.
     pub const COLD_IMAGE: &str = "/.buildos/layers/cold.squashfs";
     /// The images in the overlay's order, top first (overlayfs's `lowerdir` order). No path is
     /// a file in two of them (only directories are shared), so the order decides nothing but

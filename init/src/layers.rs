@@ -66,10 +66,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// The step's console line: `layers: root on an overlay of modules.squashfs (3.4 MB,
-    /// /dev/loop0) and drivers.squashfs (20.6 MB, /dev/loop1) and root.squashfs (52.7 MB,
-    /// /dev/loop2) and cold.squashfs (31.9 MB, /dev/loop3), writes in /.buildos/upper (RAM);
-    /// early modules loop, squashfs, overlay 104 ms, mounts and switch 78 ms`.
+    /// The step's console line: `layers: root on an overlay of modules.squashfs (9.0 MB,
+    /// /dev/loop0) and drivers.squashfs (18.4 MB, /dev/loop1) and root.squashfs (19.8 MB,
+    /// /dev/loop2) and cold.squashfs (60.7 MB, /dev/loop3), writes in /.buildos/upper (RAM);
+    /// early modules loop, squashfs, overlay 62 ms, mounts and switch 79 ms`.
     pub fn line(&self) -> String {
         let images: Vec<String> = self
             .images
