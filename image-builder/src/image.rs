@@ -1540,21 +1540,9 @@ mod tests {
     fn squashfs_listing(dir: &Path, name: &str, image: &[u8]) -> BTreeMap<String, char> {
         let path = dir.join(name);
         std::fs::write(&path, image).unwrap();
-        let out = std::process::Command::new("unsquashfs")
-            .arg("-lln")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|line| {
-                let at = line.find("squashfs-root")?;
-                let path = &line[at + "squashfs-root".len()..];
-                let path = path.split(" -> ").next().unwrap_or(path);
-                Some((path.to_owned(), line.chars().next()?))
-            })
+        squashfs::tests::listing(&path)
+            .into_iter()
+            .map(|(path, (mode, _, _))| (path, mode.chars().next().unwrap()))
             .collect()
     }
 

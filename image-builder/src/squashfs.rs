@@ -553,7 +553,7 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sample() -> Archive {
@@ -579,7 +579,7 @@ mod tests {
     }
 
     /// `unsquashfs -lln`'s lines: path (without `squashfs-root`) → (permissions, owner, target).
-    fn listing(image: &Path) -> BTreeMap<String, (String, String, Option<String>)> {
+    pub(crate) fn listing(image: &Path) -> BTreeMap<String, (String, String, Option<String>)> {
         let out = Command::new("unsquashfs")
             .args(["-lln"])
             .arg(image)

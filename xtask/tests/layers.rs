@@ -211,51 +211,54 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
     // has (PIIX ATA, virtio, the paravirtual SCSI controllers `hardware` names).
     let drivers = &images[layers::DRIVERS_IMAGE];
     let tree = format!("/usr/lib/modules/{release}/kernel");
-    for path in [
-        "drivers/net/ethernet/intel/e1000e/e1000e.ko",
-        "drivers/net/ethernet/intel/e100.ko",
-        "drivers/net/ethernet/realtek/r8169.ko",
-        "drivers/scsi/megaraid/megaraid_sas.ko",
-        "drivers/scsi/mpt3sas/mpt3sas.ko",
-        "drivers/message/fusion/mptsas.ko",
-        "drivers/net/phy/libphy.ko",
-        "drivers/net/mdio.ko",
-        "drivers/target/target_core_mod.ko",
-    ] {
-        let path = format!("{tree}/{path}");
-        assert!(
-            drivers.contains_key(&path),
-            "{path} is not in the drivers image"
-        );
-        assert!(
-            !modules.contains_key(&path),
-            "{path} is in the modules image too"
-        );
-    }
-    for path in [
-        "drivers/scsi/sd_mod.ko",
-        "drivers/scsi/scsi_mod.ko",
-        "drivers/ata/ata_piix.ko",
-        "drivers/ata/ahci.ko",
-        "drivers/nvme/host/nvme.ko",
-        "drivers/block/virtio_blk.ko",
-        "drivers/net/virtio_net.ko",
-        "drivers/scsi/virtio_scsi.ko",
-        "drivers/scsi/vmw_pvscsi.ko",
-        "drivers/scsi/hv_storvsc.ko",
-        "drivers/scsi/sr_mod.ko",
-        "fs/btrfs/btrfs.ko",
-    ] {
-        let path = format!("{tree}/{path}");
-        assert!(
-            modules.contains_key(&path),
-            "{path} is not in the modules image"
-        );
-        assert!(
-            !drivers.contains_key(&path),
-            "{path} is in the drivers image too"
-        );
-    }
+    type Listing = BTreeMap<String, (String, String)>;
+    let only_in =
+        |paths: &[&str], (image, name): (&Listing, &str), (other, other_name): (&Listing, &str)| {
+            for path in paths {
+                let path = format!("{tree}/{path}");
+                assert!(
+                    image.contains_key(&path),
+                    "{path} is not in the {name} image"
+                );
+                assert!(
+                    !other.contains_key(&path),
+                    "{path} is in the {other_name} image too"
+                );
+            }
+        };
+    only_in(
+        &[
+            "drivers/net/ethernet/intel/e1000e/e1000e.ko",
+            "drivers/net/ethernet/intel/e100.ko",
+            "drivers/net/ethernet/realtek/r8169.ko",
+            "drivers/scsi/megaraid/megaraid_sas.ko",
+            "drivers/scsi/mpt3sas/mpt3sas.ko",
+            "drivers/message/fusion/mptsas.ko",
+            "drivers/net/phy/libphy.ko",
+            "drivers/net/mdio.ko",
+            "drivers/target/target_core_mod.ko",
+        ],
+        (drivers, "drivers"),
+        (modules, "modules"),
+    );
+    only_in(
+        &[
+            "drivers/scsi/sd_mod.ko",
+            "drivers/scsi/scsi_mod.ko",
+            "drivers/ata/ata_piix.ko",
+            "drivers/ata/ahci.ko",
+            "drivers/nvme/host/nvme.ko",
+            "drivers/block/virtio_blk.ko",
+            "drivers/net/virtio_net.ko",
+            "drivers/scsi/virtio_scsi.ko",
+            "drivers/scsi/vmw_pvscsi.ko",
+            "drivers/scsi/hv_storvsc.ko",
+            "drivers/scsi/sr_mod.ko",
+            "fs/btrfs/btrfs.ko",
+        ],
+        (modules, "modules"),
+        (drivers, "drivers"),
+    );
     assert!(drivers.keys().any(|p| p.starts_with("/usr/lib/firmware/")));
     assert!(modules.keys().all(|p| !p.starts_with("/usr/lib/firmware/")));
     // Only directories are in both.
