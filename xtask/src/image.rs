@@ -474,8 +474,8 @@ pub fn run(options: &Options) -> Result<Built> {
 }
 
 /// What the initrd of `o` is made of, as `cargo xtask image` prints it and the bench reports
-/// it: in the layered layout `layered: root image 19.8 MB and modules image 9.0 MB (lz4),
-/// drivers image 18.4 MB (xz), cold image 60.7 MB (xz), the rest 5.8 MB (lz4)`.
+/// it: in the layered layout `layered: root image 15.6 MB and modules image 9.0 MB (lz4),
+/// drivers image 18.4 MB (xz), cold image 63.3 MB (xz), the rest 5.8 MB (lz4)`.
 pub fn parts(
     o: &builder::ImageOutput,
     has_rootfs: bool,

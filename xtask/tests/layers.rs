@@ -163,6 +163,8 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
         "/usr/lib/x86_64-linux-gnu/libspice-server.so.1.14.2",
         "/usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0.0",
         "/usr/bin/sudo",
+        "/usr/share/seabios/bios-256k.bin",
+        "/var/lib/dpkg/status",
     ] {
         assert!(cold.contains_key(path), "{path} is not in the cold image");
         assert!(!root.contains_key(path), "{path} is in the root image too");
