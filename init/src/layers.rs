@@ -67,8 +67,8 @@ pub struct Report {
 
 impl Report {
     /// The step's console line: `layers: root on an overlay of modules.squashfs (9.0 MB,
-    /// /dev/loop0) and drivers.squashfs (18.4 MB, /dev/loop1) and root.squashfs (19.8 MB,
-    /// /dev/loop2) and cold.squashfs (60.7 MB, /dev/loop3), writes in /.buildos/upper (RAM);
+    /// /dev/loop0) and drivers.squashfs (18.4 MB, /dev/loop1) and root.squashfs (15.6 MB,
+    /// /dev/loop2) and cold.squashfs (63.3 MB, /dev/loop3), writes in /.buildos/upper (RAM);
     /// early modules loop, squashfs, overlay 62 ms, mounts and switch 79 ms`.
     pub fn line(&self) -> String {
         let images: Vec<String> = self
