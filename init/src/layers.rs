@@ -66,10 +66,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// The step's console line: `layers: root on an overlay of modules.squashfs (9.0 MB,
-    /// /dev/loop0) and drivers.squashfs (18.4 MB, /dev/loop1) and root.squashfs (15.6 MB,
+    /// The step's console line: `layers: root on an overlay of modules.squashfs (6.0 MB,
+    /// /dev/loop0) and drivers.squashfs (18.4 MB, /dev/loop1) and root.squashfs (12.0 MB,
     /// /dev/loop2) and cold.squashfs (63.3 MB, /dev/loop3), writes in /.buildos/upper (RAM);
-    /// early modules loop, squashfs, overlay 62 ms, mounts and switch 79 ms`.
+    /// early modules loop, squashfs, overlay 66 ms, mounts and switch 95 ms`.
     pub fn line(&self) -> String {
         let images: Vec<String> = self
             .images

@@ -28,7 +28,7 @@ enum Task {
         /// the default for a profile with one) or cpio (every file unpacked; see docs/image.md)
         #[arg(long)]
         layout: Option<buildos_image_builder::image::Layout>,
-        /// How the layered layout's root and modules images are compressed: lz4, zstd, xz or gzip
+        /// How the layered layout's root and modules images are compressed: zstd, lz4, xz or gzip
         #[arg(long, default_value_t = buildos_image_builder::SquashfsCompression::default())]
         squashfs_compression: buildos_image_builder::SquashfsCompression,
         /// A PEM file of CA certificates the monitor trusts besides the built-in roots, for
@@ -52,7 +52,7 @@ enum Task {
         /// How the initrd holds a root filesystem: layered or cpio (see docs/image.md)
         #[arg(long)]
         layout: Option<buildos_image_builder::image::Layout>,
-        /// How the layered layout's root and modules images are compressed: lz4, zstd, xz or gzip
+        /// How the layered layout's root and modules images are compressed: zstd, lz4, xz or gzip
         #[arg(long, default_value_t = buildos_image_builder::SquashfsCompression::default())]
         squashfs_compression: buildos_image_builder::SquashfsCompression,
         /// An OpenSSH public key for user build (default: each ~/.ssh/id_*.pub)
