@@ -46,9 +46,14 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether `bytes` start as an ELF file does.
+pub(crate) fn is_elf(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"\x7fELF")
+}
+
 /// Returns the contents of the `.modinfo` section of ELF object `bytes`.
 pub fn modinfo_section(bytes: &[u8]) -> Result<&[u8], ElfError> {
-    if bytes.get(..4) != Some(b"\x7fELF") {
+    if !is_elf(bytes) {
         return Err(ElfError::NotElf);
     }
     let class = *bytes.get(4).ok_or(ElfError::NotElf)?;

@@ -52,14 +52,9 @@ pub struct Dynamic {
     pub needed: Vec<String>,
 }
 
-/// Whether `bytes` start as an ELF file does.
-pub fn is_elf(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"\x7fELF")
-}
-
 /// What ELF file `bytes` loads; nothing for a file that is not ELF, and for a static program.
 pub fn dynamic(bytes: &[u8]) -> Result<Dynamic, object::Error> {
-    if !is_elf(bytes) {
+    if !crate::elf::is_elf(bytes) {
         return Ok(Dynamic::default());
     }
     if bytes.get(4) == Some(&elf::ELFCLASS64) {

@@ -73,7 +73,7 @@ pub fn split_cold(
     } else {
         let runs = linked::closure(root, boot)?;
         root.files()
-            .filter(|(path, data)| linked::is_elf(data) && !runs.contains(*path))
+            .filter(|(path, data)| crate::elf::is_elf(data) && !runs.contains(*path))
             .map(|(path, _)| path.to_owned())
             .collect()
     };
