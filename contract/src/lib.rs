@@ -131,6 +131,11 @@ pub mod run {
     /// The host record, JSON (docs/host-record.schema.json), written by the monitor;
     /// `buildos-monitor status --host` prints it and registration POSTs it.
     pub const HOST_RECORD: &str = "host.json";
+    /// The late files' state, one line, written by init once it is done with
+    /// [`layers::LATE_ARCHIVE`](super::layers::LATE_ARCHIVE) and before it removes it:
+    /// `unpacked <files> files, <MB> MB, in <s> s` or `failed: <why>`. The monitor starts no
+    /// agent while the archive is there and this is not.
+    pub const LATE: &str = "late";
     /// Agent and bootstrap logs (monitor), `<toolchain>-<instance>.log` each.
     pub const AGENT_LOGS: &str = "agents";
     /// Service logs (init's supervisor), `<name>.log` each.
@@ -290,6 +295,11 @@ pub mod layers {
     /// rather than for speed: the overlay's bottom layer. Empty, but present, when the profile
     /// names none.
     pub const COLD_IMAGE: &str = "/.buildos/layers/cold.squashfs";
+    /// The late archive, in the running root (the builder puts it in the upper layer, root's
+    /// alone): the files only builds use (the profile's `[layers] late` patterns: the compiler
+    /// toolchain) as one cpio stream in xz, which init unpacks into the root from the layers
+    /// step on, at idle priority, and then removes. Absent when the profile names none.
+    pub const LATE_ARCHIVE: &str = "/.buildos/late.cpio.xz";
     /// The images in the overlay's order, top first (overlayfs's `lowerdir` order). No path is
     /// a file in two of them (only directories are shared), so the order decides nothing but
     /// a shared directory's mode, which is the same in each.

@@ -40,7 +40,7 @@ const LZ4_LEGACY_MAGIC: [u8; 4] = 0x184C_2102_u32.to_le_bytes();
 
 const GZIP_MAGIC: &[u8] = b"\x1f\x8b";
 const ZSTD_MAGIC: &[u8] = b"\x28\xb5\x2f\xfd";
-const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
+pub(crate) const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 
 /// How the initrd's segments are compressed. The default is the one with the least kernel
 /// unpack plus transfer at 100 MB/s (an HTTP boot), as `cargo xtask bench` measures it: for the

@@ -173,6 +173,10 @@ pub struct Base {
     /// [`squashfs::COLD_COMPRESSION`] (required there; an image of nothing when the profile
     /// names none). Unused by [`Layout::Cpio`].
     pub cold: Option<PathBuf>,
+    /// In [`Layout::Layered`], the late archive ([`crate::late`]): the files only builds use,
+    /// taken out of `root` and `cold`, which init unpacks after the images are mounted. `None`
+    /// when the profile names none. Unused by [`Layout::Cpio`].
+    pub late: Option<PathBuf>,
     /// The root filesystem's symlinks, path → target, paths without a leading `/`.
     pub symlinks: BTreeMap<String, String>,
 }
@@ -309,6 +313,8 @@ pub struct ImageOutput {
     pub drivers_image_size: u64,
     /// Size of the cold image in the initrd (0 but in the layered layout).
     pub cold_image_size: u64,
+    /// Size of the late archive in the initrd (0 without one).
+    pub late_archive_size: u64,
     /// How the initrd holds the base.
     pub layout: Layout,
     /// Module names in load order.
@@ -334,6 +340,7 @@ pub struct Assembled {
     pub modules_image_size: u64,
     pub drivers_image_size: u64,
     pub cold_image_size: u64,
+    pub late_archive_size: u64,
     pub layout: Layout,
     pub kernel_version: String,
     pub modules: Vec<String>,
@@ -414,6 +421,14 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the late archive {path}")]
+    Late {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the late archive {path} is not in xz; expected what image_builder::late::pack makes")]
+    LateNotXz { path: PathBuf },
     #[error("the layered layout needs a directory to keep its squashfs images in (layers_cache)")]
     NoLayersCache,
     #[error("cannot make the modules image")]
@@ -616,6 +631,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         modules_image_size,
         drivers_image_size,
         cold_image_size,
+        late_archive_size,
         uncompressed_size,
         buildid_path,
     } = segments;
@@ -645,6 +661,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         modules_image_size,
         drivers_image_size,
         cold_image_size,
+        late_archive_size,
         layout: spec.layout,
         initrd_uncompressed_size: uncompressed_size,
         kernel_version: version,
@@ -666,6 +683,7 @@ struct Segments {
     modules_image_size: u64,
     drivers_image_size: u64,
     cold_image_size: u64,
+    late_archive_size: u64,
     /// The compressed segments' size before compression.
     uncompressed_size: u64,
     /// Where the last segment puts the build id.
@@ -749,6 +767,7 @@ fn unpacked(
         modules_image_size: 0,
         drivers_image_size: 0,
         cold_image_size: 0,
+        late_archive_size: 0,
         uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
         buildid_path: place(BUILDID_PATH),
     })
@@ -781,6 +800,19 @@ fn layered(
         source,
     })?;
     check_image(&cold, cold_path, squashfs::COLD_COMPRESSION)?;
+    let late = match &base.late {
+        Some(path) => {
+            let bytes = fs::read(path).map_err(|source| ImageError::Late {
+                path: path.clone(),
+                source,
+            })?;
+            if !bytes.starts_with(crate::compress::XZ_MAGIC) {
+                return Err(ImageError::LateNotXz { path: path.clone() });
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
     let cache = squashfs::Cache::new(spec.layers_cache.clone().ok_or(ImageError::NoLayersCache)?);
     let (mut modules, drivers_paths) = modules;
     let drivers = modules.split_off(|path| drivers_paths.contains(path));
@@ -827,6 +859,14 @@ fn layered(
     images
         .add_file(layers::COLD_IMAGE, 0o644, cold)
         .map_err(initrd_error(layers::COLD_IMAGE))?;
+    let late_archive_size = late.as_ref().map_or(0, |l| l.len() as u64);
+    if let Some(late) = late {
+        // root's alone: it is the running root's file until init unpacked it.
+        let path = layers::in_upper(&place(layers::LATE_ARCHIVE));
+        images
+            .add_file(&path, 0o600, late)
+            .map_err(initrd_error(layers::LATE_ARCHIVE))?;
+    }
     let mut initrd = images.to_bytes(epoch).map_err(initrd_error("the images"))?;
     drop(images);
 
@@ -865,6 +905,7 @@ fn layered(
         modules_image_size,
         drivers_image_size,
         cold_image_size,
+        late_archive_size,
         uncompressed_size: own.len() as u64,
         buildid_path: upper(BUILDID_PATH),
     })
@@ -1042,6 +1083,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         modules_image_size: image.modules_image_size,
         drivers_image_size: image.drivers_image_size,
         cold_image_size: image.cold_image_size,
+        late_archive_size: image.late_archive_size,
         layout: image.layout,
         modules: image.modules,
         drivers: image.drivers,
@@ -1328,6 +1370,7 @@ mod tests {
         spec.base = Some(Base {
             root: segment,
             cold: None,
+            late: None,
             symlinks: base.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
         });
         let out = build(&spec).unwrap();
@@ -1369,6 +1412,7 @@ mod tests {
         spec.base = Some(Base {
             root: segment,
             cold: None,
+            late: None,
             symlinks: BTreeMap::new(),
         });
         let err = build(&spec).unwrap_err().to_string();
@@ -1389,11 +1433,20 @@ mod tests {
         let mut cold = Archive::new();
         cold.add_file("usr/lib/gcc/cc1", 0o755, b"cc1".to_vec())
             .unwrap();
+        let mut late = Archive::new();
+        late.add_file(
+            "usr/include/stdio.h",
+            0o644,
+            b"int puts(const char *);".to_vec(),
+        )
+        .unwrap();
         let image = inputs.dir.path().join("root.squashfs");
         let cold_image = inputs.dir.path().join("cold.squashfs");
+        let late_archive = inputs.dir.path().join("late.cpio.xz");
         if !image.is_file() {
             squashfs::make(&root, SquashfsCompression::Lz4, 0, &image).unwrap();
             squashfs::make(&cold, squashfs::COLD_COMPRESSION, 0, &cold_image).unwrap();
+            std::fs::write(&late_archive, crate::late::pack(&late, 0).unwrap()).unwrap();
         }
         let mut spec = inputs.spec(out);
         spec.entries.push(InitrdEntry::File {
@@ -1404,6 +1457,7 @@ mod tests {
         spec.base = Some(Base {
             root: image,
             cold: Some(cold_image),
+            late: Some(late_archive),
             symlinks: root.symlinks().map(|(p, t)| (p.into(), t.into())).collect(),
         });
         spec.layout = Layout::Layered;
@@ -1441,6 +1495,16 @@ mod tests {
             squashfs::inspect(&cold),
             squashfs::Found::Squashfs(SquashfsCompression::Xz)
         );
+        // The late archive, in the upper layer, root's alone, as it was made.
+        let late = std::fs::read(inputs.dir.path().join("late.cpio.xz")).unwrap();
+        let in_upper = layers::in_upper(layers::LATE_ARCHIVE);
+        assert_eq!(file(&entries, &in_upper[1..]), late.as_slice());
+        let entry = entries
+            .iter()
+            .find(|(e, _)| e.path == in_upper[1..])
+            .unwrap();
+        assert_eq!((entry.0.mode, entry.0.uid), (0o100600, 0));
+        assert_eq!(out.late_archive_size, late.len() as u64);
         // The drivers image, of nothing when the spec names no drivers class, in xz too.
         let drivers = file(&entries, &layers::DRIVERS_IMAGE[1..]);
         assert_eq!(out.drivers_image_size, drivers.len() as u64);
@@ -1673,7 +1737,8 @@ mod tests {
     }
 
     #[test]
-    fn a_layered_image_without_its_cold_image_or_with_one_not_in_xz_is_an_error_naming_it() {
+    fn a_layered_image_without_its_cold_image_or_with_it_or_its_late_archive_not_in_xz_is_an_error_naming_it(
+    ) {
         let inputs = Inputs::new(b"the kernel");
         let mut spec = layered_spec(&inputs, "out");
         spec.base.as_mut().unwrap().cold = None;
@@ -1689,6 +1754,15 @@ mod tests {
         let err = build(&spec).unwrap_err().to_string();
         assert!(
             err.contains("root.squashfs is a squashfs image compressed with lz4, not a squashfs image compressed with xz"),
+            "{err}"
+        );
+
+        let mut spec = layered_spec(&inputs, "out");
+        let base = spec.base.as_mut().unwrap();
+        base.late = Some(base.root.clone());
+        let err = build(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("the late archive") && err.contains("root.squashfs is not in xz"),
             "{err}"
         );
     }

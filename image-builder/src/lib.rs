@@ -41,6 +41,7 @@ mod elf;
 pub mod firmware;
 pub mod image;
 pub mod kmod;
+pub mod late;
 pub mod linked;
 pub mod rootfs;
 pub mod squashfs;

@@ -36,6 +36,16 @@ pub enum LinkedError {
          path of a program or library boot runs, without its leading /, like \"usr/sbin/sshd\""
     )]
     NoMatch { pattern: String },
+    #[error(
+        "layers.late pattern {pattern:?} names no file of the root filesystem; expected the \
+         path of a file only builds use, without its leading /, like \"usr/lib/gcc/*\""
+    )]
+    LateNoMatch { pattern: String },
+    #[error(
+        "{by} loads {late}, which layers.late sends to the late archive: {by} would fail until \
+         init unpacked it; expected layers.late to name {by} too, or not {late}"
+    )]
+    LateLoaded { late: String, by: String },
     #[error("{path}: cannot read its ELF dynamic section")]
     Elf {
         path: String,
@@ -124,20 +134,13 @@ fn real(links: &BTreeMap<String, String>, path: &str) -> String {
 /// files (a hard-linked file by the name that holds its data). A pattern that names nothing
 /// is an error: a profile's typo would otherwise send what boot runs to the cold image.
 pub fn closure(root: &Archive, programs: &[String]) -> Result<BTreeSet<String>, LinkedError> {
-    let links: BTreeMap<String, String> = root
-        .symlinks()
-        .map(|(path, target)| (path.to_owned(), target.to_owned()))
-        .collect();
-    let file = |path: &str| {
-        root.file(&real(&links, path))
-            .map(|(found, _)| found.to_owned())
-    };
+    let loader = Loader::new(root);
     let mut todo: Vec<String> = Vec::new();
     for pattern in programs {
         let before = todo.len();
         for path in root.paths() {
             if fnmatch(pattern, path) {
-                if let Some(found) = file(path) {
+                if let Some(found) = loader.file(path) {
                     todo.push(found);
                 }
             }
@@ -153,28 +156,62 @@ pub fn closure(root: &Archive, programs: &[String]) -> Result<BTreeSet<String>, 
         if seen.contains(&path) {
             continue;
         }
-        let Some((_, data)) = root.file(&path) else {
-            continue;
-        };
-        let loads = dynamic(data).map_err(|source| LinkedError::Elf {
-            path: path.clone(),
-            source,
-        })?;
-        for wanted in loads.interpreter.iter().chain(&loads.needed) {
-            let found = if wanted.contains('/') {
-                file(wanted)
-            } else {
-                LIBRARY_DIRS
-                    .iter()
-                    .find_map(|dir| file(&format!("{dir}/{wanted}")))
-            };
-            if let Some(found) = found {
-                todo.push(found);
-            }
-        }
+        todo.extend(loader.loads(&path)?);
         seen.insert(path);
     }
     Ok(seen)
+}
+
+/// Finds files of a root filesystem as the dynamic loader does, through its symlinks.
+pub struct Loader<'a> {
+    root: &'a Archive,
+    links: BTreeMap<String, String>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(root: &'a Archive) -> Loader<'a> {
+        Loader {
+            root,
+            links: root
+                .symlinks()
+                .map(|(path, target)| (path.to_owned(), target.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The regular file `path` leads to (a hard-linked file by the name that holds its data).
+    pub fn file(&self, path: &str) -> Option<String> {
+        self.root
+            .file(&real(&self.links, path))
+            .map(|(found, _)| found.to_owned())
+    }
+
+    /// The files the regular file at `path` loads itself (its interpreter and the libraries
+    /// its dynamic section names, those that are found): nothing for a path that is no
+    /// regular file, a file that is not ELF, or a static program.
+    pub fn loads(&self, path: &str) -> Result<Vec<String>, LinkedError> {
+        let Some((_, data)) = self.root.file(path) else {
+            return Ok(Vec::new());
+        };
+        let loads = dynamic(data).map_err(|source| LinkedError::Elf {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(loads
+            .interpreter
+            .iter()
+            .chain(&loads.needed)
+            .filter_map(|wanted| {
+                if wanted.contains('/') {
+                    self.file(wanted)
+                } else {
+                    LIBRARY_DIRS
+                        .iter()
+                        .find_map(|dir| self.file(&format!("{dir}/{wanted}")))
+                }
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

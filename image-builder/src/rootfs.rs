@@ -82,6 +82,38 @@ pub fn split_cold(
     }))
 }
 
+/// Splits the files only builds use off `root` into the late archive (see
+/// [`Archive::split_off`]): those that match one of `late` (shell patterns as for
+/// [`from_tar`]'s `remove`), which init unpacks after the images are mounted. A pattern that
+/// names no file is an error, and so is a program or library left in `root` that loads one of
+/// them (it would fail until they are unpacked): the error names both.
+pub fn split_late(root: &mut Archive, late: &[String]) -> Result<Archive, LinkedError> {
+    if late.is_empty() {
+        return Ok(Archive::new());
+    }
+    let is_late = |path: &str| late.iter().any(|pattern| fnmatch(pattern, path));
+    for pattern in late {
+        if !root.paths().any(|path| fnmatch(pattern, path)) {
+            return Err(LinkedError::LateNoMatch {
+                pattern: pattern.clone(),
+            });
+        }
+    }
+    let loader = linked::Loader::new(root);
+    for (path, data) in root.files() {
+        if is_late(path) || !crate::elf::is_elf(data) {
+            continue;
+        }
+        if let Some(found) = loader.loads(path)?.into_iter().find(|l| is_late(l)) {
+            return Err(LinkedError::LateLoaded {
+                late: found,
+                by: path.to_owned(),
+            });
+        }
+    }
+    Ok(root.split_off(is_late))
+}
+
 /// Reads a root filesystem tar archive into a cpio [`Archive`], leaving out every path that
 /// matches one of `remove` (shell patterns on the path without its leading `/`, `*` matching
 /// across `/`, e.g. `var/log/*`, `etc/ssh/ssh_host_*`).
@@ -265,6 +297,61 @@ mod tests {
         assert_eq!((get("etc/shadow").0.uid, get("etc/shadow").0.gid), (0, 42));
         assert!(entries.iter().all(|(e, _)| e.mtime == 7));
         assert_eq!(get("bin").0.link_target.as_deref(), Some("usr/bin"));
+    }
+
+    #[test]
+    fn the_late_split_takes_the_patterns_and_refuses_a_file_outside_them_that_loads_one() {
+        use crate::linked::tests::elf64;
+        let mut root = Archive::new();
+        root.add_dir("usr/bin", 0o755).unwrap();
+        root.add_dir("usr/lib", 0o755).unwrap();
+        root.add_file("usr/lib/libc.so.6", 0o644, elf64(None, &[]))
+            .unwrap();
+        root.add_file("usr/lib/libisl.so.23", 0o644, elf64(None, &["libc.so.6"]))
+            .unwrap();
+        root.add_file("usr/bin/cc1", 0o755, elf64(None, &["libisl.so.23"]))
+            .unwrap();
+        root.add_hardlink("usr/bin/cc1-12", "usr/bin/cc1").unwrap();
+        root.add_symlink("usr/bin/gcc", "cc1").unwrap();
+        root.add_file("usr/bin/qemu", 0o755, elf64(None, &["libc.so.6"]))
+            .unwrap();
+        let everything = root.clone();
+        let paths = |a: &Archive| a.paths().map(str::to_owned).collect::<Vec<_>>();
+
+        let late =
+            split_late(&mut root, &["usr/bin/cc1".into(), "usr/lib/libisl*".into()]).unwrap();
+        // The files and their hard links; the symlink, which is no file of the patterns
+        // itself, stays.
+        assert_eq!(
+            paths(&late),
+            ["usr/bin/cc1", "usr/bin/cc1-12", "usr/lib/libisl.so.23"]
+        );
+        assert_eq!(
+            paths(&root),
+            ["usr/bin/gcc", "usr/bin/qemu", "usr/lib/libc.so.6"]
+        );
+
+        // Nothing named: nothing split, not even a directory.
+        let mut all = everything.clone();
+        assert!(split_late(&mut all, &[]).unwrap().is_empty());
+        assert_eq!(paths(&all), paths(&everything));
+
+        // A library the split would take from a program it leaves.
+        let error = split_late(&mut everything.clone(), &["usr/lib/libisl*".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("usr/bin/cc1 loads usr/lib/libisl.so.23, which layers.late sends"),
+            "{error}"
+        );
+        // A pattern that names nothing, a typo.
+        let error = split_late(&mut everything.clone(), &["usr/lib/gcc/*".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("layers.late pattern \"usr/lib/gcc/*\" names no file"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -543,7 +543,7 @@ impl Job {
         let spawned = std::thread::Builder::new()
             .name("late modules".to_owned())
             .spawn(move || {
-                let lowered = background();
+                let lowered = background("late modules");
                 let asked = theirs.lock().ok().and_then(|mut asked| asked.take());
                 let mut report = match asked {
                     Some(asked) => job.load(asked, began),
@@ -779,20 +779,20 @@ impl LateJob {
     }
 }
 
-/// Puts the calling thread in the background for the late modules: SCHED_IDLE, so that it
-/// runs only on CPU time no other thread wants (the modules boot waits for, the steps) and
-/// never delays storage's or the network's modules; nice 19 where SCHED_IDLE cannot be had (a
+/// Puts the calling thread in the background (the late modules', the late files'): SCHED_IDLE,
+/// so that it runs only on CPU time no other thread wants (the modules boot waits for, the
+/// steps) and never delays storage's or the network's modules; nice 19 where SCHED_IDLE cannot be had (a
 /// kernel without it refuses with EINVAL). Linux applies either to this thread alone. When
 /// neither can be set, the thread loads at the priority it has, and says why.
-fn background() -> Result<(), String> {
+pub(crate) fn background(what: &str) -> Result<(), String> {
     let idle = match buildos_ioctl::sched_idle() {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
     buildos_ioctl::nice_thread(19).map_err(|nice| {
         format!(
-            "cannot lower the priority of the late modules' thread (SCHED_IDLE: {idle}; \
-             nice 19: {nice}): they load at normal priority"
+            "cannot lower the priority of the thread of the {what} (SCHED_IDLE: {idle}; \
+             nice 19: {nice}): it runs at normal priority"
         )
     })
 }

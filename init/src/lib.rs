@@ -16,6 +16,7 @@ pub mod firmware;
 pub mod hardware;
 pub mod host;
 pub mod kmod;
+pub mod late;
 pub mod layers;
 pub mod lifecycle;
 pub mod mounts;
@@ -303,6 +304,12 @@ fn step_layers(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         Ok(None) => Ok(Outcome::Absent),
         Ok(Some(report)) => {
             console::info(&report.line());
+            if late::start(std::path::Path::new("/")).is_some() {
+                console::info(&format!(
+                    "layers: unpacking the late files of {} at idle priority",
+                    buildos_contract::layers::LATE_ARCHIVE
+                ));
+            }
             Ok(Outcome::Ok)
         }
         Err(error) => Err(StepError::Layers(error)),

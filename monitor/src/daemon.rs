@@ -497,6 +497,7 @@ pub fn run(options: Options) -> String {
 /// The steps between install and polling: slices, agents and the host-up mail.
 fn until_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot> {
     let sliced = slices(daemon, running)?;
+    late_files(daemon);
     agents(daemon, running, sliced);
     host_up(daemon, running)?;
     ControlFlow::Continue(())
@@ -745,6 +746,21 @@ fn agents(daemon: &Daemon, running: &mut Running, sliced: Sliced) -> usize {
     started
 }
 
+/// How long agents wait for init to unpack the late files: minutes under software emulation
+/// would already be a fault.
+const LATE_FILES_WAIT: Duration = Duration::from_secs(600);
+
+/// The late-files step: agents (and their bootstraps, which compile) start only once init has
+/// unpacked the compiler toolchain; see [`Paths::wait_for_late_files`].
+fn late_files(daemon: &Daemon) {
+    match daemon.options.paths.wait_for_late_files(LATE_FILES_WAIT) {
+        Ok(Some(line)) if line.starts_with("failed") => log::error!("late files: {line}"),
+        Ok(Some(line)) => log::info!("late files: {line}"),
+        Ok(None) => {}
+        Err(e) => log::error!("late files: {e}"),
+    }
+}
+
 /// The host-up step: waits until every toolchain's start-up install is over, then mails the
 /// admin how the host stands. Returns the mail.
 fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report> {
@@ -763,6 +779,12 @@ fn host_up(daemon: &Daemon, running: &mut Running) -> ControlFlow<Reboot, Report
         })
         .unwrap_or_default();
     problems.extend(daemon.problems.iter().cloned());
+    // init's failure to unpack the compiler, which agents' bootstraps need.
+    if let Ok(line) = std::fs::read_to_string(paths.late()) {
+        if line.starts_with("failed") {
+            problems.push(format!("late files (the compiler): {}", line.trim()));
+        }
+    }
     let report = report::host_up(&HostUp {
         buildid: daemon
             .buildid

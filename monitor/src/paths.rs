@@ -39,6 +39,9 @@ pub struct Paths {
     /// by `cargo xtask image --ca-certificates` (`/etc/buildos/ca-certificates.pem`;
     /// `BUILDOS_CA_CERTIFICATES`).
     pub ca_certificates: PathBuf,
+    /// The late archive init unpacks, the compiler toolchain (`/.buildos/late.cpio.xz`;
+    /// `BUILDOS_LATE_ARCHIVE`): agents start once it is gone or `late` in [`Paths::run`] is there.
+    pub late_archive: PathBuf,
 }
 
 impl Default for Paths {
@@ -56,6 +59,7 @@ impl Default for Paths {
             machines: contract::build::MACHINES.into(),
             state: contract::state::DIR.into(),
             ca_certificates: contract::etc::CA_CERTIFICATES.into(),
+            late_archive: contract::layers::LATE_ARCHIVE.into(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl Paths {
             ("BUILDOS_MACHINES", &mut paths.machines),
             ("BUILDOS_STATE", &mut paths.state),
             ("BUILDOS_CA_CERTIFICATES", &mut paths.ca_certificates),
+            ("BUILDOS_LATE_ARCHIVE", &mut paths.late_archive),
         ] {
             if let Some(value) = std::env::var_os(var) {
                 *field = value.into();
@@ -93,6 +98,48 @@ impl Paths {
     /// init's problems at boot, one per line.
     pub fn problems(&self) -> PathBuf {
         self.run.join(contract::run::PROBLEMS)
+    }
+
+    /// init's line on the late files, once it is done with them ([`contract::run::LATE`]).
+    pub fn late(&self) -> PathBuf {
+        self.run.join(contract::run::LATE)
+    }
+
+    /// Waits until init is done with the late files (the compiler toolchain agents' bootstraps
+    /// build with), at most `bound`: returns init's line on them, `None` when the image has
+    /// none, or `Err` saying how long it waited. init writes its line before it removes the
+    /// archive, so an archive gone with no line means an image without one.
+    pub fn wait_for_late_files(
+        &self,
+        bound: std::time::Duration,
+    ) -> Result<Option<String>, String> {
+        let began = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            if let Ok(line) = std::fs::read_to_string(self.late()) {
+                return Ok(Some(line.trim().to_owned()));
+            }
+            if !self.late_archive.exists() {
+                return Ok(std::fs::read_to_string(self.late())
+                    .ok()
+                    .map(|l| l.trim().to_owned()));
+            }
+            if began.elapsed() >= bound {
+                return Err(format!(
+                    "init has not unpacked {} after {} s: agents start without the compiler",
+                    self.late_archive.display(),
+                    began.elapsed().as_secs()
+                ));
+            }
+            if !said {
+                log::info!(
+                    "waiting for init to unpack the late files (the compiler) of {} before agents start",
+                    self.late_archive.display()
+                );
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// The public side's `hostname=` line and others, written by init.
@@ -187,6 +234,44 @@ pub fn hostname(paths: &Paths) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agents_wait_for_the_late_files_while_their_archive_is_there_and_init_has_not_said() {
+        use std::time::Duration;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let paths = Paths {
+            run: dir.path().join("run"),
+            late_archive: dir.path().join("late.cpio.xz"),
+            ..Paths::default()
+        };
+        std::fs::create_dir(&paths.run).unwrap();
+        // An image without late files.
+        assert_eq!(paths.wait_for_late_files(Duration::ZERO), Ok(None));
+        // Still packed, and the bound is over.
+        std::fs::write(&paths.late_archive, b"xz").unwrap();
+        let error = paths.wait_for_late_files(Duration::ZERO).unwrap_err();
+        assert!(
+            error.starts_with("init has not unpacked ") && error.contains("late.cpio.xz after 0 s"),
+            "{error}"
+        );
+        // init says, then removes the archive, while the monitor waits.
+        let init = {
+            let (line, archive) = (paths.late(), paths.late_archive.clone());
+            std::thread::spawn(move || {
+                std::fs::write(line, "unpacked 2600 files, 116.4 MB, in 9.8 s\n").unwrap();
+                std::fs::remove_file(archive).unwrap();
+            })
+        };
+        assert_eq!(
+            paths.wait_for_late_files(Duration::from_secs(60)),
+            Ok(Some("unpacked 2600 files, 116.4 MB, in 9.8 s".into()))
+        );
+        init.join().unwrap();
+        assert_eq!(
+            paths.wait_for_late_files(Duration::ZERO),
+            Ok(Some("unpacked 2600 files, 116.4 MB, in 9.8 s".into()))
+        );
+    }
 
     #[test]
     fn a_cmdline_byte_that_is_not_utf8_costs_only_its_argument() {

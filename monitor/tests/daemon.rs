@@ -78,6 +78,13 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         ),
     );
     fs::write(paths.problems(), "no disk labeled buildos.state\n").unwrap();
+    // init could not unpack the compiler: agents start anyway, and the admin hears of it.
+    fs::write(&paths.late_archive, b"not xz").unwrap();
+    fs::write(
+        paths.late(),
+        "failed: cannot read the late archive after 0 entries: File format not recognized\n",
+    )
+    .unwrap();
     // A CA certificates file the image carries but nothing can use.
     fs::write(&paths.ca_certificates, "not a certificate\n").unwrap();
     fs::write(
@@ -174,6 +181,8 @@ fn monitor_installs_runs_agents_mails_and_reboots_on_a_new_buildid() {
         &format!("  default instance 2/2: {cpus_each} CPUs on {online}, 4 GiB build RAM, 0 GiB auxiliary RAM"),
         "  /build/machines/default: /dev/vdb (btrfs)",
         "  no disk labeled buildos.state",
+        "  late files (the compiler): failed: cannot read the late archive after 0 entries: File \
+         format not recognized",
         &format!(
             "  cannot trust the CA certificates of {}: it holds no certificate; expected PEM",
             paths.ca_certificates.display()

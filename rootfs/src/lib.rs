@@ -90,6 +90,15 @@ pub struct Layers {
     /// load after boot unpacks xz.
     #[serde(default)]
     pub drivers: Vec<String>,
+    /// The root filesystem's files only builds use (shell patterns as `cold`: the compiler
+    /// toolchain): they go into the late archive, one xz stream over all of them (so the
+    /// compressor sees cc1 and cc1plus, which share most of their code, together), which init
+    /// unpacks into RAM at idle priority from the layers step on; the monitor starts no agent
+    /// before it is done. Smaller than the cold image holds them in, at the price of RAM for
+    /// their unpacked size and seconds after boot before they are there. A program or library
+    /// outside these that loads one of them is an error of the image build.
+    #[serde(default)]
+    pub late: Vec<String>,
 }
 
 /// Where the carried modules' firmware comes from: Debian packages of the `non-free-firmware`
@@ -452,9 +461,19 @@ pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
             )));
         }
     }
+    for pattern in &profile.layers.late {
+        if pattern.is_empty() || pattern.starts_with('/') || pattern.trim_matches('*').is_empty() {
+            return Err(invalid(format!(
+                "layers.late entry {pattern:?} is not a pattern of root filesystem paths; \
+                 expected a path without its leading /, like \"usr/lib/gcc/*\" (a lone * \
+                 would leave nothing for boot until it is unpacked)"
+            )));
+        }
+    }
     for (key, names) in [
         ("cold", &profile.layers.cold),
         ("boot", &profile.layers.boot),
+        ("late", &profile.layers.late),
     ] {
         if !names.is_empty() && profile.debian.is_none() {
             return Err(invalid(format!(
@@ -1143,8 +1162,8 @@ mod tests {
     }
 
     #[test]
-    fn a_cold_or_boot_pattern_that_is_absolute_empty_or_everything_is_an_error_naming_it() {
-        for key in ["cold", "boot"] {
+    fn a_cold_boot_or_late_pattern_that_is_absolute_empty_or_everything_is_an_error_naming_it() {
+        for key in ["cold", "boot", "late"] {
             for pattern in ["/usr/lib/gcc/*", "", "*"] {
                 let error = parse(
                     "x",
@@ -1171,7 +1190,8 @@ mod tests {
             );
         }
         let debian = load("debian").unwrap();
-        assert!(debian.layers.cold.iter().any(|p| p == "usr/lib/gcc/*"));
+        assert!(debian.layers.late.iter().any(|p| p == "usr/lib/gcc/*"));
+        assert!(debian.layers.cold.iter().any(|p| p == "usr/share/qemu/*"));
         assert!(debian.layers.boot.iter().any(|p| p == "usr/sbin/sshd"));
     }
 

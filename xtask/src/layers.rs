@@ -31,12 +31,17 @@ fn cold_file() -> String {
     format!("rootfs.cold.squashfs.{}", squashfs::COLD_COMPRESSION)
 }
 
+/// The late archive's file name in a root filesystem's cache directory.
+const LATE_FILE: &str = "rootfs.late.cpio.xz";
+
 /// The root filesystem as the layered layout carries it.
 pub struct RootImages {
     /// What boot reads, in the chosen compressor.
     pub root: PathBuf,
     /// What boot never reads, in [`squashfs::COLD_COMPRESSION`].
     pub cold: PathBuf,
+    /// What only builds use ([`builder::late`]), when the profile names any.
+    pub late: Option<PathBuf>,
 }
 
 /// What an image kept beside the segment was made by: the squashfs step
@@ -45,7 +50,7 @@ pub struct RootImages {
 /// finds the files boot runs) and the profile's cold and boot patterns.
 fn key(compression: SquashfsCompression, layers: &Layers) -> Result<String> {
     Ok(format!(
-        "{}\n{}\n{}\n{}\nboot:\n{}",
+        "{}\n{}\n{}\n{}\nboot:\n{}\nlate:\n{}",
         squashfs::step_key(compression)?,
         Sha256::digest(include_bytes!("layers.rs"))
             .iter()
@@ -54,6 +59,7 @@ fn key(compression: SquashfsCompression, layers: &Layers) -> Result<String> {
         builder::rootfs::split_key(),
         layers.cold.join("\n"),
         layers.boot.join("\n"),
+        layers.late.join("\n"),
     ))
 }
 
@@ -85,6 +91,17 @@ fn make(
     Ok(took)
 }
 
+/// Writes `bytes` at `path` (through a temporary file beside it) and `key` beside it.
+fn write_keyed(path: &Path, bytes: &[u8], key: &str) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    let key_path = PathBuf::from(format!("{}.key", path.display()));
+    std::fs::write(&key_path, key).with_context(|| format!("cannot write {}", key_path.display()))
+}
+
 fn mb(path: &Path) -> f64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
 }
@@ -108,12 +125,15 @@ impl Rootfs {
         let images = RootImages {
             root: self.dir.join(image_file(compression)),
             cold: self.dir.join(cold_file()),
+            late: (!layers.late.is_empty()).then(|| self.dir.join(LATE_FILE)),
         };
         let root_key = key(compression, layers)?;
         let cold_key = key(squashfs::COLD_COMPRESSION, layers)?;
+        let late_key = format!("{cold_key}\n{}", builder::late::key());
         let root_ok = cached(&images.root, &root_key);
         let cold_ok = cached(&images.cold, &cold_key);
-        if root_ok && cold_ok {
+        let late_ok = images.late.as_ref().is_none_or(|l| cached(l, &late_key));
+        if root_ok && cold_ok && late_ok {
             return Ok(images);
         }
         let started = Instant::now();
@@ -122,6 +142,13 @@ impl Rootfs {
         let mut archive = builder::cpio::Archive::from_cpio(&packed)
             .with_context(|| format!("cannot read {} back", self.segment.display()))?;
         drop(packed);
+        let late_archive =
+            builder::rootfs::split_late(&mut archive, &layers.late).with_context(|| {
+                format!(
+                    "cannot split the files only builds use off the root filesystem of {}",
+                    self.segment.display()
+                )
+            })?;
         let cold_archive = builder::rootfs::split_cold(&mut archive, &layers.cold, &layers.boot)
             .with_context(|| {
                 format!(
@@ -158,6 +185,17 @@ impl Rootfs {
                 squashfs::COLD_COMPRESSION,
                 mb(&images.cold),
                 cold_archive.len()
+            ));
+        }
+        if let (Some(path), false) = (&images.late, late_ok) {
+            let started = Instant::now();
+            let bytes = builder::late::pack(&late_archive, source_date_epoch)?;
+            write_keyed(path, &bytes, &late_key)?;
+            made.push(format!(
+                "late archive in xz {:.1} MB, {} entries (xz {:.1} s)",
+                bytes.len() as f64 / 1e6,
+                late_archive.len(),
+                started.elapsed().as_secs_f64()
             ));
         }
         eprintln!(

@@ -342,23 +342,31 @@ fn debian_guest_boots_in_1536_mib_and_its_programs_answer() {
         "btrfs is not in the modules image alone: {btrfs}"
     );
 
-    // The compiler the compiles above ran is in the cold image alone (xz, apart from what boot
-    // reads), where `/usr/lib/gcc` shows it.
-    let cold = run(
+    // The compiler the compiles above ran came in the late archive, which init unpacked into
+    // RAM (no image holds it) and removed, before the monitor started agents.
+    let late = run(
         &mut vm,
-        "ls /.buildos/lower/cold/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus && \
-         ls /.buildos/lower/root/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus 2>&1; \
+        "cat /run/buildos/late; ls /.buildos/late.cpio.xz 2>&1; \
+         ls /.buildos/lower/*/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus 2>&1; \
          ls -l /usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
     );
-    eprintln!("guest: the compiler's place: {cold}");
+    eprintln!("guest: the compiler's place: {late}");
     assert!(
-        cold.lines()
+        late.lines()
             .next()
-            .is_some_and(|l| l.trim().ends_with("cc1plus"))
-            && cold.contains("No such")
-            && cold.contains(" /usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"),
-        "cc1plus is not in the cold image alone: {cold}"
+            .is_some_and(|l| l.starts_with("unpacked "))
+            && late.contains("/.buildos/late.cpio.xz': No such file")
+            && late.contains("lower/*/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus': No such file")
+            && late.contains(" /usr/lib/gcc/x86_64-linux-gnu/12/cc1plus"),
+        "cc1plus did not come from the late archive alone: {late}"
     );
+    assert!(
+        vm.console().contains("buildos-init: late files: unpacked "),
+        "{}",
+        vm.console()
+    );
+    let monitor = run(&mut vm, "grep 'late files' /run/buildos/log/monitor.log");
+    assert!(monitor.contains("late files: unpacked "), "{monitor}");
 
     // A driver of the drivers image loaded where its device is: e100, for the i82551, from
     // that image alone.

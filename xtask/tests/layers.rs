@@ -148,15 +148,40 @@ fn the_debian_initrd_carries_its_images_then_init_and_its_files_in_the_upper_lay
     assert!(root.keys().all(|p| !p.starts_with("/usr/lib/modules/")));
     assert!(!root.contains_key(contract::programs::MONITOR));
 
-    // The cold image holds the profile's cold paths (the compiler) and every program and
-    // library the `[layers] boot` files do not load (QEMU, the graphics and sound libraries
-    // it links, qemu-img, apt), and the root image none of its files; the programs boot runs
-    // and the libraries they load stay in the root image. Only directories are in both.
+    // The late archive, root's alone in the upper layer, holds the compiler toolchain (the
+    // profile's `[layers] late` paths), which neither image does, symlinks as symlinks.
+    let late = get(&layers::in_upper(layers::LATE_ARCHIVE));
+    assert_eq!((late.0.mode, late.0.uid), (0o100600, 0));
+    let late = cpio::read(&buildos_image_builder::late::unpack(&late.1).unwrap()).unwrap();
+    let late: BTreeMap<String, cpio::Entry> = late
+        .into_iter()
+        .map(|(e, _)| (format!("/{}", e.path), e))
+        .collect();
     for path in [
         "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
         "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
         "/usr/include/stdio.h",
         "/usr/bin/x86_64-linux-gnu-ld.bfd",
+        "/usr/lib/x86_64-linux-gnu/libisl.so.23.2.0",
+        "/usr/lib/x86_64-linux-gnu/crt1.o",
+        "/usr/bin/make",
+    ] {
+        assert_eq!(late.get(path).map(|e| e.kind), Some(Kind::File), "{path}");
+        assert!(!root.contains_key(path), "{path} is in the root image too");
+        assert!(!cold.contains_key(path), "{path} is in the cold image too");
+    }
+    assert_eq!(
+        late["/usr/bin/x86_64-linux-gnu-ld"].link_target.as_deref(),
+        Some("x86_64-linux-gnu-ld.bfd")
+    );
+
+    // The cold image holds the profile's cold paths (perl, QEMU's firmware) and every program
+    // and library the `[layers] boot` files do not load (QEMU, the graphics and sound
+    // libraries it links, qemu-img, apt), and the root image none of its files; the programs
+    // boot runs and the libraries they load stay in the root image. Only directories are in
+    // both.
+    for path in [
+        "/usr/bin/perl",
         "/usr/bin/qemu-system-x86_64",
         "/usr/bin/qemu-img",
         "/usr/lib/x86_64-linux-gnu/libcapstone.so.4",

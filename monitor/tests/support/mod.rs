@@ -89,6 +89,7 @@ pub fn paths_under(root: &Path) -> buildos_monitor::paths::Paths {
         fstab: root.join("fstab"),
         machines: root.join("machines"),
         ca_certificates: root.join("ca-certificates.pem"),
+        late_archive: root.join("late.cpio.xz"),
     }
 }
 
