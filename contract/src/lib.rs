@@ -297,8 +297,8 @@ pub mod layers {
     pub const COLD_IMAGE: &str = "/.buildos/layers/cold.squashfs";
     /// The late archive, in the running root (the builder puts it in the upper layer, root's
     /// alone): the files only builds use (the profile's `[layers] late` patterns: the compiler
-    /// toolchain) as one cpio stream in xz, which init unpacks into the root from the layers
-    /// step on, at idle priority, and then removes. Absent when the profile names none.
+    /// toolchain) as one cpio stream in xz, which init unpacks into the root once it is ready,
+    /// at idle priority, and then removes. Absent when the profile names none.
     pub const LATE_ARCHIVE: &str = "/.buildos/late.cpio.xz";
     /// The images in the overlay's order, top first (overlayfs's `lowerdir` order). No path is
     /// a file in two of them (only directories are shared), so the order decides nothing but

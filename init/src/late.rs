@@ -1,8 +1,9 @@
 //! The late files: what only builds use (the compiler toolchain) comes in the image as one
 //! cpio stream in xz ([`buildos_contract::layers::LATE_ARCHIVE`], smaller than squashfs holds
 //! it in), and init unpacks it into the running root on a thread of its own, at idle
-//! priority, from the layers step on. Boot never waits for it; the monitor starts no agent
-//! before it is done ([`buildos_contract::run::LATE`] says so).
+//! priority, once it is ready: boot never waits for it, and under software emulation, where a
+//! guest's idle CPU time is still the host's, it takes none from a boot step. The monitor
+//! starts no agent before it is done ([`buildos_contract::run::LATE`] says so).
 //!
 //! Each file is written under a temporary name beside its place, given its owner, mode and
 //! time, and then renamed into place: a program that runs meanwhile finds a file whole or not

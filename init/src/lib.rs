@@ -196,8 +196,8 @@ pub fn run() -> ! {
     conclude(host.as_ref(), decision, &mut boot)
 }
 
-/// After boot: the ready line, the boot report, the debug shell if asked for, then the main
-/// loop ([`lifecycle::serve`]), which never returns.
+/// After boot: the ready line, the boot report, the late files' unpacking ([`late::start`]),
+/// the debug shell if asked for, then the main loop ([`lifecycle::serve`]), which never returns.
 fn serve(host: &Arc<dyn Host>, boot: &mut Boot) -> ! {
     let mode = firmware::boot_mode(std::path::Path::new("/sys"));
     console::info(
@@ -206,6 +206,14 @@ fn serve(host: &Arc<dyn Host>, boot: &mut Boot) -> ! {
             .ready_line(&mode.to_string(), boot.problems.len()),
     );
     write_report(&boot.problems, &mode);
+    // After ready, so that under software emulation, where a guest's idle CPU is still the
+    // host's, it never slows a boot step.
+    if late::start(std::path::Path::new("/")).is_some() {
+        console::info(&format!(
+            "late files: unpacking {} at idle priority",
+            buildos_contract::layers::LATE_ARCHIVE
+        ));
+    }
     let shell = debug_shell(host.as_ref(), &boot.config);
     lifecycle::serve(host.as_ref(), shell, &mut boot.services)
 }
@@ -304,12 +312,6 @@ fn step_layers(_boot: &mut Boot, host: &Arc<dyn Host>) -> StepResult {
         Ok(None) => Ok(Outcome::Absent),
         Ok(Some(report)) => {
             console::info(&report.line());
-            if late::start(std::path::Path::new("/")).is_some() {
-                console::info(&format!(
-                    "layers: unpacking the late files of {} at idle priority",
-                    buildos_contract::layers::LATE_ARCHIVE
-                ));
-            }
             Ok(Outcome::Ok)
         }
         Err(error) => Err(StepError::Layers(error)),

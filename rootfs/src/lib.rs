@@ -93,7 +93,7 @@ pub struct Layers {
     /// The root filesystem's files only builds use (shell patterns as `cold`: the compiler
     /// toolchain): they go into the late archive, one xz stream over all of them (so the
     /// compressor sees cc1 and cc1plus, which share most of their code, together), which init
-    /// unpacks into RAM at idle priority from the layers step on; the monitor starts no agent
+    /// unpacks into RAM at idle priority once it is ready; the monitor starts no agent
     /// before it is done. Smaller than the cold image holds them in, at the price of RAM for
     /// their unpacked size and seconds after boot before they are there. A program or library
     /// outside these that loads one of them is an error of the image build.
