@@ -1321,7 +1321,8 @@ mod tests {
     }
 
     #[test]
-    fn the_compressed_size_is_the_tail_the_compression_made_in_either_layout() {
+    fn the_compressed_size_is_the_tail_the_compression_made_and_the_same_bytes_again_in_either_layout(
+    ) {
         let inputs = Inputs::new(b"the kernel");
         for compression in Compression::ALL {
             for layered in [false, true] {
@@ -1357,6 +1358,15 @@ mod tests {
                 assert_eq!(before.len() + tail_entries.len(), all.len(), "{name}");
                 if layered {
                     assert!(initrd[..from].starts_with(b"070701"), "{name}");
+                    // Same inputs, same bytes, whichever compressor packs the rest.
+                    spec.out_dir = inputs.dir.path().join(format!("{name}-again"));
+                    spec.entries.reverse();
+                    let again = build(&spec).unwrap();
+                    assert!(
+                        std::fs::read(&again.initrd_path).unwrap() == initrd,
+                        "{name}"
+                    );
+                    assert_eq!(again.buildid, out.buildid, "{name}");
                 } else {
                     assert_eq!(from, 0, "{name}: no base, all of it compressed at assembly");
                 }
