@@ -305,6 +305,10 @@ pub struct ImageOutput {
     pub initrd_size: u64,
     /// Size of the image's own cpio segments before compression (the base not counted).
     pub initrd_uncompressed_size: u64,
+    /// Size of the segments compressed with the spec's compression at assembly, the last
+    /// bytes of the initrd: the image's own entries, the modules in the cpio layout, and the
+    /// build id (neither the base nor the layered layout's images).
+    pub compressed_size: u64,
     /// Size of the base in the initrd, root filesystem segment or image (0 without a base).
     pub base_size: u64,
     /// Size of the modules image in the initrd (0 but in the layered layout).
@@ -336,6 +340,7 @@ pub struct Assembled {
     pub kernel: Vec<u8>,
     pub initrd: Vec<u8>,
     pub initrd_uncompressed_size: u64,
+    pub compressed_size: u64,
     pub base_size: u64,
     pub modules_image_size: u64,
     pub drivers_image_size: u64,
@@ -633,6 +638,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
         cold_image_size,
         late_archive_size,
         uncompressed_size,
+        compressed_from,
         buildid_path,
     } = segments;
     let compression = spec.compression;
@@ -656,6 +662,7 @@ pub fn assemble(spec: &ImageSpec) -> Result<Assembled, ImageError> {
     );
     Ok(Assembled {
         kernel,
+        compressed_size: (initrd.len() - compressed_from) as u64,
         initrd,
         base_size,
         modules_image_size,
@@ -686,6 +693,8 @@ struct Segments {
     late_archive_size: u64,
     /// The compressed segments' size before compression.
     uncompressed_size: u64,
+    /// Where in `initrd` the segments compressed at assembly begin.
+    compressed_from: usize,
     /// Where the last segment puts the build id.
     buildid_path: String,
 }
@@ -741,6 +750,7 @@ fn unpacked(
         }
     }
     let base_size = initrd.len() as u64;
+    let compressed_from = initrd.len();
     let compressed: Vec<io::Result<Vec<u8>>> = std::thread::scope(|scope| {
         let threads: Vec<_> = cpios
             .iter()
@@ -769,6 +779,7 @@ fn unpacked(
         cold_image_size: 0,
         late_archive_size: 0,
         uncompressed_size: cpios.iter().map(|c| c.len() as u64).sum(),
+        compressed_from,
         buildid_path: place(BUILDID_PATH),
     })
 }
@@ -891,6 +902,7 @@ fn layered(
         .to_bytes(epoch)
         .map_err(initrd_error("the image's entries"))?;
     let compression = spec.compression;
+    let compressed_from = initrd.len();
     initrd.extend(
         compression
             .compress(&own)
@@ -907,6 +919,7 @@ fn layered(
         cold_image_size,
         late_archive_size,
         uncompressed_size: own.len() as u64,
+        compressed_from,
         buildid_path: upper(BUILDID_PATH),
     })
 }
@@ -1079,6 +1092,7 @@ pub fn build(spec: &ImageSpec) -> Result<ImageOutput, ImageError> {
         kernel_size: image.kernel.len() as u64,
         initrd_size: image.initrd.len() as u64,
         initrd_uncompressed_size: image.initrd_uncompressed_size,
+        compressed_size: image.compressed_size,
         base_size: image.base_size,
         modules_image_size: image.modules_image_size,
         drivers_image_size: image.drivers_image_size,
@@ -1345,6 +1359,60 @@ mod tests {
             assert!(initrd.ends_with(&last), "{compression}");
             let before = &initrd[..initrd.len() - last.len()];
             assert_eq!(buildid(b"the kernel", before), out.buildid, "{compression}");
+        }
+    }
+
+    #[test]
+    fn the_compressed_size_is_the_tail_the_compression_made_and_the_same_bytes_again_in_either_layout(
+    ) {
+        let inputs = Inputs::new(b"the kernel");
+        for compression in Compression::ALL {
+            for layered in [false, true] {
+                let name = format!("out-{compression}-{layered}");
+                let mut spec = if layered {
+                    layered_spec(&inputs, &name)
+                } else {
+                    inputs.spec(&name)
+                };
+                spec.compression = compression;
+                let out = build(&spec).unwrap();
+                let initrd = std::fs::read(&out.initrd_path).unwrap();
+                let from = initrd.len() - out.compressed_size as usize;
+                let tail = &initrd[from..];
+                // The tail is the compression's alone, and holds the image's entries and the
+                // build id; what comes before it is the base or the images, uncompressed.
+                assert_eq!(Compression::detect(tail), Some(compression), "{name}");
+                let tail_entries = crate::cpio::read(tail).unwrap();
+                assert!(
+                    tail_entries
+                        .iter()
+                        .any(|(e, _)| e.path.ends_with(BUILDID_PATH)),
+                    "{name}"
+                );
+                assert!(
+                    tail_entries
+                        .iter()
+                        .all(|(e, _)| !e.path.ends_with(".squashfs")),
+                    "{name}"
+                );
+                let all = read_initrd(&out.initrd_path);
+                let before = crate::cpio::read(&initrd[..from]).unwrap();
+                assert_eq!(before.len() + tail_entries.len(), all.len(), "{name}");
+                if layered {
+                    assert!(initrd[..from].starts_with(b"070701"), "{name}");
+                    // Same inputs, same bytes, whichever compressor packs the rest.
+                    spec.out_dir = inputs.dir.path().join(format!("{name}-again"));
+                    spec.entries.reverse();
+                    let again = build(&spec).unwrap();
+                    assert!(
+                        std::fs::read(&again.initrd_path).unwrap() == initrd,
+                        "{name}"
+                    );
+                    assert_eq!(again.buildid, out.buildid, "{name}");
+                } else {
+                    assert_eq!(from, 0, "{name}: no base, all of it compressed at assembly");
+                }
+            }
         }
     }
 
