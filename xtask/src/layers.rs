@@ -1,8 +1,9 @@
 //! The layered layout's squashfs images on the build machine: the root filesystem's two, made
 //! once from its cached segment and kept beside it (the root image, what boot reads, in the
 //! chosen compressor; the cold image, the profile's `[layers] cold` paths and every program
-//! and library its `[layers] boot` files do not load, in [`squashfs::COLD_COMPRESSION`]), and the directory where assembly keeps the modules images
-//! it made ([`buildos_image_builder::squashfs::Cache`]).
+//! and library its `[layers] boot` files do not load, in [`squashfs::COLD_COMPRESSION`]), with
+//! the late archive of its `[layers] late` paths ([`builder::late`]), and the directory where
+//! assembly keeps the modules images it made ([`buildos_image_builder::squashfs::Cache`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,7 +48,7 @@ pub struct RootImages {
 /// What an image kept beside the segment was made by: the squashfs step
 /// ([`squashfs::step_key`]: the code, mksquashfs's version, the compressor's options), the
 /// split (this file, and [`builder::rootfs::split_key`]: the image builder's split and what
-/// finds the files boot runs) and the profile's cold and boot patterns.
+/// finds the files boot runs) and the profile's cold, boot and late patterns.
 fn key(compression: SquashfsCompression, layers: &Layers) -> Result<String> {
     Ok(format!(
         "{}\n{}\n{}\n{}\nboot:\n{}\nlate:\n{}",
@@ -78,24 +79,27 @@ fn make(
     path: &Path,
     key: &str,
 ) -> Result<f64> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("image");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let started = Instant::now();
-    squashfs::make(archive, compression, source_date_epoch, &tmp)?;
-    let took = started.elapsed().as_secs_f64();
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    let key_path = PathBuf::from(format!("{}.key", path.display()));
-    std::fs::write(&key_path, key)
-        .with_context(|| format!("cannot write {}", key_path.display()))?;
-    Ok(took)
+    keep(path, key, |tmp| {
+        squashfs::make(archive, compression, source_date_epoch, tmp)?;
+        Ok(())
+    })?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Writes `bytes` at `path` (through a temporary file beside it) and `key` beside it.
 fn write_keyed(path: &Path, bytes: &[u8], key: &str) -> Result<()> {
+    keep(path, key, |tmp| {
+        std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
+    })
+}
+
+/// Has `write` make the file at a temporary path beside `path`, moves it to `path`, and writes
+/// `key` beside it: a build cut short leaves no file under the kept name without its key.
+fn keep(path: &Path, key: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    write(&tmp)?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     let key_path = PathBuf::from(format!("{}.key", path.display()));
