@@ -2051,6 +2051,36 @@ struct Compressed {
 }
 
 impl Compressed {
+    /// The row of an initrd of `size` bytes in `compression`, compressed in `compress` and
+    /// booted as `boots` measured.
+    fn booted(
+        compression: builder::Compression,
+        size: u64,
+        compress: Duration,
+        boots: &Boots,
+    ) -> Compressed {
+        Compressed {
+            compression,
+            size,
+            compress,
+            unpack: boots.unpack,
+            unpack_spread: boots.unpack_spread,
+            ready: boots.ready,
+        }
+    }
+
+    /// The row as the bench says it while it measures.
+    fn line(&self) -> String {
+        format!(
+            "{:.1} MB initrd, compressed in {:.2} s, unpacked in {:.2} s ({:.2} s apart), ready at {:.2} s",
+            self.size as f64 / 1e6,
+            self.compress.as_secs_f64(),
+            self.unpack.as_secs_f64(),
+            self.unpack_spread.as_secs_f64(),
+            self.ready.as_secs_f64()
+        )
+    }
+
     /// What the choice minimises: the kernel's unpack plus the transfer at [`HTTP_RATE`].
     fn cost(&self) -> f64 {
         self.unpack.as_secs_f64() + self.size as f64 / HTTP_RATE
@@ -2148,24 +2178,18 @@ pub fn compression() -> Result<()> {
         compression.compress(&cpio)?;
         let compress = started.elapsed();
         drop(initrd);
-        let boots = unpack_and_ready(&dir.0)?;
-        eprintln!(
-            "xtask: layered, the rest in {compression}: {:.1} MB initrd (the rest {:.1} MB), compressed in {:.2} s, unpacked in {:.2} s ({:.2} s apart), ready at {:.2} s",
-            built.output.initrd_size as f64 / 1e6,
-            built.output.compressed_size as f64 / 1e6,
-            compress.as_secs_f64(),
-            boots.unpack.as_secs_f64(),
-            boots.unpack_spread.as_secs_f64(),
-            boots.ready.as_secs_f64()
-        );
-        rows.push(Compressed {
+        let row = Compressed::booted(
             compression,
-            size: built.output.initrd_size,
+            built.output.initrd_size,
             compress,
-            unpack: boots.unpack,
-            unpack_spread: boots.unpack_spread,
-            ready: boots.ready,
-        });
+            &unpack_and_ready(&dir.0)?,
+        );
+        eprintln!(
+            "xtask: layered, the rest in {compression} ({:.1} MB): {}",
+            built.output.compressed_size as f64 / 1e6,
+            row.line()
+        );
+        rows.push(row);
     }
     let layered = rows;
 
@@ -2190,23 +2214,14 @@ pub fn compression() -> Result<()> {
             dir.0.join(builder::image::IMAGE_FILE),
         )?;
         std::fs::write(dir.0.join(builder::image::INITRD_FILE), &packed)?;
-        let boots = unpack_and_ready(&dir.0)?;
-        eprintln!(
-            "xtask: cpio, {compression}: {:.1} MB, compressed in {:.1} s, unpacked in {:.2} s ({:.2} s apart), ready at {:.2} s",
-            packed.len() as f64 / 1e6,
-            compress.as_secs_f64(),
-            boots.unpack.as_secs_f64(),
-            boots.unpack_spread.as_secs_f64(),
-            boots.ready.as_secs_f64()
-        );
-        rows.push(Compressed {
+        let row = Compressed::booted(
             compression,
-            size: packed.len() as u64,
+            packed.len() as u64,
             compress,
-            unpack: boots.unpack,
-            unpack_spread: boots.unpack_spread,
-            ready: boots.ready,
-        });
+            &unpack_and_ready(&dir.0)?,
+        );
+        eprintln!("xtask: cpio, {compression}: {}", row.line());
+        rows.push(row);
     }
     let _ = std::fs::remove_dir_all(&out);
 
